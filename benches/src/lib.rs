@@ -1,0 +1,15 @@
+//! Shared code of the benchmark tools: `sendengine-sink` (an SMTP server that
+//! accepts and counts messages, with fault modes) and `sendengine-loadgen` (an
+//! SMTP client that injects N messages over C connections).
+//!
+//! The binaries in `src/bin/` only parse arguments and print; the protocol
+//! work lives here so it can be unit tested.
+
+pub mod args;
+pub mod conn;
+pub mod fault;
+pub mod loadgen;
+pub mod message;
+pub mod reply;
+pub mod sink;
+pub mod tls;

@@ -1,0 +1,642 @@
+//! The daemon's boot configuration, read from `config.toml`.
+//!
+//! Parsing is strict (unknown keys are errors, so a typo never silently
+//! falls back to a default) and every error names the key and says what a
+//! valid value looks like. `Config::load` is what `--check-config` runs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::smtp::client::Encryption;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name used in the SMTP greeting, in EHLO to relays and in Received headers.
+    pub hostname: String,
+    pub spool: SpoolSection,
+    pub smtp_in: SmtpInSection,
+    pub delivery: DeliverySection,
+    pub admin: AdminSection,
+    pub metrics: MetricsSection,
+    pub events: EventsSection,
+    pub delivery_servers: Vec<DeliveryServer>,
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolSection {
+    pub dir: PathBuf,
+    pub cache_bytes: u64,
+    /// `false` skips fdatasync: for benchmarks only, never for production.
+    pub sync: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpInSection {
+    pub listen: Vec<SocketAddr>,
+    pub relay_networks: Vec<IpNetwork>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_line_length: usize,
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliverySection {
+    pub max_age: Duration,
+    /// Wait before attempt n+1 is `retry_schedule[n-1]`; the last entry repeats.
+    pub retry_schedule: Vec<Duration>,
+    pub idle_timeout: Duration,
+    /// Recipients held in memory per route, ready to go; the rest wait on disk.
+    pub ready_queue_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSection {
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSection {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsSection {
+    pub path: Option<PathBuf>,
+}
+
+/// An SMTP relay the daemon hands mail to.
+#[derive(Debug, Clone)]
+pub struct DeliveryServer {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub encryption: Encryption,
+    pub timeout: Duration,
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    pub auth: Option<crate::smtp::client::Credentials>,
+    pub tls_verify: bool,
+}
+
+/// A client allowed to inject with SMTP AUTH.
+#[derive(Clone)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for User {
+    // Passwords never reach logs, not even through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &"(set)")
+            .finish()
+    }
+}
+
+/// An IP network in CIDR notation, e.g. `127.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNetwork {
+    pub fn parse(text: &str) -> Result<IpNetwork, String> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP network (expected e.g. 10.0.0.0/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(p) => match p.trim().parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("`{text}`: the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(IpNetwork { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
+                u32::from(net) as u128,
+                u32::from(ip) as u128,
+                self.prefix,
+                32,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_match(u128::from(net), u128::from(ip), self.prefix, 128)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_match(net: u128, ip: u128, prefix: u8, bits: u8) -> bool {
+    if prefix == 0 {
+        return true;
+    }
+    let shift = bits - prefix;
+    (net >> shift) == (ip >> shift)
+}
+
+/// Parses `25MB`, `64KiB`, `100k`, `1G` or a plain number of bytes.
+/// K, M and G are powers of 1024 whatever the spelling, as in most MTAs.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (expected e.g. 25MB, 512KB or 1048576)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{text}`: unknown size unit (use B, KB, MB or GB)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, `5d` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits_end);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (expected e.g. 30s, 5m, 1h or 5d)"))?;
+    let millis: u64 = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown duration unit (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    n.checked_mul(millis)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("`{text}` is too long"))
+}
+
+// ---- the file format (serde) -------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: Option<String>,
+    spool: RawSpool,
+    smtp_in: RawSmtpIn,
+    #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    events: RawEvents,
+    #[serde(default)]
+    delivery_server: Vec<RawDeliveryServer>,
+    #[serde(default)]
+    user: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: PathBuf,
+    cache_size: Option<String>,
+    sync: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtpIn {
+    listen: Vec<String>,
+    #[serde(default)]
+    relay_networks: Vec<String>,
+    max_message_size: Option<String>,
+    max_recipients: Option<usize>,
+    max_connections: Option<usize>,
+    max_line_length: Option<usize>,
+    max_errors: Option<u32>,
+    command_timeout: Option<String>,
+    data_timeout: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    max_age: Option<String>,
+    retry_schedule: Option<Vec<String>>,
+    idle_timeout: Option<String>,
+    ready_queue_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeliveryServer {
+    name: String,
+    host: String,
+    port: Option<u16>,
+    encryption: Option<String>,
+    timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_messages_per_connection: Option<usize>,
+    auth: Option<RawAuth>,
+    tls_verify: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: String,
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths inside it
+    /// are taken relative to the current directory, like the quick start's.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ParseFailure::Syntax(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            ParseFailure::Invalid(message) => ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            },
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ParseFailure> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ParseFailure::Syntax(e.to_string()))?;
+        raw.validate().map_err(ParseFailure::Invalid)
+    }
+}
+
+#[derive(Debug)]
+pub enum ParseFailure {
+    Syntax(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for ParseFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseFailure::Syntax(m) | ParseFailure::Invalid(m) => f.write_str(m),
+        }
+    }
+}
+
+fn keyed<T>(key: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| format!("{key}: {e}"))
+}
+
+fn duration_or(key: &str, value: Option<&String>, default: Duration) -> Result<Duration, String> {
+    match value {
+        Some(v) => keyed(key, parse_duration(v)),
+        None => Ok(default),
+    }
+}
+
+fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
+    match value.unwrap_or(default) {
+        0 => Err(format!("{key}: must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, String> {
+        let hostname = match self.hostname {
+            Some(h) if !h.trim().is_empty() => h.trim().to_owned(),
+            Some(_) => return Err("hostname: must not be empty".into()),
+            None => system_hostname(),
+        };
+        let spool = SpoolSection {
+            dir: self.spool.dir,
+            cache_bytes: match &self.spool.cache_size {
+                Some(s) => keyed("spool.cache_size", parse_size(s))?,
+                None => 64 << 20,
+            },
+            sync: self.spool.sync.unwrap_or(true),
+        };
+        let smtp_in = self.smtp_in.validate()?;
+        let delivery = self.delivery.validate()?;
+        let metrics = MetricsSection {
+            listen: match &self.metrics.listen {
+                Some(a) => Some(keyed("metrics.listen", parse_socket_addr(a))?),
+                None => None,
+            },
+        };
+        let mut delivery_servers = Vec::new();
+        for (i, raw) in self.delivery_server.into_iter().enumerate() {
+            let server = raw
+                .validate()
+                .map_err(|e| format!("delivery_server[{i}].{e}"))?;
+            if delivery_servers
+                .iter()
+                .any(|s: &DeliveryServer| s.name == server.name)
+            {
+                return Err(format!(
+                    "delivery_server[{i}].name: `{}` is used twice; names must be unique",
+                    server.name
+                ));
+            }
+            delivery_servers.push(server);
+        }
+        if delivery_servers.is_empty() {
+            return Err("no [[delivery_server]]: add at least one relay to deliver to".into());
+        }
+        let users = self
+            .user
+            .into_iter()
+            .map(|u| User {
+                name: u.name,
+                password: u.password,
+            })
+            .collect();
+        Ok(Config {
+            hostname,
+            spool,
+            smtp_in,
+            delivery,
+            admin: AdminSection {
+                socket: self.admin.socket,
+            },
+            metrics,
+            events: EventsSection {
+                path: self.events.path,
+            },
+            delivery_servers,
+            users,
+        })
+    }
+}
+
+impl RawSmtpIn {
+    fn validate(self) -> Result<SmtpInSection, String> {
+        if self.listen.is_empty() {
+            return Err(
+                "smtp_in.listen: give at least one address, e.g. [\"127.0.0.1:2525\"]".into(),
+            );
+        }
+        let listen = self
+            .listen
+            .iter()
+            .map(|a| keyed("smtp_in.listen", parse_socket_addr(a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let relay_networks = self
+            .relay_networks
+            .iter()
+            .map(|n| keyed("smtp_in.relay_networks", IpNetwork::parse(n)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_message_size = match &self.max_message_size {
+            Some(s) => keyed("smtp_in.max_message_size", parse_size(s))?,
+            None => 25 << 20,
+        };
+        let max_line_length = self.max_line_length.unwrap_or(2048);
+        if max_line_length < 512 {
+            return Err("smtp_in.max_line_length: RFC 5321 requires at least 512".into());
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err("smtp_in: tls_cert and tls_key go together; set both or neither".into());
+        }
+        Ok(SmtpInSection {
+            listen,
+            relay_networks,
+            max_message_size,
+            max_recipients: positive("smtp_in.max_recipients", self.max_recipients, 1000)?,
+            max_connections: positive("smtp_in.max_connections", self.max_connections, 1000)?,
+            max_line_length,
+            max_errors: self.max_errors.unwrap_or(20).max(1),
+            command_timeout: duration_or(
+                "smtp_in.command_timeout",
+                self.command_timeout.as_ref(),
+                Duration::from_secs(300),
+            )?,
+            data_timeout: duration_or(
+                "smtp_in.data_timeout",
+                self.data_timeout.as_ref(),
+                Duration::from_secs(600),
+            )?,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+        })
+    }
+}
+
+impl RawDelivery {
+    fn validate(self) -> Result<DeliverySection, String> {
+        let retry_schedule = match &self.retry_schedule {
+            Some(list) if list.is_empty() => {
+                return Err("delivery.retry_schedule: give at least one interval".into());
+            }
+            Some(list) => list
+                .iter()
+                .map(|d| keyed("delivery.retry_schedule", parse_duration(d)))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => [5, 10, 20, 40, 60]
+                .iter()
+                .map(|m| Duration::from_secs(m * 60))
+                .collect(),
+        };
+        Ok(DeliverySection {
+            max_age: duration_or(
+                "delivery.max_age",
+                self.max_age.as_ref(),
+                Duration::from_secs(5 * 86_400),
+            )?,
+            retry_schedule,
+            idle_timeout: duration_or(
+                "delivery.idle_timeout",
+                self.idle_timeout.as_ref(),
+                Duration::from_secs(30),
+            )?,
+            ready_queue_size: positive("delivery.ready_queue_size", self.ready_queue_size, 10_000)?,
+        })
+    }
+}
+
+impl RawDeliveryServer {
+    fn validate(self) -> Result<DeliveryServer, String> {
+        if self.name.trim().is_empty() {
+            return Err("name: must not be empty".into());
+        }
+        let encryption = match self.encryption.as_deref().unwrap_or("none") {
+            "none" => Encryption::None,
+            "starttls" => Encryption::StartTls,
+            "starttls-opportunistic" => Encryption::StartTlsOpportunistic,
+            "tls" => Encryption::Tls,
+            other => {
+                return Err(format!(
+                    "encryption: `{other}` is not one of none, starttls, starttls-opportunistic, tls"
+                ));
+            }
+        };
+        let default_port = if encryption == Encryption::Tls {
+            465
+        } else {
+            25
+        };
+        Ok(DeliveryServer {
+            name: self.name,
+            host: self.host,
+            port: self.port.unwrap_or(default_port),
+            encryption,
+            timeout: duration_or("timeout", self.timeout.as_ref(), Duration::from_secs(10))?,
+            max_connections: positive("max_connections", self.max_connections, 10)?,
+            max_messages_per_connection: positive(
+                "max_messages_per_connection",
+                self.max_messages_per_connection,
+                1000,
+            )?,
+            auth: self.auth.map(|a| crate::smtp::client::Credentials {
+                username: a.username,
+                password: a.password,
+            }),
+            tls_verify: self.tls_verify.unwrap_or(true),
+        })
+    }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not an address:port (expected e.g. 127.0.0.1:2525)"))
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config.toml");
+
+    #[test]
+    fn example_config_is_valid() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.delivery_servers[0].name, "local-sink");
+        assert_eq!(c.smtp_in.max_message_size, 25 << 20);
+        assert_eq!(c.delivery_servers[0].timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("25MB").unwrap(), 25 << 20);
+        assert_eq!(parse_size("512 kb").unwrap(), 512 << 10);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("10TB").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5d").unwrap(), Duration::from_secs(432_000));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 years").is_err());
+    }
+
+    #[test]
+    fn networks() {
+        let lo = IpNetwork::parse("127.0.0.0/8").unwrap();
+        assert!(lo.contains("127.1.2.3".parse().unwrap()));
+        assert!(lo.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!lo.contains("10.0.0.1".parse().unwrap()));
+        let any = IpNetwork::parse("0.0.0.0/0").unwrap();
+        assert!(any.contains("8.8.8.8".parse().unwrap()));
+        let v6 = IpNetwork::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert!(IpNetwork::parse("10.0.0.0/33").is_err());
+        assert!(IpNetwork::parse("example.com").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let bad = EXAMPLE.replace("encryption = \"none\"", "encryption = \"ssl\"");
+        let e = Config::parse(&bad).unwrap_err().to_string();
+        assert!(e.contains("delivery_server[0].encryption"), "{e}");
+        let typo = EXAMPLE.replace("[smtp_in]", "[smtp_in]\nmax_mesage_size = 1");
+        let e = Config::parse(&typo).unwrap_err().to_string();
+        assert!(e.contains("max_mesage_size"), "{e}");
+    }
+}

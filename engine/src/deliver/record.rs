@@ -1,0 +1,222 @@
+//! Recording what happened to each recipient of a delivery attempt.
+//!
+//! A reply becomes a verdict (2xx delivered, 5xx bounced, 4xx or a failed
+//! connection deferred with backoff, or expired past `max_age`), the
+//! verdicts go to the spool in one request, and the events are written
+//! only once the spool has committed them, so the event log never reports
+//! something a crash could undo. A write the spool refuses (disk full) is
+//! tried again until it succeeds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sendengine_queue::{Outcome, Spool, SpoolError};
+
+/// Wait before writing outcomes again after the spool refused them.
+const RECORD_RETRY: Duration = Duration::from_secs(1);
+
+use super::ready::Job;
+use crate::events::{Event, EventKind, EventLog, EventReply};
+use crate::smtp::client::{Reply, SessionError};
+use crate::timefmt::{now_ms, rfc3339};
+
+/// When to try again, and when to give up.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub schedule: Vec<Duration>,
+    pub max_age: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after the `attempts`-th failed attempt (1-based).
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let i = (attempts.max(1) - 1) as usize;
+        self.schedule[i.min(self.schedule.len() - 1)]
+    }
+}
+
+/// Where an attempt took place, for the events.
+pub struct AttemptContext<'a> {
+    pub route: &'a str,
+    pub remote_host: Option<String>,
+    pub tls: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Recorder {
+    pub spool: Spool,
+    pub events: EventLog,
+    pub retry: RetryPolicy,
+}
+
+impl Recorder {
+    /// Records one reply per recipient of the job, in the job's order.
+    pub fn replies(&self, job: &Job, replies: &[Reply], at: &AttemptContext<'_>) {
+        let verdicts = job
+            .rcpts
+            .iter()
+            .zip(replies)
+            .map(|(&(rcpt, attempts), reply)| (rcpt, attempts, event_reply(reply)))
+            .collect();
+        self.record(job, verdicts, at);
+    }
+
+    /// Records a connection-level failure for every recipient of the job.
+    pub fn session_failed(&self, job: &Job, error: &SessionError, at: &AttemptContext<'_>) {
+        let reply = match error.reply() {
+            Some(r) if r.code >= 400 => event_reply(r),
+            // A 5xx at greeting or EHLO is about the connection, not the
+            // recipient: try again later rather than bounce.
+            Some(r) => EventReply {
+                code: 451,
+                enhanced: Some("4.4.0".into()),
+                text: format!("{error} ({r})"),
+            },
+            None => EventReply {
+                code: 451,
+                enhanced: Some("4.4.1".into()),
+                text: error.to_string(),
+            },
+        };
+        let reply = if reply.code >= 500 {
+            EventReply { code: 451, ..reply }
+        } else {
+            reply
+        };
+        let verdicts = job
+            .rcpts
+            .iter()
+            .map(|&(rcpt, attempts)| (rcpt, attempts, reply.clone()))
+            .collect();
+        self.record(job, verdicts, at);
+    }
+
+    fn record(&self, job: &Job, verdicts: Vec<(u32, u32, EventReply)>, at: &AttemptContext<'_>) {
+        let now = now_ms();
+        let msg = &job.message;
+        let expires_at = msg.meta.received_at_ms + self.retry.max_age.as_millis() as u64;
+        let mut outcomes = Vec::with_capacity(verdicts.len());
+        let mut events = Vec::with_capacity(verdicts.len());
+        for (rcpt, attempts, reply) in verdicts {
+            let attempt = attempts + 1;
+            let kind = match reply.code {
+                200..=399 => EventKind::Delivery,
+                500..=599 => EventKind::Bounce,
+                _ if now >= expires_at => EventKind::Expiration,
+                _ => EventKind::TransientFailure,
+            };
+            outcomes.push(match kind {
+                EventKind::TransientFailure => Outcome::Deferred {
+                    id: msg.id,
+                    rcpt,
+                    next_attempt_ms: (now + self.retry.delay(attempt).as_millis() as u64)
+                        .min(expires_at),
+                },
+                _ => Outcome::Done { id: msg.id, rcpt },
+            });
+            events.push(self.event(job, rcpt, attempt, kind, reply, at, now));
+        }
+        self.commit(outcomes, events);
+    }
+
+    /// Writes outcomes to the spool, then their events. A failed write is
+    /// tried again: the recipients are claimed, so nothing else would pick
+    /// them up before a restart.
+    fn commit(&self, outcomes: Vec<Outcome>, events: Vec<Event>) {
+        let recorder = self.clone();
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let retry = outcomes.clone();
+        self.spool.record(
+            outcomes,
+            Box::new(move |result| match result {
+                Ok(()) => events.into_iter().for_each(|e| recorder.events.emit(e)),
+                // Shutting down: recovery reschedules them at the next start.
+                Err(SpoolError::Closed) => {}
+                Err(e) => {
+                    eprintln!(
+                        "sendengine: could not record delivery outcomes, retrying in {}s: {e}",
+                        RECORD_RETRY.as_secs()
+                    );
+                    if let Some(runtime) = runtime {
+                        runtime.spawn(async move {
+                            tokio::time::sleep(RECORD_RETRY).await;
+                            recorder.commit(retry, events);
+                        });
+                    }
+                }
+            }),
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        job: &Job,
+        rcpt: u32,
+        attempt: u32,
+        kind: EventKind,
+        reply: EventReply,
+        at: &AttemptContext<'_>,
+        now: u64,
+    ) -> Event {
+        let msg = &job.message;
+        let mut event = base_event(job, rcpt, kind, now);
+        event.route = Some(at.route.to_owned());
+        event.remote_host = at.remote_host.clone();
+        event.tls = at.tls.clone();
+        event.attempt = attempt;
+        event.queue_time_ms = now.saturating_sub(msg.meta.received_at_ms);
+        event.reply = Some(reply);
+        event
+    }
+}
+
+/// The fields every event of this recipient shares.
+pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
+    let msg = &job.message;
+    let meta = &msg.meta;
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    Event {
+        time: rfc3339(now),
+        kind,
+        message_id: sendengine_queue::format_id(msg.id),
+        header_message_id: job.header_message_id.clone(),
+        sender: msg.mail_from.clone(),
+        recipient: msg
+            .recipients
+            .get(rcpt as usize)
+            .cloned()
+            .unwrap_or_default(),
+        tenant: opt(&meta.tenant),
+        group: opt(&meta.group),
+        channel: meta.channel.clone(),
+        campaign: opt(&meta.campaign),
+        route: opt(&meta.route),
+        remote_host: None,
+        reply: None,
+        bounce_class: None,
+        tls: None,
+        attempt: 0,
+        queue_time_ms: 0,
+        size: msg.body.len(),
+    }
+}
+
+fn event_reply(reply: &Reply) -> EventReply {
+    EventReply {
+        code: reply.code,
+        enhanced: reply.enhanced.clone(),
+        text: reply.text.clone(),
+    }
+}
+
+/// Shared by tests and the scheduler: a job for every listed recipient.
+pub fn job_for(message: Arc<sendengine_queue::StoredMessage>, rcpts: Vec<(u32, u32)>) -> Job {
+    let header_message_id =
+        crate::message::header_value(&message.body, "Message-ID").unwrap_or_default();
+    Job {
+        message,
+        header_message_id,
+        rcpts,
+    }
+}

@@ -1,0 +1,18 @@
+//! sendengine: the send engine daemon of an email service provider.
+//!
+//! Data flow (see DESIGN.md): `smtp::server` accepts a transaction,
+//! `engine::Engine::admit` edits headers once and commits the message to
+//! the spool (`sendengine_queue`) before answering 250, `schedule` moves
+//! due recipients into the ready queues of `deliver`, whose workers hand
+//! them to delivery servers with `smtp::client` and record each outcome in
+//! the spool and the `events` log. `daemon` wires it all and shuts it down.
+
+pub mod config;
+pub mod daemon;
+pub mod deliver;
+pub mod engine;
+pub mod events;
+pub mod message;
+pub mod schedule;
+pub mod smtp;
+pub mod timefmt;

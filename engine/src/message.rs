@@ -1,0 +1,235 @@
+//! Header edits made once, at admission, before the message is spooled.
+//!
+//! The application controls channel and campaign with `X-Channel` and
+//! `X-Campaign-Id`; those are read and removed here so they never leave the
+//! host. A message without `Message-ID` or `Date` gets one (RFC 5322 wants
+//! both, and receivers score their absence), and every message gets our
+//! `Received:` trace line on top. Nothing edits the message after this.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The channels a message can be sent on; marketing when unsaid.
+pub const CHANNELS: [&str; 3] = ["marketing", "transactional", "autoresponder"];
+
+/// A header field as found in the message: name and raw value (unfolded
+/// lines keep their CRLF), and where the whole field sits.
+struct Field<'a> {
+    name: &'a str,
+    value: &'a [u8],
+    start: usize,
+    end: usize,
+}
+
+/// Where the header section ends: the offset just past the blank line,
+/// or the message length when there is no body.
+fn header_end(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 0;
+    }
+    memchr::memmem::find(message, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(message.len())
+}
+
+fn fields(message: &[u8]) -> Vec<Field<'_>> {
+    let end = header_end(message);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < end {
+        let mut line_end = pos;
+        // A field continues while the next line starts with white space.
+        loop {
+            match memchr::memmem::find(&message[line_end..end], b"\r\n") {
+                Some(i) => line_end += i + 2,
+                None => {
+                    line_end = end;
+                    break;
+                }
+            }
+            if line_end >= end || !matches!(message[line_end], b' ' | b'\t') {
+                break;
+            }
+        }
+        let raw = &message[pos..line_end];
+        if let Some(colon) = memchr::memchr(b':', raw)
+            && let Ok(name) = std::str::from_utf8(&raw[..colon])
+        {
+            out.push(Field {
+                name: name.trim(),
+                value: &raw[colon + 1..],
+                start: pos,
+                end: line_end,
+            });
+        }
+        pos = line_end;
+    }
+    out
+}
+
+fn unfold(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .replace("\r\n", "")
+        .trim()
+        .to_owned()
+}
+
+/// The unfolded value of the first header field called `name`.
+pub fn header_value(message: &[u8], name: &str) -> Option<String> {
+    fields(message)
+        .into_iter()
+        .find(|f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| unfold(f.value))
+}
+
+/// What admission learnt from the headers it removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ControlHeaders {
+    pub channel: Option<String>,
+    pub campaign: Option<String>,
+}
+
+/// The result of admission's edits.
+pub struct Prepared {
+    pub body: Vec<u8>,
+    pub control: ControlHeaders,
+    pub message_id: String,
+}
+
+/// Everything the Received line says about the client.
+pub struct TraceInfo<'a> {
+    pub hostname: &'a str,
+    pub helo: &'a str,
+    pub peer_ip: String,
+    pub tls: bool,
+    pub authenticated: bool,
+    pub time_ms: u64,
+}
+
+/// Applies admission's header edits and returns the bytes to spool.
+pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
+    let found = fields(message);
+    let mut control = ControlHeaders::default();
+    let mut message_id = None;
+    let mut has_date = false;
+    let mut removed: Vec<(usize, usize)> = Vec::new();
+    for f in &found {
+        if f.name.eq_ignore_ascii_case("X-Channel") {
+            control.channel = Some(unfold(f.value).to_ascii_lowercase());
+            removed.push((f.start, f.end));
+        } else if f.name.eq_ignore_ascii_case("X-Campaign-Id") {
+            control.campaign = Some(unfold(f.value));
+            removed.push((f.start, f.end));
+        } else if f.name.eq_ignore_ascii_case("Message-ID") {
+            message_id = Some(unfold(f.value));
+        } else if f.name.eq_ignore_ascii_case("Date") {
+            has_date = true;
+        }
+    }
+    let mut out = Vec::with_capacity(message.len() + 512);
+    out.extend_from_slice(received_line(trace).as_bytes());
+    let header_end = header_end(message);
+    let mut pos = 0;
+    for (start, end) in removed {
+        out.extend_from_slice(&message[pos..start]);
+        pos = end;
+    }
+    out.extend_from_slice(&message[pos..header_end]);
+    let message_id = match message_id {
+        Some(id) => id,
+        None => {
+            let id = new_message_id(trace.hostname, trace.time_ms);
+            out.extend_from_slice(format!("Message-ID: {id}\r\n").as_bytes());
+            id
+        }
+    };
+    if !has_date {
+        let date = crate::timefmt::rfc5322(trace.time_ms);
+        out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
+    }
+    if header_end == message.len() && !message.ends_with(b"\r\n\r\n") {
+        // No body: close the header section so the added fields stay headers.
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(&message[header_end..]);
+    Prepared {
+        body: out,
+        control,
+        message_id,
+    }
+}
+
+fn received_line(t: &TraceInfo<'_>) -> String {
+    // RFC 3848 protocol names: ESMTP, plus S for TLS and A for AUTH.
+    let proto = match (t.tls, t.authenticated) {
+        (false, false) => "ESMTP",
+        (true, false) => "ESMTPS",
+        (false, true) => "ESMTPA",
+        (true, true) => "ESMTPSA",
+    };
+    let helo: String = t
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect();
+    format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {host} (sendengine) with {proto};\r\n\t{date}\r\n",
+        ip = t.peer_ip,
+        host = t.hostname,
+        date = crate::timefmt::rfc5322(t.time_ms),
+    )
+}
+
+fn new_message_id(hostname: &str, time_ms: u64) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("<{time_ms:x}.{n:x}.{:x}@{hostname}>", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace() -> TraceInfo<'static> {
+        TraceInfo {
+            hostname: "mta.test",
+            helo: "client.test",
+            peer_ip: "127.0.0.1".into(),
+            tls: false,
+            authenticated: false,
+            time_ms: 1_795_257_000_000,
+        }
+    }
+
+    #[test]
+    fn control_headers_are_read_and_removed() {
+        let msg = b"From: a@b.c\r\nX-Channel: Transactional\r\nX-Campaign-Id: spring\r\n sale\r\nMessage-ID: <x@y>\r\nDate: today\r\n\r\nbody\r\n";
+        let p = prepare(msg, &trace());
+        assert_eq!(p.control.channel.as_deref(), Some("transactional"));
+        assert_eq!(p.control.campaign.as_deref(), Some("spring sale"));
+        assert_eq!(p.message_id, "<x@y>");
+        let text = String::from_utf8(p.body).unwrap();
+        assert!(text.starts_with(
+            "Received: from client.test ([127.0.0.1])\r\n\tby mta.test (sendengine) with ESMTP;"
+        ));
+        assert!(!text.contains("X-Channel") && !text.contains("sale"));
+        assert!(text.ends_with("From: a@b.c\r\nMessage-ID: <x@y>\r\nDate: today\r\n\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn missing_message_id_and_date_are_added_in_the_header() {
+        let p = prepare(b"Subject: hi\r\n\r\nbody\r\n", &trace());
+        let text = String::from_utf8(p.body).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Message-ID: {}", p.message_id)));
+        assert!(head.contains("Date: Sat, 21 Nov 2026 10:30:00 +0000"));
+        assert_eq!(body, "body\r\n");
+    }
+
+    #[test]
+    fn message_without_body() {
+        let p = prepare(b"Subject: hi\r\n", &trace());
+        let text = String::from_utf8(p.body).unwrap();
+        assert!(text.ends_with("+0000\r\n\r\n"), "{text:?}");
+    }
+}

@@ -1,0 +1,299 @@
+//! The outbound SMTP client: one [`Connection`] to a relay or MX, set up with
+//! greeting, EHLO, STARTTLS (required or opportunistic) or implicit TLS, and
+//! AUTH, then reused for many transactions. A transaction pipelines MAIL, RCPT
+//! and DATA when the server allows it and returns one [`Reply`] per recipient,
+//! so a refused recipient never costs the others their delivery. Every wait on
+//! the server has its own phase timeout. `SessionError` is for failures that
+//! make the connection unusable; the caller defers and drops the connection.
+
+mod body;
+mod capabilities;
+mod reply;
+mod session;
+mod tls;
+mod transaction;
+mod transport;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use capabilities::Capabilities;
+pub use reply::{MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine};
+
+use transport::Transport;
+
+/// How the connection is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// Plain SMTP, never STARTTLS.
+    None,
+    /// STARTTLS is required: not offered or failed is a [`SessionError`].
+    StartTls,
+    /// STARTTLS when offered, without certificate checks; plain otherwise, and
+    /// plain on a fresh connection when the handshake fails.
+    StartTlsOpportunistic,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+}
+
+/// AUTH credentials for a relay. `Debug` hides the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One timeout per wait on the server (RFC 5321 4.5.3.2 for the defaults).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    /// EHLO or HELO reply.
+    pub ehlo: Duration,
+    /// STARTTLS reply and the TLS handshake.
+    pub tls: Duration,
+    /// Each AUTH exchange.
+    pub auth: Duration,
+    /// MAIL reply (also used for RSET).
+    pub mail: Duration,
+    pub rcpt: Duration,
+    /// DATA reply (the 354).
+    pub data: Duration,
+    /// Sending the body and the reply after the final dot.
+    pub data_end: Duration,
+    pub quit: Duration,
+}
+
+impl Timeouts {
+    /// The same timeout for every phase.
+    pub fn uniform(timeout: Duration) -> Self {
+        Timeouts {
+            connect: timeout,
+            greeting: timeout,
+            ehlo: timeout,
+            tls: timeout,
+            auth: timeout,
+            mail: timeout,
+            rcpt: timeout,
+            data: timeout,
+            data_end: timeout,
+            quit: timeout,
+        }
+    }
+
+    /// The timeout that bounds waits in `phase`.
+    pub fn for_phase(&self, phase: Phase) -> Duration {
+        match phase {
+            Phase::Connect => self.connect,
+            Phase::Greeting => self.greeting,
+            Phase::Ehlo => self.ehlo,
+            Phase::StartTls | Phase::Tls => self.tls,
+            Phase::Auth => self.auth,
+            Phase::Mail | Phase::Rset => self.mail,
+            Phase::Rcpt => self.rcpt,
+            Phase::Data => self.data,
+            Phase::DataEnd => self.data_end,
+            Phase::Quit => self.quit,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    /// RFC 5321 4.5.3.2 minimums, and Postfix's 30 s connect timeout.
+    fn default() -> Self {
+        const MINUTE: u64 = 60;
+        Timeouts {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(5 * MINUTE),
+            ehlo: Duration::from_secs(5 * MINUTE),
+            tls: Duration::from_secs(5 * MINUTE),
+            auth: Duration::from_secs(5 * MINUTE),
+            mail: Duration::from_secs(5 * MINUTE),
+            rcpt: Duration::from_secs(5 * MINUTE),
+            data: Duration::from_secs(2 * MINUTE),
+            data_end: Duration::from_secs(10 * MINUTE),
+            quit: Duration::from_secs(MINUTE),
+        }
+    }
+}
+
+/// Where to connect and how.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Host name or IP address; also the TLS server name.
+    pub host: String,
+    pub port: u16,
+    pub encryption: Encryption,
+    /// Our name in EHLO/HELO.
+    pub helo_name: String,
+    pub auth: Option<Credentials>,
+    pub timeouts: Timeouts,
+    /// Verify the server certificate against the webpki roots (required
+    /// STARTTLS and implicit TLS only; opportunistic STARTTLS never verifies).
+    pub tls_verify: bool,
+}
+
+/// The step of the session a reply or failure belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Connect,
+    Greeting,
+    Ehlo,
+    /// The STARTTLS command and its reply.
+    StartTls,
+    /// The TLS handshake.
+    Tls,
+    Auth,
+    Mail,
+    Rcpt,
+    /// The DATA command and its 354.
+    Data,
+    /// Sending the body and the reply after the final dot.
+    DataEnd,
+    Rset,
+    Quit,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Phase::Connect => "connect",
+            Phase::Greeting => "greeting",
+            Phase::Ehlo => "EHLO",
+            Phase::StartTls => "STARTTLS",
+            Phase::Tls => "TLS handshake",
+            Phase::Auth => "AUTH",
+            Phase::Mail => "MAIL FROM",
+            Phase::Rcpt => "RCPT TO",
+            Phase::Data => "DATA",
+            Phase::DataEnd => "end of data",
+            Phase::Rset => "RSET",
+            Phase::Quit => "QUIT",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A connection-level failure: the connection is unusable and every recipient
+/// of the transaction in progress is deferred by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("I/O error during {phase}: {source}")]
+    Io {
+        phase: Phase,
+        source: std::io::Error,
+    },
+    #[error("timeout after {after:?} during {phase}")]
+    Timeout { phase: Phase, after: Duration },
+    #[error("TLS failure during {phase}: {message}")]
+    Tls { phase: Phase, message: String },
+    #[error("server refused {phase}: {reply}")]
+    Rejected { phase: Phase, reply: Reply },
+    #[error("protocol error during {phase}: {message}")]
+    Protocol { phase: Phase, message: String },
+}
+
+impl SessionError {
+    pub fn phase(&self) -> Phase {
+        match self {
+            SessionError::Io { phase, .. }
+            | SessionError::Timeout { phase, .. }
+            | SessionError::Tls { phase, .. }
+            | SessionError::Rejected { phase, .. }
+            | SessionError::Protocol { phase, .. } => *phase,
+        }
+    }
+
+    /// The server's reply, when a reply caused the failure.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            SessionError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+}
+
+/// The envelope of one transaction.
+pub struct Envelope<'a> {
+    /// The return path; "" is the null sender (`MAIL FROM:<>`).
+    pub mail_from: &'a str,
+    pub recipients: &'a [&'a str],
+}
+
+/// How the connection ended up protected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsState {
+    Plain,
+    /// Upgraded with STARTTLS.
+    StartTls,
+    /// TLS from the first byte.
+    Implicit,
+    /// Opportunistic STARTTLS failed (the reason is given), so this connection
+    /// is plain.
+    PlainAfterTlsFailure(String),
+}
+
+/// An open SMTP session, ready for transactions.
+pub struct Connection {
+    transport: Transport,
+    timeouts: Timeouts,
+    remote: String,
+    greeting: String,
+    capabilities: Capabilities,
+    tls: TlsState,
+    /// Set once `send` failed: the session state is unknown from then on.
+    broken: bool,
+}
+
+impl Connection {
+    pub fn tls(&self) -> TlsState {
+        self.tls.clone()
+    }
+
+    /// "host:port" (IPv6 addresses in brackets), for events.
+    pub fn remote(&self) -> &str {
+        &self.remote
+    }
+
+    /// The text of the server's 220 greeting, without the code.
+    pub fn greeting(&self) -> &str {
+        &self.greeting
+    }
+
+    /// The extensions from the last EHLO (after STARTTLS when it was used).
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Ends the session politely: QUIT, wait for its reply with the quit
+    /// timeout, close. Errors do not matter any more at this point. After a
+    /// failed `send` the session state is unknown, so it only closes.
+    pub async fn quit(mut self) {
+        let after = self.timeouts.quit;
+        if !self.broken {
+            let sent = self.transport.send_line(Phase::Quit, after, "QUIT").await;
+            if sent.is_ok() {
+                let _ = self.transport.read_reply(Phase::Quit, after).await;
+            }
+        }
+        self.transport.shutdown(after).await;
+    }
+}
+
+/// "host:port", with brackets around an IPv6 address.
+fn remote_name(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}

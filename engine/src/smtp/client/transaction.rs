@@ -1,0 +1,428 @@
+//! One mail transaction on an open connection: MAIL, RCPT for each recipient,
+//! DATA, the dot-stuffed body, and the final reply, with one reply per
+//! recipient as the result. With PIPELINING (RFC 2920) the envelope goes out
+//! in groups and the replies are read back in order; without it, in lockstep.
+//! A refused recipient keeps its own RCPT reply; the others still get the
+//! message (partial acceptance).
+
+use std::iter;
+
+use super::{Connection, Envelope, Phase, Reply, SessionError};
+
+/// Commands per pipelined group. Bounded so that a server answering a long
+/// group cannot fill its send buffer while we are still writing (deadlock).
+const MAX_PIPELINE_GROUP: usize = 100;
+
+/// Longest address we put in a command (RFC 5321 4.5.3.1.3: 256 octets path).
+const MAX_ADDRESS_LEN: usize = 256;
+
+/// The reply that tells the server sent "go ahead" to DATA.
+const START_MAIL_INPUT: u16 = 354;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Mail,
+    /// RCPT for the recipient at this index of the envelope.
+    Rcpt(usize),
+    Data,
+}
+
+impl Command {
+    fn phase(self) -> Phase {
+        match self {
+            Command::Mail => Phase::Mail,
+            Command::Rcpt(_) => Phase::Rcpt,
+            Command::Data => Phase::Data,
+        }
+    }
+}
+
+/// The replies to the envelope commands, as they come back.
+#[derive(Default)]
+struct EnvelopeReplies {
+    mail: Option<Reply>,
+    /// Recipients whose RCPT was accepted, by index.
+    accepted: Vec<usize>,
+    data: Option<Reply>,
+}
+
+impl EnvelopeReplies {
+    fn mail_refused(&self) -> bool {
+        self.mail.as_ref().is_some_and(|reply| !reply.is_positive())
+    }
+
+    fn data_started(&self) -> bool {
+        self.data
+            .as_ref()
+            .is_some_and(|reply| reply.code == START_MAIL_INPUT)
+    }
+
+    /// Whether sending `next` is pointless: MAIL was refused, or DATA would
+    /// follow no accepted recipient. Only matters between groups (lockstep).
+    fn stop_before(&self, next: Command) -> bool {
+        self.mail_refused() || (next == Command::Data && self.accepted.is_empty())
+    }
+
+    /// Files one reply; refused recipients get their reply in `outcomes`.
+    fn record(
+        &mut self,
+        command: Command,
+        reply: Reply,
+        outcomes: &mut [Option<Reply>],
+    ) -> Result<(), SessionError> {
+        match command {
+            Command::Mail => self.mail = Some(expect_completion(Phase::Mail, reply)?),
+            Command::Rcpt(index) => {
+                let reply = expect_completion(Phase::Rcpt, reply)?;
+                // After a refused MAIL the RCPT replies (503s) say nothing about
+                // the recipients; MAIL's reply will decide them.
+                if reply.is_positive() {
+                    self.accepted.push(index);
+                } else if !self.mail_refused()
+                    && let Some(outcome) = outcomes.get_mut(index)
+                {
+                    *outcome = Some(reply);
+                }
+            }
+            Command::Data => {
+                if reply.code != START_MAIL_INPUT && !reply.is_transient() && !reply.is_permanent()
+                {
+                    return Err(unexpected(Phase::Data, &reply));
+                }
+                self.data = Some(reply);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Connection {
+    /// One transaction. Returns one Reply per recipient in input order: the
+    /// reply that decided that recipient (MAIL's reply if MAIL failed, the RCPT
+    /// reply if refused, DATA's reply if DATA was refused, else the final reply
+    /// after the dot). Replies made up locally (size over the server's limit,
+    /// bad address syntax, SMTPUTF8 needed but not offered) send nothing.
+    /// `body` is the message in CRLF, not dot-stuffed.
+    /// Err only for connection-level failures: then drop the connection.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+    ) -> Result<Vec<Reply>, SessionError> {
+        if self.broken {
+            return Err(SessionError::Protocol {
+                phase: Phase::Mail,
+                message: "the connection failed earlier and must be dropped".to_string(),
+            });
+        }
+        let result = self.transaction(envelope, body).await;
+        self.broken = result.is_err();
+        result
+    }
+
+    async fn transaction(
+        &mut self,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+    ) -> Result<Vec<Reply>, SessionError> {
+        if let Some(refusal) = self.refuse_locally(envelope, body) {
+            return Ok(vec![refusal; envelope.recipients.len()]);
+        }
+        let mut outcomes: Vec<Option<Reply>> = envelope
+            .recipients
+            .iter()
+            .map(|recipient| check_address(recipient, "5.1.3", "recipient").err())
+            .collect();
+        let recipients_to_send: Vec<Command> = (0..outcomes.len())
+            .filter(|&index| outcomes[index].is_none())
+            .map(Command::Rcpt)
+            .collect();
+        if recipients_to_send.is_empty() {
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let plan: Vec<Command> = iter::once(Command::Mail)
+            .chain(recipients_to_send)
+            .chain(iter::once(Command::Data))
+            .collect();
+        let replies = self
+            .exchange_envelope(&plan, envelope, body, &mut outcomes)
+            .await?;
+        let decided = self.conclude(replies, body).await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(|| decided.clone()))
+            .collect())
+    }
+
+    /// Refusals that apply to the whole message and need no server round trip.
+    fn refuse_locally(&self, envelope: &Envelope<'_>, body: &[u8]) -> Option<Reply> {
+        if !envelope.mail_from.is_empty()
+            && let Err(reply) = check_address(envelope.mail_from, "5.1.7", "sender")
+        {
+            return Some(reply);
+        }
+        if let Some(limit) = self.capabilities.size_limit()
+            && body.len() as u64 > limit
+        {
+            let text = format!(
+                "message of {} bytes exceeds the server's limit of {limit} bytes",
+                body.len()
+            );
+            return Some(Reply::local(552, "5.3.4", text));
+        }
+        if needs_smtputf8(envelope) && !self.capabilities.smtp_utf8 {
+            let text = "SMTPUTF8 is required, but was not offered by the server";
+            return Some(Reply::local(553, "5.6.7", text));
+        }
+        None
+    }
+
+    fn mail_command(&self, envelope: &Envelope<'_>, body: &[u8]) -> String {
+        let mut command = format!("MAIL FROM:<{}>", envelope.mail_from);
+        if self.capabilities.size.is_some() {
+            command.push_str(&format!(" SIZE={}", body.len()));
+        }
+        if self.capabilities.eight_bit_mime && !body.is_ascii() {
+            command.push_str(" BODY=8BITMIME");
+        }
+        if needs_smtputf8(envelope) {
+            command.push_str(" SMTPUTF8");
+        }
+        command
+    }
+
+    /// Sends the plan group by group (the whole envelope at once when
+    /// pipelining, one command at a time otherwise) and reads every reply.
+    async fn exchange_envelope(
+        &mut self,
+        plan: &[Command],
+        envelope: &Envelope<'_>,
+        body: &[u8],
+        outcomes: &mut [Option<Reply>],
+    ) -> Result<EnvelopeReplies, SessionError> {
+        let group_size = if self.capabilities.pipelining {
+            MAX_PIPELINE_GROUP
+        } else {
+            1
+        };
+        let mail_command = self.mail_command(envelope, body);
+        let mut replies = EnvelopeReplies::default();
+        for group in plan.chunks(group_size) {
+            if group
+                .first()
+                .is_some_and(|&first| replies.stop_before(first))
+            {
+                break;
+            }
+            let text = command_lines(group, &mail_command, envelope);
+            let phase = group.first().map_or(Phase::Mail, |first| first.phase());
+            let after = self.timeouts.for_phase(phase);
+            self.transport
+                .send_all(phase, after, &[text.as_bytes()])
+                .await?;
+            for &command in group {
+                let reply = self.read(command.phase()).await?;
+                replies.record(command, reply, outcomes)?;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Finishes the transaction after the envelope and returns the reply that
+    /// decides every recipient not refused on its own.
+    async fn conclude(
+        &mut self,
+        replies: EnvelopeReplies,
+        body: &[u8],
+    ) -> Result<Reply, SessionError> {
+        let data_started = replies.data_started();
+        let EnvelopeReplies {
+            mail,
+            accepted,
+            data,
+        } = replies;
+        let Some(mail) = mail else {
+            return Err(unexpected_state("no reply to MAIL"));
+        };
+        if !mail.is_positive() || accepted.is_empty() {
+            if data_started {
+                self.end_empty_data().await?;
+            }
+            if mail.is_positive() {
+                self.reset().await?;
+            }
+            // With MAIL accepted, every recipient was refused by its own RCPT
+            // reply, so this reply decides no one.
+            return Ok(mail);
+        }
+        let Some(data) = data else {
+            return Err(unexpected_state("DATA was not sent"));
+        };
+        if data.code != START_MAIL_INPUT {
+            self.reset().await?;
+            return Ok(data);
+        }
+        let phase = Phase::DataEnd;
+        self.transport
+            .send_body(phase, self.timeouts.data_end, body)
+            .await?;
+        let reply = self.read(phase).await?;
+        expect_completion(phase, reply)
+    }
+
+    /// The server said 354 though no recipient is valid (possible when
+    /// pipelining): the only way out of DATA is an empty message (RFC 2920 3.1).
+    async fn end_empty_data(&mut self) -> Result<(), SessionError> {
+        let phase = Phase::DataEnd;
+        self.transport
+            .send_line(phase, self.timeouts.data_end, ".")
+            .await?;
+        self.read(phase).await.map(drop)
+    }
+
+    /// RSET after a transaction that did not end with the dot, so the next
+    /// transaction starts clean.
+    async fn reset(&mut self) -> Result<(), SessionError> {
+        let reply = self.command(Phase::Rset, "RSET").await?;
+        if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(SessionError::Rejected {
+                phase: Phase::Rset,
+                reply,
+            })
+        }
+    }
+}
+
+/// The command lines of one group, each ending in CRLF, for a single write.
+fn command_lines(group: &[Command], mail_command: &str, envelope: &Envelope<'_>) -> String {
+    let mut text = String::new();
+    for &command in group {
+        match command {
+            Command::Mail => text.push_str(mail_command),
+            Command::Rcpt(index) => {
+                let recipient = envelope.recipients.get(index).copied().unwrap_or_default();
+                text.push_str(&format!("RCPT TO:<{recipient}>"));
+            }
+            Command::Data => text.push_str("DATA"),
+        }
+        text.push_str("\r\n");
+    }
+    text
+}
+
+/// Addresses go into command lines verbatim, so anything that could end the
+/// line or the angle brackets early is refused here rather than sent.
+fn check_address(address: &str, enhanced: &str, role: &str) -> Result<(), Reply> {
+    let bad_char = |c: char| c.is_ascii_control() || c == '<' || c == '>';
+    if address.is_empty() || address.len() > MAX_ADDRESS_LEN || address.contains(bad_char) {
+        let text = format!("bad {role} address syntax (refused by the sending client)");
+        return Err(Reply::local(501, enhanced, text));
+    }
+    Ok(())
+}
+
+fn needs_smtputf8(envelope: &Envelope<'_>) -> bool {
+    !envelope.mail_from.is_ascii()
+        || envelope
+            .recipients
+            .iter()
+            .any(|recipient| !recipient.is_ascii())
+}
+
+/// Replies to MAIL, RCPT and the final dot must be 2xx, 4xx or 5xx.
+fn expect_completion(phase: Phase, reply: Reply) -> Result<Reply, SessionError> {
+    if reply.is_positive() || reply.is_transient() || reply.is_permanent() {
+        Ok(reply)
+    } else {
+        Err(unexpected(phase, &reply))
+    }
+}
+
+fn unexpected(phase: Phase, reply: &Reply) -> SessionError {
+    SessionError::Protocol {
+        phase,
+        message: format!("unexpected reply {reply}"),
+    }
+}
+
+fn unexpected_state(message: &str) -> SessionError {
+    SessionError::Protocol {
+        phase: Phase::Mail,
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_checks() {
+        assert!(check_address("user@example.com", "5.1.3", "recipient").is_ok());
+        assert!(check_address("\"odd user\"@example.com", "5.1.3", "recipient").is_ok());
+        for bad in [
+            "",
+            "a\r\nRCPT TO:<x@y>",
+            "a>b@c",
+            "a<b@c",
+            "nul\0@x",
+            &"a".repeat(300),
+        ] {
+            let reply = check_address(bad, "5.1.3", "recipient").unwrap_err();
+            assert_eq!(
+                (reply.code, reply.enhanced.as_deref()),
+                (501, Some("5.1.3")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn smtputf8_detection() {
+        let ascii = Envelope {
+            mail_from: "a@b.c",
+            recipients: &["d@e.f"],
+        };
+        let utf8 = Envelope {
+            mail_from: "",
+            recipients: &["d@e.f", "josé@exemple.fr"],
+        };
+        assert!(!needs_smtputf8(&ascii));
+        assert!(needs_smtputf8(&utf8));
+    }
+
+    #[test]
+    fn a_refused_mail_overrides_rcpt_replies() {
+        let mut replies = EnvelopeReplies::default();
+        let mut outcomes = vec![None, None];
+        let refused = Reply::local(451, "4.3.0", "try later");
+        replies
+            .record(Command::Mail, refused, &mut outcomes)
+            .unwrap();
+        let bad_sequence = Reply::local(503, "5.5.1", "need MAIL");
+        replies
+            .record(Command::Rcpt(0), bad_sequence, &mut outcomes)
+            .unwrap();
+        assert_eq!(outcomes, vec![None, None]);
+        assert!(replies.stop_before(Command::Rcpt(1)));
+    }
+
+    #[test]
+    fn data_needs_an_accepted_recipient() {
+        let mut replies = EnvelopeReplies::default();
+        let mut outcomes = vec![None];
+        let ok = Reply::local(250, "2.1.0", "ok");
+        replies.record(Command::Mail, ok, &mut outcomes).unwrap();
+        assert!(!replies.stop_before(Command::Rcpt(0)));
+        let no_user = Reply::local(550, "5.1.1", "no such user");
+        replies
+            .record(Command::Rcpt(0), no_user.clone(), &mut outcomes)
+            .unwrap();
+        assert_eq!(outcomes, vec![Some(no_user)]);
+        assert!(replies.stop_before(Command::Data));
+        let wrong = Reply::local(250, "2.0.0", "DATA ok?");
+        assert!(replies.record(Command::Data, wrong, &mut outcomes).is_err());
+    }
+}

@@ -1,0 +1,290 @@
+//! The byte stream under an SMTP session: plain TCP or TLS, a write buffer that
+//! is flushed once per pipelined group, and a read buffer from which replies are
+//! cut line by line (several replies per packet, or one reply over several
+//! packets). Every wait on the network runs under a phase's timeout.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::body::{DotStuffed, data_terminator};
+use super::reply::{MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine};
+use super::{Phase, SessionError};
+
+/// Write buffer: a 10 KB message plus its envelope goes out in one write.
+const WRITE_BUFFER: usize = 64 * 1024;
+/// Read buffer: replies are small; a pipelined group of 100 fits easily.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// A TCP stream, before or after TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A reply together with the text of each of its lines (EHLO needs the lines).
+pub struct ReplyWithLines {
+    pub reply: Reply,
+    pub lines: Vec<String>,
+}
+
+/// Buffered reading and writing of SMTP lines over a [`Stream`].
+pub struct Transport {
+    io: BufReader<BufWriter<Stream>>,
+    /// The line being read, kept to reuse its allocation.
+    line: Vec<u8>,
+}
+
+impl Transport {
+    pub fn new(stream: Stream) -> Transport {
+        let writer = BufWriter::with_capacity(WRITE_BUFFER, stream);
+        Transport {
+            io: BufReader::with_capacity(READ_BUFFER, writer),
+            line: Vec::with_capacity(256),
+        }
+    }
+
+    /// Opens the TCP connection with Nagle off: we always write whole groups
+    /// and then wait for replies, so delaying small segments only adds latency.
+    pub async fn connect(
+        host: &str,
+        port: u16,
+        after: Duration,
+    ) -> Result<TcpStream, SessionError> {
+        let tcp = within(Phase::Connect, after, TcpStream::connect((host, port))).await?;
+        tcp.set_nodelay(true).map_err(|source| SessionError::Io {
+            phase: Phase::Connect,
+            source,
+        })?;
+        Ok(tcp)
+    }
+
+    /// Writes all pieces and flushes once, so a pipelined group leaves in one
+    /// TCP segment.
+    pub async fn send_all(
+        &mut self,
+        phase: Phase,
+        after: Duration,
+        pieces: &[&[u8]],
+    ) -> Result<(), SessionError> {
+        let io = &mut self.io;
+        within(phase, after, async {
+            for piece in pieces {
+                io.write_all(piece).await?;
+            }
+            io.flush().await
+        })
+        .await
+    }
+
+    /// Writes the message body dot-stuffed, then the end-of-data marker, and
+    /// flushes once.
+    pub async fn send_body(
+        &mut self,
+        phase: Phase,
+        after: Duration,
+        body: &[u8],
+    ) -> Result<(), SessionError> {
+        let io = &mut self.io;
+        within(phase, after, async {
+            for piece in DotStuffed::new(body) {
+                io.write_all(piece).await?;
+            }
+            io.write_all(data_terminator(body)).await?;
+            io.flush().await
+        })
+        .await
+    }
+
+    /// Writes one command line (CRLF added) and flushes it.
+    pub async fn send_line(
+        &mut self,
+        phase: Phase,
+        after: Duration,
+        line: &str,
+    ) -> Result<(), SessionError> {
+        self.send_all(phase, after, &[line.as_bytes(), b"\r\n"])
+            .await
+    }
+
+    /// Reads one complete (possibly multi-line) reply.
+    pub async fn read_reply(
+        &mut self,
+        phase: Phase,
+        after: Duration,
+    ) -> Result<Reply, SessionError> {
+        Ok(self.read_reply_with_lines(phase, after).await?.reply)
+    }
+
+    pub async fn read_reply_with_lines(
+        &mut self,
+        phase: Phase,
+        after: Duration,
+    ) -> Result<ReplyWithLines, SessionError> {
+        match tokio::time::timeout(after, self.read_lines(phase)).await {
+            Ok(result) => result,
+            Err(_) => Err(SessionError::Timeout { phase, after }),
+        }
+    }
+
+    async fn read_lines(&mut self, phase: Phase) -> Result<ReplyWithLines, SessionError> {
+        let mut lines: Vec<String> = Vec::new();
+        loop {
+            if lines.len() == MAX_REPLY_LINES {
+                return Err(protocol(
+                    phase,
+                    format!("reply has more than {MAX_REPLY_LINES} lines"),
+                ));
+            }
+            self.read_line(phase).await?;
+            let line = String::from_utf8_lossy(&self.line).into_owned();
+            let is_last = ReplyLine::parse(&line)
+                .map_err(|message| protocol(phase, message))?
+                .is_last;
+            lines.push(line);
+            if is_last {
+                break;
+            }
+        }
+        // Parsing again is cheap and spares keeping borrows across the reads.
+        let parsed: Vec<ReplyLine<'_>> = lines
+            .iter()
+            .map(|line| ReplyLine::parse(line))
+            .collect::<Result<_, _>>()
+            .map_err(|message| protocol(phase, message))?;
+        let reply = Reply::from_lines(&parsed).map_err(|message| protocol(phase, message))?;
+        let texts = parsed.iter().map(|line| line.text.to_string()).collect();
+        Ok(ReplyWithLines {
+            reply,
+            lines: texts,
+        })
+    }
+
+    /// Reads up to the next LF into `self.line`, without the CRLF (a bare LF is
+    /// accepted too). Refuses lines over [`MAX_REPLY_LINE`] instead of buffering
+    /// whatever a broken server sends.
+    async fn read_line(&mut self, phase: Phase) -> Result<(), SessionError> {
+        self.line.clear();
+        loop {
+            let available = self
+                .io
+                .fill_buf()
+                .await
+                .map_err(|source| SessionError::Io { phase, source })?;
+            if available.is_empty() {
+                let source = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the server",
+                );
+                return Err(SessionError::Io { phase, source });
+            }
+            let newline = available.iter().position(|&b| b == b'\n');
+            let taken = newline.map_or(available.len(), |index| index + 1);
+            self.line.extend_from_slice(&available[..taken]);
+            self.io.consume(taken);
+            if self.line.len() > MAX_REPLY_LINE {
+                return Err(protocol(
+                    phase,
+                    format!("reply line longer than {MAX_REPLY_LINE} bytes"),
+                ));
+            }
+            if newline.is_some() {
+                break;
+            }
+        }
+        self.line.pop();
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        Ok(())
+    }
+
+    /// Gives back the plain TCP stream for the TLS handshake after STARTTLS.
+    /// Bytes already received after the 220 would be plaintext injected before
+    /// the handshake (CVE-2011-0411 class), so they make the session fail.
+    pub fn into_tcp(self, phase: Phase) -> Result<TcpStream, SessionError> {
+        if !self.io.buffer().is_empty() {
+            return Err(protocol(
+                phase,
+                "server sent data after its reply to STARTTLS".to_string(),
+            ));
+        }
+        match self.io.into_inner().into_inner() {
+            Stream::Plain(tcp) => Ok(tcp),
+            Stream::Tls(_) => Err(protocol(
+                phase,
+                "STARTTLS on a connection that is already TLS".to_string(),
+            )),
+        }
+    }
+
+    /// Closes the write side (sends TLS close_notify first when in TLS).
+    pub async fn shutdown(&mut self, after: Duration) {
+        let _ = tokio::time::timeout(after, self.io.shutdown()).await;
+    }
+}
+
+fn protocol(phase: Phase, message: String) -> SessionError {
+    SessionError::Protocol { phase, message }
+}
+
+/// Runs an I/O future under the phase's timeout, naming the phase in errors.
+pub async fn within<T>(
+    phase: Phase,
+    after: Duration,
+    work: impl Future<Output = io::Result<T>>,
+) -> Result<T, SessionError> {
+    match tokio::time::timeout(after, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(source)) => Err(SessionError::Io { phase, source }),
+        Err(_) => Err(SessionError::Timeout { phase, after }),
+    }
+}

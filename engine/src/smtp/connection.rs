@@ -1,0 +1,330 @@
+//! Buffered reading and writing on one SMTP server connection.
+//!
+//! Reads command lines with a length limit and the DATA section up to its
+//! terminating `CRLF.CRLF`, and batches replies so that a pipelining client
+//! gets all answers to its group in one write. The stream may switch from
+//! plain TCP to TLS (STARTTLS); the read buffer is emptied at that moment so
+//! that nothing sent in clear text can be taken as sent under TLS.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::reply::Reply;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Plain TCP or TLS over TCP, so that the session can run STARTTLS in place.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What `read_line` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A complete line, without its line ending.
+    Complete(Vec<u8>),
+    /// The line passed the limit; it was read to its end and thrown away.
+    TooLong,
+    /// The client closed the connection.
+    Closed,
+}
+
+/// The message read after DATA's 354.
+#[derive(Debug)]
+pub struct DataSection {
+    /// The message with CRLF line endings and dot-stuffing removed.
+    pub body: Vec<u8>,
+    /// More than the size limit was sent: the body was cut and must be refused.
+    pub too_big: bool,
+}
+
+pub struct Connection {
+    stream: Stream,
+    buf: Vec<u8>,
+    start: usize,
+    out: Vec<u8>,
+}
+
+impl Connection {
+    pub fn new(stream: Stream) -> Connection {
+        Connection {
+            stream,
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+            out: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Whether the client already sent more than we have handled (pipelining).
+    pub fn has_buffered_input(&self) -> bool {
+        self.start < self.buf.len()
+    }
+
+    /// Queues a reply; it goes out at the next `flush`.
+    pub fn queue_reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Hands the stream over for a TLS handshake, dropping anything the
+    /// client pipelined after STARTTLS (CVE-2011-0411 style injection).
+    pub fn into_stream(self) -> Stream {
+        self.stream
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
+    async fn fill(&mut self) -> io::Result<bool> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let n = match self.stream.read(&mut self.buf[len..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.buf.truncate(len);
+                return Err(e);
+            }
+        };
+        self.buf.truncate(len + n);
+        Ok(n > 0)
+    }
+
+    /// Reads one line of at most `max` bytes (line ending included).
+    pub async fn read_line(&mut self, max: usize) -> io::Result<Line> {
+        let mut too_long = false;
+        loop {
+            let pending = &self.buf[self.start..];
+            if let Some(pos) = memchr::memchr(b'\n', pending) {
+                let line_end = self.start + pos;
+                let line = trim_cr(&self.buf[self.start..line_end]).to_vec();
+                self.start = line_end + 1;
+                if too_long || pos + 1 > max {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Complete(line));
+            }
+            if pending.len() > max {
+                // Keep reading to the line's end, but not into memory.
+                too_long = true;
+                self.start = self.buf.len();
+            }
+            if !self.fill().await? {
+                return Ok(Line::Closed);
+            }
+        }
+    }
+
+    /// Reads the DATA section up to `CRLF.CRLF`. Only that sequence ends it
+    /// (the SMTP smuggling defence); bare LF and bare CR become CRLF.
+    pub async fn read_data(&mut self, max_size: u64) -> io::Result<Option<DataSection>> {
+        let mut reader = DataReader::new(max_size);
+        loop {
+            let pending = &self.buf[self.start..];
+            let (consumed, done) = reader.feed(pending);
+            self.start += consumed;
+            if done {
+                return Ok(Some(reader.finish()));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The DATA state machine, separate from I/O so it can be tested (and
+/// fuzzed) on byte slices.
+pub struct DataReader {
+    body: Vec<u8>,
+    max_size: u64,
+    too_big: bool,
+    /// The previous line ended in CRLF (the DATA command line counts).
+    prev_crlf: bool,
+}
+
+impl DataReader {
+    pub fn new(max_size: u64) -> DataReader {
+        let reserve = max_size.min(64 * 1024) as usize;
+        DataReader {
+            body: Vec::with_capacity(reserve),
+            max_size,
+            too_big: false,
+            prev_crlf: true,
+        }
+    }
+
+    /// Consumes complete lines from `input`; returns how many bytes were
+    /// used and whether the terminating line was seen.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        let mut used = 0;
+        while let Some(pos) = memchr::memchr(b'\n', &input[used..]) {
+            let raw = &input[used..used + pos];
+            used += pos + 1;
+            let crlf = raw.last() == Some(&b'\r');
+            let line = if crlf { &raw[..raw.len() - 1] } else { raw };
+            if line == b"." && crlf && self.prev_crlf {
+                return (used, true);
+            }
+            self.prev_crlf = crlf;
+            // A lone "." that did not arrive as CRLF.CRLF is content; keep it.
+            let line = match line.strip_prefix(b".") {
+                Some(rest) if !rest.is_empty() => rest,
+                _ => line,
+            };
+            self.push_line(line);
+        }
+        (used, false)
+    }
+
+    fn push_line(&mut self, line: &[u8]) {
+        if self.too_big {
+            return;
+        }
+        if (self.body.len() + line.len() + 2) as u64 > self.max_size {
+            self.too_big = true;
+            self.body = Vec::new();
+            return;
+        }
+        // Bare CR inside a line becomes a line break of its own.
+        let mut rest = line;
+        while let Some(cr) = memchr::memchr(b'\r', rest) {
+            self.body.extend_from_slice(&rest[..cr]);
+            self.body.extend_from_slice(b"\r\n");
+            rest = &rest[cr + 1..];
+        }
+        self.body.extend_from_slice(rest);
+        self.body.extend_from_slice(b"\r\n");
+    }
+
+    pub fn finish(self) -> DataSection {
+        DataSection {
+            body: self.body,
+            too_big: self.too_big,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(input: &[u8], max: u64) -> (Option<Vec<u8>>, usize, bool) {
+        let mut r = DataReader::new(max);
+        let (used, done) = r.feed(input);
+        let s = r.finish();
+        (done.then_some(s.body), used, s.too_big)
+    }
+
+    #[test]
+    fn ends_only_at_crlf_dot_crlf() {
+        let (body, used, _) = data(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n", 1000);
+        assert_eq!(body.unwrap(), b"Subject: x\r\n\r\nhello\r\n");
+        assert_eq!(used, 24);
+        // Smuggling attempts: LF.LF, CRLF.LF and LF.CRLF do not end DATA.
+        for attack in [
+            &b"a\n.\nMAIL FROM:<x@y.z>\r\n"[..],
+            b"a\r\n.\nRSET\r\n",
+            b"a\n.\r\nRSET\r\n",
+        ] {
+            let (body, _, _) = data(attack, 1000);
+            assert!(
+                body.is_none(),
+                "{:?} ended DATA",
+                String::from_utf8_lossy(attack)
+            );
+        }
+    }
+
+    #[test]
+    fn normalises_line_endings_and_unstuffs() {
+        let (body, _, _) = data(b"a\nb\rc\r\n..dot\r\n.\nx\r\n.\r\n", 1000);
+        assert_eq!(body.unwrap(), b"a\r\nb\r\nc\r\n.dot\r\n.\r\nx\r\n");
+    }
+
+    #[test]
+    fn over_size_is_read_to_the_end_and_flagged() {
+        let mut input = b"x".repeat(5000);
+        input.extend_from_slice(b"\r\n.\r\n");
+        let (body, used, too_big) = data(&input, 1000);
+        assert!(too_big);
+        assert!(body.unwrap().is_empty());
+        assert_eq!(used, input.len());
+    }
+
+    #[test]
+    fn lines_split_across_reads() {
+        let mut r = DataReader::new(1000);
+        assert_eq!(r.feed(b"hel"), (0, false));
+        assert_eq!(r.feed(b"hello\r\n."), (7, false));
+        assert_eq!(r.feed(b".\r"), (0, false));
+        assert_eq!(r.feed(b".\r\n"), (3, true));
+        assert_eq!(r.finish().body, b"hello\r\n");
+    }
+}

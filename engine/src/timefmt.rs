@@ -1,0 +1,96 @@
+//! Time stamps in the two forms mail needs: RFC 3339 for event logs and
+//! RFC 5322 for `Date:` and `Received:` headers (always UTC).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+struct Parts {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    min: u64,
+    sec: u64,
+    millis: u64,
+    weekday: usize,
+}
+
+fn parts(ms: u64) -> Parts {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let (year, month, day) = civil(days);
+    let rem = secs % 86_400;
+    Parts {
+        year,
+        month,
+        day,
+        hour: rem / 3600,
+        min: rem % 3600 / 60,
+        sec: rem % 60,
+        millis: ms % 1000,
+        weekday: ((days + 4).rem_euclid(7)) as usize, // 1970-01-01 was a Thursday
+    }
+}
+
+/// `2026-11-21T10:30:00.123Z`
+pub fn rfc3339(ms: u64) -> String {
+    let p = parts(ms);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        p.year, p.month, p.day, p.hour, p.min, p.sec, p.millis
+    )
+}
+
+/// `Sat, 21 Nov 2026 10:30:00 +0000`
+pub fn rfc5322(ms: u64) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let p = parts(ms);
+    format!(
+        "{}, {} {} {:04} {:02}:{:02}:{:02} +0000",
+        DAYS[p.weekday],
+        p.day,
+        MONTHS[(p.month - 1) as usize],
+        p.year,
+        p.hour,
+        p.min,
+        p.sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // 2026-11-21 10:30:00.123 UTC, a Saturday.
+        let t = 1_795_257_000_123;
+        assert_eq!(rfc3339(t), "2026-11-21T10:30:00.123Z");
+        assert_eq!(rfc5322(t), "Sat, 21 Nov 2026 10:30:00 +0000");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,272 @@
+//! The injection server against bad input, over a raw TCP connection so
+//! that each test controls the exact bytes. Every refusal must carry a
+//! code, an enhanced status code and a sentence, and the session (and the
+//! daemon) must carry on.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::{Daemon, DaemonConfig, Sink};
+
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut c = Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its last line.
+    fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_owned();
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+fn assert_reply(reply: &str, code: &str, enhanced: &str) {
+    let mut parts = reply.splitn(3, ' ');
+    assert_eq!(parts.next(), Some(code), "{reply}");
+    assert_eq!(parts.next(), Some(enhanced), "{reply}");
+    let text = parts.next().unwrap_or("");
+    assert!(text.len() > 10, "refusal without a sentence: {reply}");
+}
+
+fn small_daemon(sink: &Sink) -> Daemon {
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.extra_smtp_in = "max_recipients = 3\nmax_errors = 50\n".into();
+    Daemon::start(cfg)
+}
+
+#[test]
+fn out_of_order_commands_are_refused_and_the_session_goes_on() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    assert_reply(&c.cmd("MAIL FROM:<a@example.com>"), "503", "5.5.1");
+    assert!(c.cmd("EHLO client.test").starts_with("250 "));
+    assert_reply(&c.cmd("RCPT TO:<b@example.net>"), "503", "5.5.1");
+    assert_reply(&c.cmd("DATA"), "503", "5.5.1");
+    assert!(c.cmd("MAIL FROM:<a@example.com>").starts_with("250 2.1.0"));
+    assert_reply(&c.cmd("MAIL FROM:<a@example.com>"), "503", "5.5.1");
+    assert_reply(&c.cmd("DATA"), "554", "5.5.1");
+    assert_reply(&c.cmd("BOGUS"), "500", "5.5.1");
+    assert_reply(&c.cmd("RCPT TO:<not an address>"), "501", "5.1.3");
+    assert_eq!(
+        c.cmd("VRFY someone"),
+        "252 2.5.0 Cannot verify the address, but will accept mail for it"
+    );
+    assert!(c.cmd("RCPT TO:<b@example.net>").starts_with("250 2.1.5"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: after errors\r\n\r\nstill fine\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0 Queued as "));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    sink.wait_messages(1, Duration::from_secs(60));
+}
+
+#[test]
+fn over_long_command_line() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    let long = format!("MAIL FROM:<{}@example.com>", "a".repeat(5000));
+    let reply = c.cmd(&long);
+    assert_reply(&reply, "500", "5.5.2");
+    assert!(reply.contains("2048"), "the limit is named: {reply}");
+    assert!(c.cmd("NOOP").starts_with("250"));
+}
+
+#[test]
+fn over_size_message_is_refused_both_ways() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    // Announced with SIZE: refused at MAIL.
+    assert_reply(
+        &c.cmd("MAIL FROM:<a@example.com> SIZE=5000000"),
+        "552",
+        "5.3.4",
+    );
+    // Not announced: read to the end, then refused.
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.net>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let line = format!("{}\r\n", "y".repeat(998));
+    for _ in 0..1100 {
+        c.send(line.as_bytes());
+    }
+    c.send(b".\r\n");
+    assert_reply(&c.reply(), "552", "5.3.4");
+    // The session is still usable and nothing was queued.
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(daemon.events_of("reception").is_empty());
+}
+
+#[test]
+fn too_many_recipients_get_452_and_the_rest_is_sent() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    for i in 0..3 {
+        assert!(
+            c.cmd(&format!("RCPT TO:<r{i}@example.net>"))
+                .starts_with("250")
+        );
+    }
+    assert_reply(&c.cmd("RCPT TO:<r3@example.net>"), "452", "4.5.3");
+    c.cmd("DATA");
+    c.send(b"Subject: three\r\n\r\nx\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    let got = sink.wait_messages(1, Duration::from_secs(60));
+    assert_eq!(got[0]["rcpts"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn relay_is_refused_outside_relay_networks_unless_authenticated() {
+    let sink = Sink::start(&[]);
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.relay_networks = vec!["10.0.0.0/8".into()];
+    cfg.extra_top = "[[user]]\nname = \"app\"\npassword = \"s3cret\"\n".into();
+    let daemon = Daemon::start(cfg);
+
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    let reply = c.cmd("RCPT TO:<victim@example.net>");
+    assert_reply(&reply, "554", "5.7.1");
+    assert!(reply.contains("Relay access denied"), "{reply}");
+    c.cmd("RSET");
+    // Wrong password, then the right one (PLAIN: \0app\0s3cret).
+    assert_reply(&c.cmd("AUTH PLAIN AGFwcAB3cm9uZw=="), "535", "5.7.8");
+    assert!(
+        c.cmd("AUTH PLAIN AGFwcABzM2NyZXQ=")
+            .starts_with("235 2.7.0")
+    );
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert!(c.cmd("RCPT TO:<friend@example.net>").starts_with("250"));
+    c.cmd("DATA");
+    c.send(b"Subject: authed\r\n\r\nx\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    let d = &daemon.wait_events("delivery", 1, Duration::from_secs(60))[0];
+    assert_eq!(d["tenant"], "app");
+}
+
+#[test]
+fn auth_login_over_loopback() {
+    let sink = Sink::start(&[]);
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.extra_top = "[[user]]\nname = \"app\"\npassword = \"s3cret\"\n".into();
+    let daemon = Daemon::start(cfg);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    assert_eq!(c.cmd("AUTH LOGIN"), "334 VXNlcm5hbWU6");
+    assert_eq!(c.cmd("YXBw"), "334 UGFzc3dvcmQ6");
+    assert!(c.cmd("czNjcmV0").starts_with("235"));
+    assert_reply(&c.cmd("AUTH LOGIN"), "503", "5.5.1");
+}
+
+#[test]
+fn smuggled_end_of_data_is_not_an_end() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.net>");
+    c.cmd("DATA");
+    // A bare-LF "end" followed by a smuggled transaction, then the real end.
+    c.send(b"Subject: smuggle\r\n\r\nbody\n.\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<x@example.net>\r\nDATA\r\n\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let got = sink.wait_messages(1, Duration::from_secs(60));
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        daemon.events_of("reception").len(),
+        1,
+        "one message, not two"
+    );
+}
+
+#[test]
+fn pipelined_transaction_gets_all_replies() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n");
+    assert!(c.reply().starts_with("250 2.1.0"));
+    assert!(c.reply().starts_with("250 2.1.5"));
+    assert!(c.reply().starts_with("250 2.1.5"));
+    assert!(c.reply().starts_with("354"));
+    c.send(b"Subject: piped\r\n\r\nx\r\n.\r\nQUIT\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(c.reply().starts_with("221"));
+}
+
+#[test]
+fn check_config_reports_errors_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml")).unwrap();
+    std::fs::write(
+        &path,
+        example.replace("max_message_size = \"25MB\"", "max_message_size = \"lots\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::daemon_binary())
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("smtp_in.max_message_size") && err.contains("lots"),
+        "{err}"
+    );
+
+    let good = std::process::Command::new(support::daemon_binary())
+        .arg("--check-config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+}

@@ -1,0 +1,382 @@
+//! Shared by the integration tests: start the real `sendengine` binary and
+//! the real `sendengine-sink` on loopback ports in temporary folders, and
+//! read what they wrote (sink log, event log).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// `target/debug` (or release), derived from this test's own path.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_owned()
+}
+
+/// The sink lives in the benches package; build it on first use.
+pub fn sink_binary() -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let path = target_dir().join("sendengine-sink");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile_release = target_dir().ends_with("release");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "sendengine-benches", "--bins"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the sink");
+        assert!(status.success(), "building sendengine-sink failed");
+    });
+    path
+}
+
+pub fn daemon_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sendengine"))
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind a free port")
+}
+
+fn read_json_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+// ---- the sink -----------------------------------------------------------------
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sink {
+    /// Starts a sink on a random port (or `port`), with `--fault` rules etc.
+    pub fn start_on(port: u16, extra: &[&str]) -> Sink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("sink.jsonl");
+        let mut child = Command::new(sink_binary())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--log")
+            .arg(&log)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sendengine-sink");
+        let stdout = child.stdout.take().expect("sink stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("sink first line");
+        let addr = first
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected sink banner {first:?}"));
+        Sink {
+            addr,
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn start(extra: &[&str]) -> Sink {
+        Sink::start_on(0, extra)
+    }
+
+    pub fn messages(&self) -> Vec<Value> {
+        read_json_lines(&self.log)
+    }
+
+    pub fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(timeout, &format!("{n} messages at the sink"), || {
+            let m = self.messages();
+            (m.len() >= n).then_some(m)
+        })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- the daemon ---------------------------------------------------------------
+
+/// Settings a test may change; the rest of the config is fixed.
+pub struct DaemonConfig {
+    pub sink_port: u16,
+    pub listen_port: u16,
+    pub relay_networks: Vec<String>,
+    pub extra_smtp_in: String,
+    pub extra_delivery: String,
+    pub extra_server: String,
+    pub extra_top: String,
+}
+
+impl DaemonConfig {
+    pub fn new(sink_port: u16) -> DaemonConfig {
+        DaemonConfig {
+            sink_port,
+            listen_port: 0,
+            relay_networks: vec!["127.0.0.0/8".into()],
+            extra_smtp_in: String::new(),
+            extra_delivery: "retry_schedule = [\"1s\"]\n".into(),
+            extra_server: String::new(),
+            extra_top: String::new(),
+        }
+    }
+
+    fn render(&self, dir: &Path) -> String {
+        let nets: Vec<String> = self
+            .relay_networks
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        format!(
+            r#"hostname = "mta.test"
+{top}
+[spool]
+dir = "{dir}/spool"
+[smtp_in]
+listen = ["127.0.0.1:{port}"]
+relay_networks = [{nets}]
+max_message_size = "1MB"
+{smtp_in}
+[delivery]
+{delivery}
+[events]
+path = "{dir}/events.jsonl"
+[[delivery_server]]
+name = "test-sink"
+host = "127.0.0.1"
+port = {sink}
+encryption = "none"
+timeout = "5s"
+max_connections = 5
+max_messages_per_connection = 100
+{server}
+"#,
+            top = self.extra_top,
+            dir = dir.display(),
+            port = self.listen_port,
+            nets = nets.join(", "),
+            smtp_in = self.extra_smtp_in,
+            delivery = self.extra_delivery,
+            sink = self.sink_port,
+            server = self.extra_server,
+        )
+    }
+}
+
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn start(config: DaemonConfig) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Daemon::start_in(dir, &config)
+    }
+
+    /// Starts the daemon on the configuration in `dir` (spool kept across restarts).
+    pub fn start_in(dir: tempfile::TempDir, config: &DaemonConfig) -> Daemon {
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config.render(dir.path())).expect("write config");
+        let (child, addr, stderr) = spawn_daemon(&config_path);
+        Daemon {
+            addr,
+            dir,
+            config_path,
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        read_json_lines(&self.events_path())
+    }
+
+    /// Events of `kind` (reception, delivery, transient_failure, bounce, expiration).
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
+    }
+
+    pub fn wait_events(&self, kind: &str, n: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(timeout, &format!("{n} {kind} events"), || {
+            let e = self.events_of(kind);
+            (e.len() >= n).then_some(e)
+        })
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        child.wait().expect("wait for daemon")
+    }
+
+    /// Starts again on the same configuration and spool.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the daemon first");
+        let (child, addr, stderr) = spawn_daemon(&self.config_path);
+        self.child = Some(child);
+        self.addr = addr;
+        self.stderr = stderr;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("daemon running")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn spawn_daemon(config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = Command::new(daemon_binary())
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sendengine");
+    let stderr = child.stderr.take().expect("daemon stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[daemon] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut addr = None;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                if let Some(a) = line.strip_prefix("sendengine: listening on ") {
+                    addr = a.trim().parse().ok();
+                }
+                if line == "sendengine: ready" {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("sendengine exited during start-up: {status}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("sendengine exited during start-up")
+            }
+        }
+    }
+    let addr = addr.expect("sendengine announced its listening address");
+    (child, addr, rx)
+}
+
+// ---- real clients -------------------------------------------------------------
+
+/// Runs a Python script (smtplib is the reference client); `None` when
+/// there is no python3, so a test can say it skipped.
+pub fn python(script: &str, args: &[String]) -> Option<std::process::Output> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .ok()?;
+    Some(out)
+}
+
+/// Sends one message with Python's smtplib; returns what it printed.
+pub const SMTPLIB_SEND: &str = r#"
+import smtplib, sys
+host, port, sender, rcpts, msgid = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(','), sys.argv[5]
+msg = ("From: %s\r\nTo: %s\r\nSubject: test\r\nMessage-ID: %s\r\n\r\nHello from smtplib.\r\n.leading dot line\r\n" % (sender, rcpts[0], msgid))
+with smtplib.SMTP(host, port, timeout=30) as s:
+    s.ehlo("client.test")
+    refused = s.sendmail(sender, rcpts, msg)
+    print("refused=%d" % len(refused))
+"#;
+
+pub fn smtplib_send(daemon: SocketAddr, sender: &str, rcpts: &[&str], msgid: &str) -> String {
+    let out = python(
+        SMTPLIB_SEND,
+        &[
+            daemon.ip().to_string(),
+            daemon.port().to_string(),
+            sender.into(),
+            rcpts.join(","),
+            msgid.into(),
+        ],
+    )
+    .expect("python3 is required for the integration tests (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "smtplib failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

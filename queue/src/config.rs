@@ -1,0 +1,53 @@
+//! How a spool is opened: where it lives, how much memory it caches, how large
+//! a group commit may grow, and the hooks tests and benchmarks need.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// Settings for [`crate::Spool::open`]. Build with [`SpoolConfig::new`] and
+/// change the fields you need.
+#[derive(Clone, Debug)]
+pub struct SpoolConfig {
+    /// Directory holding `spool.redb`; created if missing.
+    pub dir: PathBuf,
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
+    /// Most requests applied in one write transaction; bounds commit latency.
+    pub max_batch: usize,
+    /// `false` commits with `Durability::None`: fast, but a crash can lose
+    /// acknowledged messages. For benchmarks only.
+    pub durable: bool,
+    /// Insert bytes (bodies + envelopes) allowed to wait for the writer before
+    /// new inserts are refused with [`crate::SpoolError::Busy`].
+    pub max_pending_bytes: usize,
+    /// Wait between attempts to reopen the database after a storage failure.
+    pub reopen_delay: Duration,
+    /// Test hook: while set to `true` every batch fails with
+    /// `SpoolError::Storage("injected fault")` and nothing of it is applied.
+    pub fail_commits: Option<Arc<AtomicBool>>,
+}
+
+/// 64 MiB of page cache keeps the hot part of a busy queue (the schedule and
+/// recipient tables) in memory without competing with the rest of the daemon.
+const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_MAX_BATCH: usize = 1024;
+const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+const DEFAULT_REOPEN_DELAY: Duration = Duration::from_millis(500);
+
+impl SpoolConfig {
+    /// Defaults: 64 MiB cache, batches of at most 1024 requests, durable
+    /// commits, 256 MiB of queued inserts, reopen retried every 500 ms.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SpoolConfig {
+            dir: dir.into(),
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+            durable: true,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            reopen_delay: DEFAULT_REOPEN_DELAY,
+            fail_commits: None,
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The durable spool of sendengine: accepted messages, the state of each of
+//! their recipients and the schedule of retries, kept in one redb database.
+//!
+//! One writer thread applies every change in group commits (many requests, one
+//! durable commit), so an SMTP 250 can wait for fdatasync without costing one
+//! fsync per message. Reads (`load`, `stats`, `next_due_ms`) run on the caller's
+//! thread. Restarting rebuilds all state from the file: recipients that were
+//! handed to the delivery side when the process died are scheduled again.
+//!
+//! Start with [`Spool::open`]; the table layout is described in `store.rs`.
+
+mod codec;
+mod config;
+mod error;
+mod id;
+mod message;
+mod spool;
+mod store;
+mod writer;
+
+pub use config::SpoolConfig;
+pub use error::SpoolError;
+pub use id::{MessageId, format_id, id_timestamp_ms, parse_id};
+pub use message::{
+    Claimed, MAX_BODY_BYTES, MAX_FIELD_BYTES, MAX_RECIPIENTS, MessageMeta, NewMessage, Outcome,
+    StoredMessage,
+};
+pub use spool::{Spool, SpoolStats};

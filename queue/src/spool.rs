@@ -1,0 +1,302 @@
+//! `Spool`, the handle the engine holds: it opens the database, runs crash
+//! recovery, starts the writer thread and sends it requests. Reads run
+//! directly on the caller's thread.
+
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::{self, JoinHandle};
+
+use crossbeam::channel::{self, Sender};
+
+use crate::config::SpoolConfig;
+use crate::error::SpoolError;
+use crate::id::{IdGenerator, MessageId};
+use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
+use crate::store::{self, EncodedMessage};
+use crate::writer::{
+    ClaimRequest, Completion, InsertRequest, RecordRequest, Request, Shared, Writer,
+    WriterSettings, now_ms, on_writer_thread,
+};
+
+/// Name of the database file inside `SpoolConfig::dir`.
+const DB_FILE_NAME: &str = "spool.redb";
+
+/// A snapshot of the spool's size and of the writer's work.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpoolStats {
+    pub messages: u64,
+    /// Unfinished recipients: scheduled + claimed.
+    pub recipients: u64,
+    pub scheduled: u64,
+    pub claimed: u64,
+    /// Size of the database file.
+    pub file_bytes: u64,
+    /// Write transactions committed since open (one per group commit).
+    pub commits: u64,
+    /// Requests in the latest committed batch.
+    pub last_batch: u64,
+    /// Batches that failed (storage error or injected fault).
+    pub failed_batches: u64,
+    /// Times the database was reopened after a storage error.
+    pub reopens: u64,
+    /// Insert bytes waiting for the writer.
+    pub pending_bytes: u64,
+    /// Claimed recipients scheduled again by recovery when the spool opened.
+    pub recovered_claims: u64,
+}
+
+/// The durable spool. Cheap to clone; all clones share one writer thread.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    /// `None` once shut down: new requests are answered `Closed` at once.
+    requests: RwLock<Option<Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    max_pending_bytes: usize,
+    recovered_claims: u64,
+}
+
+impl Spool {
+    /// Creates the directory and the database file if needed, runs crash
+    /// recovery (claimed recipients are scheduled again) and starts the writer.
+    pub fn open(cfg: SpoolConfig) -> Result<Spool, SpoolError> {
+        let path = cfg.dir.join(DB_FILE_NAME);
+        let open_error = |reason: String| SpoolError::Open {
+            path: path.clone(),
+            reason,
+        };
+        fs::create_dir_all(&cfg.dir)
+            .map_err(|err| open_error(format!("cannot create the spool directory: {err}")))?;
+        let db = store::open_database(&path, cfg.cache_bytes)
+            .map_err(|err| open_error(err.to_string()))?;
+        let recovered = store::recover(&db, now_ms())?;
+
+        let shared = Arc::new(Shared::new(path.clone(), db));
+        let (sender, receiver) = channel::unbounded();
+        let settings = WriterSettings {
+            max_batch: cfg.max_batch.max(1),
+            durable: cfg.durable,
+            cache_bytes: cfg.cache_bytes,
+            reopen_delay: cfg.reopen_delay,
+            fail_commits: cfg.fail_commits.clone(),
+        };
+        let writer = Writer::new(
+            Arc::clone(&shared),
+            receiver,
+            settings,
+            IdGenerator::new(recovered.id_floor),
+        );
+        let handle = thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|err| open_error(format!("cannot start the writer thread: {err}")))?;
+
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                shared,
+                requests: RwLock::new(Some(sender)),
+                writer: Mutex::new(Some(handle)),
+                max_pending_bytes: cfg.max_pending_bytes,
+                recovered_claims: recovered.unclaimed,
+            }),
+        })
+    }
+
+    /// Spools a message. `done` runs on the writer thread after the durable
+    /// commit, with the new id; keep it cheap (send on a channel). Errors found
+    /// before queueing (invalid message, `Busy`, `Closed`) call `done` on this
+    /// thread before `insert` returns.
+    ///
+    /// `claimed`: the caller delivers the recipients itself right after the
+    /// commit; otherwise they are scheduled as due now.
+    pub fn insert(
+        &self,
+        msg: NewMessage,
+        claimed: bool,
+        done: Box<dyn FnOnce(Result<MessageId, SpoolError>) + Send>,
+    ) {
+        let msg = match EncodedMessage::new(msg) {
+            Ok(msg) => msg,
+            Err(err) => return done(Err(err)),
+        };
+        if let Err(err) = self.reserve_pending(msg.size_bytes()) {
+            return done(Err(err));
+        }
+        self.submit(Request::Insert(InsertRequest { msg, claimed, done }));
+    }
+
+    /// Records delivery outcomes; `done` runs on the writer thread after the
+    /// durable commit. Outcomes for recipients no longer in the spool are ignored.
+    pub fn record(
+        &self,
+        outcomes: Vec<Outcome>,
+        done: Box<dyn FnOnce(Result<(), SpoolError>) + Send>,
+    ) {
+        self.submit(Request::Record(RecordRequest { outcomes, done }));
+    }
+
+    /// Claims up to `limit` recipients due at `now_ms`, earliest first. They
+    /// stay claimed until an outcome is recorded or the process restarts.
+    pub fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Claimed>, SpoolError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.wait_for(|done| {
+            self.submit(Request::Claim(ClaimRequest {
+                now_ms,
+                limit,
+                done,
+            }))
+        })
+    }
+
+    /// Due time of the earliest scheduled recipient, if any.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, SpoolError> {
+        self.inner.shared.read(store::next_due_ms)
+    }
+
+    pub fn load(&self, id: MessageId) -> Result<Option<StoredMessage>, SpoolError> {
+        self.inner.shared.read(|db| store::load(db, id))
+    }
+
+    pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        let shared = &self.inner.shared;
+        let counts = shared.read(store::counts)?;
+        let file_bytes = fs::metadata(&shared.path)
+            .map_err(|err| {
+                SpoolError::Storage(format!("cannot stat {}: {err}", shared.path.display()))
+            })?
+            .len();
+        Ok(SpoolStats {
+            messages: counts.messages,
+            recipients: counts.recipients,
+            scheduled: counts.scheduled,
+            claimed: counts.recipients.saturating_sub(counts.scheduled),
+            file_bytes,
+            commits: shared.commits.load(Ordering::Relaxed),
+            last_batch: shared.last_batch.load(Ordering::Relaxed),
+            failed_batches: shared.failed_batches.load(Ordering::Relaxed),
+            reopens: shared.reopens.load(Ordering::Relaxed),
+            pending_bytes: shared.pending_bytes.load(Ordering::Relaxed) as u64,
+            recovered_claims: self.inner.recovered_claims,
+        })
+    }
+
+    /// Gives free space in the file back to the filesystem. Runs on the
+    /// writer thread between batches and blocks every write while it runs, so
+    /// call it when idle. `Ok(false)`: nothing to do, or skipped because
+    /// requests were waiting.
+    pub fn compact(&self) -> Result<bool, SpoolError> {
+        self.wait_for(|done| self.submit(Request::Compact(done)))
+    }
+
+    /// Stops accepting requests, answers the ones already queued, and waits
+    /// for the writer to close the database. Idempotent; also run when the
+    /// last handle is dropped.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// [`Spool::insert`], waiting for the commit.
+    pub fn insert_blocking(&self, msg: NewMessage, claimed: bool) -> Result<MessageId, SpoolError> {
+        self.wait_for(|done| self.insert(msg, claimed, done))
+    }
+
+    /// [`Spool::record`], waiting for the commit.
+    pub fn record_blocking(&self, outcomes: Vec<Outcome>) -> Result<(), SpoolError> {
+        self.wait_for(|done| self.record(outcomes, done))
+    }
+
+    /// Starts a request with a completion that hands the result back here.
+    fn wait_for<T: Send + 'static>(
+        &self,
+        start: impl FnOnce(Completion<T>),
+    ) -> Result<T, SpoolError> {
+        if on_writer_thread() {
+            return Err(SpoolError::WouldDeadlock);
+        }
+        let (reply, result) = channel::bounded(1);
+        start(Box::new(move |outcome| {
+            let _ = reply.send(outcome);
+        }));
+        // A writer that died drops the completion unsent: report that as closed.
+        result.recv().unwrap_or(Err(SpoolError::Closed))
+    }
+
+    fn reserve_pending(&self, bytes: usize) -> Result<(), SpoolError> {
+        let pending = &self.inner.shared.pending_bytes;
+        let limit = self.inner.max_pending_bytes;
+        let before = pending.fetch_add(bytes, Ordering::AcqRel);
+        // An empty queue takes any message, so one larger than the limit still gets in.
+        if before > 0 && before.saturating_add(bytes) > limit {
+            pending.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(SpoolError::Busy {
+                pending_bytes: before,
+                limit_bytes: limit,
+            });
+        }
+        Ok(())
+    }
+
+    fn submit(&self, request: Request) {
+        let unsent = {
+            let sender = self
+                .inner
+                .requests
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match sender.as_ref() {
+                Some(sender) => sender.send(request).err().map(|failed| failed.into_inner()),
+                None => Some(request),
+            }
+        };
+        if let Some(request) = unsent {
+            self.inner.shared.release_pending(request.pending_bytes());
+            request.fail(SpoolError::Closed);
+        }
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        // Dropping the only sender ends the writer once the queue is drained.
+        drop(
+            self.requests
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        if on_writer_thread() {
+            // Called from a completion: the writer cannot wait for itself; it
+            // stops on its own after the current batch.
+            return;
+        }
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("path", &self.inner.shared.path)
+            .finish()
+    }
+}

@@ -1,0 +1,375 @@
+//! The spool's tables and every read and write made on them.
+//!
+//! Data model (keys are ordered, values are `codec` records):
+//! - `messages`: id -> envelope (mail from, recipient addresses, meta).
+//! - `bodies`: id -> wire bytes. Apart from the envelope so that recipient
+//!   state changes never rewrite a body.
+//! - `recipients`: (id, rcpt index) -> attempts, next attempt time, claimed.
+//!   A row exists while the recipient is unfinished. A message leaves the spool
+//!   (with its body) when a range lookup finds no row left for it; a counter in
+//!   the envelope would instead rewrite the whole envelope on every `Done`.
+//! - `schedule`: (due ms, id, rcpt) -> (): the retry index in due order.
+//! - `counters`: name -> u64; holds the message id high-water mark.
+//!
+//! Invariant: every recipient row is either scheduled (exactly one `schedule`
+//! entry, at its `next_attempt_ms`) or claimed (no entry, held in memory by
+//! the delivery side). Recovery turns every claimed row back into scheduled.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Table, TableDefinition, WriteTransaction,
+};
+
+use crate::codec::{DecodeError, RecipientState, decode_envelope, encode_envelope};
+use crate::error::SpoolError;
+use crate::id::MessageId;
+use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
+
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
+const SCHEDULE: TableDefinition<(u64, u64, u32), ()> = TableDefinition::new("schedule");
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+const NEXT_ID_COUNTER: &str = "next_message_id";
+
+/// A message validated and encoded on the caller's thread, so the writer
+/// thread only copies bytes into the database.
+#[derive(Debug)]
+pub(crate) struct EncodedMessage {
+    envelope: Vec<u8>,
+    body: Vec<u8>,
+    recipient_count: u32,
+}
+
+impl EncodedMessage {
+    pub(crate) fn new(msg: NewMessage) -> Result<Self, SpoolError> {
+        msg.validate()?;
+        let recipient_count = u32::try_from(msg.recipients.len())
+            .map_err(|_| SpoolError::Invalid("too many recipients".into()))?;
+        Ok(EncodedMessage {
+            envelope: encode_envelope(&msg.mail_from, &msg.recipients, &msg.meta),
+            body: msg.body,
+            recipient_count,
+        })
+    }
+
+    /// Memory held while the message waits for the writer.
+    pub(crate) fn size_bytes(&self) -> usize {
+        self.envelope.len() + self.body.len()
+    }
+}
+
+/// Message and recipient counts, as the tables report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Counts {
+    pub(crate) messages: u64,
+    pub(crate) recipients: u64,
+    pub(crate) scheduled: u64,
+}
+
+/// All tables of the spool, opened in one write transaction.
+pub(crate) struct WriteTables<'txn> {
+    messages: Table<'txn, u64, &'static [u8]>,
+    bodies: Table<'txn, u64, &'static [u8]>,
+    recipients: Table<'txn, (u64, u32), &'static [u8]>,
+    schedule: Table<'txn, (u64, u64, u32), ()>,
+    counters: Table<'txn, &'static str, u64>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    /// Opens (and on first use creates) every table.
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, SpoolError> {
+        Ok(WriteTables {
+            messages: txn.open_table(MESSAGES)?,
+            bodies: txn.open_table(BODIES)?,
+            recipients: txn.open_table(RECIPIENTS)?,
+            schedule: txn.open_table(SCHEDULE)?,
+            counters: txn.open_table(COUNTERS)?,
+        })
+    }
+
+    /// Stores a new message; its recipients are claimed by the caller or due now.
+    pub(crate) fn insert_message(
+        &mut self,
+        id: MessageId,
+        msg: &EncodedMessage,
+        claimed: bool,
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
+        self.messages.insert(id, msg.envelope.as_slice())?;
+        self.bodies.insert(id, msg.body.as_slice())?;
+        let state = RecipientState {
+            attempts: 0,
+            next_attempt_ms: now_ms,
+            claimed,
+        };
+        for rcpt in 0..msg.recipient_count {
+            self.put_recipient(id, rcpt, &state)?;
+            if !claimed {
+                self.schedule.insert((now_ms, id, rcpt), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one delivery outcome. An outcome for a recipient that is no
+    /// longer in the spool (a duplicate report) changes nothing.
+    pub(crate) fn apply(&mut self, outcome: &Outcome, now_ms: u64) -> Result<(), SpoolError> {
+        match *outcome {
+            Outcome::Done { id, rcpt } => self.finish_recipient(id, rcpt),
+            Outcome::Deferred {
+                id,
+                rcpt,
+                next_attempt_ms,
+            } => self.reschedule(id, rcpt, next_attempt_ms, true),
+            Outcome::Release { id, rcpt } => self.reschedule(id, rcpt, now_ms, false),
+        }
+    }
+
+    /// Moves up to `limit` due recipients, earliest first, from the schedule
+    /// to the claimed state.
+    pub(crate) fn claim_due(
+        &mut self,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, SpoolError> {
+        let due_keys = self
+            .schedule
+            .range(..=(now_ms, u64::MAX, u32::MAX))?
+            .take(limit)
+            .map(|entry| entry.map(|(key, _)| key.value()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut claimed = Vec::with_capacity(due_keys.len());
+        for (due_ms, id, rcpt) in due_keys {
+            self.schedule.remove((due_ms, id, rcpt))?;
+            // A schedule entry without a row would be a leftover; removing it is the repair.
+            if let Some(mut state) = self.recipient(id, rcpt)? {
+                state.claimed = true;
+                self.put_recipient(id, rcpt, &state)?;
+                claimed.push(Claimed {
+                    id,
+                    rcpt,
+                    attempts: state.attempts,
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Crash recovery: recipients that were claimed (in memory) when the
+    /// previous process stopped are scheduled again at `now_ms`.
+    pub(crate) fn unclaim_all(&mut self, now_ms: u64) -> Result<u64, SpoolError> {
+        let claimed = self.claimed_recipients()?;
+        for &(id, rcpt, attempts) in &claimed {
+            let state = RecipientState {
+                attempts,
+                next_attempt_ms: now_ms,
+                claimed: false,
+            };
+            self.put_recipient(id, rcpt, &state)?;
+            self.schedule.insert((now_ms, id, rcpt), ())?;
+        }
+        Ok(claimed.len() as u64)
+    }
+
+    /// The smallest id that was never handed out: above the stored high-water
+    /// mark and above every message still in the spool.
+    pub(crate) fn id_floor(&self) -> Result<MessageId, SpoolError> {
+        let stored = self.counters.get(NEXT_ID_COUNTER)?.map_or(0, |v| v.value());
+        let above_last = match self.messages.last()? {
+            Some((id, _)) => id.value().saturating_add(1),
+            None => 0,
+        };
+        Ok(stored.max(above_last))
+    }
+
+    pub(crate) fn store_id_floor(&mut self, floor: MessageId) -> Result<(), SpoolError> {
+        self.counters.insert(NEXT_ID_COUNTER, floor)?;
+        Ok(())
+    }
+
+    fn finish_recipient(&mut self, id: MessageId, rcpt: u32) -> Result<(), SpoolError> {
+        let Some(state) = self.recipient(id, rcpt)? else {
+            return Ok(());
+        };
+        self.unschedule(id, rcpt, &state)?;
+        self.recipients.remove((id, rcpt))?;
+        if !self.has_recipients(id)? {
+            self.messages.remove(id)?;
+            self.bodies.remove(id)?;
+        }
+        Ok(())
+    }
+
+    fn reschedule(
+        &mut self,
+        id: MessageId,
+        rcpt: u32,
+        due_ms: u64,
+        count_attempt: bool,
+    ) -> Result<(), SpoolError> {
+        let Some(mut state) = self.recipient(id, rcpt)? else {
+            return Ok(());
+        };
+        self.unschedule(id, rcpt, &state)?;
+        if count_attempt {
+            state.attempts = state.attempts.saturating_add(1);
+        }
+        state.claimed = false;
+        state.next_attempt_ms = due_ms;
+        self.put_recipient(id, rcpt, &state)?;
+        self.schedule.insert((due_ms, id, rcpt), ())?;
+        Ok(())
+    }
+
+    /// Drops the schedule entry of a recipient that has one (is not claimed),
+    /// so an outcome for a scheduled recipient keeps the one-entry invariant.
+    fn unschedule(
+        &mut self,
+        id: MessageId,
+        rcpt: u32,
+        state: &RecipientState,
+    ) -> Result<(), SpoolError> {
+        if !state.claimed {
+            self.schedule.remove((state.next_attempt_ms, id, rcpt))?;
+        }
+        Ok(())
+    }
+
+    fn recipient(&self, id: MessageId, rcpt: u32) -> Result<Option<RecipientState>, SpoolError> {
+        match self.recipients.get((id, rcpt))? {
+            Some(value) => RecipientState::decode(value.value())
+                .map(Some)
+                .map_err(|err| corrupt_recipient(id, rcpt, err)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_recipient(
+        &mut self,
+        id: MessageId,
+        rcpt: u32,
+        state: &RecipientState,
+    ) -> Result<(), SpoolError> {
+        self.recipients
+            .insert((id, rcpt), state.encode().as_slice())?;
+        Ok(())
+    }
+
+    fn has_recipients(&self, id: MessageId) -> Result<bool, SpoolError> {
+        Ok(self
+            .recipients
+            .range((id, 0)..=(id, u32::MAX))?
+            .next()
+            .is_some())
+    }
+
+    fn claimed_recipients(&self) -> Result<Vec<(MessageId, u32, u32)>, SpoolError> {
+        let mut claimed = Vec::new();
+        for entry in self.recipients.iter()? {
+            let (key, value) = entry?;
+            let (id, rcpt) = key.value();
+            let state = RecipientState::decode(value.value())
+                .map_err(|err| corrupt_recipient(id, rcpt, err))?;
+            if state.claimed {
+                claimed.push((id, rcpt, state.attempts));
+            }
+        }
+        Ok(claimed)
+    }
+}
+
+/// Opens the database file, creating it if missing. After a crash redb
+/// repairs the file here; quick-repair commits keep that short.
+pub(crate) fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
+    Database::builder().set_cache_size(cache_bytes).create(path)
+}
+
+/// Starts a write transaction. Durable ones fdatasync on commit and record
+/// redb's allocator state (quick repair), so reopening after a crash does not
+/// walk the whole file. Non-durable ones skip both: a crash rolls them back.
+pub(crate) fn begin_write(db: &Database, durable: bool) -> Result<WriteTransaction, SpoolError> {
+    let mut txn = db.begin_write()?;
+    let durability = if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)?;
+    txn.set_quick_repair(durable);
+    Ok(txn)
+}
+
+/// What [`recover`] found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Recovered {
+    /// Every id handed out from now on is at least this.
+    pub(crate) id_floor: MessageId,
+    /// Claimed recipients scheduled again.
+    pub(crate) unclaimed: u64,
+}
+
+/// Runs once when the spool opens, before any other write: creates missing
+/// tables and schedules again the recipients the previous process held in
+/// memory. Committed durably, so a second crash starts from the same state.
+pub(crate) fn recover(db: &Database, now_ms: u64) -> Result<Recovered, SpoolError> {
+    let txn = begin_write(db, true)?;
+    let recovered = {
+        let mut tables = WriteTables::open(&txn)?;
+        Recovered {
+            unclaimed: tables.unclaim_all(now_ms)?,
+            id_floor: tables.id_floor()?,
+        }
+    };
+    txn.commit()?;
+    Ok(recovered)
+}
+
+/// Reads one message with its body.
+pub(crate) fn load(db: &Database, id: MessageId) -> Result<Option<StoredMessage>, SpoolError> {
+    let txn = db.begin_read()?;
+    let messages = txn.open_table(MESSAGES)?;
+    let Some(envelope) = messages.get(id)? else {
+        return Ok(None);
+    };
+    let envelope = decode_envelope(envelope.value()).map_err(|DecodeError(reason)| {
+        SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
+    })?;
+    let bodies = txn.open_table(BODIES)?;
+    let Some(body) = bodies.get(id)? else {
+        return Err(SpoolError::Corrupt(format!(
+            "message {id:016x} has no body"
+        )));
+    };
+    Ok(Some(StoredMessage {
+        id,
+        mail_from: envelope.mail_from,
+        recipients: envelope.recipients,
+        meta: envelope.meta,
+        body: Arc::from(body.value()),
+    }))
+}
+
+/// Due time of the earliest scheduled recipient.
+pub(crate) fn next_due_ms(db: &Database) -> Result<Option<u64>, SpoolError> {
+    let txn = db.begin_read()?;
+    let schedule = txn.open_table(SCHEDULE)?;
+    Ok(schedule.first()?.map(|(key, _)| key.value().0))
+}
+
+pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
+    let txn = db.begin_read()?;
+    Ok(Counts {
+        messages: txn.open_table(MESSAGES)?.len()?,
+        recipients: txn.open_table(RECIPIENTS)?.len()?,
+        scheduled: txn.open_table(SCHEDULE)?.len()?,
+    })
+}
+
+fn corrupt_recipient(id: MessageId, rcpt: u32, DecodeError(reason): DecodeError) -> SpoolError {
+    SpoolError::Corrupt(format!("recipient {rcpt} of message {id:016x}: {reason}"))
+}
