@@ -7,6 +7,10 @@ set -euo pipefail
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v swaks >/dev/null || need+=(swaks)
+# swaks needs these for --tls and --auth.
+perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
+perl -MIO::Socket::SSL -e1 2>/dev/null || need+=(libio-socket-ssl-perl)
+perl -MAuthen::SASL -e1 2>/dev/null || need+=(libauthen-sasl-perl)
 command -v smtp-source >/dev/null || need+=(postfix)
 [ ${#need[@]} -eq 0 ] && exit 0
 

@@ -270,3 +270,103 @@ fn check_config_reports_errors_with_the_key() {
         String::from_utf8_lossy(&good.stderr)
     );
 }
+
+/// Writes a self-signed certificate for localhost; returns (cert, key) paths.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn starttls_then_auth_with_smtplib_and_swaks() {
+    let sink = Sink::start(&[]);
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.relay_networks = vec![];
+    cfg.extra_top = "[[user]]\nname = \"app\"\npassword = \"s3cret\"\n".into();
+    cfg.extra_smtp_in = format!("tls_cert = {:?}\ntls_key = {:?}\n", cert, key);
+    let daemon = Daemon::start(cfg);
+
+    // STARTTLS is offered; after it the EHLO state is reset (RFC 3207).
+    let mut c = Client::connect(daemon.addr);
+    c.send(b"EHLO client.test\r\n");
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        c.reader.read_line(&mut line).unwrap();
+        lines.push(line.trim_end().to_owned());
+        if line.as_bytes()[3] == b' ' {
+            break;
+        }
+    }
+    assert!(lines.iter().any(|l| l == "250-STARTTLS"), "{lines:?}");
+
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30) as s:
+    s.ehlo("tls.test")
+    s.starttls(context=ctx)
+    s.ehlo("tls.test")
+    assert "auth" in s.esmtp_features, s.esmtp_features
+    s.login("app", "s3cret")
+    s.sendmail("a@example.com", ["tls@example.net"], "Message-ID: <tls@test>\r\nSubject: tls\r\n\r\nsecret\r\n")
+print("sent")
+"#;
+    let out = support::python(
+        script,
+        &[daemon.addr.ip().to_string(), daemon.addr.port().to_string()],
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("sent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = sink.wait_messages(1, Duration::from_secs(60));
+    assert_eq!(got[0]["message_id"], "<tls@test>");
+    let stored_events = daemon.wait_events("delivery", 1, Duration::from_secs(60));
+    assert_eq!(stored_events[0]["tenant"], "app");
+
+    let swaks = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            &daemon.addr.to_string(),
+            "--tls",
+            "--auth",
+            "PLAIN",
+        ])
+        .args(["--auth-user", "app", "--auth-password", "s3cret"])
+        .args(["--from", "a@example.com", "--to", "swaks@example.net"])
+        .args([
+            "--header",
+            "Message-ID: <swaks@test>",
+            "--header",
+            "X-Channel: transactional",
+        ])
+        .output();
+    match swaks {
+        Err(_) => {
+            eprintln!("SKIPPED swaks part: swaks is not installed (scripts/install-test-deps.sh)")
+        }
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let got = sink.wait_messages(2, Duration::from_secs(60));
+            assert!(
+                got.iter().any(|m| m["rcpts"][0] == "swaks@example.net"),
+                "{got:?}"
+            );
+            let d = daemon.wait_events("delivery", 2, Duration::from_secs(60));
+            assert!(d.iter().any(|e| e["channel"] == "transactional"));
+        }
+    }
+}

@@ -220,3 +220,77 @@ pub fn job_for(message: Arc<sendengine_queue::StoredMessage>, rcpts: Vec<(u32, u
         rcpts,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use sendengine_queue::{MessageMeta, NewMessage, SpoolConfig};
+
+    use super::*;
+
+    fn reply(code: u16) -> Reply {
+        Reply {
+            code,
+            enhanced: Some("4.3.0".into()),
+            text: "later".into(),
+        }
+    }
+
+    /// A recipient claimed at insert whose outcome cannot be written must
+    /// not be stranded: the write is tried again once the spool works.
+    #[tokio::test]
+    async fn a_refused_outcome_write_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let mut config = SpoolConfig::new(dir.path());
+        config.fail_commits = Some(fail.clone());
+        let spool = Spool::open(config).unwrap();
+        let msg = NewMessage {
+            mail_from: "a@example.com".into(),
+            recipients: vec!["b@example.net".into()],
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            meta: MessageMeta {
+                received_at_ms: now_ms(),
+                ..MessageMeta::default()
+            },
+        };
+        let id = spool.insert_blocking(msg, true).unwrap();
+        let stored = Arc::new(spool.load(id).unwrap().unwrap());
+        let recorder = Recorder {
+            spool: spool.clone(),
+            events: EventLog::disabled(),
+            retry: RetryPolicy {
+                schedule: vec![Duration::from_secs(60)],
+                max_age: Duration::from_secs(3600),
+            },
+        };
+        let job = job_for(stored, vec![(0, 0)]);
+        let at = AttemptContext {
+            route: "r",
+            remote_host: None,
+            tls: None,
+        };
+
+        fail.store(true, Ordering::SeqCst);
+        recorder.replies(&job, &[reply(451)], &at);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = spool.stats().unwrap();
+        assert_eq!((stats.claimed, stats.scheduled), (1, 0), "the write failed");
+
+        fail.store(false, Ordering::SeqCst);
+        let scheduled = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let stats = spool.stats().unwrap();
+                if stats.scheduled == 1 {
+                    return stats;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the deferral was written after the spool recovered");
+        assert_eq!(scheduled.claimed, 0);
+        spool.shutdown();
+    }
+}

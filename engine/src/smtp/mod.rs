@@ -7,3 +7,4 @@ pub mod command;
 pub mod connection;
 pub mod reply;
 pub mod server;
+pub mod stream;

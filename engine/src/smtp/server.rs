@@ -368,7 +368,7 @@ impl Session {
         let handshake = acceptor.accept(tcp);
         match tokio::time::timeout(Duration::from_secs(30), handshake).await {
             Ok(Ok(tls)) => {
-                self.conn = Some(Connection::new(Stream::Tls(Box::new(tls))));
+                self.conn = Some(Connection::new(Stream::from(tls)));
                 // RFC 3207: forget everything learnt before TLS.
                 self.helo = None;
                 self.auth_user = None;

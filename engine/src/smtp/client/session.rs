@@ -56,7 +56,7 @@ async fn establish(
     let tcp = Transport::connect(&settings.host, settings.port, timeouts.connect).await?;
     let (stream, tls_state) = if settings.encryption == Encryption::Tls {
         let tls = tls::handshake(tcp, &settings.host, settings.tls_verify, timeouts.tls).await?;
-        (Stream::Tls(Box::new(tls)), TlsState::Implicit)
+        (Stream::from(tls), TlsState::Implicit)
     } else {
         (Stream::Plain(tcp), TlsState::Plain)
     };
@@ -163,7 +163,7 @@ impl Connection {
         }
         let tcp = self.transport.into_tcp(Phase::StartTls)?;
         let tls = tls::handshake(tcp, &settings.host, verify, self.timeouts.tls).await?;
-        self.transport = Transport::new(Stream::Tls(Box::new(tls)));
+        self.transport = Transport::new(Stream::from(tls));
         self.tls = TlsState::StartTls;
         self.capabilities = self.hello(&settings.helo_name).await?;
         Ok(self)
