@@ -268,3 +268,23 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2])) as s:
     assert_eq!(d["channel"], "transactional");
     assert_eq!(d["campaign"], "welcome-2026");
 }
+
+#[test]
+fn sigterm_stops_cleanly_and_the_queue_survives_it() {
+    let port = free_port();
+    let mut daemon = Daemon::start(DaemonConfig::new(port));
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["kept@example.net"],
+        "<kept@test>",
+    );
+    daemon.wait_events("transient_failure", 1, LONG);
+    let status = daemon.stop();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+
+    let sink = Sink::start_on(port, &[]);
+    daemon.restart();
+    let got = sink.wait_messages(1, LONG);
+    assert_eq!(got[0]["message_id"], "<kept@test>");
+}
