@@ -13,3 +13,15 @@ pub mod message;
 pub mod reply;
 pub mod sink;
 pub mod tls;
+
+/// Opens a file for appending, creating it and its parent folders, so that
+/// `--log var/sink.jsonl` works in a fresh checkout.
+pub fn open_append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}

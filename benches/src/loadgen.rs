@@ -5,7 +5,7 @@
 //! dot-stuffed once; only the small header block is written per message, so
 //! the generator stays far from being the bottleneck.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -259,15 +259,11 @@ impl Shared {
     }
 }
 
-fn open_ids_file(path: &PathBuf) -> Result<File, LoadgenError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| LoadgenError::IdsFile {
-            path: path.clone(),
-            source,
-        })
+fn open_ids_file(path: &std::path::Path) -> Result<File, LoadgenError> {
+    crate::open_append(path).map_err(|source| LoadgenError::IdsFile {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Sends the configured messages and reports what happened.

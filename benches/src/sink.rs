@@ -5,7 +5,7 @@
 //! before the session would wait for input, so pipelined commands are
 //! answered in order and in as few packets as possible.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -248,10 +248,7 @@ impl Sink {
 }
 
 fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    crate::open_append(path)
         .map(|file| BufWriter::with_capacity(64 * 1024, file))
         .map_err(|source| SinkError::Log {
             path: path.to_path_buf(),

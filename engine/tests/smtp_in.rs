@@ -370,3 +370,40 @@ print("sent")
         }
     }
 }
+
+#[test]
+fn connection_limit_and_idle_timeout() {
+    let sink = Sink::start(&[]);
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.extra_smtp_in = "max_connections = 2\ncommand_timeout = \"1s\"\n".into();
+    let daemon = Daemon::start(cfg);
+    let mut first = Client::connect(daemon.addr);
+    let _second = Client::connect(daemon.addr);
+
+    // The third connection is told why and closed.
+    let stream = TcpStream::connect(daemon.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    assert_reply(line.trim_end(), "421", "4.3.2");
+
+    // An idle client is told it timed out, then the slot is free again.
+    assert_reply(&first.reply(), "421", "4.4.2");
+    drop(first);
+    let mut again = support::wait_for(Duration::from_secs(30), "a free connection slot", || {
+        let stream = TcpStream::connect(daemon.addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok()?;
+        let mut reader = BufReader::new(stream.try_clone().ok()?);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        line.starts_with("220 ").then_some(Client {
+            reader,
+            writer: stream,
+        })
+    });
+    assert!(again.cmd("NOOP").starts_with("250"));
+}
