@@ -10,9 +10,12 @@
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod dns;
+pub mod domains;
 pub mod engine;
 pub mod events;
 pub mod message;
 pub mod schedule;
 pub mod smtp;
 pub mod timefmt;
+pub mod transform;

@@ -1,0 +1,1 @@
+//! DNS lookups (MX with A/AAAA fallback, TXT, CNAME, A) — being written.

@@ -1,0 +1,1 @@
+//! Sender domains: DNS records from templates, verification — being written.
