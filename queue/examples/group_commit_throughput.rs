@@ -63,5 +63,6 @@ fn sample(thread_no: usize, i: usize) -> NewMessage {
             tenant: "bench".into(),
             ..MessageMeta::default()
         },
+        quotas: Vec::new(),
     }
 }

@@ -35,6 +35,10 @@ pub enum SpoolError {
         limit_bytes: usize,
     },
 
+    /// A sending quota would be passed; nothing was stored or counted.
+    #[error("{} {} limit of {} reached ({} used)", .0.name, .0.window.name(), .0.limit, .0.used)]
+    QuotaExceeded(crate::quota::QuotaExceeded),
+
     /// A blocking spool call from a completion callback would wait for itself.
     #[error("blocking spool call made on the spool writer thread (inside a completion callback)")]
     WouldDeadlock,

@@ -14,6 +14,7 @@ mod config;
 mod error;
 mod id;
 mod message;
+mod quota;
 mod spool;
 mod store;
 mod writer;
@@ -25,4 +26,5 @@ pub use message::{
     Claimed, MAX_BODY_BYTES, MAX_FIELD_BYTES, MAX_RECIPIENTS, MessageMeta, NewMessage, Outcome,
     StoredMessage,
 };
+pub use quota::{Quota, QuotaExceeded, Window};
 pub use spool::{Spool, SpoolStats};

@@ -36,6 +36,8 @@ pub struct NewMessage {
     pub recipients: Vec<String>,
     pub body: Vec<u8>,
     pub meta: MessageMeta,
+    /// Limits checked and counted in the insert's own transaction.
+    pub quotas: Vec<crate::quota::Quota>,
 }
 
 /// A message read back from the spool. The body is shared, so clones are cheap.
@@ -133,6 +135,7 @@ mod tests {
             recipients: vec!["b@example.net".into()],
             body: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
             meta: MessageMeta::default(),
+            quotas: Vec::new(),
         }
     }
 

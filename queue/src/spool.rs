@@ -15,7 +15,7 @@ use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::store::{self, EncodedMessage};
 use crate::writer::{
-    ClaimRequest, Completion, InsertRequest, RecordRequest, Request, Shared, Writer,
+    ClaimRequest, Completion, InsertRequest, ObjectWrite, RecordRequest, Request, Shared, Writer,
     WriterSettings, now_ms, on_writer_thread,
 };
 
@@ -153,6 +153,45 @@ impl Spool {
                 done,
             }))
         })
+    }
+
+    /// Stores a configuration object (durably); returns whether it replaced one.
+    pub fn put_object(&self, kind: &str, name: &str, value: Vec<u8>) -> Result<bool, SpoolError> {
+        self.write_object(kind, name, Some(value))
+    }
+
+    /// Deletes a configuration object; returns whether it existed.
+    pub fn delete_object(&self, kind: &str, name: &str) -> Result<bool, SpoolError> {
+        self.write_object(kind, name, None)
+    }
+
+    fn write_object(
+        &self,
+        kind: &str,
+        name: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool, SpoolError> {
+        self.wait_for(|done| {
+            self.submit(Request::Object(ObjectWrite {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                value,
+                done,
+            }))
+        })
+    }
+
+    /// Every configuration object of `kind`, as (name, value), by name.
+    pub fn objects(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+        self.inner.shared.read(|db| store::objects(db, kind))
+    }
+
+    /// How much of quota `name` is used in `window` now.
+    pub fn usage(&self, name: &str, window: crate::quota::Window) -> Result<u64, SpoolError> {
+        let now = crate::writer::now_ms();
+        self.inner
+            .shared
+            .read(|db| store::usage(db, name, window, now))
     }
 
     /// Due time of the earliest scheduled recipient, if any.

@@ -27,12 +27,18 @@ use crate::codec::{DecodeError, RecipientState, decode_envelope, encode_envelope
 use crate::error::SpoolError;
 use crate::id::MessageId;
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
+use crate::quota::{Quota, QuotaExceeded, Window};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
 const SCHEDULE: TableDefinition<(u64, u64, u32), ()> = TableDefinition::new("schedule");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// (quota name, window kind, bucket) -> count; see `quota.rs`.
+const USAGE: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("usage");
+/// (kind, name) -> JSON: configuration objects (servers, groups, users...).
+const OBJECTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("objects");
 
 const NEXT_ID_COUNTER: &str = "next_message_id";
 
@@ -43,6 +49,7 @@ pub(crate) struct EncodedMessage {
     envelope: Vec<u8>,
     body: Vec<u8>,
     recipient_count: u32,
+    quotas: Vec<Quota>,
 }
 
 impl EncodedMessage {
@@ -54,6 +61,7 @@ impl EncodedMessage {
             envelope: encode_envelope(&msg.mail_from, &msg.recipients, &msg.meta),
             body: msg.body,
             recipient_count,
+            quotas: msg.quotas,
         })
     }
 
@@ -78,6 +86,8 @@ pub(crate) struct WriteTables<'txn> {
     recipients: Table<'txn, (u64, u32), &'static [u8]>,
     schedule: Table<'txn, (u64, u64, u32), ()>,
     counters: Table<'txn, &'static str, u64>,
+    usage: Table<'txn, (&'static str, u8, u32), u64>,
+    objects: Table<'txn, (&'static str, &'static str), &'static [u8]>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -89,6 +99,8 @@ impl<'txn> WriteTables<'txn> {
             recipients: txn.open_table(RECIPIENTS)?,
             schedule: txn.open_table(SCHEDULE)?,
             counters: txn.open_table(COUNTERS)?,
+            usage: txn.open_table(USAGE)?,
+            objects: txn.open_table(OBJECTS)?,
         })
     }
 
@@ -114,6 +126,55 @@ impl<'txn> WriteTables<'txn> {
             }
         }
         Ok(())
+    }
+
+    /// Checks every quota of the message and, if all hold, counts it.
+    /// The outer error is storage; the inner one a refusal.
+    pub(crate) fn count_quotas(
+        &mut self,
+        msg: &EncodedMessage,
+        now_ms: u64,
+    ) -> Result<Result<(), QuotaExceeded>, SpoolError> {
+        for q in &msg.quotas {
+            let used = self.used(&q.name, q.window, now_ms)?;
+            if q.limit > 0 && used + q.amount > q.limit {
+                return Ok(Err(QuotaExceeded {
+                    name: q.name.clone(),
+                    window: q.window,
+                    limit: q.limit,
+                    used,
+                    resets_at_ms: q.window.resets_at_ms(now_ms),
+                }));
+            }
+        }
+        for q in &msg.quotas {
+            let key = (q.name.as_str(), q.window.kind(), q.window.bucket(now_ms));
+            let current = self.usage.get(key)?.map(|v| v.value()).unwrap_or(0);
+            self.usage.insert(key, current + q.amount)?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn used(&self, name: &str, window: Window, now_ms: u64) -> Result<u64, SpoolError> {
+        let mut total = 0;
+        for bucket in window.buckets(now_ms) {
+            if let Some(v) = self.usage.get((name, window.kind(), bucket))? {
+                total += v.value();
+            }
+        }
+        Ok(total)
+    }
+
+    pub(crate) fn put_object(
+        &mut self,
+        kind: &str,
+        name: &str,
+        value: Option<&[u8]>,
+    ) -> Result<bool, SpoolError> {
+        Ok(match value {
+            Some(v) => self.objects.insert((kind, name), v)?.is_some(),
+            None => self.objects.remove((kind, name))?.is_some(),
+        })
     }
 
     /// Applies one delivery outcome. An outcome for a recipient that is no
@@ -372,4 +433,46 @@ pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
 
 fn corrupt_recipient(id: MessageId, rcpt: u32, DecodeError(reason): DecodeError) -> SpoolError {
     SpoolError::Corrupt(format!("recipient {rcpt} of message {id:016x}: {reason}"))
+}
+
+/// Usage of quota `name` in `window` as of `now_ms`.
+pub(crate) fn usage(
+    db: &Database,
+    name: &str,
+    window: Window,
+    now_ms: u64,
+) -> Result<u64, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(USAGE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let mut total = 0;
+    for bucket in window.buckets(now_ms) {
+        if let Some(v) = table.get((name, window.kind(), bucket))? {
+            total += v.value();
+        }
+    }
+    Ok(total)
+}
+
+/// Every object of `kind`, by name order.
+pub(crate) fn objects(db: &Database, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(OBJECTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.range((kind, "")..)? {
+        let (key, value) = entry?;
+        let (k, name) = key.value();
+        if k != kind {
+            break;
+        }
+        out.push((name.to_owned(), value.value().to_vec()));
+    }
+    Ok(out)
 }

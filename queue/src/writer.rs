@@ -24,6 +24,7 @@ use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, Outcome};
 use crate::store::{self, EncodedMessage, WriteTables};
+pub(crate) use ObjectRequest as ObjectWrite;
 
 /// Called once with the result of a request.
 pub(crate) type Completion<T> = Box<dyn FnOnce(Result<T, SpoolError>) + Send>;
@@ -39,6 +40,15 @@ pub(crate) struct RecordRequest {
     pub(crate) done: Completion<()>,
 }
 
+/// Stores (`Some`) or deletes (`None`) a configuration object; the
+/// completion says whether one existed before.
+pub(crate) struct ObjectRequest {
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) done: Completion<bool>,
+}
+
 pub(crate) struct ClaimRequest {
     pub(crate) now_ms: u64,
     pub(crate) limit: usize,
@@ -50,6 +60,7 @@ pub(crate) enum Request {
     Insert(InsertRequest),
     Record(RecordRequest),
     Claim(ClaimRequest),
+    Object(ObjectRequest),
     Compact(Completion<bool>),
 }
 
@@ -67,6 +78,7 @@ impl Request {
             Request::Insert(r) => complete(r.done, Err(err)),
             Request::Record(r) => complete(r.done, Err(err)),
             Request::Claim(r) => complete(r.done, Err(err)),
+            Request::Object(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
     }
@@ -381,21 +393,33 @@ fn write_batch(
         let now = now_ms();
         let mut inserted = Vec::with_capacity(writes.inserts.len());
         for insert in &writes.inserts {
+            if let Err(refusal) = tables.count_quotas(&insert.msg, now)? {
+                inserted.push(Err(SpoolError::QuotaExceeded(refusal)));
+                continue;
+            }
             let id = ids.next_id(now);
             tables.insert_message(id, &insert.msg, insert.claimed, now)?;
-            inserted.push(id);
+            inserted.push(Ok(id));
         }
-        if !inserted.is_empty() {
+        if inserted.iter().any(Result::is_ok) {
             tables.store_id_floor(ids.high_water())?;
         }
         for outcome in writes.records.iter().flat_map(|record| &record.outcomes) {
             tables.apply(outcome, now)?;
         }
+        let mut objects = Vec::with_capacity(writes.objects.len());
+        for o in &writes.objects {
+            objects.push(tables.put_object(&o.kind, &o.name, o.value.as_deref())?);
+        }
         let mut claimed = Vec::with_capacity(writes.claims.len());
         for claim in &writes.claims {
             claimed.push(tables.claim_due(claim.now_ms, claim.limit)?);
         }
-        Results { inserted, claimed }
+        Results {
+            inserted,
+            objects,
+            claimed,
+        }
     };
     txn.commit()?;
     Ok(results)
@@ -434,6 +458,7 @@ impl Batch {
             Request::Insert(insert) => self.writes.inserts.push(insert),
             Request::Record(record) => self.writes.records.push(record),
             Request::Claim(claim) => self.writes.claims.push(claim),
+            Request::Object(object) => self.writes.objects.push(object),
             Request::Compact(done) => self.compactions.push(done),
         }
     }
@@ -450,18 +475,21 @@ impl Batch {
 struct Writes {
     inserts: Vec<InsertRequest>,
     records: Vec<RecordRequest>,
+    objects: Vec<ObjectRequest>,
     claims: Vec<ClaimRequest>,
 }
 
-/// What a committed batch hands back, in the order of `Writes`.
+/// What a committed batch hands back, in the order of `Writes`. An insert
+/// refused by a quota fails alone; the rest of the batch commits.
 struct Results {
-    inserted: Vec<MessageId>,
+    inserted: Vec<Result<MessageId, SpoolError>>,
+    objects: Vec<bool>,
     claimed: Vec<Vec<Claimed>>,
 }
 
 impl Writes {
     fn len(&self) -> usize {
-        self.inserts.len() + self.records.len() + self.claims.len()
+        self.inserts.len() + self.records.len() + self.objects.len() + self.claims.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -478,15 +506,18 @@ impl Writes {
     /// Claims alone need no fdatasync: if they are lost in a crash, recovery
     /// would have scheduled those recipients again anyway.
     fn needs_durability(&self) -> bool {
-        !self.inserts.is_empty() || !self.records.is_empty()
+        !self.inserts.is_empty() || !self.records.is_empty() || !self.objects.is_empty()
     }
 
     fn complete(self, results: Results) {
         for (insert, id) in self.inserts.into_iter().zip(results.inserted) {
-            complete(insert.done, Ok(id));
+            complete(insert.done, id);
         }
         for record in self.records {
             complete(record.done, Ok(()));
+        }
+        for (object, existed) in self.objects.into_iter().zip(results.objects) {
+            complete(object.done, Ok(existed));
         }
         for (claim, claimed) in self.claims.into_iter().zip(results.claimed) {
             complete(claim.done, Ok(claimed));
@@ -499,6 +530,9 @@ impl Writes {
         }
         for record in self.records {
             complete(record.done, Err(err.clone()));
+        }
+        for object in self.objects {
+            complete(object.done, Err(err.clone()));
         }
         for claim in self.claims {
             complete(claim.done, Err(err.clone()));
