@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::smtp::client::Encryption;
+use crate::domains::DnsTemplate;
+use crate::tenancy::{DeliveryServerSpec, Seeds, User as TenancyUser, UserGroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -35,8 +36,22 @@ pub struct Config {
     pub admin: AdminSection,
     pub metrics: MetricsSection,
     pub events: EventsSection,
-    pub delivery_servers: Vec<DeliveryServer>,
-    pub users: Vec<User>,
+    pub secrets: SecretsSection,
+    pub dns: DnsSection,
+    /// Objects declared in the file; see `tenancy`.
+    pub seeds: Seeds,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecretsSection {
+    /// The master key (created on first start); default `<spool dir>/secret.key`.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DnsSection {
+    /// Empty: the system resolver. Tests point this at a server they run.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +75,8 @@ pub struct SmtpInSection {
     pub data_timeout: Duration,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The tenant of mail from `relay_networks` without AUTH.
+    pub default_user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +87,9 @@ pub struct DeliverySection {
     pub idle_timeout: Duration,
     /// Recipients held in memory per route, ready to go; the rest wait on disk.
     pub ready_queue_size: usize,
+    /// How long a delivery server that failed at connection level is skipped
+    /// in favour of the next one of the group before it is tried again.
+    pub failover_backoff: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -85,37 +105,6 @@ pub struct MetricsSection {
 #[derive(Debug, Clone)]
 pub struct EventsSection {
     pub path: Option<PathBuf>,
-}
-
-/// An SMTP relay the daemon hands mail to.
-#[derive(Debug, Clone)]
-pub struct DeliveryServer {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub encryption: Encryption,
-    pub timeout: Duration,
-    pub max_connections: usize,
-    pub max_messages_per_connection: usize,
-    pub auth: Option<crate::smtp::client::Credentials>,
-    pub tls_verify: bool,
-}
-
-/// A client allowed to inject with SMTP AUTH.
-#[derive(Clone)]
-pub struct User {
-    pub name: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for User {
-    // Passwords never reach logs, not even through `{:?}`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User")
-            .field("name", &self.name)
-            .field("password", &"(set)")
-            .finish()
-    }
 }
 
 /// An IP network in CIDR notation, e.g. `127.0.0.0/8` or `::1/128`.
@@ -236,9 +225,19 @@ struct RawConfig {
     #[serde(default)]
     events: RawEvents,
     #[serde(default)]
-    delivery_server: Vec<RawDeliveryServer>,
+    secrets: RawSecrets,
     #[serde(default)]
-    user: Vec<RawUser>,
+    dns: RawDns,
+    #[serde(default)]
+    delivery_server: Vec<DeliveryServerSpec>,
+    #[serde(default)]
+    user_group: Vec<UserGroup>,
+    #[serde(default)]
+    user: Vec<TenancyUser>,
+    #[serde(default)]
+    dns_template: Vec<DnsTemplate>,
+    #[serde(default)]
+    sender_domain: Vec<RawDomainSeed>,
 }
 
 #[derive(Deserialize)]
@@ -264,6 +263,7 @@ struct RawSmtpIn {
     data_timeout: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    default_user: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -273,6 +273,7 @@ struct RawDelivery {
     retry_schedule: Option<Vec<String>>,
     idle_timeout: Option<String>,
     ready_queue_size: Option<usize>,
+    failover_backoff: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -293,32 +294,24 @@ struct RawEvents {
     path: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawDeliveryServer {
-    name: String,
-    host: String,
-    port: Option<u16>,
-    encryption: Option<String>,
-    timeout: Option<String>,
-    max_connections: Option<usize>,
-    max_messages_per_connection: Option<usize>,
-    auth: Option<RawAuth>,
-    tls_verify: Option<bool>,
+struct RawSecrets {
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default)]
+    nameservers: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawAuth {
-    username: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUser {
-    name: String,
-    password: String,
+struct RawDomainSeed {
+    domain: String,
+    owner: String,
 }
 
 impl Config {
@@ -382,6 +375,7 @@ fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, St
 
 impl RawConfig {
     fn validate(self) -> Result<Config, String> {
+        let seeds = self.seeds()?;
         let hostname = match self.hostname {
             Some(h) if !h.trim().is_empty() => h.trim().to_owned(),
             Some(_) => return Err("hostname: must not be empty".into()),
@@ -403,33 +397,16 @@ impl RawConfig {
                 None => None,
             },
         };
-        let mut delivery_servers = Vec::new();
-        for (i, raw) in self.delivery_server.into_iter().enumerate() {
-            let server = raw
-                .validate()
-                .map_err(|e| format!("delivery_server[{i}].{e}"))?;
-            if delivery_servers
-                .iter()
-                .any(|s: &DeliveryServer| s.name == server.name)
-            {
-                return Err(format!(
-                    "delivery_server[{i}].name: `{}` is used twice; names must be unique",
-                    server.name
-                ));
-            }
-            delivery_servers.push(server);
-        }
-        if delivery_servers.is_empty() {
-            return Err("no [[delivery_server]]: add at least one relay to deliver to".into());
-        }
-        let users = self
-            .user
-            .into_iter()
-            .map(|u| User {
-                name: u.name,
-                password: u.password,
-            })
-            .collect();
+        let key_file = self
+            .secrets
+            .key_file
+            .unwrap_or_else(|| spool.dir.join("secret.key"));
+        let nameservers = self
+            .dns
+            .nameservers
+            .iter()
+            .map(|a| keyed("dns.nameservers", parse_socket_addr(a)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             hostname,
             spool,
@@ -442,8 +419,58 @@ impl RawConfig {
             events: EventsSection {
                 path: self.events.path,
             },
-            delivery_servers,
-            users,
+            secrets: SecretsSection { key_file },
+            dns: DnsSection { nameservers },
+            seeds,
+        })
+    }
+}
+
+impl RawConfig {
+    /// Checks the declared objects against each other, naming the culprit.
+    fn seeds(&self) -> Result<Seeds, String> {
+        let mut names: Vec<&str> = Vec::new();
+        for (i, spec) in self.delivery_server.iter().enumerate() {
+            let password = spec.auth.as_ref().map(|a| a.password.clone());
+            spec.validate(password)
+                .map_err(|e| format!("delivery_server[{i}].{e}"))?;
+            if names.contains(&spec.name.as_str()) {
+                return Err(format!(
+                    "delivery_server[{i}].name: `{}` is used twice; names must be unique",
+                    spec.name
+                ));
+            }
+            names.push(&spec.name);
+        }
+        if names.is_empty() {
+            return Err("no [[delivery_server]]: add at least one relay to deliver to".into());
+        }
+        for (i, group) in self.user_group.iter().enumerate() {
+            group
+                .validate(|s| names.contains(&s))
+                .map_err(|e| format!("user_group[{i}] `{}`: {e}", group.name))?;
+        }
+        for (i, user) in self.user.iter().enumerate() {
+            user.validate().map_err(|e| format!("user[{i}].{e}"))?;
+            let group_known =
+                user.group == "default" || self.user_group.iter().any(|g| g.name == user.group);
+            if !group_known {
+                return Err(format!(
+                    "user[{i}].group: no user_group is called `{}`",
+                    user.group
+                ));
+            }
+        }
+        Ok(Seeds {
+            servers: self.delivery_server.clone(),
+            groups: self.user_group.clone(),
+            users: self.user.clone(),
+            templates: self.dns_template.clone(),
+            domains: self
+                .sender_domain
+                .iter()
+                .map(|d| (d.domain.clone(), d.owner.clone()))
+                .collect(),
         })
     }
 }
@@ -496,6 +523,7 @@ impl RawSmtpIn {
             )?,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
+            default_user: self.default_user,
         })
     }
 }
@@ -528,48 +556,11 @@ impl RawDelivery {
                 Duration::from_secs(30),
             )?,
             ready_queue_size: positive("delivery.ready_queue_size", self.ready_queue_size, 10_000)?,
-        })
-    }
-}
-
-impl RawDeliveryServer {
-    fn validate(self) -> Result<DeliveryServer, String> {
-        if self.name.trim().is_empty() {
-            return Err("name: must not be empty".into());
-        }
-        let encryption = match self.encryption.as_deref().unwrap_or("none") {
-            "none" => Encryption::None,
-            "starttls" => Encryption::StartTls,
-            "starttls-opportunistic" => Encryption::StartTlsOpportunistic,
-            "tls" => Encryption::Tls,
-            other => {
-                return Err(format!(
-                    "encryption: `{other}` is not one of none, starttls, starttls-opportunistic, tls"
-                ));
-            }
-        };
-        let default_port = if encryption == Encryption::Tls {
-            465
-        } else {
-            25
-        };
-        Ok(DeliveryServer {
-            name: self.name,
-            host: self.host,
-            port: self.port.unwrap_or(default_port),
-            encryption,
-            timeout: duration_or("timeout", self.timeout.as_ref(), Duration::from_secs(10))?,
-            max_connections: positive("max_connections", self.max_connections, 10)?,
-            max_messages_per_connection: positive(
-                "max_messages_per_connection",
-                self.max_messages_per_connection,
-                1000,
+            failover_backoff: duration_or(
+                "delivery.failover_backoff",
+                self.failover_backoff.as_ref(),
+                Duration::from_secs(30),
             )?,
-            auth: self.auth.map(|a| crate::smtp::client::Credentials {
-                username: a.username,
-                password: a.password,
-            }),
-            tls_verify: self.tls_verify.unwrap_or(true),
         })
     }
 }
@@ -597,9 +588,9 @@ mod tests {
     #[test]
     fn example_config_is_valid() {
         let c = Config::parse(EXAMPLE).unwrap();
-        assert_eq!(c.delivery_servers[0].name, "local-sink");
+        assert_eq!(c.seeds.servers[0].name, "local-sink");
         assert_eq!(c.smtp_in.max_message_size, 25 << 20);
-        assert_eq!(c.delivery_servers[0].timeout, Duration::from_secs(10));
+        assert_eq!(c.seeds.servers[0].timeout.as_deref(), Some("10s"));
     }
 
     #[test]

@@ -20,10 +20,13 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::deliver::{Recorder, RetryPolicy, Route, Routes};
+use crate::deliver::{Recorder, RetryPolicy};
 use crate::engine::Engine;
 use crate::events::EventLog;
+use crate::route::{RouteSettings, Router};
+use crate::secrets::Secrets;
 use crate::smtp::server::{ServerContext, serve_listener};
+use crate::tenancy::TenancyStore;
 
 /// How long sessions get to finish after a shutdown request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
@@ -44,6 +47,8 @@ pub enum StartError {
     },
     #[error("TLS certificate or key: {0}")]
     Tls(String),
+    #[error("configuration objects: {0}")]
+    Tenancy(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -77,6 +82,8 @@ pub struct Daemon {
     slots: Arc<Semaphore>,
     max_connections: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Runs as long as routes exist; stopped last.
+    failover_task: tokio::task::JoinHandle<()>,
 }
 
 impl Daemon {
@@ -97,25 +104,36 @@ impl Daemon {
                 max_age: config.delivery.max_age,
             },
         };
-        let routes = config
-            .delivery_servers
-            .iter()
-            .map(|server| {
-                Arc::new(Route::new(
-                    server,
-                    &config.hostname,
-                    config.delivery.ready_queue_size,
-                    config.delivery.idle_timeout,
-                    recorder.clone(),
-                ))
-            })
-            .collect();
+        let secrets = Secrets::load_or_create(&config.secrets.key_file)
+            .map_err(|e| StartError::Tenancy(e.to_string()))?;
+        let tenancy = {
+            let spool = spool.clone();
+            let seeds = config.seeds.clone();
+            tokio::task::spawn_blocking(move || TenancyStore::open(spool, secrets, &seeds))
+                .await
+                .map_err(|e| StartError::Tenancy(e.to_string()))?
+                .map_err(|e| StartError::Tenancy(e.to_string()))?
+        };
+        let tenancy = Arc::new(tenancy);
+        let (router, failovers) = Router::new(
+            tenancy.clone(),
+            RouteSettings {
+                helo_name: config.hostname.clone(),
+                ready_capacity: config.delivery.ready_queue_size,
+                idle_timeout: config.delivery.idle_timeout,
+                failover_backoff: config.delivery.failover_backoff,
+            },
+            recorder.clone(),
+        );
+        let failover_task = tokio::spawn(router.clone().run_failover(failovers));
         let engine = Arc::new(Engine {
             hostname: config.hostname.clone(),
             spool,
             events,
-            routes: Routes::new(routes),
+            router,
             recorder,
+            tenancy,
+            default_user: config.smtp_in.default_user.clone(),
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
@@ -140,7 +158,6 @@ impl Daemon {
             settings: config.smtp_in.clone(),
             hostname: config.hostname.clone(),
             tls,
-            users: config.users.clone(),
         });
         let mut tasks = vec![tokio::spawn(crate::schedule::run(
             engine.clone(),
@@ -161,6 +178,7 @@ impl Daemon {
             slots,
             max_connections,
             tasks,
+            failover_task,
         })
     }
 
@@ -172,7 +190,8 @@ impl Daemon {
         // Every session holds a slot; all slots back means all sessions ended.
         let all = self.max_connections as u32;
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.slots.acquire_many(all)).await;
-        self.engine.routes.stop();
+        self.engine.router.stop();
+        self.failover_task.abort();
         let spool = self.engine.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
         self.engine.events.flush();

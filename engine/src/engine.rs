@@ -1,22 +1,29 @@
 //! `Engine`: what the SMTP sessions, the scheduler and the workers share,
 //! and admission, the step between a finished DATA and the reply to it.
 //!
-//! Admission edits the headers once (`message::prepare`), picks the route,
-//! and commits the message to the spool. The 250 is returned only after the
-//! spool's commit callback reported success, i.e. after fdatasync; a failed
-//! commit becomes 451 4.3.0 and the client keeps its copy.
+//! Admission resolves the tenant (AUTH user, or the default user of relay
+//! networks) and its group, reads the control headers, checks the sender
+//! domain, applies the group's header/footer and the server's From rules
+//! once, picks the route, and commits the message to the spool together
+//! with its quota counts. The 250 is returned only after the spool's
+//! commit (fdatasync); a failed commit is 451 4.3.0, a quota refusal names
+//! the limit, and the client keeps its copy in both cases.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sendengine_queue::{MessageMeta, NewMessage, Spool, StoredMessage};
+use sendengine_queue::{MessageMeta, NewMessage, Spool, SpoolError, StoredMessage};
 use tokio::sync::oneshot;
 
-use crate::deliver::{Job, Recorder, Routes, base_event};
+use crate::deliver::{Job, Recorder, base_event};
 use crate::events::{EventKind, EventLog};
-use crate::message::{self, CHANNELS, TraceInfo};
+use crate::limits;
+use crate::message::{self, TraceInfo};
+use crate::route::Router;
 use crate::smtp::reply::Reply;
+use crate::tenancy::{CHANNELS, Tenancy, TenancyStore, User};
 use crate::timefmt::now_ms;
+use crate::transform;
 
 /// Who sent a message, as the SMTP session knows it.
 #[derive(Debug, Clone)]
@@ -38,15 +45,95 @@ pub struct Engine {
     pub hostname: String,
     pub spool: Spool,
     pub events: EventLog,
-    pub routes: Routes,
+    pub router: Arc<Router>,
     pub recorder: Recorder,
+    pub tenancy: Arc<TenancyStore>,
+    /// The tenant of relay-network mail without AUTH.
+    pub default_user: Option<String>,
+}
+
+/// What admission decided before the commit.
+struct Admitted {
+    message: NewMessage,
+    header_message_id: String,
 }
 
 impl Engine {
     /// Admits a message and returns the reply to its DATA.
     pub async fn admit(&self, envelope: Envelope, data: Vec<u8>) -> Reply {
+        let snapshot = self.tenancy.snapshot();
+        let admitted = match self.prepare(&snapshot, &envelope, data) {
+            Ok(a) => a,
+            Err(reply) => return reply,
+        };
+        let meta = admitted.message.meta.clone();
+        let route = self
+            .router
+            .choose(&snapshot, &meta.group, &meta.channel, &[]);
+        let priority = crate::deliver::is_priority_channel(&meta.channel);
+        let reserved = route.as_ref().filter(|r| r.ready.try_reserve(priority));
+        let body: Arc<[u8]> = admitted.message.body.as_slice().into();
+        let (tx, rx) = oneshot::channel();
+        self.spool.insert(
+            admitted.message.clone(),
+            reserved.is_some(),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        let result = rx.await.unwrap_or(Err(SpoolError::Closed));
+        let id = match result {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(r) = reserved {
+                    r.ready.cancel_reservation(priority);
+                }
+                return refusal_for(&e);
+            }
+        };
+        let message = admitted.message;
+        let stored = Arc::new(StoredMessage {
+            id,
+            mail_from: message.mail_from,
+            recipients: message.recipients,
+            meta,
+            body,
+        });
+        let rcpts = (0..stored.recipients.len() as u32)
+            .map(|i| (i, 0))
+            .collect();
+        let job = Job {
+            message: stored,
+            header_message_id: admitted.header_message_id,
+            rcpts,
+            tried: Vec::new(),
+        };
+        self.record_reception(&job);
+        if let Some(route) = reserved {
+            route.push_reserved(job);
+        }
+        Reply::new(
+            250,
+            "2.0.0",
+            format!("Queued as {}", sendengine_queue::format_id(id)),
+        )
+    }
+
+    /// Policy and transforms: everything decided before the commit.
+    fn prepare(
+        &self,
+        snapshot: &Tenancy,
+        envelope: &Envelope,
+        data: Vec<u8>,
+    ) -> Result<Admitted, Reply> {
         let now = now_ms();
         let client = &envelope.client;
+        let tenant = client
+            .auth_user
+            .clone()
+            .or_else(|| self.default_user.clone());
+        let user: Option<&Arc<User>> = tenant.as_ref().and_then(|t| snapshot.users.get(t));
+        let group = snapshot.group_of(user.map(|u| u.as_ref()));
         let prepared = message::prepare(
             &data,
             &TraceInfo {
@@ -59,96 +146,103 @@ impl Engine {
             },
         );
         drop(data);
-        let channel = match prepared.control.channel.as_deref() {
-            None | Some("") => "marketing",
-            Some(c) if CHANNELS.contains(&c) => c,
-            Some(other) => {
-                return Reply::new(
-                    550,
-                    "5.6.0",
-                    format!(
-                        "X-Channel `{other}` is unknown: use marketing, transactional or autoresponder"
-                    ),
-                );
-            }
+        let channel = channel_of(prepared.control.channel.as_deref())?;
+        let recipients = envelope.recipients.len() as u64;
+        let from_domain = transform::from_domain(&prepared.body);
+        let mut quotas = match &tenant {
+            Some(t) => limits::user_quotas(t, group, recipients),
+            None => Vec::new(),
         };
-        let route = self.routes.default_route().clone();
-        let meta = MessageMeta {
-            tenant: client.auth_user.clone().unwrap_or_default(),
-            group: String::new(),
-            channel: channel.to_owned(),
-            campaign: prepared.control.campaign.clone().unwrap_or_default(),
-            route: route.name.clone(),
-            received_at_ms: now,
-            client: format!("{} ({})", client.peer, client.helo),
-        };
-        let body: Arc<[u8]> = prepared.body.into();
-        let claimed = route.ready.try_reserve();
-        let (tx, rx) = oneshot::channel();
-        self.spool.insert(
-            NewMessage {
+        if let Some(q) = limits::check_sender_domain(
+            snapshot,
+            user.map(|u| u.as_ref()),
+            group,
+            from_domain.as_deref(),
+            recipients,
+        )? {
+            quotas.push(q);
+        }
+        let primary = group
+            .servers_for(channel)
+            .first()
+            .and_then(|name| snapshot.server(name));
+        let mut decoration = group.decoration();
+        decoration.from = primary.and_then(|s| {
+            s.enforced_from.clone().or_else(|| {
+                s.sender_info_as_from
+                    .then(|| user.and_then(|u| u.sender_from()))
+                    .flatten()
+            })
+        });
+        let body = transform::decorate(&prepared.body, &decoration).map_err(|e| {
+            Reply::new(
+                554,
+                "5.6.0",
+                format!("The message cannot be processed: {e}"),
+            )
+        })?;
+        Ok(Admitted {
+            message: NewMessage {
                 mail_from: envelope.mail_from.clone(),
                 recipients: envelope.recipients.clone(),
-                body: body.to_vec(),
-                meta: meta.clone(),
+                body,
+                meta: MessageMeta {
+                    tenant: tenant.unwrap_or_default(),
+                    group: group.name.clone(),
+                    channel: channel.to_owned(),
+                    campaign: prepared.control.campaign.unwrap_or_default(),
+                    route: primary.map(|s| s.name.clone()).unwrap_or_default(),
+                    received_at_ms: now,
+                    client: format!("{} ({})", client.peer, client.helo),
+                },
+                quotas,
             },
-            claimed,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        let id = match rx.await {
-            Ok(Ok(id)) => id,
-            Ok(Err(e)) => {
-                if claimed {
-                    route.ready.cancel_reservation();
-                }
-                eprintln!("sendengine: spool write failed, answering 451: {e}");
-                return Reply::new(
-                    451,
-                    "4.3.0",
-                    "Temporary local problem: the message could not be queued, try again later",
-                );
-            }
-            Err(_) => {
-                return Reply::new(
-                    451,
-                    "4.3.0",
-                    "Temporary local problem: the queue is shutting down, try again later",
-                );
-            }
-        };
-        let stored = Arc::new(StoredMessage {
-            id,
-            mail_from: envelope.mail_from,
-            recipients: envelope.recipients,
-            meta,
-            body,
-        });
-        let rcpts = (0..stored.recipients.len() as u32)
-            .map(|i| (i, 0))
-            .collect();
-        let job = Job {
-            message: stored,
             header_message_id: prepared.message_id,
-            rcpts,
-        };
-        self.record_reception(&job, now);
-        if claimed {
-            route.push_reserved(job);
-        }
-        Reply::new(
-            250,
-            "2.0.0",
-            format!("Queued as {}", sendengine_queue::format_id(id)),
-        )
+        })
     }
 
-    fn record_reception(&self, job: &Job, now: u64) {
+    fn record_reception(&self, job: &Job) {
+        let now = job.message.meta.received_at_ms;
         for rcpt in 0..job.message.recipients.len() as u32 {
             let mut event = base_event(job, rcpt, EventKind::Reception, now);
             event.remote_host = Some(job.message.meta.client.clone());
             self.events.emit(event);
+        }
+    }
+}
+
+fn channel_of(header: Option<&str>) -> Result<&'static str, Reply> {
+    match header {
+        None | Some("") => Ok("marketing"),
+        Some(c) => CHANNELS.iter().copied().find(|k| *k == c).ok_or_else(|| {
+            Reply::new(
+                550,
+                "5.6.0",
+                format!(
+                    "X-Channel `{c}` is unknown: use marketing, transactional or autoresponder"
+                ),
+            )
+        }),
+    }
+}
+
+/// The reply when the spool did not take the message.
+fn refusal_for(e: &SpoolError) -> Reply {
+    match e {
+        SpoolError::QuotaExceeded(q) => limits::refusal(q),
+        SpoolError::Invalid(why) => Reply::new(554, "5.6.0", format!("Message refused: {why}")),
+        SpoolError::Closed => Reply::new(
+            451,
+            "4.3.0",
+            "Temporary local problem: the queue is shutting down, try again later",
+        ),
+        other => {
+            eprintln!("sendengine: spool write failed, answering 451: {other}");
+            Reply::new(
+                451,
+                "4.3.0",
+                "Temporary local problem: the message could not be queued, try again later",
+            )
         }
     }
 }

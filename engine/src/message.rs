@@ -8,9 +8,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The channels a message can be sent on; marketing when unsaid.
-pub const CHANNELS: [&str; 3] = ["marketing", "transactional", "autoresponder"];
-
 /// A header field as found in the message: name and raw value (unfolded
 /// lines keep their CRLF), and where the whole field sits.
 struct Field<'a> {

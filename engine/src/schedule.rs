@@ -15,7 +15,7 @@ use std::time::Duration;
 use sendengine_queue::{Claimed, MessageId};
 use tokio::sync::watch;
 
-use crate::deliver::{Job, job_for};
+use crate::deliver::job_for;
 use crate::engine::Engine;
 use crate::timefmt::now_ms;
 
@@ -30,7 +30,7 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         last: None,
     };
     loop {
-        let room = engine.routes.room().min(CLAIM_BATCH);
+        let room = engine.router.room().min(CLAIM_BATCH);
         let claimed = if room > 0 {
             claim(&engine, room).await
         } else {
@@ -68,7 +68,7 @@ async fn claim(engine: &Arc<Engine>, limit: usize) -> usize {
     .await;
     match loaded {
         Ok(Ok((count, jobs))) => {
-            jobs.into_iter().for_each(|job| queue_job(engine, job));
+            jobs.into_iter().for_each(|job| engine.router.dispatch(job));
             count
         }
         Ok(Err(e)) => {
@@ -77,10 +77,6 @@ async fn claim(engine: &Arc<Engine>, limit: usize) -> usize {
         }
         Err(_) => 0,
     }
-}
-
-fn queue_job(engine: &Engine, job: Job) {
-    engine.routes.by_name(&job.message.meta.route).push(job);
 }
 
 /// Groups claimed recipients by message, keeping the order of first sight.

@@ -1,25 +1,50 @@
-//! Delivery: a `Route` per delivery server, each with its ready queue and
-//! a pool of connection workers.
+//! Delivery: a `Route` per delivery server, each with its ready queue, its
+//! rate limits and a pool of connection workers.
 //!
 //! Workers are started on demand, up to the server's `max_connections`,
 //! when jobs wait and no worker is idle; each keeps its connection open for
 //! up to `max_messages_per_connection` transactions and closes it after
-//! `idle_timeout` without work. Every attempt ends in `Recorder`.
+//! `idle_timeout` without work. Every attempt ends in `Recorder`, except a
+//! connection-level failure: then the route is marked down for a while and
+//! the job (with everything queued behind it) goes back to the `Router`,
+//! which hands it to the next server of the group, if there is one.
 
 mod ready;
 mod record;
+mod throttle;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use ready::{Job, ReadyQueue};
+pub use ready::{Job, ReadyQueue, is_priority_channel};
 pub use record::{AttemptContext, Recorder, RetryPolicy, base_event, job_for};
+pub use throttle::Throttle;
+use tokio::sync::mpsc;
 
-use crate::config::DeliveryServer;
 use crate::smtp::client::{
     ClientSettings, Connection, Envelope, Reply, SessionError, Timeouts, TlsState,
 };
+use crate::tenancy::DeliveryServer;
+use crate::timefmt::now_ms;
+
+/// A job a route could not deliver for a connection-level reason.
+pub struct Failover {
+    pub job: Job,
+    pub error: SessionError,
+    pub remote_host: Option<String>,
+}
+
+/// What every route needs from the daemon.
+#[derive(Clone)]
+pub struct RouteContext {
+    pub helo_name: String,
+    pub ready_capacity: usize,
+    pub idle_timeout: Duration,
+    pub failover_backoff: Duration,
+    pub recorder: Recorder,
+    pub failover: mpsc::UnboundedSender<Failover>,
+}
 
 /// One delivery server and the work waiting for it.
 pub struct Route {
@@ -27,42 +52,57 @@ pub struct Route {
     settings: ClientSettings,
     max_connections: usize,
     max_messages_per_connection: usize,
-    idle_timeout: Duration,
     pub ready: ReadyQueue,
+    throttle: Throttle,
     workers: AtomicUsize,
     idle_workers: AtomicUsize,
     stopping: AtomicBool,
-    recorder: Recorder,
+    /// Wall-clock ms until which the server counts as down (0 = up).
+    down_until_ms: AtomicU64,
+    ctx: RouteContext,
 }
 
 impl Route {
-    pub fn new(
-        server: &DeliveryServer,
-        helo_name: &str,
-        ready_capacity: usize,
-        idle_timeout: Duration,
-        recorder: Recorder,
-    ) -> Route {
+    pub fn new(server: &DeliveryServer, ctx: RouteContext) -> Route {
         Route {
             name: server.name.clone(),
             settings: ClientSettings {
                 host: server.host.clone(),
                 port: server.port,
                 encryption: server.encryption,
-                helo_name: helo_name.to_owned(),
+                helo_name: ctx.helo_name.clone(),
                 auth: server.auth.clone(),
                 timeouts: Timeouts::uniform(server.timeout),
                 tls_verify: server.tls_verify,
             },
             max_connections: server.max_connections,
             max_messages_per_connection: server.max_messages_per_connection,
-            idle_timeout,
-            ready: ReadyQueue::new(ready_capacity),
+            ready: ReadyQueue::new(ctx.ready_capacity),
+            throttle: Throttle::new(
+                server.rate_per_second,
+                server.rate_per_hour,
+                server.rate_per_day,
+            ),
             workers: AtomicUsize::new(0),
             idle_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
-            recorder,
+            down_until_ms: AtomicU64::new(0),
+            ctx,
         }
+    }
+
+    /// Up, or down long enough that it is time to try it again.
+    pub fn is_available(&self) -> bool {
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    fn mark_down(&self) {
+        let until = now_ms() + self.ctx.failover_backoff.as_millis() as u64;
+        self.down_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    fn mark_up(&self) {
+        self.down_until_ms.store(0, Ordering::Relaxed);
     }
 
     /// Queues a job whose place was reserved with `ready.try_reserve()`.
@@ -71,7 +111,7 @@ impl Route {
         self.start_worker_if_needed();
     }
 
-    /// Queues a job from the scheduler.
+    /// Queues a job from the scheduler or the router.
     pub fn push(self: &Arc<Self>, job: Job) {
         self.ready.push(job);
         self.start_worker_if_needed();
@@ -101,6 +141,44 @@ impl Route {
         self.stopping.store(true, Ordering::Relaxed);
         self.ready.drain();
     }
+
+    /// The server failed at connection level: skip it for a while and give
+    /// the job, and all queued behind it, to the router.
+    fn fail_over(&self, job: Job, error: SessionError, remote_host: Option<String>) {
+        self.mark_down();
+        let mut job = job;
+        job.tried.push(self.name.clone());
+        let _ = self.ctx.failover.send(Failover {
+            job,
+            error,
+            remote_host,
+        });
+        for mut queued in self.ready.drain() {
+            queued.tried.push(self.name.clone());
+            let error = SessionError::Protocol {
+                phase: crate::smtp::client::Phase::Connect,
+                message: format!("delivery server {} is down", self.name),
+            };
+            let _ = self.ctx.failover.send(Failover {
+                job: queued,
+                error,
+                remote_host: None,
+            });
+        }
+    }
+
+    fn attempt_context(
+        &self,
+        remote_host: Option<String>,
+        tls: Option<String>,
+    ) -> AttemptContext<'_> {
+        AttemptContext {
+            route: &self.name,
+            remote_host: remote_host
+                .or_else(|| Some(format!("{}:{}", self.settings.host, self.settings.port))),
+            tls,
+        }
+    }
 }
 
 /// Takes jobs from the route's queue and delivers them over one
@@ -110,12 +188,13 @@ async fn worker(route: Arc<Route>) {
     let mut sent_on_conn = 0;
     loop {
         route.idle_workers.fetch_add(1, Ordering::AcqRel);
-        let job = route.ready.pop(route.idle_timeout).await;
+        let job = route.ready.pop(route.ctx.idle_timeout).await;
         route.idle_workers.fetch_sub(1, Ordering::AcqRel);
         let Some(job) = job else { break };
         if route.stopping.load(Ordering::Relaxed) {
             break;
         }
+        route.throttle.acquire().await;
         let mut c = match conn.take() {
             Some(c) => c,
             None => match Connection::connect(&route.settings).await {
@@ -124,17 +203,18 @@ async fn worker(route: Arc<Route>) {
                     c
                 }
                 Err(e) => {
-                    let at = route.attempt_context(None, None);
-                    route.recorder.session_failed(&job, &e, &at);
+                    route.fail_over(job, e, None);
                     continue;
                 }
             },
         };
         let result = attempt(&mut c, &job).await;
-        let at = route.attempt_context(Some(c.remote().to_owned()), Some(tls_label(&c.tls())));
+        let remote = Some(c.remote().to_owned());
         match result {
             Ok(replies) => {
-                route.recorder.replies(&job, &replies, &at);
+                route.mark_up();
+                let at = route.attempt_context(remote, Some(tls_label(&c.tls())));
+                route.ctx.recorder.replies(&job, &replies, &at);
                 sent_on_conn += 1;
                 if sent_on_conn >= route.max_messages_per_connection {
                     c.quit().await;
@@ -142,7 +222,7 @@ async fn worker(route: Arc<Route>) {
                     conn = Some(c);
                 }
             }
-            Err(e) => route.recorder.session_failed(&job, &e, &at),
+            Err(e) => route.fail_over(job, e, remote),
         }
     }
     if let Some(c) = conn {
@@ -174,70 +254,11 @@ fn attempt<'a>(
     }
 }
 
-impl Route {
-    fn attempt_context(
-        &self,
-        remote_host: Option<String>,
-        tls: Option<String>,
-    ) -> AttemptContext<'_> {
-        AttemptContext {
-            route: &self.name,
-            remote_host: remote_host
-                .or_else(|| Some(format!("{}:{}", self.settings.host, self.settings.port))),
-            tls,
-        }
-    }
-}
-
 fn tls_label(state: &TlsState) -> String {
     match state {
         TlsState::Plain => "none".to_owned(),
         TlsState::StartTls => "starttls".to_owned(),
         TlsState::Implicit => "tls".to_owned(),
         TlsState::PlainAfterTlsFailure(why) => format!("none (STARTTLS failed: {why})"),
-    }
-}
-
-/// Every route of the daemon. Until routing by tenant arrives, mail goes to
-/// the route named in its metadata, or else to the first delivery server.
-pub struct Routes {
-    routes: Vec<Arc<Route>>,
-}
-
-impl Routes {
-    pub fn new(routes: Vec<Arc<Route>>) -> Routes {
-        assert!(
-            !routes.is_empty(),
-            "config validation requires a delivery server"
-        );
-        Routes { routes }
-    }
-
-    pub fn default_route(&self) -> &Arc<Route> {
-        &self.routes[0]
-    }
-
-    pub fn by_name(&self, name: &str) -> &Arc<Route> {
-        self.routes
-            .iter()
-            .find(|r| r.name == name)
-            .unwrap_or(&self.routes[0])
-    }
-
-    /// How many jobs the scheduler may claim for all routes together.
-    pub fn room(&self) -> usize {
-        self.routes
-            .iter()
-            .map(|r| r.ready.room())
-            .min()
-            .unwrap_or(0)
-    }
-
-    pub fn all(&self) -> &[Arc<Route>] {
-        &self.routes
-    }
-
-    pub fn stop(&self) {
-        self.routes.iter().for_each(|r| r.stop());
     }
 }

@@ -5,8 +5,13 @@
 //! a message, so a message that will go straight to the queue is stored as
 //! claimed and skips a round trip through the index; the scheduler fills
 //! whatever room is left from the index.
+//!
+//! Two lanes, so that a big campaign cannot hold up a password reset:
+//! transactional and autoresponder mail go in the priority lane, which has
+//! room of its own and is always served first; marketing mail waits in one
+//! queue per campaign, served in turn.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,6 +27,20 @@ pub struct Job {
     pub header_message_id: String,
     /// (recipient index, attempts made before this one)
     pub rcpts: Vec<(u32, u32)>,
+    /// Delivery servers that failed this job at connection level in this
+    /// round; failover skips them.
+    pub tried: Vec<String>,
+}
+
+impl Job {
+    /// Whether this job goes in the priority lane.
+    pub fn is_priority(&self) -> bool {
+        is_priority_channel(&self.message.meta.channel)
+    }
+}
+
+pub fn is_priority_channel(channel: &str) -> bool {
+    matches!(channel, "transactional" | "autoresponder")
 }
 
 pub struct ReadyQueue {
@@ -30,18 +49,74 @@ pub struct ReadyQueue {
     capacity: usize,
 }
 
-struct Inner {
-    queue: VecDeque<Job>,
+#[derive(Default)]
+struct Lane {
+    queued: usize,
     reserved: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    priority: VecDeque<Job>,
+    /// Marketing jobs by campaign, and the order campaigns take turns in.
+    campaigns: HashMap<String, VecDeque<Job>>,
+    turns: VecDeque<String>,
+    priority_lane: Lane,
+    bulk_lane: Lane,
+}
+
+impl Inner {
+    fn lane(&mut self, priority: bool) -> &mut Lane {
+        if priority {
+            &mut self.priority_lane
+        } else {
+            &mut self.bulk_lane
+        }
+    }
+
+    fn push(&mut self, job: Job) {
+        if job.is_priority() {
+            self.priority_lane.queued += 1;
+            self.priority.push_back(job);
+            return;
+        }
+        self.bulk_lane.queued += 1;
+        let campaign = job.message.meta.campaign.clone();
+        let queue = self.campaigns.entry(campaign.clone()).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(campaign);
+        }
+        queue.push_back(job);
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        if let Some(job) = self.priority.pop_front() {
+            self.priority_lane.queued -= 1;
+            return Some(job);
+        }
+        let campaign = self.turns.pop_front()?;
+        let queue = self.campaigns.get_mut(&campaign)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.campaigns.remove(&campaign);
+        } else {
+            self.turns.push_back(campaign);
+        }
+        if job.is_some() {
+            self.bulk_lane.queued -= 1;
+        }
+        job
+    }
+
+    fn len(&self) -> usize {
+        self.priority_lane.queued + self.bulk_lane.queued
+    }
 }
 
 impl ReadyQueue {
     pub fn new(capacity: usize) -> ReadyQueue {
         ReadyQueue {
-            jobs: Mutex::new(Inner {
-                queue: VecDeque::new(),
-                reserved: 0,
-            }),
+            jobs: Mutex::new(Inner::default()),
             notify: Notify::new(),
             capacity,
         }
@@ -52,27 +127,31 @@ impl ReadyQueue {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a place for a job that is about to be committed.
-    pub fn try_reserve(&self) -> bool {
+    /// Takes a place in a lane for a job that is about to be committed.
+    pub fn try_reserve(&self, priority: bool) -> bool {
+        let capacity = self.capacity;
         let mut inner = self.inner();
-        if inner.queue.len() + inner.reserved < self.capacity {
-            inner.reserved += 1;
+        let lane = inner.lane(priority);
+        if lane.queued + lane.reserved < capacity {
+            lane.reserved += 1;
             true
         } else {
             false
         }
     }
 
-    pub fn cancel_reservation(&self) {
+    pub fn cancel_reservation(&self, priority: bool) {
         let mut inner = self.inner();
-        inner.reserved = inner.reserved.saturating_sub(1);
+        let lane = inner.lane(priority);
+        lane.reserved = lane.reserved.saturating_sub(1);
     }
 
     /// Fills a place taken with `try_reserve`.
     pub fn push_reserved(&self, job: Job) {
         let mut inner = self.inner();
-        inner.reserved = inner.reserved.saturating_sub(1);
-        inner.queue.push_back(job);
+        let lane = inner.lane(job.is_priority());
+        lane.reserved = lane.reserved.saturating_sub(1);
+        inner.push(job);
         drop(inner);
         self.notify.notify_one();
     }
@@ -80,23 +159,24 @@ impl ReadyQueue {
     /// Adds a job the scheduler claimed; may pass the capacity, which is
     /// only a target for how much the scheduler asks for.
     pub fn push(&self, job: Job) {
-        self.inner().queue.push_back(job);
+        self.inner().push(job);
         self.notify.notify_one();
     }
 
     pub fn len(&self) -> usize {
-        self.inner().queue.len()
+        self.inner().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// How many more jobs the scheduler may add.
+    /// How many more marketing jobs the scheduler may add (priority jobs
+    /// from the schedule are few and always taken).
     pub fn room(&self) -> usize {
         let inner = self.inner();
-        self.capacity
-            .saturating_sub(inner.queue.len() + inner.reserved)
+        let bulk = &inner.bulk_lane;
+        self.capacity.saturating_sub(bulk.queued + bulk.reserved)
     }
 
     /// Takes the next job, waiting at most `idle` for one.
@@ -106,11 +186,11 @@ impl ReadyQueue {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(job) = self.inner().queue.pop_front() {
+            if let Some(job) = self.inner().pop() {
                 return Some(job);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.inner().queue.pop_front();
+                return self.inner().pop();
             }
         }
     }
@@ -118,6 +198,57 @@ impl ReadyQueue {
     /// Empties the queue (shutdown); the jobs stay claimed in the spool
     /// and are rescheduled by recovery at the next start.
     pub fn drain(&self) -> Vec<Job> {
-        self.inner().queue.drain(..).collect()
+        let mut inner = self.inner();
+        std::iter::from_fn(|| inner.pop()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sendengine_queue::{MessageMeta, StoredMessage};
+
+    fn job(id: u64, channel: &str, campaign: &str) -> Job {
+        Job {
+            message: Arc::new(StoredMessage {
+                id,
+                mail_from: String::new(),
+                recipients: vec!["r@example.net".into()],
+                meta: MessageMeta {
+                    channel: channel.into(),
+                    campaign: campaign.into(),
+                    ..MessageMeta::default()
+                },
+                body: Arc::from(&b""[..]),
+            }),
+            header_message_id: String::new(),
+            rcpts: vec![(0, 0)],
+            tried: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn transactional_first_then_campaigns_take_turns() {
+        let q = ReadyQueue::new(100);
+        for i in 0..5 {
+            q.push(job(i, "marketing", "big"));
+        }
+        q.push(job(10, "marketing", "small"));
+        q.push(job(20, "transactional", ""));
+        let order: Vec<u64> =
+            std::iter::from_fn(|| q.inner().pop().map(|j| j.message.id)).collect();
+        assert_eq!(order, vec![20, 0, 10, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_full_bulk_lane_leaves_room_for_transactional() {
+        let q = ReadyQueue::new(2);
+        assert!(q.try_reserve(false));
+        assert!(q.try_reserve(false));
+        assert!(!q.try_reserve(false));
+        assert!(q.try_reserve(true), "the priority lane has room of its own");
+        assert_eq!(q.room(), 0);
+        q.cancel_reservation(false);
+        assert_eq!(q.room(), 1);
     }
 }

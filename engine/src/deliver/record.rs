@@ -218,6 +218,7 @@ pub fn job_for(message: Arc<sendengine_queue::StoredMessage>, rcpts: Vec<(u32, u
         message,
         header_message_id,
         rcpts,
+        tried: Vec::new(),
     }
 }
 
@@ -254,6 +255,7 @@ mod tests {
                 received_at_ms: now_ms(),
                 ..MessageMeta::default()
             },
+            quotas: Vec::new(),
         };
         let id = spool.insert_blocking(msg, true).unwrap();
         let stored = Arc::new(spool.load(id).unwrap().unwrap());

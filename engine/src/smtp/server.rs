@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::command::{self, Command, MailParams};
 use super::connection::{Connection, Line, Stream};
 use super::reply::Reply;
-use crate::config::{SmtpInSection, User};
+use crate::config::SmtpInSection;
 use crate::engine::{ClientInfo, Engine, Envelope};
 
 /// What every session of one daemon shares.
@@ -29,7 +29,6 @@ pub struct ServerContext {
     pub settings: SmtpInSection,
     pub hostname: String,
     pub tls: Option<TlsAcceptor>,
-    pub users: Vec<User>,
 }
 
 struct Transaction {
@@ -225,7 +224,8 @@ impl Session {
     /// AUTH is offered over TLS, or in clear text only from loopback.
     fn auth_allowed(&self) -> bool {
         let tls = self.conn.as_ref().is_some_and(Connection::is_tls);
-        !self.ctx.users.is_empty() && (tls || self.peer.ip().is_loopback())
+        let has_users = !self.ctx.engine.tenancy.snapshot().users.is_empty();
+        has_users && (tls || self.peer.ip().is_loopback())
     }
 
     fn mail(&mut self, from: String, params: MailParams) -> Flow {
@@ -380,7 +380,7 @@ impl Session {
     }
 
     async fn auth(&mut self, mechanism: String, initial: Option<String>) -> std::io::Result<Flow> {
-        if self.ctx.users.is_empty() {
+        if self.ctx.engine.tenancy.snapshot().users.is_empty() {
             return Ok(self.refuse(Reply::new(502, "5.5.1", "AUTH is not available here")));
         }
         if !self.auth_allowed() {
@@ -415,7 +415,7 @@ impl Session {
                 "Authentication cancelled or not valid base64",
             )));
         };
-        if self.check_password(&user, &password) {
+        if self.check_password(&user, &password).await {
             self.auth_user = Some(user);
             Ok(self.reply(Reply::new(235, "2.7.0", "Authentication successful")))
         } else {
@@ -427,11 +427,13 @@ impl Session {
         }
     }
 
-    fn check_password(&self, user: &str, password: &str) -> bool {
-        // Compare every user's password to keep the time independent of which matched.
-        self.ctx.users.iter().fold(false, |found, u| {
-            found | (u.name == user && constant_time_eq(u.password.as_bytes(), password.as_bytes()))
-        })
+    /// PBKDF2 takes tens of milliseconds: off the async threads.
+    async fn check_password(&self, user: &str, password: &str) -> bool {
+        let tenancy = self.ctx.engine.tenancy.clone();
+        let (user, password) = (user.to_owned(), password.to_owned());
+        tokio::task::spawn_blocking(move || tenancy.authenticate(&user, &password))
+            .await
+            .unwrap_or(false)
     }
 
     async fn auth_plain(
@@ -503,13 +505,6 @@ fn decode_b64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .ok()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Accepts connections on one listener until shutdown, with the

@@ -380,3 +380,4 @@ pub fn smtplib_send(daemon: SocketAddr, sender: &str, rcpts: &[&str], msgid: &st
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+pub mod dns_server;

@@ -1,0 +1,129 @@
+//! `Throttle`: a delivery server's message-rate limits (per second, hour,
+//! day), as a GCRA (generic cell rate algorithm) per limit.
+//!
+//! Mail over a limit waits; it is never refused. For a limit of N per
+//! period P each message is due `P/N` after the previous one, with a
+//! tolerance of `P - P/N`: a quiet server may take a burst of up to N at
+//! once, then the pace is even. One "theoretical arrival time" per limit
+//! is the whole state, so checking costs a lock and a few additions.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    interval: Duration,
+    tolerance: Duration,
+}
+
+impl Limit {
+    fn new(count: f64, period: Duration) -> Limit {
+        let interval = period.div_f64(count);
+        Limit {
+            interval,
+            tolerance: period.saturating_sub(interval),
+        }
+    }
+}
+
+pub struct Throttle {
+    limits: Vec<Limit>,
+    /// Theoretical arrival time of the next message, per limit.
+    tat: Mutex<Vec<Instant>>,
+}
+
+impl Throttle {
+    pub fn new(per_second: Option<f64>, per_hour: Option<u64>, per_day: Option<u64>) -> Throttle {
+        let mut limits = Vec::new();
+        if let Some(n) = per_second {
+            limits.push(Limit::new(n, Duration::from_secs(1)));
+        }
+        if let Some(n) = per_hour {
+            limits.push(Limit::new(n as f64, Duration::from_secs(3600)));
+        }
+        if let Some(n) = per_day {
+            limits.push(Limit::new(n as f64, Duration::from_secs(86_400)));
+        }
+        let now = Instant::now();
+        Throttle {
+            tat: Mutex::new(vec![now; limits.len()]),
+            limits,
+        }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.limits.is_empty()
+    }
+
+    /// Takes one message's place, or says how long to wait before asking again.
+    fn try_take(&self, now: Instant) -> Result<(), Duration> {
+        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wait = Duration::ZERO;
+        for (limit, t) in self.limits.iter().zip(tat.iter()) {
+            let earliest = t.checked_sub(limit.tolerance).unwrap_or(now);
+            wait = wait.max(earliest.saturating_duration_since(now));
+        }
+        if !wait.is_zero() {
+            return Err(wait);
+        }
+        for (limit, t) in self.limits.iter().zip(tat.iter_mut()) {
+            *t = (*t).max(now) + limit.interval;
+        }
+        Ok(())
+    }
+
+    /// Waits until one more message may go.
+    pub async fn acquire(&self) {
+        if self.is_unlimited() {
+            return;
+        }
+        while let Err(wait) = self.try_take(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_even_pace() {
+        let t = Throttle::new(Some(10.0), None, None);
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(t.try_take(start).is_ok(), "a burst of the whole allowance");
+        }
+        let wait = t.try_take(start).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        assert!(t.try_take(start + Duration::from_millis(100)).is_ok());
+        assert!(t.try_take(start + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn the_strictest_limit_decides() {
+        let t = Throttle::new(Some(1000.0), Some(2), None);
+        let start = Instant::now();
+        assert!(t.try_take(start).is_ok());
+        assert!(t.try_take(start).is_ok());
+        let wait = t.try_take(start).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(1700),
+            "half an hour per message: {wait:?}"
+        );
+    }
+
+    #[test]
+    fn no_limits_never_wait() {
+        let t = Throttle::new(None, None, None);
+        assert!(t.is_unlimited());
+        for _ in 0..1000 {
+            assert!(t.try_take(Instant::now()).is_ok());
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The objects an operator configures: delivery servers, user groups and
+//! users (DNS templates and sender domains are in `crate::domains`).
+//!
+//! Each has one serde form, used alike in `config.toml`, in the spool's
+//! object table and (later) on the admin socket, and a `validate` that
+//! names the field at fault. Delivery servers also have a checked form,
+//! `DeliveryServer`, with parsed durations and the TLS mode.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::parse_duration;
+use crate::smtp::client::{Credentials, Encryption};
+
+/// The channels mail is sent on; marketing when the message does not say.
+pub const CHANNELS: [&str; 3] = ["marketing", "transactional", "autoresponder"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryServerSpec {
+    pub name: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub encryption: Option<String>,
+    pub timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_messages_per_connection: Option<usize>,
+    pub auth: Option<AuthSpec>,
+    pub tls_verify: Option<bool>,
+    /// Messages per second, per hour and per day; mail over them waits.
+    pub rate_per_second: Option<f64>,
+    pub rate_per_hour: Option<u64>,
+    pub rate_per_day: Option<u64>,
+    pub link_tracking_domain: Option<String>,
+    pub open_tracking_domain: Option<String>,
+    /// The return-path domain used for bounces (MFROM).
+    pub mail_from_domain: Option<String>,
+    /// Every message through this server gets this From (full header value).
+    pub enforced_from: Option<String>,
+    #[serde(default)]
+    pub sender_info_as_mfrom: bool,
+    #[serde(default)]
+    pub sender_info_as_from: bool,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    pub username: String,
+    /// Plain in config.toml; sealed (`sealed:v1:...`) once stored.
+    pub password: String,
+}
+
+impl std::fmt::Debug for AuthSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSpec")
+            .field("username", &self.username)
+            .field("password", &"(set)")
+            .finish()
+    }
+}
+
+/// A delivery server with its settings checked.
+#[derive(Debug, Clone)]
+pub struct DeliveryServer {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub encryption: Encryption,
+    pub timeout: Duration,
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    pub auth: Option<Credentials>,
+    pub tls_verify: bool,
+    pub rate_per_second: Option<f64>,
+    pub rate_per_hour: Option<u64>,
+    pub rate_per_day: Option<u64>,
+    pub mail_from_domain: Option<String>,
+    pub enforced_from: Option<String>,
+    pub sender_info_as_mfrom: bool,
+    pub sender_info_as_from: bool,
+}
+
+fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
+    match value.unwrap_or(default) {
+        0 => Err(format!("{key}: must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+impl DeliveryServerSpec {
+    /// Checks the spec; `password` is the relay password in clear.
+    pub fn validate(&self, password: Option<String>) -> Result<DeliveryServer, String> {
+        valid_name("name", &self.name)?;
+        if self.host.trim().is_empty() {
+            return Err("host: must not be empty".into());
+        }
+        let encryption = match self.encryption.as_deref().unwrap_or("none") {
+            "none" => Encryption::None,
+            "starttls" => Encryption::StartTls,
+            "starttls-opportunistic" => Encryption::StartTlsOpportunistic,
+            "tls" => Encryption::Tls,
+            other => {
+                return Err(format!(
+                    "encryption: `{other}` is not one of none, starttls, starttls-opportunistic, tls"
+                ));
+            }
+        };
+        let default_port = if encryption == Encryption::Tls {
+            465
+        } else {
+            25
+        };
+        let timeout = match &self.timeout {
+            Some(t) => parse_duration(t).map_err(|e| format!("timeout: {e}"))?,
+            None => Duration::from_secs(10),
+        };
+        if let Some(r) = self.rate_per_second
+            && !(r > 0.0 && r.is_finite())
+        {
+            return Err("rate_per_second: must be a positive number".into());
+        }
+        if self.rate_per_hour == Some(0) || self.rate_per_day == Some(0) {
+            return Err(
+                "rate_per_hour / rate_per_day: leave out for no limit, or give at least 1".into(),
+            );
+        }
+        Ok(DeliveryServer {
+            name: self.name.clone(),
+            host: self.host.trim().to_owned(),
+            port: self.port.unwrap_or(default_port),
+            encryption,
+            timeout,
+            max_connections: positive("max_connections", self.max_connections, 10)?,
+            max_messages_per_connection: positive(
+                "max_messages_per_connection",
+                self.max_messages_per_connection,
+                1000,
+            )?,
+            auth: match (&self.auth, password) {
+                (Some(a), Some(p)) => Some(Credentials {
+                    username: a.username.clone(),
+                    password: p,
+                }),
+                _ => None,
+            },
+            tls_verify: self.tls_verify.unwrap_or(true),
+            rate_per_second: self.rate_per_second,
+            rate_per_hour: self.rate_per_hour,
+            rate_per_day: self.rate_per_day,
+            mail_from_domain: self.mail_from_domain.clone(),
+            enforced_from: self.enforced_from.clone(),
+            sender_info_as_mfrom: self.sender_info_as_mfrom,
+            sender_info_as_from: self.sender_info_as_from,
+        })
+    }
+}
+
+/// Who may send what, through which servers, and how much.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserGroup {
+    pub name: String,
+    /// Per channel, delivery servers in priority order (failover).
+    #[serde(default)]
+    pub marketing: Vec<String>,
+    #[serde(default)]
+    pub transactional: Vec<String>,
+    #[serde(default)]
+    pub autoresponder: Vec<String>,
+    /// Recipients per user; 0 = unlimited.
+    #[serde(default)]
+    pub daily_limit: u64,
+    #[serde(default)]
+    pub monthly_limit: u64,
+    #[serde(default)]
+    pub lifetime_limit: u64,
+    #[serde(default)]
+    pub sender_domain_management: bool,
+    #[serde(default = "default_domains_limit")]
+    pub sender_domains_limit: u32,
+    /// A shared domain users may send from before verifying their own.
+    pub default_sender_domain: Option<String>,
+    /// Recipients per user from the default domain over a rolling 30 days.
+    #[serde(default = "default_domain_limit")]
+    pub default_domain_limit: u64,
+    pub dns_template: Option<String>,
+    #[serde(default)]
+    pub domain_settings: crate::domains::DomainSettings,
+    #[serde(default)]
+    pub text_header: String,
+    #[serde(default)]
+    pub text_footer: String,
+    #[serde(default)]
+    pub html_header: String,
+    #[serde(default)]
+    pub html_footer: String,
+    pub x_mailer: Option<String>,
+}
+
+fn default_domains_limit() -> u32 {
+    10
+}
+
+fn default_domain_limit() -> u64 {
+    200
+}
+
+impl UserGroup {
+    /// The group every user without one belongs to: all servers, no limits.
+    pub fn implicit_default(servers: &[String]) -> UserGroup {
+        UserGroup {
+            name: "default".into(),
+            marketing: servers.to_vec(),
+            transactional: servers.to_vec(),
+            autoresponder: servers.to_vec(),
+            daily_limit: 0,
+            monthly_limit: 0,
+            lifetime_limit: 0,
+            sender_domain_management: false,
+            sender_domains_limit: default_domains_limit(),
+            default_sender_domain: None,
+            default_domain_limit: default_domain_limit(),
+            dns_template: None,
+            domain_settings: Default::default(),
+            text_header: String::new(),
+            text_footer: String::new(),
+            html_header: String::new(),
+            html_footer: String::new(),
+            x_mailer: None,
+        }
+    }
+
+    pub fn servers_for(&self, channel: &str) -> &[String] {
+        match channel {
+            "transactional" => &self.transactional,
+            "autoresponder" => &self.autoresponder,
+            _ => &self.marketing,
+        }
+    }
+
+    /// Checks names; `server_exists` says whether a server name is known.
+    pub fn validate(&self, server_exists: impl Fn(&str) -> bool) -> Result<(), String> {
+        valid_name("name", &self.name)?;
+        for channel in CHANNELS {
+            let list = self.servers_for(channel);
+            if list.is_empty() {
+                return Err(format!("{channel}: name at least one delivery server"));
+            }
+            if let Some(unknown) = list.iter().find(|s| !server_exists(s)) {
+                return Err(format!(
+                    "{channel}: no delivery server is called `{unknown}`"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn decoration(&self) -> crate::transform::Decoration {
+        crate::transform::Decoration {
+            text_header: self.text_header.clone(),
+            text_footer: self.text_footer.clone(),
+            html_header: self.html_header.clone(),
+            html_footer: self.html_footer.clone(),
+            x_mailer: self.x_mailer.clone(),
+            from: None,
+        }
+    }
+}
+
+/// A tenant: who injects, in which group, with which credentials.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Given in clear in config.toml; only its hash is stored.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    pub password_hash: Option<String>,
+    pub sender_name: Option<String>,
+    pub sender_email: Option<String>,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("group", &self.group)
+            .field("password", &self.password_hash.as_ref().map(|_| "(set)"))
+            .finish()
+    }
+}
+
+impl User {
+    pub fn validate(&self) -> Result<(), String> {
+        valid_name("name", &self.name)?;
+        if let Some(email) = &self.sender_email
+            && !email.contains('@')
+        {
+            return Err(format!("sender_email: `{email}` is not an address"));
+        }
+        Ok(())
+    }
+
+    /// `"Name <address>"` (or the bare address) from the sender info.
+    pub fn sender_from(&self) -> Option<String> {
+        let email = self.sender_email.as_ref()?;
+        Some(match &self.sender_name {
+            Some(name) if !name.is_empty() => format!("{name} <{email}>"),
+            _ => email.clone(),
+        })
+    }
+}
+
+fn valid_name(key: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: `{name}` must be 1-128 characters of letters, digits, - _ . @"
+        ))
+    }
+}
