@@ -188,13 +188,17 @@ async fn worker(route: Arc<Route>) {
     let mut sent_on_conn = 0;
     loop {
         route.idle_workers.fetch_add(1, Ordering::AcqRel);
-        let job = route.ready.pop(route.ctx.idle_timeout).await;
+        let has_work = route.ready.wait_for_job(route.ctx.idle_timeout).await;
         route.idle_workers.fetch_sub(1, Ordering::AcqRel);
-        let Some(job) = job else { break };
-        if route.stopping.load(Ordering::Relaxed) {
+        if !has_work || route.stopping.load(Ordering::Relaxed) {
             break;
         }
+        // The job is taken only once the rate limit lets it go, so that a
+        // transactional message queued meanwhile goes first.
         route.throttle.acquire().await;
+        let Some(job) = route.ready.try_pop() else {
+            continue;
+        };
         let mut c = match conn.take() {
             Some(c) => c,
             None => match Connection::connect(&route.settings).await {

@@ -179,18 +179,23 @@ impl ReadyQueue {
         self.capacity.saturating_sub(bulk.queued + bulk.reserved)
     }
 
-    /// Takes the next job, waiting at most `idle` for one.
-    pub async fn pop(&self, idle: Duration) -> Option<Job> {
+    /// Takes the next job, if any, without waiting.
+    pub fn try_pop(&self) -> Option<Job> {
+        self.inner().pop()
+    }
+
+    /// Waits at most `idle` for a job to be queued; false on timeout.
+    pub async fn wait_for_job(&self, idle: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + idle;
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(job) = self.inner().pop() {
-                return Some(job);
+            if !self.is_empty() {
+                return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.inner().pop();
+                return !self.is_empty();
             }
         }
     }

@@ -148,6 +148,9 @@ pub struct DaemonConfig {
     pub extra_delivery: String,
     pub extra_server: String,
     pub extra_top: String,
+    /// Everything but `hostname`, `[spool]` and `[events]`, which are
+    /// filled in; replaces the other fields when set.
+    pub custom: Option<String>,
 }
 
 impl DaemonConfig {
@@ -160,10 +163,25 @@ impl DaemonConfig {
             extra_delivery: "retry_schedule = [\"1s\"]\n".into(),
             extra_server: String::new(),
             extra_top: String::new(),
+            custom: None,
+        }
+    }
+
+    /// A configuration written by the test (listen on port 0 for a random port).
+    pub fn custom(text: &str) -> DaemonConfig {
+        DaemonConfig {
+            custom: Some(text.to_owned()),
+            ..DaemonConfig::new(0)
         }
     }
 
     fn render(&self, dir: &Path) -> String {
+        if let Some(custom) = &self.custom {
+            return format!(
+                "hostname = \"mta.test\"\n[spool]\ndir = \"{d}/spool\"\n[events]\npath = \"{d}/events.jsonl\"\n{custom}",
+                d = dir.display()
+            );
+        }
         let nets: Vec<String> = self
             .relay_networks
             .iter()

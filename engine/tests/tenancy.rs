@@ -1,0 +1,306 @@
+//! Tenants, channels and routing against the real daemon and real sinks:
+//! per-channel servers, failover and return, sending limits (kept across a
+//! restart), sender-domain policy, and transactional mail overtaking a big
+//! campaign.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Daemon, DaemonConfig, Sink, free_port, target_dir};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn server(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        "[[delivery_server]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout = \"5s\"\nmax_connections = 5\n{extra}\n"
+    )
+}
+
+const SMTP_IN: &str = "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\ndefault_user = \"app\"\n";
+
+/// Sends one message with smtplib; returns the server's reply to DATA.
+fn send(daemon: &Daemon, from: &str, rcpts: &[&str], headers: &str) -> String {
+    let script = r#"
+import smtplib, sys
+host, port, sender, rcpts, headers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(','), sys.argv[5]
+msg = "From: %s\r\nTo: %s\r\nSubject: test\r\n%s\r\nHello.\r\n" % (sender, rcpts[0], headers.replace("|", "\r\n"))
+with smtplib.SMTP(host, port, timeout=30) as s:
+    try:
+        s.sendmail(sender, rcpts, msg)
+        print("250")
+    except smtplib.SMTPDataError as e:
+        print(e.smtp_code, e.smtp_error.decode())
+"#;
+    let out = support::python(
+        script,
+        &[
+            daemon.addr.ip().to_string(),
+            daemon.addr.port().to_string(),
+            from.into(),
+            rcpts.join(","),
+            headers.into(),
+        ],
+    )
+    .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn channels_go_to_their_own_servers_with_the_groups_footer() {
+    let bulk = Sink::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().to_str().unwrap().to_owned();
+    let fast = Sink::start(&["--store-dir", &store]);
+    let config = format!(
+        "{SMTP_IN}{}{}[[user_group]]\nname = \"g\"\nmarketing = [\"bulk\"]\ntransactional = [\"fast\"]\nautoresponder = [\"fast\"]\ntext_footer = \"-- sent by sendengine\"\nx_mailer = \"Acme Mailer\"\n[[user]]\nname = \"app\"\ngroup = \"g\"\n",
+        server("bulk", bulk.addr.port(), ""),
+        server("fast", fast.addr.port(), ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    assert_eq!(
+        send(
+            &daemon,
+            "a@example.com",
+            &["m@example.net"],
+            "X-Campaign-Id: spring|"
+        ),
+        "250"
+    );
+    assert_eq!(
+        send(
+            &daemon,
+            "a@example.com",
+            &["t@example.net"],
+            "X-Channel: transactional|"
+        ),
+        "250"
+    );
+
+    let m = bulk.wait_messages(1, LONG);
+    assert_eq!(m[0]["rcpts"][0], "m@example.net");
+    let t = fast.wait_messages(1, LONG);
+    assert_eq!(t[0]["rcpts"][0], "t@example.net");
+    let stored = std::fs::read_to_string(dir.path().join(format!("{}.eml", t[0]["seq"]))).unwrap();
+    assert!(
+        stored.contains("Hello.\r\n-- sent by sendengine"),
+        "{stored}"
+    );
+    assert!(stored.contains("X-Mailer: Acme Mailer\r\n"), "{stored}");
+
+    let delivered = daemon.wait_events("delivery", 2, LONG);
+    let by_channel = |c: &str| {
+        delivered
+            .iter()
+            .find(|e| e["channel"] == c)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_channel("marketing")["route"], "bulk");
+    assert_eq!(by_channel("marketing")["campaign"], "spring");
+    assert_eq!(by_channel("transactional")["route"], "fast");
+    assert_eq!(by_channel("transactional")["tenant"], "app");
+    assert_eq!(by_channel("transactional")["group"], "g");
+}
+
+#[test]
+fn first_server_down_the_second_takes_over_and_traffic_returns() {
+    let primary_port = free_port();
+    let backup = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}[delivery]\nfailover_backoff = \"1s\"\nretry_schedule = [\"1s\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"primary\", \"backup\"]\ntransactional = [\"primary\", \"backup\"]\nautoresponder = [\"primary\", \"backup\"]\n",
+        server("primary", primary_port, ""),
+        server("backup", backup.addr.port(), ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+
+    assert_eq!(
+        send(&daemon, "a@example.com", &["one@example.net"], ""),
+        "250"
+    );
+    let got = backup.wait_messages(1, LONG);
+    assert_eq!(got[0]["rcpts"][0], "one@example.net");
+    let d = daemon.wait_events("delivery", 1, LONG);
+    assert_eq!(d[0]["route"], "backup");
+    assert_eq!(
+        d[0]["attempt"], 1,
+        "failover is not a retry: no deferral in between"
+    );
+    assert!(daemon.events_of("transient_failure").is_empty());
+
+    // The first server comes back: after the back-off, traffic returns to it.
+    let primary = Sink::start_on(primary_port, &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        send(&daemon, "a@example.com", &["two@example.net"], ""),
+        "250"
+    );
+    let got = primary.wait_messages(1, LONG);
+    assert_eq!(got[0]["rcpts"][0], "two@example.net");
+    assert_eq!(backup.messages().len(), 1);
+}
+
+#[test]
+fn daily_limit_refuses_queues_nothing_and_survives_a_restart() {
+    let sink = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}{}[[user_group]]\nname = \"default\"\nmarketing = [\"s\"]\ntransactional = [\"s\"]\nautoresponder = [\"s\"]\ndaily_limit = 3\n[[user]]\nname = \"app\"\n",
+        server("s", sink.addr.port(), "")
+    );
+    let mut daemon = Daemon::start(DaemonConfig::custom(&config));
+    assert_eq!(
+        send(
+            &daemon,
+            "a@example.com",
+            &["r1@example.net", "r2@example.net"],
+            ""
+        ),
+        "250"
+    );
+    let refused = send(
+        &daemon,
+        "a@example.com",
+        &["r3@example.net", "r4@example.net"],
+        "",
+    );
+    assert!(
+        refused.starts_with("451 4.7.1 The daily sending limit of 3 recipients for user app is reached (2 used); it resets at "),
+        "{refused}"
+    );
+    assert_eq!(
+        daemon.events_of("reception").len(),
+        2,
+        "nothing of the refused message was queued"
+    );
+
+    let status = daemon.stop();
+    assert!(status.success());
+    daemon.restart();
+    let still = send(
+        &daemon,
+        "a@example.com",
+        &["r3@example.net", "r4@example.net"],
+        "",
+    );
+    assert!(
+        still.starts_with("451 4.7.1"),
+        "the count survived the restart: {still}"
+    );
+    assert_eq!(
+        send(&daemon, "a@example.com", &["r3@example.net"], ""),
+        "250",
+        "exactly the limit"
+    );
+    assert!(send(&daemon, "a@example.com", &["r4@example.net"], "").starts_with("451"));
+    assert_eq!(sink.wait_messages(2, LONG).len(), 2);
+}
+
+#[test]
+fn sender_domains_verified_own_shared_default_and_unverified() {
+    let sink = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}{}[[user_group]]\nname = \"default\"\nmarketing = [\"s\"]\ntransactional = [\"s\"]\nautoresponder = [\"s\"]\nsender_domain_management = true\ndefault_sender_domain = \"shared.example\"\ndefault_domain_limit = 2\n[[user]]\nname = \"app\"\n[[sender_domain]]\ndomain = \"own.example\"\nowner = \"app\"\n",
+        server("s", sink.addr.port(), "")
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    // No template: the own domain is enabled at once.
+    assert_eq!(
+        send(&daemon, "news@own.example", &["r@example.net"], ""),
+        "250"
+    );
+    let refused = send(&daemon, "news@other.example", &["r@example.net"], "");
+    assert!(
+        refused.starts_with("550 5.7.1 Sender domain other.example is not verified for user app"),
+        "{refused}"
+    );
+    assert_eq!(
+        send(&daemon, "x@shared.example", &["r@example.net"], ""),
+        "250"
+    );
+    assert_eq!(
+        send(&daemon, "x@shared.example", &["r@example.net"], ""),
+        "250"
+    );
+    let over = send(&daemon, "x@shared.example", &["r@example.net"], "");
+    assert!(
+        over.contains("rolling 30-day limit of the shared default sender domain of 2"),
+        "{over}"
+    );
+    assert!(over.starts_with("451 4.7.1"), "{over}");
+    assert_eq!(sink.wait_messages(3, LONG).len(), 3);
+}
+
+#[test]
+fn a_big_campaign_does_not_delay_transactional_mail() {
+    let sink = Sink::start(&[]);
+    // 5 messages a second: the campaign below needs some 10 seconds.
+    let config = format!(
+        "{SMTP_IN}{}",
+        server(
+            "s",
+            sink.addr.port(),
+            "rate_per_second = 5.0\nmax_messages_per_connection = 100000"
+        )
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+
+    // 50,000 recipients: 50 messages of 1,000 recipients, all marketing.
+    let _ = support::sink_binary();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(target_dir().join("sendengine-loadgen"))
+        .args(["--server", &daemon.addr.to_string()])
+        .args([
+            "--messages",
+            "50",
+            "--rcpts",
+            "1000",
+            "--connections",
+            "10",
+            "--size",
+            "2000",
+        ])
+        .output()
+        .expect("run sendengine-loadgen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eprintln!("campaign injected in {:?}", started.elapsed());
+
+    assert_eq!(
+        send(
+            &daemon,
+            "a@example.com",
+            &["urgent@example.net"],
+            "X-Channel: transactional|"
+        ),
+        "250"
+    );
+    let urgent = support::wait_for(LONG, "the transactional delivery", || {
+        daemon
+            .events_of("delivery")
+            .into_iter()
+            .find(|e| e["recipient"] == "urgent@example.net")
+    });
+    let waited = urgent["queue_time_ms"].as_u64().unwrap();
+    let got = sink.wait_messages(51, LONG);
+    let position = got
+        .iter()
+        .position(|m| m["rcpts"][0] == "urgent@example.net")
+        .unwrap();
+    eprintln!("transactional waited {waited} ms; arrived {position}th of 51");
+    assert!(
+        waited < 1000,
+        "transactional mail waited {waited} ms behind the campaign"
+    );
+    assert!(
+        position + 10 < got.len(),
+        "it overtook the campaign's backlog (arrived {position}th)"
+    );
+}
