@@ -6,6 +6,8 @@ set -euo pipefail
 
 need=()
 command -v python3 >/dev/null || need+=(python3)
+# The DKIM interop tests make a venv for dkimpy (scripts/python-venv.sh).
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 command -v swaks >/dev/null || need+=(swaks)
 # swaks needs these for --tls and --auth.
 perl -MNet::SSLeay -e1 2>/dev/null || need+=(libnet-ssleay-perl)
