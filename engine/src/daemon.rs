@@ -115,6 +115,12 @@ impl Daemon {
                 .map_err(|e| StartError::Tenancy(e.to_string()))?
         };
         let tenancy = Arc::new(tenancy);
+        let resolver = if config.dns.nameservers.is_empty() {
+            crate::dns::Resolver::system()
+                .map_err(|e| StartError::Tenancy(format!("DNS resolver: {e}")))?
+        } else {
+            crate::dns::Resolver::with_nameservers(&config.dns.nameservers)
+        };
         let (router, failovers) = Router::new(
             tenancy.clone(),
             RouteSettings {
@@ -134,6 +140,7 @@ impl Daemon {
             recorder,
             tenancy,
             default_user: config.smtp_in.default_user.clone(),
+            resolver,
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();

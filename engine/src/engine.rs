@@ -50,6 +50,8 @@ pub struct Engine {
     pub tenancy: Arc<TenancyStore>,
     /// The tenant of relay-network mail without AUTH.
     pub default_user: Option<String>,
+    /// `[dns] nameservers`, or the system's resolver.
+    pub resolver: crate::dns::Resolver,
 }
 
 /// What admission decided before the commit.
@@ -199,6 +201,17 @@ impl Engine {
             },
             header_message_id: prepared.message_id,
         })
+    }
+
+    /// Applies a change to the configuration objects and brings the routes
+    /// in line; what the admin socket calls.
+    pub fn change(
+        &self,
+        change: crate::tenancy::Change,
+    ) -> Result<(), crate::tenancy::TenancyError> {
+        self.tenancy.apply(change)?;
+        self.router.sync();
+        Ok(())
     }
 
     fn record_reception(&self, job: &Job) {

@@ -123,7 +123,44 @@ impl Router {
     }
 
     pub fn stop(&self) {
-        self.all().iter().for_each(|r| r.stop());
+        self.all().iter().for_each(|r| {
+            r.stop();
+        });
+    }
+
+    /// Brings the routes in line with the current tenancy: a new server
+    /// gets a route, a changed one a fresh route, a deleted one none. The
+    /// jobs waiting on a replaced route are routed again; transactions in
+    /// flight finish on their old connections.
+    pub fn sync(&self) {
+        let snapshot = self.tenancy.snapshot();
+        let mut retired = Vec::new();
+        {
+            let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+            for server in &snapshot.servers {
+                let unchanged = routes
+                    .get(&server.name)
+                    .is_some_and(|r| *r.server == **server);
+                if !unchanged {
+                    let fresh = Arc::new(Route::new(server, self.ctx.clone()));
+                    if let Some(old) = routes.insert(server.name.clone(), fresh) {
+                        retired.push(old);
+                    }
+                }
+            }
+            routes.retain(|name, route| {
+                let keep = snapshot.server(name).is_some();
+                if !keep {
+                    retired.push(route.clone());
+                }
+                keep
+            });
+        }
+        for route in retired {
+            for job in route.stop() {
+                self.dispatch(job);
+            }
+        }
     }
 
     /// Hands failed-over jobs to the next server, or records the failure

@@ -49,6 +49,8 @@ pub struct RouteContext {
 /// One delivery server and the work waiting for it.
 pub struct Route {
     pub name: String,
+    /// The settings this route was built from; a change builds a new route.
+    pub server: Arc<DeliveryServer>,
     settings: ClientSettings,
     max_connections: usize,
     max_messages_per_connection: usize,
@@ -63,9 +65,10 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn new(server: &DeliveryServer, ctx: RouteContext) -> Route {
+    pub fn new(server: &Arc<DeliveryServer>, ctx: RouteContext) -> Route {
         Route {
             name: server.name.clone(),
+            server: server.clone(),
             settings: ClientSettings {
                 host: server.host.clone(),
                 port: server.port,
@@ -136,10 +139,11 @@ impl Route {
         }
     }
 
-    /// Stops taking new jobs; running transactions finish.
-    pub fn stop(&self) {
+    /// Stops taking new jobs; running transactions finish. Returns the
+    /// jobs that were waiting (still claimed in the spool).
+    pub fn stop(&self) -> Vec<Job> {
         self.stopping.store(true, Ordering::Relaxed);
-        self.ready.drain();
+        self.ready.drain()
     }
 
     /// The server failed at connection level: skip it for a while and give

@@ -37,7 +37,7 @@ pub enum Encryption {
 }
 
 /// AUTH credentials for a relay. `Debug` hides the password.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     pub username: String,
     pub password: String,

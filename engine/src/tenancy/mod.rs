@@ -104,9 +104,39 @@ pub struct TenancyStore {
     spool: Spool,
     secrets: Secrets,
     current: RwLock<Arc<Tenancy>>,
+    /// One change at a time: each is validated against the whole set.
+    changing: Mutex<()>,
     /// Users whose password was checked: name -> SHA-256(hash | password).
     verified: Mutex<HashMap<String, [u8; 32]>>,
 }
+
+/// Every stored object, as stored (secrets sealed or hashed).
+#[derive(Debug, Clone, Default)]
+struct Objects {
+    servers: BTreeMap<String, DeliveryServerSpec>,
+    groups: BTreeMap<String, UserGroup>,
+    users: BTreeMap<String, User>,
+    templates: BTreeMap<String, DnsTemplate>,
+    domains: BTreeMap<String, SenderDomain>,
+}
+
+/// One change to the objects, as the admin socket or the seeds ask it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutServer(DeliveryServerSpec),
+    DeleteServer(String),
+    PutGroup(UserGroup),
+    DeleteGroup(String),
+    PutUser(User),
+    DeleteUser(String),
+    PutTemplate(DnsTemplate),
+    DeleteTemplate(String),
+    PutDomain(SenderDomain),
+    DeleteDomain(String),
+}
+
+/// What a read shows in place of a secret.
+pub const SECRET_PLACEHOLDER: &str = "(set)";
 
 impl TenancyStore {
     pub fn open(
@@ -118,11 +148,13 @@ impl TenancyStore {
             spool,
             secrets,
             current: RwLock::new(Arc::new(Tenancy::default())),
+            changing: Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
         };
-        store.write_seeds(seeds)?;
-        let tenancy = store.load()?;
+        let objects = store.load_objects()?;
+        let tenancy = store.build(&objects)?;
         *store.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenancy);
+        store.apply_seeds(seeds)?;
         Ok(store)
     }
 
@@ -137,94 +169,194 @@ impl TenancyStore {
         &self.secrets
     }
 
-    fn write_seeds(&self, seeds: &Seeds) -> Result<(), TenancyError> {
-        for spec in &seeds.servers {
-            let mut stored = spec.clone();
-            if let Some(auth) = stored.auth.as_mut()
-                && !Secrets::is_sealed(&auth.password)
-            {
-                auth.password = self.secrets.seal(&auth.password);
-            }
-            self.put(SERVER, &spec.name, &stored)?;
+    /// Seeds in dependency order: a group names servers, a user a group.
+    fn apply_seeds(&self, seeds: &Seeds) -> Result<(), TenancyError> {
+        let changes = seeds
+            .servers
+            .iter()
+            .cloned()
+            .map(Change::PutServer)
+            .chain(seeds.templates.iter().cloned().map(Change::PutTemplate))
+            .chain(seeds.groups.iter().cloned().map(Change::PutGroup))
+            .chain(seeds.users.iter().cloned().map(Change::PutUser));
+        for change in changes {
+            self.apply(change)?;
         }
-        for group in &seeds.groups {
-            self.put(GROUP, &group.name, group)?;
-        }
-        for user in &seeds.users {
-            let mut stored = user.clone();
-            if let Some(password) = stored.password.take() {
-                stored.password_hash = Some(if secrets::is_password_hash(&password) {
-                    password
-                } else {
-                    secrets::hash_password(&password)
-                });
-            }
-            self.put(USER, &user.name, &stored)?;
-        }
-        for template in &seeds.templates {
-            self.put(TEMPLATE, &template.name, template)?;
-        }
-        self.create_seed_domains(seeds)
-    }
-
-    fn create_seed_domains(&self, seeds: &Seeds) -> Result<(), TenancyError> {
-        let existing: HashMap<String, SenderDomain> = self.load_kind(DOMAIN)?.into_iter().collect();
-        let templates: HashMap<String, DnsTemplate> =
-            self.load_kind(TEMPLATE)?.into_iter().collect();
-        let groups: HashMap<String, UserGroup> = self.load_kind(GROUP)?.into_iter().collect();
-        let users: HashMap<String, User> = self.load_kind(USER)?.into_iter().collect();
         for (domain, owner) in &seeds.domains {
-            let name = domain.to_ascii_lowercase();
-            if existing.get(&name).is_some_and(|d| &d.owner == owner) {
-                continue;
+            let exists = self
+                .snapshot()
+                .domains
+                .get(&domain.to_ascii_lowercase())
+                .is_some_and(|d| &d.owner == owner);
+            if !exists {
+                let created = self.new_domain(domain, owner);
+                self.apply(Change::PutDomain(created))?;
             }
-            let group = users
-                .get(owner)
-                .and_then(|u| groups.get(&u.group))
-                .cloned()
-                .unwrap_or_else(|| UserGroup::implicit_default(&[]));
-            let empty = DnsTemplate {
-                name: String::new(),
-                records: Vec::new(),
-            };
-            let template = group
-                .dns_template
-                .as_ref()
-                .and_then(|t| templates.get(t))
-                .unwrap_or(&empty);
-            let secret = self.secrets.derived("domain-hash");
-            let created = SenderDomain::new(
-                &name,
-                owner,
-                template,
-                &group.domain_settings,
-                &secret,
-                crate::timefmt::now_ms(),
-            );
-            self.put(DOMAIN, &name, &created)?;
         }
         Ok(())
     }
 
-    fn put<T: Serialize>(
+    /// A new sender domain of `owner`, its records drawn from the owner's
+    /// group template (none: enabled at once).
+    pub fn new_domain(&self, domain: &str, owner: &str) -> SenderDomain {
+        let snapshot = self.snapshot();
+        let group = snapshot.group_of(snapshot.users.get(owner).map(|u| u.as_ref()));
+        let empty = DnsTemplate {
+            name: String::new(),
+            records: Vec::new(),
+        };
+        let template = group
+            .dns_template
+            .as_ref()
+            .and_then(|t| snapshot.templates.get(t))
+            .unwrap_or(&empty);
+        SenderDomain::new(
+            &domain.to_ascii_lowercase(),
+            owner,
+            template,
+            &group.domain_settings,
+            &self.secrets.derived("domain-hash"),
+            crate::timefmt::now_ms(),
+        )
+    }
+
+    /// Applies one change: checked together with every other object, then
+    /// stored and made current. Nothing changes if it does not fit.
+    pub fn apply(&self, change: Change) -> Result<(), TenancyError> {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut objects = self.load_objects()?;
+        let write = self.stage(&mut objects, change)?;
+        let tenancy = self.build(&objects)?;
+        match write {
+            (kind, name, Some(json)) => {
+                self.spool.put_object(kind, &name, json)?;
+            }
+            (kind, name, None) => {
+                self.spool.delete_object(kind, &name)?;
+            }
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenancy);
+        Ok(())
+    }
+
+    /// Applies `change` to `objects` in memory; returns the write to make.
+    fn stage(
         &self,
-        kind: &'static str,
-        name: &str,
-        value: &T,
-    ) -> Result<(), TenancyError> {
-        let json = serde_json::to_vec(value).map_err(|e| TenancyError::Invalid {
+        objects: &mut Objects,
+        change: Change,
+    ) -> Result<(&'static str, String, Option<Vec<u8>>), TenancyError> {
+        fn json<T: Serialize>(v: &T) -> Option<Vec<u8>> {
+            serde_json::to_vec(v).ok()
+        }
+        let missing = |kind: &'static str, name: &str| TenancyError::Invalid {
             kind,
             name: name.to_owned(),
-            message: e.to_string(),
-        })?;
-        self.spool.put_object(kind, name, json)?;
-        Ok(())
+            message: "no such object".into(),
+        };
+        Ok(match change {
+            Change::PutServer(mut spec) => {
+                if let Some(auth) = spec.auth.as_mut() {
+                    auth.password = self.stored_password(objects, &spec.name, &auth.password);
+                }
+                let out = (SERVER, spec.name.clone(), json(&spec));
+                objects.servers.insert(spec.name.clone(), spec);
+                out
+            }
+            Change::DeleteServer(name) => {
+                objects
+                    .servers
+                    .remove(&name)
+                    .ok_or_else(|| missing(SERVER, &name))?;
+                (SERVER, name, None)
+            }
+            Change::PutGroup(group) => {
+                let out = (GROUP, group.name.clone(), json(&group));
+                objects.groups.insert(group.name.clone(), group);
+                out
+            }
+            Change::DeleteGroup(name) => {
+                objects
+                    .groups
+                    .remove(&name)
+                    .ok_or_else(|| missing(GROUP, &name))?;
+                (GROUP, name, None)
+            }
+            Change::PutUser(mut user) => {
+                let old_hash = objects
+                    .users
+                    .get(&user.name)
+                    .and_then(|u| u.password_hash.clone());
+                user.password_hash = match user.password.take() {
+                    Some(p) if secrets::is_password_hash(&p) => Some(p),
+                    Some(p) if p != SECRET_PLACEHOLDER => Some(secrets::hash_password(&p)),
+                    _ => user
+                        .password_hash
+                        .clone()
+                        .filter(|h| h != SECRET_PLACEHOLDER)
+                        .or(old_hash),
+                };
+                let out = (USER, user.name.clone(), json(&user));
+                objects.users.insert(user.name.clone(), user);
+                out
+            }
+            Change::DeleteUser(name) => {
+                objects
+                    .users
+                    .remove(&name)
+                    .ok_or_else(|| missing(USER, &name))?;
+                (USER, name, None)
+            }
+            Change::PutTemplate(template) => {
+                let out = (TEMPLATE, template.name.clone(), json(&template));
+                objects.templates.insert(template.name.clone(), template);
+                out
+            }
+            Change::DeleteTemplate(name) => {
+                objects
+                    .templates
+                    .remove(&name)
+                    .ok_or_else(|| missing(TEMPLATE, &name))?;
+                (TEMPLATE, name, None)
+            }
+            Change::PutDomain(domain) => {
+                let out = (DOMAIN, domain.domain.clone(), json(&domain));
+                objects.domains.insert(domain.domain.clone(), domain);
+                out
+            }
+            Change::DeleteDomain(name) => {
+                let name = name.to_ascii_lowercase();
+                objects
+                    .domains
+                    .remove(&name)
+                    .ok_or_else(|| missing(DOMAIN, &name))?;
+                (DOMAIN, name, None)
+            }
+        })
+    }
+
+    /// The sealed relay password to store: a new one sealed, or the stored
+    /// one kept when the request shows only the placeholder.
+    fn stored_password(&self, objects: &Objects, server: &str, given: &str) -> String {
+        if Secrets::is_sealed(given) {
+            return given.to_owned();
+        }
+        let stored = objects
+            .servers
+            .get(server)
+            .and_then(|s| s.auth.as_ref())
+            .map(|a| a.password.clone());
+        if given == SECRET_PLACEHOLDER
+            && let Some(old) = stored
+        {
+            return old;
+        }
+        self.secrets.seal(given)
     }
 
     fn load_kind<T: DeserializeOwned>(
         &self,
         kind: &'static str,
-    ) -> Result<Vec<(String, T)>, TenancyError> {
+    ) -> Result<BTreeMap<String, T>, TenancyError> {
         self.spool
             .objects(kind)?
             .into_iter()
@@ -240,63 +372,76 @@ impl TenancyStore {
             .collect()
     }
 
-    /// Reads every object and checks that they fit together.
-    fn load(&self) -> Result<Tenancy, TenancyError> {
+    fn load_objects(&self) -> Result<Objects, TenancyError> {
+        Ok(Objects {
+            servers: self.load_kind(SERVER)?,
+            groups: self.load_kind(GROUP)?,
+            users: self.load_kind(USER)?,
+            templates: self.load_kind(TEMPLATE)?,
+            domains: self.load_kind(DOMAIN)?,
+        })
+    }
+
+    /// Checks that the objects fit together and makes the snapshot.
+    fn build(&self, objects: &Objects) -> Result<Tenancy, TenancyError> {
+        let invalid = |kind: &'static str, name: &str, message: String| TenancyError::Invalid {
+            kind,
+            name: name.to_owned(),
+            message,
+        };
         let mut servers = Vec::new();
-        let specs: BTreeMap<String, DeliveryServerSpec> =
-            self.load_kind(SERVER)?.into_iter().collect();
-        for (name, spec) in specs {
+        for (name, spec) in &objects.servers {
             let password = match &spec.auth {
-                Some(a) => {
-                    Some(
-                        self.secrets
-                            .open(&a.password)
-                            .map_err(|e| TenancyError::Invalid {
-                                kind: SERVER,
-                                name: name.clone(),
-                                message: e.to_string(),
-                            })?,
-                    )
-                }
+                Some(a) => Some(
+                    self.secrets
+                        .open(&a.password)
+                        .map_err(|e| invalid(SERVER, name, e.to_string()))?,
+                ),
                 None => None,
             };
             let server = spec
                 .validate(password)
-                .map_err(|message| TenancyError::Invalid {
-                    kind: SERVER,
-                    name,
-                    message,
-                })?;
+                .map_err(|message| invalid(SERVER, name, message))?;
             servers.push(Arc::new(server));
         }
-        let names: Vec<String> = servers.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<&String> = objects.servers.keys().collect();
         let mut tenancy = Tenancy {
             servers,
             ..Tenancy::default()
         };
-        for (name, group) in self.load_kind::<UserGroup>(GROUP)? {
+        for (name, group) in &objects.groups {
             group
-                .validate(|s| names.iter().any(|n| n == s))
-                .map_err(|message| TenancyError::Invalid {
-                    kind: GROUP,
-                    name: name.clone(),
-                    message,
-                })?;
-            tenancy.groups.insert(name, Arc::new(group));
+                .validate(|s| names.iter().any(|n| *n == s))
+                .map_err(|message| invalid(GROUP, name, message))?;
+            if let Some(t) = &group.dns_template
+                && !objects.templates.contains_key(t)
+            {
+                return Err(invalid(
+                    GROUP,
+                    name,
+                    format!("dns_template: no template is called `{t}`"),
+                ));
+            }
+            tenancy.groups.insert(name.clone(), Arc::new(group.clone()));
         }
         if !tenancy.groups.contains_key("default") {
-            tenancy.implicit_group = Some(Arc::new(UserGroup::implicit_default(&names)));
+            let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            tenancy.implicit_group = Some(Arc::new(UserGroup::implicit_default(&all)));
         }
-        for (name, user) in self.load_kind::<User>(USER)? {
-            user.validate().map_err(|message| TenancyError::Invalid {
-                kind: USER,
-                name: name.clone(),
-                message,
-            })?;
-            tenancy.users.insert(name, Arc::new(user));
+        for (name, user) in &objects.users {
+            user.validate()
+                .map_err(|message| invalid(USER, name, message))?;
+            if user.group != "default" && !objects.groups.contains_key(&user.group) {
+                return Err(invalid(
+                    USER,
+                    name,
+                    format!("group: no user group is called `{}`", user.group),
+                ));
+            }
+            tenancy.users.insert(name.clone(), Arc::new(user.clone()));
         }
-        tenancy.templates = self.load_kind(TEMPLATE)?.into_iter().collect();
-        tenancy.domains = self.load_kind(DOMAIN)?.into_iter().collect();
+        tenancy.templates = objects.templates.clone().into_iter().collect();
+        tenancy.domains = objects.domains.clone().into_iter().collect();
         Ok(tenancy)
     }
 

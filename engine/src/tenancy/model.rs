@@ -62,7 +62,7 @@ impl std::fmt::Debug for AuthSpec {
 }
 
 /// A delivery server with its settings checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryServer {
     pub name: String,
     pub host: String,
