@@ -1,0 +1,145 @@
+//! RFC 3464 delivery-status fields (and the RFC 5965 feedback-report fields,
+//! which share the syntax): `Name: value` lines, folded continuation lines,
+//! grouped per recipient.
+//!
+//! Many non-standard bounces (Exchange, qmail-ldap, SES, ...) print the same
+//! field names in their text, so the reader accepts them anywhere.
+
+/// Most recipients read from one message: a bounce naming more is abuse or a
+/// broken list, and the first ones are enough to act on.
+pub const MAX_RECIPIENTS: usize = 1000;
+
+/// The fields of one recipient in a delivery-status report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DsnRecipient {
+    pub final_recipient: Option<String>,
+    pub original_recipient: Option<String>,
+    pub action: Option<String>,
+    pub status: Option<String>,
+    pub diagnostic: Option<String>,
+    pub remote_mta: Option<String>,
+}
+
+impl DsnRecipient {
+    /// The address to report: Final-Recipient, else Original-Recipient.
+    pub fn address(&self) -> Option<&str> {
+        self.final_recipient
+            .as_deref()
+            .or(self.original_recipient.as_deref())
+            .filter(|a| !a.is_empty())
+    }
+}
+
+/// The per-message fields and the recipients of a report.
+#[derive(Debug, Clone, Default)]
+pub struct DsnReport {
+    pub reporting_mta: Option<String>,
+    pub recipients: Vec<DsnRecipient>,
+}
+
+/// `Name: value` pairs (name lowercased) with folded lines joined.
+pub fn fields(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut last_was_field = false;
+    for line in text.lines() {
+        if line.starts_with([' ', '\t']) && last_was_field {
+            if let Some((_, value)) = out.last_mut() {
+                value.push(' ');
+                value.push_str(line.trim());
+            }
+            continue;
+        }
+        last_was_field = false;
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        if name.is_empty()
+            || name.len() > 40
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            continue;
+        }
+        out.push((name.to_ascii_lowercase(), value.trim().to_string()));
+        last_was_field = true;
+    }
+    out
+}
+
+/// Reads the recipients of a delivery-status text.
+pub fn read_report(text: &str) -> DsnReport {
+    let mut report = DsnReport::default();
+    let mut current = DsnRecipient::default();
+    for (name, value) in fields(text) {
+        match name.as_str() {
+            "reporting-mta" => report.reporting_mta = Some(strip_type(&value)),
+            "original-recipient" => {
+                // A recipient field seen twice starts the next recipient;
+                // servers list Original- and Final-Recipient in either order.
+                if current.original_recipient.is_some() {
+                    push(&mut report, std::mem::take(&mut current));
+                }
+                current.original_recipient = Some(clean_address(&value));
+            }
+            "final-recipient" => {
+                if current.final_recipient.is_some() {
+                    push(&mut report, std::mem::take(&mut current));
+                }
+                current.final_recipient = Some(clean_address(&value));
+            }
+            "action" => current.action = Some(value.to_ascii_lowercase()),
+            "status" => current.status = Some(value),
+            "diagnostic-code" => current.diagnostic = Some(strip_type(&value)),
+            "remote-mta" => current.remote_mta = Some(strip_type(&value)),
+            _ => {}
+        }
+    }
+    push(&mut report, current);
+    report
+}
+
+fn push(report: &mut DsnReport, recipient: DsnRecipient) {
+    if recipient.address().is_some() && report.recipients.len() < MAX_RECIPIENTS {
+        report.recipients.push(recipient);
+    }
+}
+
+/// "rfc822; <User@Example.com>" -> "User@Example.com".
+pub fn clean_address(value: &str) -> String {
+    let value = strip_type(value);
+    let value = value.trim().trim_start_matches('<');
+    let value = value.split(['>', ' ', '\t', ',']).next().unwrap_or("");
+    // Quoted local parts ("a..b"@example.com) are reported unquoted.
+    value
+        .replace('"', "")
+        .trim_matches(|c| c == '\'' || c == '.')
+        .to_string()
+}
+
+/// Drops the "rfc822;", "smtp;", "dns;" type prefix of a DSN value.
+pub fn strip_type(value: &str) -> String {
+    match value.split_once(';') {
+        Some((kind, rest)) if kind.len() <= 12 && !kind.contains(' ') && !kind.contains('@') => {
+            rest.trim().to_string()
+        }
+        _ => value.trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_two_recipients_with_folded_diagnostic() {
+        let text = "Reporting-MTA: dns; mx.example.com\n\nOriginal-Recipient: rfc822;a@example.org\nFinal-Recipient: rfc822; <A@Example.org>\nAction: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 user\n  unknown\nRemote-MTA: dns; mx.example.org\n\nFinal-Recipient: rfc822; b@example.org\nAction: delayed\nStatus: 4.2.2\n";
+        let report = read_report(text);
+        assert_eq!(report.reporting_mta.as_deref(), Some("mx.example.com"));
+        assert_eq!(report.recipients.len(), 2);
+        let first = &report.recipients[0];
+        assert_eq!(first.address(), Some("A@Example.org"));
+        assert_eq!(first.diagnostic.as_deref(), Some("550 5.1.1 user unknown"));
+        assert_eq!(first.remote_mta.as_deref(), Some("mx.example.org"));
+        assert_eq!(report.recipients[1].action.as_deref(), Some("delayed"));
+    }
+}

@@ -1,0 +1,724 @@
+//! Asynchronous bounce parsing: one raw email in, one [`Record`] per affected
+//! recipient out.
+//!
+//! Order of decisions: a feedback report (RFC 5965 ARF, Hotmail's format,
+//! Apple's unsubscribe notice) is a complaint; a delivery-status report or a
+//! mail that looks like a bounce and names a recipient is a bounce; a mail
+//! marked as automatic (RFC 3834) or titled like a vacation notice is an
+//! auto-reply; anything else is not a bounce. Exim marks its bounces
+//! `Auto-Submitted: auto-replied`, hence bounces before auto-replies.
+
+use std::path::Path;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Serialize;
+
+use crate::category::Category;
+use crate::classify::{Classifier, builtin_classifier, is_permanent};
+use crate::dsn::{self, DsnRecipient};
+use crate::mail::{Mail, SectionKind, parse_header_block, split_header_body};
+use crate::ses::{self, SesKind, SesRecipient};
+use crate::text::{self, MAX_DIAGNOSTIC_CHARS, TextRecipient};
+use crate::verp;
+
+/// What kind of email it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Bounce,
+    Complaint,
+    AutoReply,
+    NotBounce,
+}
+
+/// One affected recipient, as printed by `sendctl bounce parse --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Record {
+    /// The file the email came from, when read from one.
+    pub file: Option<String>,
+    /// The failed (or complaining, or auto-replying) address.
+    pub recipient: Option<String>,
+    /// RFC 3463 status ("5.1.1"), when the email gives or implies one.
+    pub status: Option<String>,
+    /// DSN action: failed, delayed, delivered, relayed, expanded; for a
+    /// complaint, the feedback type (abuse, opt-out, ...).
+    pub action: Option<String>,
+    /// Bounces only.
+    pub category: Option<Category>,
+    pub hard: bool,
+    /// Permanent failure (5.x.x); not part of the JSON record.
+    #[serde(skip)]
+    pub permanent: bool,
+    pub kind: Kind,
+    pub diagnostic: Option<String>,
+    pub remote_mta: Option<String>,
+    pub original_message_id: Option<String>,
+    /// Our VERP tag (lowercase), found in the envelope, the To of the bounce
+    /// or the returned headers; its HMAC is not checked here.
+    pub verp_tag: Option<String>,
+}
+
+impl Record {
+    fn new(kind: Kind) -> Record {
+        Record {
+            file: None,
+            recipient: None,
+            status: None,
+            action: None,
+            category: None,
+            hard: false,
+            permanent: false,
+            kind,
+            diagnostic: None,
+            remote_mta: None,
+            original_message_id: None,
+            verp_tag: None,
+        }
+    }
+}
+
+/// Why a file could not be parsed (the parser itself never fails).
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Reads one email file and parses it; each record names the file.
+pub fn parse_file_records(path: &Path) -> Result<Vec<Record>, ParseError> {
+    parse_file_records_with(path, builtin_classifier())
+}
+
+/// [`parse_file_records`] with the operator's rules.
+pub fn parse_file_records_with(
+    path: &Path,
+    classifier: &Classifier,
+) -> Result<Vec<Record>, ParseError> {
+    let raw = std::fs::read(path).map_err(|source| ParseError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let file = path.display().to_string();
+    let mut records = parse_message_with(&raw, classifier);
+    for record in &mut records {
+        record.file = Some(file.clone());
+    }
+    Ok(records)
+}
+
+/// Parses one raw email (any line endings). Always returns at least one
+/// record; never panics.
+pub fn parse_message(raw: &[u8]) -> Vec<Record> {
+    parse_message_with(raw, builtin_classifier())
+}
+
+/// [`parse_message`] with the operator's rules (see
+/// [`Classifier::with_operator_rules`]).
+pub fn parse_message_with(raw: &[u8], classifier: &Classifier) -> Vec<Record> {
+    parse_at_depth(raw, 0, classifier)
+}
+
+/// A bounce of a bounce (or a forwarded bounce) carries the useful report
+/// one level down; deeper nesting is not followed.
+const MAX_NESTING: usize = 2;
+
+fn parse_at_depth(raw: &[u8], depth: usize, classifier: &Classifier) -> Vec<Record> {
+    let mail = Mail::parse(raw);
+    let context = Context::new(&mail, classifier);
+    let ses = ses::read_notification(&context.own_text);
+    let mut records = if !ses.is_empty() {
+        ses.iter().map(|r| ses_record(r, classifier)).collect()
+    } else if is_complaint(&mail) {
+        complaint_records(&mail, &context)
+    } else {
+        let mut bounces = bounce_records(&mail, &context);
+        if bounces.iter().all(|r| r.status.is_none()) && depth < MAX_NESTING {
+            let nested = nested_bounces(&mail, &context, depth);
+            if !nested.is_empty() {
+                bounces = nested;
+            }
+        }
+        if !bounces.is_empty() {
+            bounces
+        } else if is_auto_reply(&mail) {
+            vec![auto_reply_record(&mail)]
+        } else {
+            vec![Record::new(Kind::NotBounce)]
+        }
+    };
+    for record in &mut records {
+        record.original_message_id = context.original_message_id.clone();
+        record.verp_tag = context.verp_tag.clone();
+    }
+    records
+}
+
+/// The bounce records of returned messages that are bounces themselves.
+fn nested_bounces(mail: &Mail, context: &Context, depth: usize) -> Vec<Record> {
+    mail.sections
+        .iter()
+        .filter(|s| s.kind == SectionKind::Returned)
+        .map(|s| s.text.as_str())
+        .chain(std::iter::once(context.inline_returned.as_str()))
+        .filter(|text| !text.trim().is_empty())
+        .flat_map(|text| parse_at_depth(text.as_bytes(), depth + 1, context.classifier))
+        .filter(|r| r.kind == Kind::Bounce && r.status.is_some())
+        .collect()
+}
+
+/// What every record of one email shares.
+struct Context<'c> {
+    classifier: &'c Classifier,
+    /// The bounce's own text, without the returned message.
+    own_text: String,
+    /// The returned message found inside the text parts (non-MIME bounces).
+    inline_returned: String,
+    /// Headers of the returned message, unfolded.
+    returned_headers: Vec<(String, String)>,
+    original_message_id: Option<String>,
+    verp_tag: Option<String>,
+}
+
+impl<'c> Context<'c> {
+    fn new(mail: &Mail, classifier: &'c Classifier) -> Context<'c> {
+        let mut own_text = String::new();
+        let mut inline_returned = String::new();
+        for section in mail.sections.iter().filter(|s| s.kind == SectionKind::Text) {
+            let (own, returned) = text::split_returned(&section.text);
+            own_text.push_str(own);
+            own_text.push('\n');
+            inline_returned.push_str(returned);
+            inline_returned.push('\n');
+        }
+        let returned = mail.text_of(SectionKind::Returned) + &inline_returned;
+        let returned_headers = returned_headers(&returned);
+        let original_message_id = crate::mail::header_value(&returned_headers, "message-id")
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty());
+        let top_headers: String = mail
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}\n"))
+            .collect();
+        let verp_tag = verp::find_tag(&top_headers)
+            .or_else(|| verp::find_tag(&mail.text_of(SectionKind::DeliveryStatus)))
+            .or_else(|| verp::find_tag(&returned))
+            .or_else(|| verp::find_tag(&own_text));
+        Context {
+            classifier,
+            own_text,
+            inline_returned,
+            returned_headers,
+            original_message_id,
+            verp_tag,
+        }
+    }
+
+    fn returned_header(&self, name: &str) -> Option<&str> {
+        crate::mail::header_value(&self.returned_headers, name)
+    }
+}
+
+/// The header block of the returned message: from its first header-looking
+/// line to the first empty line after it.
+fn returned_headers(returned: &str) -> Vec<(String, String)> {
+    let start = returned
+        .lines()
+        .position(|line| {
+            let name = line.split(':').next().unwrap_or("");
+            line.contains(':')
+                && !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        .unwrap_or(0);
+    let rest: String = returned.lines().skip(start).collect::<Vec<_>>().join("\n");
+    let (block, _) = split_header_body(&rest);
+    parse_header_block(block)
+}
+
+// ---------------------------------------------------------------- complaints
+
+static FEEDBACK_TYPE_LINE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?im)^feedback-type:").unwrap_or_else(|e| panic!("{e}")));
+
+fn is_complaint(mail: &Mail) -> bool {
+    mail.content_type.contains("feedback-report")
+        || mail
+            .sections
+            .iter()
+            .any(|s| s.kind == SectionKind::FeedbackReport)
+        || is_hotmail_complaint(mail)
+        || is_apple_unsubscribe(mail)
+        || mail
+            .sections
+            .iter()
+            .any(|s| s.kind == SectionKind::Text && FEEDBACK_TYPE_LINE.is_match(&s.text))
+            && mail.content_type.starts_with("multipart/report")
+}
+
+fn is_hotmail_complaint(mail: &Mail) -> bool {
+    let from = mail.header("from").unwrap_or_default().to_ascii_lowercase();
+    from.contains("staff@hotmail.com")
+        || mail.sections.iter().any(|s| {
+            s.kind == SectionKind::Returned && s.text.contains("X-HmXmrOriginalRecipient:")
+        })
+}
+
+fn is_apple_unsubscribe(mail: &Mail) -> bool {
+    mail.header("x-apple-unsubscribe")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
+fn complaint_records(mail: &Mail, context: &Context) -> Vec<Record> {
+    let report_text = {
+        let report = mail.text_of(SectionKind::FeedbackReport);
+        if report.trim().is_empty() {
+            context.own_text.clone()
+        } else {
+            report
+        }
+    };
+    let fields = dsn::fields(&report_text);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let feedback_type = field("feedback-type")
+        .map(|t| t.to_ascii_lowercase())
+        .unwrap_or_else(|| {
+            if is_apple_unsubscribe(mail) {
+                "opt-out"
+            } else {
+                "abuse"
+            }
+            .to_string()
+        });
+    let mut recipients: Vec<String> = fields
+        .iter()
+        .filter(|(n, _)| n == "original-rcpt-to" || n == "removal-recipient")
+        .map(|(_, v)| dsn::clean_address(v))
+        .collect();
+    if recipients.is_empty() {
+        recipients = complaint_fallback_recipients(mail, context);
+    }
+    if recipients.is_empty() {
+        recipients.push(String::new());
+    }
+    let diagnostic = [
+        field("user-agent"),
+        field("source-ip").map(|ip| format!("source-ip {ip}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join("; ");
+    recipients
+        .into_iter()
+        .map(|address| {
+            let mut record = Record::new(Kind::Complaint);
+            record.recipient = (!address.is_empty()).then_some(address);
+            record.action = Some(feedback_type.clone());
+            record.diagnostic = (!diagnostic.is_empty()).then(|| diagnostic.clone());
+            record.remote_mta = field("reporting-mta").map(|m| dsn::strip_type(&m));
+            record
+        })
+        .collect()
+}
+
+/// Hotmail names the complainer in X-HmXmrOriginalRecipient; others leave
+/// the To of the returned message; Apple's notice comes from the user.
+fn complaint_fallback_recipients(mail: &Mail, context: &Context) -> Vec<String> {
+    if let Some(original) = context.returned_header("x-hmxmroriginalrecipient") {
+        return vec![dsn::clean_address(original)];
+    }
+    if let Some(to) = context.returned_header("to") {
+        let found = text::addresses(to);
+        if !found.is_empty() {
+            return found;
+        }
+    }
+    if is_apple_unsubscribe(mail) {
+        return mail.header("from").map(text::addresses).unwrap_or_default();
+    }
+    Vec::new()
+}
+
+// ------------------------------------------------------------------- bounces
+
+/// Senders and subjects of bounces from MTAs that do not send RFC 3464.
+static BOUNCE_SENDER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)mailer-daemon|mailer_daemon|mailerdaemon|postmaster|mail delivery (subsystem|system|service)|",
+        r"mail ?administrator|mdaemon|microsoftexchange|system administrator|returned|",
+        r"daemon@|bounce|delivery|notification|failure"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+});
+
+static BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)undeliver|undelivered|delivery (status|failure|failed|notification|report|problem|error|final failure|incomplete)|",
+        r"returned mail|mail delivery failed|failure notice|failed delivery|non.?delivery|could not (be )?deliver|",
+        r"delivery has failed|mail system error|warning: could not send|message not delivered|permanent error|",
+        r"returned to sender|undeliverable|nondeliverable|error sending|bounced|mail failure|delayed mail|",
+        r"delivery delayed|unzustellbar|unable to deliver|no se puede entregar|non remis|",
+        r"notice of delivery failure|message delivery|mail could not|delivery notification|",
+        r"rejected|failed|failure|error|returned|problem|エラー|未配達|配信失敗|送信できません"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+});
+
+fn looks_like_bounce(mail: &Mail) -> bool {
+    let subject = mail.subject.as_str();
+    let from = mail.header("from").unwrap_or_default();
+    mail.content_type.contains("delivery-status")
+        || mail.header("x-failed-recipients").is_some()
+        || BOUNCE_SUBJECT.is_match(subject)
+        || (BOUNCE_SENDER.is_match(from) && !subject.to_ascii_lowercase().contains("notification"))
+}
+
+fn bounce_records(mail: &Mail, context: &Context) -> Vec<Record> {
+    let report = dsn::read_report(&mail.text_of(SectionKind::DeliveryStatus));
+    let mut dsn_recipients = report.recipients;
+    if dsn_recipients.is_empty() && looks_like_bounce(mail) {
+        dsn_recipients = dsn::read_report(&context.own_text).recipients;
+    }
+    let excluded = sender_addresses(mail, context);
+    let mut text_recipients = text::recipients_in_text(&context.own_text, &excluded);
+    if text_recipients.is_empty() {
+        // People bounce mail they sent themselves: retry keeping only the
+        // returned message's sender out.
+        text_recipients = text::recipients_in_text(&context.own_text, &returned_senders(context));
+    }
+    if !dsn_recipients.is_empty() {
+        return dsn_recipients
+            .iter()
+            .map(|r| {
+                dsn_record(
+                    r,
+                    &text_recipients,
+                    context,
+                    report.reporting_mta.as_deref(),
+                )
+            })
+            .collect();
+    }
+    if !looks_like_bounce(mail) {
+        return Vec::new();
+    }
+    let mut recipients = text_recipients;
+    if recipients.is_empty() {
+        recipients = fallback_recipients(mail, context);
+    }
+    for recipient in recipients.iter_mut().filter(|r| r.diagnostic.is_empty()) {
+        recipient.diagnostic = last_paragraph(&context.own_text);
+    }
+    recipients.iter().map(|r| text_record(r, context)).collect()
+}
+
+/// Addresses that send rather than receive: never reported as recipients.
+fn sender_addresses(mail: &Mail, context: &Context) -> Vec<String> {
+    let mut senders = Vec::new();
+    for name in [
+        "from",
+        "to",
+        "return-path",
+        "reply-to",
+        "sender",
+        "delivered-to",
+        "x-original-to",
+    ] {
+        if let Some(value) = mail.header(name) {
+            senders.extend(text::addresses(value));
+        }
+    }
+    for name in ["from", "return-path", "sender", "reply-to"] {
+        if let Some(value) = context.returned_header(name) {
+            senders.extend(text::addresses(value));
+        }
+    }
+    let to_of_returned: Vec<String> = context
+        .returned_header("to")
+        .map(text::addresses)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
+    senders
+        .into_iter()
+        .map(|a| a.to_ascii_lowercase())
+        .filter(|a| !to_of_returned.contains(a))
+        .collect()
+}
+
+fn returned_senders(context: &Context) -> Vec<String> {
+    ["from", "return-path", "sender"]
+        .iter()
+        .filter_map(|name| context.returned_header(name))
+        .flat_map(text::addresses)
+        .map(|a| a.to_ascii_lowercase())
+        .collect()
+}
+
+/// X-Failed-Recipients (Exim), else the To of the returned message.
+fn fallback_recipients(mail: &Mail, context: &Context) -> Vec<TextRecipient> {
+    let listed = mail
+        .header("x-failed-recipients")
+        .or_else(|| context.returned_header("to"))
+        .map(text::addresses)
+        .unwrap_or_default();
+    listed
+        .into_iter()
+        .map(|address| {
+            let diagnostic = text::diagnostic_for(&context.own_text, &address)
+                .unwrap_or_else(|| last_paragraph(&context.own_text));
+            TextRecipient {
+                address,
+                diagnostic: text::truncate(&diagnostic, MAX_DIAGNOSTIC_CHARS),
+            }
+        })
+        .collect()
+}
+
+/// Bounces put the details after their boilerplate, just before the copy
+/// of the message.
+fn last_paragraph(text: &str) -> String {
+    let paragraph = text
+        .split("\n\n")
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !p.chars().all(|c| matches!(c, '-' | '=' | '*')))
+        .last()
+        .unwrap_or_default();
+    text::squeeze(paragraph)
+}
+
+fn dsn_record(
+    recipient: &DsnRecipient,
+    in_text: &[TextRecipient],
+    context: &Context,
+    reporting_mta: Option<&str>,
+) -> Record {
+    let own_text = context.own_text.as_str();
+    let address = recipient.address().unwrap_or_default().to_string();
+    // The text may spell the address differently (an alias before
+    // rewriting); when it names a single recipient, that one is meant.
+    let text_diagnostic = text::diagnostic_for(own_text, &address).or_else(|| {
+        (in_text.len() == 1)
+            .then(|| in_text.first().map(|t| t.diagnostic.clone()))
+            .flatten()
+    });
+    let diagnostic = recipient
+        .diagnostic
+        .clone()
+        .filter(|d| !d.trim().is_empty())
+        .or(text_diagnostic)
+        .map(|d| text::truncate(&text::squeeze(&d), MAX_DIAGNOSTIC_CHARS));
+    let status = recipient
+        .status
+        .as_deref()
+        .and_then(text::enhanced_status)
+        .or_else(|| diagnostic.as_deref().and_then(text::enhanced_status));
+    let mut record = classified_record(
+        context.classifier,
+        &address,
+        status,
+        diagnostic,
+        recipient.action.clone(),
+    );
+    classify_from_whole_notice(&mut record, context);
+    record.remote_mta = recipient
+        .remote_mta
+        .clone()
+        .or_else(|| reporting_mta.map(str::to_string));
+    record
+}
+
+fn text_record(recipient: &TextRecipient, context: &Context) -> Record {
+    let own_text = context.own_text.as_str();
+    let status = text::enhanced_status(&recipient.diagnostic);
+    let diagnostic = Some(recipient.diagnostic.clone()).filter(|d| !d.is_empty());
+    let mut record = classified_record(
+        context.classifier,
+        &recipient.address,
+        status,
+        diagnostic,
+        None,
+    );
+    classify_from_whole_notice(&mut record, context);
+    if record.status.is_none() && is_delay_notice(own_text) {
+        record.permanent = false;
+        record.action = Some("delayed".into());
+    }
+    record
+}
+
+/// When the lines about the recipient match no rule, the whole notice may
+/// (Google Groups, for one, explains itself paragraphs away from the
+/// address).
+fn classify_from_whole_notice(record: &mut Record, context: &Context) {
+    if record.category != Some(Category::Other) {
+        return;
+    }
+    let code = record
+        .diagnostic
+        .as_deref()
+        .and_then(text::reply_code)
+        .unwrap_or(0);
+    let category = context
+        .classifier
+        .category(code, record.status.as_deref(), &context.own_text);
+    record.category = Some(category);
+    record.hard = category.is_hard();
+}
+
+/// A success report (delivered, relayed, expanded; status 2.x.x) names a
+/// recipient but is no bounce.
+fn is_success(record: &Record) -> bool {
+    let action = record.action.as_deref().unwrap_or_default();
+    matches!(action, "delivered" | "relayed" | "expanded")
+        || record.status.as_deref().is_some_and(|s| s.starts_with('2'))
+}
+
+/// A temporary failure that still ended the delivery means the sending MTA
+/// gave up retrying: the message expired, whatever the last error was.
+fn expiry_aware_category(
+    category: Category,
+    status: &Option<String>,
+    action: Option<&str>,
+    permanent: bool,
+) -> Category {
+    let temporary_status = status.as_deref().is_some_and(|s| s.starts_with('4'));
+    let gave_up = action.is_none_or(|a| a == "failed");
+    let connection_trouble = matches!(
+        category,
+        Category::NoAnswerFromHost | Category::BadConnection
+    );
+    let unknown_status = status.is_none() && permanent;
+    if gave_up && (temporary_status || unknown_status) && connection_trouble {
+        Category::MessageExpired
+    } else {
+        category
+    }
+}
+
+static DELAY_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)will (continue|keep) (trying|to try)|still (be )?trying|delivery (has been |is )?delayed|not yet been delivered|warning: message|will retry|temporar")
+        .unwrap_or_else(|e| panic!("{e}"))
+});
+
+fn is_delay_notice(text: &str) -> bool {
+    DELAY_WORDS.is_match(text)
+}
+
+/// Classifies one recipient from its status and diagnostic.
+fn classified_record(
+    classifier: &Classifier,
+    address: &str,
+    status: Option<String>,
+    diagnostic: Option<String>,
+    action: Option<String>,
+) -> Record {
+    let diagnostic_text = diagnostic.as_deref().unwrap_or_default();
+    let code = text::reply_code(diagnostic_text).unwrap_or(0);
+    let classification = classifier.classify(code, status.as_deref(), diagnostic_text);
+    let permanent = match (&status, code, action.as_deref()) {
+        (Some(_), _, _) | (None, 400..=599, _) => is_permanent(code, status.as_deref()),
+        (None, _, Some("delayed")) => false,
+        (None, _, _) => !is_delay_notice(diagnostic_text),
+    };
+    let mut record = Record::new(Kind::Bounce);
+    record.category = Some(expiry_aware_category(
+        classification.category,
+        &status,
+        action.as_deref(),
+        permanent,
+    ));
+    record.recipient = Some(address.to_string()).filter(|a| !a.is_empty());
+    record.status = status;
+    record.action = action.or_else(|| Some(if permanent { "failed" } else { "delayed" }.into()));
+    record.hard = record.category.is_some_and(Category::is_hard);
+    record.permanent = permanent;
+    record.diagnostic = diagnostic;
+    if is_success(&record) {
+        record.kind = Kind::NotBounce;
+        record.category = None;
+        record.hard = false;
+        record.permanent = false;
+    }
+    record
+}
+
+fn ses_record(recipient: &SesRecipient, classifier: &Classifier) -> Record {
+    let diagnostic = recipient.diagnostic.as_deref().map(dsn::strip_type);
+    match recipient.kind {
+        SesKind::Complaint => {
+            let mut record = Record::new(Kind::Complaint);
+            record.recipient = Some(recipient.address.clone());
+            record.action = Some(
+                recipient
+                    .feedback_type
+                    .clone()
+                    .unwrap_or_else(|| "abuse".into()),
+            );
+            record
+        }
+        SesKind::Bounce | SesKind::Delivery => {
+            let status = recipient.status.as_deref().and_then(text::enhanced_status);
+            let mut record = classified_record(
+                classifier,
+                &recipient.address,
+                status,
+                diagnostic,
+                recipient.action.clone(),
+            );
+            record.remote_mta = recipient.remote_mta.clone();
+            record
+        }
+    }
+}
+
+// -------------------------------------------------------------- auto-replies
+
+static AUTO_REPLY_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)auto(matic)?[ -]?(reply|response|antwort|respons)|out of (the )?office|vacation|",
+        r"abwesenheit|absence|away from|on leave|fuera de la oficina|r[ée]ponse automatique|",
+        r"risposta automatica|automatisch|away until|holiday|自動応答|不在"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+});
+
+fn is_auto_reply(mail: &Mail) -> bool {
+    let auto_submitted = mail
+        .header("auto-submitted")
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
+    let marked = [
+        "x-autoreply",
+        "x-autorespond",
+        "x-autoresponse",
+        "x-auto-response",
+    ]
+    .iter()
+    .any(|name| mail.header(name).is_some());
+    let precedence = mail
+        .header("precedence")
+        .is_some_and(|v| v.eq_ignore_ascii_case("auto_reply"));
+    auto_submitted || marked || precedence || AUTO_REPLY_SUBJECT.is_match(&mail.subject)
+}
+
+fn auto_reply_record(mail: &Mail) -> Record {
+    let mut record = Record::new(Kind::AutoReply);
+    record.recipient = mail
+        .header("from")
+        .map(text::addresses)
+        .and_then(|found| found.into_iter().next());
+    record.diagnostic =
+        Some(text::truncate(&mail.subject, MAX_DIAGNOSTIC_CHARS)).filter(|s| !s.is_empty());
+    record
+}
