@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domains::DnsTemplate;
-use crate::tenancy::{DeliveryServerSpec, Seeds, User as TenancyUser, UserGroup};
+use crate::tenancy::{DIRECT, DeliveryServerSpec, Seeds, User as TenancyUser, UserGroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +38,7 @@ pub struct Config {
     pub events: EventsSection,
     pub secrets: SecretsSection,
     pub dns: DnsSection,
+    pub direct: DirectSection,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -46,6 +47,16 @@ pub struct Config {
 pub struct SecretsSection {
     /// The master key (created on first start); default `<spool dir>/secret.key`.
     pub key_file: PathBuf,
+}
+
+/// Direct delivery to recipients' MX hosts (the built-in `direct` route).
+#[derive(Debug, Clone)]
+pub struct DirectSection {
+    /// 25 in production; tests point it at a sink.
+    pub port: u16,
+    /// Connections at most per destination domain, so no provider is flooded.
+    pub max_connections_per_site: usize,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -95,6 +106,11 @@ pub struct DeliverySection {
 #[derive(Debug, Clone)]
 pub struct AdminSection {
     pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file (default 0o660).
+    pub mode: u32,
+    /// User and group of the socket file: names or numeric ids.
+    pub owner: Option<String>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +245,8 @@ struct RawConfig {
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
+    direct: RawDirect,
+    #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
     user_group: Vec<UserGroup>,
@@ -280,6 +298,9 @@ struct RawDelivery {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     socket: Option<PathBuf>,
+    mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,6 +326,14 @@ struct RawSecrets {
 struct RawDns {
     #[serde(default)]
     nameservers: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDirect {
+    port: Option<u16>,
+    max_connections_per_site: Option<usize>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -352,6 +381,16 @@ impl std::fmt::Display for ParseFailure {
         match self {
             ParseFailure::Syntax(m) | ParseFailure::Invalid(m) => f.write_str(m),
         }
+    }
+}
+
+/// Octal permission bits such as "0660".
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text.trim(), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "`{text}` is not a file mode (expected octal, e.g. \"0660\")"
+        )),
     }
 }
 
@@ -414,6 +453,12 @@ impl RawConfig {
             delivery,
             admin: AdminSection {
                 socket: self.admin.socket,
+                mode: match &self.admin.mode {
+                    Some(m) => keyed("admin.mode", parse_mode(m))?,
+                    None => 0o660,
+                },
+                owner: self.admin.owner,
+                group: self.admin.group,
             },
             metrics,
             events: EventsSection {
@@ -421,6 +466,19 @@ impl RawConfig {
             },
             secrets: SecretsSection { key_file },
             dns: DnsSection { nameservers },
+            direct: DirectSection {
+                port: self.direct.port.unwrap_or(25),
+                max_connections_per_site: positive(
+                    "direct.max_connections_per_site",
+                    self.direct.max_connections_per_site,
+                    10,
+                )?,
+                timeout: duration_or(
+                    "direct.timeout",
+                    self.direct.timeout.as_ref(),
+                    Duration::from_secs(30),
+                )?,
+            },
             seeds,
         })
     }
@@ -447,7 +505,7 @@ impl RawConfig {
         }
         for (i, group) in self.user_group.iter().enumerate() {
             group
-                .validate(|s| names.contains(&s))
+                .validate(|s| s == DIRECT || names.contains(&s))
                 .map_err(|e| format!("user_group[{i}] `{}`: {e}", group.name))?;
         }
         for (i, user) in self.user.iter().enumerate() {

@@ -128,6 +128,8 @@ impl Daemon {
                 ready_capacity: config.delivery.ready_queue_size,
                 idle_timeout: config.delivery.idle_timeout,
                 failover_backoff: config.delivery.failover_backoff,
+                direct: config.direct.clone(),
+                resolver: resolver.clone(),
             },
             recorder.clone(),
         );

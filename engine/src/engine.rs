@@ -19,7 +19,7 @@ use crate::deliver::{Job, Recorder, base_event};
 use crate::events::{EventKind, EventLog};
 use crate::limits;
 use crate::message::{self, TraceInfo};
-use crate::route::Router;
+use crate::route::{Router, Target};
 use crate::smtp::reply::Reply;
 use crate::tenancy::{CHANNELS, Tenancy, TenancyStore, User};
 use crate::timefmt::now_ms;
@@ -69,16 +69,21 @@ impl Engine {
             Err(reply) => return reply,
         };
         let meta = admitted.message.meta.clone();
-        let route = self
+        let target = self
             .router
             .choose(&snapshot, &meta.group, &meta.channel, &[]);
         let priority = crate::deliver::is_priority_channel(&meta.channel);
-        let reserved = route.as_ref().filter(|r| r.ready.try_reserve(priority));
+        let reserved = match &target {
+            Some(Target::Relay(r)) if r.ready.try_reserve(priority) => Some(r.clone()),
+            _ => None,
+        };
+        // Direct mail is split by domain right after the commit.
+        let direct = matches!(target, Some(Target::Direct));
         let body: Arc<[u8]> = admitted.message.body.as_slice().into();
         let (tx, rx) = oneshot::channel();
         self.spool.insert(
             admitted.message.clone(),
-            reserved.is_some(),
+            reserved.is_some() || direct,
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
@@ -113,6 +118,8 @@ impl Engine {
         self.record_reception(&job);
         if let Some(route) = reserved {
             route.push_reserved(job);
+        } else if direct {
+            self.router.dispatch_direct(job);
         }
         Reply::new(
             250,

@@ -7,13 +7,22 @@
 //! again (the first job after the back-off tries it). When every server
 //! of the list is down the first one gets the job anyway, so mail keeps
 //! being tried rather than parked.
+//!
+//! A list may name `direct`, the built-in route to the recipients' own MX
+//! hosts: its jobs are split by recipient domain, each domain (site) with
+//! a route of its own, made on first use and capped at
+//! `[direct] max_connections_per_site` connections.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
-use crate::deliver::{Failover, Job, Recorder, Route, RouteContext};
+use crate::config::DirectSection;
+use crate::deliver::{Failover, Job, MxTarget, Recorder, Route, RouteContext};
+use crate::dns::Resolver;
+use crate::smtp::client::Encryption;
+use crate::tenancy::{DIRECT, DeliveryServer, Tenancy, TenancyStore};
 
 /// The daemon-wide settings every route shares.
 pub struct RouteSettings {
@@ -21,13 +30,26 @@ pub struct RouteSettings {
     pub ready_capacity: usize,
     pub idle_timeout: std::time::Duration,
     pub failover_backoff: std::time::Duration,
+    pub direct: DirectSection,
+    pub resolver: Resolver,
 }
-use crate::tenancy::{Tenancy, TenancyStore};
+
+/// Where a job goes.
+#[derive(Clone)]
+pub enum Target {
+    Relay(Arc<Route>),
+    /// To the recipients' MX hosts, one site per domain.
+    Direct,
+}
 
 pub struct Router {
     routes: RwLock<HashMap<String, Arc<Route>>>,
+    /// Direct-delivery routes by recipient domain.
+    sites: RwLock<HashMap<String, Arc<Route>>>,
     tenancy: Arc<TenancyStore>,
     ctx: RouteContext,
+    direct: DirectSection,
+    resolver: Resolver,
 }
 
 impl Router {
@@ -55,8 +77,11 @@ impl Router {
             .collect();
         let router = Arc::new(Router {
             routes: RwLock::new(routes),
+            sites: RwLock::new(HashMap::new()),
             tenancy,
             ctx,
+            direct: settings.direct,
+            resolver: settings.resolver,
         });
         (router, rx)
     }
@@ -69,16 +94,14 @@ impl Router {
             .cloned()
     }
 
+    /// Every relay route and direct-delivery site.
     pub fn all(&self) -> Vec<Arc<Route>> {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        let relays = self.routes.read().unwrap_or_else(|p| p.into_inner());
+        let sites = self.sites.read().unwrap_or_else(|p| p.into_inner());
+        relays.values().chain(sites.values()).cloned().collect()
     }
 
-    /// The route for mail of `group` on `channel`, skipping `tried` ones.
+    /// Where mail of `group` on `channel` goes, skipping `tried` servers.
     /// `None` only when every server of the list was tried.
     pub fn choose(
         &self,
@@ -86,26 +109,30 @@ impl Router {
         group: &str,
         channel: &str,
         tried: &[String],
-    ) -> Option<Arc<Route>> {
+    ) -> Option<Target> {
         let names = snapshot.group(group).servers_for(channel);
-        let candidates: Vec<Arc<Route>> = names
+        let candidates: Vec<Target> = names
             .iter()
             .filter(|n| !tried.contains(n))
-            .filter_map(|n| self.route(n))
+            .filter_map(|n| match n.as_str() {
+                DIRECT => Some(Target::Direct),
+                name => self.route(name).map(Target::Relay),
+            })
             .collect();
-        candidates
-            .iter()
-            .find(|r| r.is_available())
-            .or(candidates.first())
-            .cloned()
+        let up = |t: &&Target| match t {
+            Target::Relay(r) => r.is_available(),
+            Target::Direct => true,
+        };
+        candidates.iter().find(up).or(candidates.first()).cloned()
     }
 
-    /// Queues a job on the route its group and channel give.
+    /// Queues a job where its group and channel say.
     pub fn dispatch(&self, job: Job) {
         let snapshot = self.tenancy.snapshot();
         let meta = &job.message.meta;
         match self.choose(&snapshot, &meta.group, &meta.channel, &job.tried) {
-            Some(route) => route.push(job),
+            Some(Target::Relay(route)) => route.push(job),
+            Some(Target::Direct) => self.dispatch_direct(job),
             None => {
                 // Every server was tried: the recipients wait for a retry.
                 let error = crate::smtp::client::SessionError::Protocol {
@@ -120,6 +147,72 @@ impl Router {
                 self.ctx.recorder.session_failed(&job, &error, &at);
             }
         }
+    }
+
+    /// Splits a job by recipient domain and queues each part on its site.
+    pub fn dispatch_direct(&self, job: Job) {
+        let mut by_domain: Vec<(String, Vec<(u32, u32)>)> = Vec::new();
+        for &(rcpt, attempts) in &job.rcpts {
+            let address = &job.message.recipients[rcpt as usize];
+            let domain = address
+                .rsplit('@')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, list)) => list.push((rcpt, attempts)),
+                None => by_domain.push((domain, vec![(rcpt, attempts)])),
+            }
+        }
+        for (domain, rcpts) in by_domain {
+            let part = Job {
+                rcpts,
+                tried: Vec::new(),
+                ..job.clone()
+            };
+            self.site(&domain).push(part);
+        }
+    }
+
+    /// The direct-delivery route of `domain`, made on first use.
+    fn site(&self, domain: &str) -> Arc<Route> {
+        if let Some(route) = self
+            .sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(domain)
+        {
+            return route.clone();
+        }
+        let mut sites = self.sites.write().unwrap_or_else(|p| p.into_inner());
+        sites
+            .entry(domain.to_owned())
+            .or_insert_with(|| {
+                let site = Arc::new(DeliveryServer {
+                    name: format!("{DIRECT}:{domain}"),
+                    host: domain.to_owned(),
+                    port: self.direct.port,
+                    encryption: Encryption::StartTlsOpportunistic,
+                    timeout: self.direct.timeout,
+                    max_connections: self.direct.max_connections_per_site,
+                    max_messages_per_connection: 100,
+                    auth: None,
+                    tls_verify: false,
+                    rate_per_second: None,
+                    rate_per_hour: None,
+                    rate_per_day: None,
+                    mail_from_domain: None,
+                    enforced_from: None,
+                    sender_info_as_mfrom: false,
+                    sender_info_as_from: false,
+                });
+                let mx = MxTarget {
+                    domain: domain.to_owned(),
+                    resolver: self.resolver.clone(),
+                };
+                Arc::new(Route::direct_site(&site, mx, self.ctx.clone()))
+            })
+            .clone()
     }
 
     pub fn stop(&self) {
@@ -176,7 +269,8 @@ impl Router {
             let meta = &job.message.meta;
             let next = self.choose(&snapshot, &meta.group, &meta.channel, &job.tried);
             match next {
-                Some(route) if route.is_available() => route.push(job),
+                Some(Target::Relay(route)) if route.is_available() => route.push(job),
+                Some(Target::Direct) => self.dispatch_direct(job),
                 _ => {
                     let last = job.tried.last().cloned().unwrap_or_default();
                     let at = crate::deliver::AttemptContext {

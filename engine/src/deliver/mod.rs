@@ -46,7 +46,22 @@ pub struct RouteContext {
     pub failover: mpsc::UnboundedSender<Failover>,
 }
 
-/// One delivery server and the work waiting for it.
+/// Where a direct-delivery site's mail goes: the MX hosts of `domain`.
+pub struct MxTarget {
+    pub domain: String,
+    pub resolver: crate::dns::Resolver,
+}
+
+/// Why a connection could not be had.
+enum ConnectFailure {
+    /// Try again later (or on another server).
+    Session(SessionError),
+    /// The destination accepts no mail at all (null MX, no such domain).
+    Permanent(Reply),
+}
+
+/// One delivery server (or one destination site of direct delivery) and
+/// the work waiting for it.
 pub struct Route {
     pub name: String,
     /// The settings this route was built from; a change builds a new route.
@@ -61,6 +76,8 @@ pub struct Route {
     stopping: AtomicBool,
     /// Wall-clock ms until which the server counts as down (0 = up).
     down_until_ms: AtomicU64,
+    /// Set for a direct-delivery site: connect to its MX hosts.
+    mx: Option<MxTarget>,
     ctx: RouteContext,
 }
 
@@ -90,7 +107,91 @@ impl Route {
             idle_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
+            mx: None,
             ctx,
+        }
+    }
+
+    /// A route to the MX hosts of one destination domain; `site` carries
+    /// the port, connection cap and timeout of `[direct]`.
+    pub fn direct_site(site: &Arc<DeliveryServer>, mx: MxTarget, ctx: RouteContext) -> Route {
+        Route {
+            mx: Some(mx),
+            ..Route::new(site, ctx)
+        }
+    }
+
+    /// Connects to the relay, or to the first MX host that answers.
+    async fn connect(&self) -> Result<Connection, ConnectFailure> {
+        let Some(mx) = &self.mx else {
+            return Connection::connect(&self.settings)
+                .await
+                .map_err(ConnectFailure::Session);
+        };
+        let dns_failure = |e: crate::dns::DnsError| {
+            if e.is_permanent() {
+                ConnectFailure::Permanent(Reply::local(
+                    550,
+                    "5.1.2",
+                    format!("{e}: the recipient domain cannot receive mail"),
+                ))
+            } else {
+                ConnectFailure::Session(SessionError::Protocol {
+                    phase: crate::smtp::client::Phase::Connect,
+                    message: format!("DNS lookup failed: {e}"),
+                })
+            }
+        };
+        let hosts = match mx.resolver.mx(&mx.domain).await.map_err(dns_failure)? {
+            crate::dns::MxLookup::NullMx => {
+                return Err(ConnectFailure::Permanent(Reply::local(
+                    556,
+                    "5.1.10",
+                    format!("{} publishes a null MX: it accepts no mail", mx.domain),
+                )));
+            }
+            crate::dns::MxLookup::Hosts(hosts) => hosts,
+        };
+        let mut last = None;
+        for host in hosts {
+            let addresses = match mx.resolver.addresses(&host.exchange).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = Some(dns_failure(e));
+                    continue;
+                }
+            };
+            for ip in addresses {
+                let mut settings = self.settings.clone();
+                settings.host = ip.to_string();
+                match Connection::connect(&settings).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => last = Some(ConnectFailure::Session(e)),
+                }
+            }
+        }
+        // Every host was tried; an unreachable site is never permanent.
+        Err(match last {
+            Some(ConnectFailure::Permanent(r)) => ConnectFailure::Session(SessionError::Protocol {
+                phase: crate::smtp::client::Phase::Connect,
+                message: format!("no MX host of {} has an address: {r}", mx.domain),
+            }),
+            Some(failure) => failure,
+            None => ConnectFailure::Session(SessionError::Protocol {
+                phase: crate::smtp::client::Phase::Connect,
+                message: format!("no MX host of {} could be tried", mx.domain),
+            }),
+        })
+    }
+
+    /// A relay fails over to the group's next server; a direct site has no
+    /// next server, so its recipients wait for a retry.
+    fn connection_failed(&self, job: Job, error: SessionError, remote_host: Option<String>) {
+        if self.mx.is_some() {
+            let at = self.attempt_context(remote_host, None);
+            self.ctx.recorder.session_failed(&job, &error, &at);
+        } else {
+            self.fail_over(job, error, remote_host);
         }
     }
 
@@ -205,13 +306,19 @@ async fn worker(route: Arc<Route>) {
         };
         let mut c = match conn.take() {
             Some(c) => c,
-            None => match Connection::connect(&route.settings).await {
+            None => match route.connect().await {
                 Ok(c) => {
                     sent_on_conn = 0;
                     c
                 }
-                Err(e) => {
-                    route.fail_over(job, e, None);
+                Err(ConnectFailure::Session(e)) => {
+                    route.connection_failed(job, e, None);
+                    continue;
+                }
+                Err(ConnectFailure::Permanent(reply)) => {
+                    let replies = vec![reply; job.rcpts.len()];
+                    let at = route.attempt_context(None, None);
+                    route.ctx.recorder.replies(&job, &replies, &at);
                     continue;
                 }
             },
@@ -230,7 +337,7 @@ async fn worker(route: Arc<Route>) {
                     conn = Some(c);
                 }
             }
-            Err(e) => route.fail_over(job, e, remote),
+            Err(e) => route.connection_failed(job, e, remote),
         }
     }
     if let Some(c) = conn {

@@ -16,7 +16,7 @@ use sendengine_queue::Spool;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use model::{AuthSpec, CHANNELS, DeliveryServer, DeliveryServerSpec, User, UserGroup};
+pub use model::{AuthSpec, CHANNELS, DIRECT, DeliveryServer, DeliveryServerSpec, User, UserGroup};
 
 use crate::domains::{DnsTemplate, SenderDomain};
 use crate::secrets::{self, Secrets};
@@ -411,7 +411,7 @@ impl TenancyStore {
         };
         for (name, group) in &objects.groups {
             group
-                .validate(|s| names.iter().any(|n| *n == s))
+                .validate(|s| s == DIRECT || names.iter().any(|n| *n == s))
                 .map_err(|message| invalid(GROUP, name, message))?;
             if let Some(t) = &group.dns_template
                 && !objects.templates.contains_key(t)

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::parse_duration;
 use crate::smtp::client::{Credentials, Encryption};
 
+/// The built-in route that delivers to the recipients' MX hosts; a group
+/// may list it like a delivery server.
+pub const DIRECT: &str = "direct";
+
 /// The channels mail is sent on; marketing when the message does not say.
 pub const CHANNELS: [&str; 3] = ["marketing", "transactional", "autoresponder"];
 
@@ -42,6 +46,32 @@ pub struct DeliveryServerSpec {
     pub sender_info_as_mfrom: bool,
     #[serde(default)]
     pub sender_info_as_from: bool,
+    /// The result of the last `server test` (set by the admin socket).
+    #[serde(default)]
+    pub last_test: Option<ServerTest>,
+}
+
+/// What `sendctl server test` found, kept on the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTest {
+    pub ok: bool,
+    /// When it ran (RFC 3339).
+    pub time: String,
+    /// The first step that failed, e.g. "AUTH" or "RCPT TO".
+    pub failed_step: Option<String>,
+    pub steps: Vec<ServerTestStep>,
+}
+
+/// One step of a server test with the server's reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTestStep {
+    pub step: String,
+    pub ok: bool,
+    /// The server's reply, or what went wrong when there was none.
+    pub reply: String,
+    pub millis: u64,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +123,11 @@ impl DeliveryServerSpec {
     /// Checks the spec; `password` is the relay password in clear.
     pub fn validate(&self, password: Option<String>) -> Result<DeliveryServer, String> {
         valid_name("name", &self.name)?;
+        if self.name == DIRECT {
+            return Err(format!(
+                "name: `{DIRECT}` is the built-in direct-to-MX route"
+            ));
+        }
         if self.host.trim().is_empty() {
             return Err("host: must not be empty".into());
         }

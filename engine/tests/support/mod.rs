@@ -83,11 +83,16 @@ pub struct Sink {
 impl Sink {
     /// Starts a sink on a random port (or `port`), with `--fault` rules etc.
     pub fn start_on(port: u16, extra: &[&str]) -> Sink {
+        Sink::start_at(&format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// Starts a sink on `listen` (any loopback address, e.g. 127.0.0.3:PORT).
+    pub fn start_at(listen: &str, extra: &[&str]) -> Sink {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("sink.jsonl");
         let mut child = Command::new(sink_binary())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(listen)
             .arg("--log")
             .arg(&log)
             .args(extra)

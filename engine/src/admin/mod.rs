@@ -1,0 +1,79 @@
+//! The admin socket: how operators and the application configure and
+//! inspect a running daemon (the `sendctl` CLI is one client).
+//!
+//! `server` owns the Unix socket and the connections, `protocol` the JSON
+//! line frames; the handlers live per noun: `objects` (server, group,
+//! user, template, domain), `queue`, `status` and `server_test`. Every
+//! handler returns a JSON value or an `AdminError`; nothing a client sends
+//! can end its connection early or stop the daemon.
+
+pub mod objects;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod server_test;
+pub mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::engine::Engine;
+use protocol::{AdminError, Args, PROTOCOL_VERSION, Request};
+
+pub use server::{AdminStartError, bind, serve};
+
+/// What the handlers share.
+pub struct AdminContext {
+    pub engine: Arc<Engine>,
+    pub started: Instant,
+    /// The SMTP listeners' bound addresses.
+    pub listeners: Vec<SocketAddr>,
+}
+
+/// Runs one request.
+pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, AdminError> {
+    let args = Args(&request.args);
+    let (noun, verb) = request
+        .cmd
+        .split_once('.')
+        .unwrap_or((request.cmd.as_str(), ""));
+    match (noun, verb) {
+        ("hello", "") => Ok(json!({
+            "protocol": PROTOCOL_VERSION,
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+        ("status", "") => status::status(ctx).await,
+        ("server", "test") => server_test::run(ctx, &args).await,
+        ("domain", "verify") => objects::verify_domain(ctx, &args).await,
+        ("domain", "records") => objects::domain_records(ctx, &args).await,
+        ("queue", verb) => queue::handle(ctx, verb, &args).await,
+        (noun, verb) => match objects::Kind::from_noun(noun) {
+            Some(kind) => objects::handle(ctx, kind, verb, &args).await,
+            None => Err(unknown(&request.cmd)),
+        },
+    }
+}
+
+fn unknown(cmd: &str) -> AdminError {
+    AdminError::new(
+        "unknown_command",
+        format!(
+            "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
+             .list|get|put|delete, server.test, domain.verify|records, \
+             queue.summary|list|inspect|flush|delete|suspend|resume|bounce"
+        ),
+    )
+}
+
+/// Runs blocking work (spool reads and writes wait for the disk) off the
+/// async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AdminError::internal(format!("the request's task failed: {e}")))?
+}
