@@ -59,10 +59,12 @@ pub struct DirectSection {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DnsSection {
     /// Empty: the system resolver. Tests point this at a server they run.
     pub nameservers: Vec<SocketAddr>,
+    /// How often sender domains that are not enabled are checked again.
+    pub verify_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +328,7 @@ struct RawSecrets {
 struct RawDns {
     #[serde(default)]
     nameservers: Vec<String>,
+    verify_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -465,7 +468,14 @@ impl RawConfig {
                 path: self.events.path,
             },
             secrets: SecretsSection { key_file },
-            dns: DnsSection { nameservers },
+            dns: DnsSection {
+                nameservers,
+                verify_interval: duration_or(
+                    "dns.verify_interval",
+                    self.dns.verify_interval.as_ref(),
+                    Duration::from_secs(600),
+                )?,
+            },
             direct: DirectSection {
                 port: self.direct.port.unwrap_or(25),
                 max_connections_per_site: positive(

@@ -168,10 +168,14 @@ impl Daemon {
             hostname: config.hostname.clone(),
             tls,
         });
-        let mut tasks = vec![tokio::spawn(crate::schedule::run(
-            engine.clone(),
-            shutdown_rx.clone(),
-        ))];
+        let mut tasks = vec![
+            tokio::spawn(crate::schedule::run(engine.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::verify::run(
+                engine.clone(),
+                config.dns.verify_interval,
+                shutdown_rx.clone(),
+            )),
+        ];
         for listener in listeners {
             tasks.push(tokio::spawn(serve_listener(
                 listener,

@@ -23,3 +23,4 @@ pub mod smtp;
 pub mod tenancy;
 pub mod timefmt;
 pub mod transform;
+pub mod verify;

@@ -161,3 +161,36 @@ fn null_mx_and_missing_domains_bounce_dns_failures_wait() {
     );
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn a_sender_domain_is_enabled_once_its_records_are_published() {
+    let sink = Sink::start(&[]);
+    let dns = DnsServer::start(Vec::<(&str, RecordData)>::new());
+    let config = format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\ndefault_user = \"app\"\n[dns]\n{}\nverify_interval = \"300ms\"\n[[delivery_server]]\nname = \"s\"\nhost = \"127.0.0.1\"\nport = {}\n[[dns_template]]\nname = \"std\"\nrecords = [{{ kind = \"TXT\", name = \"_SenderDomain_\", value = \"v=spf1 include:spf.sendengine.test ~all\" }}, {{ kind = \"CNAME\", name = \"_SubDomain_._SenderDomain_\", value = \"bounces.sendengine.test\" }}]\n[[user_group]]\nname = \"default\"\nmarketing = [\"s\"]\ntransactional = [\"s\"]\nautoresponder = [\"s\"]\nsender_domain_management = true\ndns_template = \"std\"\n[[user]]\nname = \"app\"\n[[sender_domain]]\ndomain = \"own.example\"\nowner = \"app\"\n",
+        dns.nameservers_line(),
+        sink.addr.port()
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    let refused = support::smtplib_try(daemon.addr, "news@own.example", "r@example.net");
+    assert!(
+        refused.starts_with("550 5.7.1 Sender domain own.example is not verified"),
+        "{refused}"
+    );
+
+    dns.add([
+        (
+            "own.example",
+            RecordData::txt(&["v=spf1 include:spf.sendengine.test ~all"]),
+        ),
+        (
+            "sl.own.example",
+            RecordData::cname("bounces.sendengine.test"),
+        ),
+    ]);
+    support::wait_for(LONG, "the domain to be enabled", || {
+        let reply = support::smtplib_try(daemon.addr, "news@own.example", "r@example.net");
+        (reply == "250").then_some(())
+    });
+    assert_eq!(sink.wait_messages(1, LONG).len(), 1);
+}

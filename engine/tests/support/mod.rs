@@ -404,3 +404,34 @@ pub fn smtplib_send(daemon: SocketAddr, sender: &str, rcpts: &[&str], msgid: &st
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 pub mod dns_server;
+
+/// Sends one small message with smtplib; returns "250" or the refusal of DATA.
+pub fn smtplib_try(daemon: SocketAddr, from: &str, to: &str) -> String {
+    let script = r#"
+import smtplib, sys
+host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+msg = "From: %s\r\nTo: %s\r\nSubject: try\r\n\r\nHello.\r\n" % (sender, rcpt)
+with smtplib.SMTP(host, port, timeout=30) as s:
+    try:
+        s.sendmail(sender, [rcpt], msg)
+        print("250")
+    except smtplib.SMTPDataError as e:
+        print(e.smtp_code, e.smtp_error.decode())
+"#;
+    let out = python(
+        script,
+        &[
+            daemon.ip().to_string(),
+            daemon.port().to_string(),
+            from.into(),
+            to.into(),
+        ],
+    )
+    .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

@@ -1,0 +1,55 @@
+//! Sender-domain verification in the background.
+//!
+//! Tenants publish their records when it suits them, so the daemon keeps
+//! looking: every `[dns] verify_interval` each domain that is not enabled
+//! yet is resolved again, and one whose records all check out is enabled
+//! (the admin socket can also verify one at once). Enabled domains are
+//! left alone: a passing DNS hiccup must not switch off a tenant's sending.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::domains::DomainStatus;
+use crate::engine::Engine;
+use crate::tenancy::Change;
+use crate::timefmt::now_ms;
+
+pub async fn run(engine: Arc<Engine>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        verify_pending(&engine).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Verifies every domain that is not enabled; returns how many changed.
+pub async fn verify_pending(engine: &Engine) -> usize {
+    let snapshot = engine.tenancy.snapshot();
+    let mut changed = 0;
+    for domain in snapshot.domains.values() {
+        if domain.status == DomainStatus::Enabled {
+            continue;
+        }
+        let mut checked = domain.clone();
+        crate::domains::verify(&engine.resolver, &mut checked, now_ms()).await;
+        if let Err(e) = engine.change(Change::PutDomain(checked.clone())) {
+            eprintln!(
+                "sendengine: could not store the verification of {}: {e}",
+                checked.domain
+            );
+            continue;
+        }
+        if checked.status != domain.status {
+            changed += 1;
+            eprintln!(
+                "sendengine: sender domain {} is now {:?}",
+                checked.domain, checked.status
+            );
+        }
+    }
+    changed
+}
