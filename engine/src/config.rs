@@ -258,6 +258,8 @@ struct RawConfig {
     dns_template: Vec<DnsTemplate>,
     #[serde(default)]
     sender_domain: Vec<RawDomainSeed>,
+    #[serde(default)]
+    dkim_key: Vec<crate::tenancy::dkim::DkimKeySeed>,
 }
 
 #[derive(Deserialize)]
@@ -539,6 +541,7 @@ impl RawConfig {
                 .iter()
                 .map(|d| (d.domain.clone(), d.owner.clone()))
                 .collect(),
+            dkim_keys: self.dkim_key.clone(),
         })
     }
 }

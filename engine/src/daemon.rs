@@ -49,6 +49,8 @@ pub enum StartError {
     Tls(String),
     #[error("configuration objects: {0}")]
     Tenancy(String),
+    #[error("{0}")]
+    Admin(#[from] crate::admin::AdminStartError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -88,6 +90,7 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
+        let started = std::time::Instant::now();
         let spool = open_spool(&config).await?;
         let events = match &config.events.path {
             Some(path) => EventLog::open(path).map_err(|source| StartError::Events {
@@ -130,6 +133,7 @@ impl Daemon {
                 failover_backoff: config.delivery.failover_backoff,
                 direct: config.direct.clone(),
                 resolver: resolver.clone(),
+                verp_secret: tenancy.secrets().derived("verp"),
             },
             recorder.clone(),
         );
@@ -155,10 +159,11 @@ impl Daemon {
                 })?;
             listeners.push(listener);
         }
-        let local_addrs = listeners
+        let local_addrs: Vec<std::net::SocketAddr> = listeners
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect();
+        let admin_listener = crate::admin::bind(&config.admin)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let max_connections = config.smtp_in.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
@@ -176,6 +181,18 @@ impl Daemon {
                 shutdown_rx.clone(),
             )),
         ];
+        if let Some(listener) = admin_listener {
+            let admin = Arc::new(crate::admin::AdminContext {
+                engine: engine.clone(),
+                started,
+                listeners: local_addrs.clone(),
+            });
+            tasks.push(tokio::spawn(crate::admin::serve(
+                listener,
+                admin,
+                shutdown_rx.clone(),
+            )));
+        }
         for listener in listeners {
             tasks.push(tokio::spawn(serve_listener(
                 listener,

@@ -51,6 +51,8 @@ pub struct Event {
     pub reply: Option<EventReply>,
     pub bounce_class: Option<String>,
     pub tls: Option<String>,
+    /// DKIM at reception: `signed d=... s=...` or why the message is unsigned.
+    pub dkim: Option<String>,
     pub attempt: u32,
     pub queue_time_ms: u64,
     pub size: usize,

@@ -7,6 +7,7 @@
 //! them to delivery servers with `smtp::client` and record each outcome in
 //! the spool and the `events` log. `daemon` wires it all and shuts it down.
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod deliver;

@@ -32,6 +32,7 @@ pub struct RouteSettings {
     pub failover_backoff: std::time::Duration,
     pub direct: DirectSection,
     pub resolver: Resolver,
+    pub verp_secret: [u8; 32],
 }
 
 /// Where a job goes.
@@ -68,6 +69,7 @@ impl Router {
             failover_backoff: settings.failover_backoff,
             recorder,
             failover,
+            verp_secret: Arc::new(settings.verp_secret),
         };
         let snapshot = tenancy.snapshot();
         let routes = snapshot

@@ -58,6 +58,7 @@ pub(crate) fn encode_envelope(
     }
     put_u64(&mut out, meta.received_at_ms);
     put_str(&mut out, &meta.client);
+    put_str(&mut out, &meta.return_path_domain);
     out
 }
 
@@ -84,6 +85,12 @@ pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         route: input.string()?,
         received_at_ms: input.u64()?,
         client: input.string()?,
+        // Added after the first records were written: optional at the end.
+        return_path_domain: if input.remaining() > 0 {
+            input.string()?
+        } else {
+            String::new()
+        },
     };
     input.finish()?;
     Ok(Envelope {
@@ -219,7 +226,19 @@ mod tests {
             route: "relay-1".into(),
             received_at_ms: 1_700_000_000_123,
             client: "192.0.2.7 mx.example".into(),
+            return_path_domain: "sl.example.com".into(),
         }
+    }
+
+    #[test]
+    fn envelopes_written_before_the_return_path_field_still_decode() {
+        let mut old = meta();
+        old.return_path_domain.clear();
+        let mut bytes = encode_envelope("a@b.c", &["x@y.z".into()], &old);
+        // The old form ended with the client field.
+        bytes.truncate(bytes.len() - 4);
+        let decoded = decode_envelope(&bytes).unwrap();
+        assert_eq!(decoded.meta, old);
     }
 
     #[test]
@@ -239,7 +258,9 @@ mod tests {
     #[test]
     fn every_truncation_of_an_envelope_is_an_error() {
         let bytes = encode_envelope("s@x", &["r@y".to_string()], &meta());
-        for len in 0..bytes.len() {
+        // Cut exactly before the optional last field is the older form.
+        let older_form = bytes.len() - 4 - meta().return_path_domain.len();
+        for len in (0..bytes.len()).filter(|&len| len != older_form) {
             assert!(
                 decode_envelope(&bytes[..len]).is_err(),
                 "prefix of {len} bytes"

@@ -15,6 +15,7 @@ mod error;
 mod id;
 mod message;
 mod quota;
+mod select;
 mod spool;
 mod store;
 mod writer;
@@ -27,4 +28,8 @@ pub use message::{
     StoredMessage,
 };
 pub use quota::{Quota, QuotaExceeded, Window};
+pub use select::{
+    MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,
+    SUSPENDED_DUE,
+};
 pub use spool::{Spool, SpoolStats};

@@ -27,6 +27,9 @@ pub struct MessageMeta {
     pub received_at_ms: u64,
     /// Peer address and HELO name, for events.
     pub client: String,
+    /// Where bounces go: MAIL FROM becomes a VERP address at this domain.
+    /// Empty: the sender's own return path is kept.
+    pub return_path_domain: String,
 }
 
 /// A message to spool: envelope plus the final wire bytes (CRLF, not dot-stuffed).

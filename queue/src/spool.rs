@@ -13,10 +13,11 @@ use crate::config::SpoolConfig;
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
+use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::writer::{
-    ClaimRequest, Completion, InsertRequest, ObjectWrite, RecordRequest, Request, Shared, Writer,
-    WriterSettings, now_ms, on_writer_thread,
+    ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectWrite, RecordRequest, Request,
+    Shared, Writer, WriterSettings, now_ms, on_writer_thread,
 };
 
 /// Name of the database file inside `SpoolConfig::dir`.
@@ -184,6 +185,46 @@ impl Spool {
     /// Every configuration object of `kind`, as (name, value), by name.
     pub fn objects(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
         self.inner.shared.read(|db| store::objects(db, kind))
+    }
+
+    /// Up to `limit` (at most `MAX_PAGE`) unfinished recipients matching
+    /// `filter`, in id order from `from`; continue with the page's `next`.
+    /// One page reads at most `MAX_PAGE` rows, so it may come back short
+    /// (even empty) with a `next` when the filter matches little.
+    pub fn queue_page(
+        &self,
+        filter: &QueueFilter,
+        from: Option<(MessageId, u32)>,
+        limit: usize,
+    ) -> Result<QueuePage, SpoolError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let now = now_ms();
+        self.inner
+            .shared
+            .read(|db| store::queue_page(db, filter, from, limit, MAX_PAGE, now))
+    }
+
+    /// Applies an operator's action to the given recipients (at most
+    /// `MAX_PAGE` per call, durably); returns per key whether it changed
+    /// anything. Recipients already gone are skipped, not errors.
+    pub fn queue_action(
+        &self,
+        action: QueueAction,
+        keys: Vec<(MessageId, u32)>,
+    ) -> Result<Vec<bool>, SpoolError> {
+        if keys.len() > MAX_PAGE {
+            return Err(SpoolError::Invalid(format!(
+                "{} recipients in one queue action; the limit is {MAX_PAGE} per call",
+                keys.len()
+            )));
+        }
+        self.wait_for(|done| self.submit(Request::Action(ActionRequest { action, keys, done })))
+    }
+
+    /// Unfinished recipients by status (queued, deferred, suspended, in flight).
+    pub fn queue_counts(&self) -> Result<QueueCounts, SpoolError> {
+        let now = now_ms();
+        self.inner.shared.read(|db| store::queue_counts(db, now))
     }
 
     /// How much of quota `name` is used in `window` now.

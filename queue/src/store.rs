@@ -28,6 +28,10 @@ use crate::error::SpoolError;
 use crate::id::MessageId;
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::quota::{Quota, QuotaExceeded, Window};
+use crate::select::{
+    QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,
+    SUSPENDED_DUE,
+};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
@@ -253,6 +257,34 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
+    /// Applies an operator's action to one recipient; returns whether it
+    /// changed anything (see `select.rs` for what each action skips).
+    pub(crate) fn apply_action(
+        &mut self,
+        action: QueueAction,
+        id: MessageId,
+        rcpt: u32,
+        now_ms: u64,
+    ) -> Result<bool, SpoolError> {
+        let Some(state) = self.recipient(id, rcpt)? else {
+            return Ok(false);
+        };
+        let suspended = !state.claimed && state.next_attempt_ms == SUSPENDED_DUE;
+        let new_due = match action {
+            QueueAction::Remove => {
+                self.finish_recipient(id, rcpt)?;
+                return Ok(true);
+            }
+            _ if state.claimed => return Ok(false),
+            QueueAction::Flush if !suspended && state.next_attempt_ms > now_ms => now_ms,
+            QueueAction::Suspend if !suspended => SUSPENDED_DUE,
+            QueueAction::Resume if suspended => now_ms,
+            _ => return Ok(false),
+        };
+        self.reschedule(id, rcpt, new_due, false)?;
+        Ok(true)
+    }
+
     fn finish_recipient(&mut self, id: MessageId, rcpt: u32) -> Result<(), SpoolError> {
         let Some(state) = self.recipient(id, rcpt)? else {
             return Ok(());
@@ -419,7 +451,12 @@ pub(crate) fn load(db: &Database, id: MessageId) -> Result<Option<StoredMessage>
 pub(crate) fn next_due_ms(db: &Database) -> Result<Option<u64>, SpoolError> {
     let txn = db.begin_read()?;
     let schedule = txn.open_table(SCHEDULE)?;
-    Ok(schedule.first()?.map(|(key, _)| key.value().0))
+    // Suspended recipients sit at the far end and are never due.
+    let first = schedule
+        .range(..(SUSPENDED_DUE, 0, 0))?
+        .next()
+        .transpose()?;
+    Ok(first.map(|(key, _)| key.value().0))
 }
 
 pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
@@ -475,4 +512,101 @@ pub(crate) fn objects(db: &Database, kind: &str) -> Result<Vec<(String, Vec<u8>)
         out.push((name.to_owned(), value.value().to_vec()));
     }
     Ok(out)
+}
+
+/// One page of unfinished recipients matching `filter`, in key order,
+/// starting at `from`. At most `scan_limit` rows are read, so a filter
+/// that matches little still answers in bounded time; `next` says where
+/// to go on.
+pub(crate) fn queue_page(
+    db: &Database,
+    filter: &QueueFilter,
+    from: Option<(MessageId, u32)>,
+    limit: usize,
+    scan_limit: usize,
+    now_ms: u64,
+) -> Result<QueuePage, SpoolError> {
+    let txn = db.begin_read()?;
+    let recipients = txn.open_table(RECIPIENTS)?;
+    let messages = txn.open_table(MESSAGES)?;
+    let rows = match from {
+        Some((id, rcpt)) => recipients.range((id, rcpt)..)?,
+        None => recipients.range::<(u64, u32)>(..)?,
+    };
+    let mut page = QueuePage::default();
+    let mut envelope: Option<(MessageId, crate::codec::Envelope)> = None;
+    for (scanned, row) in rows.enumerate() {
+        let (key, value) = row?;
+        let (id, rcpt) = key.value();
+        if scanned == scan_limit || page.recipients.len() == limit {
+            page.next = Some((id, rcpt));
+            break;
+        }
+        if envelope.as_ref().is_none_or(|(cached, _)| *cached != id) {
+            let Some(stored) = messages.get(id)? else {
+                continue;
+            };
+            let decoded = decode_envelope(stored.value()).map_err(|DecodeError(reason)| {
+                SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
+            })?;
+            envelope = Some((id, decoded));
+        }
+        let Some((_, env)) = envelope.as_ref() else {
+            continue;
+        };
+        let address = env.recipients.get(rcpt as usize).map_or("", String::as_str);
+        if !filter.matches(id, address, &env.meta) {
+            continue;
+        }
+        let state = RecipientState::decode(value.value())
+            .map_err(|err| corrupt_recipient(id, rcpt, err))?;
+        page.recipients.push(QueuedRecipient {
+            id,
+            rcpt,
+            address: address.to_owned(),
+            mail_from: env.mail_from.clone(),
+            meta: env.meta.clone(),
+            attempts: state.attempts,
+            next_attempt_ms: state.next_attempt_ms,
+            status: status_of(&state, now_ms),
+        });
+    }
+    Ok(page)
+}
+
+fn status_of(state: &RecipientState, now_ms: u64) -> RecipientStatus {
+    if state.claimed {
+        RecipientStatus::InFlight
+    } else if state.next_attempt_ms == SUSPENDED_DUE {
+        RecipientStatus::Suspended
+    } else if state.next_attempt_ms > now_ms {
+        RecipientStatus::Deferred
+    } else {
+        RecipientStatus::Queued
+    }
+}
+
+/// Recipient counts by status, from the schedule index alone.
+pub(crate) fn queue_counts(db: &Database, now_ms: u64) -> Result<QueueCounts, SpoolError> {
+    let txn = db.begin_read()?;
+    let schedule = txn.open_table(SCHEDULE)?;
+    let count = |range: redb::Range<'_, (u64, u64, u32), ()>| -> Result<u64, SpoolError> {
+        let mut n = 0;
+        for entry in range {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    };
+    let due_end = (now_ms.saturating_add(1), 0, 0);
+    let queued = count(schedule.range(..due_end)?)?;
+    let deferred = count(schedule.range(due_end..(SUSPENDED_DUE, 0, 0))?)?;
+    let suspended = count(schedule.range((SUSPENDED_DUE, 0, 0)..)?)?;
+    let total = txn.open_table(RECIPIENTS)?.len()?;
+    Ok(QueueCounts {
+        queued,
+        deferred,
+        suspended,
+        in_flight: total.saturating_sub(queued + deferred + suspended),
+    })
 }

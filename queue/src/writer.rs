@@ -23,6 +23,7 @@ use redb::Database;
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, Outcome};
+use crate::select::QueueAction;
 use crate::store::{self, EncodedMessage, WriteTables};
 pub(crate) use ObjectRequest as ObjectWrite;
 
@@ -49,6 +50,14 @@ pub(crate) struct ObjectRequest {
     pub(crate) done: Completion<bool>,
 }
 
+/// An operator's action on chosen recipients; the completion gets, per
+/// key, whether it changed anything.
+pub(crate) struct ActionRequest {
+    pub(crate) action: QueueAction,
+    pub(crate) keys: Vec<(MessageId, u32)>,
+    pub(crate) done: Completion<Vec<bool>>,
+}
+
 pub(crate) struct ClaimRequest {
     pub(crate) now_ms: u64,
     pub(crate) limit: usize,
@@ -61,6 +70,7 @@ pub(crate) enum Request {
     Record(RecordRequest),
     Claim(ClaimRequest),
     Object(ObjectRequest),
+    Action(ActionRequest),
     Compact(Completion<bool>),
 }
 
@@ -79,6 +89,7 @@ impl Request {
             Request::Record(r) => complete(r.done, Err(err)),
             Request::Claim(r) => complete(r.done, Err(err)),
             Request::Object(r) => complete(r.done, Err(err)),
+            Request::Action(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
     }
@@ -411,6 +422,14 @@ fn write_batch(
         for o in &writes.objects {
             objects.push(tables.put_object(&o.kind, &o.name, o.value.as_deref())?);
         }
+        let mut acted = Vec::with_capacity(writes.actions.len());
+        for request in &writes.actions {
+            let mut changed = Vec::with_capacity(request.keys.len());
+            for &(id, rcpt) in &request.keys {
+                changed.push(tables.apply_action(request.action, id, rcpt, now)?);
+            }
+            acted.push(changed);
+        }
         let mut claimed = Vec::with_capacity(writes.claims.len());
         for claim in &writes.claims {
             claimed.push(tables.claim_due(claim.now_ms, claim.limit)?);
@@ -418,6 +437,7 @@ fn write_batch(
         Results {
             inserted,
             objects,
+            acted,
             claimed,
         }
     };
@@ -459,6 +479,7 @@ impl Batch {
             Request::Record(record) => self.writes.records.push(record),
             Request::Claim(claim) => self.writes.claims.push(claim),
             Request::Object(object) => self.writes.objects.push(object),
+            Request::Action(action) => self.writes.actions.push(action),
             Request::Compact(done) => self.compactions.push(done),
         }
     }
@@ -476,6 +497,7 @@ struct Writes {
     inserts: Vec<InsertRequest>,
     records: Vec<RecordRequest>,
     objects: Vec<ObjectRequest>,
+    actions: Vec<ActionRequest>,
     claims: Vec<ClaimRequest>,
 }
 
@@ -484,12 +506,17 @@ struct Writes {
 struct Results {
     inserted: Vec<Result<MessageId, SpoolError>>,
     objects: Vec<bool>,
+    acted: Vec<Vec<bool>>,
     claimed: Vec<Vec<Claimed>>,
 }
 
 impl Writes {
     fn len(&self) -> usize {
-        self.inserts.len() + self.records.len() + self.objects.len() + self.claims.len()
+        self.inserts.len()
+            + self.records.len()
+            + self.objects.len()
+            + self.actions.len()
+            + self.claims.len()
     }
 
     fn is_empty(&self) -> bool {
@@ -506,7 +533,10 @@ impl Writes {
     /// Claims alone need no fdatasync: if they are lost in a crash, recovery
     /// would have scheduled those recipients again anyway.
     fn needs_durability(&self) -> bool {
-        !self.inserts.is_empty() || !self.records.is_empty() || !self.objects.is_empty()
+        !self.inserts.is_empty()
+            || !self.records.is_empty()
+            || !self.objects.is_empty()
+            || !self.actions.is_empty()
     }
 
     fn complete(self, results: Results) {
@@ -518,6 +548,9 @@ impl Writes {
         }
         for (object, existed) in self.objects.into_iter().zip(results.objects) {
             complete(object.done, Ok(existed));
+        }
+        for (action, changed) in self.actions.into_iter().zip(results.acted) {
+            complete(action.done, Ok(changed));
         }
         for (claim, claimed) in self.claims.into_iter().zip(results.claimed) {
             complete(claim.done, Ok(claimed));
@@ -533,6 +566,9 @@ impl Writes {
         }
         for object in self.objects {
             complete(object.done, Err(err.clone()));
+        }
+        for action in self.actions {
+            complete(action.done, Err(err.clone()));
         }
         for claim in self.claims {
             complete(claim.done, Err(err.clone()));

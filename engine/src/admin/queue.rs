@@ -310,6 +310,7 @@ fn admin_event(r: &QueuedRecipient, verb: &str) -> Event {
         }),
         bounce_class: Some(class.into()),
         tls: None,
+        dkim: None,
         attempt: r.attempts,
         queue_time_ms: now.saturating_sub(r.meta.received_at_ms),
         size: 0,

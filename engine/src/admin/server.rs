@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -21,6 +22,10 @@ use crate::config::AdminSection;
 
 /// Most admin clients connected at once; more wait to be accepted.
 pub const MAX_CLIENTS: usize = 64;
+/// A client silent this long is disconnected, giving its slot back.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A client that does not read its response for this long is disconnected.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminStartError {
@@ -149,7 +154,7 @@ pub async fn serve(
             }
             Err(e) => {
                 eprintln!("sendengine: admin socket accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -164,7 +169,9 @@ async fn serve_client(stream: UnixStream, ctx: &Arc<AdminContext>) {
     let mut reader = BufReader::with_capacity(64 * 1024, read);
     let mut line = Vec::new();
     loop {
-        let result = match read_frame(&mut reader, &mut line).await {
+        let frame = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut reader, &mut line)).await;
+        let Ok(frame) = frame else { return };
+        let result = match frame {
             Ok(None) | Err(_) => return,
             Ok(Some(Frame::TooLarge)) => Err(AdminError::new(
                 "too_large",
@@ -176,7 +183,9 @@ async fn serve_client(stream: UnixStream, ctx: &Arc<AdminContext>) {
                 Err(e) => Err(e),
             },
         };
-        if write.write_all(&response_line(&result)).await.is_err() {
+        let response = response_line(&result);
+        let written = tokio::time::timeout(WRITE_TIMEOUT, write.write_all(&response)).await;
+        if !matches!(written, Ok(Ok(()))) {
             return;
         }
     }

@@ -44,7 +44,12 @@ pub struct RouteContext {
     pub failover_backoff: Duration,
     pub recorder: Recorder,
     pub failover: mpsc::UnboundedSender<Failover>,
+    /// Key of the HMAC in VERP tags.
+    pub verp_secret: Arc<[u8; 32]>,
 }
+
+/// The local part of VERP return paths: `bounces+TAG@domain`.
+pub const VERP_LOCAL: &str = "bounces";
 
 /// Where a direct-delivery site's mail goes: the MX hosts of `domain`.
 pub struct MxTarget {
@@ -211,13 +216,19 @@ impl Route {
 
     /// Queues a job whose place was reserved with `ready.try_reserve()`.
     pub fn push_reserved(self: &Arc<Self>, job: Job) {
-        self.ready.push_reserved(job);
+        let mut parts = per_transaction(job).into_iter();
+        if let Some(first) = parts.next() {
+            self.ready.push_reserved(first);
+        }
+        parts.for_each(|part| self.ready.push(part));
         self.start_worker_if_needed();
     }
 
     /// Queues a job from the scheduler or the router.
     pub fn push(self: &Arc<Self>, job: Job) {
-        self.ready.push(job);
+        per_transaction(job)
+            .into_iter()
+            .for_each(|part| self.ready.push(part));
         self.start_worker_if_needed();
     }
 
@@ -323,7 +334,7 @@ async fn worker(route: Arc<Route>) {
                 }
             },
         };
-        let result = attempt(&mut c, &job).await;
+        let result = attempt(&mut c, &job, &route.ctx.verp_secret).await;
         let remote = Some(c.remote().to_owned());
         match result {
             Ok(replies) => {
@@ -350,19 +361,48 @@ async fn worker(route: Arc<Route>) {
     }
 }
 
+/// With VERP the envelope sender differs per recipient, so each recipient
+/// gets a transaction (and a job) of its own; connections are still reused.
+fn per_transaction(job: Job) -> Vec<Job> {
+    if job.message.meta.return_path_domain.is_empty() || job.rcpts.len() < 2 {
+        return vec![job];
+    }
+    job.rcpts
+        .iter()
+        .map(|&rcpt| Job {
+            rcpts: vec![rcpt],
+            ..job.clone()
+        })
+        .collect()
+}
+
+/// MAIL FROM for the job: the VERP return path that ties a bounce to the
+/// message and recipient, or the sender's own (a null sender stays null).
+fn mail_from(job: &Job, secret: &[u8; 32]) -> String {
+    let msg = &job.message;
+    if msg.meta.return_path_domain.is_empty() || msg.mail_from.is_empty() {
+        return msg.mail_from.clone();
+    }
+    let rcpt = job.rcpts.first().map(|&(i, _)| i).unwrap_or(0);
+    let tag = sendengine_bounces::verp::encode(msg.id, rcpt, secret);
+    sendengine_bounces::verp::return_path(VERP_LOCAL, &tag, &msg.meta.return_path_domain)
+}
+
 /// One transaction for the job's recipients on an open connection.
 fn attempt<'a>(
     c: &'a mut Connection,
     job: &'a Job,
+    secret: &[u8; 32],
 ) -> impl std::future::Future<Output = Result<Vec<Reply>, SessionError>> + Send + 'a {
     let rcpts: Vec<&'a str> = job
         .rcpts
         .iter()
         .map(|&(i, _)| job.message.recipients[i as usize].as_str())
         .collect();
+    let sender = mail_from(job, secret);
     async move {
         let envelope = Envelope {
-            mail_from: &job.message.mail_from,
+            mail_from: &sender,
             recipients: &rcpts,
         };
         c.send(&envelope, &job.message.body).await

@@ -196,6 +196,7 @@ pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
         reply: None,
         bounce_class: None,
         tls: None,
+        dkim: None,
         attempt: 0,
         queue_time_ms: 0,
         size: msg.body.len(),

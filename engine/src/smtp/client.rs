@@ -19,6 +19,9 @@ use std::time::Duration;
 
 pub use capabilities::Capabilities;
 pub use reply::{MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine};
+/// The client's TLS handshake (aws-lc-rs; webpki roots, or any certificate
+/// when `verify` is false); `server test` uses it step by step.
+pub use tls::handshake as tls_handshake;
 
 use transport::Transport;
 

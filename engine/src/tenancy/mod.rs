@@ -7,6 +7,7 @@
 //! `Tenancy`. A change validates the whole new set before it is stored and
 //! swapped in; work in flight keeps the snapshot it started with.
 
+pub mod dkim;
 pub mod model;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ const GROUP: &str = "group";
 const USER: &str = "user";
 const TEMPLATE: &str = "template";
 const DOMAIN: &str = "domain";
+const DKIM: &str = "dkim";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TenancyError {
@@ -54,6 +56,7 @@ pub struct Seeds {
     pub templates: Vec<DnsTemplate>,
     /// (domain, owner): created from the owner's group template if missing.
     pub domains: Vec<(String, String)>,
+    pub dkim_keys: Vec<dkim::DkimKeySeed>,
 }
 
 /// One consistent view of every object.
@@ -66,6 +69,10 @@ pub struct Tenancy {
     pub templates: HashMap<String, DnsTemplate>,
     /// By domain name.
     pub domains: HashMap<String, SenderDomain>,
+    /// DKIM keys by domain, as stored (keys sealed).
+    pub dkim: HashMap<String, dkim::DkimDomain>,
+    /// Signers and DNS records by domain, built from `dkim`.
+    pub signing: HashMap<String, dkim::DomainSigning>,
     implicit_group: Option<Arc<UserGroup>>,
 }
 
@@ -118,6 +125,7 @@ struct Objects {
     users: BTreeMap<String, User>,
     templates: BTreeMap<String, DnsTemplate>,
     domains: BTreeMap<String, SenderDomain>,
+    dkim: BTreeMap<String, dkim::DkimDomain>,
 }
 
 /// One change to the objects, as the admin socket or the seeds ask it.
@@ -133,6 +141,8 @@ pub enum Change {
     DeleteTemplate(String),
     PutDomain(SenderDomain),
     DeleteDomain(String),
+    PutDkim(dkim::DkimDomain),
+    DeleteDkim(String),
 }
 
 /// What a read shows in place of a secret.
@@ -182,6 +192,9 @@ impl TenancyStore {
         for change in changes {
             self.apply(change)?;
         }
+        for seed in &seeds.dkim_keys {
+            self.seed_dkim_key(seed)?;
+        }
         for (domain, owner) in &seeds.domains {
             let exists = self
                 .snapshot()
@@ -194,6 +207,37 @@ impl TenancyStore {
             }
         }
         Ok(())
+    }
+
+    /// Adds a seeded DKIM key unless its domain already has that selector.
+    fn seed_dkim_key(&self, seed: &dkim::DkimKeySeed) -> Result<(), TenancyError> {
+        let domain = seed.domain.to_ascii_lowercase();
+        let selector = seed.selector();
+        let mut keys = self
+            .snapshot()
+            .dkim
+            .get(&domain)
+            .cloned()
+            .unwrap_or(dkim::DkimDomain {
+                domain: domain.clone(),
+                keys: Vec::new(),
+            });
+        if keys.keys.iter().any(|k| k.selector == selector) {
+            return Ok(());
+        }
+        let private_key = seed
+            .private_key_pem()
+            .map_err(|message| TenancyError::Invalid {
+                kind: DKIM,
+                name: domain.clone(),
+                message,
+            })?;
+        keys.keys.push(dkim::StoredKey {
+            selector,
+            private_key,
+            active: true,
+        });
+        self.apply(Change::PutDkim(keys))
     }
 
     /// A new sender domain of `owner`, its records drawn from the owner's
@@ -331,6 +375,20 @@ impl TenancyStore {
                     .ok_or_else(|| missing(DOMAIN, &name))?;
                 (DOMAIN, name, None)
             }
+            Change::PutDkim(keys) => {
+                let keys = keys.sealed(&self.secrets);
+                let out = (DKIM, keys.domain.clone(), json(&keys));
+                objects.dkim.insert(keys.domain.clone(), keys);
+                out
+            }
+            Change::DeleteDkim(name) => {
+                let name = name.to_ascii_lowercase();
+                objects
+                    .dkim
+                    .remove(&name)
+                    .ok_or_else(|| missing(DKIM, &name))?;
+                (DKIM, name, None)
+            }
         })
     }
 
@@ -379,6 +437,7 @@ impl TenancyStore {
             users: self.load_kind(USER)?,
             templates: self.load_kind(TEMPLATE)?,
             domains: self.load_kind(DOMAIN)?,
+            dkim: self.load_kind(DKIM)?,
         })
     }
 
@@ -442,6 +501,13 @@ impl TenancyStore {
         }
         tenancy.templates = objects.templates.clone().into_iter().collect();
         tenancy.domains = objects.domains.clone().into_iter().collect();
+        for (name, keys) in &objects.dkim {
+            let signing = keys
+                .build(&self.secrets)
+                .map_err(|message| invalid(DKIM, name, message))?;
+            tenancy.signing.insert(name.clone(), signing);
+        }
+        tenancy.dkim = objects.dkim.clone().into_iter().collect();
         Ok(tenancy)
     }
 

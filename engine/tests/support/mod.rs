@@ -153,7 +153,9 @@ pub struct DaemonConfig {
     pub extra_delivery: String,
     pub extra_server: String,
     pub extra_top: String,
-    /// Everything but `hostname`, `[spool]` and `[events]`, which are
+    /// Lines of the `[admin]` section after `socket`.
+    pub extra_admin: String,
+    /// Everything but `hostname`, `[spool]`, `[events]` and `[admin]`, which are
     /// filled in; replaces the other fields when set.
     pub custom: Option<String>,
 }
@@ -168,6 +170,7 @@ impl DaemonConfig {
             extra_delivery: "retry_schedule = [\"1s\"]\n".into(),
             extra_server: String::new(),
             extra_top: String::new(),
+            extra_admin: String::new(),
             custom: None,
         }
     }
@@ -183,8 +186,9 @@ impl DaemonConfig {
     fn render(&self, dir: &Path) -> String {
         if let Some(custom) = &self.custom {
             return format!(
-                "hostname = \"mta.test\"\n[spool]\ndir = \"{d}/spool\"\n[events]\npath = \"{d}/events.jsonl\"\n{custom}",
-                d = dir.display()
+                "hostname = \"mta.test\"\n[spool]\ndir = \"{d}/spool\"\n[events]\npath = \"{d}/events.jsonl\"\n[admin]\nsocket = \"{d}/admin.sock\"\n{admin}\n{custom}",
+                d = dir.display(),
+                admin = self.extra_admin,
             );
         }
         let nets: Vec<String> = self
@@ -206,6 +210,9 @@ max_message_size = "1MB"
 {delivery}
 [events]
 path = "{dir}/events.jsonl"
+[admin]
+socket = "{dir}/admin.sock"
+{admin}
 [[delivery_server]]
 name = "test-sink"
 host = "127.0.0.1"
@@ -217,6 +224,7 @@ max_messages_per_connection = 100
 {server}
 "#,
             top = self.extra_top,
+            admin = self.extra_admin,
             dir = dir.display(),
             port = self.listen_port,
             nets = nets.join(", "),
@@ -254,6 +262,11 @@ impl Daemon {
             child: Some(child),
             stderr,
         }
+    }
+
+    /// The admin socket every test configuration sets.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
     }
 
     pub fn events_path(&self) -> PathBuf {

@@ -45,6 +45,7 @@ pub fn message(seed: u64, recipients: usize, body_len: usize) -> NewMessage {
             route: "relay-eu".into(),
             received_at_ms: 1_700_000_000_000 + seed,
             client: "192.0.2.1 client.example".into(),
+            return_path_domain: "sl.example.com".into(),
         },
         quotas: Vec::new(),
     }

@@ -1,0 +1,598 @@
+//! The admin socket and `sendctl` against the real daemon, real sinks and
+//! real Unix sockets: malformed input, live configuration (kept across a
+//! restart), secrets shown as "(set)", exit codes, status, server tests
+//! step by step, and the queue commands with the sink down.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Daemon, DaemonConfig, Sink, free_port, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn sendctl_in(daemon: &Daemon, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .arg("--socket")
+        .arg(daemon.admin_socket())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sendctl");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn sendctl(daemon: &Daemon, args: &[&str]) -> Output {
+    sendctl_in(daemon, args, None)
+}
+
+/// `sendctl --json ...`, which must succeed; its result.
+fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = sendctl(daemon, &all);
+    assert!(
+        out.status.success(),
+        "sendctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sendctl --json prints JSON")
+}
+
+/// Sends one message with smtplib from the relay network.
+fn send(daemon: &Daemon, rcpt: &str, headers: &str) {
+    let script = r#"
+import smtplib, sys
+host, port, rcpt, headers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+msg = "From: a@example.com\r\nTo: %s\r\nSubject: admin test\r\n%s\r\nHello.\r\n" % (rcpt, headers.replace("|", "\r\n"))
+with smtplib.SMTP(host, port, timeout=30) as s:
+    s.sendmail("a@example.com", [rcpt], msg)
+"#;
+    let out = support::python(
+        script,
+        &[
+            daemon.addr.ip().to_string(),
+            daemon.addr.port().to_string(),
+            rcpt.into(),
+            headers.into(),
+        ],
+    )
+    .expect("python3 is required for the integration tests");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn connect(daemon: &Daemon) -> (BufReader<UnixStream>, UnixStream) {
+    let stream = UnixStream::connect(daemon.admin_socket()).expect("connect to the admin socket");
+    stream
+        .set_read_timeout(Some(LONG))
+        .expect("set a read timeout");
+    (BufReader::new(stream.try_clone().unwrap()), stream)
+}
+
+/// Writes raw bytes (a newline is added) and reads one response line.
+fn exchange(reader: &mut BufReader<UnixStream>, writer: &mut UnixStream, raw: &[u8]) -> Value {
+    writer.write_all(raw).unwrap();
+    writer.write_all(b"\n").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a response line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("response {line:?}: {e}"))
+}
+
+#[test]
+fn malformed_requests_get_errors_and_the_connection_and_daemon_stay() {
+    let sink = Sink::start(&[]);
+    let mut config = DaemonConfig::new(sink.addr.port());
+    // Our own group: the one group a test may hand a file to.
+    let gid = tempfile::tempfile().unwrap().metadata().unwrap().gid();
+    config.extra_admin = format!("mode = \"0600\"\ngroup = \"{gid}\"\n");
+    let daemon = Daemon::start(config);
+    let meta = std::fs::metadata(daemon.admin_socket()).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "socket mode as configured"
+    );
+    assert_eq!(meta.gid(), gid);
+
+    let (mut reader, mut writer) = connect(&daemon);
+    let huge = format!(
+        "{{\"cmd\": \"hello\", \"args\": {{\"x\": \"{}\"}}}}",
+        "a".repeat(2 << 20)
+    );
+    let bad: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json".to_vec(), "bad_json"),
+        (b"\x00\x01\x02\xff\xfe garbage".to_vec(), "bad_json"),
+        (huge.into_bytes(), "too_large"),
+        (b"[1, 2, 3]".to_vec(), "bad_args"),
+        (b"\"hello\"".to_vec(), "bad_args"),
+        (b"{}".to_vec(), "bad_args"),
+        (br#"{"cmd": 42}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "hello", "args": "x"}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "hello", "extra": 1}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "no.such"}"#.to_vec(), "unknown_command"),
+        (br#"{"cmd": "server.frobnicate"}"#.to_vec(), "unknown_command"),
+        (br#"{"cmd": "server.get"}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "server.get", "args": {"name": 7}}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "server.get", "args": {"name": "nope"}}"#.to_vec(), "not_found"),
+        (br#"{"cmd": "server.put", "args": {"name": "x"}}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "server.put", "args": {"name": "x", "host": "h", "port": 70000}}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "server.put", "args": {"name": "x", "host": " "}}"#.to_vec(), "invalid"),
+        (br#"{"cmd": "group.put", "args": {"name": "g", "marketing": ["missing"], "transactional": ["missing"], "autoresponder": ["missing"]}}"#.to_vec(), "invalid"),
+        (br#"{"cmd": "queue.list", "args": {"limit": "ten"}}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "queue.inspect", "args": {"id": "zz"}}"#.to_vec(), "bad_args"),
+        (br#"{"cmd": "queue.delete"}"#.to_vec(), "bad_args"),
+    ];
+    for (raw, code) in &bad {
+        let response = exchange(&mut reader, &mut writer, raw);
+        assert_eq!(response["ok"], false, "{response}");
+        assert_eq!(response["error"]["code"], *code, "{response}");
+        assert!(
+            response["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Errors name the field at fault.
+    let port = exchange(
+        &mut reader,
+        &mut writer,
+        br#"{"cmd": "server.put", "args": {"name": "x", "host": "h", "port": 70000}}"#,
+    );
+    assert!(
+        port["error"]["message"].as_str().unwrap().contains("70000"),
+        "{port}"
+    );
+    let missing = exchange(
+        &mut reader,
+        &mut writer,
+        br#"{"cmd": "server.put", "args": {"name": "x"}}"#,
+    );
+    assert!(
+        missing["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("host"),
+        "{missing}"
+    );
+
+    let hello = exchange(&mut reader, &mut writer, br#"{"cmd": "hello"}"#);
+    assert_eq!(hello["ok"], true);
+    assert_eq!(hello["result"]["protocol"], 1);
+
+    // Many clients at once, while the first connection stays open.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (mut r, mut w) = connect(&daemon);
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| exchange(&mut r, &mut w, br#"{"cmd": "status"}"#))
+                    .all(|v| v["ok"] == true)
+            })
+        })
+        .collect();
+    for client in clients {
+        assert!(client.join().unwrap());
+    }
+    // The daemon still takes mail.
+    send(&daemon, "still@example.net", "");
+    sink.wait_messages(1, LONG);
+}
+
+fn two_sink_config(first: &Sink) -> DaemonConfig {
+    let config = format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\ndefault_user = \"alice\"\n\
+         [delivery]\nretry_schedule = [\"1s\"]\n\
+         [[delivery_server]]\nname = \"first\"\nhost = \"127.0.0.1\"\nport = {}\ntimeout = \"5s\"\n",
+        first.addr.port()
+    );
+    DaemonConfig::custom(&config)
+}
+
+#[test]
+fn objects_pushed_with_sendctl_route_mail_live_and_survive_a_restart() {
+    let first = Sink::start(&[]);
+    let second = Sink::start(&["--auth", "relayuser:relaypass"]);
+    let mut daemon = Daemon::start(two_sink_config(&first));
+
+    send(&daemon, "before@example.net", "");
+    first.wait_messages(1, LONG);
+
+    let server = json!({
+        "name": "second", "host": "127.0.0.1", "port": second.addr.port(),
+        "timeout": "5s", "auth": {"username": "relayuser", "password": "relaypass"},
+    });
+    let put = sendctl_in(&daemon, &["server", "put"], Some(&server.to_string()));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    ctl(
+        &daemon,
+        &["group", "put", "--name", "vip", "--servers", "second"],
+    );
+    ctl(
+        &daemon,
+        &[
+            "user",
+            "put",
+            "--name",
+            "alice",
+            "--group",
+            "vip",
+            "--password",
+            "s3cret",
+        ],
+    );
+
+    // Secrets are write-only.
+    let shown = ctl(&daemon, &["server", "get", "second"]);
+    assert_eq!(shown["auth"]["password"], "(set)");
+    assert_eq!(shown["auth"]["username"], "relayuser");
+    let user = ctl(&daemon, &["user", "get", "alice"]);
+    assert_eq!(user["password"], "(set)");
+    assert!(user.get("password_hash").is_none(), "{user}");
+    // Putting it back as read keeps the stored password: mail still authenticates.
+    let resent = sendctl_in(&daemon, &["server", "put"], Some(&shown.to_string()));
+    assert!(resent.status.success());
+
+    send(&daemon, "after@example.net", "");
+    let at_second = second.wait_messages(1, LONG);
+    assert_eq!(at_second[0]["auth"], "relayuser", "{}", at_second[0]);
+    assert_eq!(first.messages().len(), 1, "the new group's server took it");
+
+    // Deleting a server a group uses is refused, naming the group.
+    let refused = sendctl(&daemon, &["server", "delete", "second"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("vip"));
+
+    daemon.stop();
+    daemon.restart();
+    let names: Vec<Value> = ctl(&daemon, &["server", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert!(names.contains(&json!("second")), "{names:?}");
+    send(&daemon, "restarted@example.net", "");
+    second.wait_messages(2, LONG);
+    assert_eq!(first.messages().len(), 1);
+}
+
+#[test]
+fn sendctl_exit_codes_tables_and_json() {
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+
+    let usage = sendctl(&daemon, &["frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("usage:"));
+    let missing = sendctl(&daemon, &["server", "get"]);
+    assert_eq!(missing.status.code(), Some(2));
+
+    let not_found = sendctl(&daemon, &["server", "get", "nope"]);
+    assert_eq!(not_found.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&not_found.stderr);
+    assert!(
+        stderr.contains("not_found") && stderr.contains("nope"),
+        "{stderr}"
+    );
+    assert!(not_found.stdout.is_empty());
+
+    let table = sendctl(&daemon, &["server", "list"]);
+    assert_eq!(table.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(text.contains("test-sink"), "{text}");
+
+    let json = ctl(&daemon, &["server", "list"]);
+    assert_eq!(json[0]["name"], "test-sink");
+
+    let nowhere = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .args(["--socket", "/nonexistent/admin.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(1));
+}
+
+#[test]
+fn status_shows_listeners_queue_and_routes() {
+    let sink = Sink::start(&[]);
+    let mut daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    send(&daemon, "s@example.net", "");
+    sink.wait_messages(1, LONG);
+    let status = ctl(&daemon, &["status"]);
+    assert_eq!(status["listeners"][0], daemon.addr.to_string());
+    assert!(status["uptime_seconds"].is_u64());
+    assert!(status["spool_bytes"].as_u64().unwrap() > 0);
+    assert!(status["memory_rss_bytes"].as_u64().unwrap() > 0);
+    for key in ["queued", "deferred", "suspended", "in_flight"] {
+        assert!(status["queue"][key].is_u64(), "{key}: {status}");
+    }
+    let route = &status["routes"][0];
+    assert_eq!(route["name"], "test-sink");
+    assert_eq!(route["max_connections"], 5);
+    let text = String::from_utf8_lossy(&sendctl(&daemon, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("ROUTE") && text.contains("test-sink"),
+        "{text}"
+    );
+
+    // A socket file left by a killed daemon does not stop the next one.
+    daemon.kill9();
+    assert!(daemon.admin_socket().exists());
+    daemon.restart();
+    assert_eq!(ctl(&daemon, &["hello"])["protocol"], 1);
+}
+
+fn put_server(daemon: &Daemon, name: &str, sink: &Sink, password: &str) {
+    let spec = json!({
+        "name": name, "host": "127.0.0.1", "port": sink.addr.port(), "timeout": "5s",
+        "auth": {"username": "u", "password": password},
+    });
+    let out = sendctl_in(daemon, &["server", "put"], Some(&spec.to_string()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn server_test_reports_every_step_and_the_failing_one() {
+    let good = Sink::start(&["--auth", "u:right"]);
+    let refusing = Sink::start(&[
+        "--auth",
+        "u:right",
+        "--fault",
+        "rcpt=550 5.1.1 no such user",
+    ]);
+    let daemon = Daemon::start(DaemonConfig::new(good.addr.port()));
+    put_server(&daemon, "good", &good, "right");
+    put_server(&daemon, "badauth", &good, "wrong");
+    put_server(&daemon, "badrcpt", &refusing, "right");
+
+    let ok = ctl(
+        &daemon,
+        &["server", "test", "good", "--to", "check@example.net"],
+    );
+    assert_eq!(ok["ok"], true, "{ok}");
+    let steps: Vec<&str> = ok["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "connect",
+            "greeting",
+            "EHLO",
+            "AUTH",
+            "MAIL FROM",
+            "RCPT TO",
+            "DATA",
+            "end of data",
+            "QUIT"
+        ]
+    );
+    assert!(
+        ok["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["ok"] == true)
+    );
+    good.wait_messages(1, LONG);
+
+    // Without --to nothing is sent: RSET after RCPT.
+    let dry = ctl(&daemon, &["server", "test", "good"]);
+    assert_eq!(dry["ok"], true, "{dry}");
+    assert!(
+        dry["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "RSET")
+    );
+
+    let auth = ctl(&daemon, &["server", "test", "badauth"]);
+    assert_eq!(auth["ok"], false);
+    assert_eq!(auth["failed_step"], "AUTH", "{auth}");
+    let auth_step = auth["steps"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        auth_step["reply"].as_str().unwrap().starts_with("535"),
+        "{auth_step}"
+    );
+
+    let rcpt = ctl(
+        &daemon,
+        &["server", "test", "badrcpt", "--to", "x@example.net"],
+    );
+    assert_eq!(rcpt["failed_step"], "RCPT TO", "{rcpt}");
+    let human = String::from_utf8_lossy(&sendctl(&daemon, &["server", "test", "badrcpt"]).stdout)
+        .into_owned();
+    assert!(
+        human.contains("FAILED at RCPT TO") && human.contains("550"),
+        "{human}"
+    );
+
+    // The result is kept on the server.
+    let stored = ctl(&daemon, &["server", "get", "badauth"]);
+    assert_eq!(stored["last_test"]["failed_step"], "AUTH", "{stored}");
+    assert_eq!(
+        good.messages().len(),
+        1,
+        "only the --to test sent a message"
+    );
+}
+
+fn queue_rows(daemon: &Daemon, filter: &[&str]) -> Vec<Value> {
+    let mut args = vec!["queue", "list"];
+    args.extend_from_slice(filter);
+    ctl(daemon, &args).as_array().unwrap().clone()
+}
+
+#[test]
+fn queue_list_inspect_suspend_delete_flush_resume_with_the_sink_down() {
+    let port = free_port();
+    let mut config = DaemonConfig::new(port);
+    config.extra_delivery = "retry_schedule = [\"1h\"]\nfailover_backoff = \"1s\"\n".into();
+    let daemon = Daemon::start(config);
+    send(&daemon, "a@example.net", "X-Campaign-Id: alpha|");
+    send(&daemon, "b@example.net", "X-Campaign-Id: beta|");
+    send(&daemon, "c@example.org", "X-Campaign-Id: gamma|");
+    daemon.wait_events("transient_failure", 3, LONG);
+    wait_for(LONG, "three deferred recipients", || {
+        let rows = queue_rows(&daemon, &[]);
+        (rows.len() == 3 && rows.iter().all(|r| r["status"] == "deferred")).then_some(())
+    });
+
+    let alpha = queue_rows(&daemon, &["--campaign", "alpha"]);
+    assert_eq!(alpha.len(), 1);
+    assert_eq!(alpha[0]["recipient"], "a@example.net");
+    assert_eq!(queue_rows(&daemon, &["--domain", "example.org"]).len(), 1);
+    assert_eq!(queue_rows(&daemon, &["--limit", "2"]).len(), 2);
+    let id = alpha[0]["id"].as_str().unwrap();
+    let inspected = ctl(&daemon, &["queue", "inspect", id]);
+    assert!(
+        inspected["headers"]
+            .as_str()
+            .unwrap()
+            .contains("Subject: admin test")
+    );
+    assert_eq!(inspected["recipients"][0]["attempts"], 1);
+
+    let summary = ctl(&daemon, &["queue", "summary"]);
+    assert_eq!(summary["recipients"], 3);
+    assert_eq!(summary["by_status"]["deferred"], 3);
+
+    let suspended = ctl(&daemon, &["queue", "suspend", "--campaign", "alpha"]);
+    assert_eq!(suspended["changed"], 1);
+    let deleted = ctl(&daemon, &["queue", "delete", "--campaign", "beta"]);
+    assert_eq!(deleted["changed"], 1);
+    let events = daemon.wait_events("bounce", 1, LONG);
+    assert_eq!(events[0]["recipient"], "b@example.net");
+    assert_eq!(events[0]["bounce_class"], "admin_delete");
+    let status = ctl(&daemon, &["status"]);
+    assert_eq!(status["queue"]["suspended"], 1);
+    assert_eq!(status["queue"]["deferred"], 1);
+
+    // The sink comes up; flush sends the deferred mail now, not in an hour.
+    let sink = Sink::start_on(port, &[]);
+    let flushed = ctl(&daemon, &["queue", "flush"]);
+    assert_eq!(flushed["changed"], 1, "{flushed}");
+    let got = sink.wait_messages(1, LONG);
+    assert_eq!(got[0]["rcpts"][0], "c@example.org", "{}", got[0]);
+    let left = queue_rows(&daemon, &[]);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["status"], "suspended");
+
+    ctl(&daemon, &["queue", "resume", "--campaign", "alpha"]);
+    let got = sink.wait_messages(2, LONG);
+    assert_eq!(got[1]["rcpts"][0], "a@example.net", "{}", got[1]);
+    wait_for(LONG, "an empty queue", || {
+        queue_rows(&daemon, &[]).is_empty().then_some(())
+    });
+    assert_eq!(sink.messages().len(), 2, "the deleted recipient never went");
+}
+
+#[test]
+fn domains_from_a_pushed_template_show_their_records_and_verify() {
+    use support::dns_server::{DnsServer, RecordData};
+    let sink = Sink::start(&[]);
+    let dns = DnsServer::start(Vec::<(&str, RecordData)>::new());
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = format!("[dns]\n{}\n", dns.nameservers_line());
+    let daemon = Daemon::start(config);
+
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.json");
+    let records = json!({"name": "basic", "records": [
+        {"kind": "TXT", "name": "_SenderDomain_", "value": "v=spf1 include:esp.test -all"},
+    ]});
+    std::fs::write(&template, records.to_string()).unwrap();
+    ctl(
+        &daemon,
+        &["template", "put", "--file", template.to_str().unwrap()],
+    );
+    let group = json!({"name": "g", "marketing": ["test-sink"], "transactional": ["test-sink"],
+        "autoresponder": ["test-sink"], "dns_template": "basic"});
+    let put = sendctl_in(&daemon, &["group", "put"], Some(&group.to_string()));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    ctl(&daemon, &["user", "put", "--name", "alice", "--group", "g"]);
+
+    let created = ctl(
+        &daemon,
+        &["domain", "put", "Customer.Example", "--owner", "alice"],
+    );
+    assert_eq!(created["status"], "pending", "{created}");
+    let zone = sendctl(&daemon, &["domain", "records", "customer.example"]);
+    assert_eq!(
+        String::from_utf8_lossy(&zone.stdout),
+        "customer.example.\t3600\tIN\tTXT\t\"v=spf1 include:esp.test -all\"\n"
+    );
+    let missing = ctl(&daemon, &["domain", "verify", "customer.example"]);
+    assert_eq!(missing["status"], "failed", "{missing}");
+
+    dns.add([(
+        "customer.example",
+        RecordData::txt(&["v=spf1 include:esp.test -all"]),
+    )]);
+    let verified = ctl(&daemon, &["domain", "verify", "customer.example"]);
+    assert_eq!(verified["status"], "enabled", "{verified}");
+    let listed = ctl(&daemon, &["domain", "list"]);
+    assert_eq!(listed[0]["status"], "enabled", "the result is stored");
+
+    // A template in use by a group cannot go; an unused domain can.
+    let refused = sendctl(&daemon, &["template", "delete", "basic"]);
+    assert_eq!(refused.status.code(), Some(1));
+    ctl(&daemon, &["domain", "delete", "customer.example"]);
+    assert_eq!(ctl(&daemon, &["domain", "list"]), json!([]));
+}
+
+#[test]
+fn server_test_stops_at_a_certificate_it_cannot_verify() {
+    let sink = Sink::start(&["--tls", "starttls"]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    let spec = json!({"name": "tls", "host": "127.0.0.1", "port": sink.addr.port(),
+        "encryption": "starttls", "timeout": "5s"});
+    let put = sendctl_in(&daemon, &["server", "put"], Some(&spec.to_string()));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let result = ctl(&daemon, &["server", "test", "tls"]);
+    assert_eq!(result["failed_step"], "TLS handshake", "{result}");
+    let steps: Vec<&str> = result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["connect", "greeting", "EHLO", "STARTTLS", "TLS handshake"]
+    );
+}
