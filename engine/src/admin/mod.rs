@@ -7,6 +7,7 @@
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
+pub mod dkim;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
@@ -50,6 +51,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         ("domain", "verify") => objects::verify_domain(ctx, &args).await,
         ("domain", "records") => objects::domain_records(ctx, &args).await,
         ("queue", verb) => queue::handle(ctx, verb, &args).await,
+        ("dkim", verb) => dkim::handle(ctx, verb, &args).await,
         (noun, verb) => match objects::Kind::from_noun(noun) {
             Some(kind) => objects::handle(ctx, kind, verb, &args).await,
             None => Err(unknown(&request.cmd)),
@@ -63,7 +65,7 @@ fn unknown(cmd: &str) -> AdminError {
         format!(
             "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
              .list|get|put|delete, server.test, domain.verify|records, \
-             queue.summary|list|inspect|flush|delete|suspend|resume|bounce"
+             dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce"
         ),
     )
 }

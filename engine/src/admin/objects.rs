@@ -267,13 +267,17 @@ pub async fn verify_domain(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<V
 pub async fn domain_records(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, AdminError> {
     let name = args.str("domain")?.to_ascii_lowercase();
     let snapshot = ctx.engine.tenancy.snapshot();
-    let Some(domain) = snapshot.domains.get(&name) else {
-        return Err(AdminError::not_found(format!(
-            "no domain is called `{name}`"
-        )));
+    let dkim = super::dkim::zone_lines(&snapshot, &name);
+    let records = match snapshot.domains.get(&name) {
+        Some(domain) => domain.records.clone(),
+        None if !dkim.is_empty() => Vec::new(),
+        None => {
+            return Err(AdminError::not_found(format!(
+                "no domain is called `{name}`"
+            )));
+        }
     };
-    let lines: Vec<String> = domain
-        .records
+    let mut lines: Vec<String> = records
         .iter()
         .map(|r| {
             let data = match r.kind {
@@ -285,6 +289,8 @@ pub async fn domain_records(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<
             format!("{}.\t3600\tIN\t{}\t{data}", r.name, r.kind)
         })
         .collect();
+    // The DKIM keys' records go with the domain's own.
+    lines.extend(dkim);
     Ok(json!({"domain": name, "zone": lines}))
 }
 

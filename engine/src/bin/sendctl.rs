@@ -30,6 +30,8 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
       user flags:   --name --group --password --sender-email
   server test NAME [--to ADDR] [--from ADDR]
   domain put NAME --owner USER | verify NAME | records NAME
+  dkim list | get DOMAIN | generate DOMAIN [--selector S] [--algorithm rsa|ed25519] [--inactive true]
+       | import DOMAIN --selector S --pem-file FILE | activate DOMAIN --selector S | retire DOMAIN --selector S
   queue summary | list [--limit N] | inspect ID
   queue flush | suspend | resume | delete | bounce   (delete/bounce: a filter or --all)
       filters: --route R --domain D --tenant T --campaign C --channel CH --older-than 2h --id ID
@@ -169,6 +171,14 @@ fn request_for(words: &[String], flags: Flags) -> Result<(String, Map<String, Va
             extra_words(2)?;
             (format!("{noun}.put"), Map::new())
         }
+        ("dkim", Some("list")) => {
+            extra_words(2)?;
+            (String::from("dkim.list"), Map::new())
+        }
+        ("dkim", Some(verb @ ("get" | "generate" | "import" | "activate" | "retire"))) => {
+            extra_words(3)?;
+            (format!("dkim.{verb}"), name("domain")?)
+        }
         ("queue", Some("inspect")) => {
             extra_words(3)?;
             (String::from("queue.inspect"), name("id")?)
@@ -196,6 +206,12 @@ fn request_for(words: &[String], flags: Flags) -> Result<(String, Map<String, Va
         for (flag, v) in flags {
             args.insert(flag.clone(), flag_value(&flag, v)?);
         }
+    }
+    // The key travels as PEM text: the daemon may not be able to read the file.
+    if let Some(Value::String(path)) = args.remove("pem_file") {
+        let pem =
+            std::fs::read_to_string(&path).map_err(|e| Usage(format!("--pem-file {path}: {e}")))?;
+        args.insert("private_key".into(), Value::String(pem));
     }
     Ok((cmd, args))
 }
@@ -506,8 +522,22 @@ fn status(result: &Value) -> String {
             ("CONNECTIONS", "/connections"),
             ("MAX", "/max_connections"),
             ("READY", "/ready"),
+            ("IN_FLIGHT", "/in_flight"),
+            ("DELIVERED_1M", "/delivered_last_minute"),
             ("AVAILABLE", "/available"),
         ],
     ));
+    let campaigns = &result["active_campaigns"];
+    if campaigns.as_array().is_some_and(|c| !c.is_empty()) {
+        out.push('\n');
+        out.push_str(&table(
+            campaigns,
+            &[
+                ("CAMPAIGN", "/campaign"),
+                ("IN_FLIGHT", "/in_flight"),
+                ("READY", "/ready"),
+            ],
+        ));
+    }
     out
 }

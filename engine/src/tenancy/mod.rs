@@ -500,6 +500,7 @@ impl TenancyStore {
             tenancy.users.insert(name.clone(), Arc::new(user.clone()));
         }
         tenancy.templates = objects.templates.clone().into_iter().collect();
+        check_domain_limits(objects, &tenancy)?;
         tenancy.domains = objects.domains.clone().into_iter().collect();
         for (name, keys) in &objects.dkim {
             let signing = keys
@@ -543,4 +544,26 @@ impl TenancyStore {
         verified.insert(name.to_owned(), digest);
         true
     }
+}
+
+/// A user may own at most its group's `sender_domains_limit` domains.
+fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), TenancyError> {
+    let mut owned: HashMap<&str, u32> = HashMap::new();
+    for domain in objects.domains.values() {
+        *owned.entry(domain.owner.as_str()).or_default() += 1;
+    }
+    for (owner, count) in owned {
+        let group = tenancy.group_of(tenancy.users.get(owner).map(|u| u.as_ref()));
+        if count > group.sender_domains_limit {
+            return Err(TenancyError::Invalid {
+                kind: DOMAIN,
+                name: owner.to_owned(),
+                message: format!(
+                    "user {owner} would own {count} sender domains; group {} allows {}",
+                    group.name, group.sender_domains_limit
+                ),
+            });
+        }
+    }
+    Ok(())
 }
