@@ -304,3 +304,26 @@ fn a_big_campaign_does_not_delay_transactional_mail() {
         "it overtook the campaign's backlog (arrived {position}th)"
     );
 }
+
+#[test]
+fn a_user_cannot_own_more_sender_domains_than_the_group_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "hostname = \"mta.test\"\n[spool]\ndir = \"{d}/spool\"\n{SMTP_IN}{}[[user_group]]\nname = \"default\"\nmarketing = [\"s\"]\ntransactional = [\"s\"]\nautoresponder = [\"s\"]\nsender_domains_limit = 1\n[[user]]\nname = \"app\"\n[[sender_domain]]\ndomain = \"one.example\"\nowner = \"app\"\n[[sender_domain]]\ndomain = \"two.example\"\nowner = \"app\"\n",
+        server("s", 9, ""),
+        d = dir.path().display()
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(support::daemon_binary())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("user app would own 2 sender domains; group default allows 1"),
+        "{err}"
+    );
+}
