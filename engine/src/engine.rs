@@ -7,7 +7,8 @@
 //! once, picks the route, and commits the message to the spool together
 //! with its quota counts. The 250 is returned only after the spool's
 //! commit (fdatasync); a failed commit is 451 4.3.0, a quota refusal names
-//! the limit, and the client keeps its copy in both cases.
+//! the limit, and the client keeps its copy in both cases. Recipients on a
+//! suppression list are dropped first (`suppress`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::limits;
 use crate::message::{self, TraceInfo};
 use crate::route::{Router, Target};
 use crate::smtp::reply::Reply;
+use crate::suppress;
 use crate::tenancy::{CHANNELS, Tenancy, TenancyStore, User};
 use crate::timefmt::now_ms;
 use crate::transform;
@@ -60,6 +62,8 @@ struct Admitted {
     header_message_id: String,
     /// The From domain, whose DKIM keys sign the message.
     from_domain: Option<String>,
+    /// Recipients left out because they are on a suppression list.
+    suppressed: Vec<String>,
 }
 
 impl Engine {
@@ -70,6 +74,10 @@ impl Engine {
             Ok(a) => a,
             Err(reply) => return reply,
         };
+        if admitted.message.recipients.is_empty() {
+            self.emit_suppressed(&admitted, "");
+            return suppress::all_suppressed();
+        }
         let dkim = sign(&snapshot, &mut admitted).await;
         let meta = admitted.message.meta.clone();
         let target = self
@@ -101,6 +109,7 @@ impl Engine {
                 return refusal_for(&e);
             }
         };
+        self.emit_suppressed(&admitted, &sendengine_queue::format_id(id));
         let message = admitted.message;
         let stored = Arc::new(StoredMessage {
             id,
@@ -159,7 +168,12 @@ impl Engine {
         );
         drop(data);
         let channel = channel_of(prepared.control.channel.as_deref())?;
-        let recipients = envelope.recipients.len() as u64;
+        let split = suppress::split_recipients(
+            &self.spool,
+            tenant.as_deref().unwrap_or_default(),
+            &envelope.recipients,
+        )?;
+        let recipients = split.kept.len() as u64;
         let from_domain = transform::from_domain(&prepared.body);
         let mut quotas = match &tenant {
             Some(t) => limits::user_quotas(t, group, recipients),
@@ -204,7 +218,7 @@ impl Engine {
         Ok(Admitted {
             message: NewMessage {
                 mail_from,
-                recipients: envelope.recipients.clone(),
+                recipients: split.kept,
                 body,
                 meta: MessageMeta {
                     tenant: tenant.unwrap_or_default(),
@@ -220,7 +234,18 @@ impl Engine {
             },
             header_message_id: prepared.message_id,
             from_domain,
+            suppressed: split.dropped,
         })
+    }
+
+    fn emit_suppressed(&self, admitted: &Admitted, queue_id: &str) {
+        suppress::emit_dropped(
+            &self.events,
+            &admitted.message,
+            &admitted.header_message_id,
+            &admitted.suppressed,
+            queue_id,
+        );
     }
 
     /// Applies a change to the configuration objects and brings the routes

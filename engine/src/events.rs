@@ -21,6 +21,11 @@ pub enum EventKind {
     TransientFailure,
     Bounce,
     Expiration,
+    /// An operator acted on a recipient (so far: deleted it from the queue).
+    AdminAction,
+    /// A recipient was put on a suppression list (hard bounce), or dropped
+    /// at admission because it is on one.
+    Suppression,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

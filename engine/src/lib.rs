@@ -21,6 +21,7 @@ pub mod route;
 pub mod schedule;
 pub mod secrets;
 pub mod smtp;
+pub mod suppress;
 pub mod tenancy;
 pub mod timefmt;
 pub mod transform;

@@ -7,6 +7,9 @@
 //! thread. Restarting rebuilds all state from the file: recipients that were
 //! handed to the delivery side when the process died are scheduled again.
 //!
+//! Suppression lists (per tenant, plus a global one) live in the same
+//! database, written by the same writer and read without it.
+//!
 //! Start with [`Spool::open`]; the table layout is described in `store.rs`.
 
 mod codec;
@@ -18,6 +21,7 @@ mod quota;
 mod select;
 mod spool;
 mod store;
+mod suppress;
 mod writer;
 
 pub use config::SpoolConfig;
@@ -33,3 +37,4 @@ pub use select::{
     SUSPENDED_DUE,
 };
 pub use spool::{Spool, SpoolStats};
+pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, MAX_NOTE_BYTES, Suppression};

@@ -15,9 +15,10 @@ use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
+use crate::suppress::{self, Suppression};
 use crate::writer::{
     ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectWrite, RecordRequest, Request,
-    Shared, Writer, WriterSettings, now_ms, on_writer_thread,
+    Shared, SuppressRequest, Writer, WriterSettings, now_ms, on_writer_thread,
 };
 
 /// Name of the database file inside `SpoolConfig::dir`.
@@ -185,6 +186,97 @@ impl Spool {
     /// Every configuration object of `kind`, as (name, value), by name.
     pub fn objects(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
         self.inner.shared.read(|db| store::objects(db, kind))
+    }
+
+    /// Adds `address` to `tenant`'s suppression list ("" = the global
+    /// list), durably; returns whether it is new there (an entry already
+    /// present gets the new reason, source and time).
+    pub fn suppress(
+        &self,
+        tenant: &str,
+        address: &str,
+        reason: &str,
+        source: &str,
+    ) -> Result<bool, SpoolError> {
+        self.wait_for(|done| self.suppress_then(tenant, address, reason, source, done))
+            .map(|existed| !existed)
+    }
+
+    /// [`Spool::suppress`] without waiting: `done` runs on the writer thread
+    /// after the commit with whether the address was listed before. Usable
+    /// from a completion callback, where the blocking form is refused.
+    pub fn suppress_then(
+        &self,
+        tenant: &str,
+        address: &str,
+        reason: &str,
+        source: &str,
+        done: Box<dyn FnOnce(Result<bool, SpoolError>) + Send>,
+    ) {
+        let address = match suppress::normalize(address) {
+            Ok(a) => a,
+            Err(err) => return done(Err(err)),
+        };
+        let entry = (
+            suppress::clip(reason).to_owned(),
+            suppress::clip(source).to_owned(),
+        );
+        self.submit(Request::Suppress(SuppressRequest {
+            tenant: tenant.to_owned(),
+            address,
+            entry: Some(entry),
+            done,
+        }));
+    }
+
+    /// Takes `address` off `tenant`'s list (only that one: removing from
+    /// a tenant's list leaves the global list alone); returns whether it
+    /// was there.
+    pub fn unsuppress(&self, tenant: &str, address: &str) -> Result<bool, SpoolError> {
+        let address = suppress::normalize(address)?;
+        self.wait_for(|done| {
+            self.submit(Request::Suppress(SuppressRequest {
+                tenant: tenant.to_owned(),
+                address,
+                entry: None,
+                done,
+            }))
+        })
+    }
+
+    /// Per address, whether it is on `tenant`'s list or the global one.
+    /// Case does not matter; an address too long or empty to be listed is
+    /// reported as not suppressed.
+    pub fn suppressed(&self, tenant: &str, addresses: &[String]) -> Result<Vec<bool>, SpoolError> {
+        let keys: Vec<String> = addresses
+            .iter()
+            .map(|a| suppress::normalize(a).unwrap_or_default())
+            .collect();
+        self.inner
+            .shared
+            .read(|db| store::suppressed(db, tenant, &keys))
+    }
+
+    /// The entry for `address` on `tenant`'s own list ("" = the global
+    /// list), if any.
+    pub fn suppression(
+        &self,
+        tenant: &str,
+        address: &str,
+    ) -> Result<Option<Suppression>, SpoolError> {
+        let address = suppress::normalize(address)?;
+        self.inner
+            .shared
+            .read(|db| store::suppression(db, tenant, &address))
+    }
+
+    /// Up to `limit` (at most `MAX_PAGE`) entries of `tenant`'s own list
+    /// ("" = the global list), by address.
+    pub fn suppressions(&self, tenant: &str, limit: usize) -> Result<Vec<Suppression>, SpoolError> {
+        let limit = limit.min(MAX_PAGE);
+        self.inner
+            .shared
+            .read(|db| store::suppressions(db, tenant, limit))
     }
 
     /// Up to `limit` (at most `MAX_PAGE`) unfinished recipients matching

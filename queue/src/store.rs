@@ -10,6 +10,8 @@
 //!   the envelope would instead rewrite the whole envelope on every `Done`.
 //! - `schedule`: (due ms, id, rcpt) -> (): the retry index in due order.
 //! - `counters`: name -> u64; holds the message id high-water mark.
+//! - `suppressions`: (tenant, lowercase address) -> (time ms, reason, source);
+//!   tenant "" is the global list (see `suppress.rs`).
 //!
 //! Invariant: every recipient row is either scheduled (exactly one `schedule`
 //! entry, at its `next_attempt_ms`) or claimed (no entry, held in memory by
@@ -32,6 +34,7 @@ use crate::select::{
     QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,
     SUSPENDED_DUE,
 };
+use crate::suppress::{GLOBAL_TENANT, Suppression};
 
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
@@ -43,6 +46,10 @@ const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const USAGE: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("usage");
 /// (kind, name) -> JSON: configuration objects (servers, groups, users...).
 const OBJECTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("objects");
+
+/// (tenant, lowercase address) -> (time ms, reason, source).
+const SUPPRESSIONS: TableDefinition<(&str, &str), (u64, &str, &str)> =
+    TableDefinition::new("suppressions");
 
 const NEXT_ID_COUNTER: &str = "next_message_id";
 
@@ -92,6 +99,7 @@ pub(crate) struct WriteTables<'txn> {
     counters: Table<'txn, &'static str, u64>,
     usage: Table<'txn, (&'static str, u8, u32), u64>,
     objects: Table<'txn, (&'static str, &'static str), &'static [u8]>,
+    suppressions: Table<'txn, (&'static str, &'static str), (u64, &'static str, &'static str)>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -105,6 +113,7 @@ impl<'txn> WriteTables<'txn> {
             counters: txn.open_table(COUNTERS)?,
             usage: txn.open_table(USAGE)?,
             objects: txn.open_table(OBJECTS)?,
+            suppressions: txn.open_table(SUPPRESSIONS)?,
         })
     }
 
@@ -178,6 +187,23 @@ impl<'txn> WriteTables<'txn> {
         Ok(match value {
             Some(v) => self.objects.insert((kind, name), v)?.is_some(),
             None => self.objects.remove((kind, name))?.is_some(),
+        })
+    }
+
+    /// Adds (`Some((time, reason, source))`) or removes (`None`) a
+    /// suppression; returns whether the address was listed before.
+    pub(crate) fn put_suppression(
+        &mut self,
+        tenant: &str,
+        address: &str,
+        entry: Option<(u64, &str, &str)>,
+    ) -> Result<bool, SpoolError> {
+        Ok(match entry {
+            Some(value) => self
+                .suppressions
+                .insert((tenant, address), value)?
+                .is_some(),
+            None => self.suppressions.remove((tenant, address))?.is_some(),
         })
     }
 
@@ -510,6 +536,83 @@ pub(crate) fn objects(db: &Database, kind: &str) -> Result<Vec<(String, Vec<u8>)
             break;
         }
         out.push((name.to_owned(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Per address (already lowercased): whether the tenant's or the global
+/// list holds it.
+pub(crate) fn suppressed(
+    db: &Database,
+    tenant: &str,
+    addresses: &[String],
+) -> Result<Vec<bool>, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(SUPPRESSIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![false; addresses.len()]),
+        Err(e) => return Err(e.into()),
+    };
+    let mut found = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let listed = table.get((tenant, address.as_str()))?.is_some()
+            || table.get((GLOBAL_TENANT, address.as_str()))?.is_some();
+        found.push(listed);
+    }
+    Ok(found)
+}
+
+/// The entry of `address` (lowercased) on `tenant`'s own list.
+pub(crate) fn suppression(
+    db: &Database,
+    tenant: &str,
+    address: &str,
+) -> Result<Option<Suppression>, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(SUPPRESSIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.get((tenant, address))?.map(|value| {
+        let (time_ms, reason, source) = value.value();
+        Suppression {
+            tenant: tenant.to_owned(),
+            address: address.to_owned(),
+            reason: reason.to_owned(),
+            time_ms,
+            source: source.to_owned(),
+        }
+    }))
+}
+
+/// Up to `limit` entries of one tenant's list, by address.
+pub(crate) fn suppressions(
+    db: &Database,
+    tenant: &str,
+    limit: usize,
+) -> Result<Vec<Suppression>, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(SUPPRESSIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.range((tenant, "")..)? {
+        let (key, value) = entry?;
+        let (t, address) = key.value();
+        if t != tenant || out.len() == limit {
+            break;
+        }
+        let (time_ms, reason, source) = value.value();
+        out.push(Suppression {
+            tenant: t.to_owned(),
+            address: address.to_owned(),
+            reason: reason.to_owned(),
+            time_ms,
+            source: source.to_owned(),
+        });
     }
     Ok(out)
 }

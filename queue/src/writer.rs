@@ -50,6 +50,15 @@ pub(crate) struct ObjectRequest {
     pub(crate) done: Completion<bool>,
 }
 
+/// Adds (`entry` is `Some((reason, source))`) or removes a suppression;
+/// the completion says whether the address was listed before.
+pub(crate) struct SuppressRequest {
+    pub(crate) tenant: String,
+    pub(crate) address: String,
+    pub(crate) entry: Option<(String, String)>,
+    pub(crate) done: Completion<bool>,
+}
+
 /// An operator's action on chosen recipients; the completion gets, per
 /// key, whether it changed anything.
 pub(crate) struct ActionRequest {
@@ -70,6 +79,7 @@ pub(crate) enum Request {
     Record(RecordRequest),
     Claim(ClaimRequest),
     Object(ObjectRequest),
+    Suppress(SuppressRequest),
     Action(ActionRequest),
     Compact(Completion<bool>),
 }
@@ -89,6 +99,7 @@ impl Request {
             Request::Record(r) => complete(r.done, Err(err)),
             Request::Claim(r) => complete(r.done, Err(err)),
             Request::Object(r) => complete(r.done, Err(err)),
+            Request::Suppress(r) => complete(r.done, Err(err)),
             Request::Action(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
@@ -422,6 +433,14 @@ fn write_batch(
         for o in &writes.objects {
             objects.push(tables.put_object(&o.kind, &o.name, o.value.as_deref())?);
         }
+        let mut suppressed = Vec::with_capacity(writes.suppressions.len());
+        for s in &writes.suppressions {
+            let entry = s
+                .entry
+                .as_ref()
+                .map(|(reason, source)| (now, reason.as_str(), source.as_str()));
+            suppressed.push(tables.put_suppression(&s.tenant, &s.address, entry)?);
+        }
         let mut acted = Vec::with_capacity(writes.actions.len());
         for request in &writes.actions {
             let mut changed = Vec::with_capacity(request.keys.len());
@@ -437,6 +456,7 @@ fn write_batch(
         Results {
             inserted,
             objects,
+            suppressed,
             acted,
             claimed,
         }
@@ -479,6 +499,7 @@ impl Batch {
             Request::Record(record) => self.writes.records.push(record),
             Request::Claim(claim) => self.writes.claims.push(claim),
             Request::Object(object) => self.writes.objects.push(object),
+            Request::Suppress(s) => self.writes.suppressions.push(s),
             Request::Action(action) => self.writes.actions.push(action),
             Request::Compact(done) => self.compactions.push(done),
         }
@@ -497,6 +518,7 @@ struct Writes {
     inserts: Vec<InsertRequest>,
     records: Vec<RecordRequest>,
     objects: Vec<ObjectRequest>,
+    suppressions: Vec<SuppressRequest>,
     actions: Vec<ActionRequest>,
     claims: Vec<ClaimRequest>,
 }
@@ -506,6 +528,7 @@ struct Writes {
 struct Results {
     inserted: Vec<Result<MessageId, SpoolError>>,
     objects: Vec<bool>,
+    suppressed: Vec<bool>,
     acted: Vec<Vec<bool>>,
     claimed: Vec<Vec<Claimed>>,
 }
@@ -515,6 +538,7 @@ impl Writes {
         self.inserts.len()
             + self.records.len()
             + self.objects.len()
+            + self.suppressions.len()
             + self.actions.len()
             + self.claims.len()
     }
@@ -536,6 +560,7 @@ impl Writes {
         !self.inserts.is_empty()
             || !self.records.is_empty()
             || !self.objects.is_empty()
+            || !self.suppressions.is_empty()
             || !self.actions.is_empty()
     }
 
@@ -548,6 +573,9 @@ impl Writes {
         }
         for (object, existed) in self.objects.into_iter().zip(results.objects) {
             complete(object.done, Ok(existed));
+        }
+        for (s, existed) in self.suppressions.into_iter().zip(results.suppressed) {
+            complete(s.done, Ok(existed));
         }
         for (action, changed) in self.actions.into_iter().zip(results.acted) {
             complete(action.done, Ok(changed));
@@ -566,6 +594,9 @@ impl Writes {
         }
         for object in self.objects {
             complete(object.done, Err(err.clone()));
+        }
+        for s in self.suppressions {
+            complete(s.done, Err(err.clone()));
         }
         for action in self.actions {
             complete(action.done, Err(err.clone()));

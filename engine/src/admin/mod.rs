@@ -3,7 +3,7 @@
 //!
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
 //! line frames; the handlers live per noun: `objects` (server, group,
-//! user, template, domain), `queue`, `status` and `server_test`. Every
+//! user, template, domain), `queue`, `status`, `suppression` and `server_test`. Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
@@ -14,6 +14,7 @@ pub mod queue;
 pub mod server;
 pub mod server_test;
 pub mod status;
+pub mod suppression;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +53,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         ("domain", "records") => objects::domain_records(ctx, &args).await,
         ("queue", verb) => queue::handle(ctx, verb, &args).await,
         ("dkim", verb) => dkim::handle(ctx, verb, &args).await,
+        ("suppression", verb) => suppression::handle(ctx, verb, &args).await,
         (noun, verb) => match objects::Kind::from_noun(noun) {
             Some(kind) => objects::handle(ctx, kind, verb, &args).await,
             None => Err(unknown(&request.cmd)),
@@ -65,7 +67,8 @@ fn unknown(cmd: &str) -> AdminError {
         format!(
             "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
              .list|get|put|delete, server.test, domain.verify|records, \
-             dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce"
+             dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
+             suppression.list|add|remove|check"
         ),
     )
 }

@@ -10,6 +10,9 @@
 //! as `in_flight_skipped`), and delete/bounce remove their spool row so
 //! they are never tried again, but an attempt already under way may still
 //! deliver. Suspended recipients do not expire while suspended.
+//!
+//! Each removed recipient gets an event: `bounce` with bounce_class
+//! `admin` for `queue bounce`, `admin_action` for `queue delete`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -280,19 +283,25 @@ fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, Admin
     }))
 }
 
-/// The event of a recipient an operator removed. The log has no admin
-/// kind yet, so both are bounces; `bounce_class` tells them apart.
+/// The event of a recipient an operator removed: a bounce (class `admin`,
+/// with a local reply saying why) for `bounce`, an `admin_action` with no
+/// reply for `delete`.
 fn admin_event(r: &QueuedRecipient, verb: &str) -> Event {
     let now = now_ms();
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let (class, text) = if verb == "bounce" {
-        ("admin_bounce", "Bounced by an operator")
+    let (kind, reply, bounce_class) = if verb == "bounce" {
+        let reply = EventReply {
+            code: 550,
+            enhanced: Some("5.0.0".into()),
+            text: "Bounced by an operator".into(),
+        };
+        (EventKind::Bounce, Some(reply), Some("admin".to_owned()))
     } else {
-        ("admin_delete", "Deleted from the queue by an operator")
+        (EventKind::AdminAction, None, None)
     };
     Event {
         time: rfc3339(now),
-        kind: EventKind::Bounce,
+        kind,
         message_id: format_id(r.id),
         header_message_id: String::new(),
         sender: r.mail_from.clone(),
@@ -303,12 +312,8 @@ fn admin_event(r: &QueuedRecipient, verb: &str) -> Event {
         campaign: opt(&r.meta.campaign),
         route: opt(&r.meta.route),
         remote_host: None,
-        reply: Some(EventReply {
-            code: 550,
-            enhanced: Some("5.0.0".into()),
-            text: text.into(),
-        }),
-        bounce_class: Some(class.into()),
+        reply,
+        bounce_class,
         tls: None,
         dkim: None,
         attempt: r.attempts,

@@ -35,6 +35,8 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
   queue summary | list [--limit N] | inspect ID
   queue flush | suspend | resume | delete | bounce   (delete/bounce: a filter or --all)
       filters: --route R --domain D --tenant T --campaign C --channel CH --older-than 2h --id ID
+  suppression list [--tenant T] [--limit N] | add ADDRESS [--tenant T] [--reason R]
+      | remove ADDRESS [--tenant T] | check ADDRESS [--tenant T]   (no --tenant: the global list)
 
 The socket is $SENDENGINE_SOCKET, else var/admin.sock.";
 
@@ -178,6 +180,14 @@ fn request_for(words: &[String], flags: Flags) -> Result<(String, Map<String, Va
         ("dkim", Some(verb @ ("get" | "generate" | "import" | "activate" | "retire"))) => {
             extra_words(3)?;
             (format!("dkim.{verb}"), name("domain")?)
+        }
+        ("suppression", Some("list")) => {
+            extra_words(2)?;
+            (String::from("suppression.list"), Map::new())
+        }
+        ("suppression", Some(verb @ ("add" | "remove" | "check"))) => {
+            extra_words(3)?;
+            (format!("suppression.{verb}"), name("address")?)
         }
         ("queue", Some("inspect")) => {
             extra_words(3)?;
@@ -392,6 +402,15 @@ fn render(cmd: &str, result: &Value) -> String {
                 ("CAMPAIGN", "/campaign"),
                 ("ROUTE", "/route"),
                 ("AGE_S", "/age_seconds"),
+            ],
+        ),
+        "suppression.list" => table(
+            result,
+            &[
+                ("ADDRESS", "/address"),
+                ("REASON", "/reason"),
+                ("TIME", "/time"),
+                ("SOURCE", "/source"),
             ],
         ),
         "domain.records" => lines(&result["zone"]),

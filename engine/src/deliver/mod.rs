@@ -11,6 +11,7 @@
 
 mod ready;
 mod record;
+mod stats;
 mod throttle;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use ready::{Job, ReadyQueue, is_priority_channel};
 pub use record::{AttemptContext, Recorder, RetryPolicy, base_event, job_for};
+pub use stats::RouteStats;
 pub use throttle::Throttle;
 use tokio::sync::mpsc;
 
@@ -75,6 +77,8 @@ pub struct Route {
     max_connections: usize,
     max_messages_per_connection: usize,
     pub ready: ReadyQueue,
+    /// In flight and delivered lately, for `status`.
+    pub stats: RouteStats,
     throttle: Throttle,
     workers: AtomicUsize,
     idle_workers: AtomicUsize,
@@ -103,6 +107,7 @@ impl Route {
             max_connections: server.max_connections,
             max_messages_per_connection: server.max_messages_per_connection,
             ready: ReadyQueue::new(ctx.ready_capacity),
+            stats: RouteStats::default(),
             throttle: Throttle::new(
                 server.rate_per_second,
                 server.rate_per_hour,
@@ -315,6 +320,8 @@ async fn worker(route: Arc<Route>) {
         let Some(job) = route.ready.try_pop() else {
             continue;
         };
+        // Every path below hands the job on before this is dropped.
+        let in_flight = InFlight::start(&route.stats, &job);
         let mut c = match conn.take() {
             Some(c) => c,
             None => match route.connect().await {
@@ -341,6 +348,10 @@ async fn worker(route: Arc<Route>) {
                 route.mark_up();
                 let at = route.attempt_context(remote, Some(tls_label(&c.tls())));
                 route.ctx.recorder.replies(&job, &replies, &at);
+                route
+                    .stats
+                    .delivered(replies.iter().filter(|r| r.is_positive()).count());
+                drop(in_flight);
                 sent_on_conn += 1;
                 if sent_on_conn >= route.max_messages_per_connection {
                     c.quit().await;
@@ -358,6 +369,30 @@ async fn worker(route: Arc<Route>) {
     // A job may have arrived while this worker was leaving.
     if !route.ready.is_empty() {
         route.start_worker_if_needed();
+    }
+}
+
+/// Counts a job as in flight from when a worker takes it until it is
+/// dropped, which is once the job's outcome went to the recorder or to
+/// failover (or the worker ended).
+struct InFlight<'a> {
+    stats: &'a RouteStats,
+    message: Arc<sendengine_queue::StoredMessage>,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(stats: &'a RouteStats, job: &Job) -> InFlight<'a> {
+        stats.started(&job.message.meta.campaign);
+        InFlight {
+            stats,
+            message: job.message.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.stats.finished(&self.message.meta.campaign);
     }
 }
 

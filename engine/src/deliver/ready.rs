@@ -179,6 +179,21 @@ impl ReadyQueue {
         self.capacity.saturating_sub(bulk.queued + bulk.reserved)
     }
 
+    /// Queued jobs by campaign, for `status`; mail without one is left out.
+    pub fn campaign_counts(&self) -> Vec<(String, usize)> {
+        let inner = self.inner();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let priority = inner
+            .priority
+            .iter()
+            .map(|j| (j.message.meta.campaign.as_str(), 1));
+        let bulk = inner.campaigns.iter().map(|(c, q)| (c.as_str(), q.len()));
+        for (campaign, n) in priority.chain(bulk).filter(|(c, _)| !c.is_empty()) {
+            *counts.entry(campaign).or_default() += n;
+        }
+        counts.into_iter().map(|(c, n)| (c.to_owned(), n)).collect()
+    }
+
     /// Takes the next job, if any, without waiting.
     pub fn try_pop(&self) -> Option<Job> {
         self.inner().pop()

@@ -6,6 +6,10 @@
 //! only once the spool has committed them, so the event log never reports
 //! something a crash could undo. A write the spool refuses (disk full) is
 //! tried again until it succeeds.
+//!
+//! Every bounce is classified (`sendengine_bounces`); one whose category
+//! says the address will never accept mail (hard) also puts the recipient
+//! on its tenant's suppression list, once the outcome is committed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +101,7 @@ impl Recorder {
         let expires_at = msg.meta.received_at_ms + self.retry.max_age.as_millis() as u64;
         let mut outcomes = Vec::with_capacity(verdicts.len());
         let mut events = Vec::with_capacity(verdicts.len());
+        let mut suppressions = Vec::new();
         for (rcpt, attempts, reply) in verdicts {
             let attempt = attempts + 1;
             let kind = match reply.code {
@@ -114,22 +119,32 @@ impl Recorder {
                 },
                 _ => Outcome::Done { id: msg.id, rcpt },
             });
-            events.push(self.event(job, rcpt, attempt, kind, reply, at, now));
+            let mut event = self.event(job, rcpt, attempt, kind, reply, at, now);
+            if kind == EventKind::Bounce && classify_bounce(&mut event) {
+                suppressions.push(Event {
+                    kind: EventKind::Suppression,
+                    ..event.clone()
+                });
+            }
+            events.push(event);
         }
-        self.commit(outcomes, events);
+        self.commit(outcomes, events, suppressions);
     }
 
-    /// Writes outcomes to the spool, then their events. A failed write is
-    /// tried again: the recipients are claimed, so nothing else would pick
-    /// them up before a restart.
-    fn commit(&self, outcomes: Vec<Outcome>, events: Vec<Event>) {
+    /// Writes outcomes to the spool, then their events, then the hard
+    /// bounces' suppressions. A failed write is tried again: the recipients
+    /// are claimed, so nothing else would pick them up before a restart.
+    fn commit(&self, outcomes: Vec<Outcome>, events: Vec<Event>, suppressions: Vec<Event>) {
         let recorder = self.clone();
         let runtime = tokio::runtime::Handle::try_current().ok();
         let retry = outcomes.clone();
         self.spool.record(
             outcomes,
             Box::new(move |result| match result {
-                Ok(()) => events.into_iter().for_each(|e| recorder.events.emit(e)),
+                Ok(()) => {
+                    events.into_iter().for_each(|e| recorder.events.emit(e));
+                    suppressions.into_iter().for_each(|e| recorder.suppress(e));
+                }
                 // Shutting down: recovery reschedules them at the next start.
                 Err(SpoolError::Closed) => {}
                 Err(e) => {
@@ -140,9 +155,32 @@ impl Recorder {
                     if let Some(runtime) = runtime {
                         runtime.spawn(async move {
                             tokio::time::sleep(RECORD_RETRY).await;
-                            recorder.commit(retry, events);
+                            recorder.commit(retry, events, suppressions);
                         });
                     }
+                }
+            }),
+        );
+    }
+
+    /// Puts the event's recipient on its tenant's list (no tenant: the
+    /// global one) and emits the event once that is committed. Runs on the
+    /// spool's writer thread, so it must not wait for the spool.
+    fn suppress(&self, event: Event) {
+        let tenant = event.tenant.clone().unwrap_or_default();
+        let reason = event.bounce_class.clone().unwrap_or_default();
+        let source = event.reply.as_ref().map(reply_line).unwrap_or_default();
+        let address = event.recipient.clone();
+        let events = self.events.clone();
+        self.spool.suppress_then(
+            &tenant,
+            &event.recipient.clone(),
+            &reason,
+            &source,
+            Box::new(move |result| match result {
+                Ok(_) => events.emit(event),
+                Err(e) => {
+                    eprintln!("sendengine: could not suppress {address} after a hard bounce: {e}")
                 }
             }),
         );
@@ -200,6 +238,24 @@ pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
         attempt: 0,
         queue_time_ms: 0,
         size: msg.body.len(),
+    }
+}
+
+/// Sets the bounce event's `bounce_class`; true when the bounce is hard.
+fn classify_bounce(event: &mut Event) -> bool {
+    let Some(reply) = &event.reply else {
+        return false;
+    };
+    let class = sendengine_bounces::classify(reply.code, reply.enhanced.as_deref(), &reply.text);
+    event.bounce_class = Some(class.category.as_str().to_owned());
+    class.hard
+}
+
+/// `550 5.1.1 text`: the reply as the remote server sent it.
+fn reply_line(reply: &EventReply) -> String {
+    match &reply.enhanced {
+        Some(enhanced) => format!("{} {enhanced} {}", reply.code, reply.text),
+        None => format!("{} {}", reply.code, reply.text),
     }
 }
 
