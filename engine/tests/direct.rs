@@ -172,7 +172,7 @@ fn a_sender_domain_is_enabled_once_its_records_are_published() {
         sink.addr.port()
     );
     let daemon = Daemon::start(DaemonConfig::custom(&config));
-    let refused = support::smtplib_try(daemon.addr, "news@own.example", "r@example.net");
+    let refused = support::smtplib_try(daemon.addr, "news@own.example", &["r@example.net"], "");
     assert!(
         refused.starts_with("550 5.7.1 Sender domain own.example is not verified"),
         "{refused}"
@@ -189,7 +189,7 @@ fn a_sender_domain_is_enabled_once_its_records_are_published() {
         ),
     ]);
     support::wait_for(LONG, "the domain to be enabled", || {
-        let reply = support::smtplib_try(daemon.addr, "news@own.example", "r@example.net");
+        let reply = support::smtplib_try(daemon.addr, "news@own.example", &["r@example.net"], "");
         (reply == "250").then_some(())
     });
     assert_eq!(sink.wait_messages(1, LONG).len(), 1);

@@ -111,7 +111,7 @@ fn a_hard_bounce_suppresses_and_the_next_injection_drops_the_address() {
     assert_ne!(dropped["message_id"], "", "the queue id of what was kept");
 
     // Every recipient suppressed: the message is refused, nothing queued.
-    let refused = smtplib_try(daemon.addr, "app@example.com", "gone@example.net");
+    let refused = smtplib_try(daemon.addr, "app@example.com", &["gone@example.net"], "");
     assert!(
         refused.trim() == "550 5.7.1 All recipients are on the suppression list",
         "{refused}"
@@ -124,7 +124,7 @@ fn a_hard_bounce_suppresses_and_the_next_injection_drops_the_address() {
     assert_eq!(listed[0]["address"], "gone@example.net");
     ctl(&daemon, &["suppression", "remove", "gone@example.net"]);
     assert!(!suppressed(&daemon, "gone@example.net"));
-    let accepted = smtplib_try(daemon.addr, "app@example.com", "gone@example.net");
+    let accepted = smtplib_try(daemon.addr, "app@example.com", &["gone@example.net"], "");
     assert_eq!(accepted.trim(), "250");
     let bounces = daemon.wait_events("bounce", 3, LONG);
     assert_eq!(for_recipient(&bounces, "gone@example.net").len(), 2);
@@ -177,7 +177,7 @@ fn operators_edit_tenant_and_global_lists_with_sendctl() {
         ],
     );
     assert_eq!(for_acme["suppressed"], true);
-    let refused = smtplib_try(daemon.addr, "app@example.com", "trap@example.net");
+    let refused = smtplib_try(daemon.addr, "app@example.com", &["trap@example.net"], "");
     assert!(refused.starts_with("550"), "{refused}");
 
     let acme = ctl(&daemon, &["suppression", "list", "--tenant", "acme"]);

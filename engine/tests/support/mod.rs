@@ -418,15 +418,16 @@ pub fn smtplib_send(daemon: SocketAddr, sender: &str, rcpts: &[&str], msgid: &st
 }
 pub mod dns_server;
 
-/// Sends one small message with smtplib; returns "250" or the refusal of DATA.
-pub fn smtplib_try(daemon: SocketAddr, from: &str, to: &str) -> String {
+/// Sends one small message with smtplib; returns "250" or the refusal of
+/// DATA. `headers` are extra header lines separated by `|`.
+pub fn smtplib_try(daemon: SocketAddr, from: &str, rcpts: &[&str], headers: &str) -> String {
     let script = r#"
 import smtplib, sys
-host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-msg = "From: %s\r\nTo: %s\r\nSubject: try\r\n\r\nHello.\r\n" % (sender, rcpt)
+host, port, sender, rcpts, headers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(','), sys.argv[5]
+msg = "From: %s\r\nTo: %s\r\nSubject: test\r\n%s\r\nHello.\r\n" % (sender, rcpts[0], headers.replace("|", "\r\n"))
 with smtplib.SMTP(host, port, timeout=30) as s:
     try:
-        s.sendmail(sender, [rcpt], msg)
+        s.sendmail(sender, rcpts, msg)
         print("250")
     except smtplib.SMTPDataError as e:
         print(e.smtp_code, e.smtp_error.decode())
@@ -437,7 +438,8 @@ with smtplib.SMTP(host, port, timeout=30) as s:
             daemon.ip().to_string(),
             daemon.port().to_string(),
             from.into(),
-            to.into(),
+            rcpts.join(","),
+            headers.into(),
         ],
     )
     .expect("python3");
