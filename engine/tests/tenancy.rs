@@ -299,3 +299,38 @@ fn a_user_cannot_own_more_sender_domains_than_the_group_allows() {
         "{err}"
     );
 }
+
+#[test]
+fn return_paths_from_the_sender_domain_or_the_users_sender_info() {
+    let verp_sink = Sink::start(&[]);
+    let info_sink = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}{}{}[[user_group]]\nname = \"g\"\nmarketing = [\"verp\"]\ntransactional = [\"info\"]\nautoresponder = [\"info\"]\nsender_domain_management = true\n[[user]]\nname = \"app\"\ngroup = \"g\"\nsender_email = \"owner@own.example\"\n[[sender_domain]]\ndomain = \"own.example\"\nowner = \"app\"\n",
+        server("verp", verp_sink.addr.port(), ""),
+        server("info", info_sink.addr.port(), "sender_info_as_mfrom = true"),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    // No mail_from_domain on the server: the enabled sender domain's sl. subdomain.
+    assert_eq!(
+        send(&daemon, "news@own.example", &["a@example.net"], ""),
+        "250"
+    );
+    let got = verp_sink.wait_messages(1, LONG);
+    let from = got[0]["mail_from"].as_str().unwrap();
+    assert!(
+        from.starts_with("bounces+") && from.ends_with("@sl.own.example"),
+        "{from}"
+    );
+    // sender_info_as_mfrom: the user's own address, no VERP.
+    assert_eq!(
+        send(
+            &daemon,
+            "news@own.example",
+            &["b@example.net"],
+            "X-Channel: transactional|"
+        ),
+        "250"
+    );
+    let got = info_sink.wait_messages(1, LONG);
+    assert_eq!(got[0]["mail_from"], "owner@own.example");
+}
