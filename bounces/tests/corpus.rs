@@ -61,10 +61,17 @@ struct Label {
     recipient_hint: String,
 }
 
+/// `$BOUNCES_CORPUS`, else `shared/` beside the checkout (as CI lays it
+/// out), else the workplace's `/work/shared`.
 fn corpus_root() -> PathBuf {
-    std::env::var_os("BOUNCES_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/shared/corpora/bounces/sisimai"))
+    if let Some(dir) = std::env::var_os("BOUNCES_CORPUS") {
+        return PathBuf::from(dir);
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpora/bounces/sisimai");
+    if beside.join("labels.tsv").exists() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/corpora/bounces/sisimai")
 }
 
 fn read_labels(root: &Path) -> Vec<Label> {

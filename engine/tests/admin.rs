@@ -739,3 +739,71 @@ fn queue_bounce_writes_an_admin_bounce_event() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["recipient"], "kept@example.net");
 }
+
+#[test]
+fn sendctl_bounce_parse_works_offline_on_the_corpus() {
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/corpora/bounces/sisimai/emails/maildir/bsd"
+    );
+    if !std::path::Path::new(corpus).exists() {
+        eprintln!("SKIPPED: the shared bounce corpus is not beside the repository");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .args([
+            "--socket",
+            "/nonexistent/admin.sock",
+            "--json",
+            "bounce",
+            "parse",
+        ])
+        .arg(format!("{corpus}/lhost-amavis-01.eml"))
+        .arg(format!("{corpus}/arf-01.eml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let bounce = records
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with("lhost-amavis-01.eml"))
+        .unwrap();
+    assert_eq!(bounce["recipient"], "neko@example.co.jp");
+    assert_eq!(bounce["status"], "5.1.1");
+    assert_eq!(bounce["kind"], "bounce");
+    assert_eq!(bounce["category"], "bad-mailbox");
+    assert_eq!(bounce["hard"], true);
+    let complaint = records
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with("arf-01.eml"))
+        .unwrap();
+    assert_eq!(complaint["kind"], "complaint");
+    for key in [
+        "file",
+        "recipient",
+        "status",
+        "action",
+        "category",
+        "hard",
+        "kind",
+        "diagnostic",
+        "remote_mta",
+        "original_message_id",
+        "verp_tag",
+    ] {
+        assert!(bounce.get(key).is_some(), "record lacks {key}");
+    }
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .args(["bounce", "parse", "/nonexistent.eml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+}

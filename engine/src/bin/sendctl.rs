@@ -30,6 +30,7 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
       user flags:   --name --group --password --sender-email
   server test NAME [--to ADDR] [--from ADDR]
   domain put NAME --owner USER | verify NAME | records NAME
+  bounce parse FILE... [--json]     (offline: no daemon needed)
   dkim list | get DOMAIN | generate DOMAIN [--selector S] [--algorithm rsa|ed25519] [--inactive true]
        | import DOMAIN --selector S --pem-file FILE | activate DOMAIN --selector S | retire DOMAIN --selector S
   queue summary | list [--limit N] | inspect ID
@@ -53,6 +54,9 @@ struct Invocation {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = bounce_parse(&argv) {
+        return code;
+    }
     let invocation = match parse(&argv) {
         Ok(i) => i,
         Err(Usage(message)) => {
@@ -559,4 +563,74 @@ fn status(result: &Value) -> String {
         ));
     }
     out
+}
+
+// ---- offline commands ------------------------------------------------------------
+
+/// `sendctl [--json] bounce parse FILE...`: parses bounce emails with the
+/// daemon's parser, without a daemon. One record per affected recipient;
+/// `None` when the command is something else.
+fn bounce_parse(argv: &[String]) -> Option<ExitCode> {
+    let json = argv.iter().any(|a| a == "--json");
+    // Global flags may come first; --socket takes a value.
+    let mut words: Vec<&String> = Vec::new();
+    let mut rest = argv.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--json" => {}
+            "--socket" => {
+                rest.next();
+            }
+            _ => words.push(arg),
+        }
+    }
+    if words.len() < 2 || words[0] != "bounce" || words[1] != "parse" {
+        return None;
+    }
+    let files = &words[2..];
+    if files.is_empty() {
+        eprintln!("sendctl: give the bounce files: sendctl bounce parse FILE... [--json]");
+        return Some(ExitCode::from(2));
+    }
+    let mut failed = false;
+    let mut rows = Vec::new();
+    for file in files {
+        match sendengine_bounces::parse_file_records(std::path::Path::new(file.as_str())) {
+            Ok(records) => rows.extend(records),
+            Err(e) => {
+                eprintln!("sendctl: {e}");
+                failed = true;
+            }
+        }
+    }
+    for record in &rows {
+        let value = serde_json::to_value(record).unwrap_or(Value::Null);
+        if json {
+            println!("{value}");
+        } else {
+            let field = |k: &str| match &value[k] {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                field("file"),
+                field("kind"),
+                field("recipient"),
+                field("status"),
+                field("category"),
+                if value["hard"] == Value::Bool(true) {
+                    "hard"
+                } else {
+                    "soft"
+                }
+            );
+        }
+    }
+    Some(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
