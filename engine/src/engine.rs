@@ -13,7 +13,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use sendengine_queue::{MessageMeta, NewMessage, Spool, SpoolError, StoredMessage};
+use sendengine_queue::{MessageId, MessageMeta, NewMessage, Spool, SpoolError, StoredMessage};
 use tokio::sync::oneshot;
 
 use crate::deliver::{Job, Recorder, base_event};
@@ -90,42 +90,14 @@ impl Engine {
         };
         // Direct mail is split by domain right after the commit.
         let direct = matches!(target, Some(Target::Direct));
-        let body: Arc<[u8]> = admitted.message.body.as_slice().into();
-        let (tx, rx) = oneshot::channel();
-        self.spool.insert(
-            admitted.message.clone(),
-            reserved.is_some() || direct,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        let result = rx.await.unwrap_or(Err(SpoolError::Closed));
-        let id = match result {
-            Ok(id) => id,
-            Err(e) => {
+        let (job, id) = match self.commit(admitted, reserved.is_some() || direct).await {
+            Ok(committed) => committed,
+            Err(reply) => {
                 if let Some(r) = reserved {
                     r.ready.cancel_reservation(priority);
                 }
-                return refusal_for(&e);
+                return reply;
             }
-        };
-        self.emit_suppressed(&admitted, &sendengine_queue::format_id(id));
-        let message = admitted.message;
-        let stored = Arc::new(StoredMessage {
-            id,
-            mail_from: message.mail_from,
-            recipients: message.recipients,
-            meta,
-            body,
-        });
-        let rcpts = (0..stored.recipients.len() as u32)
-            .map(|i| (i, 0))
-            .collect();
-        let job = Job {
-            message: stored,
-            header_message_id: admitted.header_message_id,
-            rcpts,
-            tried: Vec::new(),
         };
         self.record_reception(&job, &dkim);
         if let Some(route) = reserved {
@@ -238,14 +210,73 @@ impl Engine {
         })
     }
 
+    /// Events for the recipients admission left out (suppressed).
     fn emit_suppressed(&self, admitted: &Admitted, queue_id: &str) {
+        let message = &admitted.message;
         suppress::emit_dropped(
             &self.events,
-            &admitted.message,
+            &message.mail_from,
+            &message.meta,
+            message.body.len(),
             &admitted.header_message_id,
             &admitted.suppressed,
             queue_id,
         );
+    }
+
+    /// Writes the message to the spool (durably: the caller answers 250
+    /// after this) and returns the job that delivers it.
+    async fn commit(&self, admitted: Admitted, claimed: bool) -> Result<(Job, MessageId), Reply> {
+        let Admitted {
+            message,
+            header_message_id,
+            suppressed,
+            ..
+        } = admitted;
+        let body: Arc<[u8]> = message.body.as_slice().into();
+        let (mail_from, recipients, meta) = (
+            message.mail_from.clone(),
+            message.recipients.clone(),
+            message.meta.clone(),
+        );
+        let (tx, rx) = oneshot::channel();
+        self.spool.insert(
+            message,
+            claimed,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        let id = rx
+            .await
+            .unwrap_or(Err(SpoolError::Closed))
+            .map_err(|e| refusal_for(&e))?;
+        let stored = Arc::new(StoredMessage {
+            id,
+            mail_from,
+            recipients,
+            meta,
+            body,
+        });
+        suppress::emit_dropped(
+            &self.events,
+            &stored.mail_from,
+            &stored.meta,
+            stored.body.len(),
+            &header_message_id,
+            &suppressed,
+            &sendengine_queue::format_id(id),
+        );
+        let rcpts = (0..stored.recipients.len() as u32)
+            .map(|i| (i, 0))
+            .collect();
+        let job = Job {
+            message: stored,
+            header_message_id,
+            rcpts,
+            tried: Vec::new(),
+        };
+        Ok((job, id))
     }
 
     /// Applies a change to the configuration objects and brings the routes

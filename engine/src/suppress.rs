@@ -6,7 +6,7 @@
 //! kept in the spool (`Spool::suppress`); hard bounces fill them (see
 //! `deliver::record`) and operators edit them over the admin socket.
 
-use sendengine_queue::{NewMessage, Spool};
+use sendengine_queue::{MessageMeta, Spool};
 
 use crate::events::{Event, EventKind, EventLog, EventReply};
 use crate::smtp::reply::Reply;
@@ -59,13 +59,14 @@ pub fn all_suppressed() -> Reply {
 /// queue id of what was kept, or "" when nothing was queued.
 pub fn emit_dropped(
     events: &EventLog,
-    message: &NewMessage,
+    mail_from: &str,
+    meta: &MessageMeta,
+    size: usize,
     header_message_id: &str,
     dropped: &[String],
     message_id: &str,
 ) {
     let now = now_ms();
-    let meta = &message.meta;
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     for recipient in dropped {
         events.emit(Event {
@@ -73,7 +74,7 @@ pub fn emit_dropped(
             kind: EventKind::Suppression,
             message_id: message_id.to_owned(),
             header_message_id: header_message_id.to_owned(),
-            sender: message.mail_from.clone(),
+            sender: mail_from.to_owned(),
             recipient: recipient.clone(),
             tenant: opt(&meta.tenant),
             group: opt(&meta.group),
@@ -91,7 +92,7 @@ pub fn emit_dropped(
             dkim: None,
             attempt: 0,
             queue_time_ms: 0,
-            size: message.body.len(),
+            size,
         });
     }
 }
