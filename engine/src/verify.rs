@@ -5,6 +5,7 @@
 //! yet is resolved again, and one whose records all check out is enabled
 //! (the admin socket can also verify one at once). Enabled domains are
 //! left alone: a passing DNS hiccup must not switch off a tenant's sending.
+//! A domain is stored again only when the lookup changed its results.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,11 @@ pub async fn verify_pending(engine: &Engine) -> usize {
         }
         let mut checked = domain.clone();
         crate::domains::verify(&engine.resolver, &mut checked, now_ms()).await;
+        // Every change re-checks all objects: store only what the lookup
+        // changed (`last_verified_ms` then keeps the last change's time).
+        if checked.status == domain.status && checked.checks == domain.checks {
+            continue;
+        }
         if let Err(e) = engine.change(Change::PutDomain(checked.clone())) {
             eprintln!(
                 "sendengine: could not store the verification of {}: {e}",
