@@ -135,7 +135,7 @@ impl Daemon {
                 resolver: resolver.clone(),
                 verp_secret: tenancy.secrets().derived("verp"),
             },
-            recorder.clone(),
+            recorder,
         );
         let failover_task = tokio::spawn(router.clone().run_failover(failovers));
         let engine = Arc::new(Engine {
@@ -143,7 +143,6 @@ impl Daemon {
             spool,
             events,
             router,
-            recorder,
             tenancy,
             default_user: config.smtp_in.default_user.clone(),
             resolver,

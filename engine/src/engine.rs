@@ -16,7 +16,7 @@ use std::sync::Arc;
 use sendengine_queue::{MessageId, MessageMeta, NewMessage, Spool, SpoolError, StoredMessage};
 use tokio::sync::oneshot;
 
-use crate::deliver::{Job, Recorder, base_event};
+use crate::deliver::{Job, base_event};
 use crate::events::{EventKind, EventLog};
 use crate::limits;
 use crate::message::{self, TraceInfo};
@@ -48,7 +48,6 @@ pub struct Engine {
     pub spool: Spool,
     pub events: EventLog,
     pub router: Arc<Router>,
-    pub recorder: Recorder,
     pub tenancy: Arc<TenancyStore>,
     /// The tenant of relay-network mail without AUTH.
     pub default_user: Option<String>,

@@ -67,26 +67,7 @@ impl Recorder {
 
     /// Records a connection-level failure for every recipient of the job.
     pub fn session_failed(&self, job: &Job, error: &SessionError, at: &AttemptContext<'_>) {
-        let reply = match error.reply() {
-            Some(r) if r.code >= 400 => event_reply(r),
-            // A 5xx at greeting or EHLO is about the connection, not the
-            // recipient: try again later rather than bounce.
-            Some(r) => EventReply {
-                code: 451,
-                enhanced: Some("4.4.0".into()),
-                text: format!("{error} ({r})"),
-            },
-            None => EventReply {
-                code: 451,
-                enhanced: Some("4.4.1".into()),
-                text: error.to_string(),
-            },
-        };
-        let reply = if reply.code >= 500 {
-            EventReply { code: 451, ..reply }
-        } else {
-            reply
-        };
+        let reply = connection_failure_reply(error);
         let verdicts = job
             .rcpts
             .iter()
@@ -259,6 +240,25 @@ fn reply_line(reply: &EventReply) -> String {
     }
 }
 
+/// What a connection-level failure means for each recipient: always a
+/// deferral. A 4xx reply is kept as it came; a 5xx at greeting or EHLO is
+/// about the connection, not the recipient, so it is retried, not bounced.
+fn connection_failure_reply(error: &SessionError) -> EventReply {
+    match error.reply() {
+        Some(r) if r.is_transient() => event_reply(r),
+        Some(r) => EventReply {
+            code: 451,
+            enhanced: Some("4.4.0".into()),
+            text: format!("{error} ({r})"),
+        },
+        None => EventReply {
+            code: 451,
+            enhanced: Some("4.4.1".into()),
+            text: error.to_string(),
+        },
+    }
+}
+
 fn event_reply(reply: &Reply) -> EventReply {
     EventReply {
         code: reply.code,
@@ -293,6 +293,35 @@ mod tests {
             enhanced: Some("4.3.0".into()),
             text: "later".into(),
         }
+    }
+
+    #[test]
+    fn connection_failures_always_defer_with_a_consistent_reply() {
+        use crate::smtp::client::Phase;
+        let rejected = |code, enhanced: &str| SessionError::Rejected {
+            phase: Phase::Greeting,
+            reply: Reply {
+                code,
+                enhanced: Some(enhanced.into()),
+                text: "busy".into(),
+            },
+        };
+        let busy = connection_failure_reply(&rejected(421, "4.3.2"));
+        assert_eq!((busy.code, busy.enhanced.as_deref()), (421, Some("4.3.2")));
+        let refused = connection_failure_reply(&rejected(554, "5.7.1"));
+        assert_eq!(
+            (refused.code, refused.enhanced.as_deref()),
+            (451, Some("4.4.0"))
+        );
+        assert!(refused.text.contains("554 5.7.1 busy"), "{}", refused.text);
+        let timeout = connection_failure_reply(&SessionError::Timeout {
+            phase: Phase::Connect,
+            after: Duration::from_secs(1),
+        });
+        assert_eq!(
+            (timeout.code, timeout.enhanced.as_deref()),
+            (451, Some("4.4.1"))
+        );
     }
 
     /// A recipient claimed at insert whose outcome cannot be written must
