@@ -8,46 +8,13 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, Sink, free_port, wait_for};
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port, sendctl, sendctl_in, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
-
-fn sendctl_in(daemon: &Daemon, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sendctl"))
-        .arg("--socket")
-        .arg(daemon.admin_socket())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run sendctl");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
-
-fn sendctl(daemon: &Daemon, args: &[&str]) -> Output {
-    sendctl_in(daemon, args, None)
-}
-
-/// `sendctl --json ...`, which must succeed; its result.
-fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = sendctl(daemon, &all);
-    assert!(
-        out.status.success(),
-        "sendctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("sendctl --json prints JSON")
-}
 
 /// Sends one message with smtplib from the relay network.
 fn send(daemon: &Daemon, rcpt: &str, headers: &str) {

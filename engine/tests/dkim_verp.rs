@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use sendengine_dkim::{DkimKey, DnsRecord, KeyAlgorithm};
-use support::{Daemon, DaemonConfig, Sink};
+use support::{Daemon, DaemonConfig, Sink, ctl};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -212,21 +212,6 @@ n = len([h for h in d.headers if h[0].lower() == b"dkim-signature"])
 print(n, "ok" if n and all(d.verify(idx=i, dnsfunc=dnsfunc) for i in range(n)) else "FAIL")
 "#;
 
-fn sendctl(daemon: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sendctl"))
-        .arg("--socket")
-        .arg(daemon.admin_socket())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sendctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn keys_made_with_sendctl_sign_and_the_printed_records_verify_and_rotate() {
     let Some(python) = venv_python() else { return };
@@ -239,11 +224,11 @@ fn keys_made_with_sendctl_sign_and_the_printed_records_verify_and_rotate() {
         sink.addr.port()
     );
     let daemon = Daemon::start(DaemonConfig::custom(&config));
-    sendctl(
+    ctl(
         &daemon,
         &["dkim", "generate", "example.com", "--selector", "s2"],
     );
-    sendctl(
+    ctl(
         &daemon,
         &[
             "dkim",
@@ -255,20 +240,20 @@ fn keys_made_with_sendctl_sign_and_the_printed_records_verify_and_rotate() {
             "ed25519",
         ],
     );
-    let records: serde_json::Value = serde_json::from_str(&sendctl(
-        &daemon,
-        &["--json", "domain", "records", "example.com"],
-    ))
-    .unwrap();
-    let zone: Vec<String> = records["zone"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(zone.len(), 2, "{zone:?}");
+    // What `sendctl domain records` prints is what dkimpy gets.
     let zone_file = work.path().join("zone");
-    std::fs::write(&zone_file, zone.join("\n")).unwrap();
+    let publish = || -> usize {
+        let records = ctl(&daemon, &["domain", "records", "example.com"]);
+        let zone: Vec<&str> = records["zone"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        std::fs::write(&zone_file, zone.join("\n")).unwrap();
+        zone.len()
+    };
+    assert_eq!(publish(), 2);
 
     let dkim_of = |n: usize| -> String {
         support::smtplib_send(
@@ -298,7 +283,7 @@ fn keys_made_with_sendctl_sign_and_the_printed_records_verify_and_rotate() {
 
     // Rotation: a new key is published first, signs once active, and the
     // old one signs until it is retired.
-    sendctl(
+    ctl(
         &daemon,
         &[
             "dkim",
@@ -311,28 +296,17 @@ fn keys_made_with_sendctl_sign_and_the_printed_records_verify_and_rotate() {
         ],
     );
     assert_eq!(dkim_of(2), "2 ok | signed d=example.com s=s2,e2");
-    sendctl(
+    ctl(
         &daemon,
         &["dkim", "activate", "example.com", "--selector", "s3"],
     );
-    sendctl(
+    ctl(
         &daemon,
         &["dkim", "retire", "example.com", "--selector", "s2"],
     );
-    let records: serde_json::Value = serde_json::from_str(&sendctl(
-        &daemon,
-        &["--json", "domain", "records", "example.com"],
-    ))
-    .unwrap();
-    let zone: Vec<&str> = records["zone"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap())
-        .collect();
-    std::fs::write(&zone_file, zone.join("\n")).unwrap();
+    assert_eq!(publish(), 2);
     assert_eq!(dkim_of(3), "2 ok | signed d=example.com s=e2,s3");
-    let listed = sendctl(&daemon, &["--json", "dkim", "get", "example.com"]);
+    let listed = ctl(&daemon, &["dkim", "get", "example.com"]).to_string();
     assert!(
         !listed.contains("PRIVATE") && !listed.contains("sealed:"),
         "{listed}"

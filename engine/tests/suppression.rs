@@ -6,30 +6,12 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, DaemonConfig, Sink, smtplib_send, smtplib_try};
+use support::{Daemon, DaemonConfig, Sink, ctl, sendctl, smtplib_send, smtplib_try};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// `sendctl --json ...`, which must succeed; its result.
-fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sendctl"))
-        .arg("--socket")
-        .arg(daemon.admin_socket())
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run sendctl");
-    assert!(
-        out.status.success(),
-        "sendctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("sendctl --json prints JSON")
-}
 
 fn suppressed(daemon: &Daemon, address: &str) -> bool {
     ctl(daemon, &["suppression", "check", address])["suppressed"] == true
@@ -182,21 +164,11 @@ fn operators_edit_tenant_and_global_lists_with_sendctl() {
 
     let acme = ctl(&daemon, &["suppression", "list", "--tenant", "acme"]);
     assert_eq!(acme[0]["address"], "someone@example.net");
-    let table = Command::new(env!("CARGO_BIN_EXE_sendctl"))
-        .arg("--socket")
-        .arg(daemon.admin_socket())
-        .args(["suppression", "list", "--limit", "10"])
-        .output()
-        .unwrap();
+    let table = sendctl(&daemon, &["suppression", "list", "--limit", "10"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.starts_with("ADDRESS"), "{text}");
     assert!(text.contains("trap@example.net"), "{text}");
 
-    let missing = Command::new(env!("CARGO_BIN_EXE_sendctl"))
-        .arg("--socket")
-        .arg(daemon.admin_socket())
-        .args(["suppression", "remove", "nobody@example.net"])
-        .output()
-        .unwrap();
+    let missing = sendctl(&daemon, &["suppression", "remove", "nobody@example.net"]);
     assert_eq!(missing.status.code(), Some(1), "not on the list");
 }

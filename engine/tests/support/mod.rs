@@ -450,3 +450,42 @@ with smtplib.SMTP(host, port, timeout=30) as s:
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+// ---- sendctl ------------------------------------------------------------------
+
+/// Runs the real `sendctl` against the daemon's admin socket.
+pub fn sendctl_in(daemon: &Daemon, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .arg("--socket")
+        .arg(daemon.admin_socket())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sendctl");
+    let mut input = child.stdin.take().expect("sendctl stdin");
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .expect("write sendctl stdin");
+    drop(input);
+    child.wait_with_output().expect("wait for sendctl")
+}
+
+pub fn sendctl(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    sendctl_in(daemon, args, None)
+}
+
+/// `sendctl --json ...`, which must succeed; its result.
+pub fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = sendctl(daemon, &all);
+    assert!(
+        out.status.success(),
+        "sendctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sendctl --json prints JSON")
+}
