@@ -1,6 +1,7 @@
 //! Throughput of the bounce parser: parse + classify per message, for a
-//! standard DSN, a plain-text qmail bounce and an ARF complaint, plus the
-//! classifier alone. Run with `cargo bench -p sendengine-bounces`.
+//! standard DSN, a plain-text qmail bounce, an ARF complaint and a DSN
+//! returning a 100 KB message, plus the classifier alone. Run with
+//! `cargo bench -p sendengine-bounces`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sendengine_bounces::{classify, parse_message};
@@ -11,12 +12,29 @@ const QMAIL: &str = "From: MAILER-DAEMON@mx.example.org\nSubject: failure notice
 
 const ARF: &str = "From: fbl@isp.example\nSubject: complaint\nContent-Type: multipart/report; report-type=feedback-report; boundary=\"X\"\n\n--X\nContent-Type: text/plain\n\nabuse report\n--X\nContent-Type: message/feedback-report\n\nFeedback-Type: abuse\nOriginal-Rcpt-To: carol@isp.example\n--X\nContent-Type: message/rfc822\n\nFrom: news@example.com\nTo: carol@isp.example\n\nbuy\n--X--\n";
 
+/// Size of the returned message in the large bounce: providers return the
+/// whole message, and 100 KB is a common newsletter.
+const LARGE_BODY_BYTES: usize = 100 * 1024;
+
+/// A DSN returning a 100 KB message (message/rfc822, quoted-printable HTML).
+fn large_dsn() -> String {
+    let head = DSN.trim_end_matches("--BB--\n");
+    let line =
+        "<p style=3D\"margin:0\">Our spring collection is here, with twenty new colours.</p>\n";
+    let body = line.repeat(LARGE_BODY_BYTES / line.len() + 1);
+    format!(
+        "{head}--BB\nContent-Type: message/rfc822\n\nFrom: news@example.com\nTo: jane@example.net\nMessage-ID: <m1@example.com>\nContent-Type: text/html\nContent-Transfer-Encoding: quoted-printable\n\n{body}--BB--\n"
+    )
+}
+
 fn parse(c: &mut Criterion) {
+    let large = large_dsn();
     let mut group = c.benchmark_group("parse_and_classify");
     for (name, mail) in [
         ("rfc3464_dsn", DSN),
         ("qmail_text", QMAIL),
         ("arf_complaint", ARF),
+        ("large_dsn_100k", large.as_str()),
     ] {
         group.throughput(Throughput::Elements(1));
         group.bench_function(name, |b| {

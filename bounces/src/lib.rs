@@ -9,6 +9,7 @@
 mod category;
 mod classify;
 mod dsn;
+mod fml;
 mod mail;
 mod parse;
 mod ses;

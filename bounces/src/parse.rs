@@ -3,7 +3,8 @@
 //!
 //! Order of decisions: a feedback report (RFC 5965 ARF, Hotmail's format,
 //! Apple's unsubscribe notice) is a complaint; a delivery-status report or a
-//! mail that looks like a bounce and names a recipient is a bounce; a mail
+//! mail that looks like a bounce (by its sender, subject or wording) and
+//! names a recipient is a bounce, and so is fml's refusal of a list post; a mail
 //! marked as automatic (RFC 3834) or titled like a vacation notice is an
 //! auto-reply; anything else is not a bounce. Exim marks its bounces
 //! `Auto-Submitted: auto-replied`, hence bounces before auto-replies.
@@ -17,6 +18,7 @@ use serde::Serialize;
 use crate::category::Category;
 use crate::classify::{Classifier, builtin_classifier, is_permanent};
 use crate::dsn::{self, DsnRecipient};
+use crate::fml;
 use crate::mail::{Mail, SectionKind, parse_header_block, split_header_body};
 use crate::ses::{self, SesKind, SesRecipient};
 use crate::text::{self, MAX_DIAGNOSTIC_CHARS, TextRecipient};
@@ -181,6 +183,8 @@ struct Context<'c> {
     returned_headers: Vec<(String, String)>,
     original_message_id: Option<String>,
     verp_tag: Option<String>,
+    /// The bounce's subject: Sendmail says there that it gave up.
+    subject: String,
 }
 
 impl<'c> Context<'c> {
@@ -215,6 +219,7 @@ impl<'c> Context<'c> {
             returned_headers,
             original_message_id,
             verp_tag,
+            subject: mail.subject.clone(),
         }
     }
 
@@ -354,7 +359,7 @@ fn complaint_fallback_recipients(mail: &Mail, context: &Context) -> Vec<String> 
 /// Senders and subjects of bounces from MTAs that do not send RFC 3464.
 static BOUNCE_SENDER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
-        r"(?i)mailer-daemon|mailer_daemon|mailerdaemon|postmaster|mail delivery (subsystem|system|service)|",
+        r"(?i)mailer-daemon|mailer_daemon|mailerdaemon|post_?master|mail delivery (subsystem|system|service)|",
         r"mail ?administrator|mdaemon|microsoftexchange|system administrator|returned|",
         r"daemon@|bounce|delivery|notification|failure"
     ))
@@ -374,19 +379,31 @@ static BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("{e}"))
 });
 
-fn looks_like_bounce(mail: &Mail) -> bool {
+/// Sentences only a bounce writes, for notices whose sender and subject say
+/// nothing (KDDI's "Mail" from no-reply@).
+static BOUNCE_BODY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)could not be delivered to:|delivery to the following recipients? failed|",
+        r"the following addresses had permanent fatal errors|this is the qmail-send program|",
+        r"this is the mail system at host"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+});
+
+fn looks_like_bounce(mail: &Mail, context: &Context) -> bool {
     let subject = mail.subject.as_str();
     let from = mail.header("from").unwrap_or_default();
     mail.content_type.contains("delivery-status")
         || mail.header("x-failed-recipients").is_some()
         || BOUNCE_SUBJECT.is_match(subject)
         || (BOUNCE_SENDER.is_match(from) && !subject.to_ascii_lowercase().contains("notification"))
+        || BOUNCE_BODY.is_match(&context.own_text)
 }
 
 fn bounce_records(mail: &Mail, context: &Context) -> Vec<Record> {
     let report = dsn::read_report(&mail.text_of(SectionKind::DeliveryStatus));
     let mut dsn_recipients = report.recipients;
-    if dsn_recipients.is_empty() && looks_like_bounce(mail) {
+    if dsn_recipients.is_empty() && looks_like_bounce(mail, context) {
         dsn_recipients = dsn::read_report(&context.own_text).recipients;
     }
     let excluded = sender_addresses(mail, context);
@@ -409,8 +426,11 @@ fn bounce_records(mail: &Mail, context: &Context) -> Vec<Record> {
             })
             .collect();
     }
-    if !looks_like_bounce(mail) {
-        return Vec::new();
+    if !looks_like_bounce(mail, context) {
+        return fml::records(mail, &context.own_text)
+            .iter()
+            .map(|r| text_record(r, context))
+            .collect();
     }
     let mut recipients = text_recipients;
     if recipients.is_empty() {
@@ -515,8 +535,9 @@ fn dsn_record(
     });
     let diagnostic = recipient
         .diagnostic
-        .clone()
+        .as_deref()
         .filter(|d| !d.trim().is_empty())
+        .map(|d| text::complete_multiline_reply(d, own_text))
         .or(text_diagnostic)
         .map(|d| text::truncate(&text::squeeze(&d), MAX_DIAGNOSTIC_CHARS));
     let status = recipient
@@ -560,8 +581,17 @@ fn text_record(recipient: &TextRecipient, context: &Context) -> Record {
 
 /// When the lines about the recipient match no rule, the whole notice may
 /// (Google Groups, for one, explains itself paragraphs away from the
-/// address).
+/// address); and a notice titled as given up on turns a connection
+/// failure into an expired message.
 fn classify_from_whole_notice(record: &mut Record, context: &Context) {
+    let connection_trouble = matches!(
+        record.category,
+        Some(Category::NoAnswerFromHost | Category::BadConnection)
+    );
+    if connection_trouble && GAVE_UP_SUBJECT.is_match(&context.subject) {
+        record.category = Some(Category::MessageExpired);
+        return;
+    }
     if record.category != Some(Category::Other) {
         return;
     }
@@ -593,19 +623,32 @@ fn expiry_aware_category(
     action: Option<&str>,
     permanent: bool,
 ) -> Category {
+    if action == Some("expired") {
+        // Non-standard but plain (SendGrid): the queue gave up.
+        return Category::MessageExpired;
+    }
     let temporary_status = status.as_deref().is_some_and(|s| s.starts_with('4'));
     let gave_up = action.is_none_or(|a| a == "failed");
     let connection_trouble = matches!(
         category,
         Category::NoAnswerFromHost | Category::BadConnection
     );
+    // A permanent failure without status: only silence means "gave up".
     let unknown_status = status.is_none() && permanent;
-    if gave_up && (temporary_status || unknown_status) && connection_trouble {
+    let gave_up_waiting = temporary_status && connection_trouble
+        || unknown_status && category == Category::NoAnswerFromHost;
+    if gave_up && gave_up_waiting {
         Category::MessageExpired
     } else {
         category
     }
 }
+
+/// Sendmail's subject when it returns a message it could not send in time.
+static GAVE_UP_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)cannot send message (for|within) \d+ (day|hour)")
+        .unwrap_or_else(|e| panic!("{e}"))
+});
 
 static DELAY_WORDS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)will (continue|keep) (trying|to try)|still (be )?trying|delivery (has been |is )?delayed|not yet been delivered|warning: message|will retry|temporar")
@@ -624,7 +667,7 @@ fn classified_record(
     diagnostic: Option<String>,
     action: Option<String>,
 ) -> Record {
-    let diagnostic_text = diagnostic.as_deref().unwrap_or_default();
+    let diagnostic_text = text::remote_reply(diagnostic.as_deref().unwrap_or_default());
     let code = text::reply_code(diagnostic_text).unwrap_or(0);
     let classification = classifier.classify(code, status.as_deref(), diagnostic_text);
     let permanent = match (&status, code, action.as_deref()) {

@@ -16,6 +16,9 @@ const MAX_DIAGNOSTIC_LINES: usize = 8;
 pub const MAX_DIAGNOSTIC_CHARS: usize = 1000;
 /// Most candidate recipients taken from free text.
 const MAX_TEXT_RECIPIENTS: usize = 100;
+/// Statuses or reply codes looked at after a success one, looking for the
+/// failure (a transcript holds a few dozen at most).
+const MAX_STATUSES_SCANNED: usize = 100;
 
 static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[A-Za-z0-9._%+'=!#$&*/?^`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
@@ -199,20 +202,76 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
-/// The first RFC 3463 status ("5.1.1") in a text.
+/// The first failure status (4.x.x, 5.x.x) of RFC 3463 in a text, else the
+/// first status ("2.1.5"): a session transcript shows the successes before
+/// the failure that matters.
 pub fn enhanced_status(text: &str) -> Option<String> {
-    ENHANCED_STATUS
-        .captures(text)
-        .and_then(|c| c.get(1))
-        .map(|m| m.as_str().to_string())
+    first_failure(ENHANCED_STATUS.captures_iter(text).filter_map(|c| c.get(1)))
 }
 
-/// The first SMTP reply code in a text.
+/// The first failure reply code (4xx, 5xx) in a text, else the first code.
 pub fn reply_code(text: &str) -> Option<u16> {
-    REPLY_CODE
-        .captures(text)
-        .and_then(|c| c.get(1))
-        .and_then(|m| m.as_str().parse().ok())
+    first_failure(REPLY_CODE.captures_iter(text).filter_map(|c| c.get(1)))
+        .and_then(|code| code.parse().ok())
+}
+
+/// Failures start with 4 or 5; the first one wins, else the first of all.
+fn first_failure<'t>(mut found: impl Iterator<Item = regex::Match<'t>>) -> Option<String> {
+    let first = found.next()?;
+    if first.as_str().starts_with(['4', '5']) {
+        return Some(first.as_str().to_string());
+    }
+    let failure = found
+        .take(MAX_STATUSES_SCANNED)
+        .find(|m| m.as_str().starts_with(['4', '5']));
+    Some(failure.unwrap_or(first).as_str().to_string())
+}
+
+/// Gmail wraps the remote server's reply in its own explanation ("Google
+/// tried to deliver your message, but it was rejected by the recipient
+/// domain ... The error that the other server returned was: 500 ..."); the
+/// reply is what says why.
+pub fn remote_reply(diagnostic: &str) -> &str {
+    const GMAIL_WRAPPER: &str = "the error that the other server returned was:";
+    match diagnostic.to_ascii_lowercase().find(GMAIL_WRAPPER) {
+        Some(at) => diagnostic[at + GMAIL_WRAPPER.len()..].trim(),
+        None => diagnostic,
+    }
+}
+
+/// Most lines of a multi-line reply followed in a session transcript.
+const MAX_REPLY_LINES: usize = 20;
+
+/// Sendmail puts only the first line of a multi-line reply ("552-5.7.0 This
+/// message was blocked because its content presents a potential") in the
+/// DSN; the transcript in the text has the rest ("<<< 552-5.7.0 security
+/// issue ..."). Returns the whole reply when found, else the diagnostic.
+pub fn complete_multiline_reply(diagnostic: &str, text: &str) -> String {
+    let first = squeeze(diagnostic);
+    let Some(code) = first
+        .get(..4)
+        .filter(|head| head.ends_with('-') && head[..3].bytes().all(|b| b.is_ascii_digit()))
+        .map(|head| head[..3].to_string())
+    else {
+        return diagnostic.to_string();
+    };
+    let transcript_line = |line: &str| squeeze(line.trim().trim_start_matches("<<<"));
+    let mut lines = text.lines().map(transcript_line);
+    if !lines.any(|line| line == first) {
+        return diagnostic.to_string();
+    }
+    let mut whole = first;
+    for line in lines.take(MAX_REPLY_LINES) {
+        let Some(rest) = line.strip_prefix(code.as_str()) else {
+            break;
+        };
+        whole.push(' ');
+        whole.push_str(&line);
+        if !rest.starts_with('-') {
+            break;
+        }
+    }
+    whole
 }
 
 /// Every address in a text, in order.
@@ -252,6 +311,44 @@ mod tests {
         assert_eq!(
             reply_code("mx1.example.com [192.0.2.1]: 451 try later"),
             Some(451)
+        );
+    }
+
+    #[test]
+    fn a_transcript_gives_its_failure_not_its_successes() {
+        let transcript = "In: RCPT TO:<a@example.org> Out: 250 2.1.5 Ok In: DATA Out: 354 End data Out: 451 4.3.0 Error: queue file write error Out: 221 2.0.0 Bye";
+        assert_eq!(enhanced_status(transcript).as_deref(), Some("4.3.0"));
+        assert_eq!(reply_code(transcript), Some(451));
+        assert_eq!(enhanced_status("250 2.1.5 Ok").as_deref(), Some("2.1.5"));
+    }
+
+    #[test]
+    fn gmail_wrapper_gives_way_to_the_remote_reply() {
+        let gmail = "Technical details of permanent failure: Google tried to deliver your message, but it was rejected by the recipient domain. The error that the other server returned was: 500 Remote server does not support TLS (state 6).";
+        assert_eq!(
+            remote_reply(gmail),
+            "500 Remote server does not support TLS (state 6)."
+        );
+        assert_eq!(
+            remote_reply("550 5.1.1 user unknown"),
+            "550 5.1.1 user unknown"
+        );
+    }
+
+    #[test]
+    fn multiline_reply_is_completed_from_the_transcript() {
+        let first = "552-5.7.0 This message was blocked because its content presents a potential";
+        let text = "... while talking to aspmx.l.google.com.:\n>>> DATA\n<<< 552-5.7.0 This message was blocked because its content presents a potential\n<<< 552-5.7.0 security issue. Please visit\n<<< 552 5.7.0 content guidelines. - gsmtp\n554 5.0.0 Service unavailable\n";
+        assert_eq!(
+            complete_multiline_reply(first, text),
+            format!(
+                "{first} 552-5.7.0 security issue. Please visit 552 5.7.0 content guidelines. - gsmtp"
+            )
+        );
+        assert_eq!(complete_multiline_reply(first, "no transcript"), first);
+        assert_eq!(
+            complete_multiline_reply("550 5.1.1 unknown", text),
+            "550 5.1.1 unknown"
         );
     }
 }

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use sendengine_bounces::{Category, Kind, Record, parse_file_records};
 
 // Floors, in percent.
-const FLOOR_RECIPIENT: f64 = 97.0;
-const FLOOR_PERM_TEMP: f64 = 99.0;
-const FLOOR_CATEGORY: f64 = 82.0;
+const FLOOR_RECIPIENT: f64 = 98.12;
+const FLOOR_PERM_TEMP: f64 = 99.31;
+const FLOOR_CATEGORY: f64 = 90.48;
 const FLOOR_COMPLAINT: f64 = 100.0;
 const FLOOR_NOT_BOUNCE: f64 = 100.0;
 const FLOOR_AUTO_REPLY: f64 = 100.0;

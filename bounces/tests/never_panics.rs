@@ -80,6 +80,27 @@ fn apply(sample: &[u8], mutations: &[Mutation]) -> Vec<u8> {
     bytes
 }
 
+/// Inputs the fuzzer (`bounces/fuzz`) found crashing the parser, kept so
+/// they stay fixed.
+#[test]
+fn fuzz_regressions_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir)
+        .expect("fuzz-regressions dir")
+        .flatten()
+    {
+        let bytes = std::fs::read(entry.path()).expect("read regression input");
+        assert!(
+            !parse_message(&bytes).is_empty(),
+            "{}",
+            entry.path().display()
+        );
+        seen += 1;
+    }
+    assert!(seen > 0, "no regression inputs in {}", dir.display());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -244,3 +244,62 @@ fn operator_rules_apply_to_parsed_bounces() {
     );
     assert!(!records[0].hard);
 }
+
+#[test]
+fn fml_refusal_names_the_list() {
+    let mail = "From: neko-admin@example.org\nTo: sironeko@example.net\nSubject: You sironeko@example.net are not member (neko ML)\nX-MLServer: fml [fml 4.0.3 release (20011202/4.0.3)]\n\nYou are not a member of this mailing list <neko@example.org>.\n\nIf you know the general guide of this list, please send mail.\n";
+    let records = parse_message(mail.as_bytes());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].kind, Kind::Bounce);
+    assert_eq!(records[0].recipient.as_deref(), Some("neko@example.org"));
+    assert_eq!(records[0].category, Some(Category::InvalidSender));
+    // The same text without fml's header is someone's mail, not a bounce.
+    let plain = mail.replace("X-MLServer: fml", "X-Mailer: mutt");
+    assert_eq!(parse_message(plain.as_bytes())[0].kind, Kind::NotBounce);
+}
+
+#[test]
+fn notice_with_a_bland_subject_is_read_from_its_body() {
+    // KDDI (au) says it in the body only: "Subject: Mail" from no-reply@.
+    let mail = "From: no-reply@example.ne.jp\nTo: <sender@example.jp>\nSubject: Mail\n\nYour mail sent on: Thu, 29 Apr 2013 00:00:00 +0900\n     Could not be delivered to: <kijitora@example.ne.jp>\n     As their mailbox is full.\n";
+    let records = parse_message(mail.as_bytes());
+    assert_eq!(records[0].kind, Kind::Bounce);
+    assert_eq!(
+        records[0].recipient.as_deref(),
+        Some("kijitora@example.ne.jp")
+    );
+    assert_eq!(records[0].category, Some(Category::QuotaIssues));
+}
+
+#[test]
+fn post_master_notice_is_a_bounce() {
+    // Verizon and Apache James sign as post_master and reply "Re:".
+    let mail = "From: post_master@vtext.example.com\nTo: kijitora@example.com\nSubject: Re:Test message\n\nError: Invalid user address\n\nError message below:\n550 - Requested action not taken: no such user here\n\nMessage details:\n  MAIL FROM: kijitora@example.com\n  RCPT TO: 5550100@vtext.example.com\n";
+    let records = parse_message(mail.as_bytes());
+    assert_eq!(records[0].kind, Kind::Bounce);
+    assert_eq!(
+        records[0].recipient.as_deref(),
+        Some("5550100@vtext.example.com")
+    );
+    assert_eq!(records[0].category, Some(Category::BadMailbox));
+}
+
+#[test]
+fn postfix_transcript_reports_the_failure_after_the_successes() {
+    let mail = "From: MAILER-DAEMON@mx.example.org\nSubject: Postfix SMTP server: errors from example.net\n\nTranscript of session follows.\n\n Out: 220 mx ESMTP\n In:  RCPT TO:<kijitora@example.org>\n Out: 250 2.1.5 Ok\n In:  DATA\n Out: 354 End data with <CR><LF>.<CR><LF>\n Out: 451 4.3.0 Error: queue file write error\n In:  QUIT\n Out: 221 2.0.0 Bye\n";
+    let records = parse_message(mail.as_bytes());
+    assert_eq!(records[0].kind, Kind::Bounce);
+    assert_eq!(records[0].status.as_deref(), Some("4.3.0"));
+    assert_eq!(records[0].category, Some(Category::Other));
+}
+
+#[test]
+fn expired_action_means_an_expired_message() {
+    let mail = dsn("x").replace(
+        "Action: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.example.net\r\nDiagnostic-Code: smtp; 550 5.1.1 <jane@example.net>: Recipient address\r\n\x20   rejected: User unknown",
+        "Action: expired\r\nStatus:\r\nDiagnostic-Code: Connection timed out",
+    );
+    let records = parse_message(mail.as_bytes());
+    assert_eq!(records[0].recipient.as_deref(), Some("jane@example.net"));
+    assert_eq!(records[0].category, Some(Category::MessageExpired));
+}
