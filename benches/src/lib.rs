@@ -11,6 +11,7 @@ pub mod fault;
 pub mod loadgen;
 pub mod message;
 pub mod reply;
+pub mod runner;
 pub mod sink;
 pub mod tls;
 

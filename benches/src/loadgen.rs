@@ -6,11 +6,11 @@
 //! the generator stays far from being the bottleneck.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -45,6 +45,9 @@ pub struct LoadgenConfig {
     pub from: String,
     pub to_domain: String,
     pub ids_file: Option<PathBuf>,
+    /// `MESSAGE_ID UNIX_MICROS` per acknowledged message, buffered: for
+    /// latency measures (the ids file is the crash-test record).
+    pub acks_file: Option<PathBuf>,
     /// Messages per second over all connections; 0 = unlimited.
     pub rate: f64,
     pub auth: Option<(String, String)>,
@@ -65,6 +68,7 @@ impl Default for LoadgenConfig {
             from: "loadgen@example.com".to_string(),
             to_domain: "example.net".to_string(),
             ids_file: None,
+            acks_file: None,
             rate: 0.0,
             auth: None,
             starttls: false,
@@ -167,6 +171,7 @@ struct Shared {
     /// MAIL, RCPTs and DATA as one pipelined write.
     pipelined_envelope: Vec<u8>,
     ids_file: Option<Mutex<File>>,
+    acks_file: Option<Mutex<BufWriter<File>>>,
     tls: Option<TlsConnector>,
     acked: AtomicU64,
     tempfail: AtomicU64,
@@ -178,6 +183,10 @@ impl Shared {
     fn new(config: LoadgenConfig) -> Result<Self, LoadgenError> {
         let ids_file = match &config.ids_file {
             Some(path) => Some(Mutex::new(open_ids_file(path)?)),
+            None => None,
+        };
+        let acks_file = match &config.acks_file {
+            Some(path) => Some(Mutex::new(BufWriter::new(open_ids_file(path)?))),
             None => None,
         };
         let tls = if config.starttls {
@@ -201,6 +210,7 @@ impl Shared {
             recipients,
             pipelined_envelope,
             ids_file,
+            acks_file,
             tls,
             acked: AtomicU64::new(0),
             tempfail: AtomicU64::new(0),
@@ -241,6 +251,15 @@ impl Shared {
     /// next message is sent.
     fn record_ack(&self, message_id: &str) {
         self.acked.fetch_add(1, Ordering::SeqCst);
+        if let Some(file) = &self.acks_file {
+            let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            if let Err(err) = writeln!(file, "{message_id} {now_us}") {
+                eprintln!("sendengine-loadgen: cannot write the acks file: {err}");
+            }
+        }
         let Some(file) = &self.ids_file else { return };
         let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
         // One write call per line: the line is in the kernel at once, whole.
@@ -280,6 +299,12 @@ pub async fn run(config: LoadgenConfig) -> Result<Summary, LoadgenError> {
         }
     }
     let elapsed = shared.started.elapsed();
+    if let Some(file) = &shared.acks_file {
+        let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(err) = file.flush() {
+            eprintln!("sendengine-loadgen: cannot write the acks file: {err}");
+        }
+    }
     latencies_us.sort_unstable();
     Ok(Summary {
         attempted: shared.claimed.load(Ordering::SeqCst),

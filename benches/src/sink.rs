@@ -132,6 +132,8 @@ struct Journal {
 struct LogLine<'a> {
     seq: u64,
     time_ms: u64,
+    /// The same instant in microseconds: latency figures need finer steps.
+    time_us: u64,
     mail_from: &'a str,
     rcpts: &'a [String],
     message_id: Option<&'a str>,
@@ -256,10 +258,10 @@ fn open_log(path: &Path) -> Result<BufWriter<File>, SinkError> {
         })
 }
 
-fn unix_millis() -> u64 {
+fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// What the session does after a command.
@@ -530,9 +532,11 @@ impl Session {
             self.reset_transaction();
             return flow;
         }
+        let now_us = unix_micros();
         let entry = LogLine {
             seq: 0,
-            time_ms: unix_millis(),
+            time_ms: now_us / 1000,
+            time_us: now_us,
             mail_from: self.mail_from.as_deref().unwrap_or(""),
             rcpts: &self.rcpts,
             message_id: message_id.as_deref(),

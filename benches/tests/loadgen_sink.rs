@@ -197,3 +197,42 @@ fn bad_arguments_exit_with_2() {
     ]));
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn acks_file_times_each_acknowledged_message() {
+    let sink = SinkProcess::start(&[]);
+    let acks_path = sink.ids_path().with_file_name("acks.txt");
+    let run = loadgen(
+        &sink,
+        &[
+            "--messages",
+            "50",
+            "--connections",
+            "5",
+            "--size",
+            "500",
+            "--acks-file",
+            acks_path.to_str().unwrap(),
+        ],
+    );
+    assert!(run.success, "{} {}", run.stdout, run.stderr);
+    let acks = read_lines(&acks_path);
+    assert_eq!(acks.len(), 50);
+    let logged: BTreeSet<String> = sink.logged_message_ids().into_iter().collect();
+    for line in &acks {
+        let (id, micros) = line.rsplit_once(' ').expect("ID MICROS");
+        assert!(logged.contains(id), "{id} acked but not at the sink");
+        let acked_us: u64 = micros.parse().unwrap();
+        // The sink logs (µs) before it sends the 250 the loadgen times.
+        let entry = sink
+            .log()
+            .into_iter()
+            .find(|e| e["message_id"] == id)
+            .unwrap();
+        assert!(entry["time_us"].as_u64().unwrap() <= acked_us);
+        assert_eq!(
+            entry["time_ms"].as_u64().unwrap(),
+            entry["time_us"].as_u64().unwrap() / 1000
+        );
+    }
+}

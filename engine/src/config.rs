@@ -39,6 +39,9 @@ pub struct Config {
     pub secrets: SecretsSection,
     pub dns: DnsSection,
     pub direct: DirectSection,
+    pub log: LogSection,
+    pub bounce_in: BounceInSection,
+    pub suppression: SuppressionSection,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -47,6 +50,39 @@ pub struct Config {
 pub struct SecretsSection {
     /// The master key (created on first start); default `<spool dir>/secret.key`.
     pub key_file: PathBuf,
+    /// `key_file` was set in the file; if not, a systemd credential
+    /// (`$CREDENTIALS_DIRECTORY/secret.key`) takes precedence over the default.
+    pub key_file_set: bool,
+}
+
+/// The daemon's own log on stderr (see `logging`).
+#[derive(Debug, Clone)]
+pub struct LogSection {
+    /// `RUST_LOG`-style filter; `RUST_LOG` in the environment wins over it.
+    pub filter: Option<String>,
+}
+
+/// The listener for asynchronous bounces and complaints (see `bounce_in`).
+#[derive(Debug, Clone)]
+pub struct BounceInSection {
+    /// Empty: no listener (the delivered index is still kept).
+    pub listen: Vec<SocketAddr>,
+    /// Return-path domains accepted in RCPT (lowercase). Empty: any domain;
+    /// the HMAC of the VERP tag is what keeps strangers out either way.
+    pub domains: Vec<String>,
+    pub max_message_size: u64,
+    pub max_connections: usize,
+    /// How long the delivered index keeps a finished recipient, counted
+    /// from the message's reception: bounces after that are not tied.
+    pub retain: Duration,
+}
+
+/// What happens to addresses that bounce hard or complain.
+#[derive(Debug, Clone)]
+pub struct SuppressionSection {
+    /// Hard bounces (synchronous and asynchronous) and complaints put the
+    /// address on its tenant's suppression list.
+    pub auto_suppress: bool,
 }
 
 /// Direct delivery to recipients' MX hosts (the built-in `direct` route).
@@ -90,6 +126,9 @@ pub struct SmtpInSection {
     pub tls_key: Option<PathBuf>,
     /// The tenant of mail from `relay_networks` without AUTH.
     pub default_user: Option<String>,
+    /// Failed AUTH attempts per client address in 10 minutes before AUTH
+    /// from it is refused (421) for the rest of those 10 minutes.
+    pub auth_failures_per_ip: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +142,9 @@ pub struct DeliverySection {
     /// How long a delivery server that failed at connection level is skipped
     /// in favour of the next one of the group before it is tried again.
     pub failover_backoff: Duration,
+    /// At SIGTERM, how long sessions and deliveries in flight get to
+    /// finish; what is still in flight then is retried after the restart.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -118,11 +160,23 @@ pub struct AdminSection {
 #[derive(Debug, Clone)]
 pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
+    /// Adds a `tenant` label to the received, delivered and bounced counts.
+    pub tenant_labels: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct EventsSection {
     pub path: Option<PathBuf>,
+    /// The file is rotated before it grows beyond this (default 256 MiB).
+    pub max_file_bytes: u64,
+    /// Rotate at the first event after midnight UTC (default on).
+    pub rotate_daily: bool,
+    /// Rotated files kept, `events.jsonl.1` (newest) to `.keep_files`.
+    pub keep_files: usize,
+    /// Events waiting for the writer at most; beyond, dropped and counted.
+    pub queue_size: usize,
+    /// `[[webhook]]` entries.
+    pub webhooks: Vec<crate::events::webhook::WebhookSettings>,
 }
 
 /// An IP network in CIDR notation, e.g. `127.0.0.0/8` or `::1/128`.
@@ -243,11 +297,19 @@ struct RawConfig {
     #[serde(default)]
     events: RawEvents,
     #[serde(default)]
+    webhook: Vec<crate::events::webhook::RawWebhook>,
+    #[serde(default)]
     secrets: RawSecrets,
     #[serde(default)]
     dns: RawDns,
     #[serde(default)]
     direct: RawDirect,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    bounce_in: RawBounceIn,
+    #[serde(default)]
+    suppression: RawSuppression,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -286,6 +348,7 @@ struct RawSmtpIn {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     default_user: Option<String>,
+    auth_failures_per_ip: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -296,6 +359,7 @@ struct RawDelivery {
     idle_timeout: Option<String>,
     ready_queue_size: Option<usize>,
     failover_backoff: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -311,12 +375,41 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+    tenant_labels: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawEvents {
     path: Option<PathBuf>,
+    max_file_size: Option<String>,
+    rotate_daily: Option<bool>,
+    keep_files: Option<usize>,
+    queue_size: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    filter: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBounceIn {
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    domains: Vec<String>,
+    max_message_size: Option<String>,
+    max_connections: Option<usize>,
+    retain_days: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSuppression {
+    auto_suppress: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -440,11 +533,16 @@ impl RawConfig {
                 Some(a) => Some(keyed("metrics.listen", parse_socket_addr(a))?),
                 None => None,
             },
+            tenant_labels: self.metrics.tenant_labels.unwrap_or(false),
         };
+        let key_file_set = self.secrets.key_file.is_some();
         let key_file = self
             .secrets
             .key_file
             .unwrap_or_else(|| spool.dir.join("secret.key"));
+        if let Some(filter) = &self.log.filter {
+            keyed("log.filter", crate::logging::Filter::parse(filter))?;
+        }
         let nameservers = self
             .dns
             .nameservers
@@ -468,8 +566,22 @@ impl RawConfig {
             metrics,
             events: EventsSection {
                 path: self.events.path,
+                max_file_bytes: match &self.events.max_file_size {
+                    Some(s) => keyed("events.max_file_size", parse_size(s))?,
+                    None => 256 << 20,
+                },
+                rotate_daily: self.events.rotate_daily.unwrap_or(true),
+                keep_files: positive("events.keep_files", self.events.keep_files, 14)?,
+                queue_size: crate::events::checked_queue_size(self.events.queue_size)?,
+                webhooks: crate::events::webhook::validate_all(self.webhook)?,
             },
-            secrets: SecretsSection { key_file },
+            secrets: SecretsSection {
+                key_file,
+                key_file_set,
+            },
+            log: LogSection {
+                filter: self.log.filter,
+            },
             dns: DnsSection {
                 nameservers,
                 verify_interval: duration_or(
@@ -491,7 +603,45 @@ impl RawConfig {
                     Duration::from_secs(30),
                 )?,
             },
+            bounce_in: self.bounce_in.validate()?,
+            suppression: SuppressionSection {
+                auto_suppress: self.suppression.auto_suppress.unwrap_or(true),
+            },
             seeds,
+        })
+    }
+}
+
+impl RawBounceIn {
+    fn validate(self) -> Result<BounceInSection, String> {
+        let listen = self
+            .listen
+            .iter()
+            .map(|a| keyed("bounce_in.listen", parse_socket_addr(a)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut domains = Vec::with_capacity(self.domains.len());
+        for domain in &self.domains {
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if domain.is_empty() || domain.contains(['@', ' ']) {
+                return Err(format!(
+                    "bounce_in.domains: `{domain}` is not a domain (expected e.g. \"sl.example.com\")"
+                ));
+            }
+            domains.push(domain);
+        }
+        let retain_days = self.retain_days.unwrap_or(30);
+        if !(1..=3650).contains(&retain_days) {
+            return Err("bounce_in.retain_days: must be 1 to 3650".into());
+        }
+        Ok(BounceInSection {
+            listen,
+            domains,
+            max_message_size: match &self.max_message_size {
+                Some(s) => keyed("bounce_in.max_message_size", parse_size(s))?,
+                None => 10 << 20,
+            },
+            max_connections: positive("bounce_in.max_connections", self.max_connections, 100)?,
+            retain: Duration::from_secs(retain_days * 86_400),
         })
     }
 }
@@ -595,6 +745,13 @@ impl RawSmtpIn {
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             default_user: self.default_user,
+            auth_failures_per_ip: positive(
+                "smtp_in.auth_failures_per_ip",
+                self.auth_failures_per_ip,
+                5,
+            )?
+            .try_into()
+            .map_err(|_| "smtp_in.auth_failures_per_ip: at most 4294967295".to_owned())?,
         })
     }
 }
@@ -631,6 +788,11 @@ impl RawDelivery {
                 "delivery.failover_backoff",
                 self.failover_backoff.as_ref(),
                 Duration::from_secs(30),
+            )?,
+            shutdown_grace: duration_or(
+                "delivery.shutdown_grace",
+                self.shutdown_grace.as_ref(),
+                Duration::from_secs(15),
             )?,
         })
     }
@@ -700,5 +862,31 @@ mod tests {
         let typo = EXAMPLE.replace("[smtp_in]", "[smtp_in]\nmax_mesage_size = 1");
         let e = Config::parse(&typo).unwrap_err().to_string();
         assert!(e.contains("max_mesage_size"), "{e}");
+    }
+
+    #[test]
+    fn bounce_in_and_suppression_sections() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert!(c.bounce_in.listen.is_empty(), "no listener unless set");
+        assert_eq!(c.bounce_in.retain, Duration::from_secs(30 * 86_400));
+        assert!(c.suppression.auto_suppress);
+        let set = format!(
+            "{EXAMPLE}\n[bounce_in]\nlisten = [\"127.0.0.1:2527\"]\ndomains = [\"SL.Example.com.\"]\nretain_days = 7\n[suppression]\nauto_suppress = false\n"
+        );
+        let c = Config::parse(&set).unwrap();
+        assert_eq!(c.bounce_in.domains, ["sl.example.com"]);
+        assert_eq!(c.bounce_in.retain, Duration::from_secs(7 * 86_400));
+        assert!(!c.suppression.auto_suppress);
+        for (bad, key) in [
+            ("[bounce_in]\nretain_days = 0", "bounce_in.retain_days"),
+            ("[bounce_in]\nlisten = [\"nowhere\"]", "bounce_in.listen"),
+            ("[bounce_in]\ndomains = [\"a@b\"]", "bounce_in.domains"),
+            ("[suppression]\nauto = true", "auto"),
+        ] {
+            let e = Config::parse(&format!("{EXAMPLE}\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! Start: open the spool (recovery runs there), the event log, the routes,
 //! bind every listener (a busy port is an error at start, not later), then
-//! start the scheduler and the accept loops. Stop (SIGTERM or SIGINT):
-//! stop accepting, let sessions finish what they are doing (a session in
-//! DATA gets its commit and its reply), stop the routes, then close the
-//! spool and the event log. Whatever was claimed but not delivered is
-//! rescheduled by the spool's recovery at the next start.
+//! start the scheduler and the accept loops; then tell systemd we are
+//! ready. Stop (SIGTERM or SIGINT): new connections get 421, sessions
+//! finish what they are doing (a session in DATA gets its commit and its
+//! reply), deliveries in flight finish, all within `[delivery]
+//! shutdown_grace`; then the listeners close and the spool and the event
+//! log are closed. Whatever was claimed but not delivered is rescheduled by
+//! the spool's recovery at the next start. Reload (SIGHUP): see `reload`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,16 +22,18 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
-use crate::deliver::{Recorder, RetryPolicy};
+use crate::deliver::{Recorder, RetryPolicy, SharedRetry};
 use crate::engine::Engine;
-use crate::events::EventLog;
+use crate::events::webhook::WebhookSenders;
+use crate::events::{EventLog, EventLogSettings};
 use crate::route::{RouteSettings, Router};
 use crate::secrets::Secrets;
-use crate::smtp::server::{ServerContext, serve_listener};
+use crate::smtp::auth_limit::AuthLimiter;
+use crate::smtp::server::{ListenerControl, ServerContext, serve_listener};
 use crate::tenancy::TenancyStore;
 
-/// How long sessions get to finish after a shutdown request.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// How often the end of the drain is checked for at shutdown.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -51,29 +55,93 @@ pub enum StartError {
     Tenancy(String),
     #[error("{0}")]
     Admin(#[from] crate::admin::AdminStartError),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Runs the daemon until SIGTERM or SIGINT, reloading `config_path` on SIGHUP.
+pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError> {
     // Only aws-lc-rs is in the build; installing it makes that explicit.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // Before start-up, so that an early SIGHUP does not end the process.
+    let mut signals = Signals::install().map_err(StartError::Signals)?;
     let mut daemon = Daemon::start(config).await?;
     for addr in &daemon.local_addrs {
-        eprintln!("sendengine: listening on {addr}");
+        crate::logging::announce(&format!("listening on {addr}"));
     }
-    eprintln!("sendengine: ready");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(StartError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let notifier = crate::systemd::notifier();
+    notifier.ready();
+    crate::logging::announce("ready");
+    if notifier.is_enabled() {
+        tokio::spawn(report_status(
+            daemon.engine.clone(),
+            daemon.shutdown.subscribe(),
+        ));
     }
-    eprintln!("sendengine: shutting down");
+    while let Wanted::Reload = signals.next().await {
+        notifier.reloading();
+        daemon.reload(&config_path);
+        notifier.ready();
+    }
+    notifier.stopping();
+    notifier.status("shutting down");
+    crate::logging::announce("shutting down");
     daemon.shutdown().await;
-    eprintln!("sendengine: stopped");
+    crate::logging::announce("stopped");
     Ok(())
+}
+
+/// What a signal asks for.
+enum Wanted {
+    Reload,
+    Stop,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Wanted {
+        tokio::select! {
+            _ = self.term.recv() => Wanted::Stop,
+            _ = self.int.recv() => Wanted::Stop,
+            _ = self.hup.recv() => Wanted::Reload,
+        }
+    }
+}
+
+/// Keeps systemd's `STATUS=` line up to date with the queue size.
+async fn report_status(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let notifier = crate::systemd::notifier();
+    loop {
+        let spool = engine.spool.clone();
+        if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || spool.stats()).await {
+            notifier.status(&crate::systemd::queue_status(
+                stats.messages,
+                stats.recipients,
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::systemd::STATUS_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// A running daemon; tests start one in-process with `Daemon::start`.
@@ -81,34 +149,43 @@ pub struct Daemon {
     pub engine: Arc<Engine>,
     pub local_addrs: Vec<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
+    /// Set once the drain after `shutdown` is over: listeners close.
+    closed: watch::Sender<bool>,
+    /// What new SMTP sessions get; replaced on reload.
+    contexts: watch::Sender<Arc<ServerContext>>,
+    /// The configuration in force (live keys as last reloaded).
+    config: Config,
+    retry: SharedRetry,
     slots: Arc<Semaphore>,
     max_connections: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Runs as long as routes exist; stopped last.
     failover_task: tokio::task::JoinHandle<()>,
+    webhooks: WebhookSenders,
 }
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let started = std::time::Instant::now();
         let spool = open_spool(&config).await?;
-        let events = match &config.events.path {
-            Some(path) => EventLog::open(path).map_err(|source| StartError::Events {
-                path: path.display().to_string(),
+        let (feeds, webhooks) = crate::events::webhook::start(&spool, &config.events.webhooks)
+            .map_err(StartError::Webhooks)?;
+        let events_path = config.events.path.clone().unwrap_or_default();
+        let settings = EventLogSettings::from_config(&config.events);
+        let events =
+            EventLog::start(&settings, Some(feeds)).map_err(|source| StartError::Events {
+                path: events_path.display().to_string(),
                 source,
-            })?,
-            None => EventLog::disabled(),
-        };
+            })?;
+        let retry = SharedRetry::new(retry_policy(&config));
         let recorder = Recorder {
             spool: spool.clone(),
             events: events.clone(),
-            retry: RetryPolicy {
-                schedule: config.delivery.retry_schedule.clone(),
-                max_age: config.delivery.max_age,
-            },
+            retry: retry.clone(),
+            auto_suppress: config.suppression.auto_suppress,
+            index_retain: config.bounce_in.retain,
         };
-        let secrets = Secrets::load_or_create(&config.secrets.key_file)
-            .map_err(|e| StartError::Tenancy(e.to_string()))?;
+        let secrets = load_secrets(&config)?;
         let tenancy = {
             let spool = spool.clone();
             let seeds = config.seeds.clone();
@@ -163,15 +240,14 @@ impl Daemon {
             .filter_map(|l| l.local_addr().ok())
             .collect();
         let admin_listener = crate::admin::bind(&config.admin)?;
+        let bounce_listeners = crate::bounce_in::bind(&config.bounce_in.listen)
+            .await
+            .map_err(|(addr, source)| StartError::Listen { addr, source })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let max_connections = config.smtp_in.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
-        let ctx = Arc::new(ServerContext {
-            engine: engine.clone(),
-            settings: config.smtp_in.clone(),
-            hostname: config.hostname.clone(),
-            tls,
-        });
+        let (contexts, _) = watch::channel(server_context(&engine, &config, tls));
+        let (closed, closed_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(crate::schedule::run(engine.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::verify::run(
@@ -180,6 +256,11 @@ impl Daemon {
                 shutdown_rx.clone(),
             )),
         ];
+        tasks.extend(crate::metrics::start(
+            &config.metrics,
+            engine.clone(),
+            shutdown_rx.clone(),
+        )?);
         if let Some(listener) = admin_listener {
             let admin = Arc::new(crate::admin::AdminContext {
                 engine: engine.clone(),
@@ -192,39 +273,177 @@ impl Daemon {
                 shutdown_rx.clone(),
             )));
         }
-        for listener in listeners {
-            tasks.push(tokio::spawn(serve_listener(
-                listener,
-                ctx.clone(),
-                slots.clone(),
+        if !bounce_listeners.is_empty() {
+            tasks.push(tokio::spawn(crate::bounce_in::serve(
+                bounce_listeners,
+                Arc::new(crate::bounce_in::BounceContext::new(&engine, &config)),
                 shutdown_rx.clone(),
             )));
+        }
+        for listener in listeners {
+            let control = ListenerControl {
+                context: contexts.subscribe(),
+                slots: slots.clone(),
+                shutdown: shutdown_rx.clone(),
+                closed: closed_rx.clone(),
+            };
+            tasks.push(tokio::spawn(serve_listener(listener, control)));
         }
         Ok(Daemon {
             engine,
             local_addrs,
             shutdown,
+            closed,
+            contexts,
+            config,
+            retry,
             slots,
             max_connections,
             tasks,
             failover_task,
+            webhooks,
         })
     }
 
+    /// Drains and stops: see the module comment for the order.
     pub async fn shutdown(&mut self) {
+        let grace = self.config.delivery.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        // Sessions say goodbye at their next command, listeners answer 421,
+        // the scheduler stops; routes take no new jobs, workers finish the
+        // transaction they are in.
         let _ = self.shutdown.send(true);
+        self.engine.router.stop();
+        // Every session holds a slot; all slots back means all sessions ended.
+        let all = self.max_connections as u32;
+        let sessions = tokio::time::timeout_at(deadline, self.slots.acquire_many(all)).await;
+        if sessions.is_err() {
+            log::warn!(
+                "SMTP sessions still open after the shutdown grace of {}s: closing them",
+                grace.as_secs()
+            );
+        }
+        let in_flight = wait_for_deliveries(&self.engine.router, deadline).await;
+        if in_flight > 0 {
+            log::warn!(
+                "{in_flight} deliveries still in flight after the shutdown grace of {}s: \
+                 they are retried after the restart",
+                grace.as_secs()
+            );
+        }
+        let _ = self.closed.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
-        // Every session holds a slot; all slots back means all sessions ended.
-        let all = self.max_connections as u32;
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.slots.acquire_many(all)).await;
-        self.engine.router.stop();
         self.failover_task.abort();
+        // The last outcomes' events into the webhook backlogs while the spool
+        // is open: the first flush waits for the spool's commits, whose
+        // completions may emit events that the second one takes.
+        let events = self.engine.events.clone();
+        let _ = tokio::task::spawn_blocking(move || (events.flush(), events.flush())).await;
+        self.webhooks.stop().await;
         let spool = self.engine.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
         self.engine.events.flush();
     }
+
+    /// Reopens the event log, re-reads the configuration file and applies
+    /// what can change while running (see `reload`). A file that does not
+    /// load, or a TLS certificate that does not, is refused and the
+    /// running configuration stays.
+    pub fn reload(&mut self, path: &Path) {
+        log::info!("reloading {}", path.display());
+        // Whatever the file holds: logrotate moved the event log away and
+        // new events go to a fresh file at the path.
+        self.engine.events.reopen();
+        let applied = Config::load(path)
+            .map_err(|e| e.to_string())
+            .and_then(|new| self.apply(new));
+        match applied {
+            Ok(plan) => log::info!("reloaded {}: {}", path.display(), describe(&plan)),
+            Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+        }
+    }
+
+    /// Applies the live keys of `new`; everything or nothing.
+    pub fn apply(&mut self, new: Config) -> Result<crate::reload::ReloadPlan, String> {
+        let plan = crate::reload::plan(&self.config, &new);
+        let tls = tls_acceptor(&new).map_err(|e| e.to_string())?;
+        let log_spec = crate::logging::filter_spec(new.log.filter.as_deref());
+        let log_filter = crate::logging::Filter::parse(&log_spec)
+            .map_err(|e| format!("log filter `{log_spec}`: {e}"))?;
+        crate::logging::set_filter(log_filter);
+        self.retry.set(retry_policy(&new));
+        let _ = self.contexts.send(server_context(&self.engine, &new, tls));
+        self.config = new;
+        Ok(plan)
+    }
+}
+
+/// Waits until no delivery is in flight or `deadline` passes; returns how
+/// many were still in flight.
+async fn wait_for_deliveries(
+    router: &crate::route::Router,
+    deadline: tokio::time::Instant,
+) -> usize {
+    loop {
+        let in_flight: usize = router.all().iter().map(|r| r.stats.in_flight()).sum();
+        if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+            return in_flight;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// For the log: what a reload changed.
+fn describe(plan: &crate::reload::ReloadPlan) -> String {
+    let mut parts = Vec::new();
+    if !plan.applied.is_empty() {
+        parts.push(format!("applied {}", plan.applied.join(", ")));
+    }
+    if !plan.needs_restart.is_empty() {
+        parts.push(format!(
+            "changed but needs a restart: {}",
+            plan.needs_restart.join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        "no changes".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn retry_policy(config: &Config) -> RetryPolicy {
+    RetryPolicy {
+        schedule: config.delivery.retry_schedule.clone(),
+        max_age: config.delivery.max_age,
+    }
+}
+
+/// What SMTP sessions share, built at start and again at each reload.
+fn server_context(
+    engine: &Arc<Engine>,
+    config: &Config,
+    tls: Option<TlsAcceptor>,
+) -> Arc<ServerContext> {
+    Arc::new(ServerContext {
+        engine: engine.clone(),
+        settings: config.smtp_in.clone(),
+        hostname: config.hostname.clone(),
+        tls,
+        auth_limiter: AuthLimiter::new(config.smtp_in.auth_failures_per_ip),
+    })
+}
+
+/// The master key: a systemd credential when the service has one and the
+/// file names no `key_file`, else `key_file` (created on first start).
+fn load_secrets(config: &Config) -> Result<Secrets, StartError> {
+    let loaded = match crate::secrets::credential_key_file() {
+        Some(path) if !config.secrets.key_file_set => Secrets::load(&path),
+        _ => Secrets::load_or_create(&config.secrets.key_file),
+    };
+    loaded.map_err(|e| StartError::Tenancy(e.to_string()))
 }
 
 async fn open_spool(config: &Config) -> Result<Spool, StartError> {

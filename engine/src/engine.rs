@@ -20,6 +20,7 @@ use crate::deliver::{Job, base_event};
 use crate::events::{EventKind, EventLog};
 use crate::limits;
 use crate::message::{self, TraceInfo};
+use crate::metrics::Refusal;
 use crate::route::{Router, Target};
 use crate::smtp::reply::Reply;
 use crate::suppress;
@@ -75,6 +76,11 @@ impl Engine {
         };
         if admitted.message.recipients.is_empty() {
             self.emit_suppressed(&admitted, "");
+            crate::metrics::recipients_suppressed(
+                &admitted.message.meta,
+                admitted.suppressed.len(),
+            );
+            crate::metrics::injection_refused(Refusal::AllSuppressed);
             return suppress::all_suppressed();
         }
         let dkim = sign(&snapshot, &mut admitted).await;
@@ -99,6 +105,7 @@ impl Engine {
             }
         };
         self.record_reception(&job, &dkim);
+        crate::metrics::message_received(&job.message.meta, job.message.recipients.len());
         if let Some(route) = reserved {
             route.push_reserved(job);
         } else if direct {
@@ -138,12 +145,14 @@ impl Engine {
             },
         );
         drop(data);
-        let channel = channel_of(prepared.control.channel.as_deref())?;
+        let channel = channel_of(prepared.control.channel.as_deref())
+            .inspect_err(|_| crate::metrics::injection_refused(Refusal::UnknownChannel))?;
         let split = suppress::split_recipients(
             &self.spool,
             tenant.as_deref().unwrap_or_default(),
             &envelope.recipients,
-        )?;
+        )
+        .inspect_err(|_| crate::metrics::injection_refused(Refusal::LocalError))?;
         let recipients = split.kept.len() as u64;
         let from_domain = transform::from_domain(&prepared.body);
         let mut quotas = match &tenant {
@@ -156,7 +165,9 @@ impl Engine {
             group,
             from_domain.as_deref(),
             recipients,
-        )? {
+        )
+        .inspect_err(|_| crate::metrics::injection_refused(Refusal::SenderDomain))?
+        {
             quotas.push(q);
         }
         let primary = group
@@ -180,6 +191,7 @@ impl Engine {
             from_domain.as_deref(),
         );
         let body = transform::decorate(&prepared.body, &decoration).map_err(|e| {
+            crate::metrics::injection_refused(Refusal::Content);
             Reply::new(
                 554,
                 "5.6.0",
@@ -266,6 +278,7 @@ impl Engine {
             &suppressed,
             &sendengine_queue::format_id(id),
         );
+        crate::metrics::recipients_suppressed(&stored.meta, suppressed.len());
         let rcpts = (0..stored.recipients.len() as u32)
             .map(|i| (i, 0))
             .collect();
@@ -345,7 +358,9 @@ async fn sign(snapshot: &Tenancy, admitted: &mut Admitted) -> String {
     };
     let body = std::mem::take(&mut admitted.message.body);
     let signed = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
         let result = sendengine_dkim::sign_message(&signers, &body);
+        crate::metrics::dkim_sign_time(started);
         (result, body, signers)
     })
     .await;
@@ -380,6 +395,7 @@ fn channel_of(header: Option<&str>) -> Result<&'static str, Reply> {
 
 /// The reply when the spool did not take the message.
 fn refusal_for(e: &SpoolError) -> Reply {
+    crate::metrics::spool_refused(e);
     match e {
         SpoolError::QuotaExceeded(q) => limits::refusal(q),
         SpoolError::Invalid(why) => Reply::new(554, "5.6.0", format!("Message refused: {why}")),

@@ -1,19 +1,31 @@
 //! The event log: one JSON line per thing that happened to a recipient.
 //!
 //! Producers (admission, delivery) hand events to `EventLog::emit`, which
-//! never blocks: a writer thread appends them to the configured file and
-//! flushes whenever it has caught up, so a `tail -f` sees events within
-//! moments while a burst costs one write per batch. The schema is fixed
-//! (see `Event`); fields that do not apply are `null`.
+//! never blocks: events wait in a bounded queue (full: the event is dropped
+//! and counted, never silently) for a writer thread that appends them to
+//! the configured file (`file.rs`: rotation, reopen) and to the webhook
+//! backlogs (`webhook.rs`). It flushes whenever it has caught up, so a
+//! `tail -f` sees events within moments while a burst costs one write per
+//! batch. The schema is fixed (see `Event`); fields that do not apply are
+//! `null`.
 
-use std::fs::OpenOptions;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+mod file;
+pub mod http;
+pub mod webhook;
 
-use crossbeam::channel::{Receiver, Sender, unbounded};
-use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use serde::{Deserialize, Serialize};
+
+use file::EventFile;
+pub use file::RotationPolicy;
+use webhook::WebhookFeeds;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Reception,
@@ -26,6 +38,11 @@ pub enum EventKind {
     /// A recipient was put on a suppression list (hard bounce), or dropped
     /// at admission because it is on one.
     Suppression,
+    /// A bounce that came back later as an email (a DSN or the like) to
+    /// the bounce listener; `bounce_class` and `reply` come from it.
+    AsyncBounce,
+    /// A feedback report (ARF) saying the recipient marked the mail as spam.
+    Complaint,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,44 +80,156 @@ pub struct Event {
     pub size: usize,
 }
 
+/// Events held between producers and the writer thread, when not configured.
+pub const DEFAULT_QUEUE_SIZE: usize = 65_536;
+/// Largest `[events] queue_size` accepted: the queue's slots are allocated
+/// up front.
+pub const MAX_QUEUE_SIZE: usize = 1 << 24;
+/// Events written per round before the file is flushed and the webhook
+/// backlogs get their append.
+const MAX_EVENTS_PER_ROUND: usize = 4096;
+/// At most one stderr line per this many seconds about dropped events.
+const DROP_REPORT_INTERVAL_SECS: u64 = 10;
+/// How often an idle writer looks at reopen requests and the date.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Where events go and how much may wait; see `[events]` in the README.
+#[derive(Debug, Clone)]
+pub struct EventLogSettings {
+    /// `None`: no file (webhooks only, or nothing).
+    pub path: Option<PathBuf>,
+    pub rotation: RotationPolicy,
+    pub queue_size: usize,
+}
+
+impl EventLogSettings {
+    pub fn from_config(section: &crate::config::EventsSection) -> EventLogSettings {
+        EventLogSettings {
+            path: section.path.clone(),
+            rotation: RotationPolicy {
+                max_file_bytes: section.max_file_bytes,
+                rotate_daily: section.rotate_daily,
+                keep_files: section.keep_files,
+            },
+            queue_size: section.queue_size,
+        }
+    }
+}
+
+/// `[events] queue_size`, defaulted and checked.
+pub fn checked_queue_size(value: Option<usize>) -> Result<usize, String> {
+    match value.unwrap_or(DEFAULT_QUEUE_SIZE) {
+        n @ 1..=MAX_QUEUE_SIZE => Ok(n),
+        n => Err(format!(
+            "events.queue_size: {n} is not between 1 and {MAX_QUEUE_SIZE}"
+        )),
+    }
+}
+
 enum Note {
     Event(Box<Event>),
     Flush(Sender<()>),
+}
+
+/// What every clone of an `EventLog` shares with the writer thread.
+struct Shared {
+    queue_size: usize,
+    dropped: AtomicU64,
+    /// Dropped events not yet reported on stderr.
+    unreported: AtomicU64,
+    last_report_secs: AtomicU64,
+    reopen: AtomicBool,
 }
 
 /// Cheap to clone; every clone feeds the same writer.
 #[derive(Clone)]
 pub struct EventLog {
     tx: Option<Sender<Note>>,
+    shared: Arc<Shared>,
 }
 
 impl EventLog {
     /// An event log that discards everything (no `[events] path`).
     pub fn disabled() -> EventLog {
-        EventLog { tx: None }
+        EventLog {
+            tx: None,
+            shared: Arc::new(Shared::new(0)),
+        }
     }
 
-    /// Opens (appending, creating parent folders) and starts the writer thread.
+    /// Opens the file (appending, creating parent folders) with default
+    /// rotation and queue size, and starts the writer thread.
     pub fn open(path: &Path) -> std::io::Result<EventLog> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
+        let settings = EventLogSettings {
+            path: Some(path.to_owned()),
+            rotation: RotationPolicy {
+                max_file_bytes: 256 << 20,
+                rotate_daily: true,
+                keep_files: 14,
+            },
+            queue_size: DEFAULT_QUEUE_SIZE,
+        };
+        EventLog::start(&settings, None)
+    }
+
+    /// Starts the writer thread, which writes the file (if any) and feeds
+    /// the webhook backlogs (if any). Neither: a disabled log.
+    pub fn start(
+        settings: &EventLogSettings,
+        webhooks: Option<WebhookFeeds>,
+    ) -> std::io::Result<EventLog> {
+        let webhooks = webhooks.filter(|w| !w.is_empty());
+        let file = match &settings.path {
+            Some(path) => Some(EventFile::open(path, settings.rotation.clone())?),
+            None => None,
+        };
+        if file.is_none() && webhooks.is_none() {
+            return Ok(EventLog::disabled());
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let (tx, rx) = unbounded();
+        let shared = Arc::new(Shared::new(settings.queue_size.max(1)));
+        let (tx, rx) = bounded(settings.queue_size.max(1));
+        let writer = Writer {
+            file,
+            webhooks,
+            shared: shared.clone(),
+        };
         // The thread ends when the last EventLog clone is dropped.
         std::thread::Builder::new()
             .name("event-log".into())
-            .spawn(move || write_events(BufWriter::with_capacity(64 * 1024, file), rx))?;
-        Ok(EventLog { tx: Some(tx) })
+            .spawn(move || writer.run(rx))?;
+        Ok(EventLog {
+            tx: Some(tx),
+            shared,
+        })
     }
 
+    /// Queues an event; never blocks. When the queue is full the event is
+    /// dropped, counted (`dropped()`, `sendengine_events_dropped_total`)
+    /// and reported on stderr at most every few seconds.
     pub fn emit(&self, event: Event) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Note::Event(Box::new(event)));
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        if let Err(TrySendError::Full(_)) = tx.try_send(Note::Event(Box::new(event))) {
+            self.shared.count_drop();
         }
     }
 
-    /// Waits until everything emitted so far is written to the file.
+    /// Events dropped because the queue was full, since the start.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Closes and reopens the file at the next chance (within about a
+    /// second): after logrotate moved it away, new events go to a new file
+    /// at the configured path. Cheap; callable from any thread, including a
+    /// signal handler's task.
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until everything emitted so far is written to the file and,
+    /// with webhooks, committed to their backlogs in the spool.
     pub fn flush(&self) {
         if let Some(tx) = &self.tx {
             let (done_tx, done_rx) = crossbeam::channel::bounded(1);
@@ -111,30 +240,118 @@ impl EventLog {
     }
 }
 
-fn write_events(mut out: BufWriter<std::fs::File>, rx: Receiver<Note>) {
-    let mut line = Vec::with_capacity(1024);
-    while let Ok(note) = rx.recv() {
-        let mut next = Some(note);
-        while let Some(note) = next {
-            match note {
-                Note::Event(event) => {
-                    line.clear();
-                    if serde_json::to_writer(&mut line, &event).is_ok() {
-                        line.push(b'\n');
-                        if let Err(e) = out.write_all(&line) {
-                            eprintln!("sendengine: event log write failed: {e}");
-                        }
-                    }
+impl Shared {
+    fn new(queue_size: usize) -> Shared {
+        Shared {
+            queue_size,
+            dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            last_report_secs: AtomicU64::new(0),
+            reopen: AtomicBool::new(false),
+        }
+    }
+
+    fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sendengine_events_dropped_total").increment(1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_report_secs.load(Ordering::Relaxed);
+        // One thread wins the report; the others' drops go into its count
+        // or the next one.
+        if now >= last.saturating_add(DROP_REPORT_INTERVAL_SECS)
+            && self
+                .last_report_secs
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let n = self.unreported.swap(0, Ordering::Relaxed);
+            log::warn!(
+                "the event queue is full ({} events; the event log or the spool is slow): dropped {n} events",
+                self.queue_size
+            );
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    file: Option<EventFile>,
+    webhooks: Option<WebhookFeeds>,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Note>) {
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            let first = match rx.recv_timeout(IDLE_TICK) {
+                Ok(note) => Some(note),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            self.maintain_file();
+            let mut next = first;
+            let mut written = 0;
+            let mut flushes = Vec::new();
+            while let Some(note) = next {
+                match note {
+                    Note::Event(event) => self.write(&event, &mut line),
+                    Note::Flush(done) => flushes.push(done),
                 }
-                Note::Flush(done) => {
-                    let _ = out.flush();
-                    let _ = done.send(());
-                }
+                written += 1;
+                next = if written < MAX_EVENTS_PER_ROUND {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
-            next = rx.try_recv().ok();
+            self.end_round(flushes);
         }
-        if let Err(e) = out.flush() {
-            eprintln!("sendengine: event log flush failed: {e}");
+        self.end_round(Vec::new());
+    }
+
+    fn write(&mut self, event: &Event, line: &mut Vec<u8>) {
+        line.clear();
+        if serde_json::to_writer(&mut *line, event).is_err() {
+            return;
         }
+        if let Some(webhooks) = &mut self.webhooks {
+            webhooks.add(event.kind, line);
+        }
+        if let Some(file) = &mut self.file {
+            line.push(b'\n');
+            file.write_line(line);
+        }
+    }
+
+    /// Makes the round's events visible: file flushed, backlogs appended
+    /// (waiting for the commit only when someone asked to flush).
+    fn end_round(&mut self, flushes: Vec<Sender<()>>) {
+        if let Some(file) = &mut self.file {
+            file.flush();
+        }
+        if let Some(webhooks) = &mut self.webhooks {
+            if flushes.is_empty() {
+                webhooks.submit();
+            } else {
+                webhooks.submit_and_wait();
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    fn maintain_file(&mut self) {
+        let Some(file) = &mut self.file else {
+            return;
+        };
+        if self.shared.reopen.swap(false, Ordering::Relaxed) {
+            file.reopen();
+        }
+        file.rotate_if_new_day();
     }
 }

@@ -8,6 +8,7 @@
 //! the spool and the `events` log. `daemon` wires it all and shuts it down.
 
 pub mod admin;
+pub mod bounce_in;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
@@ -16,12 +17,16 @@ pub mod domains;
 pub mod engine;
 pub mod events;
 pub mod limits;
+pub mod logging;
 pub mod message;
+pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod schedule;
 pub mod secrets;
 pub mod smtp;
 pub mod suppress;
+pub mod systemd;
 pub mod tenancy;
 pub mod timefmt;
 pub mod transform;

@@ -1,10 +1,12 @@
 //! Routing: which delivery server takes a job.
 //!
 //! A message's group and channel (in its spool metadata) name an ordered
-//! list of delivery servers. The first one that is up takes the job;
-//! a server that failed at connection level is down for `failover_backoff`
-//! and its traffic goes to the next one, and comes back once it is up
-//! again (the first job after the back-off tries it). When every server
+//! list of delivery servers. The first one that is up takes the job. Each
+//! server has a circuit breaker: a connection-level failure (refused,
+//! timeout, 421, TLS) marks it down for `failover_backoff` and its traffic
+//! goes to the next one; once the back-off has run out one job probes it
+//! (the others still go to the next server), and its success brings the
+//! traffic back, its failure starts another back-off. When every server
 //! of the list is down the first one gets the job anyway, so mail keeps
 //! being tried rather than parked.
 //!
@@ -112,6 +114,19 @@ impl Router {
         channel: &str,
         tried: &[String],
     ) -> Option<Target> {
+        self.pick(snapshot, group, channel, tried)
+            .map(|(target, _)| target)
+    }
+
+    /// Like `choose`, and says whether the target takes jobs now (false:
+    /// every candidate is backed off and this is the first of the list).
+    fn pick(
+        &self,
+        snapshot: &Tenancy,
+        group: &str,
+        channel: &str,
+        tried: &[String],
+    ) -> Option<(Target, bool)> {
         let names = snapshot.group(group).servers_for(channel);
         let candidates: Vec<Target> = names
             .iter()
@@ -122,10 +137,13 @@ impl Router {
             })
             .collect();
         let up = |t: &&Target| match t {
-            Target::Relay(r) => r.is_available(),
+            Target::Relay(r) => r.take_job(),
             Target::Direct => true,
         };
-        candidates.iter().find(up).or(candidates.first()).cloned()
+        match candidates.iter().find(up) {
+            Some(target) => Some((target.clone(), true)),
+            None => candidates.first().map(|target| (target.clone(), false)),
+        }
     }
 
     /// Queues a job where its group and channel say.
@@ -269,10 +287,10 @@ impl Router {
         {
             let snapshot = self.tenancy.snapshot();
             let meta = &job.message.meta;
-            let next = self.choose(&snapshot, &meta.group, &meta.channel, &job.tried);
+            let next = self.pick(&snapshot, &meta.group, &meta.channel, &job.tried);
             match next {
-                Some(Target::Relay(route)) if route.is_available() => route.push(job),
-                Some(Target::Direct) => self.dispatch_direct(job),
+                Some((Target::Relay(route), true)) => route.push(job),
+                Some((Target::Direct, _)) => self.dispatch_direct(job),
                 _ => {
                     let last = job.tried.last().cloned().unwrap_or_default();
                     let at = crate::deliver::AttemptContext {

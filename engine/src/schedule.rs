@@ -30,6 +30,9 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         last: None,
     };
     loop {
+        // From this loop, so that a stuck scheduler stops the pings and
+        // systemd restarts the daemon (`WatchdogSec=`).
+        crate::systemd::notifier().watchdog_ping();
         let room = engine.router.room().min(CLAIM_BATCH);
         let claimed = if room > 0 {
             claim(&engine, room).await

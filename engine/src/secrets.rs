@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -21,6 +21,17 @@ use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 const SEALED_PREFIX: &str = "sealed:v1:";
 const HASH_PREFIX: &str = "$pbkdf2-sha256$";
 const PBKDF2_ROUNDS: u32 = 60_000;
+
+/// The systemd credential that holds the master key
+/// (`LoadCredential=secret.key:/etc/sendengine/secret.key`).
+pub const CREDENTIAL_NAME: &str = "secret.key";
+
+/// The key file systemd passed as a credential, if the service has one.
+pub fn credential_key_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(CREDENTIAL_NAME);
+    path.is_file().then_some(path)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -59,6 +70,15 @@ impl Secrets {
                 .map_err(|_| err("no randomness available".into()))?;
             write_private(path, &B64.encode(key)).map_err(|e| err(e.to_string()))?;
         }
+        Secrets::load(path)
+    }
+
+    /// Reads an existing key file, such as a read-only systemd credential.
+    pub fn load(path: &Path) -> Result<Secrets, SecretError> {
+        let err = |reason: String| SecretError::KeyFile {
+            path: path.display().to_string(),
+            reason,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let bytes = B64
             .decode(text.trim())

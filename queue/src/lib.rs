@@ -10,13 +10,19 @@
 //! Suppression lists (per tenant, plus a global one) live in the same
 //! database, written by the same writer and read without it.
 //!
+//! Webhook backlogs (events waiting to be posted) live there too, see
+//! `backlog.rs`.
+//!
 //! Start with [`Spool::open`]; the table layout is described in `store.rs`.
 
+mod backlog;
 mod codec;
 mod config;
+mod delivered;
 mod error;
 mod id;
 mod message;
+pub mod metrics;
 mod quota;
 mod select;
 mod spool;
@@ -24,7 +30,9 @@ mod store;
 mod suppress;
 mod writer;
 
+pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
 pub use config::SpoolConfig;
+pub use delivered::{Delivered, MAX_DELIVERED_FIELD_BYTES, PRUNE_PER_ROW};
 pub use error::SpoolError;
 pub use id::{MessageId, format_id, id_timestamp_ms, parse_id};
 pub use message::{

@@ -6,10 +6,13 @@ use std::fs;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crossbeam::channel::{self, Sender};
 
+use crate::backlog::{self, BacklogEntry, BacklogRequest, BacklogWritten};
 use crate::config::SpoolConfig;
+use crate::delivered::{self, Delivered, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
@@ -139,7 +142,35 @@ impl Spool {
         outcomes: Vec<Outcome>,
         done: Box<dyn FnOnce(Result<(), SpoolError>) + Send>,
     ) {
-        self.submit(Request::Record(RecordRequest { outcomes, done }));
+        self.record_with_index(outcomes, &[], Duration::ZERO, done);
+    }
+
+    /// [`Spool::record`] that also writes the delivered-index rows of the
+    /// recipients whose outcome is final, in the same commit. The write
+    /// prunes a few rows of messages received more than `retain` ago.
+    pub fn record_with_index(
+        &self,
+        outcomes: Vec<Outcome>,
+        delivered: &[Delivered],
+        retain: Duration,
+        done: Box<dyn FnOnce(Result<(), SpoolError>) + Send>,
+    ) {
+        let index = DeliveredWrite::new(delivered, retain);
+        self.submit(Request::Record(RecordRequest {
+            outcomes,
+            index,
+            done,
+        }));
+    }
+
+    /// The delivered-index row of a recipient, unless never written or pruned.
+    pub fn delivered(&self, id: MessageId, rcpt: u32) -> Result<Option<Delivered>, SpoolError> {
+        self.inner.shared.read(|db| delivered::get(db, id, rcpt))
+    }
+
+    /// Rows in the delivered index.
+    pub fn delivered_len(&self) -> Result<u64, SpoolError> {
+        self.inner.shared.read(delivered::len)
     }
 
     /// Claims up to `limit` recipients due at `now_ms`, earliest first. They
@@ -311,6 +342,71 @@ impl Spool {
             )));
         }
         self.wait_for(|done| self.submit(Request::Action(ActionRequest { action, keys, done })))
+    }
+
+    /// Appends events to the backlog `sink` in the next group commit and,
+    /// if it then holds more than `max_entries`, deletes the oldest (the
+    /// result says how many). `done` runs on the writer thread after the
+    /// commit; keep it cheap.
+    pub fn backlog_append(
+        &self,
+        sink: &str,
+        events: Vec<Vec<u8>>,
+        max_entries: u64,
+        done: Box<dyn FnOnce(Result<BacklogWritten, SpoolError>) + Send>,
+    ) {
+        self.backlog_write(sink, events, max_entries, None, done);
+    }
+
+    /// Deletes the backlog's events up to sequence number `through`
+    /// (posted ones), waiting for the commit.
+    pub fn backlog_delete_through(
+        &self,
+        sink: &str,
+        through: u64,
+    ) -> Result<BacklogWritten, SpoolError> {
+        self.wait_for(|done| self.backlog_write(sink, Vec::new(), u64::MAX, Some(through), done))
+    }
+
+    /// [`Spool::backlog_append`], waiting for the commit. With no events,
+    /// a barrier: every request submitted before it has completed.
+    pub fn backlog_append_blocking(
+        &self,
+        sink: &str,
+        events: Vec<Vec<u8>>,
+        max_entries: u64,
+    ) -> Result<BacklogWritten, SpoolError> {
+        self.wait_for(|done| self.backlog_append(sink, events, max_entries, done))
+    }
+
+    fn backlog_write(
+        &self,
+        sink: &str,
+        append: Vec<Vec<u8>>,
+        max_entries: u64,
+        delete_through: Option<u64>,
+        done: Box<dyn FnOnce(Result<BacklogWritten, SpoolError>) + Send>,
+    ) {
+        if let Err(err) = backlog::check_sink_name(sink) {
+            return done(Err(err));
+        }
+        self.submit(Request::Backlog(BacklogRequest {
+            sink: sink.to_owned(),
+            append,
+            max_entries,
+            delete_through,
+            done,
+        }));
+    }
+
+    /// The oldest `limit` events of the backlog `sink`, oldest first.
+    pub fn backlog_peek(&self, sink: &str, limit: usize) -> Result<Vec<BacklogEntry>, SpoolError> {
+        self.inner.shared.read(|db| backlog::peek(db, sink, limit))
+    }
+
+    /// How many events the backlog `sink` holds.
+    pub fn backlog_len(&self, sink: &str) -> Result<u64, SpoolError> {
+        self.inner.shared.read(|db| backlog::len(db, sink))
     }
 
     /// Unfinished recipients by status (queued, deferred, suspended, in flight).

@@ -12,6 +12,11 @@
 //! - `counters`: name -> u64; holds the message id high-water mark.
 //! - `suppressions`: (tenant, lowercase address) -> (time ms, reason, source);
 //!   tenant "" is the global list (see `suppress.rs`).
+//! - `delivered`: (id, rcpt) -> tenant, group, channel, campaign, address,
+//!   Message-ID, route, time: finished recipients, for tying bounces that
+//!   arrive later (see `delivered.rs`; written and pruned there).
+//! - `webhook_backlog`: (sink, seq) -> event JSON; read and written only by
+//!   `backlog.rs`.
 //!
 //! Invariant: every recipient row is either scheduled (exactly one `schedule`
 //! entry, at its `next_attempt_ms`) or claimed (no entry, held in memory by

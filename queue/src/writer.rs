@@ -20,6 +20,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use redb::Database;
 
+use crate::backlog::{self, BacklogRequest, BacklogWritten};
+use crate::delivered::{self, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, Outcome};
@@ -38,6 +40,8 @@ pub(crate) struct InsertRequest {
 
 pub(crate) struct RecordRequest {
     pub(crate) outcomes: Vec<Outcome>,
+    /// Delivered-index rows written in the same transaction.
+    pub(crate) index: DeliveredWrite,
     pub(crate) done: Completion<()>,
 }
 
@@ -81,6 +85,7 @@ pub(crate) enum Request {
     Object(ObjectRequest),
     Suppress(SuppressRequest),
     Action(ActionRequest),
+    Backlog(BacklogRequest),
     Compact(Completion<bool>),
 }
 
@@ -101,6 +106,7 @@ impl Request {
             Request::Object(r) => complete(r.done, Err(err)),
             Request::Suppress(r) => complete(r.done, Err(err)),
             Request::Action(r) => complete(r.done, Err(err)),
+            Request::Backlog(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
     }
@@ -280,6 +286,7 @@ impl Writer {
 
     fn commit(&mut self, writes: Writes) {
         let batch_len = writes.len() as u64;
+        let started = Instant::now();
         let result = self.apply_and_commit(&writes);
         // Released before the completions run, so a caller that saw its
         // insert complete also sees its bytes gone from the queue.
@@ -288,6 +295,7 @@ impl Writer {
             Ok(results) => {
                 self.shared.commits.fetch_add(1, Ordering::Relaxed);
                 self.shared.last_batch.store(batch_len, Ordering::Relaxed);
+                crate::metrics::committed(started.elapsed(), batch_len);
                 writes.complete(results);
             }
             Err(err) => {
@@ -429,6 +437,9 @@ fn write_batch(
         for outcome in writes.records.iter().flat_map(|record| &record.outcomes) {
             tables.apply(outcome, now)?;
         }
+        for record in &writes.records {
+            delivered::apply(&txn, &record.index, now)?;
+        }
         let mut objects = Vec::with_capacity(writes.objects.len());
         for o in &writes.objects {
             objects.push(tables.put_object(&o.kind, &o.name, o.value.as_deref())?);
@@ -449,6 +460,10 @@ fn write_batch(
             }
             acted.push(changed);
         }
+        let mut backlogged = Vec::with_capacity(writes.backlogs.len());
+        for request in &writes.backlogs {
+            backlogged.push(backlog::apply(&txn, request)?);
+        }
         let mut claimed = Vec::with_capacity(writes.claims.len());
         for claim in &writes.claims {
             claimed.push(tables.claim_due(claim.now_ms, claim.limit)?);
@@ -458,6 +473,7 @@ fn write_batch(
             objects,
             suppressed,
             acted,
+            backlogged,
             claimed,
         }
     };
@@ -501,6 +517,7 @@ impl Batch {
             Request::Object(object) => self.writes.objects.push(object),
             Request::Suppress(s) => self.writes.suppressions.push(s),
             Request::Action(action) => self.writes.actions.push(action),
+            Request::Backlog(b) => self.writes.backlogs.push(b),
             Request::Compact(done) => self.compactions.push(done),
         }
     }
@@ -520,6 +537,7 @@ struct Writes {
     objects: Vec<ObjectRequest>,
     suppressions: Vec<SuppressRequest>,
     actions: Vec<ActionRequest>,
+    backlogs: Vec<BacklogRequest>,
     claims: Vec<ClaimRequest>,
 }
 
@@ -530,6 +548,7 @@ struct Results {
     objects: Vec<bool>,
     suppressed: Vec<bool>,
     acted: Vec<Vec<bool>>,
+    backlogged: Vec<BacklogWritten>,
     claimed: Vec<Vec<Claimed>>,
 }
 
@@ -540,6 +559,7 @@ impl Writes {
             + self.objects.len()
             + self.suppressions.len()
             + self.actions.len()
+            + self.backlogs.len()
             + self.claims.len()
     }
 
@@ -562,6 +582,7 @@ impl Writes {
             || !self.objects.is_empty()
             || !self.suppressions.is_empty()
             || !self.actions.is_empty()
+            || !self.backlogs.is_empty()
     }
 
     fn complete(self, results: Results) {
@@ -579,6 +600,9 @@ impl Writes {
         }
         for (action, changed) in self.actions.into_iter().zip(results.acted) {
             complete(action.done, Ok(changed));
+        }
+        for (b, written) in self.backlogs.into_iter().zip(results.backlogged) {
+            complete(b.done, Ok(written));
         }
         for (claim, claimed) in self.claims.into_iter().zip(results.claimed) {
             complete(claim.done, Ok(claimed));
@@ -600,6 +624,9 @@ impl Writes {
         }
         for action in self.actions {
             complete(action.done, Err(err.clone()));
+        }
+        for b in self.backlogs {
+            complete(b.done, Err(err.clone()));
         }
         for claim in self.claims {
             complete(claim.done, Err(err.clone()));

@@ -13,7 +13,7 @@ use sendengine_benches::loadgen::{LoadgenConfig, run};
 
 const USAGE: &str = "usage: sendengine-loadgen --server HOST:PORT --messages N [--connections C (10)]
     [--size BODY_BYTES (10240)] [--rcpts R (1)] [--from ADDR (loadgen@example.com)]
-    [--to-domain D (example.net)] [--ids-file FILE] [--rate MSGS_PER_S (0 = unlimited)]
+    [--to-domain D (example.net)] [--ids-file FILE] [--acks-file FILE] [--rate MSGS_PER_S (0 = unlimited)]
     [--auth USER:PASS] [--starttls] [--no-pipelining] [--keep-going] [--timeout SECS (60)] [--json]";
 
 /// Most recipients per message the generator will send.
@@ -72,6 +72,7 @@ fn parse_args(mut args: Args) -> Result<Option<(LoadgenConfig, bool)>, Box<dyn E
             "--from" => config.from = args.value(&flag)?,
             "--to-domain" => config.to_domain = args.value(&flag)?,
             "--ids-file" => config.ids_file = Some(args.value(&flag)?.into()),
+            "--acks-file" => config.acks_file = Some(args.value(&flag)?.into()),
             "--rate" => config.rate = args.parsed(&flag)?,
             "--auth" => config.auth = Some(parse_credentials(&flag, &args.value(&flag)?)?),
             "--starttls" => config.starttls = true,

@@ -2,11 +2,20 @@
 //!
 //!     sendengine --config PATH          run in the foreground
 //!     sendengine --check-config PATH    validate the configuration and exit
+//!
+//! Logs go to stderr (journald under systemd); `RUST_LOG` overrides the
+//! `[log] filter` of the configuration. Exit status: 0 after a clean stop,
+//! 1 for a configuration or start-up error, 2 for bad arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use sendengine::config::Config;
+
+/// After a stop, how long tasks that outlived the shutdown grace (a
+/// delivery stuck on a silent server) may hold up the exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
 
 const USAGE: &str = "usage: sendengine --config PATH | --check-config PATH | --version";
 
@@ -55,6 +64,10 @@ fn main() -> ExitCode {
         println!("{}: configuration OK", path.display());
         return ExitCode::SUCCESS;
     }
+    if let Err(e) = sendengine::logging::init(config.log.filter.as_deref()) {
+        eprintln!("sendengine: configuration error: {e}");
+        return ExitCode::from(1);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -65,10 +78,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(sendengine::daemon::run(config)) {
+    let result = runtime.block_on(sendengine::daemon::run(config, path));
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sendengine: {e}");
+            log::error!("{e}");
             ExitCode::from(1)
         }
     }

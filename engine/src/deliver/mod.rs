@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use ready::{Job, ReadyQueue, is_priority_channel};
-pub use record::{AttemptContext, Recorder, RetryPolicy, base_event, job_for};
+pub use record::{AttemptContext, Recorder, RetryPolicy, SharedRetry, base_event, job_for};
 pub use stats::RouteStats;
 pub use throttle::Throttle;
 use tokio::sync::mpsc;
@@ -85,6 +85,8 @@ pub struct Route {
     stopping: AtomicBool,
     /// Wall-clock ms until which the server counts as down (0 = up).
     down_until_ms: AtomicU64,
+    /// Wall-clock ms when the probe of a half-open route started (0 = none).
+    probe_started_ms: AtomicU64,
     /// Set for a direct-delivery site: connect to its MX hosts.
     mx: Option<MxTarget>,
     ctx: RouteContext,
@@ -117,6 +119,7 @@ impl Route {
             idle_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
+            probe_started_ms: AtomicU64::new(0),
             mx: None,
             ctx,
         }
@@ -210,13 +213,40 @@ impl Route {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
     }
 
+    /// Whether the route takes a job now, as a circuit breaker: up (closed)
+    /// yes; down (open) no; down with the back-off run out (half-open) only
+    /// for the one caller that wins the probe. Other jobs keep going to the
+    /// next server until the probe succeeds (`mark_up`) or fails
+    /// (`mark_down` again). A probe that has had time for a whole session
+    /// without either is taken as lost, and another job may probe.
+    pub fn take_job(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Acquire);
+        let now = now_ms();
+        if until == 0 {
+            return true;
+        }
+        if until > now {
+            return false;
+        }
+        let probe = self.probe_started_ms.load(Ordering::Acquire);
+        let lost_after = self.settings.timeouts.whole_session().as_millis() as u64;
+        if probe != 0 && now < probe.saturating_add(lost_after) {
+            return false;
+        }
+        self.probe_started_ms
+            .compare_exchange(probe, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     fn mark_down(&self) {
         let until = now_ms() + self.ctx.failover_backoff.as_millis() as u64;
         self.down_until_ms.store(until, Ordering::Relaxed);
+        self.probe_started_ms.store(0, Ordering::Release);
     }
 
     fn mark_up(&self) {
         self.down_until_ms.store(0, Ordering::Relaxed);
+        self.probe_started_ms.store(0, Ordering::Release);
     }
 
     /// Queues a job whose place was reserved with `ready.try_reserve()`.
@@ -341,7 +371,9 @@ async fn worker(route: Arc<Route>) {
                 }
             },
         };
+        let started = std::time::Instant::now();
         let result = attempt(&mut c, &job, &route.ctx.verp_secret).await;
+        crate::metrics::transaction_time(&route.name, started);
         let remote = Some(c.remote().to_owned());
         match result {
             Ok(replies) => {

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sendengine_queue::{Outcome, Spool, SpoolError};
+use sendengine_queue::{Delivered, Outcome, Spool, SpoolError};
 
 /// Wait before writing outcomes again after the spool refused them.
 const RECORD_RETRY: Duration = Duration::from_secs(1);
@@ -39,6 +39,25 @@ impl RetryPolicy {
     }
 }
 
+/// The retry policy in force, shared by every route's recorder; SIGHUP
+/// replaces it with `set` and the next recorded attempt uses the new one.
+#[derive(Debug, Clone)]
+pub struct SharedRetry(Arc<std::sync::RwLock<Arc<RetryPolicy>>>);
+
+impl SharedRetry {
+    pub fn new(policy: RetryPolicy) -> SharedRetry {
+        SharedRetry(Arc::new(std::sync::RwLock::new(Arc::new(policy))))
+    }
+
+    pub fn get(&self) -> Arc<RetryPolicy> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set(&self, policy: RetryPolicy) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+    }
+}
+
 /// Where an attempt took place, for the events.
 pub struct AttemptContext<'a> {
     pub route: &'a str,
@@ -50,7 +69,11 @@ pub struct AttemptContext<'a> {
 pub struct Recorder {
     pub spool: Spool,
     pub events: EventLog,
-    pub retry: RetryPolicy,
+    pub retry: SharedRetry,
+    /// `[suppression] auto_suppress`: hard bounces suppress the address.
+    pub auto_suppress: bool,
+    /// How long the delivered index keeps finished recipients.
+    pub index_retain: Duration,
 }
 
 impl Recorder {
@@ -79,10 +102,12 @@ impl Recorder {
     fn record(&self, job: &Job, verdicts: Vec<(u32, u32, EventReply)>, at: &AttemptContext<'_>) {
         let now = now_ms();
         let msg = &job.message;
-        let expires_at = msg.meta.received_at_ms + self.retry.max_age.as_millis() as u64;
+        let retry = self.retry.get();
+        let expires_at = msg.meta.received_at_ms + retry.max_age.as_millis() as u64;
         let mut outcomes = Vec::with_capacity(verdicts.len());
         let mut events = Vec::with_capacity(verdicts.len());
         let mut suppressions = Vec::new();
+        let mut delivered = Vec::new();
         for (rcpt, attempts, reply) in verdicts {
             let attempt = attempts + 1;
             let kind = match reply.code {
@@ -95,13 +120,16 @@ impl Recorder {
                 EventKind::TransientFailure => Outcome::Deferred {
                     id: msg.id,
                     rcpt,
-                    next_attempt_ms: (now + self.retry.delay(attempt).as_millis() as u64)
+                    next_attempt_ms: (now + retry.delay(attempt).as_millis() as u64)
                         .min(expires_at),
                 },
                 _ => Outcome::Done { id: msg.id, rcpt },
             });
+            if kind != EventKind::TransientFailure {
+                delivered.push(delivered_row(job, rcpt, at.route, now));
+            }
             let mut event = self.event(job, rcpt, attempt, kind, reply, at, now);
-            if kind == EventKind::Bounce && classify_bounce(&mut event) {
+            if kind == EventKind::Bounce && classify_bounce(&mut event) && self.auto_suppress {
                 suppressions.push(Event {
                     kind: EventKind::Suppression,
                     ..event.clone()
@@ -109,20 +137,33 @@ impl Recorder {
             }
             events.push(event);
         }
-        self.commit(outcomes, events, suppressions);
+        self.commit(outcomes, delivered, events, suppressions);
     }
 
-    /// Writes outcomes to the spool, then their events, then the hard
-    /// bounces' suppressions. A failed write is tried again: the recipients
-    /// are claimed, so nothing else would pick them up before a restart.
-    fn commit(&self, outcomes: Vec<Outcome>, events: Vec<Event>, suppressions: Vec<Event>) {
+    /// Writes outcomes (with the delivered-index rows of the finished
+    /// recipients, same commit) to the spool, then their events, then the
+    /// hard bounces' suppressions. A failed write is tried again: the
+    /// recipients are claimed, so nothing else would pick them up before a
+    /// restart.
+    fn commit(
+        &self,
+        outcomes: Vec<Outcome>,
+        delivered: Vec<Delivered>,
+        events: Vec<Event>,
+        suppressions: Vec<Event>,
+    ) {
         let recorder = self.clone();
         let runtime = tokio::runtime::Handle::try_current().ok();
         let retry = outcomes.clone();
-        self.spool.record(
+        // The spool encodes the rows at once; the originals stay for a retry.
+        let rows = delivered.clone();
+        self.spool.record_with_index(
             outcomes,
+            &rows,
+            self.index_retain,
             Box::new(move |result| match result {
                 Ok(()) => {
+                    crate::metrics::outcomes(&events);
                     events.into_iter().for_each(|e| recorder.events.emit(e));
                     suppressions.into_iter().for_each(|e| recorder.suppress(e));
                 }
@@ -136,7 +177,7 @@ impl Recorder {
                     if let Some(runtime) = runtime {
                         runtime.spawn(async move {
                             tokio::time::sleep(RECORD_RETRY).await;
-                            recorder.commit(retry, events, suppressions);
+                            recorder.commit(retry, delivered, events, suppressions);
                         });
                     }
                 }
@@ -219,6 +260,28 @@ pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
         attempt: 0,
         queue_time_ms: 0,
         size: msg.body.len(),
+    }
+}
+
+/// The delivered-index row of a recipient whose outcome is final.
+fn delivered_row(job: &Job, rcpt: u32, route: &str, now: u64) -> Delivered {
+    let msg = &job.message;
+    let meta = &msg.meta;
+    Delivered {
+        id: msg.id,
+        rcpt,
+        tenant: meta.tenant.clone(),
+        group: meta.group.clone(),
+        channel: meta.channel.clone(),
+        campaign: meta.campaign.clone(),
+        recipient: msg
+            .recipients
+            .get(rcpt as usize)
+            .cloned()
+            .unwrap_or_default(),
+        header_message_id: job.header_message_id.clone(),
+        route: route.to_owned(),
+        time_ms: now,
     }
 }
 
@@ -348,10 +411,12 @@ mod tests {
         let recorder = Recorder {
             spool: spool.clone(),
             events: EventLog::disabled(),
-            retry: RetryPolicy {
+            retry: SharedRetry::new(RetryPolicy {
                 schedule: vec![Duration::from_secs(60)],
                 max_age: Duration::from_secs(3600),
-            },
+            }),
+            auto_suppress: true,
+            index_retain: Duration::from_secs(86_400),
         };
         let job = job_for(stored, vec![(0, 0)]);
         let at = AttemptContext {

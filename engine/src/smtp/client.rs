@@ -93,6 +93,24 @@ impl Timeouts {
         }
     }
 
+    /// The longest a session can take from connect to the end of one
+    /// transaction: every phase's timeout added up.
+    pub fn whole_session(&self) -> Duration {
+        [
+            self.connect,
+            self.greeting,
+            self.ehlo,
+            self.tls,
+            self.auth,
+            self.mail,
+            self.rcpt,
+            self.data,
+            self.data_end,
+        ]
+        .iter()
+        .sum()
+    }
+
     /// The timeout that bounds waits in `phase`.
     pub fn for_phase(&self, phase: Phase) -> Duration {
         match phase {

@@ -33,6 +33,9 @@ pub struct DataSection {
     pub body: Vec<u8>,
     /// More than the size limit was sent: the body was cut and must be refused.
     pub too_big: bool,
+    /// The header section passed `MAX_HEADER_BYTES` or `MAX_HEADER_LINES`:
+    /// the body was dropped and must be refused.
+    pub header_too_big: bool,
 }
 
 pub struct Connection {
@@ -153,14 +156,31 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// Longest header section accepted (Exim's `header_maxsize`): admission
+/// parses and edits the header in memory.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Most header lines accepted (folded lines count one by one).
+pub const MAX_HEADER_LINES: usize = 10_000;
+
+/// A line still without its LF past this many bytes is taken in pieces, so
+/// that one endless line cannot grow the read buffer.
+const MAX_PENDING_LINE: usize = 64 * 1024;
+
 /// The DATA state machine, separate from I/O so it can be tested (and
 /// fuzzed) on byte slices.
 pub struct DataReader {
     body: Vec<u8>,
     max_size: u64,
     too_big: bool,
+    header_too_big: bool,
     /// The previous line ended in CRLF (the DATA command line counts).
     prev_crlf: bool,
+    /// Part of the current line was already taken (a very long line).
+    mid_line: bool,
+    in_header: bool,
+    header_bytes: usize,
+    header_lines: usize,
 }
 
 impl DataReader {
@@ -170,58 +190,117 @@ impl DataReader {
             body: Vec::with_capacity(reserve),
             max_size,
             too_big: false,
+            header_too_big: false,
             prev_crlf: true,
+            mid_line: false,
+            in_header: true,
+            header_bytes: 0,
+            header_lines: 0,
         }
     }
 
-    /// Consumes complete lines from `input`; returns how many bytes were
-    /// used and whether the terminating line was seen.
+    /// Consumes complete lines from `input` (and the start of a very long
+    /// one); returns how many bytes were used and whether the terminating
+    /// line was seen. The caller keeps the rest and feeds it again with more.
     pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
         let mut used = 0;
-        while let Some(pos) = memchr::memchr(b'\n', &input[used..]) {
-            let raw = &input[used..used + pos];
+        loop {
+            let rest = &input[used..];
+            let Some(pos) = memchr::memchr(b'\n', rest) else {
+                if rest.len() > MAX_PENDING_LINE {
+                    // Keep a trailing CR back: it may be the start of CRLF.
+                    let take = rest.len() - usize::from(rest.ends_with(b"\r"));
+                    self.line_piece(&rest[..take]);
+                    used += take;
+                }
+                return (used, false);
+            };
             used += pos + 1;
-            let crlf = raw.last() == Some(&b'\r');
-            let line = if crlf { &raw[..raw.len() - 1] } else { raw };
-            if line == b"." && crlf && self.prev_crlf {
+            if self.line_end(&rest[..pos]) {
                 return (used, true);
             }
-            self.prev_crlf = crlf;
-            // A lone "." that did not arrive as CRLF.CRLF is content; keep it.
-            let line = match line.strip_prefix(b".") {
-                Some(rest) if !rest.is_empty() => rest,
-                _ => line,
-            };
-            self.push_line(line);
         }
-        (used, false)
     }
 
-    fn push_line(&mut self, line: &[u8]) {
-        if self.too_big {
+    /// The end of a line (LF excluded); true for the terminating ".".
+    fn line_end(&mut self, raw: &[u8]) -> bool {
+        let crlf = raw.last() == Some(&b'\r');
+        let line = if crlf { &raw[..raw.len() - 1] } else { raw };
+        let whole_line = !self.mid_line;
+        if whole_line && line == b"." && crlf && self.prev_crlf {
+            return true;
+        }
+        self.prev_crlf = crlf;
+        self.mid_line = false;
+        let line = if whole_line { unstuff(line) } else { line };
+        if self.in_header {
+            if whole_line && line.is_empty() {
+                self.in_header = false;
+            } else {
+                self.count_header(line.len() + 2, 1);
+            }
+        }
+        self.push(line, true);
+        false
+    }
+
+    /// The first or a middle part of a line too long to wait for its end.
+    fn line_piece(&mut self, piece: &[u8]) {
+        let piece = if self.mid_line { piece } else { unstuff(piece) };
+        self.mid_line = true;
+        if self.in_header {
+            self.count_header(piece.len(), 0);
+        }
+        self.push(piece, false);
+    }
+
+    fn count_header(&mut self, bytes: usize, lines: usize) {
+        self.header_bytes = self.header_bytes.saturating_add(bytes);
+        self.header_lines += lines;
+        if self.header_bytes > MAX_HEADER_BYTES || self.header_lines > MAX_HEADER_LINES {
+            self.header_too_big = true;
+            self.body = Vec::new();
+        }
+    }
+
+    fn push(&mut self, text: &[u8], line_ends: bool) {
+        if self.too_big || self.header_too_big {
             return;
         }
-        if (self.body.len() + line.len() + 2) as u64 > self.max_size {
+        let ending = if line_ends { 2 } else { 0 };
+        if (self.body.len() + text.len() + ending) as u64 > self.max_size {
             self.too_big = true;
             self.body = Vec::new();
             return;
         }
         // Bare CR inside a line becomes a line break of its own.
-        let mut rest = line;
+        let mut rest = text;
         while let Some(cr) = memchr::memchr(b'\r', rest) {
             self.body.extend_from_slice(&rest[..cr]);
             self.body.extend_from_slice(b"\r\n");
             rest = &rest[cr + 1..];
         }
         self.body.extend_from_slice(rest);
-        self.body.extend_from_slice(b"\r\n");
+        if line_ends {
+            self.body.extend_from_slice(b"\r\n");
+        }
     }
 
     pub fn finish(self) -> DataSection {
         DataSection {
             body: self.body,
             too_big: self.too_big,
+            header_too_big: self.header_too_big,
         }
+    }
+}
+
+/// Removes the dot that stuffing added; a lone "." that did not arrive as
+/// CRLF.CRLF is content and stays.
+fn unstuff(line: &[u8]) -> &[u8] {
+    match line.strip_prefix(b".") {
+        Some(rest) if !rest.is_empty() => rest,
+        _ => line,
     }
 }
 
@@ -270,6 +349,68 @@ mod tests {
         assert!(too_big);
         assert!(body.unwrap().is_empty());
         assert_eq!(used, input.len());
+    }
+
+    /// Feeds `input` in 16 KiB reads, keeping what was not used, as
+    /// `Connection::read_data` does; whether the end was seen.
+    fn feed_like_a_connection(r: &mut DataReader, input: &[u8]) -> bool {
+        let mut pending = Vec::new();
+        for chunk in input.chunks(READ_CHUNK) {
+            pending.extend_from_slice(chunk);
+            let (used, done) = r.feed(&pending);
+            pending.drain(..used);
+            assert!(pending.len() <= MAX_PENDING_LINE + READ_CHUNK);
+            if done {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn an_endless_line_is_taken_in_pieces() {
+        let mut r = DataReader::new(10 << 20);
+        let mut line = b".".to_vec();
+        line.extend(b"y".repeat(3 * MAX_PENDING_LINE));
+        line.push(b'\r');
+        let (used, done) = r.feed(&line);
+        assert!(!done);
+        assert_eq!(used, line.len() - 1, "all but the trailing CR");
+        assert_eq!(r.feed(b"\r\n.\r\n"), (5, true));
+        let body = r.finish().body;
+        assert_eq!(body.len(), 3 * MAX_PENDING_LINE + 2, "unstuffed once");
+        assert!(body.ends_with(b"y\r\n"));
+        // A "." at the start of a later piece is content, not stuffing.
+        let mut r = DataReader::new(10 << 20);
+        let mut input = b"z".repeat(MAX_PENDING_LINE + 1);
+        input.extend_from_slice(b".\r\n.\r\n");
+        assert!(feed_like_a_connection(&mut r, &input));
+        assert!(r.finish().body.ends_with(b"z.\r\n"));
+    }
+
+    #[test]
+    fn header_bombs_are_flagged() {
+        let mut many = b"X-H: v\r\n".repeat(MAX_HEADER_LINES + 1);
+        many.extend_from_slice(b"\r\nbody\r\n.\r\n");
+        let mut r = DataReader::new(100 << 20);
+        assert_eq!(r.feed(&many), (many.len(), true));
+        let s = r.finish();
+        assert!(s.header_too_big && s.body.is_empty());
+
+        let mut long = b"Subject: ".to_vec();
+        long.extend(b"a".repeat(MAX_HEADER_BYTES));
+        long.extend_from_slice(b"\r\n\r\nbody\r\n.\r\n");
+        let mut r = DataReader::new(100 << 20);
+        assert!(feed_like_a_connection(&mut r, &long));
+        assert!(r.finish().header_too_big);
+
+        // The same number of lines in the body is fine.
+        let mut body_lines = b"Subject: x\r\n\r\n".to_vec();
+        body_lines.extend(b"line\r\n".repeat(MAX_HEADER_LINES + 1));
+        body_lines.extend_from_slice(b".\r\n");
+        let mut r = DataReader::new(100 << 20);
+        assert_eq!(r.feed(&body_lines), (body_lines.len(), true));
+        assert!(!r.finish().header_too_big);
     }
 
     #[test]

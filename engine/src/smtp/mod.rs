@@ -2,6 +2,7 @@
 //! parser `command`, buffered I/O `connection` and `reply`), and the
 //! outbound `client` the delivery workers use.
 
+pub mod auth_limit;
 pub mod client;
 pub mod command;
 pub mod connection;

@@ -17,8 +17,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::auth_limit::AuthLimiter;
 use super::command::{self, Command, MailParams};
-use super::connection::{Connection, Line, Stream};
+use super::connection::{Connection, Line, MAX_HEADER_BYTES, MAX_HEADER_LINES, Stream};
 use super::reply::Reply;
 use crate::config::SmtpInSection;
 use crate::engine::{ClientInfo, Engine, Envelope};
@@ -29,6 +30,8 @@ pub struct ServerContext {
     pub settings: SmtpInSection,
     pub hostname: String,
     pub tls: Option<TlsAcceptor>,
+    /// Failed AUTH attempts per client address, shared by all sessions.
+    pub auth_limiter: AuthLimiter,
 }
 
 struct Transaction {
@@ -241,6 +244,7 @@ impl Session {
         }
         let max = self.ctx.settings.max_message_size;
         if params.size.is_some_and(|s| s > max) {
+            crate::metrics::injection_refused(crate::metrics::Refusal::TooBig);
             return self.refuse(Reply::new(
                 552,
                 "5.3.4",
@@ -272,6 +276,7 @@ impl Session {
             return self.refuse(Reply::new(503, "5.5.1", "Send MAIL FROM first"));
         };
         if !relay_allowed {
+            crate::metrics::injection_refused(crate::metrics::Refusal::RelayDenied);
             return self.refuse(Reply::new(
                 554,
                 "5.7.1",
@@ -285,6 +290,14 @@ impl Session {
                 553,
                 "5.6.7",
                 "Non-ASCII recipient needs SMTPUTF8 on MAIL FROM",
+            ));
+        }
+        if tx.mail_from.is_empty() && !tx.rcpts.is_empty() {
+            // A bounce goes to one address; many is a spam pattern.
+            return self.refuse(Reply::new(
+                550,
+                "5.5.3",
+                "A message with a null sender (a bounce) has exactly one recipient",
             ));
         }
         if tx.rcpts.len() >= max {
@@ -332,10 +345,21 @@ impl Session {
         };
         let tx = self.tx.take().expect("checked above");
         if section.too_big {
+            crate::metrics::injection_refused(crate::metrics::Refusal::TooBig);
             return Ok(self.refuse(Reply::new(
                 552,
                 "5.3.4",
                 format!("Message too big: the limit is {max} bytes"),
+            )));
+        }
+        if section.header_too_big {
+            crate::metrics::injection_refused(crate::metrics::Refusal::TooBig);
+            return Ok(self.refuse(Reply::new(
+                552,
+                "5.3.4",
+                format!(
+                    "Header section too big: at most {MAX_HEADER_LINES} lines and {MAX_HEADER_BYTES} bytes"
+                ),
             )));
         }
         let envelope = Envelope {
@@ -390,6 +414,9 @@ impl Session {
                 "Encryption required: use STARTTLS before AUTH",
             )));
         }
+        if self.ctx.auth_limiter.is_blocked(self.peer.ip()) {
+            return Ok(self.too_many_auth_failures());
+        }
         if self.helo.is_none() || self.auth_user.is_some() || self.tx.is_some() {
             return Ok(self.refuse(Reply::new(
                 503,
@@ -419,12 +446,33 @@ impl Session {
             self.auth_user = Some(user);
             Ok(self.reply(Reply::new(235, "2.7.0", "Authentication successful")))
         } else {
-            Ok(self.refuse(Reply::new(
+            let blocked = self.ctx.auth_limiter.record_failure(self.peer.ip());
+            crate::metrics::injection_refused(crate::metrics::Refusal::AuthFailed);
+            let flow = self.refuse(Reply::new(
                 535,
                 "5.7.8",
                 "Authentication credentials invalid: check the user name and password",
-            )))
+            ));
+            Ok(if blocked && matches!(flow, Flow::Continue) {
+                self.too_many_auth_failures()
+            } else {
+                flow
+            })
         }
+    }
+
+    /// The client's address failed AUTH too often: say so and hang up.
+    fn too_many_auth_failures(&mut self) -> Flow {
+        let minutes = super::auth_limit::FAILURE_WINDOW.as_secs() / 60;
+        let limit = self.ctx.settings.auth_failures_per_ip;
+        self.conn().queue_reply(&Reply::new(
+            421,
+            "4.7.0",
+            format!(
+                "Too many failed AUTH attempts from your address ({limit} in {minutes} minutes): try again later"
+            ),
+        ));
+        Flow::Close
     }
 
     /// PBKDF2 takes tens of milliseconds: off the async threads.
@@ -507,42 +555,81 @@ fn decode_b64(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Accepts connections on one listener until shutdown, with the
-/// `max_connections` limit shared across all listeners.
-pub async fn serve_listener(
-    listener: tokio::net::TcpListener,
-    ctx: Arc<ServerContext>,
-    slots: Arc<tokio::sync::Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// What a listener task follows while it runs.
+pub struct ListenerControl {
+    /// The context new sessions get; SIGHUP sends one with new settings.
+    pub context: watch::Receiver<Arc<ServerContext>>,
+    /// The `max_connections` limit, shared across all listeners.
+    pub slots: Arc<tokio::sync::Semaphore>,
+    /// Set at SIGTERM: sessions say goodbye, new connections get 421.
+    pub shutdown: watch::Receiver<bool>,
+    /// Set once the drain is over: the listener closes.
+    pub closed: watch::Receiver<bool>,
+}
+
+/// Accepts connections on one listener until shutdown, then refuses them
+/// with 421 while the daemon drains (a client retries later instead of
+/// seeing "connection refused"), and closes the listener at the end.
+pub async fn serve_listener(listener: tokio::net::TcpListener, control: ListenerControl) {
+    let ListenerControl {
+        context,
+        slots,
+        mut shutdown,
+        mut closed,
+    } = control;
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(_) => {
-                // Out of file descriptors and similar: wait rather than spin.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_busy(stream));
+        let Some((stream, peer)) = accepted_or_pause(accepted).await else {
             continue;
         };
-        let session = Session::new(ctx.clone(), stream, peer, shutdown.clone());
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            crate::metrics::injection_refused(crate::metrics::Refusal::Busy);
+            tokio::spawn(refuse(stream, BUSY));
+            continue;
+        };
+        let ctx = context.borrow().clone();
+        let session = Session::new(ctx, stream, peer, shutdown.clone());
         tokio::spawn(async move {
+            let _open = crate::metrics::smtp_session();
             session.run().await;
             drop(permit);
         });
     }
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = closed.wait_for(|closed| *closed) => return,
+        };
+        if let Some((stream, _)) = accepted_or_pause(accepted).await {
+            tokio::spawn(refuse(stream, SHUTTING_DOWN));
+        }
+    }
 }
 
-async fn refuse_busy(mut stream: TcpStream) {
+const BUSY: &str = "Too many connections: try again later";
+const SHUTTING_DOWN: &str = "Service shutting down: try again later";
+
+/// An accepted connection, or a pause after a failed accept (out of file
+/// descriptors and similar) so the loop waits rather than spins.
+async fn accepted_or_pause(
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+) -> Option<(TcpStream, SocketAddr)> {
+    match accepted {
+        Ok(a) => Some(a),
+        Err(_) => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// Answers a connection with 421 4.3.2 and closes it.
+async fn refuse(mut stream: TcpStream, text: &'static str) {
     use tokio::io::AsyncWriteExt;
     let mut out = Vec::new();
-    Reply::new(421, "4.3.2", "Too many connections: try again later").write_to(&mut out);
+    Reply::new(421, "4.3.2", text).write_to(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
 }

@@ -329,9 +329,17 @@ impl Drop for Daemon {
 }
 
 fn spawn_daemon(config: &Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    spawn_daemon_with_env(config, &[])
+}
+
+fn spawn_daemon_with_env(
+    config: &Path,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(daemon_binary())
         .arg("--config")
         .arg(config)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -488,4 +496,57 @@ pub fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("sendctl --json prints JSON")
+}
+
+// ---- lifecycle: environment, signals, log lines ---------------------------------
+
+impl Daemon {
+    /// `start` with extra environment variables (NOTIFY_SOCKET, RUST_LOG, ...).
+    pub fn start_with_env(config: DaemonConfig, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config.render(dir.path())).expect("write config");
+        let (child, addr, stderr) = spawn_daemon_with_env(&config_path, env);
+        Daemon {
+            addr,
+            dir,
+            config_path,
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, ...) and returns at once.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the daemon to exit (after a signal) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("daemon running");
+        let status = wait_for(timeout, "the daemon to exit", || {
+            child.try_wait().expect("wait for daemon")
+        });
+        self.child = None;
+        status
+    }
+
+    /// Waits for a stderr line containing `text` and returns it; earlier
+    /// lines are consumed.
+    pub fn wait_stderr(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no stderr line containing {text:?} from the daemon"),
+            }
+        }
+    }
 }

@@ -3,7 +3,9 @@
 //! recipient as the result. With PIPELINING (RFC 2920) the envelope goes out
 //! in groups and the replies are read back in order; without it, in lockstep.
 //! A refused recipient keeps its own RCPT reply; the others still get the
-//! message (partial acceptance).
+//! message (partial acceptance). Recipients put off with 452 (too many
+//! recipients) get a transaction of their own right after, on the same
+//! connection.
 
 use std::iter;
 
@@ -18,6 +20,14 @@ const MAX_ADDRESS_LEN: usize = 256;
 
 /// The reply that tells the server sent "go ahead" to DATA.
 const START_MAIL_INPUT: u16 = 354;
+
+/// The RCPT reply of a server that takes no more recipients in this
+/// transaction; the rest go in the next one.
+const TOO_MANY_RECIPIENTS: u16 = 452;
+
+/// Transactions one `send` may run for a server that takes few recipients
+/// at a time, before the rest are left to a later retry.
+const MAX_TRANSACTIONS_PER_SEND: usize = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Command {
@@ -115,9 +125,43 @@ impl Connection {
                 message: "the connection failed earlier and must be dropped".to_string(),
             });
         }
-        let result = self.transaction(envelope, body).await;
+        let result = self.transactions(envelope, body).await;
         self.broken = result.is_err();
         result
+    }
+
+    /// One transaction, then more on the same connection for the recipients
+    /// the server put off with 452 (too many recipients, RFC 5321
+    /// 4.5.3.1.10), as long as each round decides somebody.
+    async fn transactions(
+        &mut self,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+    ) -> Result<Vec<Reply>, SessionError> {
+        let mut replies = self.transaction(envelope, body).await?;
+        let mut pending = replies.len();
+        for _ in 1..MAX_TRANSACTIONS_PER_SEND {
+            let put_off: Vec<usize> = (0..replies.len())
+                .filter(|&index| replies[index].code == TOO_MANY_RECIPIENTS)
+                .collect();
+            if put_off.is_empty() || put_off.len() >= pending {
+                break;
+            }
+            pending = put_off.len();
+            let recipients: Vec<&str> = put_off
+                .iter()
+                .map(|&index| envelope.recipients[index])
+                .collect();
+            let rest = Envelope {
+                mail_from: envelope.mail_from,
+                recipients: &recipients,
+            };
+            let more = self.transaction(&rest, body).await?;
+            for (index, reply) in put_off.into_iter().zip(more) {
+                replies[index] = reply;
+            }
+        }
+        Ok(replies)
     }
 
     async fn transaction(

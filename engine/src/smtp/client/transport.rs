@@ -19,6 +19,8 @@ pub use crate::smtp::stream::Stream;
 const WRITE_BUFFER: usize = 64 * 1024;
 /// Read buffer: replies are small; a pipelined group of 100 fits easily.
 const READ_BUFFER: usize = 8 * 1024;
+/// Bytes of the body written under one data timeout.
+const BODY_BLOCK: usize = 64 * 1024;
 
 /// A reply together with the text of each of its lines (EHLO needs the lines).
 pub struct ReplyWithLines {
@@ -76,18 +78,23 @@ impl Transport {
     }
 
     /// Writes the message body dot-stuffed, then the end-of-data marker, and
-    /// flushes once.
+    /// flushes once. `after` bounds each block of `BODY_BLOCK` bytes, not the
+    /// whole body (RFC 5321 4.5.3.2.5: the data timeout is per TCP send), so a
+    /// slow reader that keeps reading gets a large message, and one that stops
+    /// reading times out.
     pub async fn send_body(
         &mut self,
         phase: Phase,
         after: Duration,
         body: &[u8],
     ) -> Result<(), SessionError> {
+        for piece in DotStuffed::new(body) {
+            for block in piece.chunks(BODY_BLOCK) {
+                within(phase, after, self.io.write_all(block)).await?;
+            }
+        }
         let io = &mut self.io;
         within(phase, after, async {
-            for piece in DotStuffed::new(body) {
-                io.write_all(piece).await?;
-            }
             io.write_all(data_terminator(body)).await?;
             io.flush().await
         })

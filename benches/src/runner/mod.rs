@@ -1,0 +1,469 @@
+//! The end-to-end benchmark runner behind `sendengine-bench`: one scenario
+//! on loopback, sink → daemon → load generator, measured from outside the
+//! daemon (its /proc entries, the sink's log, the generator's acks).
+//!
+//! Each repetition starts from nothing: a fresh folder, sink, spool and
+//! daemon, a warm-up injection, then the measured one. The daemon is only
+//! run as a process; nothing here links the engine.
+
+pub mod backlog;
+pub mod peer;
+pub mod proc;
+pub mod procs;
+pub mod sinkwatch;
+pub mod stats;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use procs::{Binaries, Daemon, Injection, InjectionSummary, Loadgen, Sink};
+use sinkwatch::SinkWatch;
+
+/// A run gives up when the sink has seen no new message for this long.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the sink's log is read while waiting.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// DKIM signing in the scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dkim {
+    Off,
+    Rsa,
+    Ed25519,
+}
+
+impl Dkim {
+    pub fn parse(text: &str) -> Option<Dkim> {
+        match text {
+            "off" => Some(Dkim::Off),
+            "rsa" | "rsa2048" | "rsa-2048" => Some(Dkim::Rsa),
+            "ed25519" => Some(Dkim::Ed25519),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Dkim::Off => "off",
+            Dkim::Rsa => "rsa-2048",
+            Dkim::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// What one run measures.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub messages: u64,
+    /// Unmeasured messages first (connections opened, caches warm).
+    pub warmup: u64,
+    pub connections: usize,
+    /// Body bytes per message.
+    pub size: usize,
+    pub rcpts: usize,
+    pub dkim: Dkim,
+    /// fdatasync before 250 (the production setting).
+    pub sync: bool,
+    /// Injection rate limit in messages/s; 0 = as fast as it goes.
+    pub rate: f64,
+    /// Connections from the daemon to the sink.
+    pub delivery_connections: usize,
+    /// `[delivery] ready_queue_size`; None = the daemon's default.
+    pub ready_queue_size: Option<usize>,
+}
+
+impl Scenario {
+    pub fn durability(&self) -> &'static str {
+        if self.sync {
+            "sync on (fdatasync before 250)"
+        } else {
+            "sync OFF (no fdatasync: not durable)"
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let rate = if self.rate > 0.0 {
+            format!("{} msgs/s", self.rate)
+        } else {
+            "unlimited".to_string()
+        };
+        format!(
+            "{} msgs (+{} warm-up), body {} B, {} rcpt/msg, {} injection conns, DKIM {}, {}, rate {}",
+            self.messages,
+            self.warmup,
+            self.size,
+            self.rcpts,
+            self.connections,
+            self.dkim.label(),
+            self.durability(),
+            rate
+        )
+    }
+}
+
+/// The figures of one repetition.
+#[derive(Debug, Clone)]
+pub struct RepResult {
+    pub injection: InjectionSummary,
+    pub inject_rate: f64,
+    pub e2e_rate: f64,
+    pub e2e_s: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+    pub cpu_s: f64,
+    pub cpu_ms_per_msg: f64,
+    pub peak_rss_kib: u64,
+    pub load_before: [f64; 3],
+    pub load_after: [f64; 3],
+    /// The `dkim` field of the first reception event (proof of signing).
+    pub dkim_event: Option<String>,
+}
+
+impl RepResult {
+    pub fn line(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        format!(
+            "inject {:.0} msgs/s, e2e {:.0} msgs/s ({:.2} s), latency 250→sink p50 {} p99 {} max {} ms, daemon CPU {:.3} ms/msg, peak RSS {:.1} MiB, load {:.2}→{:.2}, dkim={}",
+            self.inject_rate,
+            self.e2e_rate,
+            self.e2e_s,
+            ms(self.latency_p50_ms),
+            ms(self.latency_p99_ms),
+            ms(self.latency_max_ms),
+            self.cpu_ms_per_msg,
+            self.peak_rss_kib as f64 / 1024.0,
+            self.load_before[0],
+            self.load_after[0],
+            self.dkim_event.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The daemon's configuration for a scenario in `dir`, relaying to the sink
+/// at `sink_port`; `retry` is the retry schedule's single step.
+pub fn daemon_config(scenario: &Scenario, dir: &Path, sink_port: u16, retry: &str) -> String {
+    let d = dir.display();
+    let mut text = format!(
+        r#"hostname = "bench.invalid"
+[spool]
+dir = "{d}/spool"
+sync = {sync}
+[smtp_in]
+listen = ["127.0.0.1:0"]
+relay_networks = ["127.0.0.0/8"]
+max_message_size = "25MB"
+[delivery]
+retry_schedule = ["{retry}"]
+{ready_queue}
+[events]
+path = "{d}/events.jsonl"
+[admin]
+socket = "{d}/admin.sock"
+[secrets]
+key_file = "{d}/secret.key"
+[[delivery_server]]
+name = "sink"
+host = "127.0.0.1"
+port = {sink_port}
+encryption = "none"
+timeout = "60s"
+max_connections = {conns}
+max_messages_per_connection = 100000
+"#,
+        sync = scenario.sync,
+        conns = scenario.delivery_connections,
+        ready_queue = scenario
+            .ready_queue_size
+            .map_or(String::new(), |n| format!("ready_queue_size = {n}")),
+    );
+    let algorithm = match scenario.dkim {
+        Dkim::Off => None,
+        Dkim::Rsa => Some("rsa"),
+        Dkim::Ed25519 => Some("ed25519"),
+    };
+    if let Some(algorithm) = algorithm {
+        // The loadgen's From is loadgen@example.com.
+        let _ = write!(
+            text,
+            "[[dkim_key]]\ndomain = \"example.com\"\nselector = \"bench\"\nalgorithm = \"{algorithm}\"\n"
+        );
+    }
+    text
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), RunError> {
+    std::fs::write(path, text).map_err(|source| RunError::Io {
+        what: format!("cannot write {}", path.display()),
+        source,
+    })
+}
+
+/// A fresh, empty folder.
+pub fn fresh_dir(path: &Path) -> Result<PathBuf, RunError> {
+    let _ = std::fs::remove_dir_all(path);
+    std::fs::create_dir_all(path).map_err(|source| RunError::Io {
+        what: format!("cannot create {}", path.display()),
+        source,
+    })?;
+    Ok(path.to_path_buf())
+}
+
+/// Options of a repetition that are not part of the scenario.
+#[derive(Debug, Clone, Default)]
+pub struct RepOptions {
+    /// Record the daemon with `perf record -g` into this file while measured.
+    pub perf_data: Option<PathBuf>,
+    /// Keep the repetition's folder (spool, logs) afterwards.
+    pub keep: bool,
+}
+
+/// Runs one repetition in `dir` (emptied first).
+pub fn run_rep(
+    bins: &Binaries,
+    scenario: &Scenario,
+    dir: &Path,
+    options: &RepOptions,
+) -> Result<RepResult, RunError> {
+    let dir = fresh_dir(dir)?;
+    let mut sink = Sink::start(bins, 0, &dir.join("sink.jsonl"))?;
+    let config = dir.join("config.toml");
+    write_file(&config, &daemon_config(scenario, &dir, sink.port, "5s"))?;
+    let mut daemon = Daemon::start(bins, &config, &dir.join("daemon.log"))?;
+    let mut watch = SinkWatch::open(&sink.log, true)?;
+
+    if scenario.warmup > 0 {
+        let warmup = Injection {
+            server: daemon.addr,
+            messages: scenario.warmup,
+            connections: scenario.connections,
+            size: scenario.size,
+            rcpts: scenario.rcpts,
+            rate: 0.0,
+            acks_file: None,
+        };
+        let mut generator = Generator::Running(Loadgen::start(bins, &warmup)?);
+        let target = scenario.warmup * scenario.rcpts as u64;
+        wait_for_recipients(&mut watch, target, Some((&mut generator, scenario.warmup)))?;
+        watch.reset();
+    }
+
+    let acks_path = dir.join("acks.txt");
+    let injection = Injection {
+        server: daemon.addr,
+        messages: scenario.messages,
+        connections: scenario.connections,
+        size: scenario.size,
+        rcpts: scenario.rcpts,
+        rate: scenario.rate,
+        acks_file: Some(acks_path.clone()),
+    };
+    let load_before = proc::load_average();
+    let cpu_before = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);
+    let mut perf = match &options.perf_data {
+        Some(path) => Some(start_perf(daemon.pid, path)?),
+        None => None,
+    };
+    let started_us = unix_us();
+    let mut generator = Generator::Running(Loadgen::start(bins, &injection)?);
+    let target = scenario.messages * scenario.rcpts as u64;
+    wait_for_recipients(
+        &mut watch,
+        target,
+        Some((&mut generator, scenario.messages)),
+    )?;
+    let cpu_after = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);
+    let load_after = proc::load_average();
+    if let Some(perf) = perf.as_mut() {
+        stop_perf(perf);
+    }
+    let injection_summary = generator.summary().unwrap_or_default();
+    let peak_rss_kib = proc::status_kib(daemon.pid, "VmHWM:").unwrap_or(0);
+    daemon.stop();
+    sink.stop();
+
+    let latencies = join_latencies(&acks_path, &watch)?;
+    let e2e_s = watch.last_us.saturating_sub(started_us) as f64 / 1e6;
+    let cpu_s = cpu_after - cpu_before;
+    let result = RepResult {
+        inject_rate: injection_summary.msgs_per_s,
+        e2e_rate: if e2e_s > 0.0 {
+            scenario.messages as f64 / e2e_s
+        } else {
+            0.0
+        },
+        e2e_s,
+        latency_p50_ms: stats::percentile(&latencies, 0.50),
+        latency_p99_ms: stats::percentile(&latencies, 0.99),
+        latency_max_ms: latencies.last().copied(),
+        cpu_s,
+        cpu_ms_per_msg: 1000.0 * cpu_s / scenario.messages.max(1) as f64,
+        peak_rss_kib,
+        load_before,
+        load_after,
+        dkim_event: first_reception_dkim(&dir.join("events.jsonl")),
+        injection: injection_summary,
+    };
+    if !options.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(result)
+}
+
+/// A load generator while it runs, then its summary.
+pub enum Generator {
+    Running(Loadgen),
+    Done(InjectionSummary),
+}
+
+impl Generator {
+    /// Collects the summary once the process has exited; a generator that
+    /// could not get all `messages` acknowledged fails the run.
+    fn settle(&mut self, messages: u64) -> Result<bool, RunError> {
+        let Generator::Running(running) = self else {
+            return Ok(true);
+        };
+        if !running.finished() {
+            return Ok(false);
+        }
+        let placeholder = Generator::Done(InjectionSummary::default());
+        let Generator::Running(finished) = std::mem::replace(self, placeholder) else {
+            return Ok(true);
+        };
+        let summary = finished.finish()?;
+        if summary.acked < messages {
+            return Err(RunError::Failed(format!(
+                "the load generator got {} of {messages} messages acknowledged: {summary:?}",
+                summary.acked
+            )));
+        }
+        *self = Generator::Done(summary);
+        Ok(true)
+    }
+
+    /// Stops a running generator early.
+    pub fn abort(&mut self) {
+        let placeholder = Generator::Done(InjectionSummary::default());
+        if let Generator::Running(running) = std::mem::replace(self, placeholder) {
+            running.kill();
+        }
+    }
+
+    pub fn summary(self) -> Option<InjectionSummary> {
+        match self {
+            Generator::Done(summary) => Some(summary),
+            Generator::Running(_) => None,
+        }
+    }
+}
+
+/// Waits until the sink has `target` recipients and the generator (if any)
+/// has exited having had its `messages` acknowledged.
+pub fn wait_for_recipients(
+    watch: &mut SinkWatch,
+    target: u64,
+    mut generator: Option<(&mut Generator, u64)>,
+) -> Result<(), RunError> {
+    let mut last_progress = Instant::now();
+    let mut seen = watch.recipients;
+    loop {
+        watch.poll()?;
+        if watch.recipients != seen {
+            seen = watch.recipients;
+            last_progress = Instant::now();
+        }
+        let generator_done = match generator.as_mut() {
+            Some((running, messages)) => running.settle(*messages)?,
+            None => true,
+        };
+        if watch.recipients >= target && generator_done {
+            return Ok(());
+        }
+        if last_progress.elapsed() > STALL_TIMEOUT && generator_done {
+            return Err(RunError::Failed(format!(
+                "the sink got {} of {target} recipients and nothing more for {} s",
+                watch.recipients,
+                STALL_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Latency of each acknowledged message from its 250 to the arrival of its
+/// last recipient at the sink, in ms, sorted.
+fn join_latencies(acks_path: &Path, watch: &SinkWatch) -> Result<Vec<f64>, RunError> {
+    let acks = std::fs::read_to_string(acks_path).map_err(|source| RunError::Io {
+        what: format!("cannot read {}", acks_path.display()),
+        source,
+    })?;
+    let mut latencies: Vec<f64> = acks
+        .lines()
+        .filter_map(|line| {
+            let (id, acked_us) = line.rsplit_once(' ')?;
+            let acked_us: u64 = acked_us.parse().ok()?;
+            let arrived_us = watch.arrival_us(id)?;
+            // A message may reach the sink before the 250 reaches the generator.
+            Some(arrived_us.saturating_sub(acked_us) as f64 / 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// The `dkim` field of the first reception event, if any.
+fn first_reception_dkim(events: &Path) -> Option<String> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(events).ok()?;
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .take(1000)
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .find(|event| event["type"] == "reception")
+        .map(|event| match &event["dkim"] {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+}
+
+/// `perf record -g` on the daemon until stopped.
+fn start_perf(pid: u32, output: &Path) -> Result<Child, RunError> {
+    Command::new("perf")
+        .args(["record", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| RunError::Io {
+            what: "cannot start perf (is it installed?)".into(),
+            source,
+        })
+}
+
+/// SIGINT makes perf write its data file and exit.
+fn stop_perf(perf: &mut Child) {
+    procs::signal(perf.id(), "-INT");
+    let _ = perf.wait();
+}

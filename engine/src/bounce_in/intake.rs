@@ -1,0 +1,441 @@
+//! What one email received by the bounce listener becomes: events tied to
+//! the message, tenant, campaign and recipient it is about, and, for hard
+//! bounces and complaints, suppressions.
+//!
+//! The VERP tag ties a report to (message id, recipient index): the one in
+//! the RCPT address (HMAC checked by the listener), else one the parser
+//! found in the report itself (checked here). The delivered index then gives the
+//! rest; a message pruned from it still yields an event with the message id
+//! and what the report says, and a null tenant. Auto-replies, success
+//! notices and other mail are accepted and only counted
+//! (`sendengine_bounce_in_total{kind}`): answering them with an error would
+//! make the sender bounce our bounce address, and they carry nothing to act on.
+//!
+//! Everything here is blocking (parsing, spool reads, the suppression
+//! commits): the listener runs it on the blocking pool.
+
+use sendengine_bounces::{Kind, Record, verp};
+use sendengine_queue::{Delivered, MessageId, Spool, format_id, id_timestamp_ms};
+
+use crate::events::{Event, EventKind, EventReply};
+use crate::timefmt::{now_ms, rfc3339};
+
+/// Reports about different recipients in one email: more is abuse, not mail.
+pub const MAX_REPORTS_PER_MESSAGE: usize = 100;
+
+/// What the intake needs from the daemon.
+#[derive(Clone)]
+pub struct Intake {
+    pub spool: Spool,
+    /// Key of the HMAC in VERP tags (the same the delivery side signs with).
+    pub verp_secret: [u8; 32],
+    /// `[suppression] auto_suppress`.
+    pub auto_suppress: bool,
+}
+
+/// A recipient of ours that a received email is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub id: MessageId,
+    pub rcpt: u32,
+    /// The VERP address it arrived at: our envelope sender of that message.
+    pub return_path: String,
+}
+
+/// Why an email could not be taken: answered 451, so the sender retries.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct IntakeError(pub String);
+
+impl Intake {
+    /// Parses one received email and returns the events to emit, every
+    /// suppression already committed (a failed commit is an error, and
+    /// nothing is emitted, so a retry by the sender does not double events).
+    pub fn process(&self, targets: &[Target], body: &[u8]) -> Result<Vec<Event>, IntakeError> {
+        let records = sendengine_bounces::parse_message(body);
+        let mut reports: Vec<(Target, Record)> = Vec::new();
+        for record in records {
+            let kind = count_kind(&record);
+            if !matches!(kind, "bounce" | "complaint") {
+                continue;
+            }
+            let Some(target) = self.target_of(&record, targets) else {
+                count("untied");
+                continue;
+            };
+            keep_strongest(&mut reports, target, record);
+        }
+        let mut events = Vec::new();
+        for (target, record) in reports.into_iter().take(MAX_REPORTS_PER_MESSAGE) {
+            let known = self.delivered(&target)?;
+            let event = report_event(&target, known.as_ref(), &record, body.len());
+            count(if record.kind == Kind::Complaint {
+                "complaint"
+            } else {
+                "bounce"
+            });
+            let suppress = self.auto_suppress
+                && (record.kind == Kind::Complaint || record.hard)
+                && !event.recipient.is_empty();
+            if suppress {
+                self.suppress(&event, &record)?;
+            }
+            events.push(event.clone());
+            if suppress {
+                events.push(Event {
+                    kind: EventKind::Suppression,
+                    ..event
+                });
+            }
+        }
+        Ok(events)
+    }
+
+    /// The RCPT's tag (HMAC checked by the listener); when several RCPTs
+    /// carried tags, the one the report itself names. Without any, the
+    /// report's own tag if it is valid.
+    fn target_of(&self, record: &Record, targets: &[Target]) -> Option<Target> {
+        let own = record
+            .verp_tag
+            .as_deref()
+            .and_then(|tag| verp::decode(tag, &self.verp_secret).ok());
+        let Some(first) = targets.first() else {
+            return own.map(|(id, rcpt)| Target {
+                id,
+                rcpt,
+                return_path: String::new(),
+            });
+        };
+        let named =
+            own.and_then(|(id, rcpt)| targets.iter().find(|t| (t.id, t.rcpt) == (id, rcpt)));
+        Some(named.unwrap_or(first).clone())
+    }
+
+    /// The index row; for a message still in the spool (another recipient
+    /// pending) without one, what the spool has.
+    fn delivered(&self, target: &Target) -> Result<Option<Delivered>, IntakeError> {
+        let read_failed = |e| IntakeError(format!("reading the delivered index failed: {e}"));
+        if let Some(row) = self
+            .spool
+            .delivered(target.id, target.rcpt)
+            .map_err(read_failed)?
+        {
+            return Ok(Some(row));
+        }
+        let Some(message) = self.spool.load(target.id).map_err(read_failed)? else {
+            return Ok(None);
+        };
+        let meta = &message.meta;
+        Ok(Some(Delivered {
+            id: target.id,
+            rcpt: target.rcpt,
+            tenant: meta.tenant.clone(),
+            group: meta.group.clone(),
+            channel: meta.channel.clone(),
+            campaign: meta.campaign.clone(),
+            recipient: message
+                .recipients
+                .get(target.rcpt as usize)
+                .cloned()
+                .unwrap_or_default(),
+            header_message_id: crate::message::header_value(&message.body, "Message-ID")
+                .unwrap_or_default(),
+            route: meta.route.clone(),
+            time_ms: 0,
+        }))
+    }
+
+    /// Puts the event's recipient on its tenant's list (no tenant known:
+    /// the global one, as for synchronous bounces), waiting for the commit.
+    fn suppress(&self, event: &Event, record: &Record) -> Result<(), IntakeError> {
+        let tenant = event.tenant.as_deref().unwrap_or_default();
+        let (reason, source) = match record.kind {
+            Kind::Complaint => (
+                "complaint".to_owned(),
+                format!(
+                    "complaint ({}) reported by {}",
+                    record.action.as_deref().unwrap_or("abuse"),
+                    record
+                        .remote_mta
+                        .as_deref()
+                        .unwrap_or("an unnamed feedback loop"),
+                ),
+            ),
+            _ => (
+                event.bounce_class.clone().unwrap_or_default(),
+                format!(
+                    "async bounce: {} {}",
+                    record.status.as_deref().unwrap_or(""),
+                    record.diagnostic.as_deref().unwrap_or("")
+                )
+                .trim()
+                .to_owned(),
+            ),
+        };
+        self.spool
+            .suppress(tenant, &event.recipient, &reason, &source)
+            .map(|_| ())
+            .map_err(|e| IntakeError(format!("suppressing {} failed: {e}", event.recipient)))
+    }
+}
+
+/// Keeps one report per (recipient of ours, kind): the hard one if any,
+/// else the first. A DSN often lists the same failure twice (text and
+/// delivery-status parts, or a retry history).
+fn keep_strongest(reports: &mut Vec<(Target, Record)>, target: Target, record: Record) {
+    let same = reports
+        .iter_mut()
+        .find(|(t, r)| (t.id, t.rcpt) == (target.id, target.rcpt) && r.kind == record.kind);
+    match same {
+        Some((_, kept)) if record.hard && !kept.hard => *kept = record,
+        Some(_) => {}
+        None => reports.push((target, record)),
+    }
+}
+
+/// The label a record is counted under; only `bounce` and `complaint` go on.
+fn count_kind(record: &Record) -> &'static str {
+    let label = match record.kind {
+        Kind::Complaint => "complaint",
+        Kind::AutoReply => "auto-reply",
+        Kind::NotBounce => "not-bounce",
+        // Success notices (RFC 3464 actions delivered, relayed, expanded).
+        Kind::Bounce if is_success(record.action.as_deref()) => "not-bounce",
+        Kind::Bounce => "bounce",
+    };
+    if !matches!(label, "bounce" | "complaint") {
+        count(label);
+    }
+    label
+}
+
+fn is_success(action: Option<&str>) -> bool {
+    action.is_some_and(|a| {
+        ["delivered", "relayed", "expanded"]
+            .iter()
+            .any(|s| a.eq_ignore_ascii_case(s))
+    })
+}
+
+fn count(kind: &'static str) {
+    ::metrics::counter!("sendengine_bounce_in_total", "kind" => kind).increment(1);
+}
+
+/// The `async_bounce` or `complaint` event of one report.
+fn report_event(target: &Target, known: Option<&Delivered>, record: &Record, size: usize) -> Event {
+    let now = now_ms();
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let field = |f: fn(&Delivered) -> &String| known.map(f).and_then(|s| opt(s));
+    let complaint = record.kind == Kind::Complaint;
+    Event {
+        time: rfc3339(now),
+        kind: if complaint {
+            EventKind::Complaint
+        } else {
+            EventKind::AsyncBounce
+        },
+        message_id: format_id(target.id),
+        header_message_id: field(|d| &d.header_message_id)
+            .or_else(|| record.original_message_id.clone())
+            .unwrap_or_default(),
+        sender: target.return_path.clone(),
+        recipient: field(|d| &d.recipient)
+            .or_else(|| record.recipient.as_ref().map(|r| r.to_ascii_lowercase()))
+            .unwrap_or_default(),
+        tenant: field(|d| &d.tenant),
+        group: field(|d| &d.group),
+        channel: field(|d| &d.channel).unwrap_or_default(),
+        campaign: field(|d| &d.campaign),
+        route: field(|d| &d.route),
+        remote_host: record.remote_mta.clone(),
+        reply: (!complaint).then(|| bounce_reply(record)),
+        // For a complaint: the feedback type (abuse, fraud, opt-out...).
+        bounce_class: if complaint {
+            Some(record.action.clone().unwrap_or_else(|| "abuse".into()))
+        } else {
+            record.category.map(|c| c.as_str().to_owned())
+        },
+        tls: None,
+        dkim: None,
+        attempt: 0,
+        queue_time_ms: now.saturating_sub(id_timestamp_ms(target.id)),
+        size,
+    }
+}
+
+/// The remote server's reply as the report gives it: the code at the
+/// start of the diagnostic if there is one, else one implied by the status.
+fn bounce_reply(record: &Record) -> EventReply {
+    let text = record.diagnostic.clone().unwrap_or_default();
+    let stated = text
+        .get(..3)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (200..600).contains(c));
+    let implied = match record.status.as_deref().and_then(|s| s.chars().next()) {
+        Some('2') => 250,
+        Some('4') => 450,
+        Some('5') => 550,
+        _ if record.permanent => 550,
+        _ => 450,
+    };
+    EventReply {
+        code: stated.unwrap_or(implied),
+        enhanced: record.status.clone(),
+        text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: Kind, hard: bool) -> Record {
+        let mut r = sendengine_bounces::parse_message(b"Subject: hello\r\n\r\nhi\r\n")
+            .pop()
+            .unwrap();
+        r.kind = kind;
+        r.hard = hard;
+        r
+    }
+
+    fn target(rcpt: u32) -> Target {
+        Target {
+            id: 7,
+            rcpt,
+            return_path: "bounces+x@example.com".into(),
+        }
+    }
+
+    const SECRET: [u8; 32] = [7; 32];
+
+    fn dsn_for(recipient: &str) -> Vec<u8> {
+        format!(
+            "From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nFailed.\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n\
+Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn intake(dir: &std::path::Path) -> Intake {
+        Intake {
+            spool: Spool::open(sendengine_queue::SpoolConfig::new(dir)).unwrap(),
+            verp_secret: SECRET,
+            auto_suppress: true,
+        }
+    }
+
+    fn tagged(id: MessageId) -> Target {
+        let tag = verp::encode(id, 0, &SECRET);
+        Target {
+            id,
+            rcpt: 0,
+            return_path: verp::return_path("bounces", &tag, "b.example"),
+        }
+    }
+
+    #[test]
+    fn a_bounce_for_an_unknown_message_keeps_its_id_and_has_no_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = intake(dir.path());
+        let id = 12_345 << 20;
+        let events = intake
+            .process(&[tagged(id)], &dsn_for("Gone@Example.net"))
+            .unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].kind, EventKind::AsyncBounce);
+        assert_eq!(events[0].message_id, format_id(id));
+        assert_eq!(events[0].tenant, None);
+        assert_eq!(events[0].recipient, "gone@example.net");
+        assert_eq!(events[1].kind, EventKind::Suppression);
+        let global = intake.spool.suppression("", "gone@example.net").unwrap();
+        assert_eq!(global.map(|s| s.reason).as_deref(), Some("bad-mailbox"));
+        intake.spool.shutdown();
+    }
+
+    #[test]
+    fn an_indexed_recipient_gets_its_tenant_and_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = intake(dir.path());
+        let id = crate::timefmt::now_ms() << 20;
+        let row = Delivered {
+            id,
+            rcpt: 0,
+            tenant: "acme".into(),
+            campaign: "spring".into(),
+            recipient: "bob@example.net".into(),
+            ..Delivered::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        intake.spool.record_with_index(
+            Vec::new(),
+            &[row],
+            std::time::Duration::from_secs(86_400),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap();
+        // The report names a forwarding address; the event and the
+        // suppression are about the address we sent to.
+        let events = intake
+            .process(&[tagged(id)], &dsn_for("bob@forward.example"))
+            .unwrap();
+        assert_eq!(events[0].tenant.as_deref(), Some("acme"));
+        assert_eq!(events[0].campaign.as_deref(), Some("spring"));
+        assert_eq!(events[0].recipient, "bob@example.net");
+        let listed = intake.spool.suppression("acme", "bob@example.net").unwrap();
+        assert!(listed.is_some());
+        intake.spool.shutdown();
+    }
+
+    #[test]
+    fn auto_replies_and_plain_mail_make_no_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = intake(dir.path());
+        let vacation = b"From: bob@example.net\r\nSubject: Out of office\r\nAuto-Submitted: auto-replied\r\n\r\nI am away until Monday.\r\n";
+        let plain = b"From: bob@example.net\r\nSubject: hello\r\n\r\nJust saying hi.\r\n";
+        for body in [&vacation[..], &plain[..]] {
+            let events = intake.process(&[tagged(1 << 20)], body).unwrap();
+            assert!(events.is_empty(), "{events:?}");
+        }
+        intake.spool.shutdown();
+    }
+
+    #[test]
+    fn one_report_per_recipient_and_kind_the_hard_one_wins() {
+        let mut kept = Vec::new();
+        keep_strongest(&mut kept, target(0), record(Kind::Bounce, false));
+        keep_strongest(&mut kept, target(0), record(Kind::Bounce, true));
+        keep_strongest(&mut kept, target(0), record(Kind::Bounce, false));
+        keep_strongest(&mut kept, target(1), record(Kind::Bounce, false));
+        keep_strongest(&mut kept, target(0), record(Kind::Complaint, false));
+        assert_eq!(kept.len(), 3);
+        assert!(kept[0].1.hard);
+    }
+
+    #[test]
+    fn replies_take_the_stated_code_else_one_from_the_status() {
+        let mut r = record(Kind::Bounce, true);
+        r.status = Some("5.1.1".into());
+        r.diagnostic = Some("550-5.1.1 no such user".into());
+        assert_eq!(bounce_reply(&r).code, 550);
+        r.diagnostic = Some("user unknown".into());
+        assert_eq!(bounce_reply(&r).code, 550);
+        r.status = Some("4.2.2".into());
+        assert_eq!(bounce_reply(&r).code, 450);
+        r.diagnostic = Some("999 odd".into());
+        assert_eq!(bounce_reply(&r).code, 450);
+    }
+
+    #[test]
+    fn success_notices_and_auto_replies_are_not_bounces() {
+        let mut r = record(Kind::Bounce, false);
+        r.action = Some("Delivered".into());
+        assert_eq!(count_kind(&r), "not-bounce");
+        r.action = Some("failed".into());
+        assert_eq!(count_kind(&r), "bounce");
+        assert_eq!(count_kind(&record(Kind::AutoReply, false)), "auto-reply");
+    }
+}

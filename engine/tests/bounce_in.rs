@@ -1,0 +1,326 @@
+//! The bounce listener end to end, against the real daemon, the real sink
+//! and Python's smtplib: a message is delivered through the sink with a
+//! VERP return path, then an RFC 3464 DSN (or an ARF complaint) built for
+//! it is sent to `[bounce_in]` at that return path. The event must name the
+//! right message, tenant, campaign and recipient, the address must be
+//! suppressed (unless `auto_suppress = false`), forged tags and strangers
+//! get 550 5.1.1, and the delivered index survives a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port, python, smtplib_try};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Sends one email with a null sender to `rcpt`; prints "250" or the
+/// refusal (of RCPT or DATA) as "code text".
+const BOUNCE_SEND: &str = r#"
+import smtplib, sys
+host, port, rcpt, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+msg = open(path, "rb").read()
+with smtplib.SMTP(host, port, timeout=30) as s:
+    try:
+        s.sendmail("", [rcpt], msg)
+        print("250")
+    except smtplib.SMTPRecipientsRefused as e:
+        code, text = e.recipients[rcpt]
+        print(code, text.decode())
+    except smtplib.SMTPDataError as e:
+        print(e.smtp_code, e.smtp_error.decode())
+"#;
+
+fn dsn(return_path: &str, recipient: &str, message_id: &str) -> String {
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
+To: {return_path}\r\n\
+Subject: Undelivered Mail Returned to Sender\r\n\
+Message-ID: <dsn.{recipient}@mx.example.net>\r\n\
+Auto-Submitted: auto-replied\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"BOUNDARY\"\r\n\
+\r\n\
+--BOUNDARY\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+This is the mail system at host mx.example.net.\r\n\
+Your message could not be delivered to one or more recipients.\r\n\
+\r\n\
+--BOUNDARY\r\n\
+Content-Type: message/delivery-status\r\n\
+\r\n\
+Reporting-MTA: dns; mx.example.net\r\n\
+\r\n\
+Final-Recipient: rfc822; {recipient}\r\n\
+Original-Recipient: rfc822;{recipient}\r\n\
+Action: failed\r\n\
+Status: 5.1.1\r\n\
+Remote-MTA: dns; inbox.example.net\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown in virtual mailbox table\r\n\
+\r\n\
+--BOUNDARY\r\n\
+Content-Type: text/rfc822-headers\r\n\
+\r\n\
+Return-Path: <{return_path}>\r\n\
+From: app@example.com\r\n\
+To: {recipient}\r\n\
+Subject: test\r\n\
+Message-ID: {message_id}\r\n\
+\r\n\
+--BOUNDARY--\r\n"
+    )
+}
+
+fn arf(return_path: &str, recipient: &str, message_id: &str) -> String {
+    format!(
+        "From: Feedback Loop <fbl@feedback.example.org>\r\n\
+To: {return_path}\r\n\
+Subject: FW: test\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=feedback-report; boundary=\"ARF\"\r\n\
+\r\n\
+--ARF\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+This is an email abuse report for an email message received from IP 192.0.2.1.\r\n\
+\r\n\
+--ARF\r\n\
+Content-Type: message/feedback-report\r\n\
+\r\n\
+Feedback-Type: abuse\r\n\
+User-Agent: SomeGenerator/1.0\r\n\
+Version: 1\r\n\
+Original-Mail-From: <{return_path}>\r\n\
+Original-Rcpt-To: <{recipient}>\r\n\
+Reported-Domain: example.com\r\n\
+\r\n\
+--ARF\r\n\
+Content-Type: message/rfc822\r\n\
+\r\n\
+Return-Path: <{return_path}>\r\n\
+From: app@example.com\r\n\
+To: {recipient}\r\n\
+Subject: test\r\n\
+Message-ID: {message_id}\r\n\
+\r\n\
+Hello.\r\n\
+--ARF--\r\n"
+    )
+}
+
+/// Sends `email` to the bounce listener; "250" or the refusal.
+fn send_bounce(port: u16, rcpt: &str, email: &str) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bounce.eml");
+    std::fs::write(&path, email).unwrap();
+    let args = [
+        "127.0.0.1".to_owned(),
+        port.to_string(),
+        rcpt.to_owned(),
+        path.display().to_string(),
+    ];
+    let out = python(BOUNCE_SEND, &args)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn config(sink_port: u16, bounce_port: u16, auto_suppress: bool) -> DaemonConfig {
+    DaemonConfig::custom(&format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\ndefault_user = \"acme\"\n\
+[delivery]\nretry_schedule = [\"1s\"]\n\
+[bounce_in]\nlisten = [\"127.0.0.1:{bounce_port}\"]\ndomains = [\"bounce.example.net\"]\n\
+[suppression]\nauto_suppress = {auto_suppress}\n\
+[[delivery_server]]\nname = \"s\"\nhost = \"127.0.0.1\"\nport = {sink_port}\nmail_from_domain = \"bounce.example.net\"\n\
+[[user_group]]\nname = \"default\"\nmarketing = [\"s\"]\ntransactional = [\"s\"]\nautoresponder = [\"s\"]\n\
+[[user]]\nname = \"acme\"\n"
+    ))
+}
+
+/// Sends one message to `rcpt` and returns (our queue id, the VERP
+/// return path the sink got) once it is delivered.
+fn deliver(daemon: &Daemon, sink: &Sink, rcpt: &str, message_id: &str) -> (String, String) {
+    let headers = format!("X-Campaign-Id: spring|Message-ID: {message_id}|");
+    assert_eq!(
+        smtplib_try(daemon.addr, "app@example.com", &[rcpt], &headers),
+        "250"
+    );
+    let delivered = support::wait_for(LONG, &format!("delivery to {rcpt}"), || {
+        daemon
+            .events_of("delivery")
+            .into_iter()
+            .find(|e| e["recipient"] == rcpt)
+    });
+    let at_sink = support::wait_for(LONG, &format!("{rcpt} at the sink"), || {
+        sink.messages().into_iter().find(|m| m["rcpts"][0] == rcpt)
+    });
+    let return_path = at_sink["mail_from"].as_str().unwrap().to_owned();
+    assert!(
+        return_path.starts_with("bounces+") && return_path.ends_with("@bounce.example.net"),
+        "{return_path}"
+    );
+    (
+        delivered["message_id"].as_str().unwrap().to_owned(),
+        return_path,
+    )
+}
+
+fn event_for(daemon: &Daemon, kind: &str, recipient: &str) -> Value {
+    support::wait_for(LONG, &format!("a {kind} event for {recipient}"), || {
+        daemon
+            .events_of(kind)
+            .into_iter()
+            .find(|e| e["recipient"] == recipient)
+    })
+}
+
+fn suppressed(daemon: &Daemon, address: &str) -> Value {
+    ctl(
+        daemon,
+        &["suppression", "check", address, "--tenant", "acme"],
+    )
+}
+
+fn python_missing() -> bool {
+    let missing = python("print(1)", &[]).is_none();
+    if missing {
+        eprintln!("SKIPPED: python3 is not installed (smtplib sends the bounces)");
+    }
+    missing
+}
+
+#[test]
+fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
+    if python_missing() {
+        return;
+    }
+    let sink = Sink::start(&[]);
+    let bounce_port = free_port();
+    let mut daemon = Daemon::start(config(sink.addr.port(), bounce_port, true));
+    let (gone_id, gone_path) = deliver(&daemon, &sink, "gone@example.net", "<m1@app.test>");
+    let (fbl_id, fbl_path) = deliver(&daemon, &sink, "fbl@example.net", "<m2@app.test>");
+    let (late_id, late_path) = deliver(&daemon, &sink, "late@example.net", "<m3@app.test>");
+
+    // (a) A DSN for a delivered message: tied, classified, suppressed.
+    let email = dsn(&gone_path, "gone@example.net", "<m1@app.test>");
+    assert_eq!(
+        send_bounce(bounce_port, &gone_path, &email).as_deref(),
+        Some("250")
+    );
+    let bounce = event_for(&daemon, "async_bounce", "gone@example.net");
+    assert_eq!(bounce["message_id"], gone_id.as_str());
+    assert_eq!(bounce["header_message_id"], "<m1@app.test>");
+    assert_eq!(bounce["tenant"], "acme");
+    assert_eq!(bounce["campaign"], "spring");
+    assert_eq!(bounce["route"], "s");
+    assert_eq!(bounce["bounce_class"], "bad-mailbox");
+    assert_eq!(bounce["reply"]["code"], 550);
+    assert_eq!(bounce["reply"]["enhanced"], "5.1.1");
+    assert_eq!(bounce["sender"], gone_path.as_str());
+    let check = suppressed(&daemon, "gone@example.net");
+    assert_eq!(check["suppressed"], true, "{check}");
+    assert_eq!(check["entries"][0]["reason"], "bad-mailbox");
+    event_for(&daemon, "suppression", "gone@example.net");
+    // The next injection to it is dropped (the only recipient: refused).
+    let refused = smtplib_try(daemon.addr, "app@example.com", &["gone@example.net"], "");
+    assert!(refused.starts_with("550 5.7.1"), "{refused}");
+
+    // (b) An ARF complaint: a complaint event, and the address suppressed.
+    let email = arf(&fbl_path, "fbl@example.net", "<m2@app.test>");
+    assert_eq!(
+        send_bounce(bounce_port, &fbl_path, &email).as_deref(),
+        Some("250")
+    );
+    let complaint = event_for(&daemon, "complaint", "fbl@example.net");
+    assert_eq!(complaint["message_id"], fbl_id.as_str());
+    assert_eq!(complaint["tenant"], "acme");
+    assert_eq!(complaint["campaign"], "spring");
+    assert_eq!(complaint["bounce_class"], "abuse", "the feedback type");
+    let check = suppressed(&daemon, "fbl@example.net");
+    assert_eq!(check["entries"][0]["reason"], "complaint", "{check}");
+
+    // (c) A forged or altered tag, and a stranger: 550 5.1.1 at RCPT.
+    let (local, domain) = late_path.split_once('@').unwrap();
+    let last = local.chars().last().unwrap();
+    let swapped = if last == 'a' { 'b' } else { 'a' };
+    let forged = format!("{}{swapped}@{domain}", &local[..local.len() - 1]);
+    let email = dsn(&forged, "late@example.net", "<m3@app.test>");
+    let reply = send_bounce(bounce_port, &forged, &email).unwrap();
+    assert!(reply.starts_with("550 5.1.1"), "{reply}");
+    // A valid tag at a domain that is not in `[bounce_in] domains`.
+    let elsewhere = format!("{local}@elsewhere.example");
+    for stranger in [
+        "postmaster@bounce.example.net",
+        "bounces@bounce.example.net",
+        elsewhere.as_str(),
+    ] {
+        let reply = send_bounce(bounce_port, stranger, &email).unwrap();
+        assert!(reply.starts_with("550 5.1.1"), "{stranger}: {reply}");
+    }
+    assert!(
+        daemon.events_of("async_bounce").len() == 1,
+        "refused bounces make no events"
+    );
+
+    // (e) After a restart the index still ties a bounce to its message.
+    daemon.stop();
+    daemon.restart();
+    let email = dsn(&late_path, "late@example.net", "<m3@app.test>");
+    assert_eq!(
+        send_bounce(bounce_port, &late_path, &email).as_deref(),
+        Some("250")
+    );
+    let late = event_for(&daemon, "async_bounce", "late@example.net");
+    assert_eq!(late["message_id"], late_id.as_str());
+    assert_eq!(late["tenant"], "acme");
+    assert_eq!(late["campaign"], "spring");
+    assert_eq!(late["header_message_id"], "<m3@app.test>");
+}
+
+#[test]
+fn with_auto_suppress_off_bounces_are_reported_but_nothing_is_suppressed() {
+    if python_missing() {
+        return;
+    }
+    let sink = Sink::start(&["--fault", "rcpt~nouser=550 5.1.1 no such user"]);
+    let bounce_port = free_port();
+    let daemon = Daemon::start(config(sink.addr.port(), bounce_port, false));
+    let (id, path) = deliver(&daemon, &sink, "async@example.net", "<m4@app.test>");
+
+    // (d) An asynchronous hard bounce: the event, no suppression.
+    let email = dsn(&path, "async@example.net", "<m4@app.test>");
+    assert_eq!(
+        send_bounce(bounce_port, &path, &email).as_deref(),
+        Some("250")
+    );
+    let bounce = event_for(&daemon, "async_bounce", "async@example.net");
+    assert_eq!(bounce["message_id"], id.as_str());
+    assert_eq!(bounce["bounce_class"], "bad-mailbox");
+    assert_eq!(
+        suppressed(&daemon, "async@example.net")["suppressed"],
+        false
+    );
+
+    // A synchronous hard bounce: also classified, also not suppressed.
+    assert_eq!(
+        smtplib_try(daemon.addr, "app@example.com", &["nouser@example.net"], ""),
+        "250"
+    );
+    let sync = event_for(&daemon, "bounce", "nouser@example.net");
+    assert_eq!(sync["bounce_class"], "bad-mailbox");
+    assert_eq!(
+        suppressed(&daemon, "nouser@example.net")["suppressed"],
+        false
+    );
+    assert!(daemon.events_of("suppression").is_empty());
+    // Mail to both still goes out.
+    assert_eq!(
+        smtplib_try(daemon.addr, "app@example.com", &["async@example.net"], ""),
+        "250"
+    );
+}

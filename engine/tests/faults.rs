@@ -1,0 +1,721 @@
+//! Delivery faults (issue 9): what the delivery server or the network does
+//! wrong, and where every recipient ends up. Each scenario checks the final
+//! state (delivered, bounced or still deferred), the events on the way, and
+//! that nothing was lost or sent twice where once is promised.
+//!
+//! Most faults come from `sendengine-sink --fault` rules. What the sink
+//! cannot do (break a TLS handshake after agreeing to STARTTLS, read a body
+//! slowly, count connections) a small scripted server below does.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_send, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+const SMTP_IN: &str = "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\nmax_message_size = \"8MB\"\n";
+
+fn server(name: &str, port: u16, timeout: &str, extra: &str) -> String {
+    format!(
+        "[[delivery_server]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {port}\ntimeout = \"{timeout}\"\nmax_connections = 2\n{extra}\n"
+    )
+}
+
+/// One delivery server "relay"; a failed attempt is retried after 1 s.
+fn relay_config(port: u16, timeout: &str, extra: &str) -> DaemonConfig {
+    DaemonConfig::custom(&format!(
+        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\n{}",
+        server("relay", port, timeout, extra)
+    ))
+}
+
+/// The events of one recipient, in order: (type, attempt, reply code).
+fn history(daemon: &Daemon, recipient: &str) -> Vec<(String, u64, u64)> {
+    daemon
+        .events()
+        .iter()
+        .filter(|e| e["recipient"] == recipient && e["type"] != "reception")
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or("").to_owned(),
+                e["attempt"].as_u64().unwrap_or(0),
+                e["reply"]["code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the spool holds no recipient, as `sendctl` reports it.
+fn assert_queue_drains(daemon: &Daemon) {
+    wait_for(LONG, "an empty queue in `sendctl queue summary`", || {
+        let summary = ctl(daemon, &["queue", "summary"]);
+        (summary["recipients"] == 0).then_some(())
+    });
+    let status = ctl(daemon, &["status"]);
+    assert_eq!(status["queue"]["recipients"], 0, "{status}");
+}
+
+/// How many copies of `message_id` the sink accepted.
+fn copies(sink: &Sink, message_id: &str) -> usize {
+    sink.messages()
+        .iter()
+        .filter(|m| m["message_id"] == message_id)
+        .count()
+}
+
+/// One message through a sink with `fault` (a rule that fires once): each
+/// recipient is deferred once, with a reply that contains `why`, then
+/// delivered on attempt 2; one copy at the sink, no bounce, an empty queue.
+/// Returns the deferrals.
+fn deferred_once_then_delivered(
+    fault: &str,
+    timeout: &str,
+    rcpts: &[&str],
+    why: &str,
+) -> Vec<Value> {
+    let sink = Sink::start(&["--fault", fault]);
+    let daemon = Daemon::start(relay_config(sink.addr.port(), timeout, ""));
+    let tag: String = fault
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let id = format!("<{tag}@faults.test>");
+    smtplib_send(daemon.addr, "app@example.com", rcpts, &id);
+    daemon.wait_events("delivery", rcpts.len(), LONG);
+    assert_queue_drains(&daemon);
+    for rcpt in rcpts {
+        let steps: Vec<(String, u64)> = history(&daemon, rcpt)
+            .into_iter()
+            .map(|(kind, attempt, _)| (kind, attempt))
+            .collect();
+        assert_eq!(
+            steps,
+            [("transient_failure".into(), 1), ("delivery".into(), 2)],
+            "{rcpt} under {fault}"
+        );
+    }
+    let deferred = daemon.events_of("transient_failure");
+    for event in &deferred {
+        let text = event["reply"]["text"].as_str().unwrap_or("");
+        assert!(text.contains(why), "{fault}: {text:?} lacks {why:?}");
+    }
+    assert_eq!(copies(&sink, &id), 1, "{fault}: one copy at the sink");
+    assert!(daemon.events_of("bounce").is_empty());
+    deferred
+}
+
+#[test]
+fn greeting_421_defers_and_the_retry_delivers() {
+    let deferred = deferred_once_then_delivered(
+        "greeting#1=421 4.3.2 too busy, come back later",
+        "10s",
+        &["a@example.net"],
+        "too busy",
+    );
+    assert_eq!(deferred[0]["reply"]["code"], 421);
+    assert_eq!(deferred[0]["reply"]["enhanced"], "4.3.2");
+}
+
+#[test]
+fn temporary_refusal_of_mail_defers_every_recipient() {
+    let deferred = deferred_once_then_delivered(
+        "mail#1=451 4.3.0 mailbox store busy",
+        "10s",
+        &["a@example.net", "b@example.net"],
+        "mailbox store busy",
+    );
+    assert_eq!(deferred.len(), 2);
+    assert!(deferred.iter().all(|e| e["reply"]["code"] == 451));
+}
+
+#[test]
+fn disconnect_after_data_before_the_final_reply_is_retried() {
+    // The sink drops the connection after reading the dot and before
+    // answering: the daemon cannot know, so it sends again (at least once).
+    deferred_once_then_delivered("dot#1=disconnect", "10s", &["a@example.net"], "end of data");
+}
+
+#[test]
+fn stall_at_greeting_times_out_and_the_retry_delivers() {
+    deferred_once_then_delivered(
+        "greeting#1=stall",
+        "2s",
+        &["a@example.net"],
+        "timeout after 2s during greeting",
+    );
+}
+
+#[test]
+fn stall_at_mail_times_out_and_the_retry_delivers() {
+    deferred_once_then_delivered(
+        "mail#1=stall",
+        "2s",
+        &["a@example.net"],
+        "timeout after 2s during MAIL FROM",
+    );
+}
+
+#[test]
+fn stall_at_rcpt_times_out_and_the_retry_delivers() {
+    deferred_once_then_delivered(
+        "rcpt#1=stall",
+        "2s",
+        &["a@example.net"],
+        "timeout after 2s during RCPT TO",
+    );
+}
+
+#[test]
+fn stall_at_data_times_out_and_the_retry_delivers() {
+    deferred_once_then_delivered(
+        "data#1=stall",
+        "2s",
+        &["a@example.net"],
+        "timeout after 2s during DATA",
+    );
+}
+
+#[test]
+fn stall_after_the_final_dot_times_out_and_the_retry_delivers() {
+    deferred_once_then_delivered(
+        "dot#1=stall",
+        "2s",
+        &["a@example.net"],
+        "timeout after 2s during end of data",
+    );
+}
+
+#[test]
+fn too_many_recipients_go_in_a_second_transaction_at_once() {
+    // The first two RCPTs that match "later" get 452: the server takes no
+    // more in this transaction. They go in the next one, not after a retry.
+    let sink = Sink::start(&["--fault", "rcpt~later#2=452 4.5.3 Too many recipients"]);
+    let daemon = Daemon::start(relay_config(sink.addr.port(), "10s", ""));
+    let rcpts = [
+        "first@example.net",
+        "later1@example.net",
+        "later2@example.net",
+    ];
+    smtplib_send(daemon.addr, "app@example.com", &rcpts, "<452@faults.test>");
+    daemon.wait_events("delivery", 3, LONG);
+    assert_queue_drains(&daemon);
+    for rcpt in rcpts {
+        assert_eq!(
+            history(&daemon, rcpt),
+            [("delivery".to_owned(), 1, 250)],
+            "{rcpt}: delivered on the first attempt"
+        );
+    }
+    let got: Vec<Value> = sink.messages().iter().map(|m| m["rcpts"].clone()).collect();
+    assert_eq!(
+        got,
+        [
+            serde_json::json!(["first@example.net"]),
+            serde_json::json!(["later1@example.net", "later2@example.net"])
+        ]
+    );
+}
+
+#[test]
+fn the_client_sends_recipients_put_off_with_452_on_the_same_connection() {
+    use sendengine::smtp::client::{ClientSettings, Connection, Encryption, Envelope, Timeouts};
+    let sink = Sink::start(&["--fault", "rcpt~later#1=452 4.5.3 Too many recipients"]);
+    let settings = ClientSettings {
+        host: "127.0.0.1".into(),
+        port: sink.addr.port(),
+        encryption: Encryption::None,
+        helo_name: "client.test".into(),
+        auth: None,
+        timeouts: Timeouts::uniform(Duration::from_secs(30)),
+        tls_verify: false,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let replies = runtime.block_on(async {
+        let mut connection = Connection::connect(&settings).await.unwrap();
+        let envelope = Envelope {
+            mail_from: "a@example.com",
+            recipients: &["now@example.net", "later@example.net"],
+        };
+        let body = b"Message-ID: <same-conn@faults.test>\r\n\r\nhi\r\n";
+        let replies = connection.send(&envelope, body).await.unwrap();
+        connection.quit().await;
+        replies
+    });
+    // One `send`, one connection: both recipients accepted, in two messages.
+    assert!(replies.iter().all(|r| r.code == 250), "{replies:?}");
+    let got: Vec<Value> = sink.messages().iter().map(|m| m["rcpts"].clone()).collect();
+    assert_eq!(
+        got,
+        [
+            serde_json::json!(["now@example.net"]),
+            serde_json::json!(["later@example.net"])
+        ]
+    );
+}
+
+#[test]
+fn refused_authentication_defers_with_the_servers_reply() {
+    let sink = Sink::start(&["--auth", "relayuser:right-password"]);
+    let auth = "auth = { username = \"relayuser\", password = \"wrong-password\" }";
+    let daemon = Daemon::start(relay_config(sink.addr.port(), "10s", auth));
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["a@example.net"],
+        "<auth@faults.test>",
+    );
+    // Deferred, and deferred again on the retry: never bounced.
+    let deferred = daemon.wait_events("transient_failure", 2, LONG);
+    for event in &deferred {
+        let text = event["reply"]["text"].as_str().unwrap_or("");
+        assert!(
+            text.contains("535 5.7.8 Authentication credentials invalid"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("wrong-password"),
+            "the password leaked: {text}"
+        );
+    }
+    assert_eq!(deferred[1]["attempt"], 2);
+    assert!(daemon.events_of("bounce").is_empty());
+    assert!(sink.messages().is_empty());
+    let summary = ctl(&daemon, &["queue", "summary"]);
+    assert_eq!(summary["recipients"], 1, "{summary}");
+}
+
+#[test]
+fn failed_opportunistic_tls_handshake_falls_back_to_plain_and_says_so() {
+    let fake = FakeServer::start(Quirk::BrokenStartTls);
+    let tls = "encryption = \"starttls-opportunistic\"";
+    let daemon = Daemon::start(relay_config(fake.port, "10s", tls));
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["a@example.net"],
+        "<tls-opp@faults.test>",
+    );
+    let delivered = daemon.wait_events("delivery", 1, LONG);
+    assert_queue_drains(&daemon);
+    let label = delivered[0]["tls"].as_str().unwrap_or("");
+    assert!(
+        label.starts_with("none (STARTTLS failed: "),
+        "tls field: {label:?}"
+    );
+    assert_eq!(delivered[0]["attempt"], 1);
+    assert_eq!(fake.message_ids(), ["<tls-opp@faults.test>"]);
+    assert!(daemon.events_of("transient_failure").is_empty());
+}
+
+#[test]
+fn failed_required_tls_handshake_defers() {
+    let fake = FakeServer::start(Quirk::BrokenStartTls);
+    let tls = "encryption = \"starttls\"";
+    let daemon = Daemon::start(relay_config(fake.port, "10s", tls));
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["a@example.net"],
+        "<tls-req@faults.test>",
+    );
+    let deferred = daemon.wait_events("transient_failure", 2, LONG);
+    for event in &deferred {
+        let text = event["reply"]["text"].as_str().unwrap_or("");
+        assert!(text.contains("TLS failure during TLS handshake"), "{text}");
+    }
+    assert!(daemon.events_of("delivery").is_empty());
+    assert!(daemon.events_of("bounce").is_empty());
+    assert!(fake.message_ids().is_empty(), "nothing may go out in plain");
+}
+
+/// A body of about `size` bytes, so that the socket buffers cannot hold it.
+const SEND_BIG: &str = r#"
+import smtplib, sys
+host, port, mid, size = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+line = "x" * 76 + "\r\n"
+msg = "From: a@example.com\r\nTo: b@example.net\r\nMessage-ID: %s\r\nSubject: big\r\n\r\n%s" % (mid, line * (size // len(line)))
+with smtplib.SMTP(host, port, timeout=60) as s:
+    s.sendmail("a@example.com", ["b@example.net"], msg)
+"#;
+
+fn send_big(daemon: &Daemon, message_id: &str, size: usize) {
+    let args = [
+        daemon.addr.ip().to_string(),
+        daemon.addr.port().to_string(),
+        message_id.to_owned(),
+        size.to_string(),
+    ];
+    let out = support::python(SEND_BIG, &args).expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn slow_reader_gets_the_message_or_the_attempt_times_out_cleanly() {
+    // The first connection reads 8 KB every 20 ms (~400 KB/s): 2 MB take
+    // longer than the 2 s timeout as a whole, but no 64 KB block does.
+    let fake = FakeServer::start(Quirk::SlowReader {
+        bytes_per_tick: 8192,
+        stop_after: None,
+    });
+    let daemon = Daemon::start(relay_config(fake.port, "2s", ""));
+    send_big(&daemon, "<slow@faults.test>", 2_000_000);
+    let delivered = daemon.wait_events("delivery", 1, LONG);
+    eprintln!(
+        "slow reader: delivered on attempt {}",
+        delivered[0]["attempt"]
+    );
+    assert_queue_drains(&daemon);
+    // Either way is clean: delivered on the slow connection, or timed out
+    // in the body (then sent again, at least once, at most twice).
+    for event in daemon.events_of("transient_failure") {
+        let text = event["reply"]["text"].as_str().unwrap_or("");
+        assert!(text.contains("during end of data"), "{text}");
+    }
+    let copies = fake.message_ids().len();
+    assert!((1..=2).contains(&copies), "{copies} copies");
+}
+
+#[test]
+fn reader_that_stops_reading_times_out_and_the_retry_delivers() {
+    // The first connection reads 256 KB of the body and then nothing.
+    let fake = FakeServer::start(Quirk::SlowReader {
+        bytes_per_tick: 64 * 1024,
+        stop_after: Some(256 * 1024),
+    });
+    let daemon = Daemon::start(relay_config(fake.port, "2s", ""));
+    send_big(&daemon, "<stuck@faults.test>", 3_000_000);
+    let delivered = daemon.wait_events("delivery", 1, LONG);
+    assert_queue_drains(&daemon);
+    assert_eq!(delivered[0]["attempt"], 2);
+    let deferred = daemon.events_of("transient_failure");
+    assert_eq!(deferred.len(), 1);
+    let text = deferred[0]["reply"]["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("timeout after 2s during end of data"),
+        "{text}"
+    );
+    assert_eq!(fake.message_ids(), ["<stuck@faults.test>"]);
+}
+
+// DNS failures of direct delivery (temporary: deferred; NXDOMAIN and null
+// MX: bounced) are checked in tests/direct.rs,
+// `null_mx_and_missing_domains_bounce_dns_failures_wait`.
+
+#[test]
+fn a_failing_server_is_skipped_as_a_whole_during_its_back_off() {
+    let first = FakeServer::start(Quirk::Greeting421);
+    let second = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1h\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        server("first", first.port, "10s", ""),
+        server("second", second.addr.port(), "10s", ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    smtplib_send(
+        daemon.addr,
+        "a@example.com",
+        &["r0@example.net"],
+        "<cb0@faults.test>",
+    );
+    second.wait_messages(1, LONG);
+    for n in 1..5 {
+        let rcpt = format!("r{n}@example.net");
+        smtplib_send(
+            daemon.addr,
+            "a@example.com",
+            &[&rcpt],
+            &format!("<cb{n}@faults.test>"),
+        );
+    }
+    second.wait_messages(5, LONG);
+    let delivered = daemon.wait_events("delivery", 5, LONG);
+    assert!(
+        delivered
+            .iter()
+            .all(|e| e["route"] == "second" && e["attempt"] == 1)
+    );
+    assert!(daemon.events_of("transient_failure").is_empty());
+    // One 421 opened the breaker: the other four never tried the first server.
+    assert_eq!(first.connections(), 1);
+    let status = ctl(&daemon, &["status"]);
+    let route = |name: &str| {
+        status["routes"]
+            .as_array()
+            .and_then(|routes| routes.iter().find(|r| r["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(route("first")["available"], false, "{status}");
+    assert_eq!(route("second")["available"], true, "{status}");
+}
+
+#[test]
+fn a_recovered_server_is_probed_after_its_back_off_and_takes_traffic_again() {
+    let first_port = free_port();
+    // Only the first connection is refused; the server is healthy after it.
+    let first = Sink::start_on(first_port, &["--fault", "greeting#1=421 4.3.2 restarting"]);
+    let second = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        server("first", first_port, "10s", ""),
+        server("second", second.addr.port(), "10s", ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    smtplib_send(
+        daemon.addr,
+        "a@example.com",
+        &["r0@example.net"],
+        "<rec0@faults.test>",
+    );
+    assert_eq!(
+        second.wait_messages(1, LONG)[0]["message_id"],
+        "<rec0@faults.test>"
+    );
+
+    // After the back-off a job probes the first server; from then on it
+    // takes the traffic again.
+    let mut sent = 1;
+    wait_for(LONG, "a message through the recovered first server", || {
+        let id = format!("<rec{sent}@faults.test>");
+        smtplib_send(daemon.addr, "a@example.com", &["r@example.net"], &id);
+        sent += 1;
+        daemon.wait_events("delivery", sent, LONG);
+        (!first.messages().is_empty()).then_some(())
+    });
+    let at_second = second.messages().len();
+    for n in 0..3 {
+        let id = format!("<back{n}@faults.test>");
+        smtplib_send(daemon.addr, "a@example.com", &["r@example.net"], &id);
+    }
+    first.wait_messages(4, LONG);
+    assert_eq!(
+        second.messages().len(),
+        at_second,
+        "traffic stays on the first"
+    );
+    assert!(daemon.events_of("transient_failure").is_empty());
+    assert_queue_drains(&daemon);
+}
+
+#[test]
+fn a_half_open_server_gets_one_probe_while_the_rest_goes_to_the_next() {
+    // The first server refuses once, then hangs every connection: the probe
+    // after the back-off hangs (for the 300 s timeout), and all other mail
+    // must meanwhile go to the second server rather than queue behind it.
+    let first = FakeServer::start(Quirk::Greeting421ThenSilence);
+    let second = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        server("first", first.port, "300s", ""),
+        server("second", second.addr.port(), "10s", ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    smtplib_send(
+        daemon.addr,
+        "a@example.com",
+        &["r0@example.net"],
+        "<ho0@faults.test>",
+    );
+    second.wait_messages(1, LONG);
+    // Past the back-off: the next message is the probe.
+    std::thread::sleep(Duration::from_millis(1500));
+    smtplib_send(
+        daemon.addr,
+        "a@example.com",
+        &["probe@example.net"],
+        "<probe@faults.test>",
+    );
+    wait_for(LONG, "the probe's connection", || {
+        (first.connections() == 2).then_some(())
+    });
+    for n in 1..5 {
+        let rcpt = format!("r{n}@example.net");
+        smtplib_send(
+            daemon.addr,
+            "a@example.com",
+            &[&rcpt],
+            &format!("<ho{n}@faults.test>"),
+        );
+    }
+    let got = second.wait_messages(5, LONG);
+    assert!(got.iter().all(|m| m["message_id"] != "<probe@faults.test>"));
+    assert_eq!(first.connections(), 2, "one probe, no other attempt");
+    assert!(daemon.events_of("transient_failure").is_empty());
+}
+
+// ---- a scripted SMTP server ---------------------------------------------------
+
+/// What the scripted server does wrong.
+#[derive(Clone, Copy)]
+enum Quirk {
+    /// Answers every connection with 421 and closes it.
+    Greeting421,
+    /// Answers the first connection with 421; says nothing on later ones.
+    Greeting421ThenSilence,
+    /// Offers STARTTLS, says 220 to it, then answers the client's TLS hello
+    /// with plain text and closes.
+    BrokenStartTls,
+    /// On the first connection reads the body `bytes_per_tick` every tick,
+    /// and nothing more after `stop_after` bytes; later connections are fast.
+    SlowReader {
+        bytes_per_tick: usize,
+        stop_after: Option<usize>,
+    },
+}
+
+/// Pause of the slow reader between two reads.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A lockstep SMTP server on its own threads; it records the Message-ID of
+/// each message it accepted and counts connections.
+struct FakeServer {
+    port: u16,
+    received: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl FakeServer {
+    fn start(quirk: Quirk) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (seen, count) = (received.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(stream, quirk, first, &seen);
+                });
+            }
+        });
+        FakeServer {
+            port,
+            received,
+            connections,
+        }
+    }
+
+    fn message_ids(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    quirk: Quirk,
+    first: bool,
+    received: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::with_capacity(4096, stream);
+    match quirk {
+        Quirk::Greeting421 => return out.write_all(b"421 4.3.2 fake.test not accepting mail\r\n"),
+        Quirk::Greeting421ThenSilence if first => {
+            return out.write_all(b"421 4.3.2 fake.test not accepting mail\r\n");
+        }
+        Quirk::Greeting421ThenSilence => {
+            // Hold the connection without a word until the client leaves.
+            std::thread::sleep(Duration::from_secs(120));
+            return Ok(());
+        }
+        _ => {}
+    }
+    out.write_all(b"220 fake.test ESMTP\r\n")?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_ascii_uppercase();
+        let verb = command.split([' ', ':']).next().unwrap_or("");
+        match verb {
+            "EHLO" if matches!(quirk, Quirk::BrokenStartTls) => {
+                out.write_all(b"250-fake.test\r\n250 STARTTLS\r\n")?
+            }
+            "EHLO" | "HELO" => out.write_all(b"250 fake.test\r\n")?,
+            "STARTTLS" => {
+                out.write_all(b"220 2.0.0 go ahead\r\n")?;
+                let mut hello = [0u8; 512];
+                let _ = input.read(&mut hello)?;
+                return out.write_all(b"this is not a TLS handshake\r\n");
+            }
+            "MAIL" | "RCPT" | "RSET" | "NOOP" => out.write_all(b"250 2.0.0 ok\r\n")?,
+            "DATA" => {
+                out.write_all(b"354 go ahead\r\n")?;
+                let pace = match quirk {
+                    Quirk::SlowReader {
+                        bytes_per_tick,
+                        stop_after,
+                    } if first => Some((bytes_per_tick, stop_after)),
+                    _ => None,
+                };
+                let id = read_body(&mut input, pace)?;
+                received.lock().unwrap().push(id);
+                out.write_all(b"250 2.0.0 queued\r\n")?;
+            }
+            "QUIT" => return out.write_all(b"221 2.0.0 bye\r\n"),
+            _ => out.write_all(b"502 5.5.1 not here\r\n")?,
+        }
+    }
+}
+
+/// Reads a body up to the lone dot and returns its Message-ID. With `pace`,
+/// pauses a tick after every `bytes_per_tick` bytes, and stops reading for
+/// good after `stop_after` bytes (the client must give up).
+fn read_body(
+    input: &mut BufReader<TcpStream>,
+    pace: Option<(usize, Option<usize>)>,
+) -> std::io::Result<String> {
+    let mut message_id = String::new();
+    let (mut total, mut since_pause) = (0, 0);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == b".\r\n" {
+            return Ok(message_id);
+        }
+        let text = String::from_utf8_lossy(&line);
+        if message_id.is_empty() && text.to_ascii_lowercase().starts_with("message-id:") {
+            message_id = text["message-id:".len()..].trim().to_owned();
+        }
+        total += line.len();
+        since_pause += line.len();
+        let Some((bytes_per_tick, stop_after)) = pace else {
+            continue;
+        };
+        if stop_after.is_some_and(|stop| total >= stop) {
+            // Hold the connection without reading until the client leaves.
+            std::thread::sleep(Duration::from_secs(30));
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        if since_pause >= bytes_per_tick {
+            std::thread::sleep(TICK);
+            since_pause = 0;
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The injection server against abuse: no open relay, AUTH guessing,
+//! floods of connections, recipients and bytes. Each test talks raw TCP to
+//! the real daemon and, where memory is the point, reads the daemon's
+//! `VmHWM` (peak resident memory) from /proc before and after the abuse.
+//!
+//! The big DATA stream is 200 MB by default and 1 GB with
+//! `SENDENGINE_HOSTILE_DATA_MB=1024` (a local run; CI keeps the default).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::{Daemon, DaemonConfig, Sink};
+
+const USER: &str = "[[user]]\nname = \"app\"\npassword = \"s3cret\"\n";
+/// AUTH PLAIN of \0app\0s3cret and of \0app\0wrong.
+const GOOD_PLAIN: &str = "AUTH PLAIN AGFwcABzM2NyZXQ=";
+const BAD_PLAIN: &str = "AUTH PLAIN AGFwcAB3cm9uZw==";
+
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        Client::greeted(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// Connects from a chosen local address (e.g. 127.0.0.2).
+    fn connect_from(local: IpAddr, addr: SocketAddr) -> Client {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(local, 0)).unwrap();
+            socket.connect(addr).await.unwrap().into_std().unwrap()
+        });
+        stream.set_nonblocking(false).unwrap();
+        Client::greeted(stream)
+    }
+
+    fn greeted(stream: TcpStream) -> Client {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut c = Client {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        let greeting = c.reply();
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        c
+    }
+
+    /// Reads one (possibly multi-line) reply; returns all its lines.
+    fn reply_lines(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line.trim_end().to_owned());
+            if last {
+                return lines;
+            }
+        }
+    }
+
+    fn reply(&mut self) -> String {
+        self.reply_lines().pop().unwrap_or_default()
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    fn cmd_lines(&mut self, line: &str) -> Vec<String> {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply_lines()
+    }
+
+    /// True once the server has closed the connection (EOF).
+    fn closed(&mut self) -> bool {
+        let mut rest = String::new();
+        matches!(self.reader.read_line(&mut rest), Ok(0))
+    }
+}
+
+fn assert_reply(reply: &str, code: &str, enhanced: &str) {
+    let mut parts = reply.splitn(3, ' ');
+    assert_eq!(parts.next(), Some(code), "{reply}");
+    assert_eq!(parts.next(), Some(enhanced), "{reply}");
+    let text = parts.next().unwrap_or("");
+    assert!(text.len() > 10, "refusal without a sentence: {reply}");
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resets the daemon's VmHWM to its current RSS (writing 5 to clear_refs),
+/// so the peak measured afterwards belongs to the abuse that follows.
+fn reset_peak(pid: u32) -> u64 {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    vm_kib(pid, "VmHWM")
+}
+
+/// Asserts that the daemon's peak memory grew by less than `limit_mib`.
+fn assert_peak_growth(pid: u32, before_kib: u64, limit_mib: u64, what: &str) {
+    let peak = vm_kib(pid, "VmHWM");
+    let growth_mib = peak.saturating_sub(before_kib) / 1024;
+    eprintln!("{what}: peak {} MiB, growth {growth_mib} MiB", peak / 1024);
+    assert!(
+        growth_mib < limit_mib,
+        "{what}: the daemon's peak memory grew by {growth_mib} MiB (limit {limit_mib} MiB)"
+    );
+}
+
+fn daemon_with(sink: &Sink, smtp_in: &str, top: &str) -> Daemon {
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.extra_smtp_in = smtp_in.into();
+    cfg.extra_top = top.into();
+    Daemon::start(cfg)
+}
+
+// ---- no open relay -------------------------------------------------------------
+
+#[test]
+fn no_relay_from_outside_relay_networks_even_after_bad_auth() {
+    let sink = Sink::start(&[]);
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.relay_networks = vec!["10.0.0.0/8".into()];
+    cfg.extra_top = USER.into();
+    cfg.extra_smtp_in = "max_errors = 50\n".into();
+    let daemon = Daemon::start(cfg);
+
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert_reply(&c.cmd("RCPT TO:<victim@example.net>"), "554", "5.7.1");
+    assert_reply(&c.cmd("RCPT TO:<other@example.org>"), "554", "5.7.1");
+    c.cmd("RSET");
+    assert_reply(&c.cmd(BAD_PLAIN), "535", "5.7.8");
+    // Unknown user, and a malformed PLAIN answer, do not authenticate either.
+    assert_reply(&c.cmd("AUTH PLAIN AG5vYm9keQBzM2NyZXQ="), "535", "5.7.8");
+    assert_reply(&c.cmd("AUTH PLAIN !!!"), "501", "5.5.2");
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert_reply(&c.cmd("RCPT TO:<victim@example.net>"), "554", "5.7.1");
+    assert_reply(&c.cmd("DATA"), "554", "5.5.1");
+    assert!(daemon.events_of("reception").is_empty());
+}
+
+#[test]
+fn null_sender_may_not_go_to_many_recipients() {
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, "max_errors = 50\n", "");
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd("MAIL FROM:<>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<one@example.net>").starts_with("250"));
+    for i in 0..5 {
+        assert_reply(
+            &c.cmd(&format!("RCPT TO:<r{i}@example.net>")),
+            "550",
+            "5.5.3",
+        );
+    }
+    // A null sender from outside the relay networks is refused outright.
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    cfg.relay_networks = vec!["10.0.0.0/8".into()];
+    let closed = Daemon::start(cfg);
+    let mut c = Client::connect(closed.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<>");
+    assert_reply(&c.cmd("RCPT TO:<one@example.net>"), "554", "5.7.1");
+}
+
+/// A local address that is not loopback (the host's own interface
+/// address), found by asking the kernel which source it would use.
+fn non_loopback_address() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// AUTH in clear text is only offered on loopback. The daemon listens on
+/// the host's real interface address and the client connects to it, so
+/// the server sees a non-loopback peer address: no knob, no pretending.
+#[test]
+fn auth_in_clear_text_is_refused_off_loopback() {
+    let Some(ip) = non_loopback_address() else {
+        eprintln!("SKIPPED: this host has no non-loopback IPv4 address to test from");
+        return;
+    };
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::custom(&format!(
+        r#"{USER}
+[smtp_in]
+listen = ["{ip}:0"]
+relay_networks = ["127.0.0.0/8"]
+[[delivery_server]]
+name = "sink"
+host = "127.0.0.1"
+port = {port}
+encryption = "none"
+"#,
+        port = sink.addr.port()
+    )));
+    assert_eq!(daemon.addr.ip(), ip);
+    let mut c = Client::connect(daemon.addr);
+    let ehlo = c.cmd_lines("EHLO client.test");
+    assert!(!ehlo.iter().any(|l| l.contains("AUTH")), "{ehlo:?}");
+    assert_reply(&c.cmd(GOOD_PLAIN), "538", "5.7.11");
+    c.cmd("MAIL FROM:<a@example.com>");
+    assert_reply(&c.cmd("RCPT TO:<victim@example.net>"), "554", "5.7.1");
+
+    // The same password over loopback works: the refusal was about the path.
+    let loopback = Daemon::start({
+        let mut cfg = DaemonConfig::new(sink.addr.port());
+        cfg.extra_top = USER.into();
+        cfg
+    });
+    let mut c = Client::connect(loopback.addr);
+    c.cmd("EHLO client.test");
+    assert!(c.cmd(GOOD_PLAIN).starts_with("235"));
+}
+
+#[test]
+fn auth_failures_are_limited_per_client_address() {
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, "auth_failures_per_ip = 3\nmax_errors = 50\n", USER);
+    let guesser: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut c = Client::connect_from(guesser, daemon.addr);
+    c.cmd("EHLO client.test");
+    assert_reply(&c.cmd(BAD_PLAIN), "535", "5.7.8");
+    assert_reply(&c.cmd(BAD_PLAIN), "535", "5.7.8");
+    // The third failure is answered, then the session is closed.
+    c.send(format!("{BAD_PLAIN}\r\n").as_bytes());
+    assert_reply(&c.reply(), "535", "5.7.8");
+    assert_reply(&c.reply(), "421", "4.7.0");
+    assert!(c.closed());
+
+    // A new connection from the same address: even the right password is
+    // refused until the window ends.
+    let mut c = Client::connect_from(guesser, daemon.addr);
+    c.cmd("EHLO client.test");
+    assert_reply(&c.cmd(GOOD_PLAIN), "421", "4.7.0");
+    assert!(c.closed());
+
+    // Another address is not affected.
+    let mut other = Client::connect_from("127.0.0.2".parse().unwrap(), daemon.addr);
+    other.cmd("EHLO client.test");
+    assert!(other.cmd(GOOD_PLAIN).starts_with("235 2.7.0"));
+}
+
+// ---- resource limits -------------------------------------------------------------
+
+/// Makes sure this process may open `needed` files (the daemon inherits
+/// the limit); false if even the hard limit is lower.
+fn ensure_open_files(needed: u64) -> bool {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| {
+            let mut nums = l.split_whitespace().filter_map(|w| {
+                w.parse::<u64>()
+                    .ok()
+                    .or((w == "unlimited").then_some(u64::MAX))
+            });
+            Some((nums.next()?, nums.next()?))
+        })
+        .unwrap_or((0, 0));
+    if soft >= needed {
+        return true;
+    }
+    if hard < needed {
+        return false;
+    }
+    let pid = std::process::id().to_string();
+    let hard_text = if hard == u64::MAX {
+        "unlimited".to_owned()
+    } else {
+        hard.to_string()
+    };
+    std::process::Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={hard_text}:{hard_text}")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn ten_thousand_idle_connections() {
+    const CLIENTS: usize = 10_000;
+    const MAX_CONNECTIONS: usize = 1_000;
+    if !ensure_open_files(CLIENTS as u64 + 2_000) {
+        eprintln!("SKIPPED: RLIMIT_NOFILE cannot be raised to {CLIENTS} + 2000");
+        return;
+    }
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, &format!("max_connections = {MAX_CONNECTIONS}\n"), "");
+    let before = reset_peak(daemon.pid());
+
+    let mut streams = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let s = TcpStream::connect(daemon.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        streams.push(s);
+    }
+    let (mut greeted, mut refused) = (0, 0);
+    for s in &streams {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("first line");
+        if line.starts_with("220 ") {
+            greeted += 1;
+        } else {
+            assert_reply(line.trim_end(), "421", "4.3.2");
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        (greeted, refused),
+        (MAX_CONNECTIONS, CLIENTS - MAX_CONNECTIONS)
+    );
+    // 1,000 idle sessions hold a 16 KiB read buffer each, plus the task
+    // (about 21 MiB measured).
+    assert_peak_growth(daemon.pid(), before, 64, "10,000 idle connections");
+
+    drop(streams);
+    let mut c = support::wait_for(Duration::from_secs(60), "a free slot", || {
+        let s = TcpStream::connect(daemon.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let mut reader = BufReader::new(s.try_clone().ok()?);
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        line.starts_with("220 ")
+            .then_some(Client { reader, writer: s })
+    });
+    assert!(c.cmd("NOOP").starts_with("250"));
+}
+
+#[test]
+fn a_client_sending_one_byte_a_second_is_closed() {
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(
+        &sink,
+        "command_timeout = \"2s\"\ndata_timeout = \"3s\"\n",
+        "",
+    );
+    // In a command line: the timeout covers the whole line, so trickling
+    // does not extend it.
+    let mut c = Client::connect(daemon.addr);
+    let reply = trickle(&mut c, b"EHLO slow.client.example.com\r\n");
+    assert_reply(&reply, "421", "4.4.2");
+    assert!(c.closed());
+
+    // In DATA: the same with data_timeout.
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.net>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let reply = trickle(&mut c, b"Subject: slow\r\n\r\nbody body body body\r\n.\r\n");
+    assert_reply(&reply, "421", "4.4.2");
+    assert!(c.closed());
+    assert!(daemon.events_of("reception").is_empty());
+}
+
+/// Sends `bytes` one a second until the server says something.
+fn trickle(c: &mut Client, bytes: &[u8]) -> String {
+    c.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    for b in bytes {
+        if c.writer.write_all(&[*b]).is_err() {
+            break;
+        }
+        let mut line = String::new();
+        match c.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => return line.trim_end().to_owned(),
+            Ok(_) => panic!("closed without a reply"),
+            Err(_) => {} // no reply within the second: keep trickling
+        }
+    }
+    panic!("the server waited for the whole trickle");
+}
+
+#[test]
+fn a_huge_data_stream_is_read_and_discarded() {
+    let megabytes: usize = std::env::var("SENDENGINE_HOSTILE_DATA_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, "", ""); // max_message_size = 1MB
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.net>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let before = reset_peak(daemon.pid());
+
+    // First half in 1,000-byte lines, second half one endless line: the
+    // reader must not buffer either. Streamed from a fixed 1 MiB block.
+    let mut lines = Vec::with_capacity(1 << 20);
+    while lines.len() + 1000 <= 1 << 20 {
+        lines.extend_from_slice(&[b'x'; 998]);
+        lines.extend_from_slice(b"\r\n");
+    }
+    let endless = vec![b'y'; 1 << 20];
+    for i in 0..megabytes {
+        let block = if i < megabytes / 2 { &lines } else { &endless };
+        c.send(block);
+    }
+    c.send(b"\r\n.\r\n");
+    assert_reply(&c.reply(), "552", "5.3.4");
+    assert_peak_growth(
+        daemon.pid(),
+        before,
+        48,
+        &format!("a {megabytes} MB DATA stream"),
+    );
+    // The session goes on.
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<a@example.com>").starts_with("250"));
+    assert!(daemon.events_of("reception").is_empty());
+}
+
+#[test]
+fn a_hundred_thousand_recipients() {
+    const RCPTS: usize = 100_000;
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, "max_recipients = 1000\n", "");
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    let before = reset_peak(daemon.pid());
+
+    // Pipelined from another thread, so neither side's buffers fill.
+    let mut writer = c.writer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut batch = Vec::new();
+        for i in 0..RCPTS {
+            batch.extend_from_slice(format!("RCPT TO:<r{i}@example.net>\r\n").as_bytes());
+            if batch.len() > 64 * 1024 {
+                writer.write_all(&batch).unwrap();
+                batch.clear();
+            }
+        }
+        writer.write_all(&batch).unwrap();
+    });
+    let (mut accepted, mut limited) = (0, 0);
+    for _ in 0..RCPTS {
+        let reply = c.reply();
+        if reply.starts_with("250 ") {
+            accepted += 1;
+        } else {
+            assert_reply(&reply, "452", "4.5.3");
+            limited += 1;
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!((accepted, limited), (1000, RCPTS - 1000));
+    assert_peak_growth(daemon.pid(), before, 48, "100,000 RCPTs");
+    // 452 is not an error: the session is still open and sane.
+    assert!(c.cmd("RSET").starts_with("250"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+}
+
+#[test]
+fn header_bombs_are_refused() {
+    let sink = Sink::start(&[]);
+    // A message limit well above the bombs, so the header limits answer.
+    let daemon = Daemon::start(DaemonConfig::custom(&format!(
+        r#"[smtp_in]
+listen = ["127.0.0.1:0"]
+relay_networks = ["127.0.0.0/8"]
+max_message_size = "50MB"
+[[delivery_server]]
+name = "sink"
+host = "127.0.0.1"
+port = {port}
+encryption = "none"
+"#,
+        port = sink.addr.port()
+    )));
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    let before = reset_peak(daemon.pid());
+
+    // 100,000 header lines.
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.net>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    let mut bomb = Vec::new();
+    for i in 0..100_000 {
+        bomb.extend_from_slice(format!("X-Bomb-{i}: v\r\n").as_bytes());
+    }
+    bomb.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    c.send(&bomb);
+    let reply = c.reply();
+    assert_reply(&reply, "552", "5.3.4");
+    assert!(reply.contains("Header section too big"), "{reply}");
+
+    // One 10 MB header line.
+    c.cmd("MAIL FROM:<a@example.com>");
+    c.cmd("RCPT TO:<b@example.net>");
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: ");
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..10 {
+        c.send(&chunk);
+    }
+    c.send(b"\r\n\r\nbody\r\n.\r\n");
+    let reply = c.reply();
+    assert_reply(&reply, "552", "5.3.4");
+    assert!(reply.contains("Header section too big"), "{reply}");
+    assert_peak_growth(daemon.pid(), before, 48, "header bombs");
+
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(daemon.events_of("reception").is_empty());
+}

@@ -1,0 +1,332 @@
+//! `GET /metrics` after a known workload: the real daemon delivers to the
+//! real sink, whose fault rules bounce three recipients (550) and defer two
+//! (451, retried an hour later); one message is refused for its channel and
+//! one because its only recipient is suppressed. The scrape (raw HTTP over a
+//! TcpStream) must count exactly that, name no recipient, and a daemon
+//! without `[metrics] listen` must listen on nothing but SMTP.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_send, smtplib_try, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Five messages of 21 recipients: 100 accepted by the sink, 3 refused with
+/// 550 and 2 with 451.
+fn recipients_of(message: usize) -> Vec<String> {
+    (0..21)
+        .map(|i| {
+            let n = message * 21 + i;
+            match n {
+                7 | 40 | 99 => format!("bounce{n}@example.net"),
+                15 | 80 => format!("defer{n}@example.net"),
+                _ => format!("user{n}@example.net"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn counters_match_a_known_workload() {
+    let sink = Sink::start(&[
+        "--fault",
+        "rcpt~bounce=550 5.1.1 no such user here",
+        "--fault",
+        "rcpt~defer=451 4.2.1 mailbox busy, try later",
+    ]);
+    let metrics_port = free_port();
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    config.extra_delivery = "retry_schedule = [\"1h\"]\n".into();
+    let daemon = Daemon::start(config);
+    assert_eq!(listening_sockets(daemon.pid()), 2, "SMTP and metrics");
+
+    ctl(&daemon, &["suppression", "add", "trap@example.net"]);
+    ctl(
+        &daemon,
+        &["dkim", "generate", "example.com", "--selector", "s1"],
+    );
+    for message in 0..5 {
+        let rcpts = recipients_of(message);
+        let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        let msgid = format!("<m{message}@client.test>");
+        smtplib_send(daemon.addr, "app@example.com", &rcpts, &msgid);
+    }
+    let refused = smtplib_try(
+        daemon.addr,
+        "app@example.com",
+        &["user1@example.net"],
+        "X-Channel: bogus",
+    );
+    assert!(refused.starts_with("550"), "{refused}");
+    let refused = smtplib_try(daemon.addr, "app@example.com", &["trap@example.net"], "");
+    assert!(refused.starts_with("550"), "{refused}");
+
+    daemon.wait_events("delivery", 100, LONG);
+    daemon.wait_events("bounce", 3, LONG);
+    daemon.wait_events("transient_failure", 2, LONG);
+    // The queue gauges are refreshed every few seconds.
+    let text = wait_for(LONG, "the deferred gauge", || {
+        let text = scrape(metrics_port);
+        let deferred = sum(
+            &text,
+            "sendengine_queue_recipients",
+            &[("state", "deferred")],
+        );
+        let sessions = sum(&text, "sendengine_smtp_sessions_open", &[]);
+        (deferred == 2.0 && sessions == 0.0).then_some(text)
+    });
+
+    let recipients = |outcome| {
+        sum(
+            &text,
+            "sendengine_recipients_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(recipients("received"), 105.0);
+    assert_eq!(recipients("delivered"), 100.0);
+    assert_eq!(recipients("bounced"), 3.0);
+    assert_eq!(recipients("deferred"), 2.0);
+    assert_eq!(recipients("expired"), 0.0);
+    assert_eq!(recipients("suppressed"), 1.0);
+    let delivered = [
+        ("route", "test-sink"),
+        ("channel", "marketing"),
+        ("outcome", "delivered"),
+    ];
+    assert_eq!(sum(&text, "sendengine_recipients_total", &delivered), 100.0);
+    assert_eq!(sum(&text, "sendengine_messages_received_total", &[]), 5.0);
+    let bad_mailbox = [("route", "test-sink"), ("category", "bad-mailbox")];
+    assert_eq!(sum(&text, "sendengine_bounces_total", &bad_mailbox), 3.0);
+    let refusals = |reason| {
+        sum(
+            &text,
+            "sendengine_injection_refusals_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(refusals("unknown_channel"), 1.0);
+    assert_eq!(refusals("all_suppressed"), 1.0);
+    assert_eq!(sum(&text, "sendengine_injection_refusals_total", &[]), 2.0);
+    assert_eq!(sum(&text, "sendengine_smtp_sessions_total", &[]), 7.0);
+
+    let count = |name| sum(&text, name, &[]);
+    assert_eq!(count("sendengine_delivery_latency_seconds_count"), 100.0);
+    let transactions = [("route", "test-sink")];
+    assert_eq!(
+        sum(
+            &text,
+            "sendengine_smtp_transaction_seconds_count",
+            &transactions
+        ),
+        5.0
+    );
+    assert_eq!(
+        count("sendengine_dkim_sign_seconds_count"),
+        5.0,
+        "5 signed messages"
+    );
+    // 5 inserts and 5 outcome writes at least, in some number of group
+    // commits; the two histograms are read a moment apart, so only bounds.
+    let commits = count("sendengine_spool_commit_seconds_count");
+    assert!(commits >= 1.0, "{commits} commits");
+    let batches = count("sendengine_spool_commit_batch_size_count");
+    assert!(batches >= 1.0, "{batches} batches");
+    let requests = count("sendengine_spool_commit_batch_size_sum");
+    assert!(requests >= 10.0, "{requests} requests committed");
+    assert!(
+        text.contains(
+            "sendengine_delivery_latency_seconds_bucket{channel=\"marketing\",le=\"3600\"}"
+        ),
+        "explicit buckets"
+    );
+
+    assert_eq!(
+        count("sendengine_queue_recipients"),
+        2.0,
+        "only the deferred are left"
+    );
+    assert!(count("sendengine_spool_size_bytes") > 0.0);
+    assert_eq!(sum(&text, "sendengine_connections_max", &transactions), 5.0);
+    assert_eq!(
+        sum(&text, "sendengine_ready_queue_depth", &transactions),
+        0.0
+    );
+    assert!(text.contains("# HELP sendengine_events_dropped_total"));
+    assert!(!text.contains('@'), "no address in the metrics:\n{text}");
+    assert!(!text.contains("tenant="), "no tenant label unless enabled");
+}
+
+#[test]
+fn without_a_metrics_address_nothing_listens() {
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    assert_eq!(listening_sockets(daemon.pid()), 1, "SMTP only");
+}
+
+#[test]
+fn tenant_labels_appear_only_when_enabled() {
+    let sink = Sink::start(&["--fault", "rcpt~bounce=550 5.1.1 no such user here"]);
+    let metrics_port = free_port();
+    let config = format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\ndefault_user = \"acme\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\ntenant_labels = true\n\
+         [[delivery_server]]\nname = \"s\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         [[user]]\nname = \"acme\"\n",
+        sink.addr.port()
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    let rcpts = ["one@example.net", "bounce@example.net"];
+    smtplib_send(daemon.addr, "app@example.com", &rcpts, "<t1@client.test>");
+    daemon.wait_events("delivery", 1, LONG);
+    daemon.wait_events("bounce", 1, LONG);
+
+    let text = scrape(metrics_port);
+    let acme = |outcome| {
+        let labels = [("route", "s"), ("tenant", "acme"), ("outcome", outcome)];
+        sum(&text, "sendengine_recipients_total", &labels)
+    };
+    assert_eq!(acme("received"), 2.0);
+    assert_eq!(acme("delivered"), 1.0);
+    assert_eq!(acme("bounced"), 1.0);
+    let received = [("tenant", "acme"), ("channel", "marketing")];
+    assert_eq!(
+        sum(&text, "sendengine_messages_received_total", &received),
+        1.0
+    );
+    assert_eq!(
+        sum(&text, "sendengine_bounces_total", &[("tenant", "acme")]),
+        1.0
+    );
+    assert!(!text.contains('@'), "no address in the metrics:\n{text}");
+}
+
+/// The Grafana dashboard is importable (a datasource input, a schema
+/// version) and queries only metrics the daemon exports.
+#[test]
+fn the_dashboard_queries_exported_metrics() {
+    use sendengine::metrics as m;
+    use sendengine_queue::metrics as q;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/grafana/sendengine.json"
+    );
+    let text = std::fs::read_to_string(path).expect("the dashboard file");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS");
+    assert!(dashboard["schemaVersion"].as_u64().is_some());
+    let exported = [
+        m::MESSAGES_RECEIVED,
+        m::RECIPIENTS,
+        m::BOUNCES,
+        m::INJECTION_REFUSALS,
+        m::SMTP_SESSIONS_TOTAL,
+        m::SMTP_SESSIONS_OPEN,
+        m::EVENTS_DROPPED,
+        m::WEBHOOK_EVENTS_DROPPED,
+        m::QUEUE_RECIPIENTS,
+        m::QUEUE_MESSAGES,
+        m::SPOOL_SIZE,
+        m::READY_DEPTH,
+        m::CONNECTIONS_OPEN,
+        m::CONNECTIONS_MAX,
+        m::DELIVERY_LATENCY,
+        m::TRANSACTION_TIME,
+        m::DKIM_SIGN_TIME,
+        q::COMMIT_SECONDS,
+        q::COMMIT_BATCH_SIZE,
+    ];
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a query");
+            let mut rest = expr;
+            while let Some(at) = rest.find("sendengine_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let base = name.strip_suffix("_bucket").unwrap_or(&name);
+                assert!(exported.contains(&base), "{base} in {expr}");
+                queried.insert(base.to_owned());
+            }
+        }
+    }
+    for name in exported {
+        assert!(queried.contains(name), "no panel shows {name}");
+    }
+}
+
+/// `GET /metrics` over plain HTTP/1.0; returns the body.
+fn scrape(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The sum of the samples of `name` whose labels include all of `labels`.
+fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = series_name == name
+                && labels.iter().all(|(k, v)| {
+                    series_labels
+                        .split(',')
+                        .any(|l| l == format!("{k}=\"{v}\""))
+                });
+            wanted.then(|| value.parse::<f64>().expect("a number"))
+        })
+        .sum()
+}
+
+/// TCP sockets in LISTEN state that the process holds, from /proc.
+fn listening_sockets(pid: u32) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's fds")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            std::fs::read_to_string(table)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is LISTEN; field 9 is the inode.
+            fields.get(3) == Some(&"0A")
+                && fields.get(9).is_some_and(|i| inodes.iter().any(|x| x == i))
+        })
+        .count()
+}

@@ -1,0 +1,44 @@
+//! The spool's metrics, through the `metrics` facade (a no-op until the
+//! daemon installs a recorder, like `log` without a logger).
+//!
+//! Names, descriptions and bucket lists live here; the engine's
+//! `metrics::install` applies the buckets and calls `describe`. The other
+//! spool figures (recipients queued and deferred, file size) are read from
+//! `Spool::stats` and `Spool::queue_counts` by the engine's refresh task.
+
+use std::time::Duration;
+
+/// Time of one group commit: the write transaction and its fdatasync.
+pub const COMMIT_SECONDS: &str = "sendengine_spool_commit_seconds";
+/// Requests (inserts, outcomes, claims, ...) written by one group commit.
+pub const COMMIT_BATCH_SIZE: &str = "sendengine_spool_commit_batch_size";
+
+/// From half a millisecond (no fsync, or a fast NVMe) to a second (a disk
+/// in trouble).
+pub const COMMIT_SECONDS_BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Powers of two up to `SpoolConfig::max_batch`'s order of magnitude.
+pub const COMMIT_BATCH_SIZE_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Registers the descriptions; call once after installing a recorder.
+pub fn describe() {
+    ::metrics::describe_histogram!(
+        COMMIT_SECONDS,
+        ::metrics::Unit::Seconds,
+        "Time of one spool group commit (write transaction and fdatasync)"
+    );
+    ::metrics::describe_histogram!(
+        COMMIT_BATCH_SIZE,
+        ::metrics::Unit::Count,
+        "Requests written by one spool group commit"
+    );
+}
+
+/// A batch committed.
+pub(crate) fn committed(took: Duration, requests: u64) {
+    ::metrics::histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
+    ::metrics::histogram!(COMMIT_BATCH_SIZE).record(requests as f64);
+}
