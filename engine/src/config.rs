@@ -109,6 +109,9 @@ pub struct SpoolSection {
     pub cache_bytes: u64,
     /// `false` skips fdatasync: for benchmarks only, never for production.
     pub sync: bool,
+    /// Free space injection leaves alone so delivery records always fit
+    /// (451 4.3.0 below it); default twice `smtp_in.max_message_size`.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +333,7 @@ struct RawSpool {
     dir: PathBuf,
     cache_size: Option<String>,
     sync: Option<bool>,
+    min_free_space: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -518,6 +522,7 @@ impl RawConfig {
             Some(_) => return Err("hostname: must not be empty".into()),
             None => system_hostname(),
         };
+        let smtp_in = self.smtp_in.validate()?;
         let spool = SpoolSection {
             dir: self.spool.dir,
             cache_bytes: match &self.spool.cache_size {
@@ -525,8 +530,11 @@ impl RawConfig {
                 None => 64 << 20,
             },
             sync: self.spool.sync.unwrap_or(true),
+            min_free_bytes: match &self.spool.min_free_space {
+                Some(s) => keyed("spool.min_free_space", parse_size(s))?,
+                None => smtp_in.max_message_size.saturating_mul(2),
+            },
         };
-        let smtp_in = self.smtp_in.validate()?;
         let delivery = self.delivery.validate()?;
         let metrics = MetricsSection {
             listen: match &self.metrics.listen {

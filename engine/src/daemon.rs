@@ -246,7 +246,8 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let max_connections = config.smtp_in.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
-        let (contexts, _) = watch::channel(server_context(&engine, &config, tls));
+        let auth_limiter = Arc::new(AuthLimiter::new(config.smtp_in.auth_failures_per_ip));
+        let (contexts, _) = watch::channel(server_context(&engine, &config, tls, auth_limiter));
         let (closed, closed_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(crate::schedule::run(engine.clone(), shutdown_rx.clone())),
@@ -374,7 +375,14 @@ impl Daemon {
             .map_err(|e| format!("log filter `{log_spec}`: {e}"))?;
         crate::logging::set_filter(log_filter);
         self.retry.set(retry_policy(&new));
-        let _ = self.contexts.send(server_context(&self.engine, &new, tls));
+        self.engine
+            .spool
+            .set_min_free_bytes(new.spool.min_free_bytes);
+        let auth_limiter = self.contexts.borrow().auth_limiter.clone();
+        auth_limiter.set_max_failures(new.smtp_in.auth_failures_per_ip);
+        let _ = self
+            .contexts
+            .send(server_context(&self.engine, &new, tls, auth_limiter));
         self.config = new;
         Ok(plan)
     }
@@ -426,13 +434,14 @@ fn server_context(
     engine: &Arc<Engine>,
     config: &Config,
     tls: Option<TlsAcceptor>,
+    auth_limiter: Arc<AuthLimiter>,
 ) -> Arc<ServerContext> {
     Arc::new(ServerContext {
         engine: engine.clone(),
         settings: config.smtp_in.clone(),
         hostname: config.hostname.clone(),
         tls,
-        auth_limiter: AuthLimiter::new(config.smtp_in.auth_failures_per_ip),
+        auth_limiter,
     })
 }
 
@@ -450,6 +459,7 @@ async fn open_spool(config: &Config) -> Result<Spool, StartError> {
     let mut spool_config = SpoolConfig::new(config.spool.dir.clone());
     spool_config.cache_bytes = config.spool.cache_bytes as usize;
     spool_config.durable = config.spool.sync;
+    spool_config.min_free_bytes = config.spool.min_free_bytes;
     let dir = config.spool.dir.display().to_string();
     tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await

@@ -405,7 +405,7 @@ fn refusal_for(e: &SpoolError) -> Reply {
             "Temporary local problem: the queue is shutting down, try again later",
         ),
         other => {
-            eprintln!("sendengine: spool write failed, answering 451: {other}");
+            log::error!("spool write failed, answering 451: {other}");
             Reply::new(
                 451,
                 "4.3.0",

@@ -5,7 +5,8 @@
 //! daemon (`Daemon::reload`) then applies the first kind: the `[smtp_in]`
 //! limits (new sessions get them), the TLS certificate (re-read even when
 //! its path is unchanged, for renewals), the retry schedule and maximum
-//! age, the shutdown grace, and the log filter; and it reopens the event
+//! age, the shutdown grace, the spool's free-space reserve and the log
+//! filter; and it reopens the event
 //! log for logrotate. Listen addresses, the spool and anything built into
 //! running components at start stay as they are until a restart. The
 //! objects declared in the file (delivery servers, users, ...) are seeds
@@ -65,12 +66,15 @@ const LIVE: &[(&str, Read)] = &[
         show(&c.delivery.shutdown_grace)
     }),
     ("log.filter", |c| show(&c.log.filter)),
+    ("spool.min_free_space", |c| show(&c.spool.min_free_bytes)),
 ];
 
 /// Keys built into running components at start.
 const RESTART: &[(&str, Read)] = &[
     ("hostname", |c| show(&c.hostname)),
-    ("spool", |c| show(&c.spool)),
+    ("spool.dir", |c| show(&c.spool.dir)),
+    ("spool.cache_size", |c| show(&c.spool.cache_bytes)),
+    ("spool.sync", |c| show(&c.spool.sync)),
     ("smtp_in.listen", |c| show(&c.smtp_in.listen)),
     ("smtp_in.max_connections", |c| {
         show(&c.smtp_in.max_connections)
@@ -166,6 +170,6 @@ mod tests {
                 "log.filter"
             ]
         );
-        assert_eq!(p.needs_restart, ["spool", "smtp_in.listen"]);
+        assert_eq!(p.needs_restart, ["spool.dir", "smtp_in.listen"]);
     }
 }

@@ -75,7 +75,7 @@ async fn claim(engine: &Arc<Engine>, limit: usize) -> usize {
             count
         }
         Ok(Err(e)) => {
-            eprintln!("sendengine: scheduler could not read the spool: {e}");
+            log::error!("scheduler could not read the spool: {e}");
             0
         }
         Err(_) => 0,
@@ -134,7 +134,7 @@ impl Compactor {
         }
         let spool = engine.spool.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.compact()).await {
-            eprintln!("sendengine: spool compaction failed: {e}");
+            log::error!("spool compaction failed: {e}");
         }
         self.needed = false;
         self.last = Some(tokio::time::Instant::now());

@@ -31,7 +31,7 @@ pub fn split_recipients(
     recipients: &[String],
 ) -> Result<Split, Reply> {
     let listed = spool.suppressed(tenant, recipients).map_err(|e| {
-        eprintln!("sendengine: reading the suppression lists failed, answering 451: {e}");
+        log::error!("reading the suppression lists failed, answering 451: {e}");
         Reply::new(
             451,
             "4.3.0",

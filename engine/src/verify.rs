@@ -43,17 +43,18 @@ pub async fn verify_pending(engine: &Engine) -> usize {
             continue;
         }
         if let Err(e) = engine.change(Change::PutDomain(checked.clone())) {
-            eprintln!(
-                "sendengine: could not store the verification of {}: {e}",
+            log::warn!(
+                "could not store the verification of {}: {e}",
                 checked.domain
             );
             continue;
         }
         if checked.status != domain.status {
             changed += 1;
-            eprintln!(
-                "sendengine: sender domain {} is now {:?}",
-                checked.domain, checked.status
+            log::info!(
+                "sender domain {} is now {:?}",
+                checked.domain,
+                checked.status
             );
         }
     }

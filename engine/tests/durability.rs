@@ -192,7 +192,7 @@ fn inject(addr: std::net::SocketAddr, n: usize, tag: &str) -> Vec<String> {
 #[test]
 fn full_disk_gives_451_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("spool"), "4m") else {
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("spool"), "8m") else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };

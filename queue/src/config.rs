@@ -27,6 +27,9 @@ pub struct SpoolConfig {
     /// Test hook: while set to `true` every batch fails with
     /// `SpoolError::Storage("injected fault")` and nothing of it is applied.
     pub fail_commits: Option<Arc<AtomicBool>>,
+    /// Free bytes on the spool's filesystem that inserts leave alone, so
+    /// the records of deliveries and bounces always have room; 0 = none.
+    pub min_free_bytes: u64,
 }
 
 /// 64 MiB of page cache keeps the hot part of a busy queue (the schedule and
@@ -48,6 +51,7 @@ impl SpoolConfig {
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             reopen_delay: DEFAULT_REOPEN_DELAY,
             fail_commits: None,
+            min_free_bytes: 0,
         }
     }
 }

@@ -35,6 +35,16 @@ pub enum SpoolError {
         limit_bytes: usize,
     },
 
+    /// The spool's disk is nearly full: inserts stop while the rest is kept
+    /// for delivery records. Nothing was written.
+    #[error(
+        "the spool's disk has {available_bytes} bytes free and {reserve_bytes} are kept for delivery records; free some space (the spool accepts mail again by itself)"
+    )]
+    LowSpace {
+        available_bytes: u64,
+        reserve_bytes: u64,
+    },
+
     /// A sending quota would be passed; nothing was stored or counted.
     #[error("{} {} limit of {} reached ({} used)", .0.name, .0.window.name(), .0.limit, .0.used)]
     QuotaExceeded(crate::quota::QuotaExceeded),

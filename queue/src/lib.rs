@@ -20,6 +20,7 @@ mod codec;
 mod config;
 mod delivered;
 mod error;
+mod free_space;
 mod id;
 mod message;
 pub mod metrics;

@@ -3,7 +3,8 @@
 //! directly on the caller's thread.
 
 use std::fs;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -64,6 +65,9 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     max_pending_bytes: usize,
     recovered_claims: u64,
+    dir: PathBuf,
+    /// Changes on reload (`set_min_free_bytes`).
+    min_free_bytes: AtomicU64,
 }
 
 impl Spool {
@@ -108,6 +112,8 @@ impl Spool {
                 writer: Mutex::new(Some(handle)),
                 max_pending_bytes: cfg.max_pending_bytes,
                 recovered_claims: recovered.unclaimed,
+                dir: cfg.dir.clone(),
+                min_free_bytes: AtomicU64::new(cfg.min_free_bytes),
             }),
         })
     }
@@ -129,6 +135,9 @@ impl Spool {
             Ok(msg) => msg,
             Err(err) => return done(Err(err)),
         };
+        if let Err(err) = self.check_free_space(msg.size_bytes()) {
+            return done(Err(err));
+        }
         if let Err(err) = self.reserve_pending(msg.size_bytes()) {
             return done(Err(err));
         }
@@ -494,6 +503,30 @@ impl Spool {
         }));
         // A writer that died drops the completion unsent: report that as closed.
         result.recv().unwrap_or(Err(SpoolError::Closed))
+    }
+
+    /// Sets the free space inserts leave alone (see `SpoolConfig::min_free_bytes`).
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.inner.min_free_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Refuses an insert that would eat into the reserve. One statvfs per
+    /// insert costs about a microsecond; a failed probe refuses nothing (the
+    /// write itself will report a real problem).
+    fn check_free_space(&self, bytes: usize) -> Result<(), SpoolError> {
+        let reserve = self.inner.min_free_bytes.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return Ok(());
+        }
+        match crate::free_space::available_bytes(&self.inner.dir) {
+            Some(available) if available < reserve.saturating_add(bytes as u64) => {
+                Err(SpoolError::LowSpace {
+                    available_bytes: available,
+                    reserve_bytes: reserve,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn reserve_pending(&self, bytes: usize) -> Result<(), SpoolError> {

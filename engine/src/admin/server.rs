@@ -153,7 +153,7 @@ pub async fn serve(
                 });
             }
             Err(e) => {
-                eprintln!("sendengine: admin socket accept failed: {e}");
+                log::warn!("admin socket accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -68,7 +68,7 @@ pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr,
     for &addr in addrs {
         let listener = TcpListener::bind(addr).await.map_err(|e| (addr, e))?;
         if let Ok(local) = listener.local_addr() {
-            eprintln!("sendengine: bounce listener on {local}");
+            log::info!("bounce listener on {local}");
         }
         listeners.push(listener);
     }
@@ -441,7 +441,7 @@ impl Session {
                 Reply::new(250, "2.0.0", "Bounce received")
             }
             Ok(Err(e)) => {
-                eprintln!("sendengine: bounce intake failed, answering 451: {e}");
+                log::error!("bounce intake failed, answering 451: {e}");
                 Reply::new(
                     451,
                     "4.3.0",
@@ -449,7 +449,7 @@ impl Session {
                 )
             }
             Err(e) => {
-                eprintln!("sendengine: bounce intake stopped, answering 451: {e}");
+                log::error!("bounce intake stopped, answering 451: {e}");
                 Reply::new(451, "4.3.0", "Temporary local problem: try again later")
             }
         }

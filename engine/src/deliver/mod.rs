@@ -240,12 +240,22 @@ impl Route {
 
     fn mark_down(&self) {
         let until = now_ms() + self.ctx.failover_backoff.as_millis() as u64;
-        self.down_until_ms.store(until, Ordering::Relaxed);
+        let was = self.down_until_ms.swap(until, Ordering::Relaxed);
         self.probe_started_ms.store(0, Ordering::Release);
+        // One line per state change, not per failed probe.
+        if was == 0 {
+            log::warn!(
+                "route {} failed at connection level: skipped for {}s, then probed",
+                self.name,
+                self.ctx.failover_backoff.as_secs()
+            );
+        }
     }
 
     fn mark_up(&self) {
-        self.down_until_ms.store(0, Ordering::Relaxed);
+        if self.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            log::info!("route {} is back: it takes mail again", self.name);
+        }
         self.probe_started_ms.store(0, Ordering::Release);
     }
 

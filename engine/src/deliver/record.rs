@@ -170,8 +170,8 @@ impl Recorder {
                 // Shutting down: recovery reschedules them at the next start.
                 Err(SpoolError::Closed) => {}
                 Err(e) => {
-                    eprintln!(
-                        "sendengine: could not record delivery outcomes, retrying in {}s: {e}",
+                    log::error!(
+                        "could not record delivery outcomes, retrying in {}s: {e}",
                         RECORD_RETRY.as_secs()
                     );
                     if let Some(runtime) = runtime {
@@ -202,7 +202,7 @@ impl Recorder {
             Box::new(move |result| match result {
                 Ok(_) => events.emit(event),
                 Err(e) => {
-                    eprintln!("sendengine: could not suppress {address} after a hard bounce: {e}")
+                    log::error!("could not suppress {address} after a hard bounce: {e}")
                 }
             }),
         );

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long failures are remembered, from the first one of a window.
@@ -27,16 +28,27 @@ struct Window {
 /// Shared by all sessions of one daemon.
 #[derive(Debug)]
 pub struct AuthLimiter {
-    max_failures: u32,
+    /// Changes on reload; the counts themselves survive it.
+    max_failures: AtomicU32,
     windows: Mutex<HashMap<IpAddr, Window>>,
 }
 
 impl AuthLimiter {
     pub fn new(max_failures: u32) -> AuthLimiter {
         AuthLimiter {
-            max_failures: max_failures.max(1),
+            max_failures: AtomicU32::new(max_failures.max(1)),
             windows: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A reload's new limit applies to failures already counted.
+    pub fn set_max_failures(&self, max_failures: u32) {
+        self.max_failures
+            .store(max_failures.max(1), Ordering::Relaxed);
+    }
+
+    fn max_failures(&self) -> u32 {
+        self.max_failures.load(Ordering::Relaxed)
     }
 
     /// Whether `ip` has used up its failures for now.
@@ -57,7 +69,7 @@ impl AuthLimiter {
     fn is_blocked_at(&self, ip: IpAddr, now: Instant) -> bool {
         self.lock()
             .get(&client_key(ip))
-            .is_some_and(|w| !expired(w, now) && w.failures >= self.max_failures)
+            .is_some_and(|w| !expired(w, now) && w.failures >= self.max_failures())
     }
 
     fn record_failure_at(&self, ip: IpAddr, now: Instant) -> bool {
@@ -77,7 +89,7 @@ impl AuthLimiter {
             };
         }
         window.failures = window.failures.saturating_add(1);
-        window.failures >= self.max_failures
+        window.failures >= self.max_failures()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
@@ -141,6 +153,18 @@ mod tests {
         let later = t0 + FAILURE_WINDOW;
         assert!(!limiter.is_blocked_at(a, later));
         assert!(!limiter.record_failure_at(a, later), "a new window starts");
+    }
+
+    #[test]
+    fn a_new_limit_applies_to_failures_already_counted() {
+        let limiter = AuthLimiter::new(5);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.7");
+        limiter.record_failure_at(a, t0);
+        limiter.record_failure_at(a, t0);
+        assert!(!limiter.is_blocked_at(a, t0));
+        limiter.set_max_failures(2);
+        assert!(limiter.is_blocked_at(a, t0));
     }
 
     #[test]

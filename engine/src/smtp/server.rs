@@ -31,7 +31,8 @@ pub struct ServerContext {
     pub hostname: String,
     pub tls: Option<TlsAcceptor>,
     /// Failed AUTH attempts per client address, shared by all sessions.
-    pub auth_limiter: AuthLimiter,
+    /// Shared by every context, so a reload keeps the failure counts.
+    pub auth_limiter: Arc<AuthLimiter>,
 }
 
 struct Transaction {

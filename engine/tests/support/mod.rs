@@ -538,6 +538,11 @@ impl Daemon {
 
     /// Waits for a stderr line containing `text` and returns it; earlier
     /// lines are consumed.
+    /// The daemon's stderr lines not yet read by `wait_stderr` or this.
+    pub fn stderr_so_far(&self) -> Vec<String> {
+        self.stderr.try_iter().collect()
+    }
+
     pub fn wait_stderr(&self, text: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
