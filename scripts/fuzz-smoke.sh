@@ -14,7 +14,7 @@ seconds="${FUZZ_SECONDS:-20}"
 target_dir="${FUZZ_TARGET_DIR:-$PWD/target/fuzz}"
 
 if ! cargo fuzz --help >/dev/null 2>&1; then
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --version 0.13.2 --locked
 fi
 export RUSTC_BOOTSTRAP=1
 
