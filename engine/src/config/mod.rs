@@ -4,11 +4,17 @@
 //! falls back to a default) and every error names the key and says what a
 //! valid value looks like. `Config::load` is what `--check-config` runs.
 
-use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+mod sections;
+mod values;
+
+pub use sections::*;
+pub use values::{IpNetwork, parse_duration, parse_size};
+use values::{duration_or, keyed, parse_mode, parse_socket_addr, positive};
 
 use crate::domains::DnsTemplate;
 use crate::tenancy::{DIRECT, DeliveryServerSpec, Seeds, User as TenancyUser, UserGroup};
@@ -44,243 +50,6 @@ pub struct Config {
     pub suppression: SuppressionSection,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
-}
-
-#[derive(Debug, Clone)]
-pub struct SecretsSection {
-    /// The master key (created on first start); default `<spool dir>/secret.key`.
-    pub key_file: PathBuf,
-    /// `key_file` was set in the file; if not, a systemd credential
-    /// (`$CREDENTIALS_DIRECTORY/secret.key`) takes precedence over the default.
-    pub key_file_set: bool,
-}
-
-/// The daemon's own log on stderr (see `logging`).
-#[derive(Debug, Clone)]
-pub struct LogSection {
-    /// `RUST_LOG`-style filter; `RUST_LOG` in the environment wins over it.
-    pub filter: Option<String>,
-}
-
-/// The listener for asynchronous bounces and complaints (see `bounce_in`).
-#[derive(Debug, Clone)]
-pub struct BounceInSection {
-    /// Empty: no listener (the delivered index is still kept).
-    pub listen: Vec<SocketAddr>,
-    /// Return-path domains accepted in RCPT (lowercase). Empty: any domain;
-    /// the HMAC of the VERP tag is what keeps strangers out either way.
-    pub domains: Vec<String>,
-    pub max_message_size: u64,
-    pub max_connections: usize,
-    /// How long the delivered index keeps a finished recipient, counted
-    /// from the message's reception: bounces after that are not tied.
-    pub retain: Duration,
-}
-
-/// What happens to addresses that bounce hard or complain.
-#[derive(Debug, Clone)]
-pub struct SuppressionSection {
-    /// Hard bounces (synchronous and asynchronous) and complaints put the
-    /// address on its tenant's suppression list.
-    pub auto_suppress: bool,
-}
-
-/// Direct delivery to recipients' MX hosts (the built-in `direct` route).
-#[derive(Debug, Clone)]
-pub struct DirectSection {
-    /// 25 in production; tests point it at a sink.
-    pub port: u16,
-    /// Connections at most per destination domain, so no provider is flooded.
-    pub max_connections_per_site: usize,
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct DnsSection {
-    /// Empty: the system resolver. Tests point this at a server they run.
-    pub nameservers: Vec<SocketAddr>,
-    /// How often sender domains that are not enabled are checked again.
-    pub verify_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct SpoolSection {
-    pub dir: PathBuf,
-    pub cache_bytes: u64,
-    /// `false` skips fdatasync: for benchmarks only, never for production.
-    pub sync: bool,
-    /// Free space injection leaves alone so delivery records always fit
-    /// (451 4.3.0 below it); default twice `smtp_in.max_message_size`.
-    pub min_free_bytes: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct SmtpInSection {
-    pub listen: Vec<SocketAddr>,
-    pub relay_networks: Vec<IpNetwork>,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    pub max_connections: usize,
-    pub max_line_length: usize,
-    pub max_errors: u32,
-    pub command_timeout: Duration,
-    pub data_timeout: Duration,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// The tenant of mail from `relay_networks` without AUTH.
-    pub default_user: Option<String>,
-    /// Failed AUTH attempts per client address in 10 minutes before AUTH
-    /// from it is refused (421) for the rest of those 10 minutes.
-    pub auth_failures_per_ip: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeliverySection {
-    pub max_age: Duration,
-    /// Wait before attempt n+1 is `retry_schedule[n-1]`; the last entry repeats.
-    pub retry_schedule: Vec<Duration>,
-    pub idle_timeout: Duration,
-    /// Recipients held in memory per route, ready to go; the rest wait on disk.
-    pub ready_queue_size: usize,
-    /// How long a delivery server that failed at connection level is skipped
-    /// in favour of the next one of the group before it is tried again.
-    pub failover_backoff: Duration,
-    /// At SIGTERM, how long sessions and deliveries in flight get to
-    /// finish; what is still in flight then is retried after the restart.
-    pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminSection {
-    pub socket: Option<PathBuf>,
-    /// Permission bits of the socket file (default 0o660).
-    pub mode: u32,
-    /// User and group of the socket file: names or numeric ids.
-    pub owner: Option<String>,
-    pub group: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct MetricsSection {
-    pub listen: Option<SocketAddr>,
-    /// Adds a `tenant` label to the received, delivered and bounced counts.
-    pub tenant_labels: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct EventsSection {
-    pub path: Option<PathBuf>,
-    /// The file is rotated before it grows beyond this (default 256 MiB).
-    pub max_file_bytes: u64,
-    /// Rotate at the first event after midnight UTC (default on).
-    pub rotate_daily: bool,
-    /// Rotated files kept, `events.jsonl.1` (newest) to `.keep_files`.
-    pub keep_files: usize,
-    /// Events waiting for the writer at most; beyond, dropped and counted.
-    pub queue_size: usize,
-    /// `[[webhook]]` entries.
-    pub webhooks: Vec<crate::events::webhook::WebhookSettings>,
-}
-
-/// An IP network in CIDR notation, e.g. `127.0.0.0/8` or `::1/128`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNetwork {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNetwork {
-    pub fn parse(text: &str) -> Result<IpNetwork, String> {
-        let (addr_text, prefix_text) = match text.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr_text
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{text}` is not an IP network (expected e.g. 10.0.0.0/8)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix_text {
-            None => max,
-            Some(p) => match p.trim().parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("`{text}`: the prefix length must be 0 to {max}")),
-            },
-        };
-        Ok(IpNetwork { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_match(
-                u32::from(net) as u128,
-                u32::from(ip) as u128,
-                self.prefix,
-                32,
-            ),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_match(u128::from(net), u128::from(ip), self.prefix, 128)
-            }
-            _ => false,
-        }
-    }
-}
-
-fn prefix_match(net: u128, ip: u128, prefix: u8, bits: u8) -> bool {
-    if prefix == 0 {
-        return true;
-    }
-    let shift = bits - prefix;
-    (net >> shift) == (ip >> shift)
-}
-
-/// Parses `25MB`, `64KiB`, `100k`, `1G` or a plain number of bytes.
-/// K, M and G are powers of 1024 whatever the spelling, as in most MTAs.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits_end);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size (expected e.g. 25MB, 512KB or 1048576)"))?;
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("`{text}`: unknown size unit (use B, KB, MB or GB)")),
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// Parses `250ms`, `10s`, `5m`, `1h`, `5d` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(digits_end);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (expected e.g. 30s, 5m, 1h or 5d)"))?;
-    let millis: u64 = match unit.trim() {
-        "ms" => 1,
-        "" | "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}`: unknown duration unit (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    n.checked_mul(millis)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too long"))
 }
 
 // ---- the file format (serde) -------------------------------------------------
@@ -483,34 +252,6 @@ impl std::fmt::Display for ParseFailure {
         match self {
             ParseFailure::Syntax(m) | ParseFailure::Invalid(m) => f.write_str(m),
         }
-    }
-}
-
-/// Octal permission bits such as "0660".
-fn parse_mode(text: &str) -> Result<u32, String> {
-    match u32::from_str_radix(text.trim(), 8) {
-        Ok(mode) if mode <= 0o777 => Ok(mode),
-        _ => Err(format!(
-            "`{text}` is not a file mode (expected octal, e.g. \"0660\")"
-        )),
-    }
-}
-
-fn keyed<T>(key: &str, r: Result<T, String>) -> Result<T, String> {
-    r.map_err(|e| format!("{key}: {e}"))
-}
-
-fn duration_or(key: &str, value: Option<&String>, default: Duration) -> Result<Duration, String> {
-    match value {
-        Some(v) => keyed(key, parse_duration(v)),
-        None => Ok(default),
-    }
-}
-
-fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
-    match value.unwrap_or(default) {
-        0 => Err(format!("{key}: must be at least 1")),
-        n => Ok(n),
     }
 }
 
@@ -806,12 +547,6 @@ impl RawDelivery {
     }
 }
 
-fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| format!("`{text}` is not an address:port (expected e.g. 127.0.0.1:2525)"))
-}
-
 fn system_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -824,7 +559,7 @@ fn system_hostname() -> String {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../config.toml");
+    const EXAMPLE: &str = include_str!("../../../config.toml");
 
     #[test]
     fn example_config_is_valid() {
