@@ -24,7 +24,7 @@ use crate::config::BounceInSection;
 use crate::events::EventLog;
 use crate::smtp::command::{self, Command};
 use crate::smtp::connection::{Connection, Line, Stream};
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{Reply, ehlo_reply};
 pub use intake::{Intake, Target};
 
 /// Longest command line (RFC 5321 asks for at least 512).
@@ -284,20 +284,9 @@ impl Session {
         if !extended {
             return self.reply(Reply::new(250, "2.0.0", host));
         }
-        let lines = [
-            format!("{host} greets {}", self.peer.ip()),
-            "PIPELINING".to_owned(),
-            format!("SIZE {}", self.ctx.settings.max_message_size),
-            "8BITMIME".to_owned(),
-            "SMTPUTF8".to_owned(),
-            "ENHANCEDSTATUSCODES".to_owned(),
-        ];
-        let mut text = String::new();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            text.push_str(&format!("250{sep}{line}\r\n"));
-        }
-        self.conn.queue_raw(text.as_bytes());
+        let max_size = self.ctx.settings.max_message_size;
+        let text = ehlo_reply(&host, self.peer.ip(), max_size, &[]);
+        self.conn.queue_raw(&text);
         Flow::Continue
     }
 

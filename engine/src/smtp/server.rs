@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::auth_limit::AuthLimiter;
 use super::command::{self, Command, MailParams};
 use super::connection::{Connection, Line, MAX_HEADER_BYTES, MAX_HEADER_LINES, Stream};
-use super::reply::Reply;
+use super::reply::{Reply, ehlo_reply};
 use crate::config::SmtpInSection;
 use crate::engine::{ClientInfo, Engine, Envelope};
 
@@ -202,26 +202,16 @@ impl Session {
         if !extended {
             return self.reply(Reply::new(250, "2.0.0", host));
         }
-        let mut lines = vec![
-            format!("{host} greets {}", self.peer.ip()),
-            "PIPELINING".to_owned(),
-            format!("SIZE {}", self.ctx.settings.max_message_size),
-            "8BITMIME".to_owned(),
-            "SMTPUTF8".to_owned(),
-            "ENHANCEDSTATUSCODES".to_owned(),
-        ];
+        let mut extra = Vec::new();
         if self.ctx.tls.is_some() && !self.conn().is_tls() {
-            lines.push("STARTTLS".to_owned());
+            extra.push("STARTTLS");
         }
         if self.auth_allowed() {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
+            extra.push("AUTH PLAIN LOGIN");
         }
-        let mut text = String::new();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            text.push_str(&format!("250{sep}{line}\r\n"));
-        }
-        self.conn().queue_raw(text.as_bytes());
+        let max_size = self.ctx.settings.max_message_size;
+        let text = ehlo_reply(&host, self.peer.ip(), max_size, &extra);
+        self.conn().queue_raw(&text);
         Flow::Continue
     }
 
