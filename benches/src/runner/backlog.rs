@@ -11,9 +11,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::procs::{self, Binaries, Daemon, Injection, Loadgen, Sink};
+use super::procs::{self, Binaries, Daemon, Loadgen, Sink};
 use super::sinkwatch::SinkWatch;
-use super::{Generator, RunError, Scenario, daemon_config, fresh_dir, proc, unix_us};
+use super::{
+    Generator, RunError, Scenario, daemon_config, fresh_dir, injection_for, proc, unix_us,
+};
 
 /// How often the daemon's RSS and the free disk space are sampled.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
@@ -64,15 +66,7 @@ pub fn run_backlog(
     let log = dir.join("daemon.log");
 
     let mut daemon = Daemon::start(bins, &config, &log)?;
-    let injection = Injection {
-        server: daemon.addr,
-        messages: scenario.messages,
-        connections: scenario.connections,
-        size: scenario.size,
-        rcpts: scenario.rcpts,
-        rate: scenario.rate,
-        acks_file: None,
-    };
+    let injection = injection_for(scenario, daemon.addr);
     let started = Instant::now();
     let mut generator = Generator::Running(Loadgen::start(bins, &injection)?);
     let mut next_sample = Instant::now();

@@ -87,6 +87,19 @@ pub struct Scenario {
     pub ready_queue_size: Option<usize>,
 }
 
+/// The load generator's options for the measured injection of `scenario`.
+fn injection_for(scenario: &Scenario, server: std::net::SocketAddr) -> Injection {
+    Injection {
+        server,
+        messages: scenario.messages,
+        connections: scenario.connections,
+        size: scenario.size,
+        rcpts: scenario.rcpts,
+        rate: scenario.rate,
+        acks_file: None,
+    }
+}
+
 impl Scenario {
     pub fn durability(&self) -> &'static str {
         if self.sync {
@@ -255,13 +268,9 @@ pub fn run_rep(
 
     if scenario.warmup > 0 {
         let warmup = Injection {
-            server: daemon.addr,
             messages: scenario.warmup,
-            connections: scenario.connections,
-            size: scenario.size,
-            rcpts: scenario.rcpts,
             rate: 0.0,
-            acks_file: None,
+            ..injection_for(scenario, daemon.addr)
         };
         let mut generator = Generator::Running(Loadgen::start(bins, &warmup)?);
         let target = scenario.warmup * scenario.rcpts as u64;
@@ -271,13 +280,8 @@ pub fn run_rep(
 
     let acks_path = dir.join("acks.txt");
     let injection = Injection {
-        server: daemon.addr,
-        messages: scenario.messages,
-        connections: scenario.connections,
-        size: scenario.size,
-        rcpts: scenario.rcpts,
-        rate: scenario.rate,
         acks_file: Some(acks_path.clone()),
+        ..injection_for(scenario, daemon.addr)
     };
     let load_before = proc::load_average();
     let cpu_before = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);

@@ -406,17 +406,27 @@ with smtplib.SMTP(host, port, timeout=30) as s:
 "#;
 
 pub fn smtplib_send(daemon: SocketAddr, sender: &str, rcpts: &[&str], msgid: &str) -> String {
-    let out = python(
-        SMTPLIB_SEND,
-        &[
-            daemon.ip().to_string(),
-            daemon.port().to_string(),
-            sender.into(),
-            rcpts.join(","),
-            msgid.into(),
-        ],
-    )
-    .expect("python3 is required for the integration tests (scripts/install-test-deps.sh)");
+    smtplib_run(SMTPLIB_SEND, daemon, sender, rcpts, msgid)
+}
+
+/// Runs an smtplib script with `host port sender rcpt,rcpt... extra`
+/// arguments; returns its output, failing the test if the script failed.
+fn smtplib_run(
+    script: &str,
+    daemon: SocketAddr,
+    sender: &str,
+    rcpts: &[&str],
+    extra: &str,
+) -> String {
+    let args = [
+        daemon.ip().to_string(),
+        daemon.port().to_string(),
+        sender.into(),
+        rcpts.join(","),
+        extra.into(),
+    ];
+    let out = python(script, &args)
+        .expect("python3 is required for the integration tests (scripts/install-test-deps.sh)");
     assert!(
         out.status.success(),
         "smtplib failed: {}",
@@ -440,23 +450,9 @@ with smtplib.SMTP(host, port, timeout=30) as s:
     except smtplib.SMTPDataError as e:
         print(e.smtp_code, e.smtp_error.decode())
 "#;
-    let out = python(
-        script,
-        &[
-            daemon.ip().to_string(),
-            daemon.port().to_string(),
-            from.into(),
-            rcpts.join(","),
-            headers.into(),
-        ],
-    )
-    .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    smtplib_run(script, daemon, from, rcpts, headers)
+        .trim()
+        .to_owned()
 }
 
 // ---- sendctl ------------------------------------------------------------------
