@@ -190,14 +190,20 @@ impl Engine {
             envelope,
             from_domain.as_deref(),
         );
-        let body = transform::decorate(&prepared.body, &decoration).map_err(|e| {
-            crate::metrics::injection_refused(Refusal::Content);
-            Reply::new(
-                554,
-                "5.6.0",
-                format!("The message cannot be processed: {e}"),
-            )
-        })?;
+        // Most groups decorate nothing: then the prepared bytes are spooled
+        // as they are, without a copy.
+        let body = if decoration.is_empty() {
+            prepared.body
+        } else {
+            transform::decorate(&prepared.body, &decoration).map_err(|e| {
+                crate::metrics::injection_refused(Refusal::Content);
+                Reply::new(
+                    554,
+                    "5.6.0",
+                    format!("The message cannot be processed: {e}"),
+                )
+            })?
+        };
         Ok(Admitted {
             message: NewMessage {
                 mail_from,

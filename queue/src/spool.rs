@@ -3,7 +3,6 @@
 //! directly on the caller's thread.
 
 use std::fs;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
@@ -15,6 +14,7 @@ use crate::backlog::{self, BacklogEntry, BacklogRequest, BacklogWritten};
 use crate::config::SpoolConfig;
 use crate::delivered::{self, Delivered, DeliveredWrite};
 use crate::error::SpoolError;
+use crate::free_space::FreeSpaceGuard;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
@@ -65,7 +65,7 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     max_pending_bytes: usize,
     recovered_claims: u64,
-    dir: PathBuf,
+    free_space: FreeSpaceGuard,
     /// Changes on reload (`set_min_free_bytes`).
     min_free_bytes: AtomicU64,
 }
@@ -112,7 +112,7 @@ impl Spool {
                 writer: Mutex::new(Some(handle)),
                 max_pending_bytes: cfg.max_pending_bytes,
                 recovered_claims: recovered.unclaimed,
-                dir: cfg.dir.clone(),
+                free_space: FreeSpaceGuard::new(cfg.dir.clone()),
                 min_free_bytes: AtomicU64::new(cfg.min_free_bytes),
             }),
         })
@@ -510,23 +510,19 @@ impl Spool {
         self.inner.min_free_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// Refuses an insert that would eat into the reserve. One statvfs per
-    /// insert costs about a microsecond; a failed probe refuses nothing (the
-    /// write itself will report a real problem).
+    /// Refuses an insert that would eat into the reserve.
     fn check_free_space(&self, bytes: usize) -> Result<(), SpoolError> {
         let reserve = self.inner.min_free_bytes.load(Ordering::Relaxed);
         if reserve == 0 {
             return Ok(());
         }
-        match crate::free_space::available_bytes(&self.inner.dir) {
-            Some(available) if available < reserve.saturating_add(bytes as u64) => {
-                Err(SpoolError::LowSpace {
-                    available_bytes: available,
-                    reserve_bytes: reserve,
-                })
-            }
-            _ => Ok(()),
-        }
+        self.inner
+            .free_space
+            .admit(bytes as u64, reserve)
+            .map_err(|available| SpoolError::LowSpace {
+                available_bytes: available,
+                reserve_bytes: reserve,
+            })
     }
 
     fn reserve_pending(&self, bytes: usize) -> Result<(), SpoolError> {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use sendengine_benches::args::{ArgError, Args};
-use sendengine_benches::runner::backlog::{BacklogResult, run_backlog};
+use sendengine_benches::runner::backlog::{BacklogOptions, BacklogResult, run_backlog};
 use sendengine_benches::runner::peer::{self, PeerResult, PeerRun};
 use sendengine_benches::runner::procs::Binaries;
 use sendengine_benches::runner::stats::Spread;
@@ -79,8 +79,11 @@ fn run(options: &Options) -> Result<(), Box<dyn Error>> {
             &options.bins,
             &options.scenario,
             &options.dir.join("backlog"),
-            options.min_free_gib << 30,
-            options.crash,
+            &BacklogOptions {
+                min_free: options.min_free_gib << 30,
+                crash: options.crash,
+                perf_data: options.perf.clone(),
+            },
         )?;
         print_backlog(&options.scenario, &result);
         return Ok(());

@@ -8,13 +8,14 @@
 //! recipient is deferred for an hour; after the restart `sendctl queue
 //! flush` makes them all due, as the retry would once the hour is over.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::procs::{self, Binaries, Daemon, Loadgen, Sink};
 use super::sinkwatch::SinkWatch;
 use super::{
-    Generator, RunError, Scenario, daemon_config, fresh_dir, injection_for, proc, unix_us,
+    Generator, RunError, Scenario, daemon_config, fresh_dir, injection_for, proc, start_perf,
+    stop_perf, unix_us,
 };
 
 /// How often the daemon's RSS and the free disk space are sampled.
@@ -43,16 +44,26 @@ pub struct BacklogResult {
     pub drain_cpu_ms_per_msg: f64,
 }
 
+/// How the backlog measure runs.
+#[derive(Debug, Clone, Default)]
+pub struct BacklogOptions {
+    /// The injection stops early when the disk would have less than this
+    /// many bytes free.
+    pub min_free: u64,
+    /// SIGKILL instead of SIGTERM before the restart.
+    pub crash: bool,
+    /// Record the restarted daemon with `perf record -g` while it drains.
+    pub perf_data: Option<PathBuf>,
+}
+
 /// Runs the measure in `dir` (emptied first). Progress goes to stderr.
-/// The injection stops early when the disk would have less than `min_free`
-/// bytes free.
 pub fn run_backlog(
     bins: &Binaries,
     scenario: &Scenario,
     dir: &Path,
-    min_free: u64,
-    crash: bool,
+    options: &BacklogOptions,
 ) -> Result<BacklogResult, RunError> {
+    let (min_free, crash) = (options.min_free, options.crash);
     let dir = fresh_dir(dir)?;
     let sink_port = procs::unused_port()?;
     let config = dir.join("config.toml");
@@ -107,6 +118,10 @@ pub fn run_backlog(
     let daemon = Daemon::start(bins, &config, &log)?;
     result.restart_ready_s = daemon.ready.duration_since(daemon.spawned).as_secs_f64();
     let cpu_before = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);
+    let mut perf = match &options.perf_data {
+        Some(path) => Some(start_perf(daemon.pid, path)?),
+        None => None,
+    };
     procs::sendctl(bins, &dir.join("admin.sock"), &["queue", "flush"])?;
     let target = scenario.messages * scenario.rcpts as u64;
     let drain_started = Instant::now();
@@ -138,6 +153,9 @@ pub fn run_backlog(
         std::thread::sleep(Duration::from_millis(20));
     }
     let cpu_after = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);
+    if let Some(perf) = perf.as_mut() {
+        stop_perf(perf);
+    }
     let first_us = watch.first_us.unwrap_or(spawned_us);
     result.restart_first_delivery_s = first_us.saturating_sub(spawned_us) as f64 / 1e6;
     result.drain_s = watch.last_us.saturating_sub(first_us) as f64 / 1e6;

@@ -453,7 +453,7 @@ fn first_reception_dkim(events: &Path) -> Option<String> {
 }
 
 /// `perf record -g` on the daemon until stopped.
-fn start_perf(pid: u32, output: &Path) -> Result<Child, RunError> {
+pub(crate) fn start_perf(pid: u32, output: &Path) -> Result<Child, RunError> {
     Command::new("perf")
         .args(["record", "-g", "-p", &pid.to_string(), "-o"])
         .arg(output)
@@ -467,7 +467,7 @@ fn start_perf(pid: u32, output: &Path) -> Result<Child, RunError> {
 }
 
 /// SIGINT makes perf write its data file and exit.
-fn stop_perf(perf: &mut Child) {
+pub(crate) fn stop_perf(perf: &mut Child) {
     procs::signal(perf.id(), "-INT");
     let _ = perf.wait();
 }

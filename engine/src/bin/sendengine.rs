@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use sendengine::config::Config;
 
+/// See the `jemalloc` feature in Cargo.toml for why.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// After a stop, how long tasks that outlived the shutdown grace (a
 /// delivery stuck on a silent server) may hold up the exit.
 const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
