@@ -7,8 +7,8 @@
 //! backlogs (`webhook.rs`). It flushes whenever it has caught up, then
 //! pauses for `ROUND_PAUSE` before it looks for more: a `tail -f` sees
 //! events within milliseconds, and at full load the thread wakes and
-//! writes once per pause instead of once per event. The schema is fixed (see `Event`); fields that do not apply are
-//! `null`.
+//! writes once per pause instead of once per event. The schema is fixed
+//! (see `Event`); fields that do not apply are `null`.
 
 mod file;
 pub mod http;

@@ -36,8 +36,8 @@ impl<'a> Iterator for DotStuffed<'a> {
             return None;
         }
         // The run ends just after the first "\n." (the dot stays in `rest`).
-        // memmem, not a byte-pair loop: this scan showed in profiles (8% of
-        // the daemon's CPU on 10 KB bodies) before it was vectorised.
+        // memmem, not a byte-pair loop: the loop was 7.6% of the daemon's
+        // CPU while it drained a backlog of 10 KB messages.
         let run_len =
             memchr::memmem::find(self.rest, b"\n.").map_or(self.rest.len(), |newline| newline + 1);
         let (run, rest) = self.rest.split_at(run_len);
