@@ -230,6 +230,7 @@ fn assert_signatures_valid(receiver: &Receiver) {
         .map(|s| {
             serde_json::json!({
                 "signature": s.signature,
+                "timestamp": s.timestamp,
                 "body_hex": s.body.iter().map(|b| format!("{b:02x}")).collect::<String>(),
             })
         })
@@ -242,7 +243,8 @@ bad = 0
 requests = json.load(open(path))
 for r in requests:
     body = bytes.fromhex(r["body_hex"])
-    want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    signed = r["timestamp"].encode() + b"." + body
+    want = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(want, r["signature"]):
         bad += 1
 print("checked=%d bad=%d" % (len(requests), bad))

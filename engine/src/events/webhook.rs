@@ -3,9 +3,9 @@
 //! The event log's thread appends each webhook's events to a backlog in the
 //! spool (one write per batch of events, in the spool's group commit), then
 //! wakes the webhook's sender task. The sender posts the oldest events,
-//! signed with HMAC-SHA256 over the body, and deletes them from the backlog
-//! only after a 2xx answer; otherwise it waits (exponential backoff) and
-//! posts the same events again. A backlog beyond `max_backlog` loses its
+//! signed with HMAC-SHA256 over the timestamp and the body, and deletes
+//! them from the backlog only after a 2xx answer; otherwise it waits
+//! (exponential backoff) and posts the same events again. A backlog beyond `max_backlog` loses its
 //! oldest events, counted in `sendengine_webhook_events_dropped_total`.
 //!
 //! Guarantee: after a clean stop and start, every event reaches the receiver
@@ -179,10 +179,22 @@ fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// `sha256=<hex HMAC-SHA256(secret, body)>`, the signature header's value.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+/// The signature header's value: `sha256=<hex HMAC-SHA256(secret,
+/// "<timestamp>." + body)>`, with the `X-Sendengine-Timestamp` value. The
+/// timestamp is signed so that a receiver that refuses old timestamps
+/// cannot be fed a captured request again later.
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    hmac_hex(secret, &[timestamp.to_string().as_bytes(), b".", body])
+}
+
+/// `sha256=` and the hex HMAC-SHA256 of the parts, in order.
+fn hmac_hex(secret: &[u8], parts: &[&[u8]]) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let tag = hmac::sign(&key, body);
+    let mut context = hmac::Context::with_key(&key);
+    for part in parts {
+        context.update(part);
+    }
+    let tag = context.sign();
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256=");
     for byte in tag.as_ref() {
@@ -395,7 +407,7 @@ impl Sender {
         let headers = [
             (
                 "X-Sendengine-Signature",
-                signature(&self.settings.secret.0, &body),
+                signature(&self.settings.secret.0, timestamp, &body),
             ),
             ("X-Sendengine-Timestamp", timestamp.to_string()),
         ];
@@ -457,12 +469,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_signature_is_hex_hmac_sha256_of_the_body() {
-        // RFC 4231 test case 2.
+    fn the_hmac_is_hex_hmac_sha256_of_the_parts_in_order() {
+        // RFC 4231 test case 2, fed in two parts.
         assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
+            hmac_hex(b"Jefe", &[b"what do ya want ", b"for nothing?"]),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn the_signature_covers_the_timestamp_and_the_body() {
+        let signed = signature(b"secret", 1_700_000_000, b"[{}]");
+        assert_eq!(signed, hmac_hex(b"secret", &[b"1700000000.[{}]"]));
+        assert_ne!(signed, signature(b"secret", 1_700_000_001, b"[{}]"));
+        assert_ne!(signed, hmac_hex(b"secret", &[b"[{}]"]));
     }
 
     #[test]
