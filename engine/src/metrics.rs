@@ -323,6 +323,8 @@ pub fn outcomes(events: &[Event]) {
             EventKind::TransientFailure => "deferred",
             EventKind::Bounce => "bounced",
             EventKind::Expiration => "expired",
+            // `sendctl queue delete`; `queue bounce` is a Bounce of class `admin`.
+            EventKind::AdminAction => "deleted",
             _ => continue,
         };
         let route = event.route.as_deref().unwrap_or_default();
@@ -421,9 +423,12 @@ fn channel_label(channel: &str) -> &'static str {
 }
 
 fn bounce_category(class: Option<&str>) -> &'static str {
-    class
-        .and_then(sendengine_bounces::Category::from_name)
-        .map_or("other", sendengine_bounces::Category::as_str)
+    match class {
+        Some("admin") => "admin",
+        _ => class
+            .and_then(sendengine_bounces::Category::from_name)
+            .map_or("other", sendengine_bounces::Category::as_str),
+    }
 }
 
 // ---- refreshed gauges -----------------------------------------------------

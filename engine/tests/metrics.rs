@@ -3,7 +3,8 @@
 //! (451, retried an hour later); one message is refused for its channel and
 //! one because its only recipient is suppressed. The scrape (raw HTTP over a
 //! TcpStream) must count exactly that, name no recipient, and a daemon
-//! without `[metrics] listen` must listen on nothing but SMTP.
+//! without `[metrics] listen` must listen on nothing but SMTP. Recipients an
+//! operator bounces or deletes are counted as outcomes as well.
 
 mod support;
 
@@ -160,6 +161,31 @@ fn counters_match_a_known_workload() {
     assert!(text.contains("# HELP sendengine_events_dropped_total"));
     assert!(!text.contains('@'), "no address in the metrics:\n{text}");
     assert!(!text.contains("tenant="), "no tenant label unless enabled");
+
+    // An operator bounces one deferred recipient and deletes the other:
+    // both are outcomes too.
+    let rows = ctl(&daemon, &["queue", "list"]);
+    let ids: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{rows}");
+    ctl(&daemon, &["queue", "bounce", "--id", ids[0]]);
+    ctl(&daemon, &["queue", "delete", "--id", ids[1]]);
+    let text = scrape(metrics_port);
+    let recipients = |outcome| {
+        sum(
+            &text,
+            "sendengine_recipients_total",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(recipients("bounced"), 4.0);
+    assert_eq!(recipients("deleted"), 1.0);
+    let by_operator = [("route", "test-sink"), ("category", "admin")];
+    assert_eq!(sum(&text, "sendengine_bounces_total", &by_operator), 1.0);
 }
 
 #[test]

@@ -267,7 +267,9 @@ fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, Admin
             if did {
                 changed += 1;
                 if action == QueueAction::Remove {
-                    engine.events.emit(admin_event(r, verb));
+                    let event = admin_event(r, verb);
+                    crate::metrics::outcomes(std::slice::from_ref(&event));
+                    engine.events.emit(event);
                 }
             } else if r.status == RecipientStatus::InFlight {
                 in_flight_skipped += 1;
