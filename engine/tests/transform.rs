@@ -692,4 +692,19 @@ fn from_address_refuses_to_guess_between_several_senders() {
     assert_eq!(from_domain(&two_mailboxes), None);
     let group = crlf("From: Team: a@verified.example;\n\nb\n");
     assert_eq!(from_domain(&group).as_deref(), Some("verified.example"));
+    // Field names compare without case, so these are two From fields too.
+    let two_cases = crlf("FROM: a@verified.example\nfrom: b@other.example\n\nb\n");
+    assert_eq!(from_address(&two_cases), None);
+}
+
+#[test]
+fn from_address_in_a_header_without_body_or_final_line_break() {
+    assert_eq!(
+        from_domain(b"Subject: s\r\nfrom: A <a@Last.Example>").as_deref(),
+        Some("last.example")
+    );
+    assert_eq!(
+        from_domain(b"from: a@only.example\r\n").as_deref(),
+        Some("only.example")
+    );
 }

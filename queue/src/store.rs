@@ -561,7 +561,7 @@ pub(crate) fn suppressed(
     let mut found = Vec::with_capacity(addresses.len());
     for address in addresses {
         let listed = table.get((tenant, address.as_str()))?.is_some()
-            || table.get((GLOBAL_TENANT, address.as_str()))?.is_some();
+            || (tenant != GLOBAL_TENANT && table.get((GLOBAL_TENANT, address.as_str()))?.is_some());
         found.push(listed);
     }
     Ok(found)
