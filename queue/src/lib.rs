@@ -24,6 +24,7 @@ mod free_space;
 mod id;
 mod message;
 pub mod metrics;
+mod quarantine;
 mod quota;
 mod select;
 mod spool;
@@ -40,6 +41,7 @@ pub use message::{
     Claimed, MAX_BODY_BYTES, MAX_FIELD_BYTES, MAX_RECIPIENTS, MessageMeta, NewMessage, Outcome,
     StoredMessage,
 };
+pub use quarantine::QuarantinedRow;
 pub use quota::{Quota, QuotaExceeded, Window};
 pub use select::{
     MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub const COMMIT_SECONDS: &str = "sendengine_spool_commit_seconds";
 /// Requests (inserts, outcomes, claims, ...) written by one group commit.
 pub const COMMIT_BATCH_SIZE: &str = "sendengine_spool_commit_batch_size";
+/// Recipient rows moved to the quarantine because they could not be decoded.
+pub const QUARANTINED_TOTAL: &str = "sendengine_spool_quarantined_total";
 
 /// From half a millisecond (no fsync, or a fast NVMe) to a second (a disk
 /// in trouble).
@@ -35,10 +37,20 @@ pub fn describe() {
         ::metrics::Unit::Count,
         "Requests written by one spool group commit"
     );
+    ::metrics::describe_counter!(
+        QUARANTINED_TOTAL,
+        ::metrics::Unit::Count,
+        "Recipient rows the spool could not decode and moved to its quarantine table"
+    );
 }
 
 /// A batch committed.
 pub(crate) fn committed(took: Duration, requests: u64) {
     ::metrics::histogram!(COMMIT_SECONDS).record(took.as_secs_f64());
     ::metrics::histogram!(COMMIT_BATCH_SIZE).record(requests as f64);
+}
+
+/// Recipient rows quarantined.
+pub(crate) fn quarantined(rows: u64) {
+    ::metrics::counter!(QUARANTINED_TOTAL).increment(rows);
 }

@@ -17,6 +17,7 @@ use crate::error::SpoolError;
 use crate::free_space::FreeSpaceGuard;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
+use crate::quarantine::{self, QuarantinedRow};
 use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
@@ -50,6 +51,9 @@ pub struct SpoolStats {
     pub pending_bytes: u64,
     /// Claimed recipients scheduled again by recovery when the spool opened.
     pub recovered_claims: u64,
+    /// Recipient rows that could not be decoded and were moved to the
+    /// quarantine table, since the spool was created.
+    pub quarantined: u64,
 }
 
 /// The durable spool. Cheap to clone; all clones share one writer thread.
@@ -84,6 +88,7 @@ impl Spool {
         let db = store::open_database(&path, cfg.cache_bytes)
             .map_err(|err| open_error(err.to_string()))?;
         let recovered = store::recover(&db, now_ms())?;
+        quarantine::report(&recovered.quarantined);
 
         let shared = Arc::new(Shared::new(path.clone(), db));
         let (sender, receiver) = channel::unbounded();
@@ -461,7 +466,15 @@ impl Spool {
             reopens: shared.reopens.load(Ordering::Relaxed),
             pending_bytes: shared.pending_bytes.load(Ordering::Relaxed) as u64,
             recovered_claims: self.inner.recovered_claims,
+            quarantined: counts.quarantined,
         })
+    }
+
+    /// Up to `limit` (at most `MAX_PAGE`) rows of the quarantine: rows that
+    /// could not be decoded, moved aside with their bytes.
+    pub fn quarantined(&self, limit: usize) -> Result<Vec<QuarantinedRow>, SpoolError> {
+        let limit = limit.min(MAX_PAGE);
+        self.inner.shared.read(|db| quarantine::list(db, limit))
     }
 
     /// Gives free space in the file back to the filesystem. Runs on the

@@ -17,11 +17,16 @@
 //!   arrive later (see `delivered.rs`; written and pruned there).
 //! - `webhook_backlog`: (sink, seq) -> event JSON; read and written only by
 //!   `backlog.rs`.
+//! - `quarantine`: (table, id, rcpt) -> rows that could not be decoded, moved
+//!   aside by the transaction that met them (see `quarantine.rs`).
 //!
 //! Invariant: every recipient row is either scheduled (exactly one `schedule`
 //! entry, at its `next_attempt_ms`) or claimed (no entry, held in memory by
 //! the delivery side). Recovery turns every claimed row back into scheduled.
+//! A row that cannot be decoded is quarantined (row and schedule entry gone)
+//! by whichever write meets it first, so no request fails on it.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +39,9 @@ use crate::codec::{DecodeError, RecipientState, decode_envelope, encode_envelope
 use crate::error::SpoolError;
 use crate::id::MessageId;
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
+use crate::quarantine::{
+    BODIES_TABLE, CorruptRecipient, MESSAGES_TABLE, QuarantineTable, RECIPIENTS_TABLE,
+};
 use crate::quota::{Quota, QuotaExceeded, Window};
 use crate::select::{
     QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,
@@ -57,6 +65,8 @@ const SUPPRESSIONS: TableDefinition<(&str, &str), (u64, &str, &str)> =
     TableDefinition::new("suppressions");
 
 const NEXT_ID_COUNTER: &str = "next_message_id";
+/// Recipient rows moved to the quarantine since the spool was created.
+const QUARANTINED_COUNTER: &str = "quarantined_recipients";
 
 /// A message validated and encoded on the caller's thread, so the writer
 /// thread only copies bytes into the database.
@@ -93,6 +103,7 @@ pub(crate) struct Counts {
     pub(crate) messages: u64,
     pub(crate) recipients: u64,
     pub(crate) scheduled: u64,
+    pub(crate) quarantined: u64,
 }
 
 /// All tables of the spool, opened in one write transaction.
@@ -105,6 +116,9 @@ pub(crate) struct WriteTables<'txn> {
     usage: Table<'txn, (&'static str, u8, u32), u64>,
     objects: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     suppressions: Table<'txn, (&'static str, &'static str), (u64, &'static str, &'static str)>,
+    quarantine: QuarantineTable<'txn>,
+    /// Rows this transaction quarantined, reported once it commits.
+    quarantined: Vec<CorruptRecipient>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -119,7 +133,14 @@ impl<'txn> WriteTables<'txn> {
             usage: txn.open_table(USAGE)?,
             objects: txn.open_table(OBJECTS)?,
             suppressions: txn.open_table(SUPPRESSIONS)?,
+            quarantine: QuarantineTable::open(txn)?,
+            quarantined: Vec::new(),
         })
+    }
+
+    /// The rows quarantined so far in this transaction.
+    pub(crate) fn take_quarantined(&mut self) -> Vec<CorruptRecipient> {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// Stores a new message; its recipients are claimed by the caller or due now.
@@ -258,8 +279,10 @@ impl<'txn> WriteTables<'txn> {
 
     /// Crash recovery: recipients that were claimed (in memory) when the
     /// previous process stopped are scheduled again at `now_ms`.
+    /// Rows that cannot be decoded are quarantined on the way.
     pub(crate) fn unclaim_all(&mut self, now_ms: u64) -> Result<u64, SpoolError> {
-        let claimed = self.claimed_recipients()?;
+        let (claimed, corrupt) = self.claimed_recipients()?;
+        self.quarantine_recipients(corrupt, now_ms)?;
         for &(id, rcpt, attempts) in &claimed {
             let state = RecipientState {
                 attempts,
@@ -364,13 +387,79 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    fn recipient(&self, id: MessageId, rcpt: u32) -> Result<Option<RecipientState>, SpoolError> {
-        match self.recipients.get((id, rcpt))? {
-            Some(value) => RecipientState::decode(value.value())
-                .map(Some)
-                .map_err(|err| corrupt_recipient(id, rcpt, err)),
-            None => Ok(None),
+    /// The state of a recipient still in the spool. A row that cannot be
+    /// decoded is quarantined here and reported as gone, so the request that
+    /// met it (and every other one in the commit) goes on.
+    fn recipient(
+        &mut self,
+        id: MessageId,
+        rcpt: u32,
+    ) -> Result<Option<RecipientState>, SpoolError> {
+        let corrupt = match self.recipients.get((id, rcpt))? {
+            None => return Ok(None),
+            Some(value) => match RecipientState::decode(value.value()) {
+                Ok(state) => return Ok(Some(state)),
+                Err(DecodeError(reason)) => CorruptRecipient {
+                    id,
+                    rcpt,
+                    reason,
+                    value: value.value().to_vec(),
+                },
+            },
+        };
+        self.quarantine_recipients(vec![corrupt], crate::writer::now_ms())?;
+        Ok(None)
+    }
+
+    /// Moves undecodable recipient rows to the quarantine, drops their
+    /// schedule entries (their due time is unreadable: one pass over the
+    /// schedule finds them), and quarantines the envelope and body of a
+    /// message left with no recipient.
+    fn quarantine_recipients(
+        &mut self,
+        rows: Vec<CorruptRecipient>,
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
+        if rows.is_empty() {
+            return Ok(());
         }
+        let keys: HashSet<(MessageId, u32)> = rows.iter().map(|r| (r.id, r.rcpt)).collect();
+        for row in &rows {
+            let key = (row.id, row.rcpt);
+            self.quarantine
+                .put(RECIPIENTS_TABLE, key, now_ms, &row.reason, &row.value)?;
+            self.recipients.remove(key)?;
+        }
+        self.schedule
+            .retain(|(_, id, rcpt), ()| !keys.contains(&(id, rcpt)))?;
+        let ids: HashSet<MessageId> = keys.iter().map(|&(id, _)| id).collect();
+        for id in ids {
+            if !self.has_recipients(id)? {
+                self.quarantine_message(id, now_ms)?;
+            }
+        }
+        let total = self
+            .counters
+            .get(QUARANTINED_COUNTER)?
+            .map_or(0, |v| v.value());
+        self.counters
+            .insert(QUARANTINED_COUNTER, total.saturating_add(rows.len() as u64))?;
+        self.quarantined.extend(rows);
+        Ok(())
+    }
+
+    /// Moves a message with no recipient left to the quarantine.
+    fn quarantine_message(&mut self, id: MessageId, now_ms: u64) -> Result<(), SpoolError> {
+        let reason = "every recipient row was quarantined";
+        if let Some(envelope) = self.messages.remove(id)? {
+            self.quarantine
+                .put(MESSAGES_TABLE, (id, 0), now_ms, reason, envelope.value())?;
+        }
+        if let Some(body) = self.bodies.remove(id)? {
+            self.quarantine
+                .put(BODIES_TABLE, (id, 0), now_ms, reason, body.value())?;
+        }
+        Ok(())
     }
 
     fn put_recipient(
@@ -392,18 +481,29 @@ impl<'txn> WriteTables<'txn> {
             .is_some())
     }
 
-    fn claimed_recipients(&self) -> Result<Vec<(MessageId, u32, u32)>, SpoolError> {
+    /// Claimed recipients as (id, rcpt, attempts), and the rows that could
+    /// not be decoded.
+    #[allow(clippy::type_complexity)]
+    fn claimed_recipients(
+        &self,
+    ) -> Result<(Vec<(MessageId, u32, u32)>, Vec<CorruptRecipient>), SpoolError> {
         let mut claimed = Vec::new();
+        let mut corrupt = Vec::new();
         for entry in self.recipients.iter()? {
             let (key, value) = entry?;
             let (id, rcpt) = key.value();
-            let state = RecipientState::decode(value.value())
-                .map_err(|err| corrupt_recipient(id, rcpt, err))?;
-            if state.claimed {
-                claimed.push((id, rcpt, state.attempts));
+            match RecipientState::decode(value.value()) {
+                Ok(state) if state.claimed => claimed.push((id, rcpt, state.attempts)),
+                Ok(_) => {}
+                Err(DecodeError(reason)) => corrupt.push(CorruptRecipient {
+                    id,
+                    rcpt,
+                    reason,
+                    value: value.value().to_vec(),
+                }),
             }
         }
-        Ok(claimed)
+        Ok((claimed, corrupt))
     }
 }
 
@@ -429,12 +529,14 @@ pub(crate) fn begin_write(db: &Database, durable: bool) -> Result<WriteTransacti
 }
 
 /// What [`recover`] found.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Recovered {
     /// Every id handed out from now on is at least this.
     pub(crate) id_floor: MessageId,
     /// Claimed recipients scheduled again.
     pub(crate) unclaimed: u64,
+    /// Rows that could not be decoded, moved to the quarantine.
+    pub(crate) quarantined: Vec<CorruptRecipient>,
 }
 
 /// Runs once when the spool opens, before any other write: creates missing
@@ -447,6 +549,7 @@ pub(crate) fn recover(db: &Database, now_ms: u64) -> Result<Recovered, SpoolErro
         Recovered {
             unclaimed: tables.unclaim_all(now_ms)?,
             id_floor: tables.id_floor()?,
+            quarantined: tables.take_quarantined(),
         }
     };
     txn.commit()?;
@@ -492,10 +595,15 @@ pub(crate) fn next_due_ms(db: &Database) -> Result<Option<u64>, SpoolError> {
 
 pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
     let txn = db.begin_read()?;
+    let quarantined = txn
+        .open_table(COUNTERS)?
+        .get(QUARANTINED_COUNTER)?
+        .map_or(0, |v| v.value());
     Ok(Counts {
         messages: txn.open_table(MESSAGES)?.len()?,
         recipients: txn.open_table(RECIPIENTS)?.len()?,
         scheduled: txn.open_table(SCHEDULE)?.len()?,
+        quarantined,
     })
 }
 
@@ -717,4 +825,18 @@ pub(crate) fn queue_counts(db: &Database, now_ms: u64) -> Result<QueueCounts, Sp
         suspended,
         in_flight: total.saturating_sub(queued + deferred + suspended),
     })
+}
+
+/// Test hook: replaces the stored value of a recipient row with `value`,
+/// as a damaged disk block or a buggy build would.
+#[cfg(test)]
+pub(crate) fn overwrite_recipient_row(
+    db: &Database,
+    (id, rcpt): (MessageId, u32),
+    value: &[u8],
+) -> Result<(), SpoolError> {
+    let txn = begin_write(db, true)?;
+    txn.open_table(RECIPIENTS)?.insert((id, rcpt), value)?;
+    txn.commit()?;
+    Ok(())
 }

@@ -1,0 +1,99 @@
+//! A recipient row damaged on disk (garbage bytes written into the table
+//! with redb while the spool is closed) must neither keep the spool from
+//! opening nor fail the requests around it: it is moved to the quarantine,
+//! counted in the stats, and never met again.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::{message, open};
+use redb::{Database, TableDefinition};
+use sendengine_queue::{MessageId, Outcome};
+use tempfile::tempdir;
+
+/// The spool's recipient table, as `store.rs` defines it.
+const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
+const GARBAGE: &[u8] = b"\x07garbage, not a recipient row";
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn corrupt_on_disk(dir: &std::path::Path, keys: &[(MessageId, u32)]) {
+    let db = Database::create(dir.join("spool.redb")).expect("open the closed spool with redb");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(RECIPIENTS).unwrap();
+        for &key in keys {
+            table.insert(key, GARBAGE).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_corrupt_row_on_disk_is_quarantined_at_open_and_never_met_again() {
+    let dir = tempdir().unwrap();
+    let spool = open(dir.path());
+    let two = spool.insert_blocking(message(1, 2, 300), false).unwrap();
+    let one = spool.insert_blocking(message(2, 1, 300), false).unwrap();
+    spool.shutdown();
+    drop(spool);
+    corrupt_on_disk(dir.path(), &[(two, 1), (one, 0)]);
+
+    let spool = open(dir.path());
+    let stats = spool.stats().unwrap();
+    assert_eq!(stats.quarantined, 2);
+    assert_eq!(
+        (stats.messages, stats.recipients, stats.scheduled),
+        (1, 1, 1)
+    );
+    let rows = spool.quarantined(100).unwrap();
+    let recipient_rows: Vec<_> = rows
+        .iter()
+        .filter(|r| r.table == "recipients")
+        .map(|r| ((r.id, r.rcpt), r.value.as_slice()))
+        .collect();
+    assert_eq!(
+        recipient_rows,
+        vec![((two, 1), GARBAGE), ((one, 0), GARBAGE)]
+    );
+    assert!(rows.iter().all(|r| !r.reason.is_empty()));
+    // The message whose only recipient was damaged left the spool for the
+    // quarantine, body included; the other keeps its good recipient.
+    assert!(spool.load(one).unwrap().is_none());
+    assert!(rows.iter().any(|r| r.table == "bodies" && r.id == one));
+    assert_eq!(spool.load(two).unwrap().unwrap().recipients.len(), 2);
+
+    // Inserts, claims and outcomes go on around it.
+    let fresh = spool.insert_blocking(message(3, 1, 300), false).unwrap();
+    let mut claimed: Vec<_> = spool
+        .claim_due(now_ms() + 60_000, 100)
+        .unwrap()
+        .iter()
+        .map(|c| (c.id, c.rcpt))
+        .collect();
+    claimed.sort_unstable();
+    assert_eq!(claimed, vec![(two, 0), (fresh, 0)]);
+    spool
+        .record_blocking(vec![
+            Outcome::Done { id: two, rcpt: 0 },
+            Outcome::Done { id: two, rcpt: 1 },
+            Outcome::Done { id: fresh, rcpt: 0 },
+        ])
+        .unwrap();
+    let stats = spool.stats().unwrap();
+    assert_eq!((stats.messages, stats.recipients), (0, 0));
+    assert_eq!((stats.failed_batches, stats.quarantined), (0, 2));
+    spool.shutdown();
+    drop(spool);
+
+    // Reopening finds nothing new to quarantine.
+    let spool = open(dir.path());
+    assert_eq!(spool.stats().unwrap().quarantined, 2);
+    assert_eq!(spool.quarantined(100).unwrap(), rows);
+}
