@@ -3,6 +3,7 @@
 //! directly on the caller's thread.
 
 use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
@@ -83,7 +84,11 @@ impl Spool {
             path: path.clone(),
             reason,
         };
-        fs::create_dir_all(&cfg.dir)
+        // Like Postfix's queue directories: the daemon's user only.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.dir)
             .map_err(|err| open_error(format!("cannot create the spool directory: {err}")))?;
         let db = store::open_database(&path, cfg.cache_bytes)
             .map_err(|err| open_error(err.to_string()))?;

@@ -510,7 +510,30 @@ impl<'txn> WriteTables<'txn> {
 /// Opens the database file, creating it if missing. After a crash redb
 /// repairs the file here; quick-repair commits keep that short.
 pub(crate) fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, DatabaseError> {
+    create_private_file(path).map_err(redb::StorageError::from)?;
     Database::builder().set_cache_size(cache_bytes).create(path)
+}
+
+/// The spool holds every queued message and the stored configuration
+/// (encrypted secrets included): only the daemon's user may read it.
+const DATABASE_FILE_MODE: u32 = 0o600;
+
+/// Creates `path` with mode 0600 whatever the umask (outside systemd it is
+/// often 022, which gave 0644), and takes group and other permissions off a
+/// file an earlier version created. Never loosens a stricter mode.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(DATABASE_FILE_MODE)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    let private = (mode & 0o700) | DATABASE_FILE_MODE;
+    if mode != private {
+        file.set_permissions(std::fs::Permissions::from_mode(private))?;
+    }
+    Ok(())
 }
 
 /// Starts a write transaction. Durable ones fdatasync on commit and record

@@ -4,9 +4,14 @@
 //! Rotated files are numbered: `events.jsonl.1` is the newest, up to
 //! `events.jsonl.<keep_files>`; older ones are deleted. A path that is not a
 //! regular file (a FIFO, /dev/null) is written to but never rotated.
+//!
+//! Events name recipients, so the file is 0640 (the daemon's user writes,
+//! its group, e.g. a log shipper, reads) whatever the umask; rotated files
+//! keep that mode, being the same files renamed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// At most one stderr line per this long about failing writes.
 const ERROR_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+/// Mode of the event log files (see the module comment).
+const FILE_MODE: u32 = 0o640;
 
 /// How the file is rotated.
 #[derive(Debug, Clone)]
@@ -44,8 +51,15 @@ impl EventFile {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(FILE_MODE)
+            .open(path)?;
         let meta = file.metadata()?;
+        if meta.is_file() {
+            restrict_mode(&file, meta.permissions().mode())?;
+        }
         // A file left by an earlier run belongs to the day it was last written.
         let day = meta.modified().map_or_else(|_| today(), utc_day);
         Ok(EventFile {
@@ -133,6 +147,18 @@ impl EventFile {
             self.last_error_report = Some(now);
         }
     }
+}
+
+/// Sets 0640 on a file created under a loose umask (022 gave 0644) or left
+/// so by an earlier version; never adds a permission the file lacks besides
+/// the owner's read and write.
+fn restrict_mode(file: &File, mode: u32) -> io::Result<()> {
+    let mode = mode & 0o7777;
+    let restricted = (mode & FILE_MODE) | 0o600;
+    if restricted != mode {
+        file.set_permissions(Permissions::from_mode(restricted))?;
+    }
+    Ok(())
 }
 
 /// `events.jsonl` -> `events.jsonl.3`.
