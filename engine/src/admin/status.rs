@@ -42,6 +42,7 @@ pub async fn status(ctx: &Arc<AdminContext>) -> Result<Value, AdminError> {
             "deferred": counts.deferred,
             "suspended": counts.suspended,
             "in_flight": counts.in_flight,
+            "quarantined": stats.quarantined,
         },
         "routes": routes,
         "active_campaigns": active_campaigns(&all),
