@@ -23,8 +23,9 @@ use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
 use crate::writer::{
-    ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectWrite, RecordRequest, Request,
-    Shared, SuppressRequest, Writer, WriterSettings, now_ms, on_writer_thread,
+    ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectWrite, QuarantineRequest,
+    RecordRequest, Request, Shared, SuppressRequest, Writer, WriterSettings, now_ms,
+    on_writer_thread,
 };
 
 /// Name of the database file inside `SpoolConfig::dir`.
@@ -447,8 +448,17 @@ impl Spool {
         self.inner.shared.read(store::next_due_ms)
     }
 
+    /// A message that cannot be read back (envelope undecodable, body
+    /// missing) is `Corrupt`, and is moved to the quarantine in the next
+    /// commit, so no claim meets it again.
     pub fn load(&self, id: MessageId) -> Result<Option<StoredMessage>, SpoolError> {
-        self.inner.shared.read(|db| store::load(db, id))
+        let loaded = self.inner.shared.read(|db| store::load(db, id));
+        if let Err(SpoolError::Corrupt(reason)) = &loaded {
+            let reason = reason.clone();
+            let done = Box::new(|_| ());
+            self.submit(Request::Quarantine(QuarantineRequest { id, reason, done }));
+        }
+        loaded
     }
 
     pub fn stats(&self) -> Result<SpoolStats, SpoolError> {

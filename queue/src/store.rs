@@ -435,7 +435,7 @@ impl<'txn> WriteTables<'txn> {
         let ids: HashSet<MessageId> = keys.iter().map(|&(id, _)| id).collect();
         for id in ids {
             if !self.has_recipients(id)? {
-                self.quarantine_message(id, now_ms)?;
+                self.quarantine_message(id, "every recipient row was quarantined", now_ms)?;
             }
         }
         let total = self
@@ -448,9 +448,35 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
-    /// Moves a message with no recipient left to the quarantine.
-    fn quarantine_message(&mut self, id: MessageId, now_ms: u64) -> Result<(), SpoolError> {
-        let reason = "every recipient row was quarantined";
+    /// Moves a message that cannot be delivered (its envelope or body is
+    /// unreadable) to the quarantine: envelope, body and recipient rows.
+    pub(crate) fn quarantine_undeliverable(
+        &mut self,
+        id: MessageId,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
+        self.quarantine_message(id, reason, now_ms)?;
+        let mut rows = Vec::new();
+        for entry in self.recipients.range((id, 0)..=(id, u32::MAX))? {
+            let (key, value) = entry?;
+            rows.push(CorruptRecipient {
+                id,
+                rcpt: key.value().1,
+                reason: reason.to_owned(),
+                value: value.value().to_vec(),
+            });
+        }
+        self.quarantine_recipients(rows, now_ms)
+    }
+
+    /// Moves a message's envelope and body (those present) to the quarantine.
+    fn quarantine_message(
+        &mut self,
+        id: MessageId,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<(), SpoolError> {
         if let Some(envelope) = self.messages.remove(id)? {
             self.quarantine
                 .put(MESSAGES_TABLE, (id, 0), now_ms, reason, envelope.value())?;

@@ -72,6 +72,14 @@ pub(crate) struct ActionRequest {
     pub(crate) done: Completion<Vec<bool>>,
 }
 
+/// Moves a message that cannot be delivered (its envelope or body is
+/// unreadable) to the quarantine, with every recipient row it still has.
+pub(crate) struct QuarantineRequest {
+    pub(crate) id: MessageId,
+    pub(crate) reason: String,
+    pub(crate) done: Completion<()>,
+}
+
 pub(crate) struct ClaimRequest {
     pub(crate) now_ms: u64,
     pub(crate) limit: usize,
@@ -87,6 +95,7 @@ pub(crate) enum Request {
     Suppress(SuppressRequest),
     Action(ActionRequest),
     Backlog(BacklogRequest),
+    Quarantine(QuarantineRequest),
     Compact(Completion<bool>),
 }
 
@@ -108,6 +117,7 @@ impl Request {
             Request::Suppress(r) => complete(r.done, Err(err)),
             Request::Action(r) => complete(r.done, Err(err)),
             Request::Backlog(r) => complete(r.done, Err(err)),
+            Request::Quarantine(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
     }
@@ -466,6 +476,9 @@ fn write_batch(
         for request in &writes.backlogs {
             backlogged.push(backlog::apply(&txn, request)?);
         }
+        for q in &writes.quarantines {
+            tables.quarantine_undeliverable(q.id, &q.reason, now)?;
+        }
         let mut claimed = Vec::with_capacity(writes.claims.len());
         for claim in &writes.claims {
             claimed.push(tables.claim_due(claim.now_ms, claim.limit)?);
@@ -521,6 +534,7 @@ impl Batch {
             Request::Suppress(s) => self.writes.suppressions.push(s),
             Request::Action(action) => self.writes.actions.push(action),
             Request::Backlog(b) => self.writes.backlogs.push(b),
+            Request::Quarantine(q) => self.writes.quarantines.push(q),
             Request::Compact(done) => self.compactions.push(done),
         }
     }
@@ -541,6 +555,7 @@ struct Writes {
     suppressions: Vec<SuppressRequest>,
     actions: Vec<ActionRequest>,
     backlogs: Vec<BacklogRequest>,
+    quarantines: Vec<QuarantineRequest>,
     claims: Vec<ClaimRequest>,
 }
 
@@ -567,6 +582,7 @@ impl Writes {
             + self.suppressions.len()
             + self.actions.len()
             + self.backlogs.len()
+            + self.quarantines.len()
             + self.claims.len()
     }
 
@@ -590,6 +606,7 @@ impl Writes {
             || !self.suppressions.is_empty()
             || !self.actions.is_empty()
             || !self.backlogs.is_empty()
+            || !self.quarantines.is_empty()
     }
 
     fn complete(self, results: Results) {
@@ -610,6 +627,9 @@ impl Writes {
         }
         for (b, written) in self.backlogs.into_iter().zip(results.backlogged) {
             complete(b.done, Ok(written));
+        }
+        for q in self.quarantines {
+            complete(q.done, Ok(()));
         }
         for (claim, claimed) in self.claims.into_iter().zip(results.claimed) {
             complete(claim.done, Ok(claimed));
@@ -635,6 +655,9 @@ impl Writes {
         for b in self.backlogs {
             complete(b.done, Err(err.clone()));
         }
+        for q in self.quarantines {
+            complete(q.done, Err(err.clone()));
+        }
         for claim in self.claims {
             complete(claim.done, Err(err.clone()));
         }
@@ -642,212 +665,5 @@ impl Writes {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The writer driven batch by batch on a real database, so a test
-    //! decides exactly which requests share one group commit.
-
-    use std::sync::mpsc;
-
-    use crossbeam::channel::{self, Sender};
-
-    use super::*;
-    use crate::message::{MessageMeta, NewMessage};
-
-    struct Harness {
-        writer: Writer,
-        requests: Sender<Request>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Harness {
-        fn new() -> Harness {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("spool.redb");
-            let cache_bytes = 4 * 1024 * 1024;
-            let db = store::open_database(&path, cache_bytes).unwrap();
-            let recovered = store::recover(&db, now_ms()).unwrap();
-            let (requests, receiver) = channel::unbounded();
-            let settings = WriterSettings {
-                max_batch: 1024,
-                durable: true,
-                cache_bytes,
-                reopen_delay: Duration::from_millis(10),
-                fail_commits: None,
-            };
-            let writer = Writer::new(
-                Arc::new(Shared::new(path, db)),
-                receiver,
-                settings,
-                IdGenerator::new(recovered.id_floor),
-            );
-            Harness {
-                writer,
-                requests,
-                _dir: dir,
-            }
-        }
-
-        /// Applies `requests` in one group commit.
-        fn one_commit(&mut self, requests: Vec<Request>) {
-            for request in requests {
-                self.requests.send(request).unwrap();
-            }
-            let first = self.writer.next_request().unwrap();
-            let batch = self.writer.gather(first);
-            assert!(self.requests.is_empty(), "every request in one batch");
-            self.writer.process(batch);
-        }
-
-        fn corrupt(&self, key: (MessageId, u32)) {
-            self.writer
-                .shared
-                .read(|db| store::overwrite_recipient_row(db, key, b"\xffnot a recipient row"))
-                .unwrap();
-        }
-
-        fn stats(&self) -> (u64, u64) {
-            let shared = &self.writer.shared;
-            let counts = shared.read(store::counts).unwrap();
-            (
-                counts.quarantined,
-                shared.failed_batches.load(Ordering::Relaxed),
-            )
-        }
-    }
-
-    fn reply<T: Send + 'static>() -> (Completion<T>, mpsc::Receiver<Result<T, SpoolError>>) {
-        let (tx, rx) = mpsc::channel();
-        let done: Completion<T> = Box::new(move |result| {
-            let _ = tx.send(result);
-        });
-        (done, rx)
-    }
-
-    fn insert(recipients: usize) -> (Request, mpsc::Receiver<Result<MessageId, SpoolError>>) {
-        let msg = NewMessage {
-            mail_from: "sender@example.com".into(),
-            recipients: (0..recipients)
-                .map(|i| format!("r{i}@example.net"))
-                .collect(),
-            body: b"Subject: x\r\n\r\nhello\r\n".to_vec(),
-            meta: MessageMeta::default(),
-            quotas: Vec::new(),
-        };
-        let (done, rx) = reply();
-        let msg = EncodedMessage::new(msg).unwrap();
-        let request = Request::Insert(InsertRequest {
-            msg,
-            claimed: false,
-            done,
-        });
-        (request, rx)
-    }
-
-    fn claim() -> (Request, mpsc::Receiver<Result<Vec<Claimed>, SpoolError>>) {
-        let (done, rx) = reply();
-        let request = Request::Claim(ClaimRequest {
-            now_ms: now_ms() + 60_000,
-            limit: 100,
-            done,
-        });
-        (request, rx)
-    }
-
-    fn record(outcome: Outcome) -> (Request, mpsc::Receiver<Result<(), SpoolError>>) {
-        let (done, rx) = reply();
-        let request = Request::Record(RecordRequest {
-            outcomes: vec![outcome],
-            index: DeliveredWrite::default(),
-            done,
-        });
-        (request, rx)
-    }
-
-    fn keys(claimed: &[Claimed]) -> Vec<(MessageId, u32)> {
-        let mut keys: Vec<_> = claimed.iter().map(|c| (c.id, c.rcpt)).collect();
-        keys.sort_unstable();
-        keys
-    }
-
-    #[test]
-    fn a_corrupt_row_fails_no_request_of_its_commit_and_is_quarantined_once() {
-        let mut h = Harness::new();
-        let (x, x_id) = insert(2);
-        let (y, y_id) = insert(1);
-        h.one_commit(vec![x, y]);
-        let x_id = x_id.recv().unwrap().unwrap();
-        let y_id = y_id.recv().unwrap().unwrap();
-        // One row an outcome reaches, one a claim reaches.
-        h.corrupt((x_id, 1));
-        h.corrupt((y_id, 0));
-
-        let (z, z_id) = insert(1);
-        let (w, w_id) = insert(1);
-        let (deferred, deferred_done) = record(Outcome::Deferred {
-            id: x_id,
-            rcpt: 1,
-            next_attempt_ms: now_ms() + 3_600_000,
-        });
-        let (claim_now, claimed) = claim();
-        h.one_commit(vec![z, w, deferred, claim_now]);
-
-        let z_id = z_id
-            .recv()
-            .unwrap()
-            .expect("an insert beside a corrupt row");
-        let w_id = w_id
-            .recv()
-            .unwrap()
-            .expect("an insert beside a corrupt row");
-        deferred_done
-            .recv()
-            .unwrap()
-            .expect("an outcome for a corrupt row");
-        let claimed = claimed
-            .recv()
-            .unwrap()
-            .expect("a claim meeting a corrupt row");
-        assert_eq!(keys(&claimed), vec![(x_id, 0), (z_id, 0), (w_id, 0)]);
-        assert_eq!(h.stats(), (2, 0), "(quarantined, failed batches)");
-
-        // Y lost its only recipient: the message moved to the quarantine too.
-        let rows = h.writer.shared.read(|db| quarantine::list(db, 10)).unwrap();
-        let mut moved: Vec<_> = rows
-            .iter()
-            .map(|r| (r.table.as_str(), r.id, r.rcpt))
-            .collect();
-        moved.sort_unstable();
-        let mut expected = vec![
-            ("bodies", y_id, 0),
-            ("messages", y_id, 0),
-            ("recipients", x_id, 1),
-            ("recipients", y_id, 0),
-        ];
-        expected.sort_unstable();
-        assert_eq!(moved, expected);
-        assert!(
-            rows.iter()
-                .all(|r| r.table != "recipients" || r.value == b"\xffnot a recipient row")
-        );
-        assert!(
-            h.writer
-                .shared
-                .read(|db| store::load(db, y_id))
-                .unwrap()
-                .is_none()
-        );
-        let counts = h.writer.shared.read(store::counts).unwrap();
-        assert_eq!((counts.messages, counts.recipients), (3, 3));
-        assert_eq!(counts.scheduled, 0, "no schedule entry is left behind");
-
-        // The next ticks meet nothing: no failure, nothing quarantined again.
-        for _ in 0..3 {
-            let (claim_again, again) = claim();
-            let (one_more, one_more_id) = insert(1);
-            h.one_commit(vec![one_more, claim_again]);
-            let id = one_more_id.recv().unwrap().unwrap();
-            assert_eq!(keys(&again.recv().unwrap().unwrap()), vec![(id, 0)]);
-        }
-        assert_eq!(h.stats(), (2, 0), "(quarantined, failed batches)");
-    }
-}
+#[path = "writer_tests.rs"]
+mod tests;

@@ -9,11 +9,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{message, open};
 use redb::{Database, TableDefinition};
-use sendengine_queue::{MessageId, Outcome};
+use sendengine_queue::{MessageId, Outcome, SpoolError};
 use tempfile::tempdir;
 
 /// The spool's recipient table, as `store.rs` defines it.
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const GARBAGE: &[u8] = b"\x07garbage, not a recipient row";
 
 fn now_ms() -> u64 {
@@ -96,4 +97,67 @@ fn a_corrupt_row_on_disk_is_quarantined_at_open_and_never_met_again() {
     let spool = open(dir.path());
     assert_eq!(spool.stats().unwrap().quarantined, 2);
     assert_eq!(spool.quarantined(100).unwrap(), rows);
+}
+
+fn damage_envelope_on_disk(dir: &std::path::Path, id: MessageId) {
+    let db = Database::create(dir.join("spool.redb")).expect("open the closed spool with redb");
+    let txn = db.begin_write().unwrap();
+    txn.open_table(MESSAGES)
+        .unwrap()
+        .insert(id, GARBAGE)
+        .unwrap();
+    txn.commit().unwrap();
+}
+
+#[test]
+fn a_message_that_cannot_be_loaded_after_its_claim_is_quarantined_whole() {
+    let dir = tempdir().unwrap();
+    let spool = open(dir.path());
+    let damaged = spool.insert_blocking(message(1, 2, 300), false).unwrap();
+    let intact = spool.insert_blocking(message(2, 1, 300), false).unwrap();
+    spool.shutdown();
+    drop(spool);
+    damage_envelope_on_disk(dir.path(), damaged);
+
+    let spool = open(dir.path());
+    let claimed = spool.claim_due(now_ms() + 60_000, 100).unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert!(matches!(spool.load(damaged), Err(SpoolError::Corrupt(_))));
+    assert!(spool.load(intact).unwrap().is_some());
+    // A commit after the load: the quarantine it asked for is in.
+    spool
+        .backlog_append_blocking("barrier", Vec::new(), 1)
+        .unwrap();
+
+    let stats = spool.stats().unwrap();
+    assert_eq!(
+        stats.quarantined, 2,
+        "both recipients of the damaged message"
+    );
+    assert_eq!((stats.messages, stats.recipients), (1, 1));
+    assert!(spool.load(damaged).unwrap().is_none());
+    let rows = spool.quarantined(100).unwrap();
+    let envelope = rows.iter().find(|r| r.table == "messages").unwrap();
+    assert_eq!((envelope.id, envelope.value.as_slice()), (damaged, GARBAGE));
+    assert!(rows.iter().any(|r| r.table == "bodies" && r.id == damaged));
+
+    // The damaged message's outcomes change nothing; nothing meets it again.
+    spool
+        .record_blocking(vec![
+            Outcome::Release {
+                id: damaged,
+                rcpt: 0,
+            },
+            Outcome::Release {
+                id: intact,
+                rcpt: 0,
+            },
+        ])
+        .unwrap();
+    let again = spool.claim_due(now_ms() + 60_000, 100).unwrap();
+    assert_eq!(
+        again.iter().map(|c| (c.id, c.rcpt)).collect::<Vec<_>>(),
+        vec![(intact, 0)]
+    );
+    assert_eq!(spool.stats().unwrap().failed_batches, 0);
 }
