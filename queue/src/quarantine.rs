@@ -56,6 +56,16 @@ pub(crate) struct CorruptRecipient {
     pub(crate) value: Vec<u8>,
 }
 
+/// A row a read could not decode: the reader asks the writer to quarantine
+/// it, so that one row does not fail every later read that meets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Damaged {
+    pub(crate) id: MessageId,
+    /// `None`: the message itself (envelope or body) cannot be read.
+    pub(crate) rcpt: Option<u32>,
+    pub(crate) reason: String,
+}
+
 /// The quarantine table inside the writer's transaction.
 pub(crate) struct QuarantineTable<'txn> {
     table: Table<'txn, Key, Kept>,

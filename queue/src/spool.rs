@@ -18,7 +18,7 @@ use crate::error::SpoolError;
 use crate::free_space::FreeSpaceGuard;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
-use crate::quarantine::{self, QuarantinedRow};
+use crate::quarantine::{self, Damaged, QuarantinedRow};
 use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
@@ -342,9 +342,18 @@ impl Spool {
     ) -> Result<QueuePage, SpoolError> {
         let limit = limit.clamp(1, MAX_PAGE);
         let now = now_ms();
-        self.inner
+        let (page, damaged) = self
+            .inner
             .shared
-            .read(|db| store::queue_page(db, filter, from, limit, MAX_PAGE, now))
+            .read(|db| store::queue_page(db, filter, from, limit, MAX_PAGE, now))?;
+        damaged.into_iter().for_each(|d| self.quarantine_later(d));
+        Ok(page)
+    }
+
+    /// Has the next commit quarantine a row a read found damaged.
+    fn quarantine_later(&self, damaged: Damaged) {
+        let done = Box::new(|_| ());
+        self.submit(Request::Quarantine(QuarantineRequest { damaged, done }));
     }
 
     /// Applies an operator's action to the given recipients (at most
@@ -455,8 +464,11 @@ impl Spool {
         let loaded = self.inner.shared.read(|db| store::load(db, id));
         if let Err(SpoolError::Corrupt(reason)) = &loaded {
             let reason = reason.clone();
-            let done = Box::new(|_| ());
-            self.submit(Request::Quarantine(QuarantineRequest { id, reason, done }));
+            self.quarantine_later(Damaged {
+                id,
+                rcpt: None,
+                reason,
+            });
         }
         loaded
     }

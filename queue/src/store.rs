@@ -40,7 +40,7 @@ use crate::error::SpoolError;
 use crate::id::MessageId;
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::quarantine::{
-    BODIES_TABLE, CorruptRecipient, MESSAGES_TABLE, QuarantineTable, RECIPIENTS_TABLE,
+    BODIES_TABLE, CorruptRecipient, Damaged, MESSAGES_TABLE, QuarantineTable, RECIPIENTS_TABLE,
 };
 use crate::quota::{Quota, QuotaExceeded, Window};
 use crate::select::{
@@ -448,6 +448,12 @@ impl<'txn> WriteTables<'txn> {
         Ok(())
     }
 
+    /// Reads a recipient row again: one that still cannot be decoded is
+    /// quarantined (see `recipient`).
+    pub(crate) fn recheck_recipient(&mut self, id: MessageId, rcpt: u32) -> Result<(), SpoolError> {
+        self.recipient(id, rcpt).map(drop)
+    }
+
     /// Moves a message that cannot be delivered (its envelope or body is
     /// unreadable) to the quarantine: envelope, body and recipient rows.
     pub(crate) fn quarantine_undeliverable(
@@ -656,10 +662,6 @@ pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
     })
 }
 
-fn corrupt_recipient(id: MessageId, rcpt: u32, DecodeError(reason): DecodeError) -> SpoolError {
-    SpoolError::Corrupt(format!("recipient {rcpt} of message {id:016x}: {reason}"))
-}
-
 /// Usage of quota `name` in `window` as of `now_ms`.
 pub(crate) fn usage(
     db: &Database,
@@ -782,7 +784,8 @@ pub(crate) fn suppressions(
 /// One page of unfinished recipients matching `filter`, in key order,
 /// starting at `from`. At most `scan_limit` rows are read, so a filter
 /// that matches little still answers in bounded time; `next` says where
-/// to go on.
+/// to go on. Rows that cannot be decoded are left out of the page and
+/// returned apart, for the writer to quarantine.
 pub(crate) fn queue_page(
     db: &Database,
     filter: &QueueFilter,
@@ -790,7 +793,7 @@ pub(crate) fn queue_page(
     limit: usize,
     scan_limit: usize,
     now_ms: u64,
-) -> Result<QueuePage, SpoolError> {
+) -> Result<(QueuePage, Vec<Damaged>), SpoolError> {
     let txn = db.begin_read()?;
     let recipients = txn.open_table(RECIPIENTS)?;
     let messages = txn.open_table(MESSAGES)?;
@@ -799,7 +802,9 @@ pub(crate) fn queue_page(
         None => recipients.range::<(u64, u32)>(..)?,
     };
     let mut page = QueuePage::default();
-    let mut envelope: Option<(MessageId, crate::codec::Envelope)> = None;
+    let mut damaged = Vec::new();
+    // The last message read; `None` inside when its envelope is damaged.
+    let mut envelope: Option<(MessageId, Option<crate::codec::Envelope>)> = None;
     for (scanned, row) in rows.enumerate() {
         let (key, value) = row?;
         let (id, rcpt) = key.value();
@@ -811,20 +816,38 @@ pub(crate) fn queue_page(
             let Some(stored) = messages.get(id)? else {
                 continue;
             };
-            let decoded = decode_envelope(stored.value()).map_err(|DecodeError(reason)| {
-                SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
-            })?;
+            let decoded = match decode_envelope(stored.value()) {
+                Ok(decoded) => Some(decoded),
+                Err(DecodeError(reason)) => {
+                    let reason = format!("message {id:016x}: {reason}");
+                    damaged.push(Damaged {
+                        id,
+                        rcpt: None,
+                        reason,
+                    });
+                    None
+                }
+            };
             envelope = Some((id, decoded));
         }
-        let Some((_, env)) = envelope.as_ref() else {
+        let Some((_, Some(env))) = envelope.as_ref() else {
             continue;
         };
         let address = env.recipients.get(rcpt as usize).map_or("", String::as_str);
         if !filter.matches(id, address, &env.meta) {
             continue;
         }
-        let state = RecipientState::decode(value.value())
-            .map_err(|err| corrupt_recipient(id, rcpt, err))?;
+        let state = match RecipientState::decode(value.value()) {
+            Ok(state) => state,
+            Err(DecodeError(reason)) => {
+                damaged.push(Damaged {
+                    id,
+                    rcpt: Some(rcpt),
+                    reason,
+                });
+                continue;
+            }
+        };
         page.recipients.push(QueuedRecipient {
             id,
             rcpt,
@@ -836,7 +859,7 @@ pub(crate) fn queue_page(
             status: status_of(&state, now_ms),
         });
     }
-    Ok(page)
+    Ok((page, damaged))
 }
 
 fn status_of(state: &RecipientState, now_ms: u64) -> RecipientStatus {

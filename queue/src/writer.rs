@@ -25,7 +25,7 @@ use crate::delivered::{self, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, Outcome};
-use crate::quarantine::{self, CorruptRecipient};
+use crate::quarantine::{self, CorruptRecipient, Damaged};
 use crate::select::QueueAction;
 use crate::store::{self, EncodedMessage, WriteTables};
 pub(crate) use ObjectRequest as ObjectWrite;
@@ -72,11 +72,11 @@ pub(crate) struct ActionRequest {
     pub(crate) done: Completion<Vec<bool>>,
 }
 
-/// Moves a message that cannot be delivered (its envelope or body is
-/// unreadable) to the quarantine, with every recipient row it still has.
+/// Quarantines what a read found damaged: a message that cannot be
+/// delivered (envelope or body unreadable) with every recipient row it
+/// still has, or one recipient row that still does not decode.
 pub(crate) struct QuarantineRequest {
-    pub(crate) id: MessageId,
-    pub(crate) reason: String,
+    pub(crate) damaged: Damaged,
     pub(crate) done: Completion<()>,
 }
 
@@ -477,7 +477,11 @@ fn write_batch(
             backlogged.push(backlog::apply(&txn, request)?);
         }
         for q in &writes.quarantines {
-            tables.quarantine_undeliverable(q.id, &q.reason, now)?;
+            let Damaged { id, rcpt, reason } = &q.damaged;
+            match rcpt {
+                None => tables.quarantine_undeliverable(*id, reason, now)?,
+                Some(rcpt) => tables.recheck_recipient(*id, *rcpt)?,
+            }
         }
         let mut claimed = Vec::with_capacity(writes.claims.len());
         for claim in &writes.claims {

@@ -5,11 +5,12 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{message, open};
 use redb::{Database, TableDefinition};
-use sendengine_queue::{MessageId, Outcome, SpoolError};
+use sendengine_queue::{MessageId, Outcome, QueueAction, QueueFilter, Spool, SpoolError};
 use tempfile::tempdir;
 
 /// The spool's recipient table, as `store.rs` defines it.
@@ -24,7 +25,7 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn corrupt_on_disk(dir: &std::path::Path, keys: &[(MessageId, u32)]) {
+fn corrupt_on_disk(dir: &Path, keys: &[(MessageId, u32)]) {
     let db = Database::create(dir.join("spool.redb")).expect("open the closed spool with redb");
     let txn = db.begin_write().unwrap();
     {
@@ -36,14 +37,21 @@ fn corrupt_on_disk(dir: &std::path::Path, keys: &[(MessageId, u32)]) {
     txn.commit().unwrap();
 }
 
+/// Queues a message with two recipients and one with one, lets `prepare`
+/// act on the first, and closes the spool; returns their ids.
+fn queue_two(dir: &Path, prepare: impl FnOnce(&Spool, MessageId)) -> (MessageId, MessageId) {
+    let spool = open(dir);
+    let two = spool.insert_blocking(message(1, 2, 300), false).unwrap();
+    let one = spool.insert_blocking(message(2, 1, 300), false).unwrap();
+    prepare(&spool, two);
+    spool.shutdown();
+    (two, one)
+}
+
 #[test]
 fn a_corrupt_row_on_disk_is_quarantined_at_open_and_never_met_again() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
-    let two = spool.insert_blocking(message(1, 2, 300), false).unwrap();
-    let one = spool.insert_blocking(message(2, 1, 300), false).unwrap();
-    spool.shutdown();
-    drop(spool);
+    let (two, one) = queue_two(dir.path(), |_, _| {});
     corrupt_on_disk(dir.path(), &[(two, 1), (one, 0)]);
 
     let spool = open(dir.path());
@@ -99,7 +107,7 @@ fn a_corrupt_row_on_disk_is_quarantined_at_open_and_never_met_again() {
     assert_eq!(spool.quarantined(100).unwrap(), rows);
 }
 
-fn damage_envelope_on_disk(dir: &std::path::Path, id: MessageId) {
+fn damage_envelope_on_disk(dir: &Path, id: MessageId) {
     let db = Database::create(dir.join("spool.redb")).expect("open the closed spool with redb");
     let txn = db.begin_write().unwrap();
     txn.open_table(MESSAGES)
@@ -112,11 +120,7 @@ fn damage_envelope_on_disk(dir: &std::path::Path, id: MessageId) {
 #[test]
 fn a_message_that_cannot_be_loaded_after_its_claim_is_quarantined_whole() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
-    let damaged = spool.insert_blocking(message(1, 2, 300), false).unwrap();
-    let intact = spool.insert_blocking(message(2, 1, 300), false).unwrap();
-    spool.shutdown();
-    drop(spool);
+    let (damaged, intact) = queue_two(dir.path(), |_, _| {});
     damage_envelope_on_disk(dir.path(), damaged);
 
     let spool = open(dir.path());
@@ -159,5 +163,32 @@ fn a_message_that_cannot_be_loaded_after_its_claim_is_quarantined_whole() {
         again.iter().map(|c| (c.id, c.rcpt)).collect::<Vec<_>>(),
         vec![(intact, 0)]
     );
+    assert_eq!(spool.stats().unwrap().failed_batches, 0);
+}
+
+#[test]
+fn a_damaged_message_no_claim_reaches_does_not_break_the_queue_listing() {
+    let dir = tempdir().unwrap();
+    // Suspended: the scheduler never claims it, so never loads it.
+    let (damaged, intact) = queue_two(dir.path(), |spool, id| {
+        let keys = vec![(id, 0), (id, 1)];
+        let suspended = spool.queue_action(QueueAction::Suspend, keys).unwrap();
+        assert_eq!(suspended, vec![true, true]);
+    });
+    damage_envelope_on_disk(dir.path(), damaged);
+
+    let spool = open(dir.path());
+    let page = spool
+        .queue_page(&QueueFilter::default(), None, 100)
+        .expect("one damaged message must not fail the whole listing");
+    let listed: Vec<_> = page.recipients.iter().map(|r| (r.id, r.rcpt)).collect();
+    assert_eq!(listed, vec![(intact, 0)]);
+
+    spool
+        .backlog_append_blocking("barrier", Vec::new(), 1)
+        .unwrap();
+    assert_eq!(spool.stats().unwrap().quarantined, 2);
+    let counts = spool.queue_counts().unwrap();
+    assert_eq!((counts.suspended, counts.queued), (0, 1));
     assert_eq!(spool.stats().unwrap().failed_batches, 0);
 }
