@@ -13,6 +13,12 @@
 //! the row's bytes). A message whose last recipient is quarantined moves
 //! there too (`messages` and `bodies` rows, recipient index 0), so it does
 //! not linger in the spool with nothing left to deliver.
+//!
+//! Reads cannot write: `load` and `queue_page` answer without the damaged
+//! row (`load` with `Corrupt`) and send it to the writer as a [`Damaged`],
+//! which quarantines it in the next commit: a message whose envelope or
+//! body cannot be read goes whole, a recipient row only if it still does
+//! not decode when the writer reads it again.
 
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -130,8 +136,8 @@ pub(crate) fn report(rows: &[CorruptRecipient]) {
         n => format!(" and {} more", n - 1),
     };
     log::warn!(
-        "spool: quarantined the unreadable row of recipient {} of message {:016x} ({}){more}; \
-         it will not be delivered; its bytes are kept in the spool's quarantine table",
+        "spool: recipient {} of message {:016x} cannot be read ({}){more}: moved to the \
+         spool's quarantine table with its bytes; it will not be delivered",
         first.rcpt,
         first.id,
         first.reason,
