@@ -589,7 +589,7 @@ async fn stalls_time_out_in_the_phase_that_stalled() {
             Phase::Mail => &mut settings.timeouts.mail,
             Phase::Rcpt => &mut settings.timeouts.rcpt,
             Phase::Data => &mut settings.timeouts.data,
-            _ => &mut settings.timeouts.data_end,
+            _ => &mut settings.timeouts.final_dot,
         };
         *slot = SHORT;
         let error = match Connection::connect(&settings).await {
