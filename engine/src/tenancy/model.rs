@@ -419,3 +419,40 @@ fn valid_name(key: &str, name: &str) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(extra: &str) -> Result<DeliveryServer, String> {
+        let text = format!("name = \"relay\"\nhost = \"127.0.0.1\"\n{extra}");
+        let spec: DeliveryServerSpec = toml::from_str(&text).map_err(|e| e.to_string())?;
+        spec.validate(None)
+    }
+
+    #[test]
+    fn timeout_is_the_connection_and_phases_keep_rfc_5321_defaults() {
+        let checked = server("timeout = \"7s\"\n").unwrap();
+        let t = &checked.timeouts;
+        assert_eq!(
+            (t.connect, t.tls),
+            (Duration::from_secs(7), Duration::from_secs(7))
+        );
+        assert_eq!(t.greeting, Duration::from_secs(300));
+        assert_eq!(t.data, Duration::from_secs(120));
+        assert_eq!(t.data_block, Duration::from_secs(180));
+        assert_eq!(t.final_dot, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn each_phase_can_be_set_and_mistakes_name_the_key() {
+        let checked = server("timeouts = { final_dot = \"20m\", ehlo = \"1m\" }\n").unwrap();
+        assert_eq!(checked.timeouts.final_dot, Duration::from_secs(1200));
+        assert_eq!(checked.timeouts.auth, Duration::from_secs(60));
+        assert_eq!(checked.timeouts.mail, Duration::from_secs(300));
+        let zero = server("timeouts = { rcpt = \"0s\" }\n").unwrap_err();
+        assert!(zero.contains("timeouts.rcpt"), "{zero}");
+        let unknown = server("timeouts = { dot = \"1m\" }\n").unwrap_err();
+        assert!(unknown.contains("dot"), "{unknown}");
+    }
+}
