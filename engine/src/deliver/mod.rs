@@ -5,9 +5,11 @@
 //! when jobs wait and no worker is idle; each keeps its connection open for
 //! up to `max_messages_per_connection` transactions and closes it after
 //! `idle_timeout` without work. Every attempt ends in `Recorder`, except a
-//! connection-level failure: then the route is marked down for a while and
-//! the job (with everything queued behind it) goes back to the `Router`,
-//! which hands it to the next server of the group, if there is one.
+//! connection-level failure of a fresh connection: then the route is marked
+//! down for a while and the job (with everything queued behind it) goes
+//! back to the `Router`, which hands it to the next server of the group, if
+//! there is one. A pooled connection the server closed while it was idle
+//! costs a reconnect, not an attempt (see `Route::deliver`).
 
 mod ready;
 mod record;
