@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use crate::config::DirectSection;
 use crate::deliver::{Failover, Job, MxTarget, Recorder, Route, RouteContext};
 use crate::dns::Resolver;
-use crate::smtp::client::Encryption;
+use crate::smtp::client::{Encryption, Timeouts};
 use crate::tenancy::{DIRECT, DeliveryServer, Tenancy, TenancyStore};
 
 /// The daemon-wide settings every route shares.
@@ -214,6 +214,7 @@ impl Router {
                     port: self.direct.port,
                     encryption: Encryption::StartTlsOpportunistic,
                     timeout: self.direct.timeout,
+                    timeouts: Timeouts::with_connection_timeout(self.direct.timeout),
                     max_connections: self.direct.max_connections_per_site,
                     max_messages_per_connection: 100,
                     auth: None,
@@ -279,26 +280,36 @@ impl Router {
     /// Hands failed-over jobs to the next server, or records the failure
     /// when none is left. Ends when every route is gone.
     pub async fn run_failover(self: Arc<Self>, mut failed: mpsc::UnboundedReceiver<Failover>) {
-        while let Some(Failover {
-            job,
-            error,
-            remote_host,
-        }) = failed.recv().await
-        {
+        while let Some(failover) = failed.recv().await {
+            let Failover {
+                job,
+                error,
+                remote_host,
+                unsupported,
+            } = failover;
             let snapshot = self.tenancy.snapshot();
             let meta = &job.message.meta;
             let next = self.pick(&snapshot, &meta.group, &meta.channel, &job.tried);
-            match next {
-                Some((Target::Relay(route), true)) => route.push(job),
-                Some((Target::Direct, _)) => self.dispatch_direct(job),
-                _ => {
+            match (next, unsupported) {
+                (Some((Target::Relay(route), true)), _) => route.push(job),
+                // A message the last server could not carry waits for a
+                // backed-off next one rather than bounce untried there.
+                (Some((Target::Relay(route), false)), Some(_)) => route.push(job),
+                (Some((Target::Direct, _)), _) => self.dispatch_direct(job),
+                (_, unsupported) => {
                     let last = job.tried.last().cloned().unwrap_or_default();
                     let at = crate::deliver::AttemptContext {
                         route: &last,
                         remote_host,
                         tls: None,
                     };
-                    self.ctx.recorder.session_failed(&job, &error, &at);
+                    match unsupported {
+                        Some(refusal) => {
+                            let replies = vec![refusal; job.rcpts.len()];
+                            self.ctx.recorder.replies(&job, &replies, &at);
+                        }
+                        None => self.ctx.recorder.session_failed(&job, &error, &at),
+                    }
                 }
             }
         }

@@ -589,7 +589,7 @@ async fn stalls_time_out_in_the_phase_that_stalled() {
             Phase::Mail => &mut settings.timeouts.mail,
             Phase::Rcpt => &mut settings.timeouts.rcpt,
             Phase::Data => &mut settings.timeouts.data,
-            _ => &mut settings.timeouts.data_end,
+            _ => &mut settings.timeouts.final_dot,
         };
         *slot = SHORT;
         let error = match Connection::connect(&settings).await {
@@ -944,6 +944,80 @@ async fn utf8_address_without_smtputf8_is_refused_locally() {
     connection.quit().await;
 }
 
+/// A server that offers `extensions` and expects nothing after EHLO but
+/// QUIT: whatever the client was asked to send must be refused locally.
+async fn server_expecting_only_quit(extensions: &'static str) -> u16 {
+    scripted::serve(1, move |_, mut peer| async move {
+        peer.write("220 scripted\r\n").await;
+        peer.expect("EHLO").await;
+        peer.write(extensions).await;
+        peer.expect("QUIT").await;
+        peer.write("221 bye\r\n").await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn content_the_server_cannot_carry_is_refused_locally_naming_the_server() {
+    // (extensions offered, message, expected code, enhanced code, extension)
+    let cases = [
+        (
+            "250-scripted\r\n250 SMTPUTF8\r\n",
+            "Subject: plain\r\n\r\ncaf\u{e9}\r\n",
+            (554, "5.6.3", "8BITMIME"),
+        ),
+        (
+            "250-scripted\r\n250 8BITMIME\r\n",
+            "Subject: caf\u{e9}\r\n\r\nplain\r\n",
+            (553, "5.6.7", "SMTPUTF8"),
+        ),
+    ];
+    for (extensions, body, (code, enhanced, lacking)) in cases {
+        let port = server_expecting_only_quit(extensions).await;
+        let mut connection = connect(&settings(port, Encryption::None)).await;
+        let replies = send(
+            &mut connection,
+            "s@example.com",
+            &["a@example.net"],
+            body.as_bytes(),
+        )
+        .await;
+        let reply = &replies[0];
+        assert_eq!(
+            (reply.code, reply.enhanced.as_deref()),
+            (code, Some(enhanced))
+        );
+        assert!(reply.text.contains(lacking), "{reply}");
+        assert!(reply.text.contains(&format!("127.0.0.1:{port}")), "{reply}");
+        connection.quit().await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_seen_before_reuse() {
+    let port = scripted::serve(2, |index, mut peer| async move {
+        peer.write("220 scripted\r\n").await;
+        peer.expect("EHLO").await;
+        if index == 0 {
+            // An idle timeout: a 421 nobody asked for, then the close.
+            peer.write("250 scripted\r\n").await;
+            peer.write("421 4.4.2 idle too long\r\n").await;
+        } else {
+            // Quiet and open: usable. Holds until the client quits.
+            peer.write("250 scripted\r\n").await;
+            peer.expect("QUIT").await;
+            peer.write("221 bye\r\n").await;
+        }
+    })
+    .await;
+    let mut closed = connect(&settings(port, Encryption::None)).await;
+    let mut open = connect(&settings(port, Encryption::None)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(closed.closed_by_server());
+    assert!(!open.closed_by_server());
+    open.quit().await;
+}
+
 #[tokio::test]
 async fn go_ahead_with_no_valid_recipient_gets_an_empty_message_then_rset() {
     let port = scripted::serve(1, |_, mut peer| async move {
@@ -1001,7 +1075,7 @@ async fn ehlo_refused_falls_back_to_helo() {
         &mut connection,
         "s@example.com",
         &["a@example.net"],
-        "é\r\n".as_bytes(),
+        b"Subject: plain\r\n\r\nascii only\r\n",
     )
     .await;
     assert_delivered(&replies, 1);

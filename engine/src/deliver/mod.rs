@@ -5,9 +5,11 @@
 //! when jobs wait and no worker is idle; each keeps its connection open for
 //! up to `max_messages_per_connection` transactions and closes it after
 //! `idle_timeout` without work. Every attempt ends in `Recorder`, except a
-//! connection-level failure: then the route is marked down for a while and
-//! the job (with everything queued behind it) goes back to the `Router`,
-//! which hands it to the next server of the group, if there is one.
+//! connection-level failure of a fresh connection: then the route is marked
+//! down for a while and the job (with everything queued behind it) goes
+//! back to the `Router`, which hands it to the next server of the group, if
+//! there is one. A pooled connection the server closed while it was idle
+//! costs a reconnect, not an attempt (see `Route::deliver`).
 
 mod ready;
 mod record;
@@ -25,7 +27,7 @@ pub use throttle::Throttle;
 use tokio::sync::mpsc;
 
 use crate::smtp::client::{
-    ClientSettings, Connection, Envelope, Reply, SessionError, Timeouts, TlsState,
+    ClientSettings, Connection, ContentNeeds, Envelope, Reply, SessionError, TlsState,
 };
 use crate::tenancy::DeliveryServer;
 use crate::timefmt::now_ms;
@@ -35,6 +37,10 @@ pub struct Failover {
     pub job: Job,
     pub error: SessionError,
     pub remote_host: Option<String>,
+    /// Set when the server lacks what the message needs (8BITMIME,
+    /// SMTPUTF8) rather than failing: the route stays up, and with no next
+    /// server the recipients bounce with this reply.
+    pub unsupported: Option<Reply>,
 }
 
 /// What every route needs from the daemon.
@@ -103,7 +109,7 @@ impl Route {
                 encryption: server.encryption,
                 helo_name: ctx.helo_name.clone(),
                 auth: server.auth.clone(),
-                timeouts: Timeouts::uniform(server.timeout),
+                timeouts: server.timeouts.clone(),
                 tls_verify: server.tls_verify,
             },
             max_connections: server.max_connections,
@@ -313,6 +319,7 @@ impl Route {
             job,
             error,
             remote_host,
+            unsupported: None,
         });
         for mut queued in self.ready.drain() {
             queued.tried.push(self.name.clone());
@@ -324,6 +331,7 @@ impl Route {
                 job: queued,
                 error,
                 remote_host: None,
+                unsupported: None,
             });
         }
     }
@@ -345,8 +353,7 @@ impl Route {
 /// Takes jobs from the route's queue and delivers them over one
 /// connection at a time until idle.
 async fn worker(route: Arc<Route>) {
-    let mut conn: Option<Connection> = None;
-    let mut sent_on_conn = 0;
+    let mut pooled: Option<Pooled> = None;
     loop {
         route.idle_workers.fetch_add(1, Ordering::AcqRel);
         let has_work = route.ready.wait_for_job(route.ctx.idle_timeout).await;
@@ -360,57 +367,158 @@ async fn worker(route: Arc<Route>) {
         let Some(job) = route.ready.try_pop() else {
             continue;
         };
-        // Every path below hands the job on before this is dropped.
+        // Every path of `deliver` hands the job on before this is dropped.
         let in_flight = InFlight::start(&route.stats, &job);
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match route.connect().await {
-                Ok(c) => {
-                    sent_on_conn = 0;
-                    c
-                }
-                Err(ConnectFailure::Session(e)) => {
-                    route.connection_failed(job, e, None);
-                    continue;
-                }
-                Err(ConnectFailure::Permanent(reply)) => {
-                    let replies = vec![reply; job.rcpts.len()];
-                    let at = route.attempt_context(None, None);
-                    route.ctx.recorder.replies(&job, &replies, &at);
-                    continue;
-                }
-            },
-        };
-        let started = std::time::Instant::now();
-        let result = attempt(&mut c, &job, &route.ctx.verp_secret).await;
-        crate::metrics::transaction_time(&route.name, started);
-        let remote = Some(c.remote().to_owned());
-        match result {
-            Ok(replies) => {
-                route.mark_up();
-                let at = route.attempt_context(remote, Some(tls_label(&c.tls())));
-                route.ctx.recorder.replies(&job, &replies, &at);
-                route
-                    .stats
-                    .delivered(replies.iter().filter(|r| r.is_positive()).count());
-                drop(in_flight);
-                sent_on_conn += 1;
-                if sent_on_conn >= route.max_messages_per_connection {
-                    c.quit().await;
-                } else {
-                    conn = Some(c);
-                }
-            }
-            Err(e) => route.connection_failed(job, e, remote),
-        }
+        pooled = route.deliver(job, pooled.take()).await;
+        drop(in_flight);
     }
-    if let Some(c) = conn {
-        c.quit().await;
+    if let Some(pooled) = pooled {
+        pooled.connection.quit().await;
     }
     route.workers.fetch_sub(1, Ordering::AcqRel);
     // A job may have arrived while this worker was leaving.
     if !route.ready.is_empty() {
         route.start_worker_if_needed();
+    }
+}
+
+/// A worker's open connection and the transactions it has carried.
+struct Pooled {
+    connection: Connection,
+    transactions: usize,
+}
+
+impl Route {
+    /// Delivers one job, on the pooled connection when the server has not
+    /// closed it meanwhile, and returns the connection to keep, if any.
+    ///
+    /// Relays close idle connections (Postfix after a few seconds) and
+    /// restart; that is no failure of theirs. So a pooled connection the
+    /// server closed is dropped before use, and one that turns out closed at
+    /// the first command (I/O error or 421 to MAIL) costs one reconnect:
+    /// the job goes again on a fresh connection, with no attempt counted and
+    /// no circuit breaker. Only failures of fresh connections mark the route
+    /// down.
+    async fn deliver(&self, job: Job, pooled: Option<Pooled>) -> Option<Pooled> {
+        let pooled = pooled.and_then(|mut p| (!p.connection.closed_by_server()).then_some(p));
+        let reused = pooled.is_some();
+        let mut current = match pooled {
+            Some(pooled) => pooled,
+            None => self.fresh_connection(&job).await?,
+        };
+        let error = match self.transaction(&mut current, &job).await {
+            Ok(()) => return self.keep(current).await,
+            Err(error) => error,
+        };
+        let remote = Some(current.connection.remote().to_owned());
+        if !reused {
+            self.connection_failed(job, error, remote);
+            return None;
+        }
+        if !error.closed_while_idle() {
+            // The server worked a moment ago: this says nothing about its
+            // health, so the route stays up and the recipients wait.
+            let at = self.attempt_context(remote, None);
+            self.ctx.recorder.session_failed(&job, &error, &at);
+            return None;
+        }
+        log::debug!(
+            "route {}: pooled connection to {} was closed by the server ({error}); reconnecting",
+            self.name,
+            current.connection.remote()
+        );
+        let mut fresh = self.fresh_connection(&job).await?;
+        match self.transaction(&mut fresh, &job).await {
+            Ok(()) => self.keep(fresh).await,
+            Err(error) => {
+                let remote = Some(fresh.connection.remote().to_owned());
+                self.connection_failed(job, error, remote);
+                None
+            }
+        }
+    }
+
+    /// A new connection; when there is none to be had the job is handed on
+    /// (failover, deferral or bounce) and None returned.
+    async fn fresh_connection(&self, job: &Job) -> Option<Pooled> {
+        match self.connect().await {
+            Ok(connection) => Some(Pooled {
+                connection,
+                transactions: 0,
+            }),
+            Err(ConnectFailure::Session(e)) => {
+                self.connection_failed(job.clone(), e, None);
+                None
+            }
+            Err(ConnectFailure::Permanent(reply)) => {
+                let replies = vec![reply; job.rcpts.len()];
+                let at = self.attempt_context(None, None);
+                self.ctx.recorder.replies(job, &replies, &at);
+                None
+            }
+        }
+    }
+
+    /// The connection back to the pool, or closed once it has carried
+    /// `max_messages_per_connection` transactions.
+    async fn keep(&self, pooled: Pooled) -> Option<Pooled> {
+        if pooled.transactions >= self.max_messages_per_connection {
+            pooled.connection.quit().await;
+            return None;
+        }
+        Some(pooled)
+    }
+
+    /// One transaction for the job; its outcome is recorded unless the
+    /// connection failed (then the caller decides). A message this server
+    /// cannot carry (8-bit, UTF-8) goes nowhere near the wire.
+    async fn transaction(&self, pooled: &mut Pooled, job: &Job) -> Result<(), SessionError> {
+        let connection = &mut pooled.connection;
+        let remote = Some(connection.remote().to_owned());
+        let sender = mail_from(job, &self.ctx.verp_secret);
+        let rcpts = recipients(job);
+        let envelope = Envelope {
+            mail_from: &sender,
+            recipients: &rcpts,
+        };
+        let needs = ContentNeeds::of(&envelope, &job.message.body);
+        if let Some(refusal) = connection.content_refusal(&needs) {
+            self.content_not_supported(job.clone(), refusal, remote);
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let result = connection.send(&envelope, &job.message.body).await;
+        crate::metrics::transaction_time(&self.name, started);
+        let replies = result?;
+        self.mark_up();
+        let at = self.attempt_context(remote, Some(tls_label(&connection.tls())));
+        self.ctx.recorder.replies(job, &replies, &at);
+        self.stats
+            .delivered(replies.iter().filter(|r| r.is_positive()).count());
+        pooled.transactions += 1;
+        Ok(())
+    }
+
+    /// The server lacks an extension the message needs: the next server of
+    /// the group may have it; without one the recipients bounce with
+    /// `refusal`. The route stays up: it is fine for other mail.
+    fn content_not_supported(&self, mut job: Job, refusal: Reply, remote_host: Option<String>) {
+        if self.mx.is_some() {
+            let replies = vec![refusal; job.rcpts.len()];
+            let at = self.attempt_context(remote_host, None);
+            self.ctx.recorder.replies(&job, &replies, &at);
+            return;
+        }
+        job.tried.push(self.name.clone());
+        let _ = self.ctx.failover.send(Failover {
+            job,
+            error: SessionError::Rejected {
+                phase: crate::smtp::client::Phase::Mail,
+                reply: refusal.clone(),
+            },
+            remote_host,
+            unsupported: Some(refusal),
+        });
     }
 }
 
@@ -465,25 +573,12 @@ fn mail_from(job: &Job, secret: &[u8; 32]) -> String {
     sendengine_bounces::verp::return_path(VERP_LOCAL, &tag, &msg.meta.return_path_domain)
 }
 
-/// One transaction for the job's recipients on an open connection.
-fn attempt<'a>(
-    c: &'a mut Connection,
-    job: &'a Job,
-    secret: &[u8; 32],
-) -> impl std::future::Future<Output = Result<Vec<Reply>, SessionError>> + Send + 'a {
-    let rcpts: Vec<&'a str> = job
-        .rcpts
+/// The job's recipient addresses, in the job's order.
+fn recipients(job: &Job) -> Vec<&str> {
+    job.rcpts
         .iter()
         .map(|&(i, _)| job.message.recipients[i as usize].as_str())
-        .collect();
-    let sender = mail_from(job, secret);
-    async move {
-        let envelope = Envelope {
-            mail_from: &sender,
-            recipients: &rcpts,
-        };
-        c.send(&envelope, &job.message.body).await
-    }
+        .collect()
 }
 
 fn tls_label(state: &TlsState) -> String {

@@ -8,6 +8,7 @@
 
 mod body;
 mod capabilities;
+mod content;
 mod reply;
 mod session;
 mod tls;
@@ -18,6 +19,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use capabilities::Capabilities;
+pub use content::ContentNeeds;
 pub use reply::{MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine};
 /// The client's TLS handshake (aws-lc-rs; webpki roots, or any certificate
 /// when `verify` is false); `server test` uses it step by step.
@@ -55,14 +57,17 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// One timeout per wait on the server (RFC 5321 4.5.3.2 for the defaults).
-#[derive(Clone, Debug)]
+/// One timeout per wait on the server. The defaults are RFC 5321 4.5.3.2's
+/// minimums: a relay that scans a message for minutes after the final dot
+/// must not get it twice because we gave up early.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
+    /// TCP connect (a delivery server's `timeout`).
     pub connect: Duration,
     pub greeting: Duration,
-    /// EHLO or HELO reply.
+    /// EHLO or HELO reply, and the reply to STARTTLS.
     pub ehlo: Duration,
-    /// STARTTLS reply and the TLS handshake.
+    /// The TLS handshake (a delivery server's `timeout`, like connect).
     pub tls: Duration,
     /// Each AUTH exchange.
     pub auth: Duration,
@@ -71,8 +76,11 @@ pub struct Timeouts {
     pub rcpt: Duration,
     /// DATA reply (the 354).
     pub data: Duration,
-    /// Sending the body and the reply after the final dot.
-    pub data_end: Duration,
+    /// Each block of the body written to the server (RFC 5321 4.5.3.2.5:
+    /// per send, not for the whole body).
+    pub data_block: Duration,
+    /// The reply after the final dot.
+    pub final_dot: Duration,
     pub quit: Duration,
 }
 
@@ -88,13 +96,24 @@ impl Timeouts {
             mail: timeout,
             rcpt: timeout,
             data: timeout,
-            data_end: timeout,
+            data_block: timeout,
+            final_dot: timeout,
             quit: timeout,
         }
     }
 
+    /// The RFC 5321 defaults, with `connection` for TCP connect and the TLS
+    /// handshake (what a delivery server's `timeout` means).
+    pub fn with_connection_timeout(connection: Duration) -> Self {
+        Timeouts {
+            connect: connection,
+            tls: connection,
+            ..Timeouts::default()
+        }
+    }
+
     /// The longest a session can take from connect to the end of one
-    /// transaction: every phase's timeout added up.
+    /// transaction (one body block counted): every phase's timeout added up.
     pub fn whole_session(&self) -> Duration {
         [
             self.connect,
@@ -105,7 +124,8 @@ impl Timeouts {
             self.mail,
             self.rcpt,
             self.data,
-            self.data_end,
+            self.data_block,
+            self.final_dot,
         ]
         .iter()
         .sum()
@@ -116,20 +136,22 @@ impl Timeouts {
         match phase {
             Phase::Connect => self.connect,
             Phase::Greeting => self.greeting,
-            Phase::Ehlo => self.ehlo,
-            Phase::StartTls | Phase::Tls => self.tls,
+            Phase::Ehlo | Phase::StartTls => self.ehlo,
+            Phase::Tls => self.tls,
             Phase::Auth => self.auth,
             Phase::Mail | Phase::Rset => self.mail,
             Phase::Rcpt => self.rcpt,
             Phase::Data => self.data,
-            Phase::DataEnd => self.data_end,
+            Phase::Body => self.data_block,
+            Phase::DataEnd => self.final_dot,
             Phase::Quit => self.quit,
         }
     }
 }
 
 impl Default for Timeouts {
-    /// RFC 5321 4.5.3.2 minimums, and Postfix's 30 s connect timeout.
+    /// RFC 5321 4.5.3.2 minimums (EHLO, STARTTLS and AUTH as MAIL: 5 min),
+    /// and Postfix's 30 s connect timeout.
     fn default() -> Self {
         const MINUTE: u64 = 60;
         Timeouts {
@@ -141,7 +163,8 @@ impl Default for Timeouts {
             mail: Duration::from_secs(5 * MINUTE),
             rcpt: Duration::from_secs(5 * MINUTE),
             data: Duration::from_secs(2 * MINUTE),
-            data_end: Duration::from_secs(10 * MINUTE),
+            data_block: Duration::from_secs(3 * MINUTE),
+            final_dot: Duration::from_secs(10 * MINUTE),
             quit: Duration::from_secs(MINUTE),
         }
     }
@@ -178,7 +201,9 @@ pub enum Phase {
     Rcpt,
     /// The DATA command and its 354.
     Data,
-    /// Sending the body and the reply after the final dot.
+    /// Sending the body.
+    Body,
+    /// The final dot and the reply to it.
     DataEnd,
     Rset,
     Quit,
@@ -196,6 +221,7 @@ impl fmt::Display for Phase {
             Phase::Mail => "MAIL FROM",
             Phase::Rcpt => "RCPT TO",
             Phase::Data => "DATA",
+            Phase::Body => "message body",
             Phase::DataEnd => "end of data",
             Phase::Rset => "RSET",
             Phase::Quit => "QUIT",
@@ -231,6 +257,19 @@ impl SessionError {
             | SessionError::Tls { phase, .. }
             | SessionError::Rejected { phase, .. }
             | SessionError::Protocol { phase, .. } => *phase,
+        }
+    }
+
+    /// Whether this failure, on a connection that already carried a
+    /// transaction, only says that the server closed it meanwhile: an I/O
+    /// error or a 421 at the first command (MAIL), before anything of the
+    /// message was sent. Then a fresh connection is worth one more try, and
+    /// the failure says nothing about the server's health.
+    pub fn closed_while_idle(&self) -> bool {
+        match self {
+            SessionError::Io { phase, .. } => *phase == Phase::Mail,
+            SessionError::Rejected { phase, reply } => *phase == Phase::Mail && reply.code == 421,
+            _ => false,
         }
     }
 
@@ -293,6 +332,20 @@ impl Connection {
     /// The extensions from the last EHLO (after STARTTLS when it was used).
     pub fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// Whether the server closed the connection (or said something, such as
+    /// a 421, without being asked) while it sat idle in the pool. A cheap
+    /// look, without waiting: relays close idle connections after a few
+    /// seconds, and a pooled connection is checked before each reuse.
+    pub fn closed_by_server(&mut self) -> bool {
+        self.broken || self.transport.has_unsolicited_input()
+    }
+
+    /// The permanent refusal when this server lacks an extension the
+    /// message needs (8BITMIME, SMTPUTF8), naming the server; None if not.
+    pub fn content_refusal(&self, needs: &ContentNeeds) -> Option<Reply> {
+        needs.refusal(&self.capabilities, &self.remote)
     }
 
     /// Ends the session politely: QUIT, wait for its reply with the quit

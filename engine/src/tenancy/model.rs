@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::parse_duration;
-use crate::smtp::client::{Credentials, Encryption};
+use crate::smtp::client::{Credentials, Encryption, Timeouts};
 
 /// The built-in route that delivers to the recipients' MX hosts; a group
 /// may list it like a delivery server.
@@ -27,7 +27,11 @@ pub struct DeliveryServerSpec {
     pub host: String,
     pub port: Option<u16>,
     pub encryption: Option<String>,
+    /// TCP connect and TLS handshake timeout (default 10s).
     pub timeout: Option<String>,
+    /// Per-phase SMTP timeouts; each left out keeps its RFC 5321 default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<PhaseTimeoutsSpec>,
     pub max_connections: Option<usize>,
     pub max_messages_per_connection: Option<usize>,
     pub auth: Option<AuthSpec>,
@@ -49,6 +53,49 @@ pub struct DeliveryServerSpec {
     /// The result of the last `server test` (set by the admin socket).
     #[serde(default)]
     pub last_test: Option<ServerTest>,
+}
+
+/// `timeouts = { greeting = "5m", mail = "5m", rcpt = "5m", data = "2m",
+/// data_block = "3m", final_dot = "10m" }` on a delivery server: the waits
+/// of an SMTP session after the connection is up (RFC 5321 4.5.3.2 names
+/// and defaults; `ehlo` also bounds the STARTTLS and AUTH replies).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTimeoutsSpec {
+    pub greeting: Option<String>,
+    pub ehlo: Option<String>,
+    pub mail: Option<String>,
+    pub rcpt: Option<String>,
+    pub data: Option<String>,
+    pub data_block: Option<String>,
+    pub final_dot: Option<String>,
+}
+
+impl PhaseTimeoutsSpec {
+    /// The session timeouts: `connection` for connect and TLS, each phase
+    /// given here, the RFC 5321 default for the rest.
+    fn resolve(&self, connection: Duration) -> Result<Timeouts, String> {
+        let mut timeouts = Timeouts::with_connection_timeout(connection);
+        let phases = [
+            ("greeting", &self.greeting, &mut timeouts.greeting),
+            ("ehlo", &self.ehlo, &mut timeouts.ehlo),
+            ("mail", &self.mail, &mut timeouts.mail),
+            ("rcpt", &self.rcpt, &mut timeouts.rcpt),
+            ("data", &self.data, &mut timeouts.data),
+            ("data_block", &self.data_block, &mut timeouts.data_block),
+            ("final_dot", &self.final_dot, &mut timeouts.final_dot),
+        ];
+        for (key, text, slot) in phases {
+            let Some(text) = text else { continue };
+            let value = parse_duration(text).map_err(|e| format!("timeouts.{key}: {e}"))?;
+            if value.is_zero() {
+                return Err(format!("timeouts.{key}: must be longer than 0s"));
+            }
+            *slot = value;
+        }
+        timeouts.auth = timeouts.ehlo;
+        Ok(timeouts)
+    }
 }
 
 /// What `sendctl server test` found, kept on the server.
@@ -98,7 +145,10 @@ pub struct DeliveryServer {
     pub host: String,
     pub port: u16,
     pub encryption: Encryption,
+    /// The connection (TCP connect + TLS handshake) timeout.
     pub timeout: Duration,
+    /// Every wait of a session, `timeout` included as connect and TLS.
+    pub timeouts: Timeouts,
     pub max_connections: usize,
     pub max_messages_per_connection: usize,
     pub auth: Option<Credentials>,
@@ -167,6 +217,7 @@ impl DeliveryServerSpec {
             port: self.port.unwrap_or(default_port),
             encryption,
             timeout,
+            timeouts: self.timeouts.clone().unwrap_or_default().resolve(timeout)?,
             max_connections: positive("max_connections", self.max_connections, 10)?,
             max_messages_per_connection: positive(
                 "max_messages_per_connection",
@@ -366,5 +417,42 @@ fn valid_name(key: &str, name: &str) -> Result<(), String> {
         Err(format!(
             "{key}: `{name}` must be 1-128 characters of letters, digits, - _ . @"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(extra: &str) -> Result<DeliveryServer, String> {
+        let text = format!("name = \"relay\"\nhost = \"127.0.0.1\"\n{extra}");
+        let spec: DeliveryServerSpec = toml::from_str(&text).map_err(|e| e.to_string())?;
+        spec.validate(None)
+    }
+
+    #[test]
+    fn timeout_is_the_connection_and_phases_keep_rfc_5321_defaults() {
+        let checked = server("timeout = \"7s\"\n").unwrap();
+        let t = &checked.timeouts;
+        assert_eq!(
+            (t.connect, t.tls),
+            (Duration::from_secs(7), Duration::from_secs(7))
+        );
+        assert_eq!(t.greeting, Duration::from_secs(300));
+        assert_eq!(t.data, Duration::from_secs(120));
+        assert_eq!(t.data_block, Duration::from_secs(180));
+        assert_eq!(t.final_dot, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn each_phase_can_be_set_and_mistakes_name_the_key() {
+        let checked = server("timeouts = { final_dot = \"20m\", ehlo = \"1m\" }\n").unwrap();
+        assert_eq!(checked.timeouts.final_dot, Duration::from_secs(1200));
+        assert_eq!(checked.timeouts.auth, Duration::from_secs(60));
+        assert_eq!(checked.timeouts.mail, Duration::from_secs(300));
+        let zero = server("timeouts = { rcpt = \"0s\" }\n").unwrap_err();
+        assert!(zero.contains("timeouts.rcpt"), "{zero}");
+        let unknown = server("timeouts = { dot = \"1m\" }\n").unwrap_err();
+        assert!(unknown.contains("dot"), "{unknown}");
     }
 }

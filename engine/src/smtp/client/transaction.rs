@@ -9,7 +9,7 @@
 
 use std::iter;
 
-use super::{Connection, Envelope, Phase, Reply, SessionError};
+use super::{Connection, ContentNeeds, Envelope, Phase, Reply, SessionError};
 
 /// Commands per pipelined group. Bounded so that a server answering a long
 /// group cannot fill its send buffer while we are still writing (deadlock).
@@ -169,7 +169,8 @@ impl Connection {
         envelope: &Envelope<'_>,
         body: &[u8],
     ) -> Result<Vec<Reply>, SessionError> {
-        if let Some(refusal) = self.refuse_locally(envelope, body) {
+        let needs = ContentNeeds::of(envelope, body);
+        if let Some(refusal) = self.refuse_locally(envelope, body, &needs) {
             return Ok(vec![refusal; envelope.recipients.len()]);
         }
         let mut outcomes: Vec<Option<Reply>> = envelope
@@ -188,8 +189,9 @@ impl Connection {
             .chain(recipients_to_send)
             .chain(iter::once(Command::Data))
             .collect();
+        let mail_command = self.mail_command(envelope, body, &needs);
         let replies = self
-            .exchange_envelope(&plan, envelope, body, &mut outcomes)
+            .exchange_envelope(&plan, envelope, &mail_command, &mut outcomes)
             .await?;
         let decided = self.conclude(replies, body).await?;
         Ok(outcomes
@@ -199,7 +201,12 @@ impl Connection {
     }
 
     /// Refusals that apply to the whole message and need no server round trip.
-    fn refuse_locally(&self, envelope: &Envelope<'_>, body: &[u8]) -> Option<Reply> {
+    fn refuse_locally(
+        &self,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+        needs: &ContentNeeds,
+    ) -> Option<Reply> {
         if !envelope.mail_from.is_empty()
             && let Err(reply) = check_address(envelope.mail_from, "5.1.7", "sender")
         {
@@ -214,22 +221,18 @@ impl Connection {
             );
             return Some(Reply::local(552, "5.3.4", text));
         }
-        if needs_smtputf8(envelope) && !self.capabilities.smtp_utf8 {
-            let text = "SMTPUTF8 is required, but was not offered by the server";
-            return Some(Reply::local(553, "5.6.7", text));
-        }
-        None
+        self.content_refusal(needs)
     }
 
-    fn mail_command(&self, envelope: &Envelope<'_>, body: &[u8]) -> String {
+    fn mail_command(&self, envelope: &Envelope<'_>, body: &[u8], needs: &ContentNeeds) -> String {
         let mut command = format!("MAIL FROM:<{}>", envelope.mail_from);
         if self.capabilities.size.is_some() {
             command.push_str(&format!(" SIZE={}", body.len()));
         }
-        if self.capabilities.eight_bit_mime && !body.is_ascii() {
+        if self.capabilities.eight_bit_mime && needs.eight_bit() {
             command.push_str(" BODY=8BITMIME");
         }
-        if needs_smtputf8(envelope) {
+        if self.capabilities.smtp_utf8 && needs.smtputf8() {
             command.push_str(" SMTPUTF8");
         }
         command
@@ -241,7 +244,7 @@ impl Connection {
         &mut self,
         plan: &[Command],
         envelope: &Envelope<'_>,
-        body: &[u8],
+        mail_command: &str,
         outcomes: &mut [Option<Reply>],
     ) -> Result<EnvelopeReplies, SessionError> {
         let group_size = if self.capabilities.pipelining {
@@ -249,7 +252,6 @@ impl Connection {
         } else {
             1
         };
-        let mail_command = self.mail_command(envelope, body);
         let mut replies = EnvelopeReplies::default();
         for group in plan.chunks(group_size) {
             if group
@@ -258,7 +260,7 @@ impl Connection {
             {
                 break;
             }
-            let text = command_lines(group, &mail_command, envelope);
+            let text = command_lines(group, mail_command, envelope);
             let phase = group.first().map_or(Phase::Mail, |first| first.phase());
             let after = self.timeouts.for_phase(phase);
             self.transport
@@ -306,10 +308,10 @@ impl Connection {
             self.reset().await?;
             return Ok(data);
         }
-        let phase = Phase::DataEnd;
         self.transport
-            .send_body(phase, self.timeouts.data_end, body)
+            .send_body(Phase::Body, self.timeouts.data_block, body)
             .await?;
+        let phase = Phase::DataEnd;
         let reply = self.read(phase).await?;
         expect_completion(phase, reply)
     }
@@ -319,7 +321,7 @@ impl Connection {
     async fn end_empty_data(&mut self) -> Result<(), SessionError> {
         let phase = Phase::DataEnd;
         self.transport
-            .send_line(phase, self.timeouts.data_end, ".")
+            .send_line(phase, self.timeouts.data_block, ".")
             .await?;
         self.read(phase).await.map(drop)
     }
@@ -365,14 +367,6 @@ fn check_address(address: &str, enhanced: &str, role: &str) -> Result<(), Reply>
         return Err(Reply::local(501, enhanced, text));
     }
     Ok(())
-}
-
-fn needs_smtputf8(envelope: &Envelope<'_>) -> bool {
-    !envelope.mail_from.is_ascii()
-        || envelope
-            .recipients
-            .iter()
-            .any(|recipient| !recipient.is_ascii())
 }
 
 /// Replies to MAIL, RCPT and the final dot must be 2xx, 4xx or 5xx.
@@ -421,20 +415,6 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn smtputf8_detection() {
-        let ascii = Envelope {
-            mail_from: "a@b.c",
-            recipients: &["d@e.f"],
-        };
-        let utf8 = Envelope {
-            mail_from: "",
-            recipients: &["d@e.f", "josé@exemple.fr"],
-        };
-        assert!(!needs_smtputf8(&ascii));
-        assert!(needs_smtputf8(&utf8));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 
 use super::body::{DotStuffed, data_terminator};
@@ -202,6 +204,22 @@ impl Transport {
             self.line.pop();
         }
         Ok(())
+    }
+
+    /// Whether the server closed the connection or sent something that no
+    /// command asked for. Polls the socket once without waiting (a no-op
+    /// waker: nobody needs waking, the answer is wanted now).
+    pub fn has_unsolicited_input(&mut self) -> bool {
+        if !self.io.buffer().is_empty() {
+            return true;
+        }
+        let mut context = Context::from_waker(Waker::noop());
+        // Ready with nothing: end of stream. Ready with bytes: a reply to
+        // nothing, such as an idle-timeout 421 before the close. Pending:
+        // the connection is quiet, as a usable one is.
+        Pin::new(&mut self.io)
+            .poll_fill_buf(&mut context)
+            .is_ready()
     }
 
     /// Gives back the plain TCP stream for the TLS handshake after STARTTLS.
