@@ -67,35 +67,91 @@ pub fn fields(text: &str) -> Vec<(String, String)> {
 }
 
 /// Reads the recipients of a delivery-status text.
+///
+/// RFC 3464 §2.1: the per-message fields come first, then one group of
+/// fields per recipient, the groups separated by blank lines, and inside a
+/// group the fields in any order. So a paragraph that names a recipient
+/// starts a new one, and every field of that paragraph (also those before
+/// the recipient line) belongs to it. Only inside a paragraph that names
+/// several recipients (text that is not a standard report) does a repeated
+/// recipient field start the next one; paragraphs without a recipient
+/// field add to the current recipient, as non-standard text spreads one
+/// recipient's lines over paragraphs.
 pub fn read_report(text: &str) -> DsnReport {
     let mut report = DsnReport::default();
     let mut current = DsnRecipient::default();
-    for (name, value) in fields(text) {
-        match name.as_str() {
-            "reporting-mta" => report.reporting_mta = Some(strip_type(&value)),
-            "original-recipient" => {
-                // A recipient field seen twice starts the next recipient;
-                // servers list Original- and Final-Recipient in either order.
-                if current.original_recipient.is_some() {
-                    push(&mut report, std::mem::take(&mut current));
-                }
-                current.original_recipient = Some(clean_address(&value));
-            }
-            "final-recipient" => {
-                if current.final_recipient.is_some() {
-                    push(&mut report, std::mem::take(&mut current));
-                }
-                current.final_recipient = Some(clean_address(&value));
-            }
-            "action" => current.action = Some(value.to_ascii_lowercase()),
-            "status" => current.status = Some(value),
-            "diagnostic-code" => current.diagnostic = Some(strip_type(&value)),
-            "remote-mta" => current.remote_mta = Some(strip_type(&value)),
-            _ => {}
+    for paragraph in paragraphs(text) {
+        let fields = fields(paragraph);
+        let names_recipient = fields.iter().any(|(name, _)| is_recipient_field(name));
+        if names_recipient {
+            push(&mut report, std::mem::take(&mut current));
+        }
+        for (name, value) in fields {
+            read_field(&mut report, &mut current, &name, value);
         }
     }
     push(&mut report, current);
     report
+}
+
+/// The blank-line separated paragraphs of a text (a line of only spaces
+/// counts as blank).
+fn paragraphs(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let mut end = rest.len();
+            let mut next = rest.len();
+            let mut offset = 0;
+            for line in rest.split_inclusive('\n') {
+                if line.trim().is_empty() {
+                    end = offset;
+                    next = offset + line.len();
+                    break;
+                }
+                offset += line.len();
+            }
+            let paragraph = &rest[..end];
+            rest = &rest[next..];
+            if !paragraph.trim().is_empty() {
+                return Some(paragraph);
+            }
+        }
+    })
+}
+
+fn is_recipient_field(name: &str) -> bool {
+    matches!(name, "original-recipient" | "final-recipient")
+}
+
+/// One field into the report or the current recipient. A recipient field
+/// seen twice starts the next recipient (non-standard text lists several
+/// recipients in one paragraph, Original- and Final-Recipient in either
+/// order).
+fn read_field(report: &mut DsnReport, current: &mut DsnRecipient, name: &str, value: String) {
+    match name {
+        "reporting-mta" => report.reporting_mta = Some(strip_type(&value)),
+        "original-recipient" => {
+            if current.original_recipient.is_some() {
+                push(report, std::mem::take(current));
+            }
+            current.original_recipient = Some(clean_address(&value));
+        }
+        "final-recipient" => {
+            if current.final_recipient.is_some() {
+                push(report, std::mem::take(current));
+            }
+            current.final_recipient = Some(clean_address(&value));
+        }
+        "action" => current.action = Some(value.to_ascii_lowercase()),
+        "status" => current.status = Some(value),
+        "diagnostic-code" => current.diagnostic = Some(strip_type(&value)),
+        "remote-mta" => current.remote_mta = Some(strip_type(&value)),
+        _ => {}
+    }
 }
 
 fn push(report: &mut DsnReport, recipient: DsnRecipient) {
