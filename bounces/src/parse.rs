@@ -48,6 +48,8 @@ pub struct Record {
     pub action: Option<String>,
     /// Bounces only.
     pub category: Option<Category>,
+    /// A hard bounce: a category that says the address will never work
+    /// (bad mailbox, inactive mailbox, bad domain), at a permanent status.
     pub hard: bool,
     /// Permanent failure (5.x.x); not part of the JSON record.
     #[serde(skip)]
@@ -155,6 +157,10 @@ fn parse_at_depth(raw: &[u8], depth: usize, classifier: &Classifier) -> Vec<Reco
     for record in &mut records {
         record.original_message_id = context.original_message_id.clone();
         record.verp_tag = context.verp_tag.clone();
+        // A temporary failure is never hard, whatever its words say: the
+        // address may work at the next try (Postfix and KumoMTA suppress
+        // nothing on a 4.x.x either).
+        record.hard &= record.permanent;
     }
     records
 }
