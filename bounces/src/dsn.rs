@@ -21,13 +21,43 @@ pub struct DsnRecipient {
 }
 
 impl DsnRecipient {
-    /// The address to report: Final-Recipient, else Original-Recipient.
+    /// The address to report: Final-Recipient, else Original-Recipient,
+    /// whichever is an Internet address. An X.400 name, a bare local host
+    /// name, a pipe or a file is no address to suppress: None then, and
+    /// the caller looks elsewhere or reports no recipient.
     pub fn address(&self) -> Option<&str> {
-        self.final_recipient
-            .as_deref()
-            .or(self.original_recipient.as_deref())
-            .filter(|a| !a.is_empty())
+        [&self.final_recipient, &self.original_recipient]
+            .into_iter()
+            .filter_map(|a| a.as_deref())
+            .find(|a| is_internet_address(a))
     }
+
+    /// Whether the group names a recipient at all (in any form).
+    fn names_recipient(&self) -> bool {
+        [&self.final_recipient, &self.original_recipient]
+            .into_iter()
+            .any(|a| a.as_deref().is_some_and(|a| !a.is_empty()))
+    }
+}
+
+/// `local@domain.tld`: one `@`, a local part that is not a path, a pipe or
+/// a source route, a domain of dot-separated labels ending in letters.
+pub fn is_internet_address(address: &str) -> bool {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && !local.starts_with(['/', '|', '@'])
+        && !local.contains(['@', ':', ' ', '<', '>']);
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+    local_ok && domain_ok
 }
 
 /// The per-message fields and the recipients of a report.
@@ -155,21 +185,34 @@ fn read_field(report: &mut DsnReport, current: &mut DsnRecipient, name: &str, va
 }
 
 fn push(report: &mut DsnReport, recipient: DsnRecipient) {
-    if recipient.address().is_some() && report.recipients.len() < MAX_RECIPIENTS {
+    if recipient.names_recipient() && report.recipients.len() < MAX_RECIPIENTS {
         report.recipients.push(recipient);
     }
 }
 
-/// "rfc822; <User@Example.com>" -> "User@Example.com".
+/// "rfc822; <User@Example.com>" -> "User@Example.com"; Exchange's
+/// "SMTP:user@example.com" and "smtp=user@example.com" lose their prefix.
 pub fn clean_address(value: &str) -> String {
     let value = strip_type(value);
-    let value = value.trim().trim_start_matches('<');
+    let value = strip_exchange_prefix(value.trim().trim_start_matches('<'));
     let value = value.split(['>', ' ', '\t', ',']).next().unwrap_or("");
     // Quoted local parts ("a..b"@example.com) are reported unquoted.
     value
         .replace('"', "")
         .trim_matches(|c| c == '\'' || c == '.')
         .to_string()
+}
+
+/// Exchange names addresses "SMTP:user@example.com" or "smtp=user@...".
+pub fn strip_exchange_prefix(address: &str) -> &str {
+    for prefix in ["smtp:", "smtp="] {
+        if let Some(head) = address.get(..prefix.len())
+            && head.eq_ignore_ascii_case(prefix)
+        {
+            return address[prefix.len()..].trim_start_matches('<');
+        }
+    }
+    address
 }
 
 /// Drops the "rfc822;", "smtp;", "dns;" type prefix of a DSN value.
@@ -185,6 +228,34 @@ pub fn strip_type(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_internet_addresses_are_reported() {
+        for good in [
+            "a@example.org",
+            "first.last+tag@mx.example.co.uk",
+            "x=y@a-b.example",
+        ] {
+            assert!(is_internet_address(good), "{good}");
+        }
+        for bad in [
+            "/S=kijitora/ADMD=ATT/C=US/@x400.example.net",
+            "kijitora@server",
+            "@mx.example.org",
+            "@smtp.example.net:kijitora@server",
+            "|/usr/local/bin/filter",
+            "/var/mail/kijitora",
+            "a@192.0.2.1",
+            "",
+        ] {
+            assert!(!is_internet_address(bad), "{bad}");
+        }
+        assert_eq!(
+            clean_address("rfc822; SMTP:Bob@Example.org"),
+            "Bob@Example.org"
+        );
+        assert_eq!(clean_address("smtp=<bob@example.org>"), "bob@example.org");
+    }
 
     #[test]
     fn reads_two_recipients_with_folded_diagnostic() {

@@ -2,28 +2,18 @@
 //! blank-line separated paragraphs (§2.1), whatever the order of the fields
 //! inside a group.
 
+mod support;
+
 use sendengine_bounces::{Kind, parse_message};
+use support::report;
 
 /// A multipart/report whose delivery-status part is `status`.
-fn report(status: &str) -> Vec<u8> {
-    format!(
-        "From: Mail Delivery System <MAILER-DAEMON@mx.example.org>\r\n\
-To: bounces+x@mail.example.com\r\n\
-Subject: Delivery Status Notification\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/report; report-type=delivery-status; boundary=\"BB\"\r\n\
-\r\n\
---BB\r\n\
-Content-Type: text/plain\r\n\
-\r\n\
-This is the delivery status of your message.\r\n\
---BB\r\n\
-Content-Type: message/delivery-status\r\n\
-\r\n\
-{status}\
---BB--\r\n"
+fn dsn(status: &str) -> Vec<u8> {
+    report(
+        "This is the delivery status of your message.",
+        status.trim_start_matches("Reporting-MTA: dns; mx.example.org\r\n\r\n"),
+        "someone@example.net",
     )
-    .into_bytes()
 }
 
 #[test]
@@ -40,7 +30,7 @@ Status: 2.0.0\r\n\
 Diagnostic-Code: smtp; 250 2.0.0 ok\r\n\
 Final-Recipient: rfc822; happy@example.net\r\n\
 \r\n";
-    let records = parse_message(&report(status));
+    let records = parse_message(&dsn(status));
     let gone = records
         .iter()
         .find(|r| r.recipient.as_deref() == Some("gone@example.net"))
@@ -71,7 +61,7 @@ Status: 5.1.1\r\n\
 Final-Recipient: rfc822; second@example.net\r\n\
 Original-Recipient: rfc822; second@example.net\r\n\
 \r\n";
-    let records = parse_message(&report(status));
+    let records = parse_message(&dsn(status));
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0].recipient.as_deref(), Some("first@example.net"));
     assert_eq!(records[0].status.as_deref(), Some("4.2.2"));
@@ -93,7 +83,7 @@ Final-Recipient: rfc822; two@example.net\r\n\
 Action: failed\r\n\
 Status: 5.2.2\r\n\
 \r\n";
-    let records = parse_message(&report(status));
+    let records = parse_message(&dsn(status));
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0].status.as_deref(), Some("5.1.1"));
     assert_eq!(records[1].recipient.as_deref(), Some("two@example.net"));
