@@ -88,30 +88,40 @@ impl Intake {
                 count("duplicate");
                 continue;
             }
-            let known = self.delivered(&target)?;
-            let event = report_event(&target, known.as_ref(), &record, body.len());
-            count(if record.kind == Kind::Complaint {
-                "complaint"
-            } else {
-                "bounce"
-            });
-            let suppress = self.auto_suppress
-                && (record.kind == Kind::Complaint || record.hard)
-                && !event.recipient.is_empty();
-            if suppress {
-                self.suppress(&event, &record)?;
-            }
-            events.push(event.clone());
-            if suppress {
-                events.push(Event {
-                    kind: EventKind::Suppression,
-                    ..event
-                });
-            }
+            events.extend(self.act_on(&target, &record, body.len())?);
             acted_on.push((target.id, target.rcpt, key));
         }
         self.mark_reported(&acted_on)?;
         Ok(events)
+    }
+
+    /// The event of one report, and for a hard bounce or a complaint the
+    /// suppression (committed) and its event.
+    fn act_on(
+        &self,
+        target: &Target,
+        record: &Record,
+        size: usize,
+    ) -> Result<Vec<Event>, IntakeError> {
+        let known = self.delivered(target)?;
+        let event = report_event(target, known.as_ref(), record, size);
+        count(if record.kind == Kind::Complaint {
+            "complaint"
+        } else {
+            "bounce"
+        });
+        let suppress = self.auto_suppress
+            && (record.kind == Kind::Complaint || record.hard)
+            && !event.recipient.is_empty();
+        if !suppress {
+            return Ok(vec![event]);
+        }
+        self.suppress(&event, record)?;
+        let suppression = Event {
+            kind: EventKind::Suppression,
+            ..event.clone()
+        };
+        Ok(vec![event, suppression])
     }
 
     fn already_reported(&self, target: &Target, key: &str) -> Result<bool, IntakeError> {
