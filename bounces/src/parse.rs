@@ -48,6 +48,8 @@ pub struct Record {
     pub action: Option<String>,
     /// Bounces only.
     pub category: Option<Category>,
+    /// A hard bounce: a category that says the address will never work
+    /// (bad mailbox, inactive mailbox, bad domain), at a permanent status.
     pub hard: bool,
     /// Permanent failure (5.x.x); not part of the JSON record.
     #[serde(skip)]
@@ -155,6 +157,10 @@ fn parse_at_depth(raw: &[u8], depth: usize, classifier: &Classifier) -> Vec<Reco
     for record in &mut records {
         record.original_message_id = context.original_message_id.clone();
         record.verp_tag = context.verp_tag.clone();
+        // A temporary failure is never hard, whatever its words say: the
+        // address may work at the next try (Postfix and KumoMTA suppress
+        // nothing on a 4.x.x either).
+        record.hard &= record.permanent;
     }
     records
 }
@@ -402,7 +408,7 @@ fn looks_like_bounce(mail: &Mail, context: &Context) -> bool {
 
 fn bounce_records(mail: &Mail, context: &Context) -> Vec<Record> {
     let report = dsn::read_report(&mail.text_of(SectionKind::DeliveryStatus));
-    let mut dsn_recipients = report.recipients;
+    let mut dsn_recipients: Vec<DsnRecipient> = report.recipients;
     if dsn_recipients.is_empty() && looks_like_bounce(mail, context) {
         dsn_recipients = dsn::read_report(&context.own_text).recipients;
     }
@@ -412,6 +418,13 @@ fn bounce_records(mail: &Mail, context: &Context) -> Vec<Record> {
         // People bounce mail they sent themselves: retry keeping only the
         // returned message's sender out.
         text_recipients = text::recipients_in_text(&context.own_text, &returned_senders(context));
+    }
+    if let ([only], [named]) = (dsn_recipients.as_mut_slice(), text_recipients.as_slice())
+        && only.address().is_none()
+    {
+        // The report names its recipient in a form that is no Internet
+        // address (X.400, a local host name); the text names one address.
+        only.final_recipient = Some(named.address.clone());
     }
     if !dsn_recipients.is_empty() {
         return dsn_recipients
@@ -435,6 +448,14 @@ fn bounce_records(mail: &Mail, context: &Context) -> Vec<Record> {
     let mut recipients = text_recipients;
     if recipients.is_empty() {
         recipients = fallback_recipients(mail, context);
+    }
+    if recipients.is_empty() && text_names_a_recipient(context) {
+        // The text names its recipient in no usable form: still a bounce
+        // (the VERP tag says whose), with no address rather than a guess.
+        recipients.push(TextRecipient {
+            address: String::new(),
+            diagnostic: String::new(),
+        });
     }
     for recipient in recipients.iter_mut().filter(|r| r.diagnostic.is_empty()) {
         recipient.diagnostic = last_paragraph(&context.own_text);
@@ -486,13 +507,39 @@ fn returned_senders(context: &Context) -> Vec<String> {
         .collect()
 }
 
-/// X-Failed-Recipients (Exim), else the To of the returned message.
+/// Whether the bounce's own text names a recipient, in any form, even one
+/// left out as a sender of the returned message.
+fn text_names_a_recipient(context: &Context) -> bool {
+    !text::local_host_addresses(&context.own_text).is_empty()
+        || !text::recipients_in_text(&context.own_text, &[]).is_empty()
+}
+
+/// X-Failed-Recipients (Exim), else the To of the returned message. When
+/// the text already named the recipient, the returned To is no evidence
+/// (it lists the message's other readers: a list, a colleague), except a
+/// To with the local part of an address named at a bare local host name
+/// ("<kim@mailhost>"): that is the address that was meant.
 fn fallback_recipients(mail: &Mail, context: &Context) -> Vec<TextRecipient> {
-    let listed = mail
+    let mut listed = mail
         .header("x-failed-recipients")
-        .or_else(|| context.returned_header("to"))
         .map(text::addresses)
         .unwrap_or_default();
+    let named_internet = !text::recipients_in_text(&context.own_text, &[]).is_empty();
+    if listed.is_empty() && !named_internet {
+        listed = context
+            .returned_header("to")
+            .map(text::addresses)
+            .unwrap_or_default();
+        let named = text::local_host_addresses(&context.own_text);
+        if !named.is_empty() {
+            listed.retain(|address| {
+                let local = address.split('@').next().unwrap_or_default();
+                named
+                    .iter()
+                    .any(|(named_local, _)| named_local.eq_ignore_ascii_case(local))
+            });
+        }
+    }
     listed
         .into_iter()
         .map(|address| {
@@ -737,7 +784,14 @@ static AUTO_REPLY_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap_or_else(|e| panic!("{e}"))
 });
 
+/// An auto-reply answers for a person's mailbox; a notice from the mail
+/// system's own (postmaster, mailer-daemon) that is no bounce we can read
+/// names nobody, so it is no auto-reply either.
 fn is_auto_reply(mail: &Mail) -> bool {
+    let from = mail.header("from").map(text::addresses).unwrap_or_default();
+    if from.first().is_some_and(|a| text::is_service_mailbox(a)) {
+        return false;
+    }
     let auto_submitted = mail
         .header("auto-submitted")
         .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));

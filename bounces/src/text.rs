@@ -88,9 +88,12 @@ pub fn recipients_in_text(text: &str, excluded: &[String]) -> Vec<TextRecipient>
         if NOT_RECIPIENT_LINE.is_match(line) {
             continue;
         }
-        for address in ADDRESS.find_iter(line) {
-            let address = address.as_str().trim_matches(['.', '\'', '`', '=']);
-            if !is_recipient_candidate(address, excluded) {
+        for found_at in ADDRESS.find_iter(line) {
+            let address = found_at.as_str().trim_matches(['.', '\'', '`', '=']);
+            let address = crate::dsn::strip_exchange_prefix(address);
+            if !is_recipient_candidate(address, excluded)
+                || is_offered_in_prose(&text_before(&lines, index, found_at.start()))
+            {
                 continue;
             }
             let context = context_after(&lines, index, address);
@@ -129,16 +132,56 @@ pub fn diagnostic_for(text: &str, address: &str) -> Option<String> {
     Some(diagnostic.trim().to_string()).filter(|d| !d.is_empty())
 }
 
+/// Words that offer an address rather than report one: "try
+/// name@example.org instead", "contact helpdesk@example.org", "his new
+/// address is ...", "please write to ...". Looked for just before the
+/// address on its line, or at the end of the line before when the address
+/// opens its line.
+static OFFERING_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"(?i)\b(try|contact|contacting|write to|writing to|reach|reached at|",
+        r"send (it |them |your message |your mail )?to|redirect(ed)? to|resend to|",
+        r"instead|replaced by|new (e-?mail )?address( is)?|now at|moved to|changed to|alternat\w*|",
+        r"please (send|use|mail|e-?mail|write))\b",
+        r"[^@\w]{0,4}(\w+[^@\w]{1,4}){0,3}[<(\x22']?$"
+    ))
+    .unwrap_or_else(|e| panic!("offering regex: {e}"))
+});
+
+/// What precedes an address at `at` on line `index`: the start of its line,
+/// and when that is blank, the previous line too.
+fn text_before(lines: &[&str], index: usize, at: usize) -> String {
+    let own = lines[index].get(..at).unwrap_or_default();
+    match index.checked_sub(1).map(|i| lines[i]) {
+        Some(previous) if own.trim().is_empty() => format!("{previous} {own}"),
+        _ => own.to_owned(),
+    }
+}
+
+fn is_offered_in_prose(before_address: &str) -> bool {
+    let start = before_address
+        .char_indices()
+        .rev()
+        .nth(60)
+        .map_or(0, |(i, _)| i);
+    OFFERING_WORDS.is_match(&before_address[start..])
+}
+
 fn is_recipient_candidate(address: &str, excluded: &[String]) -> bool {
     let lower = address.to_ascii_lowercase();
     let local = lower.split('@').next().unwrap_or("");
-    let service_mailbox = matches!(
-        local,
-        "postmaster" | "mailer-daemon" | "mailer_daemon" | "mailerdaemon" | "abuse" | "root"
-    );
     // URLs and mailto links are not recipients.
     let in_url = local.contains('/') || local.contains('?');
-    !service_mailbox && !in_url && !excluded.contains(&lower) && !local.is_empty()
+    !is_service_mailbox(address) && !in_url && !excluded.contains(&lower) && !local.is_empty()
+}
+
+/// The mailboxes of a mail system rather than of a person.
+pub fn is_service_mailbox(address: &str) -> bool {
+    let local = address.split('@').next().unwrap_or("").to_ascii_lowercase();
+    matches!(
+        local.as_str(),
+        "postmaster" | "mailer-daemon" | "mailer_daemon" | "mailerdaemon" | "abuse" | "root"
+    )
 }
 
 /// The address's line (without the address) and the lines after it: the
@@ -272,6 +315,24 @@ pub fn complete_multiline_reply(diagnostic: &str, text: &str) -> String {
         }
     }
     whole
+}
+
+/// Addresses at a bare local host name ("<kim@mailhost>"), as (local part,
+/// host): a recipient named before the domain was added.
+static LOCAL_HOST_ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"(?:^|[\s<"'(])([A-Za-z0-9._%+=-]+)@([A-Za-z0-9-]+)(?:$|[\s>"'),:;])"#)
+        .unwrap_or_else(|e| panic!("local host regex: {e}"))
+});
+
+/// Every address at a bare local host name in a text (see above).
+pub fn local_host_addresses(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter(|line| !NOT_RECIPIENT_LINE.is_match(line))
+        .flat_map(|line| LOCAL_HOST_ADDRESS.captures_iter(line))
+        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .filter(|(local, _)| !is_service_mailbox(local))
+        .take(MAX_TEXT_RECIPIENTS)
+        .collect()
 }
 
 /// Every address in a text, in order.

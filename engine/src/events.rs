@@ -46,6 +46,27 @@ pub enum EventKind {
     Complaint,
 }
 
+/// What ESP users call a bounce: `hard` when the address will never work
+/// (bad mailbox, inactive mailbox, bad domain, at a permanent 5.x.x: it is
+/// suppressed), `soft` for everything else (full mailbox, spam block,
+/// 4.x.x DSNs, ...): the address may work later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BounceType {
+    Hard,
+    Soft,
+}
+
+impl BounceType {
+    pub fn of(hard: bool) -> BounceType {
+        if hard {
+            BounceType::Hard
+        } else {
+            BounceType::Soft
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventReply {
     pub code: u16,
@@ -73,6 +94,9 @@ pub struct Event {
     pub remote_host: Option<String>,
     pub reply: Option<EventReply>,
     pub bounce_class: Option<String>,
+    /// `bounce` and `async_bounce` events (and the `suppression` that
+    /// follows one): see [`BounceType`]; `null` for the others.
+    pub bounce_type: Option<BounceType>,
     pub tls: Option<String>,
     /// DKIM at reception: `signed d=... s=...` or why the message is unsigned.
     pub dkim: Option<String>,

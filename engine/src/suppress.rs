@@ -88,6 +88,7 @@ pub fn emit_dropped(
                 text: DROPPED_TEXT.into(),
             }),
             bounce_class: None,
+            bounce_type: None,
             tls: None,
             dkim: None,
             attempt: 0,

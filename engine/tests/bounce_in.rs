@@ -4,7 +4,9 @@
 //! it is sent to `[bounce_in]` at that return path. The event must name the
 //! right message, tenant, campaign and recipient, the address must be
 //! suppressed (unless `auto_suppress = false`), forged tags and strangers
-//! get 550 5.1.1, and the delivered index survives a restart.
+//! get 550 5.1.1, and the delivered index survives a restart. The same DSN
+//! sent again (before and after a restart) makes no second event, and
+//! bounce events say `bounce_type` hard or soft.
 
 mod support;
 
@@ -186,12 +188,36 @@ fn suppressed(daemon: &Daemon, address: &str) -> Value {
     )
 }
 
+/// Under `CI=true` a missing python3 fails the test instead of skipping it.
 fn python_missing() -> bool {
     let missing = python("print(1)", &[]).is_none();
     if missing {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "python3 is not installed (smtplib sends the bounces): install it for CI"
+        );
         eprintln!("SKIPPED: python3 is not installed (smtplib sends the bounces)");
     }
     missing
+}
+
+/// Suppression events that a bounce caused (not the drops at injection,
+/// which answer 5.7.1).
+fn bounce_suppressions(daemon: &Daemon, recipient: &str) -> usize {
+    daemon
+        .events_of("suppression")
+        .iter()
+        .filter(|e| e["recipient"] == recipient && e["reply"]["enhanced"] == "5.1.1")
+        .count()
+}
+
+/// How many events of `kind` name `recipient`.
+fn count_events(daemon: &Daemon, kind: &str, recipient: &str) -> usize {
+    daemon
+        .events_of(kind)
+        .iter()
+        .filter(|e| e["recipient"] == recipient)
+        .count()
 }
 
 #[test]
@@ -219,6 +245,7 @@ fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     assert_eq!(bounce["campaign"], "spring");
     assert_eq!(bounce["route"], "s");
     assert_eq!(bounce["bounce_class"], "bad-mailbox");
+    assert_eq!(bounce["bounce_type"], "hard");
     assert_eq!(bounce["reply"]["code"], 550);
     assert_eq!(bounce["reply"]["enhanced"], "5.1.1");
     assert_eq!(bounce["sender"], gone_path.as_str());
@@ -229,6 +256,15 @@ fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     // The next injection to it is dropped (the only recipient: refused).
     let refused = smtplib_try(daemon.addr, "app@example.com", &["gone@example.net"], "");
     assert!(refused.starts_with("550 5.7.1"), "{refused}");
+    // The same DSN three more times (a sender that retries, a replay):
+    // accepted, and nothing new happens.
+    let email = dsn(&gone_path, "gone@example.net", "<m1@app.test>");
+    for _ in 0..3 {
+        assert_eq!(
+            send_bounce(bounce_port, &gone_path, &email).as_deref(),
+            Some("250")
+        );
+    }
 
     // (b) An ARF complaint: a complaint event, and the address suppressed.
     let email = arf(&fbl_path, "fbl@example.net", "<m2@app.test>");
@@ -241,6 +277,10 @@ fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     assert_eq!(complaint["tenant"], "acme");
     assert_eq!(complaint["campaign"], "spring");
     assert_eq!(complaint["bounce_class"], "abuse", "the feedback type");
+    assert_eq!(complaint["bounce_type"], Value::Null);
+    // Events are written in order: the replays came before the complaint.
+    assert_eq!(count_events(&daemon, "async_bounce", "gone@example.net"), 1);
+    assert_eq!(bounce_suppressions(&daemon, "gone@example.net"), 1);
     let check = suppressed(&daemon, "fbl@example.net");
     assert_eq!(check["entries"][0]["reason"], "complaint", "{check}");
 
@@ -270,6 +310,12 @@ fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     // (e) After a restart the index still ties a bounce to its message.
     daemon.stop();
     daemon.restart();
+    // The replayed DSN is still known after the restart.
+    let email = dsn(&gone_path, "gone@example.net", "<m1@app.test>");
+    assert_eq!(
+        send_bounce(bounce_port, &gone_path, &email).as_deref(),
+        Some("250")
+    );
     let email = dsn(&late_path, "late@example.net", "<m3@app.test>");
     assert_eq!(
         send_bounce(bounce_port, &late_path, &email).as_deref(),
@@ -280,6 +326,8 @@ fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     assert_eq!(late["tenant"], "acme");
     assert_eq!(late["campaign"], "spring");
     assert_eq!(late["header_message_id"], "<m3@app.test>");
+    assert_eq!(count_events(&daemon, "async_bounce", "gone@example.net"), 1);
+    assert_eq!(bounce_suppressions(&daemon, "gone@example.net"), 1);
 }
 
 #[test]
@@ -287,7 +335,12 @@ fn with_auto_suppress_off_bounces_are_reported_but_nothing_is_suppressed() {
     if python_missing() {
         return;
     }
-    let sink = Sink::start(&["--fault", "rcpt~nouser=550 5.1.1 no such user"]);
+    let sink = Sink::start(&[
+        "--fault",
+        "rcpt~nouser=550 5.1.1 no such user",
+        "--fault",
+        "rcpt~full=552 5.2.2 mailbox full",
+    ]);
     let bounce_port = free_port();
     let daemon = Daemon::start(config(sink.addr.port(), bounce_port, false));
     let (id, path) = deliver(&daemon, &sink, "async@example.net", "<m4@app.test>");
@@ -313,6 +366,14 @@ fn with_auto_suppress_off_bounces_are_reported_but_nothing_is_suppressed() {
     );
     let sync = event_for(&daemon, "bounce", "nouser@example.net");
     assert_eq!(sync["bounce_class"], "bad-mailbox");
+    assert_eq!(sync["bounce_type"], "hard");
+    // A full mailbox is a soft bounce, even at 5.x.x.
+    assert_eq!(
+        smtplib_try(daemon.addr, "app@example.com", &["full@example.net"], ""),
+        "250"
+    );
+    let full = event_for(&daemon, "bounce", "full@example.net");
+    assert_eq!(full["bounce_type"], "soft", "{full}");
     assert_eq!(
         suppressed(&daemon, "nouser@example.net")["suppressed"],
         false

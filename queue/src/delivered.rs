@@ -9,6 +9,14 @@
 //! per row it adds whose message is older than the retention. Pruning so
 //! keeps pace with twice the delivery rate without a timer or a commit of
 //! its own; when nothing is delivered nothing grows either.
+//!
+//! Beside it, the `reported` table remembers which bounce reports were
+//! already turned into events, so that the same DSN sent again (a
+//! receiving MTA that retries, a replay) makes no second event: (message
+//! id, recipient index, report key) -> when. At most
+//! [`MAX_REPORTS_PER_RECIPIENT`] keys per recipient, and a mark lives as
+//! long as delivered rows of the same age do (the oldest delivered row
+//! sets the cutoff), so the table stays a small multiple of the index.
 
 use std::time::Duration;
 
@@ -19,6 +27,15 @@ use crate::id::{MessageId, id_timestamp_ms};
 
 /// (message id, recipient index) -> [`Delivered`] encoded (see `encode`).
 const DELIVERED: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("delivered");
+/// (message id, recipient index, report key) -> time ms of the first report.
+const REPORTED: TableDefinition<(u64, u32, &str), u64> = TableDefinition::new("reported");
+
+/// Distinct reports remembered per recipient; beyond, a report is still
+/// acted on but no longer remembered (one recipient gets few distinct
+/// bounces; more are a sender making up statuses).
+pub const MAX_REPORTS_PER_RECIPIENT: usize = 8;
+/// A report key is cut to this many bytes (on a character boundary).
+pub const MAX_REPORT_KEY_BYTES: usize = 512;
 
 /// Expired rows deleted per row written (see the module comment).
 pub const PRUNE_PER_ROW: usize = 2;
@@ -52,6 +69,8 @@ pub struct Delivered {
 pub(crate) struct DeliveredWrite {
     rows: Vec<(MessageId, u32, Vec<u8>)>,
     retain_ms: u64,
+    /// Bounce reports to remember: (message id, recipient index, key).
+    reports: Vec<(MessageId, u32, String)>,
 }
 
 impl DeliveredWrite {
@@ -59,12 +78,33 @@ impl DeliveredWrite {
         DeliveredWrite {
             rows: rows.iter().map(|d| (d.id, d.rcpt, encode(d))).collect(),
             retain_ms: u64::try_from(retain.as_millis()).unwrap_or(u64::MAX),
+            reports: Vec::new(),
+        }
+    }
+
+    /// Marks bounce reports as acted on (see the module comment).
+    pub(crate) fn reports(reports: &[(MessageId, u32, &str)]) -> DeliveredWrite {
+        DeliveredWrite {
+            reports: reports
+                .iter()
+                .map(|(id, rcpt, key)| (*id, *rcpt, clip_to(key, MAX_REPORT_KEY_BYTES).to_owned()))
+                .collect(),
+            ..DeliveredWrite::default()
         }
     }
 }
 
 /// Writes the rows and prunes expired ones, inside the writer's transaction.
 pub(crate) fn apply(
+    txn: &WriteTransaction,
+    write: &DeliveredWrite,
+    now_ms: u64,
+) -> Result<(), SpoolError> {
+    apply_rows(txn, write, now_ms)?;
+    apply_reports(txn, &write.reports, now_ms)
+}
+
+fn apply_rows(
     txn: &WriteTransaction,
     write: &DeliveredWrite,
     now_ms: u64,
@@ -77,9 +117,25 @@ pub(crate) fn apply(
         table.insert((*id, *rcpt), value.as_slice())?;
     }
     let cutoff_ms = now_ms.saturating_sub(write.retain_ms);
-    for _ in 0..write.rows.len().saturating_mul(PRUNE_PER_ROW) {
+    pop_older(
+        &mut table,
+        write.rows.len().saturating_mul(PRUNE_PER_ROW),
+        cutoff_ms,
+        |key| key.0,
+    )
+}
+
+/// Deletes up to `max` first rows whose message was received before
+/// `cutoff_ms` (ids start with their reception time: the oldest come first).
+fn pop_older<K: redb::Key + 'static, V: redb::Value + 'static>(
+    table: &mut redb::Table<'_, K, V>,
+    max: usize,
+    cutoff_ms: u64,
+    id_of: impl for<'a> Fn(&K::SelfType<'a>) -> MessageId,
+) -> Result<(), SpoolError> {
+    for _ in 0..max {
         let expired = match table.first()? {
-            Some((key, _)) => id_timestamp_ms(key.value().0) < cutoff_ms,
+            Some((key, _)) => id_timestamp_ms(id_of(&key.value())) < cutoff_ms,
             None => false,
         };
         if !expired {
@@ -88,6 +144,60 @@ pub(crate) fn apply(
         table.pop_first()?;
     }
     Ok(())
+}
+
+/// Remembers the reports (within the per-recipient bound) and forgets a
+/// few marks older than the oldest delivered row.
+fn apply_reports(
+    txn: &WriteTransaction,
+    reports: &[(MessageId, u32, String)],
+    now_ms: u64,
+) -> Result<(), SpoolError> {
+    if reports.is_empty() {
+        return Ok(());
+    }
+    let oldest_row_ms = txn
+        .open_table(DELIVERED)?
+        .first()?
+        .map(|(key, _)| id_timestamp_ms(key.value().0));
+    let mut table = txn.open_table(REPORTED)?;
+    for (id, rcpt, key) in reports {
+        let known = table
+            .range((*id, *rcpt, "")..)?
+            .take(MAX_REPORTS_PER_RECIPIENT)
+            .map_while(|entry| entry.ok())
+            .take_while(|(k, _)| (k.value().0, k.value().1) == (*id, *rcpt))
+            .count();
+        if known < MAX_REPORTS_PER_RECIPIENT {
+            table.insert((*id, *rcpt, key.as_str()), now_ms)?;
+        }
+    }
+    let Some(cutoff_ms) = oldest_row_ms else {
+        return Ok(());
+    };
+    pop_older(
+        &mut table,
+        reports.len().saturating_mul(PRUNE_PER_ROW),
+        cutoff_ms,
+        |key| key.0,
+    )
+}
+
+/// Whether this report of this recipient was already acted on.
+pub(crate) fn reported(
+    db: &Database,
+    id: MessageId,
+    rcpt: u32,
+    key: &str,
+) -> Result<bool, SpoolError> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(REPORTED) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let key = clip_to(key, MAX_REPORT_KEY_BYTES);
+    Ok(table.get((id, rcpt, key))?.is_some())
 }
 
 /// The row of one recipient, if it was indexed and not pruned yet.
@@ -195,10 +305,14 @@ fn decode(id: MessageId, rcpt: u32, bytes: &[u8]) -> Option<Delivered> {
 }
 
 fn clip(text: &str) -> &str {
-    if text.len() <= MAX_DELIVERED_FIELD_BYTES {
+    clip_to(text, MAX_DELIVERED_FIELD_BYTES)
+}
+
+fn clip_to(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
         return text;
     }
-    let mut end = MAX_DELIVERED_FIELD_BYTES;
+    let mut end = max_bytes;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -329,6 +443,60 @@ mod tests {
             "delivered index: {encoded} bytes encoded + 12 key, {per_row} bytes of file per row"
         );
         assert!(per_row < 1024, "{per_row} bytes per row");
+        spool.shutdown();
+    }
+
+    #[test]
+    fn reports_are_remembered_across_a_reopen_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        let id = crate::writer::now_ms() << 20;
+        assert!(!spool.reported(id, 1, "bounce|5.1.1|a@example.net").unwrap());
+        spool
+            .mark_reported(&[(id, 1, "bounce|5.1.1|a@example.net")])
+            .unwrap();
+        assert!(spool.reported(id, 1, "bounce|5.1.1|a@example.net").unwrap());
+        assert!(!spool.reported(id, 1, "bounce|4.2.2|a@example.net").unwrap());
+        assert!(!spool.reported(id, 2, "bounce|5.1.1|a@example.net").unwrap());
+        // Made-up statuses beyond the bound are not remembered.
+        let keys: Vec<String> = (0..2 * MAX_REPORTS_PER_RECIPIENT)
+            .map(|i| format!("bounce|5.9.{i}|a@example.net"))
+            .collect();
+        for key in &keys {
+            spool.mark_reported(&[(id, 1, key.as_str())]).unwrap();
+        }
+        let remembered = keys
+            .iter()
+            .filter(|k| spool.reported(id, 1, k).unwrap())
+            .count();
+        assert_eq!(remembered, MAX_REPORTS_PER_RECIPIENT - 1);
+        spool.shutdown();
+        drop(spool);
+
+        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        assert!(spool.reported(id, 1, "bounce|5.1.1|a@example.net").unwrap());
+        spool.shutdown();
+    }
+
+    #[test]
+    fn report_marks_older_than_the_oldest_delivered_row_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        let now = crate::writer::now_ms();
+        let old = (now - 40 * 86_400_000) << 20;
+        spool
+            .mark_reported(&[(old, 0, "bounce|5.1.1|a@x")])
+            .unwrap();
+        let fresh = Delivered {
+            id: now << 20,
+            ..row()
+        };
+        record(&spool, &[fresh], Duration::from_secs(30 * 86_400));
+        spool
+            .mark_reported(&[(now << 20, 3, "bounce|5.1.1|b@x")])
+            .unwrap();
+        assert!(!spool.reported(old, 0, "bounce|5.1.1|a@x").unwrap());
+        assert!(spool.reported(now << 20, 3, "bounce|5.1.1|b@x").unwrap());
         spool.shutdown();
     }
 

@@ -188,6 +188,26 @@ impl Spool {
         self.inner.shared.read(|db| delivered::get(db, id, rcpt))
     }
 
+    /// Whether a bounce report (`key`: what makes two reports the same,
+    /// chosen by the caller) about this recipient was already marked.
+    pub fn reported(&self, id: MessageId, rcpt: u32, key: &str) -> Result<bool, SpoolError> {
+        self.inner
+            .shared
+            .read(|db| delivered::reported(db, id, rcpt, key))
+    }
+
+    /// Marks bounce reports as acted on, durably (see `delivered.rs`).
+    pub fn mark_reported(&self, reports: &[(MessageId, u32, &str)]) -> Result<(), SpoolError> {
+        let index = DeliveredWrite::reports(reports);
+        self.wait_for(|done| {
+            self.submit(Request::Record(RecordRequest {
+                outcomes: Vec::new(),
+                index,
+                done,
+            }))
+        })
+    }
+
     /// Rows in the delivered index.
     pub fn delivered_len(&self) -> Result<u64, SpoolError> {
         self.inner.shared.read(delivered::len)

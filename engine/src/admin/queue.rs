@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use super::protocol::{AdminError, Args};
 use super::{AdminContext, blocking};
 use crate::engine::Engine;
-use crate::events::{Event, EventKind, EventReply};
+use crate::events::{BounceType, Event, EventKind, EventReply};
 use crate::timefmt::{now_ms, rfc3339};
 
 /// Rows `queue list` returns when no `limit` is given, and at most.
@@ -315,6 +315,8 @@ fn admin_event(r: &QueuedRecipient, verb: &str) -> Event {
         route: opt(&r.meta.route),
         remote_host: None,
         reply,
+        // An operator's bounce says nothing about the address: it may work.
+        bounce_type: bounce_class.is_some().then_some(BounceType::Soft),
         bounce_class,
         tls: None,
         dkim: None,

@@ -11,17 +11,29 @@
 //! (`sendengine_bounce_in_total{kind}`): answering them with an error would
 //! make the sender bounce our bounce address, and they carry nothing to act on.
 //!
+//! The same report sent again (an MTA that retries after a lost 250, a
+//! replay) makes no second event or suppression: each report acted on is
+//! marked in the spool by (VERP tag, recipient, status), see
+//! [`report_key`], and a marked one is only counted
+//! (`sendengine_bounce_in_total{kind="duplicate"}`).
+//!
 //! Everything here is blocking (parsing, spool reads, the suppression
 //! commits): the listener runs it on the blocking pool.
+
+use std::sync::Mutex;
 
 use sendengine_bounces::{Kind, Record, verp};
 use sendengine_queue::{Delivered, MessageId, Spool, format_id, id_timestamp_ms};
 
-use crate::events::{Event, EventKind, EventReply};
+use crate::events::{BounceType, Event, EventKind, EventReply};
 use crate::timefmt::{now_ms, rfc3339};
 
 /// Reports about different recipients in one email: more is abuse, not mail.
 pub const MAX_REPORTS_PER_MESSAGE: usize = 100;
+
+/// Held from the duplicate check to the mark, so that two sessions
+/// delivering the same report at once do not both act on it.
+static REPORTS_IN_PROGRESS: Mutex<()> = Mutex::new(());
 
 /// What the intake needs from the daemon.
 #[derive(Clone)]
@@ -65,30 +77,74 @@ impl Intake {
             };
             keep_strongest(&mut reports, target, record);
         }
+        let _one_at_a_time = REPORTS_IN_PROGRESS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut events = Vec::new();
+        let mut acted_on = Vec::new();
         for (target, record) in reports.into_iter().take(MAX_REPORTS_PER_MESSAGE) {
-            let known = self.delivered(&target)?;
-            let event = report_event(&target, known.as_ref(), &record, body.len());
-            count(if record.kind == Kind::Complaint {
-                "complaint"
-            } else {
-                "bounce"
-            });
-            let suppress = self.auto_suppress
-                && (record.kind == Kind::Complaint || record.hard)
-                && !event.recipient.is_empty();
-            if suppress {
-                self.suppress(&event, &record)?;
+            let key = report_key(&record);
+            if self.already_reported(&target, &key)? {
+                count("duplicate");
+                continue;
             }
-            events.push(event.clone());
-            if suppress {
-                events.push(Event {
-                    kind: EventKind::Suppression,
-                    ..event
-                });
-            }
+            events.extend(self.act_on(&target, &record, body.len())?);
+            acted_on.push((target.id, target.rcpt, key));
         }
+        self.mark_reported(&acted_on)?;
         Ok(events)
+    }
+
+    /// The event of one report, and for a hard bounce or a complaint the
+    /// suppression (committed) and its event.
+    fn act_on(
+        &self,
+        target: &Target,
+        record: &Record,
+        size: usize,
+    ) -> Result<Vec<Event>, IntakeError> {
+        let known = self.delivered(target)?;
+        let event = report_event(target, known.as_ref(), record, size);
+        count(if record.kind == Kind::Complaint {
+            "complaint"
+        } else {
+            "bounce"
+        });
+        let suppress = self.auto_suppress
+            && (record.kind == Kind::Complaint || record.hard)
+            && !event.recipient.is_empty();
+        if !suppress {
+            return Ok(vec![event]);
+        }
+        self.suppress(&event, record)?;
+        let suppression = Event {
+            kind: EventKind::Suppression,
+            ..event.clone()
+        };
+        Ok(vec![event, suppression])
+    }
+
+    fn already_reported(&self, target: &Target, key: &str) -> Result<bool, IntakeError> {
+        self.spool
+            .reported(target.id, target.rcpt, key)
+            .map_err(|e| IntakeError(format!("reading the reported bounces failed: {e}")))
+    }
+
+    /// Written after the suppressions and before the events go out. A
+    /// failed mark is a 451 with no event, so the sender's retry acts
+    /// once; a crash between the mark and the event log loses the events
+    /// only (the suppressions are committed).
+    fn mark_reported(&self, acted_on: &[(MessageId, u32, String)]) -> Result<(), IntakeError> {
+        if acted_on.is_empty() {
+            return Ok(());
+        }
+        let marks: Vec<(MessageId, u32, &str)> = acted_on
+            .iter()
+            .map(|(id, rcpt, key)| (*id, *rcpt, key.as_str()))
+            .collect();
+        self.spool
+            .mark_reported(&marks)
+            .map_err(|e| IntakeError(format!("recording the reported bounces failed: {e}")))
     }
 
     /// The RCPT's tag (HMAC checked by the listener); when several RCPTs
@@ -179,6 +235,25 @@ impl Intake {
     }
 }
 
+/// What makes two reports about one recipient of ours the same: the kind,
+/// the status (for a complaint, the feedback type) and the address the
+/// report names. A later report that says something else (a 4.x.x delay,
+/// then the 5.x.x failure) is acted on.
+fn report_key(record: &Record) -> String {
+    let kind = if record.kind == Kind::Complaint {
+        "complaint"
+    } else {
+        "bounce"
+    };
+    let status = record
+        .status
+        .as_deref()
+        .or(record.action.as_deref())
+        .unwrap_or_default();
+    let recipient = record.recipient.as_deref().unwrap_or_default();
+    format!("{kind}|{status}|{}", recipient.to_ascii_lowercase())
+}
+
 /// Keeps one report per (recipient of ours, kind): the hard one if any,
 /// else the first. A DSN often lists the same failure twice (text and
 /// delivery-status parts, or a retry history).
@@ -255,6 +330,7 @@ fn report_event(target: &Target, known: Option<&Delivered>, record: &Record, siz
         } else {
             record.category.map(|c| c.as_str().to_owned())
         },
+        bounce_type: (!complaint).then(|| BounceType::of(record.hard)),
         tls: None,
         dkim: None,
         attempt: 0,
@@ -400,6 +476,88 @@ Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
             let events = intake.process(&[tagged(1 << 20)], body).unwrap();
             assert!(events.is_empty(), "{events:?}");
         }
+        intake.spool.shutdown();
+    }
+
+    fn dsn_with_status(recipient: &str, status: &str) -> Vec<u8> {
+        String::from_utf8(dsn_for(recipient))
+            .unwrap()
+            .replace("Status: 5.1.1", &format!("Status: {status}"))
+            .replace("550 5.1.1", &format!("{}50 {status}", &status[..1]))
+            .into_bytes()
+    }
+
+    #[test]
+    fn the_same_report_again_makes_no_events_even_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::timefmt::now_ms() << 20;
+        let first = {
+            let intake = intake(dir.path());
+            let first = intake
+                .process(&[tagged(id)], &dsn_for("gone@example.net"))
+                .unwrap();
+            let again = intake
+                .process(&[tagged(id)], &dsn_for("gone@example.net"))
+                .unwrap();
+            assert!(again.is_empty(), "{again:?}");
+            intake.spool.shutdown();
+            first
+        };
+        assert_eq!(first.len(), 2, "async_bounce and suppression: {first:?}");
+        let intake = intake(dir.path());
+        let replayed = intake
+            .process(&[tagged(id)], &dsn_for("gone@example.net"))
+            .unwrap();
+        assert!(replayed.is_empty(), "{replayed:?}");
+        // A report that says something new is acted on: first a delay,
+        // then the failure after it.
+        let delayed = intake
+            .process(&[tagged(id)], &dsn_with_status("gone@example.net", "4.2.2"))
+            .unwrap();
+        assert_eq!(delayed.len(), 1, "{delayed:?}");
+        assert_eq!(delayed[0].bounce_type, Some(BounceType::Soft));
+        // Another recipient of the same message is another report.
+        let other = Target {
+            rcpt: 1,
+            ..tagged(id)
+        };
+        assert_eq!(
+            intake
+                .process(&[other], &dsn_for("gone@example.net"))
+                .unwrap()
+                .len(),
+            2
+        );
+        intake.spool.shutdown();
+    }
+
+    #[test]
+    fn async_bounces_say_hard_or_soft() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = intake(dir.path());
+        let hard = intake
+            .process(&[tagged(3 << 20)], &dsn_for("gone@example.net"))
+            .unwrap();
+        assert_eq!(hard[0].bounce_type, Some(BounceType::Hard));
+        assert_eq!(hard[1].kind, EventKind::Suppression);
+        // A full mailbox, even at 5.2.2, may take mail again.
+        let full = intake
+            .process(
+                &[tagged(4 << 20)],
+                &dsn_with_status("full@example.net", "5.2.2"),
+            )
+            .unwrap();
+        assert_eq!(full.len(), 1, "no suppression: {full:?}");
+        assert_eq!(full[0].bounce_type, Some(BounceType::Soft));
+        // "User unknown" at a 4.x.x status is temporary: soft, kept.
+        let transient = intake
+            .process(
+                &[tagged(5 << 20)],
+                &dsn_with_status("later@example.net", "4.1.1"),
+            )
+            .unwrap();
+        assert_eq!(transient.len(), 1, "{transient:?}");
+        assert_eq!(transient[0].bounce_type, Some(BounceType::Soft));
         intake.spool.shutdown();
     }
 

@@ -20,7 +20,7 @@ use sendengine_queue::{Delivered, Outcome, Spool, SpoolError};
 const RECORD_RETRY: Duration = Duration::from_secs(1);
 
 use super::ready::Job;
-use crate::events::{Event, EventKind, EventLog, EventReply};
+use crate::events::{BounceType, Event, EventKind, EventLog, EventReply};
 use crate::smtp::client::{Reply, SessionError};
 use crate::timefmt::{now_ms, rfc3339};
 
@@ -255,6 +255,7 @@ pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
         remote_host: None,
         reply: None,
         bounce_class: None,
+        bounce_type: None,
         tls: None,
         dkim: None,
         attempt: 0,
@@ -285,13 +286,15 @@ fn delivered_row(job: &Job, rcpt: u32, route: &str, now: u64) -> Delivered {
     }
 }
 
-/// Sets the bounce event's `bounce_class`; true when the bounce is hard.
+/// Sets the bounce event's `bounce_class` and `bounce_type`; true when the
+/// bounce is hard.
 fn classify_bounce(event: &mut Event) -> bool {
     let Some(reply) = &event.reply else {
         return false;
     };
     let class = sendengine_bounces::classify(reply.code, reply.enhanced.as_deref(), &reply.text);
     event.bounce_class = Some(class.category.as_str().to_owned());
+    event.bounce_type = Some(BounceType::of(class.hard));
     class.hard
 }
 
