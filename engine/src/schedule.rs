@@ -37,6 +37,7 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         last: None,
     };
     let mut last_sweep = tokio::time::Instant::now();
+    let mut claim_errors = ErrorLog::default();
     loop {
         // From this loop, so that a stuck scheduler stops the pings and
         // systemd restarts the daemon (`WatchdogSec=`).
@@ -50,7 +51,7 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
             // Outcomes wait to be written: no new work (see `unrecorded.rs`).
             MAX_SLEEP
         } else {
-            match claim(&engine).await {
+            match claim(&engine, &mut claim_errors).await {
                 Claim::Full => Duration::from_millis(1),
                 Claim::Some => {
                     compactor.run_if_idle(&engine).await;
@@ -91,7 +92,7 @@ enum Claim {
 }
 
 /// Claims due recipients within their routes' room and queues them.
-async fn claim(engine: &Arc<Engine>) -> Claim {
+async fn claim(engine: &Arc<Engine>, errors: &mut ErrorLog) -> Claim {
     let spool = engine.spool.clone();
     let room = RouteRoom::new(engine.router.clone(), engine.tenancy.snapshot());
     let refused = room.refused.clone();
@@ -115,10 +116,35 @@ async fn claim(engine: &Arc<Engine>) -> Claim {
             }
         }
         Ok(Err(e)) => {
-            log::error!("scheduler could not claim due recipients: {e}");
+            errors.report(&e);
             Claim::Blocked
         }
         Err(_) => Claim::Blocked,
+    }
+}
+
+/// A failing claim is logged once per `ERROR_LOG_INTERVAL` (with how many
+/// failed since), not twice a second while the disk is full.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+impl ErrorLog {
+    fn report(&mut self, error: &SpoolError) {
+        self.unreported += 1;
+        if self.last.is_some_and(|t| t.elapsed() < ERROR_LOG_INTERVAL) {
+            return;
+        }
+        log::error!(
+            "scheduler could not claim due recipients ({} failures since the last report): {error}",
+            self.unreported
+        );
+        self.last = Some(tokio::time::Instant::now());
+        self.unreported = 0;
     }
 }
 
