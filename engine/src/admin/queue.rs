@@ -259,7 +259,8 @@ fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, Admin
         _ => QueueAction::Remove,
     };
     let (mut matched, mut changed, mut in_flight_skipped) = (0u64, 0u64, 0u64);
-    if matches!(action, QueueAction::Suspend | QueueAction::Remove) {
+    let reaches_ready = matches!(action, QueueAction::Suspend | QueueAction::Remove);
+    if reaches_ready {
         let pulled = act_on_ready(engine, action, verb, filter)?;
         changed += pulled;
         if action == QueueAction::Remove {
@@ -288,6 +289,15 @@ fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, Admin
         }
         Ok(true)
     })?;
+    if reaches_ready {
+        // What the scheduler claimed between a page's read and its action
+        // went to a ready queue meanwhile: reach it there too.
+        let pulled = act_on_ready(engine, action, verb, filter)?;
+        changed += pulled;
+        if action == QueueAction::Remove {
+            matched += pulled;
+        }
+    }
     Ok(json!({
         "action": verb,
         "matched": matched,
