@@ -266,3 +266,65 @@ fn a_full_disk_pauses_delivery_and_every_outcome_is_recorded_later() {
         "one copy each: {copies:?}"
     );
 }
+
+// ---- direct-delivery sites ---------------------------------------------------
+
+/// A direct-delivery site lives while it has mail or a connection, and is
+/// dropped once idle (before: every domain ever mailed kept a route).
+#[test]
+fn an_idle_direct_delivery_site_is_dropped() {
+    use support::dns_server::{DnsServer, RecordData};
+    let sink = Sink::start(&[]);
+    let dns = DnsServer::start([
+        ("example.net", RecordData::mx(10, "mx.example.net")),
+        (
+            "mx.example.net",
+            RecordData::A(std::net::Ipv4Addr::LOCALHOST),
+        ),
+    ]);
+    let config = format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\n\
+         [delivery]\nretry_schedule = [\"1h\"]\nidle_timeout = \"1s\"\n[dns]\n{}\n\
+         [direct]\nport = {}\ntimeout = \"5s\"\n\
+         [[delivery_server]]\nname = \"unused\"\nhost = \"127.0.0.1\"\nport = 9\n\
+         [[user_group]]\nname = \"default\"\nmarketing = [\"direct\"]\n\
+         transactional = [\"direct\"]\nautoresponder = [\"direct\"]\n",
+        dns.nameservers_line(),
+        sink.addr.port()
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    let out = support::smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["a@example.net"],
+        "<site@test>",
+    );
+    assert!(out.contains("refused=0"), "{out}");
+    daemon.wait_events("delivery", 1, Duration::from_secs(60));
+    let sites = |daemon: &Daemon| -> Vec<String> {
+        let status = ctl(daemon, &["status"]);
+        status["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .filter(|n| n.starts_with("direct:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Still there while its connection idles (1 s), gone soon after.
+    wait_for(
+        Duration::from_secs(30),
+        "the idle site to be dropped",
+        || sites(&daemon).is_empty().then_some(()),
+    );
+    // The next mail for the domain makes a fresh site and is delivered.
+    let out = support::smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["b@example.net"],
+        "<site-2@test>",
+    );
+    assert!(out.contains("refused=0"), "{out}");
+    daemon.wait_events("delivery", 2, Duration::from_secs(60));
+}
