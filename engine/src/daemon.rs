@@ -184,6 +184,8 @@ impl Daemon {
             retry: retry.clone(),
             auto_suppress: config.suppression.auto_suppress,
             index_retain: config.bounce_in.retain,
+            leases: crate::deliver::Leases::new(crate::deliver::CLAIM_LEASE),
+            unrecorded: Default::default(),
         };
         let secrets = load_secrets(&config)?;
         let tenancy = {

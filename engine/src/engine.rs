@@ -107,8 +107,10 @@ impl Engine {
         self.record_reception(&job, &dkim);
         crate::metrics::message_received(&job.message.meta, job.message.recipients.len());
         if let Some(route) = reserved {
-            route.push_reserved(job);
+            self.router.leases().track(&job, now_ms());
+            self.router.queue_reserved(&route, job);
         } else if direct {
+            self.router.leases().track(&job, now_ms());
             self.router.dispatch_direct(job);
         }
         Reply::new(
@@ -293,6 +295,7 @@ impl Engine {
             header_message_id,
             rcpts,
             tried: Vec::new(),
+            hold: Default::default(),
         };
         Ok((job, id))
     }

@@ -13,7 +13,11 @@
 //! A list may name `direct`, the built-in route to the recipients' own MX
 //! hosts: its jobs are split by recipient domain, each domain (site) with
 //! a route of its own, made on first use and capped at
-//! `[direct] max_connections_per_site` connections.
+//! `[direct] max_connections_per_site` connections, and dropped once idle.
+//!
+//! Ready queues are bounded: a job a full queue refuses goes back to the
+//! spool (due again, no attempt counted) and one a retired route refuses
+//! is routed again, so no job waits where nothing will send it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -21,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
 use crate::config::DirectSection;
-use crate::deliver::{Failover, Job, MxTarget, Recorder, Route, RouteContext};
+use crate::deliver::{Failover, Job, Leases, MxTarget, Recorder, Refused, Route, RouteContext};
 use crate::dns::Resolver;
 use crate::smtp::client::{Encryption, Timeouts};
 use crate::tenancy::{DIRECT, DeliveryServer, Tenancy, TenancyStore};
@@ -146,12 +150,22 @@ impl Router {
         }
     }
 
+    /// The claims the delivery side holds.
+    pub fn leases(&self) -> &Arc<Leases> {
+        &self.ctx.recorder.leases
+    }
+
+    /// The recorder every route writes outcomes with.
+    pub fn recorder(&self) -> &Recorder {
+        &self.ctx.recorder
+    }
+
     /// Queues a job where its group and channel say.
     pub fn dispatch(&self, job: Job) {
         let snapshot = self.tenancy.snapshot();
         let meta = &job.message.meta;
         match self.choose(&snapshot, &meta.group, &meta.channel, &job.tried) {
-            Some(Target::Relay(route)) => route.push(job),
+            Some(Target::Relay(route)) => self.queue_on(&route, job),
             Some(Target::Direct) => self.dispatch_direct(job),
             None => {
                 // Every server was tried: the recipients wait for a retry.
@@ -173,12 +187,7 @@ impl Router {
     pub fn dispatch_direct(&self, job: Job) {
         let mut by_domain: Vec<(String, Vec<(u32, u32)>)> = Vec::new();
         for &(rcpt, attempts) in &job.rcpts {
-            let address = &job.message.recipients[rcpt as usize];
-            let domain = address
-                .rsplit('@')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase();
+            let domain = domain_of(&job.message.recipients[rcpt as usize]);
             match by_domain.iter_mut().find(|(d, _)| *d == domain) {
                 Some((_, list)) => list.push((rcpt, attempts)),
                 None => by_domain.push((domain, vec![(rcpt, attempts)])),
@@ -190,7 +199,46 @@ impl Router {
                 tried: Vec::new(),
                 ..job.clone()
             };
-            self.site(&domain).push(part);
+            self.queue_on(&self.site(&domain), part);
+        }
+    }
+
+    /// Pushes a job onto a route and deals with what it refuses: a full
+    /// queue's parts go back to the spool; a retired route's parts are
+    /// routed again (to the route that replaced it), once; after that
+    /// they go back to the spool too.
+    pub fn queue_on(&self, route: &Arc<Route>, job: Job) {
+        for refused in route.push(job) {
+            self.handle_refused(refused, true);
+        }
+    }
+
+    /// [`Router::queue_on`] for a place reserved at admission.
+    pub fn queue_reserved(&self, route: &Arc<Route>, job: Job) {
+        for refused in route.push_reserved(job) {
+            self.handle_refused(refused, true);
+        }
+    }
+
+    fn handle_refused(&self, refused: Refused, route_again: bool) {
+        match refused {
+            Refused::Closed(job) if route_again => self.route_again(job),
+            Refused::Closed(job) | Refused::Full(job) => self.ctx.recorder.release(job),
+        }
+    }
+
+    /// A job whose route was retired under it: where it goes now.
+    fn route_again(&self, job: Job) {
+        let snapshot = self.tenancy.snapshot();
+        let meta = &job.message.meta;
+        match self.choose(&snapshot, &meta.group, &meta.channel, &job.tried) {
+            Some(Target::Relay(route)) => {
+                for refused in route.push(job) {
+                    self.handle_refused(refused, false);
+                }
+            }
+            Some(Target::Direct) => self.dispatch_direct(job),
+            None => self.ctx.recorder.release(job),
         }
     }
 
@@ -209,7 +257,7 @@ impl Router {
             .entry(domain.to_owned())
             .or_insert_with(|| {
                 let site = Arc::new(DeliveryServer {
-                    name: format!("{DIRECT}:{domain}"),
+                    name: site_name(domain),
                     host: domain.to_owned(),
                     port: self.direct.port,
                     encryption: Encryption::StartTlsOpportunistic,
@@ -291,10 +339,10 @@ impl Router {
             let meta = &job.message.meta;
             let next = self.pick(&snapshot, &meta.group, &meta.channel, &job.tried);
             match (next, unsupported) {
-                (Some((Target::Relay(route), true)), _) => route.push(job),
+                (Some((Target::Relay(route), true)), _) => self.queue_on(&route, job),
                 // A message the last server could not carry waits for a
                 // backed-off next one rather than bounce untried there.
-                (Some((Target::Relay(route), false)), Some(_)) => route.push(job),
+                (Some((Target::Relay(route), false)), Some(_)) => self.queue_on(&route, job),
                 (Some((Target::Direct, _)), _) => self.dispatch_direct(job),
                 (_, unsupported) => {
                     let last = job.tried.last().cloned().unwrap_or_default();
@@ -315,8 +363,99 @@ impl Router {
         }
     }
 
-    /// How many marketing jobs the scheduler may claim for all routes.
-    pub fn room(&self) -> usize {
-        self.all().iter().map(|r| r.ready.room()).sum()
+    /// The name of the route a recipient would be queued on now, for the
+    /// scheduler's per-route room; like `pick`, without taking a probe.
+    /// `None` when the group lists no server.
+    pub fn route_name_for(
+        &self,
+        snapshot: &Tenancy,
+        group: &str,
+        channel: &str,
+        address: &str,
+    ) -> Option<String> {
+        let names = snapshot.group(group).servers_for(channel);
+        let mut first = None;
+        for name in names.iter() {
+            let available = match name.as_str() {
+                DIRECT => true,
+                name => match self.route(name) {
+                    Some(route) => route.is_available(),
+                    None => continue,
+                },
+            };
+            first.get_or_insert(name);
+            if available {
+                first = Some(name);
+                break;
+            }
+        }
+        first.map(|name| match name.as_str() {
+            DIRECT => site_name(&domain_of(address)),
+            name => name.to_owned(),
+        })
     }
+
+    /// Room left on the route named by `route_name_for` (a site not made
+    /// yet has a whole queue's room).
+    pub fn room_of(&self, name: &str, priority: bool) -> usize {
+        let site = name
+            .strip_prefix(DIRECT)
+            .and_then(|rest| rest.strip_prefix(':'));
+        let route = match site {
+            Some(domain) => self
+                .sites
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(domain)
+                .cloned(),
+            None => self.route(name),
+        };
+        route.map_or(self.ctx.ready_capacity, |r| r.ready.room(priority))
+    }
+
+    /// Drops direct-delivery sites with nothing queued and no connection;
+    /// the next mail for the domain makes a fresh one.
+    pub fn drop_idle_sites(&self) {
+        let mut idle = Vec::new();
+        self.sites
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, site| {
+                let keep = !site.is_idle();
+                if !keep {
+                    idle.push(site.clone());
+                }
+                keep
+            });
+        // A push racing with this lands in the closed queue or is refused;
+        // either way it is routed again, to a fresh site.
+        for site in idle {
+            site.stop()
+                .into_iter()
+                .for_each(|job| self.route_again(job));
+        }
+    }
+
+    /// Takes the queued recipients `pick` chooses out of every ready
+    /// queue (for an operator's action), as jobs of their own.
+    pub fn take_queued(&self, mut pick: impl FnMut(&Job, u32) -> bool) -> Vec<Job> {
+        self.all()
+            .iter()
+            .flat_map(|route| route.ready.take_matching(&mut pick))
+            .collect()
+    }
+}
+
+/// The route name of the direct-delivery site of `domain`.
+fn site_name(domain: &str) -> String {
+    format!("{DIRECT}:{domain}")
+}
+
+/// The domain of an address, lowercased: what a direct-delivery site is for.
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit('@')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
 }

@@ -2,49 +2,64 @@
 //! into the routes' ready queues.
 //!
 //! Retries and any backlog larger than the ready queues wait on disk; this
-//! loop claims as many due entries as the queues have room for, groups them
-//! by message so that a message's recipients share one transaction, and
-//! sleeps until the next entry is due (at most `MAX_SLEEP`, so that room
-//! freed by the workers is noticed). When the spool has emptied it is
-//! compacted, giving disk space back after a burst.
+//! loop claims, per route and lane, only as many due recipients as that
+//! route's queue has room for (what does not fit stays scheduled), groups
+//! them by message so that a message's recipients share one transaction,
+//! and sleeps until the next entry is due (at most `MAX_SLEEP`, so that
+//! room freed by the workers is noticed). It also gives back the claims
+//! no job holds once their lease runs out, drops idle direct-delivery
+//! sites, and claims nothing while delivery is paused because outcomes
+//! cannot be written. When the spool has emptied it is compacted, giving
+//! disk space back after a burst.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sendengine_queue::{Claimed, MessageId};
+use sendengine_queue::{ClaimCandidate, ClaimFilter, Claimed, MessageId, Spool, SpoolError};
 use tokio::sync::watch;
 
-use crate::deliver::job_for;
+use crate::deliver::{Job, Leases, is_priority_channel, job_for};
 use crate::engine::Engine;
+use crate::route::Router;
 use crate::timefmt::now_ms;
 
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 /// Most recipients claimed at once, so one claim never holds the spool's
 /// writer (and with it every SMTP session's commit) for long.
 const CLAIM_BATCH: usize = 2_000;
+/// How often leases are renewed and the unheld expired ones given back.
+const LEASE_SWEEP: Duration = Duration::from_secs(5);
 
 pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     let mut compactor = Compactor {
         needed: true,
         last: None,
     };
+    let mut last_sweep = tokio::time::Instant::now();
+    let mut claim_errors = ErrorLog::default();
     loop {
         // From this loop, so that a stuck scheduler stops the pings and
         // systemd restarts the daemon (`WatchdogSec=`).
         crate::systemd::notifier().watchdog_ping();
-        let room = engine.router.room().min(CLAIM_BATCH);
-        let claimed = if room > 0 {
-            claim(&engine, room).await
+        if last_sweep.elapsed() >= LEASE_SWEEP {
+            give_back_unheld(&engine.router);
+            engine.router.drop_idle_sites();
+            last_sweep = tokio::time::Instant::now();
+        }
+        let wait = if engine.router.recorder().unrecorded.is_paused() {
+            // Outcomes wait to be written: no new work (see `unrecorded.rs`).
+            MAX_SLEEP
         } else {
-            0
-        };
-        let wait = if claimed == room && room > 0 {
-            // More may be due right now.
-            Duration::from_millis(1)
-        } else {
-            compactor.run_if_idle(&engine).await;
-            next_wait(&engine).await
+            match claim(&engine, &mut claim_errors).await {
+                Claim::Full => Duration::from_millis(1),
+                Claim::Some => {
+                    compactor.run_if_idle(&engine).await;
+                    next_wait(&engine).await
+                }
+                // What is due waits for room: noticed at the next round.
+                Claim::Blocked => MAX_SLEEP,
+            }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
@@ -53,32 +68,165 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Claims up to `limit` due recipients and queues them; returns how many.
-async fn claim(engine: &Arc<Engine>, limit: usize) -> usize {
+/// Gives the spool back the claims no job has held for a whole lease.
+fn give_back_unheld(router: &Router) {
+    let expired = router.leases().expired(now_ms());
+    if !expired.is_empty() {
+        log::warn!(
+            "{} claimed recipients were held by no delivery job for {}s: due again",
+            expired.len(),
+            crate::deliver::CLAIM_LEASE.as_secs()
+        );
+        router.recorder().release_unheld(expired);
+    }
+}
+
+/// What a round of claiming found.
+enum Claim {
+    /// The whole batch: more may be due right now.
+    Full,
+    /// Less than a batch, and nothing due was left out for lack of room.
+    Some,
+    /// Due recipients were left in the spool because their routes are full.
+    Blocked,
+}
+
+/// Claims due recipients within their routes' room and queues them.
+async fn claim(engine: &Arc<Engine>, errors: &mut ErrorLog) -> Claim {
     let spool = engine.spool.clone();
+    let room = RouteRoom::new(engine.router.clone(), engine.tenancy.snapshot());
+    let refused = room.refused.clone();
+    let leases = engine.router.leases().clone();
     let loaded = tokio::task::spawn_blocking(move || {
-        let claimed = spool.claim_due(now_ms(), limit)?;
+        let claimed = spool.claim_due_where(now_ms(), CLAIM_BATCH, room.into_filter())?;
         let count = claimed.len();
-        let mut jobs = Vec::new();
-        for (id, rcpts) in group_by_message(claimed) {
-            // A message deleted meanwhile simply has nothing left to do.
-            if let Some(message) = spool.load(id)? {
-                jobs.push(job_for(Arc::new(message), rcpts));
-            }
-        }
-        Ok::<_, sendengine_queue::SpoolError>((count, jobs))
+        Ok::<_, SpoolError>((count, load_jobs(&spool, &leases, claimed)))
     })
     .await;
+    let blocked = refused.load(std::sync::atomic::Ordering::Relaxed) > 0;
     match loaded {
         Ok(Ok((count, jobs))) => {
             jobs.into_iter().for_each(|job| engine.router.dispatch(job));
-            count
+            if count == CLAIM_BATCH {
+                Claim::Full
+            } else if blocked {
+                Claim::Blocked
+            } else {
+                Claim::Some
+            }
         }
         Ok(Err(e)) => {
-            log::error!("scheduler could not read the spool: {e}");
-            0
+            errors.report(&e);
+            Claim::Blocked
         }
-        Err(_) => 0,
+        Err(_) => Claim::Blocked,
+    }
+}
+
+/// A failing claim is logged once per `ERROR_LOG_INTERVAL` (with how many
+/// failed since), not twice a second while the disk is full.
+#[derive(Default)]
+struct ErrorLog {
+    last: Option<tokio::time::Instant>,
+    unreported: u64,
+}
+
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
+
+impl ErrorLog {
+    fn report(&mut self, error: &SpoolError) {
+        self.unreported += 1;
+        if self.last.is_some_and(|t| t.elapsed() < ERROR_LOG_INTERVAL) {
+            return;
+        }
+        log::error!(
+            "scheduler could not claim due recipients ({} failures since the last report): {error}",
+            self.unreported
+        );
+        self.last = Some(tokio::time::Instant::now());
+        self.unreported = 0;
+    }
+}
+
+/// The jobs for claimed recipients, registered with their leases. A
+/// message that cannot be read keeps its claims, unheld: they are due
+/// again when the lease runs out, not lost until a restart.
+fn load_jobs(spool: &Spool, leases: &Leases, claimed: Vec<Claimed>) -> Vec<Job> {
+    let now = now_ms();
+    let mut jobs = Vec::new();
+    for (id, rcpts) in group_by_message(claimed) {
+        match spool.load(id) {
+            Ok(Some(message)) => {
+                let job = job_for(Arc::new(message), rcpts);
+                // A recipient a live job already holds is not sent twice.
+                jobs.extend(leases.take(job, now));
+            }
+            // Deleted meanwhile: nothing left to do.
+            Ok(None) => {}
+            Err(e) => {
+                log::error!(
+                    "scheduler could not load message {}: {e}; its {} claimed recipients are \
+                     due again in {}s",
+                    sendengine_queue::format_id(id),
+                    rcpts.len(),
+                    crate::deliver::CLAIM_LEASE.as_secs()
+                );
+                let keys: Vec<(MessageId, u32)> = rcpts.iter().map(|&(r, _)| (id, r)).collect();
+                leases.orphan(&keys, now);
+            }
+        }
+    }
+    jobs
+}
+
+/// Room per route and lane for one claim: the claim filter takes a due
+/// recipient only while its route has room left.
+struct RouteRoom {
+    router: Arc<Router>,
+    snapshot: Arc<crate::tenancy::Tenancy>,
+    left: HashMap<(String, bool), usize>,
+    /// Due recipients left out for lack of room.
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RouteRoom {
+    fn new(router: Arc<Router>, snapshot: Arc<crate::tenancy::Tenancy>) -> RouteRoom {
+        RouteRoom {
+            router,
+            snapshot,
+            left: HashMap::new(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// Takes a place on the recipient's route; false when it has none. A
+    /// recipient of a group with no server is taken: the router records
+    /// that it cannot go anywhere.
+    fn take(&mut self, c: &ClaimCandidate<'_>) -> bool {
+        let meta = c.meta;
+        let Some(name) =
+            self.router
+                .route_name_for(&self.snapshot, &meta.group, &meta.channel, c.address)
+        else {
+            return true;
+        };
+        let priority = is_priority_channel(&meta.channel);
+        let router = &self.router;
+        let left = self
+            .left
+            .entry((name, priority))
+            .or_insert_with_key(|(name, priority)| router.room_of(name, *priority));
+        if *left == 0 {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        *left -= 1;
+        true
+    }
+
+    fn into_filter(mut self) -> ClaimFilter {
+        Box::new(move |c| self.take(c))
     }
 }
 

@@ -50,6 +50,7 @@ fn event(n: usize) -> Event {
         remote_host: None,
         reply: None,
         bounce_class: None,
+        bounce_type: None,
         tls: None,
         dkim: None,
         attempt: 1,

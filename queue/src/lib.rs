@@ -44,8 +44,8 @@ pub use message::{
 pub use quarantine::QuarantinedRow;
 pub use quota::{Quota, QuotaExceeded, Window};
 pub use select::{
-    MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,
-    SUSPENDED_DUE,
+    ClaimCandidate, ClaimFilter, MAX_CLAIM_SCAN, MAX_PAGE, QueueAction, QueueCounts, QueueFilter,
+    QueuePage, QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
 pub use spool::{Spool, SpoolStats};
 pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, MAX_NOTE_BYTES, Suppression};

@@ -12,7 +12,9 @@
 //! holds and `claim_due` never reaches it. Claimed recipients are being
 //! attempted in memory: suspend, resume and flush leave them alone, and
 //! remove drops their row so the attempt's outcome is ignored afterwards
-//! (an attempt already under way may still deliver).
+//! (an attempt already under way may still deliver). A caller that took
+//! claimed recipients back out of memory (jobs waiting in a ready queue)
+//! applies the action to them with `Spool::queue_action_returned`.
 
 use crate::id::MessageId;
 use crate::message::MessageMeta;
@@ -115,6 +117,24 @@ pub enum QueueAction {
     /// Out of the spool; the message leaves with its last recipient.
     Remove,
 }
+
+/// A due recipient the scheduler may claim: what a [`ClaimFilter`] sees.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimCandidate<'a> {
+    pub id: MessageId,
+    pub rcpt: u32,
+    pub address: &'a str,
+    pub meta: &'a MessageMeta,
+}
+
+/// Says, per due recipient in due order, whether to claim it now; one left
+/// out stays scheduled (its route has no room). Runs on the writer thread
+/// inside the claim's transaction: keep it cheap and never wait for the spool.
+pub type ClaimFilter = Box<dyn FnMut(&ClaimCandidate<'_>) -> bool + Send>;
+
+/// Most due entries one filtered claim looks at, so a backlog whose route
+/// is full costs a bounded walk, not one over the whole index.
+pub const MAX_CLAIM_SCAN: usize = 20_000;
 
 /// Recipient counts by status, as `Spool::queue_counts` finds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

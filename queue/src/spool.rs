@@ -19,7 +19,7 @@ use crate::free_space::FreeSpaceGuard;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::quarantine::{self, Damaged, QuarantinedRow};
-use crate::select::{MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
+use crate::select::{ClaimFilter, MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
 use crate::writer::{
@@ -214,8 +214,35 @@ impl Spool {
     }
 
     /// Claims up to `limit` recipients due at `now_ms`, earliest first. They
-    /// stay claimed until an outcome is recorded or the process restarts.
+    /// stay claimed until an outcome is recorded (`Outcome::Release` gives
+    /// one back untried) or the process restarts.
+    ///
+    /// Claims are committed without fdatasync: a crash, or the reopen after
+    /// a storage error, may roll the latest ones back, so a recipient held
+    /// in memory can be due (and claimed) again; the caller must not start
+    /// a second attempt for a recipient it already holds.
     pub fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Claimed>, SpoolError> {
+        self.claim(now_ms, limit, None)
+    }
+
+    /// [`Spool::claim_due`] that claims only the recipients `accept` takes
+    /// (those whose route has room), looking at most `MAX_CLAIM_SCAN` due
+    /// entries; the others stay scheduled, due as before.
+    pub fn claim_due_where(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        accept: ClaimFilter,
+    ) -> Result<Vec<Claimed>, SpoolError> {
+        self.claim(now_ms, limit, Some(accept))
+    }
+
+    fn claim(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        accept: Option<ClaimFilter>,
+    ) -> Result<Vec<Claimed>, SpoolError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -223,6 +250,7 @@ impl Spool {
             self.submit(Request::Claim(ClaimRequest {
                 now_ms,
                 limit,
+                accept,
                 done,
             }))
         })
@@ -384,13 +412,41 @@ impl Spool {
         action: QueueAction,
         keys: Vec<(MessageId, u32)>,
     ) -> Result<Vec<bool>, SpoolError> {
+        self.act(action, keys, false)
+    }
+
+    /// [`Spool::queue_action`] on claimed recipients the caller took back
+    /// from memory before any attempt (jobs pulled out of a ready queue):
+    /// the action applies as if they were not claimed, and one it leaves
+    /// unchanged is due again now, so none stays claimed with no holder.
+    pub fn queue_action_returned(
+        &self,
+        action: QueueAction,
+        keys: Vec<(MessageId, u32)>,
+    ) -> Result<Vec<bool>, SpoolError> {
+        self.act(action, keys, true)
+    }
+
+    fn act(
+        &self,
+        action: QueueAction,
+        keys: Vec<(MessageId, u32)>,
+        returned: bool,
+    ) -> Result<Vec<bool>, SpoolError> {
         if keys.len() > MAX_PAGE {
             return Err(SpoolError::Invalid(format!(
                 "{} recipients in one queue action; the limit is {MAX_PAGE} per call",
                 keys.len()
             )));
         }
-        self.wait_for(|done| self.submit(Request::Action(ActionRequest { action, keys, done })))
+        self.wait_for(|done| {
+            self.submit(Request::Action(ActionRequest {
+                action,
+                keys,
+                returned,
+                done,
+            }))
+        })
     }
 
     /// Appends events to the backlog `sink` in the next group commit and,

@@ -44,8 +44,8 @@ use crate::quarantine::{
 };
 use crate::quota::{Quota, QuotaExceeded, Window};
 use crate::select::{
-    QueueAction, QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus,
-    SUSPENDED_DUE,
+    ClaimCandidate, ClaimFilter, MAX_CLAIM_SCAN, QueueAction, QueueCounts, QueueFilter, QueuePage,
+    QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
 use crate::suppress::{GLOBAL_TENANT, Suppression};
 
@@ -243,25 +243,53 @@ impl<'txn> WriteTables<'txn> {
                 rcpt,
                 next_attempt_ms,
             } => self.reschedule(id, rcpt, next_attempt_ms, true),
-            Outcome::Release { id, rcpt } => self.reschedule(id, rcpt, now_ms, false),
+            Outcome::Release { id, rcpt } => self.release(id, rcpt, now_ms),
         }
     }
 
     /// Moves up to `limit` due recipients, earliest first, from the schedule
-    /// to the claimed state.
+    /// to the claimed state. With `accept`, only those it accepts; the walk
+    /// then stops after `MAX_CLAIM_SCAN` due entries.
     pub(crate) fn claim_due(
         &mut self,
         now_ms: u64,
         limit: usize,
+        mut accept: Option<&mut ClaimFilter>,
     ) -> Result<Vec<Claimed>, SpoolError> {
+        let scan = if accept.is_some() {
+            MAX_CLAIM_SCAN
+        } else {
+            limit
+        };
         let due_keys = self
             .schedule
             .range(..=(now_ms, u64::MAX, u32::MAX))?
-            .take(limit)
+            .take(scan)
             .map(|entry| entry.map(|(key, _)| key.value()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut claimed = Vec::with_capacity(due_keys.len());
+        let mut claimed = Vec::with_capacity(due_keys.len().min(limit));
+        let mut envelope: Option<(MessageId, Option<crate::codec::Envelope>)> = None;
         for (due_ms, id, rcpt) in due_keys {
+            if claimed.len() == limit {
+                break;
+            }
+            if let Some(accept) = accept.as_mut() {
+                if envelope.as_ref().is_none_or(|(cached, _)| *cached != id) {
+                    envelope = Some((id, self.envelope(id)?));
+                }
+                // A message without an envelope is a leftover: claiming repairs it.
+                if let Some((_, Some(env))) = &envelope {
+                    let candidate = ClaimCandidate {
+                        id,
+                        rcpt,
+                        address: env.recipients.get(rcpt as usize).map_or("", String::as_str),
+                        meta: &env.meta,
+                    };
+                    if !accept(&candidate) {
+                        continue;
+                    }
+                }
+            }
             self.schedule.remove((due_ms, id, rcpt))?;
             // A schedule entry without a row would be a leftover; removing it is the repair.
             if let Some(mut state) = self.recipient(id, rcpt)? {
@@ -275,6 +303,17 @@ impl<'txn> WriteTables<'txn> {
             }
         }
         Ok(claimed)
+    }
+
+    fn envelope(&self, id: MessageId) -> Result<Option<crate::codec::Envelope>, SpoolError> {
+        let Some(stored) = self.messages.get(id)? else {
+            return Ok(None);
+        };
+        decode_envelope(stored.value())
+            .map(Some)
+            .map_err(|DecodeError(reason)| {
+                SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
+            })
     }
 
     /// Crash recovery: recipients that were claimed (in memory) when the
@@ -319,24 +358,50 @@ impl<'txn> WriteTables<'txn> {
         id: MessageId,
         rcpt: u32,
         now_ms: u64,
+        returned: bool,
     ) -> Result<bool, SpoolError> {
-        let Some(state) = self.recipient(id, rcpt)? else {
+        let Some(mut state) = self.recipient(id, rcpt)? else {
             return Ok(false);
         };
+        if returned {
+            // Taken back from memory by the caller: no longer in flight.
+            state.claimed = false;
+        }
         let suspended = !state.claimed && state.next_attempt_ms == SUSPENDED_DUE;
         let new_due = match action {
             QueueAction::Remove => {
                 self.finish_recipient(id, rcpt)?;
                 return Ok(true);
             }
-            _ if state.claimed => return Ok(false),
-            QueueAction::Flush if !suspended && state.next_attempt_ms > now_ms => now_ms,
-            QueueAction::Suspend if !suspended => SUSPENDED_DUE,
-            QueueAction::Resume if suspended => now_ms,
-            _ => return Ok(false),
+            _ if state.claimed => None,
+            QueueAction::Flush if !suspended && state.next_attempt_ms > now_ms => Some(now_ms),
+            QueueAction::Suspend if !suspended => Some(SUSPENDED_DUE),
+            QueueAction::Resume if suspended => Some(now_ms),
+            _ => None,
         };
-        self.reschedule(id, rcpt, new_due, false)?;
-        Ok(true)
+        match new_due {
+            Some(due) => {
+                // Unclaimed first, so `reschedule` looks for no entry to drop.
+                self.put_recipient(id, rcpt, &state)?;
+                self.reschedule(id, rcpt, due, false)?;
+                Ok(true)
+            }
+            None if returned => {
+                // Given back but left as it was: due again, never stranded.
+                self.release(id, rcpt, now_ms)?;
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Due again now, if still claimed: a release that comes late (a
+    /// lease that ran out) must not undo a suspend or a recorded retry.
+    fn release(&mut self, id: MessageId, rcpt: u32, now_ms: u64) -> Result<(), SpoolError> {
+        match self.recipient(id, rcpt)? {
+            Some(state) if state.claimed => self.reschedule(id, rcpt, now_ms, false),
+            _ => Ok(()),
+        }
     }
 
     fn finish_recipient(&mut self, id: MessageId, rcpt: u32) -> Result<(), SpoolError> {

@@ -26,7 +26,7 @@ use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, Outcome};
 use crate::quarantine::{self, CorruptRecipient, Damaged};
-use crate::select::QueueAction;
+use crate::select::{ClaimFilter, QueueAction};
 use crate::store::{self, EncodedMessage, WriteTables};
 pub(crate) use ObjectRequest as ObjectWrite;
 
@@ -69,6 +69,8 @@ pub(crate) struct SuppressRequest {
 pub(crate) struct ActionRequest {
     pub(crate) action: QueueAction,
     pub(crate) keys: Vec<(MessageId, u32)>,
+    /// The keys are claimed recipients the caller took back from memory.
+    pub(crate) returned: bool,
     pub(crate) done: Completion<Vec<bool>>,
 }
 
@@ -83,6 +85,7 @@ pub(crate) struct QuarantineRequest {
 pub(crate) struct ClaimRequest {
     pub(crate) now_ms: u64,
     pub(crate) limit: usize,
+    pub(crate) accept: Option<ClaimFilter>,
     pub(crate) done: Completion<Vec<Claimed>>,
 }
 
@@ -295,10 +298,10 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, writes: Writes) {
+    fn commit(&mut self, mut writes: Writes) {
         let batch_len = writes.len() as u64;
         let started = Instant::now();
-        let result = self.apply_and_commit(&writes);
+        let result = self.apply_and_commit(&mut writes);
         // Released before the completions run, so a caller that saw its
         // insert complete also sees its bytes gone from the queue.
         self.shared.release_pending(writes.pending_bytes());
@@ -317,7 +320,7 @@ impl Writer {
         }
     }
 
-    fn apply_and_commit(&mut self, writes: &Writes) -> Result<Results, SpoolError> {
+    fn apply_and_commit(&mut self, writes: &mut Writes) -> Result<Results, SpoolError> {
         if self.fault_injected() {
             return Err(SpoolError::Storage("injected fault".into()));
         }
@@ -427,7 +430,7 @@ fn write_batch(
     db: &Database,
     durable: bool,
     ids: &mut IdGenerator,
-    writes: &Writes,
+    writes: &mut Writes,
 ) -> Result<Results, SpoolError> {
     let txn = store::begin_write(db, durable)?;
     let results = {
@@ -468,7 +471,8 @@ fn write_batch(
         for request in &writes.actions {
             let mut changed = Vec::with_capacity(request.keys.len());
             for &(id, rcpt) in &request.keys {
-                changed.push(tables.apply_action(request.action, id, rcpt, now)?);
+                let returned = request.returned;
+                changed.push(tables.apply_action(request.action, id, rcpt, now, returned)?);
             }
             acted.push(changed);
         }
@@ -484,8 +488,9 @@ fn write_batch(
             }
         }
         let mut claimed = Vec::with_capacity(writes.claims.len());
-        for claim in &writes.claims {
-            claimed.push(tables.claim_due(claim.now_ms, claim.limit)?);
+        for claim in &mut writes.claims {
+            let accept = claim.accept.as_mut();
+            claimed.push(tables.claim_due(claim.now_ms, claim.limit, accept)?);
         }
         Results {
             inserted,

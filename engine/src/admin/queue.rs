@@ -5,11 +5,14 @@
 //! million queued recipients cost time, not memory, and an action commits
 //! one page at a time while delivery of everything else goes on.
 //!
-//! In-flight recipients (claimed: held in memory by a delivery worker)
-//! are not stopped: flush, suspend and resume skip them (they are counted
-//! as `in_flight_skipped`), and delete/bounce remove their spool row so
-//! they are never tried again, but an attempt already under way may still
-//! deliver. Suspended recipients do not expire while suspended.
+//! Suspend, delete and bounce first take the matching recipients out of
+//! the routes' ready queues (claimed, but not yet attempted) and apply to
+//! them there; only recipients a worker is attempting right now are
+//! beyond reach: suspend skips them (counted as `in_flight_skipped`), and
+//! delete/bounce remove their spool row so they are never tried again,
+//! but the attempt under way may still deliver. Flush and resume leave
+//! ready queues alone (what is there is due already). Suspended
+//! recipients do not expire while suspended.
 //!
 //! Each removed recipient gets an event: `bounce` with bounce_class
 //! `admin` for `queue bounce`, `admin_action` for `queue delete`.
@@ -256,6 +259,15 @@ fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, Admin
         _ => QueueAction::Remove,
     };
     let (mut matched, mut changed, mut in_flight_skipped) = (0u64, 0u64, 0u64);
+    let reaches_ready = matches!(action, QueueAction::Suspend | QueueAction::Remove);
+    if reaches_ready {
+        let pulled = act_on_ready(engine, action, verb, filter)?;
+        changed += pulled;
+        if action == QueueAction::Remove {
+            // Gone from the spool: the walk below does not see them.
+            matched += pulled;
+        }
+    }
     walk(engine, filter, |page| {
         matched += page.len() as u64;
         let keys = page.iter().map(|r| (r.id, r.rcpt)).collect();
@@ -277,12 +289,81 @@ fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, Admin
         }
         Ok(true)
     })?;
+    if reaches_ready {
+        // What the scheduler claimed between a page's read and its action
+        // went to a ready queue meanwhile: reach it there too.
+        let pulled = act_on_ready(engine, action, verb, filter)?;
+        changed += pulled;
+        if action == QueueAction::Remove {
+            matched += pulled;
+        }
+    }
     Ok(json!({
         "action": verb,
         "matched": matched,
         "changed": changed,
         "in_flight_skipped": in_flight_skipped,
     }))
+}
+
+/// Takes the matching recipients out of the ready queues and applies the
+/// action to them in the spool; returns how many changed.
+fn act_on_ready(
+    engine: &Engine,
+    action: QueueAction,
+    verb: &str,
+    filter: &QueueFilter,
+) -> Result<u64, AdminError> {
+    let pulled = engine.router.take_queued(|job, rcpt| {
+        let message = &job.message;
+        let address = message.recipients.get(rcpt as usize);
+        address.is_some_and(|a| filter.matches(message.id, a, &message.meta))
+    });
+    let recipients: Vec<QueuedRecipient> = pulled.iter().flat_map(queued_recipients).collect();
+    let mut changed = 0;
+    for chunk in recipients.chunks(MAX_PAGE) {
+        let keys: Vec<(u64, u32)> = chunk.iter().map(|r| (r.id, r.rcpt)).collect();
+        let results = engine
+            .spool
+            .queue_action_returned(action, keys)
+            .map_err(|e| AdminError::internal(format!("changing the queue: {e}")))?;
+        for (r, did) in chunk.iter().zip(results) {
+            changed += u64::from(did);
+            if did && action == QueueAction::Remove {
+                let event = admin_event(r, verb);
+                crate::metrics::outcomes(std::slice::from_ref(&event));
+                engine.events.emit(event);
+            }
+        }
+    }
+    // Out of memory and written down: their leases end here.
+    for job in &pulled {
+        let keys = job.rcpts.iter().map(|&(r, _)| (job.message.id, r));
+        engine.router.leases().finish(&job.hold, keys);
+    }
+    Ok(changed)
+}
+
+/// A queued job's recipients as `queue list` would show them.
+fn queued_recipients(job: &crate::deliver::Job) -> Vec<QueuedRecipient> {
+    let message = &job.message;
+    job.rcpts
+        .iter()
+        .map(|&(rcpt, attempts)| QueuedRecipient {
+            id: message.id,
+            rcpt,
+            address: message
+                .recipients
+                .get(rcpt as usize)
+                .cloned()
+                .unwrap_or_default(),
+            mail_from: message.mail_from.clone(),
+            meta: message.meta.clone(),
+            attempts,
+            next_attempt_ms: 0,
+            status: RecipientStatus::InFlight,
+        })
+        .collect()
 }
 
 /// The event of a recipient an operator removed: a bounce (class `admin`,

@@ -11,20 +11,24 @@
 //! there is one. A pooled connection the server closed while it was idle
 //! costs a reconnect, not an attempt (see `Route::deliver`).
 
+mod lease;
 mod ready;
 mod record;
 mod stats;
 mod throttle;
+mod unrecorded;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use ready::{Job, ReadyQueue, is_priority_channel};
+pub use lease::{CLAIM_LEASE, Hold, Leases};
+pub use ready::{Job, ReadyQueue, Refused, is_priority_channel};
 pub use record::{AttemptContext, Recorder, RetryPolicy, SharedRetry, base_event, job_for};
 pub use stats::RouteStats;
 pub use throttle::Throttle;
 use tokio::sync::mpsc;
+pub use unrecorded::{PAUSED_GAUGE, UNRECORDED_GAUGE, Unrecorded};
 
 use crate::smtp::client::{
     ClientSettings, Connection, ContentNeeds, Envelope, Reply, SessionError, TlsState,
@@ -265,22 +269,36 @@ impl Route {
         self.probe_started_ms.store(0, Ordering::Release);
     }
 
-    /// Queues a job whose place was reserved with `ready.try_reserve()`.
-    pub fn push_reserved(self: &Arc<Self>, job: Job) {
+    /// Queues a job whose place was reserved with `ready.try_reserve()`;
+    /// returns the parts the queue refused (full, or the route retired).
+    #[must_use]
+    pub fn push_reserved(self: &Arc<Self>, job: Job) -> Vec<Refused> {
         let mut parts = per_transaction(job).into_iter();
+        let mut refused = Vec::new();
         if let Some(first) = parts.next() {
-            self.ready.push_reserved(first);
+            refused.extend(self.ready.push_reserved(first).err());
         }
-        parts.for_each(|part| self.ready.push(part));
+        refused.extend(parts.filter_map(|part| self.ready.try_push(part).err()));
         self.start_worker_if_needed();
+        refused
     }
 
-    /// Queues a job from the scheduler or the router.
-    pub fn push(self: &Arc<Self>, job: Job) {
-        per_transaction(job)
+    /// Queues a job from the scheduler or the router; returns the parts
+    /// the queue refused (full, or the route retired).
+    #[must_use]
+    pub fn push(self: &Arc<Self>, job: Job) -> Vec<Refused> {
+        let refused = per_transaction(job)
             .into_iter()
-            .for_each(|part| self.ready.push(part));
+            .filter_map(|part| self.ready.try_push(part).err())
+            .collect();
         self.start_worker_if_needed();
+        refused
+    }
+
+    /// Nothing queued and no connection open: a direct-delivery site in
+    /// this state may be dropped.
+    pub fn is_idle(&self) -> bool {
+        self.ready.is_empty() && self.workers.load(Ordering::Acquire) == 0
     }
 
     pub fn open_connections(&self) -> usize {
@@ -303,10 +321,11 @@ impl Route {
     }
 
     /// Stops taking new jobs; running transactions finish. Returns the
-    /// jobs that were waiting (still claimed in the spool).
+    /// jobs that were waiting (still claimed in the spool); a push from
+    /// now on is refused, so the caller routes those jobs again.
     pub fn stop(&self) -> Vec<Job> {
         self.stopping.store(true, Ordering::Relaxed);
-        self.ready.drain()
+        self.ready.close()
     }
 
     /// The server failed at connection level: skip it for a while and give
@@ -361,6 +380,8 @@ async fn worker(route: Arc<Route>) {
         if !has_work || route.stopping.load(Ordering::Relaxed) {
             break;
         }
+        // No new transaction while delivered outcomes wait to be written.
+        route.ctx.recorder.unrecorded.wait_until_recording().await;
         // The job is taken only once the rate limit lets it go, so that a
         // transactional message queued meanwhile goes first.
         route.throttle.acquire().await;

@@ -1,10 +1,13 @@
 //! `ReadyQueue`: the jobs of one route that are due now, held in memory.
 //!
 //! It is bounded so that a backlog waits on disk (in the spool's schedule
-//! index) rather than in RAM. Admission reserves a place before it commits
-//! a message, so a message that will go straight to the queue is stored as
-//! claimed and skips a round trip through the index; the scheduler fills
-//! whatever room is left from the index.
+//! index) rather than in RAM: a push past the capacity of its lane is
+//! refused, and the caller gives the job back to the spool. Admission
+//! reserves a place before it commits a message, so a message that will go
+//! straight to the queue is stored as claimed and skips a round trip
+//! through the index; the scheduler claims per route only what fits in the
+//! room that is left. A retired route's queue is closed: what waited in it
+//! and what is pushed afterwards goes back to the router.
 //!
 //! Two lanes, so that a big campaign cannot hold up a password reset:
 //! transactional and autoresponder mail go in the priority lane, which has
@@ -19,6 +22,8 @@ use std::time::Duration;
 use sendengine_queue::StoredMessage;
 use tokio::sync::Notify;
 
+use super::lease::Hold;
+
 /// One message with the recipients to try in one transaction.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -30,6 +35,17 @@ pub struct Job {
     /// Delivery servers that failed this job at connection level in this
     /// round; failover skips them.
     pub tried: Vec<String>,
+    /// Keeps the lease on the job's claims while any copy of it lives.
+    pub hold: Arc<Hold>,
+}
+
+/// A job a ready queue did not take.
+#[derive(Debug)]
+pub enum Refused {
+    /// Its lane is at capacity: back to the spool, due again.
+    Full(Job),
+    /// The route was retired: to the router, for the route now in force.
+    Closed(Job),
 }
 
 impl Job {
@@ -63,6 +79,8 @@ struct Inner {
     turns: VecDeque<String>,
     priority_lane: Lane,
     bulk_lane: Lane,
+    /// Set when the route is retired; every push is refused from then on.
+    closed: bool,
 }
 
 impl Inner {
@@ -111,6 +129,46 @@ impl Inner {
     fn len(&self) -> usize {
         self.priority_lane.queued + self.bulk_lane.queued
     }
+
+    /// Takes out the recipients `pick` chooses, as jobs of their own; a
+    /// job left with none is dropped from the queue.
+    fn take_matching(&mut self, pick: &mut impl FnMut(&Job, u32) -> bool) -> Vec<Job> {
+        let mut taken = Vec::new();
+        let (before_priority, before_bulk) = (self.priority.len(), self.bulk_len());
+        take_from(&mut self.priority, pick, &mut taken);
+        for queue in self.campaigns.values_mut() {
+            take_from(queue, pick, &mut taken);
+        }
+        self.campaigns.retain(|_, queue| !queue.is_empty());
+        let campaigns = &self.campaigns;
+        self.turns.retain(|c| campaigns.contains_key(c));
+        self.priority_lane.queued -= before_priority - self.priority.len();
+        self.bulk_lane.queued -= before_bulk - self.bulk_len();
+        taken
+    }
+
+    fn bulk_len(&self) -> usize {
+        self.campaigns.values().map(VecDeque::len).sum()
+    }
+}
+
+fn take_from(
+    queue: &mut VecDeque<Job>,
+    pick: &mut impl FnMut(&Job, u32) -> bool,
+    taken: &mut Vec<Job>,
+) {
+    queue.retain_mut(|job| {
+        let (chosen, kept): (Vec<_>, Vec<_>) = job.rcpts.iter().partition(|(r, _)| pick(job, *r));
+        if chosen.is_empty() {
+            return true;
+        }
+        taken.push(Job {
+            rcpts: chosen,
+            ..job.clone()
+        });
+        job.rcpts = kept;
+        !job.rcpts.is_empty()
+    });
 }
 
 impl ReadyQueue {
@@ -146,21 +204,35 @@ impl ReadyQueue {
         lane.reserved = lane.reserved.saturating_sub(1);
     }
 
-    /// Fills a place taken with `try_reserve`.
-    pub fn push_reserved(&self, job: Job) {
+    /// Fills a place taken with `try_reserve`; refused only once closed.
+    pub fn push_reserved(&self, job: Job) -> Result<(), Refused> {
         let mut inner = self.inner();
         let lane = inner.lane(job.is_priority());
         lane.reserved = lane.reserved.saturating_sub(1);
+        if inner.closed {
+            return Err(Refused::Closed(job));
+        }
         inner.push(job);
         drop(inner);
         self.notify.notify_one();
+        Ok(())
     }
 
-    /// Adds a job the scheduler claimed; may pass the capacity, which is
-    /// only a target for how much the scheduler asks for.
-    pub fn push(&self, job: Job) {
-        self.inner().push(job);
+    /// Adds a job if its lane has room and the queue is open.
+    pub fn try_push(&self, job: Job) -> Result<(), Refused> {
+        let capacity = self.capacity;
+        let mut inner = self.inner();
+        if inner.closed {
+            return Err(Refused::Closed(job));
+        }
+        let lane = inner.lane(job.is_priority());
+        if lane.queued + lane.reserved >= capacity {
+            return Err(Refused::Full(job));
+        }
+        inner.push(job);
+        drop(inner);
         self.notify.notify_one();
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -171,12 +243,32 @@ impl ReadyQueue {
         self.len() == 0
     }
 
-    /// How many more marketing jobs the scheduler may add (priority jobs
-    /// from the schedule are few and always taken).
-    pub fn room(&self) -> usize {
+    /// How many more jobs the lane takes (0 once closed).
+    pub fn room(&self, priority: bool) -> usize {
+        let capacity = self.capacity;
+        let mut inner = self.inner();
+        if inner.closed {
+            return 0;
+        }
+        let lane = inner.lane(priority);
+        capacity.saturating_sub(lane.queued + lane.reserved)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes the recipients `pick` chooses out of the queue (an operator's
+    /// action reaches them there), as jobs of their own.
+    pub fn take_matching(&self, mut pick: impl FnMut(&Job, u32) -> bool) -> Vec<Job> {
+        self.inner().take_matching(&mut pick)
+    }
+
+    /// The claimed recipients of every queued job, for leases and tests.
+    pub fn for_each_job(&self, mut each: impl FnMut(&Job)) {
         let inner = self.inner();
-        let bulk = &inner.bulk_lane;
-        self.capacity.saturating_sub(bulk.queued + bulk.reserved)
+        inner.priority.iter().for_each(&mut each);
+        inner.campaigns.values().flatten().for_each(&mut each);
     }
 
     /// Queued jobs by campaign, for `status`; mail without one is left out.
@@ -215,10 +307,17 @@ impl ReadyQueue {
         }
     }
 
-    /// Empties the queue (shutdown); the jobs stay claimed in the spool
-    /// and are rescheduled by recovery at the next start.
+    /// Empties the queue (failover); the jobs stay claimed in the spool.
     pub fn drain(&self) -> Vec<Job> {
         let mut inner = self.inner();
+        std::iter::from_fn(|| inner.pop()).collect()
+    }
+
+    /// Closes the queue for good (the route is retired) and returns what
+    /// waited in it; a push from now on is refused with `Closed`.
+    pub fn close(&self) -> Vec<Job> {
+        let mut inner = self.inner();
+        inner.closed = true;
         std::iter::from_fn(|| inner.pop()).collect()
     }
 }
@@ -242,8 +341,9 @@ mod tests {
                 body: Arc::from(&b""[..]),
             }),
             header_message_id: String::new(),
-            rcpts: vec![(0, 0)],
+            rcpts: vec![(0, 0), (1, 0)],
             tried: Vec::new(),
+            hold: Arc::default(),
         }
     }
 
@@ -251,10 +351,10 @@ mod tests {
     async fn transactional_first_then_campaigns_take_turns() {
         let q = ReadyQueue::new(100);
         for i in 0..5 {
-            q.push(job(i, "marketing", "big"));
+            q.try_push(job(i, "marketing", "big")).unwrap();
         }
-        q.push(job(10, "marketing", "small"));
-        q.push(job(20, "transactional", ""));
+        q.try_push(job(10, "marketing", "small")).unwrap();
+        q.try_push(job(20, "transactional", "")).unwrap();
         let order: Vec<u64> =
             std::iter::from_fn(|| q.inner().pop().map(|j| j.message.id)).collect();
         assert_eq!(order, vec![20, 0, 10, 1, 2, 3, 4]);
@@ -267,8 +367,62 @@ mod tests {
         assert!(q.try_reserve(false));
         assert!(!q.try_reserve(false));
         assert!(q.try_reserve(true), "the priority lane has room of its own");
-        assert_eq!(q.room(), 0);
+        assert_eq!(q.room(false), 0);
         q.cancel_reservation(false);
-        assert_eq!(q.room(), 1);
+        assert_eq!(q.room(false), 1);
+    }
+
+    #[test]
+    fn a_push_past_the_capacity_is_refused() {
+        let q = ReadyQueue::new(2);
+        q.try_push(job(1, "marketing", "a")).unwrap();
+        q.try_push(job(2, "marketing", "b")).unwrap();
+        assert!(matches!(
+            q.try_push(job(3, "marketing", "a")),
+            Err(Refused::Full(j)) if j.message.id == 3
+        ));
+        assert_eq!(q.len(), 2, "never more than the capacity");
+        q.try_push(job(4, "transactional", "")).unwrap();
+        assert_eq!(q.room(true), 1);
+    }
+
+    #[test]
+    fn a_closed_queue_hands_back_what_waited_and_refuses_the_rest() {
+        let q = ReadyQueue::new(10);
+        q.try_push(job(1, "marketing", "a")).unwrap();
+        assert!(q.try_reserve(false));
+        let waiting = q.close();
+        assert_eq!(waiting.len(), 1);
+        assert!(matches!(
+            q.try_push(job(2, "marketing", "a")),
+            Err(Refused::Closed(_))
+        ));
+        assert!(matches!(
+            q.push_reserved(job(3, "marketing", "a")),
+            Err(Refused::Closed(_))
+        ));
+        assert_eq!(q.room(false), 0);
+    }
+
+    #[test]
+    fn matching_recipients_are_taken_out_and_the_rest_stays() {
+        let q = ReadyQueue::new(10);
+        q.try_push(job(1, "marketing", "a")).unwrap();
+        q.try_push(job(2, "marketing", "b")).unwrap();
+        q.try_push(job(3, "transactional", "a")).unwrap();
+        // Campaign "a", and of message 1 only recipient 1.
+        let taken = q.take_matching(|j, rcpt| {
+            j.message.meta.campaign == "a" && (j.message.id != 1 || rcpt == 1)
+        });
+        let got: Vec<(u64, Vec<(u32, u32)>)> = taken
+            .iter()
+            .map(|j| (j.message.id, j.rcpts.clone()))
+            .collect();
+        assert_eq!(got, vec![(3, vec![(0, 0), (1, 0)]), (1, vec![(1, 0)])]);
+        let left: Vec<(u64, usize)> = std::iter::from_fn(|| q.try_pop())
+            .map(|j| (j.message.id, j.rcpts.len()))
+            .collect();
+        assert_eq!(left, vec![(1, 1), (2, 2)]);
+        assert_eq!((q.room(false), q.room(true)), (10, 10));
     }
 }

@@ -5,7 +5,8 @@
 //! verdicts go to the spool in one request, and the events are written
 //! only once the spool has committed them, so the event log never reports
 //! something a crash could undo. A write the spool refuses (disk full) is
-//! tried again until it succeeds.
+//! held in memory and tried again until it succeeds, and delivery pauses
+//! meanwhile (`unrecorded.rs`).
 //!
 //! Every bounce is classified (`sendengine_bounces`); one whose category
 //! says the address will never accept mail (hard) also puts the recipient
@@ -14,12 +15,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sendengine_queue::{Delivered, Outcome, Spool, SpoolError};
+use sendengine_queue::{Delivered, MessageId, Outcome, Spool, SpoolError};
 
-/// Wait before writing outcomes again after the spool refused them.
-const RECORD_RETRY: Duration = Duration::from_secs(1);
-
+use super::lease::{Hold, Leases};
 use super::ready::Job;
+use super::unrecorded::Unrecorded;
 use crate::events::{BounceType, Event, EventKind, EventLog, EventReply};
 use crate::smtp::client::{Reply, SessionError};
 use crate::timefmt::{now_ms, rfc3339};
@@ -74,6 +74,21 @@ pub struct Recorder {
     pub auto_suppress: bool,
     /// How long the delivered index keeps finished recipients.
     pub index_retain: Duration,
+    /// The claims the delivery side holds; an outcome written ends one.
+    pub leases: Arc<Leases>,
+    /// Outcomes the spool refused, held until it takes them.
+    pub unrecorded: Arc<Unrecorded>,
+}
+
+/// The outcomes of one attempt and what follows once they are written.
+pub(super) struct Written {
+    pub(super) outcomes: Vec<Outcome>,
+    /// Delivered-index rows of the finished recipients, same commit.
+    pub(super) delivered: Vec<Delivered>,
+    pub(super) events: Vec<Event>,
+    pub(super) suppressions: Vec<Event>,
+    /// Keeps the claims leased until the outcomes are on disk.
+    pub(super) hold: Arc<Hold>,
 }
 
 impl Recorder {
@@ -137,52 +152,102 @@ impl Recorder {
             }
             events.push(event);
         }
-        self.commit(outcomes, delivered, events, suppressions);
+        self.commit(Written {
+            outcomes,
+            delivered,
+            events,
+            suppressions,
+            hold: job.hold.clone(),
+        });
+    }
+
+    /// Gives a job's recipients back to the spool untried (due now, no
+    /// attempt counted): its route had no room, or the job could not be
+    /// queued anywhere. A failed write leaves them to their lease.
+    pub fn release(&self, job: Job) {
+        let keys: Vec<(MessageId, u32)> = job
+            .rcpts
+            .iter()
+            .map(|&(r, _)| (job.message.id, r))
+            .collect();
+        let outcomes = keys
+            .iter()
+            .map(|&(id, rcpt)| Outcome::Release { id, rcpt })
+            .collect();
+        let leases = self.leases.clone();
+        let hold = job.hold;
+        self.spool.record(
+            outcomes,
+            Box::new(move |result| {
+                if result.is_ok() {
+                    leases.finish(&hold, keys);
+                }
+            }),
+        );
+    }
+
+    /// Gives back claims whose lease ran out with no job holding them.
+    pub fn release_unheld(&self, keys: Vec<(MessageId, u32)>) {
+        let outcomes = keys
+            .iter()
+            .map(|&(id, rcpt)| Outcome::Release { id, rcpt })
+            .collect();
+        let leases = self.leases.clone();
+        self.spool.record(
+            outcomes,
+            Box::new(move |result| match result {
+                Ok(()) => leases.forget_unheld(&keys),
+                Err(e) => log::error!(
+                    "could not give back {} claims nobody holds: {e}; retried when their lease runs out again",
+                    keys.len()
+                ),
+            }),
+        );
     }
 
     /// Writes outcomes (with the delivered-index rows of the finished
     /// recipients, same commit) to the spool, then their events, then the
-    /// hard bounces' suppressions. A failed write is tried again: the
-    /// recipients are claimed, so nothing else would pick them up before a
-    /// restart.
-    fn commit(
-        &self,
-        outcomes: Vec<Outcome>,
-        delivered: Vec<Delivered>,
-        events: Vec<Event>,
-        suppressions: Vec<Event>,
-    ) {
-        let recorder = self.clone();
+    /// hard bounces' suppressions. A refused write is held back and
+    /// delivery pauses until it is written (`unrecorded.rs`): the
+    /// recipients are claimed, so nothing else would pick them up.
+    pub(super) fn commit(&self, written: Written) {
         let runtime = tokio::runtime::Handle::try_current().ok();
-        let retry = outcomes.clone();
-        // The spool encodes the rows at once; the originals stay for a retry.
-        let rows = delivered.clone();
+        if self.unrecorded.is_paused() {
+            // Behind the ones already waiting, in order.
+            return self.hold_back(written, None, runtime);
+        }
+        let recorder = self.clone();
+        // The spool encodes them at once; the originals stay for a retry.
+        let outcomes = written.outcomes.clone();
+        let rows = written.delivered.clone();
         self.spool.record_with_index(
             outcomes,
             &rows,
             self.index_retain,
             Box::new(move |result| match result {
-                Ok(()) => {
-                    crate::metrics::outcomes(&events);
-                    events.into_iter().for_each(|e| recorder.events.emit(e));
-                    suppressions.into_iter().for_each(|e| recorder.suppress(e));
-                }
+                Ok(()) => recorder.written(written),
                 // Shutting down: recovery reschedules them at the next start.
                 Err(SpoolError::Closed) => {}
-                Err(e) => {
-                    log::error!(
-                        "could not record delivery outcomes, retrying in {}s: {e}",
-                        RECORD_RETRY.as_secs()
-                    );
-                    if let Some(runtime) = runtime {
-                        runtime.spawn(async move {
-                            tokio::time::sleep(RECORD_RETRY).await;
-                            recorder.commit(retry, delivered, events, suppressions);
-                        });
-                    }
-                }
+                Err(e) => recorder.hold_back(written, Some(&e), runtime),
             }),
         );
+    }
+
+    /// What follows a committed write: metrics, events, suppressions, and
+    /// the end of the claims' leases.
+    pub(super) fn written(&self, written: Written) {
+        crate::metrics::outcomes(&written.events);
+        let keys = written.outcomes.iter().map(|o| match *o {
+            Outcome::Done { id, rcpt }
+            | Outcome::Deferred { id, rcpt, .. }
+            | Outcome::Release { id, rcpt } => (id, rcpt),
+        });
+        self.leases.finish(&written.hold, keys);
+        written.events.into_iter().for_each(|e| self.events.emit(e));
+        written
+            .suppressions
+            .into_iter()
+            .for_each(|e| self.suppress(e));
     }
 
     /// Puts the event's recipient on its tenant's list (no tenant: the
@@ -342,6 +407,7 @@ pub fn job_for(message: Arc<sendengine_queue::StoredMessage>, rcpts: Vec<(u32, u
         header_message_id,
         rcpts,
         tried: Vec::new(),
+        hold: Arc::default(),
     }
 }
 
@@ -420,6 +486,8 @@ mod tests {
             }),
             auto_suppress: true,
             index_retain: Duration::from_secs(86_400),
+            leases: Leases::new(super::super::lease::CLAIM_LEASE),
+            unrecorded: Arc::default(),
         };
         let job = job_for(stored, vec![(0, 0)]);
         let at = AttemptContext {
@@ -428,11 +496,23 @@ mod tests {
             tls: None,
         };
 
+        recorder.leases.track(&job, now_ms());
         fail.store(true, Ordering::SeqCst);
         recorder.replies(&job, &[reply(451)], &at);
+        drop(job);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let stats = spool.stats().unwrap();
         assert_eq!((stats.claimed, stats.scheduled), (1, 0), "the write failed");
+        assert!(recorder.unrecorded.is_paused(), "delivery pauses");
+        assert_eq!(recorder.unrecorded.len(), 1);
+        assert!(
+            recorder.leases.expired(now_ms() + 3_600_000).is_empty(),
+            "the held-back outcome keeps its claim leased"
+        );
+        let waiter = recorder.unrecorded.clone();
+        let resumed = tokio::spawn(async move { waiter.wait_until_recording().await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!resumed.is_finished(), "workers wait while paused");
 
         fail.store(false, Ordering::SeqCst);
         let scheduled = tokio::time::timeout(Duration::from_secs(30), async {
@@ -447,6 +527,64 @@ mod tests {
         .await
         .expect("the deferral was written after the spool recovered");
         assert_eq!(scheduled.claimed, 0);
+        tokio::time::timeout(Duration::from_secs(10), resumed)
+            .await
+            .expect("delivery resumes once the outcomes are written")
+            .unwrap();
+        assert!(!recorder.unrecorded.is_paused());
+        assert!(recorder.leases.is_empty(), "the lease ended with the write");
+        spool.shutdown();
+    }
+
+    /// A claim no job holds any more comes back once its lease runs out;
+    /// one a job still holds does not.
+    #[tokio::test]
+    async fn an_unheld_claim_is_due_again_after_its_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig::new(dir.path())).unwrap();
+        let msg = NewMessage {
+            mail_from: "a@example.com".into(),
+            recipients: vec!["b@example.net".into(), "c@example.net".into()],
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            meta: MessageMeta::default(),
+            quotas: Vec::new(),
+        };
+        let id = spool.insert_blocking(msg, false).unwrap();
+        let claimed = spool.claim_due(now_ms() + 1_000, 10).unwrap();
+        assert_eq!(claimed.len(), 2);
+        let recorder = Recorder {
+            spool: spool.clone(),
+            events: EventLog::disabled(),
+            retry: SharedRetry::new(RetryPolicy {
+                schedule: vec![Duration::from_secs(60)],
+                max_age: Duration::from_secs(3600),
+            }),
+            auto_suppress: false,
+            index_retain: Duration::from_secs(60),
+            leases: Leases::new(Duration::ZERO),
+            unrecorded: Arc::default(),
+        };
+        let stored = Arc::new(spool.load(id).unwrap().unwrap());
+        let held = recorder
+            .leases
+            .take(job_for(stored.clone(), vec![(0, 0)]), now_ms())
+            .unwrap();
+        let lost = recorder
+            .leases
+            .take(job_for(stored, vec![(1, 0)]), now_ms());
+        drop(lost);
+        let expired = recorder.leases.expired(now_ms());
+        assert_eq!(expired, vec![(id, 1)]);
+        recorder.release_unheld(expired);
+        let again = tokio::task::spawn_blocking({
+            let spool = spool.clone();
+            move || spool.claim_due(now_ms() + 1_000, 10).unwrap()
+        })
+        .await
+        .unwrap();
+        let rcpts: Vec<(u32, u32)> = again.iter().map(|c| (c.rcpt, c.attempts)).collect();
+        assert_eq!(rcpts, vec![(1, 0)], "due again, no attempt counted");
+        assert_eq!(held.rcpts.len(), 1);
         spool.shutdown();
     }
 }

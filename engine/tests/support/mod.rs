@@ -153,6 +153,8 @@ pub struct DaemonConfig {
     pub extra_delivery: String,
     pub extra_server: String,
     pub extra_top: String,
+    /// Lines of the `[spool]` section after `dir`.
+    pub extra_spool: String,
     /// Lines of the `[admin]` section after `socket`.
     pub extra_admin: String,
     /// Everything but `hostname`, `[spool]`, `[events]` and `[admin]`, which are
@@ -170,6 +172,7 @@ impl DaemonConfig {
             extra_delivery: "retry_schedule = [\"1s\"]\n".into(),
             extra_server: String::new(),
             extra_top: String::new(),
+            extra_spool: String::new(),
             extra_admin: String::new(),
             custom: None,
         }
@@ -201,6 +204,7 @@ impl DaemonConfig {
 {top}
 [spool]
 dir = "{dir}/spool"
+{spool}
 [smtp_in]
 listen = ["127.0.0.1:{port}"]
 relay_networks = [{nets}]
@@ -224,6 +228,7 @@ max_messages_per_connection = 100
 {server}
 "#,
             top = self.extra_top,
+            spool = self.extra_spool,
             admin = self.extra_admin,
             dir = dir.display(),
             port = self.listen_port,
