@@ -483,6 +483,92 @@ fn queue_list_inspect_suspend_delete_flush_resume_with_the_sink_down() {
     assert_eq!(sink.messages().len(), 2, "the deleted recipient never went");
 }
 
+/// A misspelled or value-less flag is a usage error (exit 2, naming the
+/// flag and the nearest valid one) and a misspelled field on the socket an
+/// error response; neither acts on the whole queue (issue 14.13).
+#[test]
+fn misspelled_flags_and_fields_are_refused_and_change_nothing() {
+    let mut config = DaemonConfig::new(free_port());
+    config.extra_delivery = "retry_schedule = [\"1h\"]\nfailover_backoff = \"1s\"\n".into();
+    let daemon = Daemon::start(config);
+    send(&daemon, "a@example.net", "X-Campaign-Id: alpha|");
+    send(&daemon, "b@example.net", "X-Campaign-Id: beta|");
+    daemon.wait_events("transient_failure", 2, LONG);
+    let all_deferred = || {
+        let rows = queue_rows(&daemon, &[]);
+        rows.len() == 2 && rows.iter().all(|r| r["status"] == "deferred")
+    };
+    wait_for(LONG, "two deferred recipients", || {
+        all_deferred().then_some(())
+    });
+
+    let refused: &[(&[&str], &str)] = &[
+        (&["queue", "suspend", "--campain", "nothing"], "--campaign"),
+        (
+            &["queue", "suspend", "--campaign", "alpha", "--tenent", "x"],
+            "--tenant",
+        ),
+        (&["queue", "list", "--tenent", "x"], "--tenant"),
+        (&["queue", "delete", "--campaign"], "needs a value"),
+        (&["queue", "bounce", "--campaign", "--all"], "needs a value"),
+        (&["queue", "flush", "--olderthan", "2h"], "--older-than"),
+        (
+            &["suppression", "add", "x@example.net", "--tenat", "t"],
+            "--tenant",
+        ),
+        (
+            &["server", "test", "test-sink", "--too", "x@example.net"],
+            "--to",
+        ),
+        (&["status", "--verbose"], "takes no flags"),
+    ];
+    for (args, hint) in refused {
+        let out = sendctl(&daemon, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(hint), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a result");
+    }
+    assert!(all_deferred(), "no refused command touched the queue");
+    let checked = ctl(&daemon, &["suppression", "check", "x@example.net"]);
+    assert_eq!(checked["suppressed"], false, "{checked}");
+
+    // The socket refuses unknown fields the same way, naming the field.
+    let (mut reader, mut writer) = connect(&daemon);
+    let raw: &[(&[u8], &str)] = &[
+        (
+            br#"{"cmd": "queue.suspend", "args": {"campain": "x"}}"#,
+            "campaign",
+        ),
+        (
+            br#"{"cmd": "queue.delete", "args": {"all": true, "tennant": "x"}}"#,
+            "tenant",
+        ),
+        (br#"{"cmd": "queue.list", "args": {"limt": 1}}"#, "limit"),
+        (br#"{"cmd": "status", "args": {"x": 1}}"#, "no arguments"),
+        (
+            br#"{"cmd": "domain.put", "args": {"domain": "d.example", "owner": "u", "ownr": "v"}}"#,
+            "owner",
+        ),
+        (
+            br#"{"cmd": "server.put", "args": {"name": "n", "host": "h", "hots": "h"}}"#,
+            "hots",
+        ),
+    ];
+    for (request, hint) in raw {
+        let response = exchange(&mut reader, &mut writer, request);
+        assert_eq!(response["ok"], false, "{response}");
+        assert_eq!(response["error"]["code"], "bad_args", "{response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.contains(hint), "{message}");
+    }
+    assert!(all_deferred(), "no refused request touched the queue");
+
+    // The spelled-right filter acts on its campaign only.
+    let suspended = ctl(&daemon, &["queue", "suspend", "--campaign=alpha"]);
+    assert_eq!(suspended["changed"], 1, "{suspended}");
+}
+
 #[test]
 fn domains_from_a_pushed_template_show_their_records_and_verify() {
     use support::dns_server::{DnsServer, RecordData};
