@@ -569,6 +569,62 @@ fn misspelled_flags_and_fields_are_refused_and_change_nothing() {
     assert_eq!(suspended["changed"], 1, "{suspended}");
 }
 
+/// Idle and half-written admin connections from another process (Python
+/// raw sockets) do not lock `sendctl` out (issue 15.8): with 100 of them
+/// open, more than the 64 regular slots, `sendctl status` still answers
+/// within a few seconds.
+#[test]
+fn idle_admin_clients_do_not_lock_out_sendctl() {
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    let script = r#"
+import socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+held = []
+for i in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    if i % 2:
+        s.sendall(b'{"cmd": "sta')  # a request that never ends
+    held.append(s)
+print("ready", flush=True)
+time.sleep(120)
+"#;
+    let mut idle = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(daemon.admin_socket())
+        .arg("100")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is required for the integration tests");
+    let mut ready = String::new();
+    BufReader::new(idle.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the idle clients are connected");
+
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let mut status = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+            .arg("--socket")
+            .arg(daemon.admin_socket())
+            .arg("status")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let answered = wait_for(Duration::from_secs(15), "sendctl status", || {
+            status.try_wait().unwrap()
+        });
+        assert!(answered.success());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "status took {took:?}");
+    }
+    let _ = idle.kill();
+    let _ = idle.wait();
+}
+
 #[test]
 fn domains_from_a_pushed_template_show_their_records_and_verify() {
     use support::dns_server::{DnsServer, RecordData};
