@@ -916,3 +916,66 @@ fn sendctl_bounce_parse_works_offline_on_the_corpus() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
 }
+
+/// Sizes and durations need a unit (issue 14.14): `--check-config` refuses
+/// `max_message_size = "25"` (it meant 25 bytes and refused every message),
+/// `timeout = "10"` on a delivery server and `shutdown_grace = "15"`, each
+/// naming the key and an example with the unit; the admin socket refuses
+/// a unitless server timeout and queue age the same way.
+#[test]
+fn unitless_sizes_and_durations_are_refused_with_an_example() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "max_message_size = \"25MB\"",
+            "max_message_size = \"25\"",
+            "\"25MB\"",
+        ),
+        ("\ntimeout = \"10s\"", "\ntimeout = \"10\"", "\"10s\""),
+        (
+            "[delivery]",
+            "[delivery]\nshutdown_grace = \"15\"",
+            "\"15s\"",
+        ),
+    ];
+    for (from, to, hint) in cases {
+        assert!(example.contains(from), "config.toml has {from}");
+        let path = dir.path().join("unitless.toml");
+        std::fs::write(&path, example.replacen(from, to, 1)).unwrap();
+        let out = Command::new(support::daemon_binary())
+            .arg("--check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{to}: {err}");
+        assert!(err.contains("no unit") && err.contains(hint), "{to}: {err}");
+    }
+
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    let (mut reader, mut writer) = connect(&daemon);
+    let requests: &[(&[u8], &str)] = &[
+        (
+            br#"{"cmd": "server.put", "args": {"name": "s", "host": "127.0.0.1", "timeout": "10"}}"#,
+            "\"10s\"",
+        ),
+        (
+            br#"{"cmd": "queue.flush", "args": {"older_than": "2"}}"#,
+            "\"2s\"",
+        ),
+    ];
+    for (request, hint) in requests {
+        let response = exchange(&mut reader, &mut writer, request);
+        assert_eq!(response["ok"], false, "{response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("no unit") && message.contains(hint),
+            "{message}"
+        );
+    }
+    let servers = ctl(&daemon, &["server", "list"]);
+    assert_eq!(servers.as_array().unwrap().len(), 1, "{servers}");
+}
