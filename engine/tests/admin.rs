@@ -483,6 +483,148 @@ fn queue_list_inspect_suspend_delete_flush_resume_with_the_sink_down() {
     assert_eq!(sink.messages().len(), 2, "the deleted recipient never went");
 }
 
+/// A misspelled or value-less flag is a usage error (exit 2, naming the
+/// flag and the nearest valid one) and a misspelled field on the socket an
+/// error response; neither acts on the whole queue (issue 14.13).
+#[test]
+fn misspelled_flags_and_fields_are_refused_and_change_nothing() {
+    let mut config = DaemonConfig::new(free_port());
+    config.extra_delivery = "retry_schedule = [\"1h\"]\nfailover_backoff = \"1s\"\n".into();
+    let daemon = Daemon::start(config);
+    send(&daemon, "a@example.net", "X-Campaign-Id: alpha|");
+    send(&daemon, "b@example.net", "X-Campaign-Id: beta|");
+    daemon.wait_events("transient_failure", 2, LONG);
+    let all_deferred = || {
+        let rows = queue_rows(&daemon, &[]);
+        rows.len() == 2 && rows.iter().all(|r| r["status"] == "deferred")
+    };
+    wait_for(LONG, "two deferred recipients", || {
+        all_deferred().then_some(())
+    });
+
+    let refused: &[(&[&str], &str)] = &[
+        (&["queue", "suspend", "--campain", "nothing"], "--campaign"),
+        (
+            &["queue", "suspend", "--campaign", "alpha", "--tenent", "x"],
+            "--tenant",
+        ),
+        (&["queue", "list", "--tenent", "x"], "--tenant"),
+        (&["queue", "delete", "--campaign"], "needs a value"),
+        (&["queue", "bounce", "--campaign", "--all"], "needs a value"),
+        (&["queue", "flush", "--olderthan", "2h"], "--older-than"),
+        (
+            &["suppression", "add", "x@example.net", "--tenat", "t"],
+            "--tenant",
+        ),
+        (
+            &["server", "test", "test-sink", "--too", "x@example.net"],
+            "--to",
+        ),
+        (&["status", "--verbose"], "takes no flags"),
+    ];
+    for (args, hint) in refused {
+        let out = sendctl(&daemon, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(hint), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a result");
+    }
+    assert!(all_deferred(), "no refused command touched the queue");
+    let checked = ctl(&daemon, &["suppression", "check", "x@example.net"]);
+    assert_eq!(checked["suppressed"], false, "{checked}");
+
+    // The socket refuses unknown fields the same way, naming the field.
+    let (mut reader, mut writer) = connect(&daemon);
+    let raw: &[(&[u8], &str)] = &[
+        (
+            br#"{"cmd": "queue.suspend", "args": {"campain": "x"}}"#,
+            "campaign",
+        ),
+        (
+            br#"{"cmd": "queue.delete", "args": {"all": true, "tennant": "x"}}"#,
+            "tenant",
+        ),
+        (br#"{"cmd": "queue.list", "args": {"limt": 1}}"#, "limit"),
+        (br#"{"cmd": "status", "args": {"x": 1}}"#, "no arguments"),
+        (
+            br#"{"cmd": "domain.put", "args": {"domain": "d.example", "owner": "u", "ownr": "v"}}"#,
+            "owner",
+        ),
+        (
+            br#"{"cmd": "server.put", "args": {"name": "n", "host": "h", "hots": "h"}}"#,
+            "hots",
+        ),
+    ];
+    for (request, hint) in raw {
+        let response = exchange(&mut reader, &mut writer, request);
+        assert_eq!(response["ok"], false, "{response}");
+        assert_eq!(response["error"]["code"], "bad_args", "{response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.contains(hint), "{message}");
+    }
+    assert!(all_deferred(), "no refused request touched the queue");
+
+    // The spelled-right filter acts on its campaign only.
+    let suspended = ctl(&daemon, &["queue", "suspend", "--campaign=alpha"]);
+    assert_eq!(suspended["changed"], 1, "{suspended}");
+}
+
+/// Idle and half-written admin connections from another process (Python
+/// raw sockets) do not lock `sendctl` out (issue 15.8): with 100 of them
+/// open, more than the 64 regular slots, `sendctl status` still answers
+/// within a few seconds.
+#[test]
+fn idle_admin_clients_do_not_lock_out_sendctl() {
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    let script = r#"
+import socket, sys, time
+path, count = sys.argv[1], int(sys.argv[2])
+held = []
+for i in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(path)
+    if i % 2:
+        s.sendall(b'{"cmd": "sta')  # a request that never ends
+    held.append(s)
+print("ready", flush=True)
+time.sleep(120)
+"#;
+    let mut idle = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(daemon.admin_socket())
+        .arg("100")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is required for the integration tests");
+    let mut ready = String::new();
+    BufReader::new(idle.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready", "the idle clients are connected");
+
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let mut status = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+            .arg("--socket")
+            .arg(daemon.admin_socket())
+            .arg("status")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let answered = wait_for(Duration::from_secs(15), "sendctl status", || {
+            status.try_wait().unwrap()
+        });
+        assert!(answered.success());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "status took {took:?}");
+    }
+    let _ = idle.kill();
+    let _ = idle.wait();
+}
+
 #[test]
 fn domains_from_a_pushed_template_show_their_records_and_verify() {
     use support::dns_server::{DnsServer, RecordData};
@@ -773,4 +915,67 @@ fn sendctl_bounce_parse_works_offline_on_the_corpus() {
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
+}
+
+/// Sizes and durations need a unit (issue 14.14): `--check-config` refuses
+/// `max_message_size = "25"` (it meant 25 bytes and refused every message),
+/// `timeout = "10"` on a delivery server and `shutdown_grace = "15"`, each
+/// naming the key and an example with the unit; the admin socket refuses
+/// a unitless server timeout and queue age the same way.
+#[test]
+fn unitless_sizes_and_durations_are_refused_with_an_example() {
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "max_message_size = \"25MB\"",
+            "max_message_size = \"25\"",
+            "\"25MB\"",
+        ),
+        ("\ntimeout = \"10s\"", "\ntimeout = \"10\"", "\"10s\""),
+        (
+            "[delivery]",
+            "[delivery]\nshutdown_grace = \"15\"",
+            "\"15s\"",
+        ),
+    ];
+    for (from, to, hint) in cases {
+        assert!(example.contains(from), "config.toml has {from}");
+        let path = dir.path().join("unitless.toml");
+        std::fs::write(&path, example.replacen(from, to, 1)).unwrap();
+        let out = Command::new(support::daemon_binary())
+            .arg("--check-config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{to}: {err}");
+        assert!(err.contains("no unit") && err.contains(hint), "{to}: {err}");
+    }
+
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    let (mut reader, mut writer) = connect(&daemon);
+    let requests: &[(&[u8], &str)] = &[
+        (
+            br#"{"cmd": "server.put", "args": {"name": "s", "host": "127.0.0.1", "timeout": "10"}}"#,
+            "\"10s\"",
+        ),
+        (
+            br#"{"cmd": "queue.flush", "args": {"older_than": "2"}}"#,
+            "\"2s\"",
+        ),
+    ];
+    for (request, hint) in requests {
+        let response = exchange(&mut reader, &mut writer, request);
+        assert_eq!(response["ok"], false, "{response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("no unit") && message.contains(hint),
+            "{message}"
+        );
+    }
+    let servers = ctl(&daemon, &["server", "list"]);
+    assert_eq!(servers.as_array().unwrap().len(), 1, "{servers}");
 }

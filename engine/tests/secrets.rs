@@ -276,3 +276,141 @@ auth = {{ username = "u", password = "{RELAY_PASSWORD}" }}
         "the relay password is sealed under the credential key"
     );
 }
+
+/// A relay written here that accepts any AUTH and keeps every byte a
+/// client sends, to see whether a password reached it.
+struct CapturingRelay {
+    port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl CapturingRelay {
+    fn start() -> CapturingRelay {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let _ = writer.write_all(b"220 capture ESMTP\r\n");
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                        log.lock().unwrap().extend_from_slice(line.as_bytes());
+                        let reply: &[u8] =
+                            match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+                                "EHLO" => b"250-capture\r\n250 AUTH PLAIN LOGIN\r\n",
+                                "AUTH" => b"235 2.7.0 ok\r\n",
+                                "QUIT" => b"221 bye\r\n",
+                                _ => b"250 ok\r\n",
+                            };
+                        if writer.write_all(reply).is_err() || reply.starts_with(b"221") {
+                            break;
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        CapturingRelay { port, received }
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// A stored relay password stays with the endpoint it was given for
+/// (issue 15.7): putting the server back as read, with `(set)`, is
+/// refused when the host, port, username or TLS settings change, so
+/// `server test` cannot carry the real password to another host; with
+/// the endpoint unchanged `(set)` keeps it, and a new endpoint works once
+/// the password is given again.
+#[test]
+fn a_stored_relay_password_only_goes_where_it_was_given_for() {
+    let relay = Sink::start(&["--auth", &format!("u:{RELAY_PASSWORD}")]);
+    let elsewhere = CapturingRelay::start();
+    let daemon = Daemon::start(DaemonConfig::new(relay.addr.port()));
+    let put =
+        |spec: &serde_json::Value| sendctl_in(&daemon, &["server", "put"], Some(&spec.to_string()));
+    let spec = json!({
+        "name": "relay", "host": "127.0.0.1", "port": relay.addr.port(), "timeout": "5s",
+        "auth": {"username": "u", "password": RELAY_PASSWORD},
+    });
+    assert!(put(&spec).status.success());
+    let shown = support::ctl(&daemon, &["server", "get", "relay"]);
+    assert_eq!(shown["auth"]["password"], "(set)");
+
+    // The read-back object, pointed elsewhere: refused, nothing changes.
+    let mut moved_port = shown.clone();
+    moved_port["port"] = json!(elsewhere.port);
+    let mut moved_host = shown.clone();
+    moved_host["host"] = json!("127.0.0.2");
+    let mut other_user = shown.clone();
+    other_user["auth"]["username"] = json!("v");
+    let mut no_verify = shown.clone();
+    no_verify["tls_verify"] = json!(false);
+    for (spec, field) in [
+        (&moved_port, "port"),
+        (&moved_host, "host"),
+        (&other_user, "username"),
+        (&no_verify, "tls_verify"),
+    ] {
+        let out = put(spec);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{field}: {stderr}");
+        assert!(
+            stderr.contains("auth.password") && stderr.contains(field),
+            "{field}: {stderr}"
+        );
+    }
+    // A new server cannot claim a password it never had.
+    let mut fresh = moved_port.clone();
+    fresh["name"] = json!("fresh");
+    let out = put(&fresh);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has none"));
+
+    let test = support::ctl(&daemon, &["server", "test", "relay"]);
+    assert_eq!(test["failed_step"], serde_json::Value::Null, "{test}");
+    assert!(
+        elsewhere.received().is_empty(),
+        "nothing reached the other relay"
+    );
+
+    // Same endpoint, other settings: (set) keeps the real password.
+    let mut tuned = shown.clone();
+    tuned["max_connections"] = json!(3);
+    assert!(put(&tuned).status.success());
+    let test = support::ctl(&daemon, &["server", "test", "relay"]);
+    assert_eq!(test["failed_step"], serde_json::Value::Null, "{test}");
+
+    // A new endpoint with the password given again: that password goes.
+    let mut moved = moved_port.clone();
+    moved["auth"]["password"] = json!("New-Relay-Pa55");
+    let out = put(&moved);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    support::ctl(&daemon, &["server", "test", "relay"]);
+    let received = elsewhere.received();
+    assert!(!received.is_empty(), "the test went to the new relay");
+    assert_absent(
+        &received,
+        &password_forms("u", RELAY_PASSWORD),
+        "the other relay",
+    );
+    let new_auth = B64.encode("\0u\0New-Relay-Pa55");
+    assert!(
+        String::from_utf8_lossy(&received).contains(&new_auth),
+        "the new password was sent: {}",
+        String::from_utf8_lossy(&received)
+    );
+}

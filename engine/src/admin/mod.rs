@@ -2,11 +2,13 @@
 //! inspect a running daemon (the `sendctl` CLI is one client).
 //!
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
-//! line frames; the handlers live per noun: `objects` (server, group,
-//! user, template, domain), `queue`, `status`, `suppression` and `server_test`. Every
+//! line frames, `commands` the argument fields each command takes; the
+//! handlers live per noun: `objects` (server, group, user, template,
+//! domain), `queue`, `status`, `dkim`, `suppression` and `server_test`. Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
+pub mod commands;
 pub mod dkim;
 pub mod objects;
 pub mod protocol;
@@ -37,6 +39,7 @@ pub struct AdminContext {
 
 /// Runs one request.
 pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, AdminError> {
+    commands::check_fields(&request.cmd, &request.args)?;
     let args = Args(&request.args);
     let (noun, verb) = request
         .cmd

@@ -167,11 +167,6 @@ fn change_for_put(engine: &Engine, kind: Kind, args: &Args<'_>) -> Result<Change
 fn domain_for_put(engine: &Engine, args: &Args<'_>) -> Result<SenderDomain, AdminError> {
     let domain = args.str("domain")?.to_ascii_lowercase();
     let owner = args.str("owner")?;
-    if let Some(unknown) = args.0.keys().find(|k| *k != "domain" && *k != "owner") {
-        return Err(AdminError::bad_args(format!(
-            "{unknown}: unknown field (a domain put takes `domain` and `owner`)"
-        )));
-    }
     if !engine.tenancy.snapshot().users.contains_key(owner) {
         return Err(AdminError::new(
             "invalid",

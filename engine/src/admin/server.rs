@@ -5,6 +5,14 @@
 //! still answers belongs to a running daemon and is an error. Clients are
 //! served concurrently, at most `MAX_CLIENTS` at once; each request is
 //! answered in order on its connection.
+//!
+//! Idle clients must not lock operators out: a connection silent for
+//! `IDLE_TIMEOUT` is closed, and when every slot is taken a client still
+//! gets one of `SHORT_REQUEST_SLOTS` spare slots, where it must send its
+//! request within `SHORT_REQUEST_TIMEOUT` and is answered once (what
+//! `sendctl` does). Memory stays bounded: at most `MAX_CLIENTS +
+//! SHORT_REQUEST_SLOTS` connections, each with a buffer of at most
+//! `MAX_REQUEST_BYTES`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::protocol::{
     AdminError, Frame, MAX_REQUEST_BYTES, parse_request, read_frame, response_line,
@@ -20,10 +28,15 @@ use super::protocol::{
 use super::{AdminContext, handle};
 use crate::config::AdminSection;
 
-/// Most admin clients connected at once; more wait to be accepted.
+/// Most admin clients connected at once for any number of requests.
 pub const MAX_CLIENTS: usize = 64;
+/// Spare slots for one quick request each when the others are all taken;
+/// more clients wait to be accepted.
+pub const SHORT_REQUEST_SLOTS: usize = 16;
 /// A client silent this long is disconnected, giving its slot back.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client on a spare slot has to send its request.
+pub const SHORT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client that does not read its response for this long is disconnected.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -130,16 +143,17 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let spare = Arc::new(Semaphore::new(SHORT_REQUEST_SLOTS));
     let path = listener
         .local_addr()
         .ok()
         .and_then(|a| a.as_pathname().map(Path::to_owned));
     loop {
         let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
+            slot = take_slot(&slots, &spare) => slot,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let Ok(slot) = slot else { break };
+        let Some(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -148,7 +162,11 @@ pub async fn serve(
             Ok((stream, _)) => {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    serve_client(stream, &ctx).await;
+                    if slot.spare {
+                        serve_client(stream, &ctx, SHORT_REQUEST_TIMEOUT, Some(1)).await;
+                    } else {
+                        serve_client(stream, &ctx, IDLE_TIMEOUT, None).await;
+                    }
                     drop(slot);
                 });
             }
@@ -163,13 +181,49 @@ pub async fn serve(
     }
 }
 
-/// Answers each request line in turn until the client hangs up.
-async fn serve_client(stream: UnixStream, ctx: &Arc<AdminContext>) {
+/// A connection's claim on the daemon: a regular slot, or a spare one
+/// good for one quick request.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    spare: bool,
+}
+
+/// A regular slot when one is free, else the next spare one; `None` once
+/// the semaphores are closed.
+async fn take_slot(slots: &Arc<Semaphore>, spare: &Arc<Semaphore>) -> Option<Slot> {
+    let slot = |spare| {
+        move |permit| Slot {
+            _permit: permit,
+            spare,
+        }
+    };
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(slot(false)(permit));
+    }
+    tokio::select! {
+        permit = slots.clone().acquire_owned() => permit.ok().map(slot(false)),
+        permit = spare.clone().acquire_owned() => permit.ok().map(slot(true)),
+    }
+}
+
+/// Answers each request line in turn until the client hangs up, stays
+/// silent for `idle` (the whole line must arrive within it) or has had
+/// `max_requests` answers.
+async fn serve_client(
+    stream: UnixStream,
+    ctx: &Arc<AdminContext>,
+    idle: Duration,
+    max_requests: Option<usize>,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, read);
     let mut line = Vec::new();
+    let mut answered = 0;
     loop {
-        let frame = tokio::time::timeout(IDLE_TIMEOUT, read_frame(&mut reader, &mut line)).await;
+        if max_requests.is_some_and(|max| answered >= max) {
+            return;
+        }
+        let frame = tokio::time::timeout(idle, read_frame(&mut reader, &mut line)).await;
         let Ok(frame) = frame else { return };
         let result = match frame {
             Ok(None) | Err(_) => return,
@@ -188,5 +242,6 @@ async fn serve_client(stream: UnixStream, ctx: &Arc<AdminContext>) {
         if !matches!(written, Ok(Ok(()))) {
             return;
         }
+        answered += 1;
     }
 }

@@ -299,8 +299,11 @@ impl TenancyStore {
         };
         Ok(match change {
             Change::PutServer(mut spec) => {
-                if let Some(auth) = spec.auth.as_mut() {
-                    auth.password = self.stored_password(objects, &spec.name, &auth.password);
+                if let Some(given) = spec.auth.as_ref().map(|a| a.password.clone()) {
+                    let sealed = self.stored_password(objects, &spec, &given)?;
+                    if let Some(auth) = spec.auth.as_mut() {
+                        auth.password = sealed;
+                    }
                 }
                 let out = (SERVER, spec.name.clone(), json(&spec));
                 objects.servers.insert(spec.name.clone(), spec);
@@ -393,22 +396,43 @@ impl TenancyStore {
     }
 
     /// The sealed relay password to store: a new one sealed, or the stored
-    /// one kept when the request shows only the placeholder.
-    fn stored_password(&self, objects: &Objects, server: &str, given: &str) -> String {
-        if Secrets::is_sealed(given) {
-            return given.to_owned();
+    /// one kept when the request shows only the placeholder (or the sealed
+    /// value itself). A stored password is kept only for the endpoint it
+    /// was given for: pointing the server elsewhere with `(set)` would send
+    /// the real password to the new host (issue 15.7).
+    fn stored_password(
+        &self,
+        objects: &Objects,
+        spec: &DeliveryServerSpec,
+        given: &str,
+    ) -> Result<String, TenancyError> {
+        let stored = objects.servers.get(&spec.name);
+        let stored_password = stored.and_then(|s| s.auth.as_ref()).map(|a| &a.password);
+        let keeps_stored =
+            given == SECRET_PLACEHOLDER || stored_password.is_some_and(|p| p == given);
+        if !keeps_stored {
+            return Ok(if Secrets::is_sealed(given) {
+                given.to_owned()
+            } else {
+                self.secrets.seal(given)
+            });
         }
-        let stored = objects
-            .servers
-            .get(server)
-            .and_then(|s| s.auth.as_ref())
-            .map(|a| a.password.clone());
-        if given == SECRET_PLACEHOLDER
-            && let Some(old) = stored
-        {
-            return old;
+        let refuse = |message: String| TenancyError::Invalid {
+            kind: SERVER,
+            name: spec.name.clone(),
+            message,
+        };
+        let (Some(old), Some(password)) = (stored, stored_password) else {
+            return Err(refuse(format!(
+                "auth.password: `{SECRET_PLACEHOLDER}` keeps a stored password, and this server has none; give the password"
+            )));
+        };
+        if let Some(change) = endpoint_change(old, spec) {
+            return Err(refuse(format!(
+                "auth.password: the stored password is kept only while host, port, username and TLS settings stay the same, and {change}; give the password again"
+            )));
         }
-        self.secrets.seal(given)
+        Ok(password.clone())
     }
 
     fn load_kind<T: DeserializeOwned>(
@@ -566,4 +590,33 @@ fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), Tenan
         }
     }
     Ok(())
+}
+
+/// How `new` sends its password somewhere else than `old`: another host,
+/// port or username, or weaker or different TLS; `None` when it does not.
+fn endpoint_change(old: &DeliveryServerSpec, new: &DeliveryServerSpec) -> Option<String> {
+    let encryption = |s: &DeliveryServerSpec| s.encryption.clone().unwrap_or_else(|| "none".into());
+    let port = |s: &DeliveryServerSpec| {
+        s.port
+            .unwrap_or(if encryption(s) == "tls" { 465 } else { 25 })
+            .to_string()
+    };
+    let host = |s: &DeliveryServerSpec| s.host.trim().to_ascii_lowercase();
+    let username = |s: &DeliveryServerSpec| {
+        s.auth
+            .as_ref()
+            .map(|a| a.username.clone())
+            .unwrap_or_default()
+    };
+    let tls_verify = |s: &DeliveryServerSpec| s.tls_verify.unwrap_or(true).to_string();
+    [
+        ("host", host(old), host(new)),
+        ("port", port(old), port(new)),
+        ("username", username(old), username(new)),
+        ("encryption", encryption(old), encryption(new)),
+        ("tls_verify", tls_verify(old), tls_verify(new)),
+    ]
+    .into_iter()
+    .find(|(_, before, after)| before != after)
+    .map(|(field, before, after)| format!("{field} changes from `{before}` to `{after}`"))
 }

@@ -1,0 +1,217 @@
+//! Human output: tables and `key: value` lines from the daemon's JSON.
+
+use serde_json::Value;
+
+pub fn render(cmd: &str, result: &Value) -> String {
+    match cmd {
+        "server.list" => table(
+            result,
+            &[
+                ("NAME", "/name"),
+                ("HOST", "/host"),
+                ("PORT", "/port"),
+                ("ENCRYPTION", "/encryption"),
+                ("MAX_CONN", "/max_connections"),
+                ("LAST_TEST", "/last_test/ok"),
+            ],
+        ),
+        "group.list" => table(
+            result,
+            &[
+                ("NAME", "/name"),
+                ("MARKETING", "/marketing"),
+                ("TRANSACTIONAL", "/transactional"),
+                ("AUTORESPONDER", "/autoresponder"),
+                ("DAILY_LIMIT", "/daily_limit"),
+            ],
+        ),
+        "user.list" => table(
+            result,
+            &[
+                ("NAME", "/name"),
+                ("GROUP", "/group"),
+                ("PASSWORD", "/password"),
+                ("SENDER_EMAIL", "/sender_email"),
+            ],
+        ),
+        "template.list" => table(result, &[("NAME", "/name"), ("RECORDS", "/records")]),
+        "domain.list" => table(
+            result,
+            &[
+                ("DOMAIN", "/domain"),
+                ("OWNER", "/owner"),
+                ("STATUS", "/status"),
+                ("LAST_VERIFIED_MS", "/last_verified_ms"),
+            ],
+        ),
+        "queue.list" => table(
+            result,
+            &[
+                ("ID", "/id"),
+                ("RCPT", "/rcpt"),
+                ("RECIPIENT", "/recipient"),
+                ("STATUS", "/status"),
+                ("ATTEMPTS", "/attempts"),
+                ("NEXT_ATTEMPT", "/next_attempt"),
+                ("TENANT", "/tenant"),
+                ("CAMPAIGN", "/campaign"),
+                ("ROUTE", "/route"),
+                ("AGE_S", "/age_seconds"),
+            ],
+        ),
+        "suppression.list" => table(
+            result,
+            &[
+                ("ADDRESS", "/address"),
+                ("REASON", "/reason"),
+                ("TIME", "/time"),
+                ("SOURCE", "/source"),
+            ],
+        ),
+        "domain.records" => lines(&result["zone"]),
+        "server.test" => server_test(result),
+        "status" => status(result),
+        _ => key_values(result, ""),
+    }
+}
+
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::Null) => "-".into(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(Value::Array(items)) => items.len().to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
+    let rows = rows.as_array().map(Vec::as_slice).unwrap_or_default();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|(_, p)| cell(r.pointer(p))).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            cells
+                .iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |values: Vec<&str>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(columns.iter().map(|(h, _)| *h).collect());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn lines(value: &Value) -> String {
+    value
+        .as_array()
+        .map(|l| l.iter().map(|v| format!("{}\n", cell(Some(v)))).collect())
+        .unwrap_or_default()
+}
+
+/// Nested objects as `path: value` lines.
+fn key_values(value: &Value, prefix: &str) -> String {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    Value::Object(_) => key_values(v, &path),
+                    Value::Array(items) if items.iter().any(Value::is_object) => items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| key_values(item, &format!("{path}[{i}]")))
+                        .collect(),
+                    _ => format!("{path}: {}\n", cell(Some(v))),
+                }
+            })
+            .collect(),
+        Value::Array(items) => items.iter().map(|i| key_values(i, prefix)).collect(),
+        other => format!("{}\n", cell(Some(other))),
+    }
+}
+
+fn server_test(result: &Value) -> String {
+    let mut out = table(
+        &result["steps"],
+        &[
+            ("STEP", "/step"),
+            ("OK", "/ok"),
+            ("MS", "/millis"),
+            ("REPLY", "/reply"),
+        ],
+    );
+    match result["failed_step"].as_str() {
+        Some(step) => out.push_str(&format!("FAILED at {step}\n")),
+        None => out.push_str("OK: every step passed\n"),
+    }
+    out
+}
+
+fn status(result: &Value) -> String {
+    let mut out = String::new();
+    for key in [
+        "version",
+        "hostname",
+        "uptime_seconds",
+        "listeners",
+        "spool_bytes",
+        "memory_rss_bytes",
+    ] {
+        out.push_str(&format!("{key}: {}\n", cell(result.get(key))));
+    }
+    out.push_str(&key_values(&result["queue"], "queue"));
+    out.push('\n');
+    out.push_str(&table(
+        &result["routes"],
+        &[
+            ("ROUTE", "/name"),
+            ("CONNECTIONS", "/connections"),
+            ("MAX", "/max_connections"),
+            ("READY", "/ready"),
+            ("IN_FLIGHT", "/in_flight"),
+            ("DELIVERED_1M", "/delivered_last_minute"),
+            ("AVAILABLE", "/available"),
+        ],
+    ));
+    let campaigns = &result["active_campaigns"];
+    if campaigns.as_array().is_some_and(|c| !c.is_empty()) {
+        out.push('\n');
+        out.push_str(&table(
+            campaigns,
+            &[
+                ("CAMPAIGN", "/campaign"),
+                ("IN_FLIGHT", "/in_flight"),
+                ("READY", "/ready"),
+            ],
+        ));
+    }
+    out
+}
