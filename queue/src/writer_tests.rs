@@ -103,6 +103,7 @@ fn claim() -> (Request, mpsc::Receiver<Result<Vec<Claimed>, SpoolError>>) {
     let request = Request::Claim(ClaimRequest {
         now_ms: now_ms() + 60_000,
         limit: 100,
+        accept: None,
         done,
     });
     (request, rx)
