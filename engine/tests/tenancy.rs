@@ -85,7 +85,7 @@ fn first_server_down_the_second_takes_over_and_traffic_returns() {
     let primary_port = free_port();
     let backup = Sink::start(&[]);
     let config = format!(
-        "{SMTP_IN}[delivery]\nfailover_backoff = \"1s\"\nretry_schedule = [\"1s\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"primary\", \"backup\"]\ntransactional = [\"primary\", \"backup\"]\nautoresponder = [\"primary\", \"backup\"]\n",
+        "{SMTP_IN}[delivery]\nfailover_backoff = \"1s\"\nretry_schedule = [\"1s\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"primary\", \"backup\"]\ntransactional = [\"primary\", \"backup\"]\nautoresponder = [\"primary\", \"backup\"]\n[[user]]\nname = \"app\"\n",
         server("primary", primary_port, ""),
         server("backup", backup.addr.port(), ""),
     );
