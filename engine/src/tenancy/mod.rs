@@ -569,15 +569,16 @@ fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), Tenan
     }
     for (owner, count) in owned {
         let group = tenancy.group_of(tenancy.users.get(owner).map(|u| u.as_ref()));
-        let limit = group.map_or(model::DEFAULT_SENDER_DOMAINS_LIMIT, |g| {
-            g.sender_domains_limit
-        });
+        let (group_name, limit) = group
+            .map_or(("(none)", model::DEFAULT_SENDER_DOMAINS_LIMIT), |g| {
+                (g.name.as_str(), g.sender_domains_limit)
+            });
         if count > limit {
             return Err(TenancyError::Invalid {
                 kind: DOMAIN,
                 name: owner.to_owned(),
                 message: format!(
-                    "user {owner} would own {count} sender domains; its group allows {limit}"
+                    "user {owner} would own {count} sender domains; group {group_name} allows {limit}"
                 ),
             });
         }
