@@ -60,8 +60,9 @@ pub struct Engine {
 struct Admitted {
     message: NewMessage,
     header_message_id: String,
-    /// The From domain, whose DKIM keys sign the message.
-    from_domain: Option<String>,
+    /// The domain of the From the message leaves with (after
+    /// `enforced_from` / `sender_info_as_from`), whose DKIM keys sign it.
+    signing_domain: Option<String>,
     /// Recipients left out because they are on a suppression list.
     suppressed: Vec<String>,
 }
@@ -134,7 +135,9 @@ impl Engine {
             .clone()
             .or_else(|| self.default_user.clone());
         let user: Option<&Arc<User>> = tenant.as_ref().and_then(|t| snapshot.users.get(t));
-        let group = snapshot.group_of(user.map(|u| u.as_ref()));
+        let group = snapshot
+            .group_of(user.map(|u| u.as_ref()))
+            .ok_or_else(|| no_tenant(tenant.as_deref(), user.map(|u| u.as_ref()), client))?;
         let prepared = message::prepare(
             &data,
             &TraceInfo {
@@ -172,6 +175,10 @@ impl Engine {
         {
             quotas.push(q);
         }
+        // The route is known here only as the group's list for the channel,
+        // in failover order. The message is transformed and signed once, for
+        // the first server: a failover server sends the same bytes, with the
+        // first server's From (see README, "From rewrites and DKIM").
         let primary = group
             .servers_for(channel)
             .first()
@@ -192,20 +199,9 @@ impl Engine {
             envelope,
             from_domain.as_deref(),
         );
-        // Most groups decorate nothing: then the prepared bytes are spooled
-        // as they are, without a copy.
-        let body = if decoration.is_empty() {
-            prepared.body
-        } else {
-            transform::decorate(&prepared.body, &decoration).map_err(|e| {
-                crate::metrics::injection_refused(Refusal::Content);
-                Reply::new(
-                    554,
-                    "5.6.0",
-                    format!("The message cannot be processed: {e}"),
-                )
-            })?
-        };
+        let body = transformed(prepared.body, &decoration, envelope)?;
+        // After every rewrite: the domain of the From that leaves signs.
+        let signing_domain = transform::from_domain(&body);
         Ok(Admitted {
             message: NewMessage {
                 mail_from,
@@ -224,7 +220,7 @@ impl Engine {
                 quotas,
             },
             header_message_id: prepared.message_id,
-            from_domain,
+            signing_domain,
             suppressed: split.dropped,
         })
     }
@@ -322,6 +318,57 @@ impl Engine {
     }
 }
 
+/// The group's and server's transforms, then the re-encoding for relays
+/// without 8BITMIME (`transform::seven_bit`): what is signed and spooled.
+fn transformed(
+    body: Vec<u8>,
+    decoration: &transform::Decoration,
+    envelope: &Envelope,
+) -> Result<Vec<u8>, Reply> {
+    let refuse = |e: transform::TransformError| {
+        crate::metrics::injection_refused(Refusal::Content);
+        Reply::new(
+            554,
+            "5.6.0",
+            format!("The message cannot be processed: {e}"),
+        )
+    };
+    // Most groups decorate nothing: then the prepared bytes go on as they
+    // are, without a copy.
+    let body = if decoration.is_empty() {
+        body
+    } else {
+        transform::decorate(&body, decoration).map_err(refuse)?
+    };
+    // UTF-8 addresses need SMTPUTF8 anyway: their header stays UTF-8.
+    let utf8_envelope =
+        !envelope.mail_from.is_ascii() || envelope.recipients.iter().any(|r| !r.is_ascii());
+    Ok(transform::seven_bit(&body, utf8_envelope)
+        .map_err(refuse)?
+        .unwrap_or(body))
+}
+
+/// The refusal of a message that has no tenant in any user group.
+fn no_tenant(tenant: Option<&str>, user: Option<&User>, client: &ClientInfo) -> Reply {
+    crate::metrics::injection_refused(Refusal::NoTenant);
+    let why = match (tenant, user) {
+        (None, _) => format!(
+            "Mail from {} without AUTH has no tenant: log in with SMTP AUTH, or have the \
+             operator set smtp_in.default_user",
+            client.peer.ip()
+        ),
+        (Some(name), None) => format!(
+            "User `{name}` does not exist: create it, or have the operator change \
+             smtp_in.default_user"
+        ),
+        (Some(name), Some(user)) => format!(
+            "User `{name}` is in group `{}`, which does not exist: move the user to a user group",
+            user.group
+        ),
+    };
+    Reply::new(550, "5.7.1", why)
+}
+
 /// MAIL FROM for delivery and the domain of its VERP address (empty: no
 /// VERP). The delivery server's mail-from domain wins; else an enabled
 /// sender domain's own bounce subdomain (`sl.` by default); a server set to
@@ -358,7 +405,7 @@ fn return_path(
 /// async threads (RSA costs about a quarter of a millisecond). Returns
 /// what the reception event says about it.
 async fn sign(snapshot: &Tenancy, admitted: &mut Admitted) -> String {
-    let Some(domain) = admitted.from_domain.clone() else {
+    let Some(domain) = admitted.signing_domain.clone() else {
         return "unsigned: no From domain".into();
     };
     let signers = match snapshot.signing.get(&domain) {

@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn quotas_cover_three_windows() {
-        let mut g = UserGroup::implicit_default(&["s".into()]);
+        let mut g = UserGroup::single_tenant(&["s".into()]);
         g.daily_limit = 5;
         let q = user_quotas("bob", &g, 3);
         assert_eq!(q.len(), 3);

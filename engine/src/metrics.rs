@@ -253,6 +253,8 @@ pub enum Refusal {
     SenderDomain,
     /// A sending limit (quota) of the user or group.
     Quota,
+    /// With user groups declared, the message has no tenant in one.
+    NoTenant,
     /// Every recipient is on a suppression list.
     AllSuppressed,
     /// The message could not be parsed or edited.
@@ -271,6 +273,7 @@ impl Refusal {
             Refusal::UnknownChannel => "unknown_channel",
             Refusal::SenderDomain => "sender_domain",
             Refusal::Quota => "quota",
+            Refusal::NoTenant => "no_tenant",
             Refusal::AllSuppressed => "all_suppressed",
             Refusal::Content => "content",
             Refusal::LocalError => "local_error",

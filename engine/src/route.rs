@@ -131,7 +131,8 @@ impl Router {
         channel: &str,
         tried: &[String],
     ) -> Option<(Target, bool)> {
-        let names = snapshot.group(group).servers_for(channel);
+        // A group deleted since the message was queued: it waits for a retry.
+        let names = snapshot.group(group)?.servers_for(channel);
         let candidates: Vec<Target> = names
             .iter()
             .filter(|n| !tried.contains(n))

@@ -1,7 +1,8 @@
 //! Admission's message transforms, applied once before DKIM: the user
 //! group's plain-text and HTML header/footer go into the message's text
 //! parts (MIME-aware, see `body`), X-Mailer is set and the From header is
-//! replaced when the delivery server enforces one.
+//! replaced when the delivery server enforces one. Then `seven_bit`
+//! re-encodes what a relay without 8BITMIME could not take (`transport`).
 //!
 //! The transforms edit the original bytes in place (by offsets from `mime`)
 //! so that every header, boundary and part they do not touch is kept
@@ -9,7 +10,9 @@
 
 mod body;
 mod codec;
+mod header_words;
 mod mime;
+mod transport;
 
 use std::ops::Range;
 
@@ -17,6 +20,7 @@ use base64::Engine as _;
 
 use body::{Insertion, replaced_field_value};
 use mime::{HeaderBlock, Part, parse_header_block, parse_message};
+pub use transport::seven_bit;
 
 /// Longest X-Mailer or From value accepted, so the field stays well under
 /// the 998-octet line limit.
@@ -92,6 +96,8 @@ pub enum TransformError {
         "a text part uses charset \"{charset}\", which cannot be converted to UTF-8 for the non-ASCII header/footer"
     )]
     UnsupportedCharset { charset: String },
+    #[error("a header field contains a NUL byte, which RFC 5322 does not allow; remove it")]
+    NulInHeader,
     #[error("the configured {header} value cannot be used: {reason}")]
     InvalidDecoration {
         header: &'static str,

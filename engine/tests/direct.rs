@@ -41,7 +41,7 @@ fn zone() -> Vec<(&'static str, RecordData)> {
 
 fn start(sink: &Sink, dns: &DnsServer) -> Daemon {
     let config = format!(
-        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\n[delivery]\nretry_schedule = [\"1h\"]\n[dns]\n{}\n[direct]\nport = {}\ntimeout = \"5s\"\n[[delivery_server]]\nname = \"unused\"\nhost = \"127.0.0.1\"\nport = 9\n[[user_group]]\nname = \"default\"\nmarketing = [\"direct\"]\ntransactional = [\"direct\"]\nautoresponder = [\"direct\"]\n",
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\ndefault_user = \"app\"\n[delivery]\nretry_schedule = [\"1h\"]\n[dns]\n{}\n[direct]\nport = {}\ntimeout = \"5s\"\n[[delivery_server]]\nname = \"unused\"\nhost = \"127.0.0.1\"\nport = 9\n[[user_group]]\nname = \"default\"\nmarketing = [\"direct\"]\ntransactional = [\"direct\"]\nautoresponder = [\"direct\"]\n[[user]]\nname = \"app\"\n",
         dns.nameservers_line(),
         sink.addr.port()
     );

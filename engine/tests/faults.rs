@@ -429,7 +429,7 @@ fn a_failing_server_is_skipped_as_a_whole_during_its_back_off() {
     let first = FakeServer::start(Quirk::Greeting421);
     let second = Sink::start(&[]);
     let config = format!(
-        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1h\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        "{SMTP_IN}default_user = \"app\"\n[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1h\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n[[user]]\nname = \"app\"\n",
         server("first", first.port, "10s", ""),
         server("second", second.addr.port(), "10s", ""),
     );
@@ -479,7 +479,7 @@ fn a_recovered_server_is_probed_after_its_back_off_and_takes_traffic_again() {
     let first = Sink::start_on(first_port, &["--fault", "greeting#1=421 4.3.2 restarting"]);
     let second = Sink::start(&[]);
     let config = format!(
-        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        "{SMTP_IN}default_user = \"app\"\n[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n[[user]]\nname = \"app\"\n",
         server("first", first_port, "10s", ""),
         server("second", second.addr.port(), "10s", ""),
     );
@@ -528,7 +528,7 @@ fn a_half_open_server_gets_one_probe_while_the_rest_goes_to_the_next() {
     let first = FakeServer::start(Quirk::Greeting421ThenSilence);
     let second = Sink::start(&[]);
     let config = format!(
-        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        "{SMTP_IN}default_user = \"app\"\n[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n[[user]]\nname = \"app\"\n",
         server("first", first.port, "300s", ""),
         server("second", second.addr.port(), "10s", ""),
     );

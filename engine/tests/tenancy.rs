@@ -85,7 +85,7 @@ fn first_server_down_the_second_takes_over_and_traffic_returns() {
     let primary_port = free_port();
     let backup = Sink::start(&[]);
     let config = format!(
-        "{SMTP_IN}[delivery]\nfailover_backoff = \"1s\"\nretry_schedule = [\"1s\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"primary\", \"backup\"]\ntransactional = [\"primary\", \"backup\"]\nautoresponder = [\"primary\", \"backup\"]\n",
+        "{SMTP_IN}[delivery]\nfailover_backoff = \"1s\"\nretry_schedule = [\"1s\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"primary\", \"backup\"]\ntransactional = [\"primary\", \"backup\"]\nautoresponder = [\"primary\", \"backup\"]\n[[user]]\nname = \"app\"\n",
         server("primary", primary_port, ""),
         server("backup", backup.addr.port(), ""),
     );
@@ -342,4 +342,119 @@ fn return_paths_from_the_sender_domain_or_the_users_sender_info() {
     );
     let got = info_sink.wait_messages(1, LONG);
     assert_eq!(got[0]["mail_from"], "owner@own.example");
+}
+
+/// Runs `sendengine --check-config` on `text`; returns (success, stderr).
+fn check_config(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        format!("[spool]\ndir = \"{}/spool\"\n{text}", dir.path().display()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::daemon_binary())
+        .arg("--check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn groups_with_relay_networks_need_a_default_user() {
+    let servers = server("alloc", 2526, "") + &server("spare", 2527, "");
+    let group = "[[user_group]]\nname = \"g\"\nmarketing = [\"alloc\"]\ntransactional = [\"alloc\"]\nautoresponder = [\"alloc\"]\n[[user]]\nname = \"app\"\ngroup = \"g\"\n";
+    let tenantless = "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\n";
+    let (ok, err) = check_config(&format!("{tenantless}{servers}{group}"));
+    assert!(!ok, "a config with groups and tenantless relay mail passed");
+    assert!(err.contains("smtp_in.default_user"), "{err}");
+
+    // A user left in the default group while groups exist has none.
+    let (ok, err) = check_config(&format!(
+        "{SMTP_IN}{servers}{group}[[user]]\nname = \"orphan\"\n"
+    ));
+    assert!(!ok);
+    assert!(err.contains("user[1].group"), "{err}");
+
+    // With a tenant for relay mail, or with no group at all, it starts.
+    let (ok, err) = check_config(&format!("{SMTP_IN}{servers}{group}"));
+    assert!(ok, "{err}");
+    let (ok, err) = check_config(&format!("{tenantless}{servers}"));
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn a_server_no_group_allocates_never_receives_mail() {
+    let allocated = Sink::start(&[]);
+    let unallocated = Sink::start(&[]);
+    // Named to sort first: an all-servers fallback would pick it.
+    let config = format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\n{}{}",
+        server("aaa-unallocated", unallocated.addr.port(), ""),
+        server("alloc", allocated.addr.port(), ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    // Single-tenant (no group): every server serves, as the quick start does.
+    assert_eq!(
+        send(&daemon, "a@example.com", &["one@example.net"], ""),
+        "250"
+    );
+    unallocated.wait_messages(1, LONG);
+
+    // Groups arrive through the admin socket; relay mail has no tenant now.
+    let group = serde_json::json!({"name": "g", "marketing": ["alloc"],
+        "transactional": ["alloc"], "autoresponder": ["alloc"]});
+    let put = support::sendctl_in(&daemon, &["group", "put"], Some(&group.to_string()));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let refused = send(&daemon, "a@example.com", &["two@example.net"], "");
+    assert!(refused.starts_with("550 5.7.1"), "{refused}");
+    assert!(refused.contains("smtp_in.default_user"), "{refused}");
+
+    // A tenant in the group: its mail goes to the group's server only.
+    let auth_send = r#"
+import smtplib, sys
+with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=30) as s:
+    s.login("app", "pw")
+    s.sendmail("a@example.com", ["three@example.net"], "From: a@example.com\r\nSubject: t\r\n\r\nx\r\n")
+print("sent")
+"#;
+    support::ctl(
+        &daemon,
+        &[
+            "user",
+            "put",
+            "--name",
+            "app",
+            "--group",
+            "g",
+            "--password",
+            "pw",
+        ],
+    );
+    let out = support::python(
+        auth_send,
+        &[daemon.addr.ip().to_string(), daemon.addr.port().to_string()],
+    )
+    .expect("python3 is required for the integration tests");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    allocated.wait_messages(1, LONG);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        unallocated.messages().len(),
+        1,
+        "only the single-tenant message"
+    );
+    assert_eq!(allocated.messages().len(), 1);
 }

@@ -2,6 +2,8 @@
 //! shapes. Every output is parsed back with mail-parser and checked, and the
 //! bytes the transforms must not touch are compared with the input.
 
+mod support;
+
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use sendengine::transform::{Decoration, decorate, from_address, from_domain};
 
@@ -706,5 +708,70 @@ fn from_address_in_a_header_without_body_or_final_line_break() {
     assert_eq!(
         from_domain(b"from: a@only.example\r\n").as_deref(),
         Some("only.example")
+    );
+}
+
+/// Raw DATA over a socket (smtplib would refuse NUL): prints the reply to
+/// each message given as an argument (`\\0` stands for a NUL byte).
+const RAW_NUL_SEND: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+def reply(f):
+    while True:
+        line = f.readline()
+        if line[3:4] != b"-":
+            return line.decode().strip()
+s = socket.create_connection((host, port), timeout=30); f = s.makefile("rb")
+reply(f); s.sendall(b"EHLO raw.test\r\n"); reply(f)
+for text in sys.argv[3:]:
+    data = text.encode().replace(b"\\0", b"\x00")
+    s.sendall(b"MAIL FROM:<app@example.com>\r\nRCPT TO:<one@example.net>\r\nDATA\r\n")
+    for _ in range(3): reply(f)
+    s.sendall(data + b".\r\n")
+    print(reply(f))
+"#;
+
+#[test]
+fn nul_in_a_header_is_refused_and_in_a_body_never_reaches_the_relay() {
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = support::Sink::start(&["--store-dir", sink_dir.path().to_str().unwrap()]);
+    let daemon = support::Daemon::start(support::DaemonConfig::new(sink.addr.port()));
+    let out = support::python(
+        RAW_NUL_SEND,
+        &[
+            daemon.addr.ip().to_string(),
+            daemon.addr.port().to_string(),
+            "From: app@example.com\r\nSubject: bad\\0header\r\n\r\nbody\r\n".into(),
+            "From: app@example.com\r\nX-Tag: a\r\n b\\0c\r\n\r\nbody\r\n".into(),
+            "From: app@example.com\r\nSubject: ok\r\n\r\nbody with a \\0 byte\r\n".into(),
+        ],
+    )
+    .expect("python3 is required for the integration tests");
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    let replies: Vec<&str> = replies.lines().collect();
+    assert_eq!(
+        replies.len(),
+        3,
+        "{replies:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for refused in &replies[..2] {
+        assert!(refused.starts_with("554 5.6.0"), "{replies:?}");
+        assert!(refused.contains("NUL"), "{replies:?}");
+    }
+    assert!(replies[2].starts_with("250"), "{replies:?}");
+    let got = sink.wait_messages(1, std::time::Duration::from_secs(60));
+    let stored = std::fs::read(sink_dir.path().join(format!("{}.eml", got[0]["seq"]))).unwrap();
+    assert!(!stored.contains(&0), "a NUL byte reached the relay");
+    assert!(
+        contains(&stored, b"body with a =00 byte"),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "only the NUL-free message was relayed"
     );
 }

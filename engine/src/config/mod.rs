@@ -401,6 +401,24 @@ impl RawBounceIn {
 }
 
 impl RawConfig {
+    /// With user groups, mail from `relay_networks` without AUTH needs a
+    /// tenant, or it would escape every group's servers, limits and
+    /// sender-domain checks.
+    fn check_default_user(&self) -> Result<(), String> {
+        let tenantless = !self.user_group.is_empty()
+            && !self.smtp_in.relay_networks.is_empty()
+            && self.smtp_in.default_user.is_none();
+        if tenantless {
+            return Err(
+                "smtp_in.default_user: user groups are declared and relay_networks lets mail in \
+                 without AUTH, so that mail needs a tenant: set default_user to the [[user]] it \
+                 is sent as (or empty relay_networks so every client logs in)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// Checks the declared objects against each other, naming the culprit.
     fn seeds(&self) -> Result<Seeds, String> {
         let mut names: Vec<&str> = Vec::new();
@@ -424,17 +442,18 @@ impl RawConfig {
                 .validate(|s| s == DIRECT || names.contains(&s))
                 .map_err(|e| format!("user_group[{i}] `{}`: {e}", group.name))?;
         }
+        let groups: std::collections::BTreeMap<String, ()> = self
+            .user_group
+            .iter()
+            .map(|g| (g.name.clone(), ()))
+            .collect();
         for (i, user) in self.user.iter().enumerate() {
             user.validate().map_err(|e| format!("user[{i}].{e}"))?;
-            let group_known =
-                user.group == "default" || self.user_group.iter().any(|g| g.name == user.group);
-            if !group_known {
-                return Err(format!(
-                    "user[{i}].group: no user_group is called `{}`",
-                    user.group
-                ));
+            if let Some(e) = crate::tenancy::missing_group(user, &groups) {
+                return Err(format!("user[{i}].{e}"));
             }
         }
+        self.check_default_user()?;
         Ok(Seeds {
             servers: self.delivery_server.clone(),
             groups: self.user_group.clone(),

@@ -73,7 +73,9 @@ pub struct Tenancy {
     pub dkim: HashMap<String, dkim::DkimDomain>,
     /// Signers and DNS records by domain, built from `dkim`.
     pub signing: HashMap<String, dkim::DomainSigning>,
-    implicit_group: Option<Arc<UserGroup>>,
+    /// Only when no group is declared: every server, no limits. Once a
+    /// group exists this is `None`, and a server no group lists is unused.
+    single_tenant_group: Option<Arc<UserGroup>>,
 }
 
 impl Tenancy {
@@ -81,22 +83,22 @@ impl Tenancy {
         self.servers.iter().find(|s| s.name == name)
     }
 
-    /// The user's group; the `default` group when it has none or is unknown.
-    pub fn group_of(&self, user: Option<&User>) -> &Arc<UserGroup> {
-        let name = user.map(|u| u.group.as_str()).unwrap_or("default");
-        self.groups
-            .get(name)
-            .or_else(|| self.groups.get("default"))
-            .or(self.implicit_group.as_ref())
-            .expect("an implicit default group exists when no group is declared")
+    /// The group of `user`'s mail. With groups declared every message
+    /// needs a tenant in one of them: `None` for no user, or a user whose
+    /// group does not exist. Without any group (single-tenant, as in the
+    /// quick start) every message goes through the group of all servers.
+    pub fn group_of(&self, user: Option<&User>) -> Option<&Arc<UserGroup>> {
+        if let Some(all) = &self.single_tenant_group {
+            return Some(all);
+        }
+        self.groups.get(user?.group.as_str())
     }
 
-    pub fn group(&self, name: &str) -> &Arc<UserGroup> {
-        self.groups
-            .get(name)
-            .or_else(|| self.groups.get("default"))
-            .or(self.implicit_group.as_ref())
-            .expect("an implicit default group exists when no group is declared")
+    /// The group called `name`, by which a queued message is routed.
+    pub fn group(&self, name: &str) -> Option<&Arc<UserGroup>> {
+        self.single_tenant_group
+            .as_ref()
+            .or_else(|| self.groups.get(name))
     }
 
     /// Enabled sender domains of `user`.
@@ -250,15 +252,15 @@ impl TenancyStore {
             records: Vec::new(),
         };
         let template = group
-            .dns_template
-            .as_ref()
+            .and_then(|g| g.dns_template.as_ref())
             .and_then(|t| snapshot.templates.get(t))
             .unwrap_or(&empty);
+        let settings = group.map(|g| g.domain_settings.clone()).unwrap_or_default();
         SenderDomain::new(
             &domain.to_ascii_lowercase(),
             owner,
             template,
-            &group.domain_settings,
+            &settings,
             &self.secrets.derived("domain-hash"),
             crate::timefmt::now_ms(),
         )
@@ -507,19 +509,15 @@ impl TenancyStore {
             }
             tenancy.groups.insert(name.clone(), Arc::new(group.clone()));
         }
-        if !tenancy.groups.contains_key("default") {
+        if tenancy.groups.is_empty() {
             let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            tenancy.implicit_group = Some(Arc::new(UserGroup::implicit_default(&all)));
+            tenancy.single_tenant_group = Some(Arc::new(UserGroup::single_tenant(&all)));
         }
         for (name, user) in &objects.users {
             user.validate()
                 .map_err(|message| invalid(USER, name, message))?;
-            if user.group != "default" && !objects.groups.contains_key(&user.group) {
-                return Err(invalid(
-                    USER,
-                    name,
-                    format!("group: no user group is called `{}`", user.group),
-                ));
+            if let Some(message) = missing_group(user, &objects.groups) {
+                return Err(invalid(USER, name, message));
             }
             tenancy.users.insert(name.clone(), Arc::new(user.clone()));
         }
@@ -570,6 +568,23 @@ impl TenancyStore {
     }
 }
 
+/// Why `user`'s group is not usable, if it is not: once groups are
+/// declared every user is in one of them (mail through a server no group
+/// allocates would escape every limit).
+pub fn missing_group<G>(user: &User, groups: &BTreeMap<String, G>) -> Option<String> {
+    let declared = !groups.is_empty();
+    let in_a_group = groups.contains_key(&user.group) || (!declared && user.group == "default");
+    match () {
+        _ if in_a_group => None,
+        _ if user.group == "default" => Some(
+            "group: user groups are declared, so the user needs one: set `group` to one of them \
+             or declare a group called `default`"
+                .into(),
+        ),
+        _ => Some(format!("group: no user group is called `{}`", user.group)),
+    }
+}
+
 /// A user may own at most its group's `sender_domains_limit` domains.
 fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), TenancyError> {
     let mut owned: HashMap<&str, u32> = HashMap::new();
@@ -578,13 +593,16 @@ fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), Tenan
     }
     for (owner, count) in owned {
         let group = tenancy.group_of(tenancy.users.get(owner).map(|u| u.as_ref()));
-        if count > group.sender_domains_limit {
+        let (group_name, limit) = group
+            .map_or(("(none)", model::DEFAULT_SENDER_DOMAINS_LIMIT), |g| {
+                (g.name.as_str(), g.sender_domains_limit)
+            });
+        if count > limit {
             return Err(TenancyError::Invalid {
                 kind: DOMAIN,
                 name: owner.to_owned(),
                 message: format!(
-                    "user {owner} would own {count} sender domains; group {} allows {}",
-                    group.name, group.sender_domains_limit
+                    "user {owner} would own {count} sender domains; group {group_name} allows {limit}"
                 ),
             });
         }

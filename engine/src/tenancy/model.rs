@@ -285,8 +285,11 @@ pub struct UserGroup {
     pub x_mailer: Option<String>,
 }
 
+/// Sender domains a user may own when its group does not say.
+pub const DEFAULT_SENDER_DOMAINS_LIMIT: u32 = 10;
+
 fn default_domains_limit() -> u32 {
-    10
+    DEFAULT_SENDER_DOMAINS_LIMIT
 }
 
 fn default_domain_limit() -> u64 {
@@ -294,8 +297,9 @@ fn default_domain_limit() -> u64 {
 }
 
 impl UserGroup {
-    /// The group every user without one belongs to: all servers, no limits.
-    pub fn implicit_default(servers: &[String]) -> UserGroup {
+    /// The group of a configuration that declares none (single-tenant,
+    /// as the quick start): all servers, no limits.
+    pub fn single_tenant(servers: &[String]) -> UserGroup {
         UserGroup {
             name: "default".into(),
             marketing: servers.to_vec(),

@@ -236,6 +236,12 @@ pub(super) fn parse_message(data: &[u8]) -> Result<Part, TransformError> {
     )
 }
 
+/// Reads the MIME tree of a message embedded in a message/rfc822 part.
+pub(super) fn parse_embedded(data: &[u8], span: Range<usize>) -> Result<Part, TransformError> {
+    let mut part_count = 0;
+    parse_part(data, span, MediaType::text_plain(), 0, &mut part_count)
+}
+
 fn parse_part(
     data: &[u8],
     span: Range<usize>,
