@@ -366,7 +366,7 @@ impl Router {
 
     /// The name of the route a recipient would be queued on now, for the
     /// scheduler's per-route room; like `pick`, without taking a probe.
-    /// `None` when the group lists no server.
+    /// `None` when the group lists no server or no longer exists.
     pub fn route_name_for(
         &self,
         snapshot: &Tenancy,
@@ -374,7 +374,7 @@ impl Router {
         channel: &str,
         address: &str,
     ) -> Option<String> {
-        let names = snapshot.group(group).servers_for(channel);
+        let names = snapshot.group(group)?.servers_for(channel);
         let mut first = None;
         for name in names.iter() {
             let available = match name.as_str() {
