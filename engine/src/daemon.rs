@@ -28,8 +28,7 @@ use crate::events::webhook::WebhookSenders;
 use crate::events::{EventLog, EventLogSettings};
 use crate::route::{RouteSettings, Router};
 use crate::secrets::Secrets;
-use crate::smtp::auth_limit::AuthLimiter;
-use crate::smtp::server::{ListenerControl, ServerContext, serve_listener};
+use crate::smtp::server::{ListenerControl, ServerContext, SharedState, serve_listener};
 use crate::tenancy::TenancyStore;
 
 /// How often the end of the drain is checked for at shutdown.
@@ -248,8 +247,8 @@ impl Daemon {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let max_connections = config.smtp_in.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
-        let auth_limiter = Arc::new(AuthLimiter::new(config.smtp_in.auth_failures_per_ip));
-        let (contexts, _) = watch::channel(server_context(&engine, &config, tls, auth_limiter));
+        let shared = SharedState::new(&config.smtp_in);
+        let (contexts, _) = watch::channel(server_context(&engine, &config, tls, &shared));
         let (closed, closed_rx) = watch::channel(false);
         let mut tasks = vec![
             tokio::spawn(crate::schedule::run(engine.clone(), shutdown_rx.clone())),
@@ -380,11 +379,10 @@ impl Daemon {
         self.engine
             .spool
             .set_min_free_bytes(new.spool.min_free_bytes);
-        let auth_limiter = self.contexts.borrow().auth_limiter.clone();
-        auth_limiter.set_max_failures(new.smtp_in.auth_failures_per_ip);
+        let shared = self.contexts.borrow().shared();
         let _ = self
             .contexts
-            .send(server_context(&self.engine, &new, tls, auth_limiter));
+            .send(server_context(&self.engine, &new, tls, &shared));
         self.config = new;
         Ok(plan)
     }
@@ -436,15 +434,15 @@ fn server_context(
     engine: &Arc<Engine>,
     config: &Config,
     tls: Option<TlsAcceptor>,
-    auth_limiter: Arc<AuthLimiter>,
+    shared: &SharedState,
 ) -> Arc<ServerContext> {
-    Arc::new(ServerContext {
-        engine: engine.clone(),
-        settings: config.smtp_in.clone(),
-        hostname: config.hostname.clone(),
+    Arc::new(ServerContext::new(
+        engine,
+        &config.smtp_in,
+        &config.hostname,
         tls,
-        auth_limiter,
-    })
+        shared,
+    ))
 }
 
 /// The master key: a systemd credential when the service has one and the

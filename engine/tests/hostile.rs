@@ -539,3 +539,274 @@ encryption = "none"
     assert!(c.cmd("NOOP").starts_with("250"));
     assert!(daemon.events_of("reception").is_empty());
 }
+
+// ---- hostile clients in Python (issue 15) -----------------------------------------
+
+/// Runs a hostile client written in Python; returns its stdout lines.
+fn hostile_python(script: &str, args: &[String]) -> Vec<String> {
+    let out =
+        support::python(script, args).expect("python3 is required (scripts/install-test-deps.sh)");
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn addr_args(addr: SocketAddr, more: &[&str]) -> Vec<String> {
+    let mut args = vec![addr.ip().to_string(), addr.port().to_string()];
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Clients that pipeline commands and never read the replies, on both
+/// listeners: each is closed once a write has stalled for command_timeout,
+/// so the slots come back (before: held forever).
+#[test]
+fn clients_that_never_read_replies_lose_their_slot() {
+    const STALLER: &str = r#"
+import socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, port))
+    s.settimeout(2)
+    try:
+        while True:
+            s.send(b"NOOP\r\n" * 4096)
+    except (socket.timeout, OSError):
+        pass  # the server stopped reading: its writes are stalled
+    socks.append(s)
+# Wait for a free slot while holding every stalled connection open.
+deadline = time.time() + 60
+while time.time() < deadline:
+    c = socket.create_connection((host, port), timeout=10)
+    greeting = c.recv(512).decode()
+    c.close()
+    if greeting.startswith("220 "):
+        print("free after %.1f s" % (60 - (deadline - time.time())))
+        break
+    time.sleep(0.5)
+else:
+    print("still busy")
+"#;
+    let sink = Sink::start(&[]);
+    let bounce_port = support::free_port();
+    let limits = "max_connections = 2\ncommand_timeout = \"2s\"\nmax_idle_commands = 100000000\n";
+    let daemon = daemon_with(
+        &sink,
+        limits,
+        &format!("[bounce_in]\nlisten = [\"127.0.0.1:{bounce_port}\"]\n{limits}"),
+    );
+    let lines = hostile_python(STALLER, &addr_args(daemon.addr, &["2"]));
+    assert!(lines[0].starts_with("free after"), "injection: {lines:?}");
+    let bounce: SocketAddr = format!("127.0.0.1:{bounce_port}").parse().unwrap();
+    let lines = hostile_python(STALLER, &addr_args(bounce, &["2"]));
+    assert!(lines[0].starts_with("free after"), "bounce_in: {lines:?}");
+}
+
+/// One address cannot take every slot (max_connections_per_ip, 421 4.7.0),
+/// and a session of NOOPs is closed at max_idle_commands (421 4.7.0), on
+/// both listeners; another address still gets in.
+#[test]
+fn one_address_cannot_take_every_slot_or_idle_forever() {
+    const CLIENT: &str = r#"
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held = []
+for i in range(n):
+    s = socket.create_connection((host, port), timeout=20, source_address=("127.0.0.3", 0))
+    held.append(s)
+    print("conn%d %s" % (i, s.recv(512).decode().strip()))
+s = held[0]
+f = s.makefile("rb")
+s.sendall(b"EHLO hostile.test\r\n")
+while True:
+    line = f.readline().decode()
+    if line[3:4] == " ": break
+for i in range(10):
+    s.sendall(b"NOOP\r\n")
+    reply = f.readline().decode().strip()
+    if not reply.startswith("250"): break
+print("noop %d %s" % (i, reply))
+print("closed" if f.readline() == b"" else "open")
+other = socket.create_connection((host, port), timeout=20, source_address=("127.0.0.4", 0))
+print("other " + other.recv(512).decode().strip())
+"#;
+    let sink = Sink::start(&[]);
+    let bounce_port = support::free_port();
+    let limits = "max_connections_per_ip = 3\nmax_idle_commands = 5\n";
+    let mut cfg = DaemonConfig::new(sink.addr.port());
+    // Loopback is not a relay network here, so the per-address limit applies.
+    cfg.relay_networks = vec!["10.0.0.0/8".into()];
+    cfg.extra_smtp_in = limits.into();
+    cfg.extra_top = format!("[bounce_in]\nlisten = [\"127.0.0.1:{bounce_port}\"]\n{limits}");
+    let daemon = Daemon::start(cfg);
+    let bounce: SocketAddr = format!("127.0.0.1:{bounce_port}").parse().unwrap();
+    for addr in [daemon.addr, bounce] {
+        let lines = hostile_python(CLIENT, &addr_args(addr, &["4"]));
+        for line in &lines[..3] {
+            assert!(line.contains(" 220 "), "{addr}: {lines:?}");
+        }
+        let refused = lines[3].strip_prefix("conn3 ").unwrap();
+        assert_reply(refused, "421", "4.7.0");
+        // EHLO and four NOOPs are the five allowed; the fifth NOOP is one too many.
+        let noop = lines[4].strip_prefix("noop 4 ").unwrap();
+        assert_reply(noop, "421", "4.7.0");
+        assert_eq!(lines[5], "closed", "{addr}: {lines:?}");
+        assert!(lines[6].starts_with("other 220 "), "{addr}: {lines:?}");
+    }
+}
+
+/// 100 parallel AUTH guesses from one address with a limit of 5: at most
+/// 5 are verified (535), the rest are refused (421), and the right password
+/// is refused afterwards. Unknown and known users take about as long.
+#[test]
+fn parallel_auth_guesses_are_counted_where_they_are_verified() {
+    const GUESSER: &str = r#"
+import base64, socket, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+N = 100
+barrier = threading.Barrier(N)
+codes = []
+lock = threading.Lock()
+def guess(i):
+    s = socket.create_connection((host, port), timeout=60)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"EHLO guesser.test\r\n")
+    while f.readline().decode()[3:4] != " ": pass
+    barrier.wait()
+    s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0app\0guess%d" % i) + b"\r\n")
+    reply = f.readline().decode()
+    with lock: codes.append(reply[:3])
+threads = [threading.Thread(target=guess, args=(i,)) for i in range(N)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("535=%d 421=%d" % (codes.count("535"), codes.count("421")))
+s = socket.create_connection((host, port), timeout=60)
+f = s.makefile("rb")
+f.readline()
+s.sendall(b"EHLO guesser.test\r\n")
+while f.readline().decode()[3:4] != " ": pass
+s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0app\0s3cret") + b"\r\n")
+print("right " + f.readline().decode().strip())
+"#;
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, "auth_failures_per_ip = 5\n", USER);
+    let lines = hostile_python(GUESSER, &addr_args(daemon.addr, &[]));
+    let (checked, refused) = lines[0]
+        .split_once(' ')
+        .map(|(a, b)| {
+            let n = |t: &str| t.split('=').nth(1).unwrap().parse::<usize>().unwrap();
+            (n(a), n(b))
+        })
+        .unwrap();
+    assert!(checked <= 5, "{} guesses were verified (limit 5)", checked);
+    assert_eq!(checked + refused, 100, "{lines:?}");
+    assert_reply(lines[1].strip_prefix("right ").unwrap(), "421", "4.7.0");
+}
+
+/// A known user with a wrong password and an unknown user take about as
+/// long (both verified against a PBKDF2 hash): the median times are within 3x.
+#[test]
+fn unknown_users_take_as_long_as_wrong_passwords() {
+    const TIMER: &str = r#"
+import base64, socket, statistics, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+def median(user):
+    times = []
+    for i in range(9):
+        s = socket.create_connection((host, port), timeout=60)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO timer.test\r\n")
+        while f.readline().decode()[3:4] != " ": pass
+        start = time.perf_counter()
+        s.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0wrong%d" % i) + b"\r\n")
+        reply = f.readline().decode()
+        times.append(time.perf_counter() - start)
+        assert reply.startswith("535"), reply
+        s.close()
+    return statistics.median(times)
+print("%f %f" % (median(b"app"), median(b"nobody")))
+"#;
+    let sink = Sink::start(&[]);
+    let daemon = daemon_with(&sink, "auth_failures_per_ip = 1000\n", USER);
+    let lines = hostile_python(TIMER, &addr_args(daemon.addr, &[]));
+    let times: Vec<f64> = lines[0].split(' ').map(|t| t.parse().unwrap()).collect();
+    let (known, unknown) = (times[0], times[1]);
+    eprintln!("median AUTH time: known user {known:.4} s, unknown user {unknown:.4} s");
+    assert!(
+        unknown * 3.0 >= known && known * 3.0 >= unknown,
+        "known {known:.4} s vs unknown {unknown:.4} s"
+    );
+}
+
+/// 40 concurrent 20 MB messages against a 64 MB DATA budget: the daemon's
+/// peak memory stays under the budget plus a fixed margin (before: about
+/// 1.2 GB), every client gets 250 or 451 4.3.1, and some get through. Half
+/// the clients declare SIZE (reserved before 354), half do not (reserved
+/// as the message arrives).
+#[test]
+fn data_in_flight_is_bounded_in_total() {
+    const FLOOD: &str = r#"
+import smtplib, sys, threading
+host, port = sys.argv[1], int(sys.argv[2])
+body = ("Subject: big\r\n\r\n" + ("x" * 998 + "\r\n") * 20000)
+results = []
+lock = threading.Lock()
+def send(i):
+    try:
+        with smtplib.SMTP(host, port, timeout=120) as s:
+            s.ehlo("flood.test")
+            if i % 2:
+                s.esmtp_features.pop("size", None)
+            s.sendmail("a@example.com", ["b@example.net"], body)
+            r = "250"
+    except smtplib.SMTPDataError as e:
+        r = "%d %s" % (e.smtp_code, e.smtp_error.decode())
+    except smtplib.SMTPResponseException as e:
+        r = "%d %s" % (e.smtp_code, e.smtp_error.decode())
+    with lock: results.append(r)
+threads = [threading.Thread(target=send, args=(i,)) for i in range(40)]
+for t in threads: t.start()
+for t in threads: t.join()
+for r in results: print(r)
+"#;
+    // Delivery goes nowhere (nothing listens), so only intake holds bytes.
+    let daemon = Daemon::start(DaemonConfig::custom(&format!(
+        r#"[smtp_in]
+listen = ["127.0.0.1:0"]
+relay_networks = ["127.0.0.0/8"]
+max_message_size = "25MB"
+max_data_in_flight = "64MB"
+[[delivery_server]]
+name = "nowhere"
+host = "127.0.0.1"
+port = {port}
+encryption = "none"
+"#,
+        port = support::free_port()
+    )));
+    let before = reset_peak(daemon.pid());
+    let results = hostile_python(FLOOD, &addr_args(daemon.addr, &[]));
+    assert_eq!(results.len(), 40);
+    let accepted = results.iter().filter(|r| *r == "250").count();
+    for r in results.iter().filter(|r| *r != "250") {
+        assert_reply(r, "451", "4.3.1");
+    }
+    assert!(accepted >= 2, "{results:?}");
+    assert_peak_growth(
+        daemon.pid(),
+        before,
+        64 + 224,
+        "40 x 20 MB against a 64 MB budget",
+    );
+}

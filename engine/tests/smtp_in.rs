@@ -407,3 +407,47 @@ fn connection_limit_and_idle_timeout() {
     });
     assert!(again.cmd("NOOP").starts_with("250"));
 }
+
+/// DSN parameters are refused by name (we do not offer DSN), never
+/// accepted and dropped. Python's smtplib sends them as it would to any server.
+#[test]
+fn dsn_parameters_are_refused_with_555() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let script = r#"
+import smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+with smtplib.SMTP(host, port, timeout=30) as s:
+    s.ehlo("client.test")
+    print("dsn" if s.has_extn("dsn") else "no-dsn")
+    for mail_opts, rcpt_opts in ((["RET=HDRS"], []), (["ENVID=abc"], []), ([], ["NOTIFY=NEVER"]), ([], ["ORCPT=rfc822;b@example.net"])):
+        try:
+            s.sendmail("a@example.com", ["b@example.net"], "Subject: x\r\n\r\nx\r\n", mail_opts, rcpt_opts)
+            print("accepted")
+        except smtplib.SMTPSenderRefused as e:
+            print(e.smtp_code, e.smtp_error.decode())
+        except smtplib.SMTPRecipientsRefused as e:
+            code, text = e.recipients["b@example.net"]
+            print(code, text.decode())
+        s.rset()
+"#;
+    let out = support::python(
+        script,
+        &[daemon.addr.ip().to_string(), daemon.addr.port().to_string()],
+    )
+    .expect("python3 is required (scripts/install-test-deps.sh)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "no-dsn");
+    for (line, name) in lines[1..].iter().zip(["RET", "ENVID", "NOTIFY", "ORCPT"]) {
+        assert!(line.starts_with("555 5.5.4 "), "{line}");
+        assert!(line.contains(&format!("`{name}`")), "{line}");
+    }
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(daemon.events_of("reception").is_empty());
+}

@@ -127,6 +127,9 @@ struct RawSmtpIn {
     tls_key: Option<PathBuf>,
     default_user: Option<String>,
     auth_failures_per_ip: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    max_idle_commands: Option<u32>,
+    max_data_in_flight: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -182,6 +185,11 @@ struct RawBounceIn {
     max_message_size: Option<String>,
     max_connections: Option<usize>,
     retain_days: Option<u64>,
+    command_timeout: Option<String>,
+    data_timeout: Option<String>,
+    max_connections_per_ip: Option<usize>,
+    max_idle_commands: Option<u32>,
+    max_data_in_flight: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -366,6 +374,34 @@ impl RawConfig {
     }
 }
 
+/// `max_idle_commands`: Postfix's `smtpd_junk_command_limit` (100) by default.
+fn idle_commands(section: &str, value: Option<u32>) -> Result<u32, String> {
+    match value.unwrap_or(100) {
+        0 => Err(format!("{section}.max_idle_commands: must be at least 1")),
+        n => Ok(n),
+    }
+}
+
+/// `max_data_in_flight`: room for at least one message of the largest size.
+fn data_in_flight(
+    section: &str,
+    value: Option<&String>,
+    default: u64,
+    max_message_size: u64,
+) -> Result<u64, String> {
+    let key = format!("{section}.max_data_in_flight");
+    let budget = match value {
+        Some(v) => keyed(&key, parse_size(v))?,
+        None => default.max(max_message_size),
+    };
+    if budget < max_message_size {
+        return Err(format!(
+            "{key}: must be at least {section}.max_message_size ({max_message_size} bytes), or no message of that size could ever be taken"
+        ));
+    }
+    Ok(budget)
+}
+
 impl RawBounceIn {
     fn validate(self) -> Result<BounceInSection, String> {
         let listen = self
@@ -387,15 +423,39 @@ impl RawBounceIn {
         if !(1..=3650).contains(&retain_days) {
             return Err("bounce_in.retain_days: must be 1 to 3650".into());
         }
+        let max_message_size = match &self.max_message_size {
+            Some(s) => keyed("bounce_in.max_message_size", parse_size(s))?,
+            None => 10 << 20,
+        };
         Ok(BounceInSection {
             listen,
             domains,
-            max_message_size: match &self.max_message_size {
-                Some(s) => keyed("bounce_in.max_message_size", parse_size(s))?,
-                None => 10 << 20,
-            },
+            max_message_size,
             max_connections: positive("bounce_in.max_connections", self.max_connections, 100)?,
             retain: Duration::from_secs(retain_days * 86_400),
+            command_timeout: duration_or(
+                "bounce_in.command_timeout",
+                self.command_timeout.as_ref(),
+                Duration::from_secs(300),
+            )?,
+            data_timeout: duration_or(
+                "bounce_in.data_timeout",
+                self.data_timeout.as_ref(),
+                Duration::from_secs(600),
+            )?,
+            // Bounces come from many MTAs; one address needs few at once.
+            max_connections_per_ip: positive(
+                "bounce_in.max_connections_per_ip",
+                self.max_connections_per_ip,
+                10,
+            )?,
+            max_idle_commands: idle_commands("bounce_in", self.max_idle_commands)?,
+            max_data_in_flight: data_in_flight(
+                "bounce_in",
+                self.max_data_in_flight.as_ref(),
+                64 << 20,
+                max_message_size,
+            )?,
         })
     }
 }
@@ -525,6 +585,20 @@ impl RawSmtpIn {
             )?
             .try_into()
             .map_err(|_| "smtp_in.auth_failures_per_ip: at most 4294967295".to_owned())?,
+            // Postfix's smtpd_client_connection_count_limit; relay networks
+            // are exempt, as Postfix exempts $mynetworks.
+            max_connections_per_ip: positive(
+                "smtp_in.max_connections_per_ip",
+                self.max_connections_per_ip,
+                50,
+            )?,
+            max_idle_commands: idle_commands("smtp_in", self.max_idle_commands)?,
+            max_data_in_flight: data_in_flight(
+                "smtp_in",
+                self.max_data_in_flight.as_ref(),
+                512 << 20,
+                max_message_size,
+            )?,
         })
     }
 }

@@ -36,6 +36,17 @@ pub struct BounceInSection {
     /// How long the delivered index keeps a finished recipient, counted
     /// from the message's reception: bounces after that are not tied.
     pub retain: Duration,
+    /// How long a command line, or a write of replies, may take (300 s).
+    pub command_timeout: Duration,
+    /// How long the whole DATA section may take (600 s).
+    pub data_timeout: Duration,
+    /// Connections at once from one address, IPv6 by /64 (default 10).
+    pub max_connections_per_ip: usize,
+    /// NOOP/RSET/VRFY/HELP/EHLO/HELO per session outside a finished
+    /// transaction before 421 (default 100).
+    pub max_idle_commands: u32,
+    /// DATA bytes held in memory by all sessions together (default 64 MiB).
+    pub max_data_in_flight: u64,
 }
 
 /// What happens to addresses that bounce hard or complain.
@@ -93,6 +104,15 @@ pub struct SmtpInSection {
     /// Failed AUTH attempts per client address in 10 minutes before AUTH
     /// from it is refused (421) for the rest of those 10 minutes.
     pub auth_failures_per_ip: u32,
+    /// Connections at once from one address outside `relay_networks`,
+    /// IPv6 by /64 (default 50, Postfix's per-client limit).
+    pub max_connections_per_ip: usize,
+    /// NOOP/RSET/VRFY/HELP/EHLO/HELO per session outside a finished
+    /// transaction before 421 (default 100, Postfix's junk command limit).
+    pub max_idle_commands: u32,
+    /// DATA bytes held in memory by all sessions together, from the first
+    /// byte to the reply (default 512 MiB); read at start only.
+    pub max_data_in_flight: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -124,8 +124,9 @@ fn parse_mail(rest: &str) -> Result<Command, Reply> {
                 }
             },
             "SMTPUTF8" => params.smtputf8 = true,
-            // AUTH= and the DSN parameters are harmless to ignore.
-            "AUTH" | "RET" | "ENVID" => {}
+            // AUTH= (RFC 4954) only names who submitted: harmless to ignore.
+            "AUTH" => {}
+            "RET" | "ENVID" => return Err(dsn_not_offered("MAIL", key)),
             _ => {
                 return Err(Reply::new(
                     555,
@@ -144,20 +145,37 @@ fn parse_rcpt(rest: &str) -> Result<Command, Reply> {
         return Err(Reply::new(501, "5.5.4", "Syntax: RCPT TO:<address>"));
     };
     let (path, params_text) = split_path(arg.trim_start())?;
-    for param in params_text.split_whitespace() {
+    // RCPT takes no parameter of ours: the first one given is refused.
+    if let Some(param) = params_text.split_whitespace().next() {
         let key = param.split('=').next().unwrap_or("").to_ascii_uppercase();
-        if !matches!(key.as_str(), "NOTIFY" | "ORCPT") {
-            return Err(Reply::new(
+        return Err(if matches!(key.as_str(), "NOTIFY" | "ORCPT") {
+            dsn_not_offered("RCPT", &key)
+        } else {
+            Reply::new(
                 555,
                 "5.5.4",
                 format!("RCPT parameter `{key}` is not supported"),
-            ));
-        }
+            )
+        });
     }
     // Non-ASCII recipients are checked against SMTPUTF8 by the session,
     // which knows what MAIL said.
     let to = mailbox(path, false, true)?;
     Ok(Command::Rcpt { to })
+}
+
+/// A DSN parameter (RFC 3461). We do not offer DSN (EHLO does not list
+/// it), and accepting a request for notices we would never send misleads
+/// the client: refuse it by name, as RFC 3461 section 4 asks of a server
+/// without the extension.
+fn dsn_not_offered(verb: &str, key: &str) -> Reply {
+    Reply::new(
+        555,
+        "5.5.4",
+        format!(
+            "{verb} parameter `{key}` is not supported: this server does not offer DSN, send without RET, ENVID, NOTIFY and ORCPT"
+        ),
+    )
 }
 
 fn parse_auth(rest: &str) -> Result<Command, Reply> {
@@ -306,6 +324,7 @@ mod tests {
         assert_eq!(err("RCPT TO:<a@b.c").code, 501);
         assert_eq!(err("MAIL FROM:<a@b.c> SIZE=big").code, 501);
         assert_eq!(err("MAIL FROM:<a@b.c> FOO=1").code, 555);
+        assert_eq!(err("RCPT TO:<a@b.c> FOO=1").code, 555);
         assert_eq!(err("DATA now").code, 501);
         assert_eq!(err("EHLO").code, 501);
         assert_eq!(err("FROB").enhanced, "5.5.1");
@@ -313,6 +332,22 @@ mod tests {
         assert!(parse(b"\xff\xfe").is_err());
         let long = format!("RCPT TO:<{}@example.com>", "x".repeat(65));
         assert_eq!(err(&long).code, 501);
+    }
+
+    #[test]
+    fn dsn_parameters_are_refused_by_name() {
+        for (line, name) in [
+            ("MAIL FROM:<a@b.c> RET=HDRS", "RET"),
+            ("MAIL FROM:<a@b.c> SIZE=10 ENVID=x1", "ENVID"),
+            ("RCPT TO:<a@b.c> NOTIFY=NEVER", "NOTIFY"),
+            ("RCPT TO:<a@b.c> ORCPT=rfc822;a@b.c", "ORCPT"),
+        ] {
+            let reply = err(line);
+            assert_eq!((reply.code, reply.enhanced), (555, "5.5.4"), "{line}");
+            assert!(reply.text.contains(&format!("`{name}`")), "{reply}");
+            assert!(reply.text.contains("DSN"), "{reply}");
+        }
+        assert!(parse(b"MAIL FROM:<a@b.c> AUTH=<>").is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::budget::{BUDGET_WAIT, DataBudget, Reservation};
 use super::reply::Reply;
 pub use super::stream::Stream;
 
@@ -36,6 +37,9 @@ pub struct DataSection {
     /// The header section passed `MAX_HEADER_BYTES` or `MAX_HEADER_LINES`:
     /// the body was dropped and must be refused.
     pub header_too_big: bool,
+    /// The listener's DATA budget had no room: the body was dropped and
+    /// the client should try again later.
+    pub over_budget: bool,
 }
 
 pub struct Connection {
@@ -134,14 +138,27 @@ impl Connection {
         }
     }
 
-    /// Reads the DATA section up to `CRLF.CRLF`. Only that sequence ends it
-    /// (the SMTP smuggling defence); bare LF and bare CR become CRLF.
-    pub async fn read_data(&mut self, max_size: u64) -> io::Result<Option<DataSection>> {
-        let mut reader = DataReader::new(max_size);
+    /// Reads the DATA section up to `CRLF.CRLF`. Only that sequence ends
+    /// it (the SMTP smuggling defence); bare LF and bare CR become CRLF.
+    /// The message buffer starts at `expected` bytes (room the caller
+    /// already reserved, from SIZE) and each growth is covered in `budget`;
+    /// when no room comes within `BUDGET_WAIT`, the rest is read and thrown
+    /// away and the section is flagged `over_budget`.
+    pub async fn read_data(
+        &mut self,
+        limits: DataLimits,
+        budget: &DataBudget,
+        reservation: &mut Reservation,
+    ) -> io::Result<Option<DataSection>> {
+        let mut reader = DataReader::new(limits.max_size);
+        reader.grow_to(limits.expected);
         loop {
-            let pending = &self.buf[self.start..];
-            let (consumed, done) = reader.feed(pending);
+            let (consumed, done) = reader.feed(&self.buf[self.start..]);
             self.start += consumed;
+            let allocated = reader.allocated();
+            if allocated > 0 && !budget.reserve(reservation, allocated, BUDGET_WAIT).await {
+                reader.drop_over_budget();
+            }
             if done {
                 return Ok(Some(reader.finish()));
             }
@@ -150,6 +167,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// What `read_data` is told about the message to come.
+#[derive(Debug, Clone, Copy)]
+pub struct DataLimits {
+    pub max_size: u64,
+    /// Bytes announced with SIZE (and reserved), 0 if none.
+    pub expected: usize,
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -174,6 +199,7 @@ pub struct DataReader {
     max_size: u64,
     too_big: bool,
     header_too_big: bool,
+    over_budget: bool,
     /// The previous line ended in CRLF (the DATA command line counts).
     prev_crlf: bool,
     /// Part of the current line was already taken (a very long line).
@@ -193,6 +219,7 @@ impl DataReader {
             max_size,
             too_big: false,
             header_too_big: false,
+            over_budget: false,
             prev_crlf: true,
             mid_line: false,
             in_header: true,
@@ -265,8 +292,30 @@ impl DataReader {
         }
     }
 
+    /// Whether the body is being read and thrown away.
+    fn discarding(&self) -> bool {
+        self.too_big || self.header_too_big || self.over_budget
+    }
+
+    /// Bytes the message buffer holds allocated.
+    pub fn allocated(&self) -> usize {
+        self.body.capacity()
+    }
+
+    /// Makes the buffer hold `capacity` bytes at least.
+    pub fn grow_to(&mut self, capacity: usize) {
+        self.body
+            .reserve_exact(capacity.saturating_sub(self.body.len()));
+    }
+
+    /// No room in the budget: throw the body away and read on to its end.
+    pub fn drop_over_budget(&mut self) {
+        self.over_budget = true;
+        self.body = Vec::new();
+    }
+
     fn push(&mut self, text: &[u8], line_ends: bool) {
-        if self.too_big || self.header_too_big {
+        if self.discarding() {
             return;
         }
         let ending = if line_ends { 2 } else { 0 };
@@ -293,6 +342,7 @@ impl DataReader {
             body: self.body,
             too_big: self.too_big,
             header_too_big: self.header_too_big,
+            over_budget: self.over_budget,
         }
     }
 }

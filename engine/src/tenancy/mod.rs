@@ -543,6 +543,9 @@ impl TenancyStore {
             .get(name)
             .and_then(|u| u.password_hash.clone())
         else {
+            // The same work as for a known user, so that the time taken
+            // does not tell which user names exist.
+            secrets::verify_password(dummy_password_hash(), password);
             return false;
         };
         let digest = {
@@ -637,4 +640,11 @@ fn endpoint_change(old: &DeliveryServerSpec, new: &DeliveryServerSpec) -> Option
     .into_iter()
     .find(|(_, before, after)| before != after)
     .map(|(field, before, after)| format!("{field} changes from `{before}` to `{after}`"))
+}
+
+/// A hash no password matches in practice, verified for unknown users.
+fn dummy_password_hash() -> &'static str {
+    static DUMMY: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| secrets::hash_password("no user has this password"));
+    &DUMMY
 }
