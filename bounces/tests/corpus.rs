@@ -6,6 +6,9 @@
 //! it improves, never lower them. `BOUNCES_CORPUS_VERBOSE=1` prints every
 //! disagreement.
 
+#[path = "../../test-support/peers.rs"]
+mod peers;
+use peers::missing_peer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -163,7 +166,10 @@ fn verdicts(records: &[Record]) -> Vec<String> {
 fn corpus_rates_meet_the_floors() {
     let root = corpus_root();
     if !root.join("labels.tsv").exists() {
-        println!("SKIP: corpus not found at {}", root.display());
+        missing_peer(
+            &format!("the bounce corpus at {}", root.display()),
+            "set BOUNCES_CORPUS or lay out shared/ beside the checkout",
+        );
         return;
     }
     let verbose = std::env::var_os("BOUNCES_CORPUS_VERBOSE").is_some();
@@ -311,7 +317,10 @@ fn corpus_rates_meet_the_floors() {
 fn every_corpus_file_parses_to_at_least_one_record() {
     let dir = corpus_root().join("emails/maildir");
     let Ok(variants) = std::fs::read_dir(&dir) else {
-        println!("SKIP: corpus not found at {}", dir.display());
+        missing_peer(
+            &format!("the bounce corpus at {}", dir.display()),
+            "set BOUNCES_CORPUS or lay out shared/ beside the checkout",
+        );
         return;
     };
     for variant in variants.flatten() {

@@ -189,7 +189,10 @@ fn suppressed(daemon: &Daemon, address: &str) -> Value {
 fn python_missing() -> bool {
     let missing = python("print(1)", &[]).is_none();
     if missing {
-        eprintln!("SKIPPED: python3 is not installed (smtplib sends the bounces)");
+        support::missing_peer(
+            "python3",
+            "smtplib sends the bounces: scripts/install-test-deps.sh",
+        );
     }
     missing
 }

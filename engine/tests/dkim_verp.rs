@@ -72,7 +72,10 @@ fn messages(dir: &Path) {
 
 fn venv_python() -> Option<PathBuf> {
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: python3 is not installed, so dkimpy cannot verify");
+        support::missing_peer(
+            "python3",
+            "dkimpy verifies with it: scripts/install-test-deps.sh",
+        );
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");

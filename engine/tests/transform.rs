@@ -2,6 +2,8 @@
 //! shapes. Every output is parsed back with mail-parser and checked, and the
 //! bytes the transforms must not touch are compared with the input.
 
+#[path = "../../test-support/peers.rs"]
+mod peers;
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 use sendengine::transform::{Decoration, decorate, from_address, from_domain};
 
@@ -532,7 +534,10 @@ fn python_email_parser_agrees() {
         })
         .collect();
     let Some(reports) = python_parse(&paths) else {
-        eprintln!("skipped the independent MIME check: python3 not found");
+        peers::missing_peer(
+            "python3",
+            "it checks the MIME structure: scripts/install-test-deps.sh",
+        );
         return;
     };
 
