@@ -6,6 +6,9 @@
 //! it improves, never lower them. `BOUNCES_CORPUS_VERBOSE=1` prints every
 //! disagreement.
 
+#[path = "../../test-support/peers.rs"]
+mod peers;
+use peers::missing_peer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -162,22 +165,14 @@ fn verdicts(records: &[Record]) -> Vec<String> {
         .collect()
 }
 
-/// Without the corpus the test says so and passes, except under `CI=true`,
-/// where a missing corpus must fail the run.
-fn skip_unless_ci(path: &Path) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "the bounce corpus is missing at {} (set BOUNCES_CORPUS)",
-        path.display()
-    );
-    println!("SKIPPED: corpus not found at {}", path.display());
-}
-
 #[test]
 fn corpus_rates_meet_the_floors() {
     let root = corpus_root();
     if !root.join("labels.tsv").exists() {
-        skip_unless_ci(&root);
+        missing_peer(
+            &format!("the bounce corpus at {}", root.display()),
+            "set BOUNCES_CORPUS or lay out shared/ beside the checkout",
+        );
         return;
     }
     let verbose = std::env::var_os("BOUNCES_CORPUS_VERBOSE").is_some();
@@ -329,7 +324,10 @@ fn corpus_rates_meet_the_floors() {
 fn every_corpus_file_parses_to_at_least_one_record() {
     let dir = corpus_root().join("emails/maildir");
     let Ok(variants) = std::fs::read_dir(&dir) else {
-        skip_unless_ci(&dir);
+        missing_peer(
+            &format!("the bounce corpus at {}", dir.display()),
+            "set BOUNCES_CORPUS or lay out shared/ beside the checkout",
+        );
         return;
     };
     for variant in variants.flatten() {

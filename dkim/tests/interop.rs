@@ -4,6 +4,9 @@
 //! the zone-file form publishes it; keys made by OpenSSL are imported, and
 //! keys exported here are read back by OpenSSL.
 
+#[path = "../../test-support/peers.rs"]
+mod peers;
+use peers::missing_peer;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,7 +61,10 @@ sys.exit(1 if failures else 0)
 /// machine has no python3 at all.
 fn venv_python() -> Option<PathBuf> {
     if Command::new("python3").arg("--version").output().is_err() {
-        println!("SKIPPED: python3 is not installed, so dkimpy cannot verify");
+        missing_peer(
+            "python3",
+            "dkimpy verifies with it: scripts/install-test-deps.sh",
+        );
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");
@@ -77,7 +83,10 @@ fn venv_python() -> Option<PathBuf> {
 fn openssl_available() -> bool {
     let found = Command::new("openssl").arg("version").output().is_ok();
     if !found {
-        println!("SKIPPED: openssl is not on PATH, so there are no foreign keys to import");
+        missing_peer(
+            "openssl",
+            "it makes the foreign keys to import: scripts/install-test-deps.sh",
+        );
     }
     found
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sendengine_queue::MessageMeta;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -29,6 +29,8 @@ use tokio::task::JoinHandle;
 use crate::config::MetricsSection;
 use crate::engine::Engine;
 use crate::events::{Event, EventKind};
+
+mod http;
 
 // ---- names ----------------------------------------------------------------
 
@@ -111,9 +113,9 @@ pub enum MetricsError {
 
 // ---- start ----------------------------------------------------------------
 
-/// Installs the Prometheus recorder and serves `GET /metrics` on
-/// `[metrics] listen`, and starts the refresh task; both end on shutdown.
-/// Without `listen` nothing is installed and nothing listens.
+/// Installs the Prometheus recorder, serves `GET /metrics` on
+/// `[metrics] listen` (`http`), and starts the refresh and upkeep tasks; all
+/// end on shutdown. Without `listen` nothing is installed and nothing listens.
 pub fn start(
     section: &MetricsSection,
     engine: Arc<Engine>,
@@ -123,28 +125,37 @@ pub fn start(
         return Ok(Vec::new());
     };
     TENANT_LABELS.store(section.tenant_labels, Ordering::Relaxed);
-    let (recorder, exporter) = builder(addr)?.build().map_err(|e| match e {
-        metrics_exporter_prometheus::BuildError::FailedToCreateHTTPListener(message) => {
-            MetricsError::Listen { addr, message }
-        }
-        other => MetricsError::Setup(other.to_string()),
+    let listener = http::bind(addr).map_err(|e| MetricsError::Listen {
+        addr,
+        message: e.to_string(),
     })?;
+    let recorder = builder()?.build_recorder();
+    let handle = recorder.handle();
     ::metrics::set_global_recorder(recorder).map_err(|_| {
         MetricsError::Setup("a metrics recorder is already installed in this process".into())
     })?;
     describe();
     ENABLED.store(true, Ordering::Relaxed);
-    let mut stop = shutdown.clone();
-    let serve = tokio::spawn(async move {
-        tokio::select! {
-            _ = exporter => {}
-            _ = stop.wait_for(|stop| *stop) => {}
-        }
-    });
-    Ok(vec![serve, tokio::spawn(refresh_loop(engine, shutdown))])
+    Ok(vec![
+        tokio::spawn(http::serve(listener, handle.clone(), shutdown.clone())),
+        tokio::spawn(upkeep_loop(handle, shutdown.clone())),
+        tokio::spawn(refresh_loop(engine, shutdown)),
+    ])
 }
 
-fn builder(addr: std::net::SocketAddr) -> Result<PrometheusBuilder, MetricsError> {
+/// Drains histogram samples into their buckets between scrapes, so that an
+/// unscraped daemon does not keep every sample (the exporter leaves this to
+/// whoever builds the recorder without its listener).
+async fn upkeep_loop(handle: PrometheusHandle, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH_INTERVAL) => handle.run_upkeep(),
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+fn builder() -> Result<PrometheusBuilder, MetricsError> {
     let histograms: [(&str, &[f64]); 5] = [
         (DELIVERY_LATENCY, &DELIVERY_LATENCY_BUCKETS),
         (TRANSACTION_TIME, &TRANSACTION_TIME_BUCKETS),
@@ -158,7 +169,7 @@ fn builder(addr: std::net::SocketAddr) -> Result<PrometheusBuilder, MetricsError
             &sendengine_queue::metrics::COMMIT_BATCH_SIZE_BUCKETS,
         ),
     ];
-    let mut builder = PrometheusBuilder::new().with_http_listener(addr);
+    let mut builder = PrometheusBuilder::new();
     for (name, buckets) in histograms {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)

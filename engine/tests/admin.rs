@@ -856,7 +856,10 @@ fn sendctl_bounce_parse_works_offline_on_the_corpus() {
         "/../../shared/corpora/bounces/sisimai/emails/maildir/bsd"
     );
     if !std::path::Path::new(corpus).exists() {
-        eprintln!("SKIPPED: the shared bounce corpus is not beside the repository");
+        support::missing_peer(
+            "the shared bounce corpus (shared/corpora beside the checkout)",
+            "lay out shared/ beside the repository as CI does",
+        );
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_sendctl"))

@@ -193,7 +193,7 @@ fn inject(addr: std::net::SocketAddr, n: usize, tag: &str) -> Vec<String> {
 fn full_disk_gives_451_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let Some(tmpfs) = Tmpfs::mount(&dir.path().join("spool"), "8m") else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        support::missing_peer("a tmpfs mount", "mounting one needs root");
         return;
     };
     // The delivery server is down, so the spool only grows.

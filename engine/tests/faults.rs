@@ -684,22 +684,24 @@ fn a_relay_that_answers_the_final_dot_after_15_s_gets_one_copy() {
 }
 
 /// A message whose Subject is raw UTF-8 (RFC 6532), sent with SMTPUTF8.
-const SEND_UTF8_SUBJECT: &str = r#"
+const SEND_UTF8_HEADER: &str = r#"
 import smtplib, sys
 host, port, mid = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-msg = ("From: a@example.com\r\nTo: b@example.net\r\nSubject: Caf\u00e9 cr\u00e8me\r\nMessage-ID: %s\r\n\r\nplain body\r\n" % mid).encode("utf-8")
+# A UTF-8 address in a header: admission cannot RFC 2047-encode it away,
+# so the message stays SMTPUTF8 (a UTF-8 Subject alone would be encoded).
+msg = ("From: a@example.com\r\nTo: b@example.net\r\nCc: j\u00fcrgen@b\u00fccher.example\r\nSubject: Caf\u00e9 cr\u00e8me\r\nMessage-ID: %s\r\n\r\nplain body\r\n" % mid).encode("utf-8")
 with smtplib.SMTP(host, port, timeout=60) as s:
     s.ehlo("client.test")
     s.sendmail("a@example.com", ["b@example.net"], msg, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
 "#;
 
-fn send_utf8_subject(daemon: &Daemon, message_id: &str) {
+fn send_utf8_header(daemon: &Daemon, message_id: &str) {
     let args = [
         daemon.addr.ip().to_string(),
         daemon.addr.port().to_string(),
         message_id.to_owned(),
     ];
-    let out = support::python(SEND_UTF8_SUBJECT, &args).expect("python3");
+    let out = support::python(SEND_UTF8_HEADER, &args).expect("python3");
     assert!(
         out.status.success(),
         "{}",
@@ -711,7 +713,7 @@ fn send_utf8_subject(daemon: &Daemon, message_id: &str) {
 fn utf8_headers_bounce_at_a_relay_without_smtputf8_with_a_reason_naming_it() {
     let fake = FakeServer::start(Quirk::Plain);
     let daemon = Daemon::start(relay_config(fake.port, "10s", ""));
-    send_utf8_subject(&daemon, "<utf8-bounce@faults.test>");
+    send_utf8_header(&daemon, "<utf8-bounce@faults.test>");
     let bounced = daemon.wait_events("bounce", 1, LONG);
     let reply = &bounced[0]["reply"];
     assert_eq!(
@@ -735,12 +737,12 @@ fn utf8_headers_go_to_the_next_server_that_offers_smtputf8() {
     let first = FakeServer::start(Quirk::Plain);
     let second = Sink::start(&[]);
     let config = format!(
-        "{SMTP_IN}[delivery]\nretry_schedule = [\"1h\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n",
+        "{SMTP_IN}default_user = \"app\"\n[delivery]\nretry_schedule = [\"1h\"]\n{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"first\", \"second\"]\ntransactional = [\"first\", \"second\"]\nautoresponder = [\"first\", \"second\"]\n[[user]]\nname = \"app\"\n",
         server("first", first.port, "10s", ""),
         server("second", second.addr.port(), "10s", ""),
     );
     let daemon = Daemon::start(DaemonConfig::custom(&config));
-    send_utf8_subject(&daemon, "<utf8-next@faults.test>");
+    send_utf8_header(&daemon, "<utf8-next@faults.test>");
     let delivered = daemon.wait_events("delivery", 1, LONG);
     assert_eq!(delivered[0]["route"], "second");
     assert_eq!(delivered[0]["attempt"], 1);

@@ -371,7 +371,10 @@ fn unit_file_passes_systemd_analyze_verify() {
         .output()
         .is_err()
     {
-        eprintln!("SKIPPED: systemd-analyze is not installed");
+        support::missing_peer(
+            "systemd-analyze",
+            "package systemd: scripts/install-test-deps.sh",
+        );
         return;
     }
     // The unit names /usr/bin/sendengine, which verify checks exists: point

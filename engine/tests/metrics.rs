@@ -8,8 +8,9 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_send, smtplib_try, wait_for};
@@ -287,6 +288,147 @@ fn the_dashboard_queries_exported_metrics() {
     for name in exported {
         assert!(queried.contains(name), "no panel shows {name}");
     }
+}
+
+/// Holds `n` connections to the metrics port, each with a request head
+/// that never ends; prints `opened N`, then waits until the daemon closes
+/// them (or 60 s pass) and prints `closed N`.
+const HALF_OPEN_REQUESTS: &str = r#"
+import resource, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft != resource.RLIM_INFINITY and soft < n + 100:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard == resource.RLIM_INFINITY else min(hard, n + 100), hard))
+held = []
+for _ in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+    except OSError as e:
+        print("connect failed:", e, file=sys.stderr)
+        break
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: metrics.test\r\n")
+    except OSError:
+        pass  # closed at once: over the connection limit
+    held.append(s)
+print("opened", len(held), flush=True)
+deadline = time.time() + 60
+closed = 0
+for s in held:
+    s.settimeout(max(0.01, deadline - time.time()))
+    try:
+        while s.recv(4096):
+            pass
+        closed += 1
+    except socket.timeout:
+        pass
+    except OSError:
+        closed += 1
+print("closed", closed, flush=True)
+"#;
+
+/// Issue 15.6: 1,100 requests that never finish their head, against a
+/// daemon limited to 1,024 descriptors, took every descriptor and SMTP
+/// stopped. Now the listener closes what is over its connection limit at
+/// once and the rest after the head timeout: SMTP keeps working while they
+/// are held, a fresh scraper is answered, and every one is closed.
+#[test]
+fn unfinished_requests_cannot_take_every_descriptor() {
+    const HELD: usize = 1_100;
+    let sink = Sink::start(&[]);
+    let metrics_port = free_port();
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let daemon = Daemon::start(config);
+    let limited = Command::new("prlimit")
+        .args(["--pid", &daemon.pid().to_string(), "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success(), "prlimit --nofile=1024 on the daemon");
+
+    let mut holder = Command::new("python3")
+        .args(["-c", HALF_OPEN_REQUESTS, "127.0.0.1"])
+        .args([metrics_port.to_string(), HELD.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is required for the integration tests (scripts/install-test-deps.sh)");
+    let mut lines = BufReader::new(holder.stdout.take().unwrap()).lines();
+    let opened = lines.next().expect("the holder's first line").unwrap();
+    assert_eq!(opened, format!("opened {HELD}"));
+
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["one@example.net"],
+        "<held@test>",
+    );
+    sink.wait_messages(1, LONG);
+    // The slots free up when the held heads time out (5 s).
+    wait_for(LONG, "a fresh scrape", || try_scrape(metrics_port));
+
+    let closed = lines.next().expect("the holder's last line").unwrap();
+    assert_eq!(
+        closed,
+        format!("closed {HELD}"),
+        "the daemon closed them all"
+    );
+    assert!(holder.wait().unwrap().success());
+    let descriptors = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))
+        .unwrap()
+        .count();
+    assert!(descriptors < 200, "{descriptors} descriptors still open");
+}
+
+/// Only `GET /metrics` is served; the rest gets a status that says why.
+#[test]
+fn other_paths_methods_and_oversized_heads_are_refused() {
+    let sink = Sink::start(&[]);
+    let metrics_port = free_port();
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let _daemon = Daemon::start(config);
+    let status = |request: &[u8]| {
+        let response = exchange(metrics_port, request);
+        response.lines().next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(
+        status(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "HTTP/1.1 404 Not Found"
+    );
+    let post = exchange(metrics_port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{post}"
+    );
+    assert!(post.contains("\r\nAllow: GET\r\n"), "{post}");
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(
+        status(huge.as_bytes()),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(status(b"HELO there\r\n\r\n"), "HTTP/1.1 400 Bad Request");
+    assert!(try_scrape(metrics_port).is_some());
+}
+
+/// Sends `request` and reads the answer until the server closes.
+fn exchange(port: u16, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    stream.set_read_timeout(Some(LONG)).unwrap();
+    // The server may answer and close before taking a long request whole.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The body of a 200 to `GET /metrics`, or None for any other outcome.
+fn try_scrape(port: u16) -> Option<String> {
+    let response = exchange(port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 /// `GET /metrics` over plain HTTP/1.0; returns the body.

@@ -85,8 +85,9 @@ fn a_slow_routes_backlog_waits_on_disk_and_suspend_reaches_it() {
     config.extra_server = format!(
         "rate_per_second = 1\n{idle}[[user_group]]\nname = \"default\"\n\
          marketing = [\"test-sink\"]\ntransactional = [\"test-sink\"]\n\
-         autoresponder = [\"test-sink\"]\n"
+         autoresponder = [\"test-sink\"]\n[[user]]\nname = \"app\"\n"
     );
+    config.extra_smtp_in = "default_user = \"app\"\n".into();
     let daemon = Daemon::start(config);
     let pid = daemon.pid();
     let before = rss_bytes(pid);
@@ -284,11 +285,12 @@ fn an_idle_direct_delivery_site_is_dropped() {
     ]);
     let config = format!(
         "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\n\
-         [delivery]\nretry_schedule = [\"1h\"]\nidle_timeout = \"1s\"\n[dns]\n{}\n\
+         default_user = \"app\"\n[delivery]\nretry_schedule = [\"1h\"]\nidle_timeout = \"1s\"\n[dns]\n{}\n\
          [direct]\nport = {}\ntimeout = \"5s\"\n\
          [[delivery_server]]\nname = \"unused\"\nhost = \"127.0.0.1\"\nport = 9\n\
          [[user_group]]\nname = \"default\"\nmarketing = [\"direct\"]\n\
-         transactional = [\"direct\"]\nautoresponder = [\"direct\"]\n",
+         transactional = [\"direct\"]\nautoresponder = [\"direct\"]\n\
+         [[user]]\nname = \"app\"\n",
         dns.nameservers_line(),
         sink.addr.port()
     );

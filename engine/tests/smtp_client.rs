@@ -5,6 +5,8 @@
 //! server produces on demand (split packets, over-long replies, a broken TLS
 //! handshake, data injected after STARTTLS).
 
+#[path = "../../test-support/peers.rs"]
+mod peers;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -1231,7 +1233,10 @@ async fn postfix_smtp_sink(options: &[&str]) -> Option<(u16, Child)> {
         .map(PathBuf::from)
         .find(|path| path.exists())
     else {
-        println!("skipped: Postfix's smtp-sink is not installed (apt-get install postfix)");
+        peers::missing_peer(
+            "Postfix's smtp-sink",
+            "package postfix: scripts/install-test-deps.sh",
+        );
         return None;
     };
     // smtp-sink cannot report a port it chose, so pick a free one; retry in

@@ -351,9 +351,7 @@ print("sent")
         ])
         .output();
     match swaks {
-        Err(_) => {
-            eprintln!("SKIPPED swaks part: swaks is not installed (scripts/install-test-deps.sh)")
-        }
+        Err(_) => support::missing_peer("swaks", "scripts/install-test-deps.sh"),
         Ok(out) => {
             assert!(
                 out.status.success(),

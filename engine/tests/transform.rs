@@ -534,7 +534,10 @@ fn python_email_parser_agrees() {
         })
         .collect();
     let Some(reports) = python_parse(&paths) else {
-        eprintln!("skipped the independent MIME check: python3 not found");
+        support::missing_peer(
+            "python3",
+            "it checks the MIME structure: scripts/install-test-deps.sh",
+        );
         return;
     };
 

@@ -250,7 +250,10 @@ for r in requests:
 print("checked=%d bad=%d" % (len(requests), bad))
 "#;
     let Some(out) = support::python(script, &[SECRET.into(), list.display().to_string()]) else {
-        println!("skipped the signature check: no python3");
+        support::missing_peer(
+            "python3",
+            "it checks the signature: scripts/install-test-deps.sh",
+        );
         return;
     };
     let text = String::from_utf8_lossy(&out.stdout);

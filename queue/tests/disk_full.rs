@@ -117,7 +117,10 @@ fn a_full_disk_fails_requests_and_the_spool_recovers_when_space_returns() {
     let tmpfs = match Tmpfs::mount(&mount_dir, "4m") {
         Ok(tmpfs) => tmpfs,
         Err(reason) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs ({reason}); run as root to test a full disk");
+            common::missing_peer(
+                &format!("a tmpfs mount ({reason})"),
+                "run as root to test a full disk",
+            );
             return;
         }
     };

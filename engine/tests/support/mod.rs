@@ -441,6 +441,11 @@ fn smtplib_run(
 }
 pub mod dns_server;
 
+#[path = "../../../test-support/peers.rs"]
+mod peers;
+#[allow(unused_imports)] // not every test file has an optional peer
+pub use peers::missing_peer;
+
 /// Sends one small message with smtplib; returns "250" or the refusal of
 /// DATA. `headers` are extra header lines separated by `|`.
 pub fn smtplib_try(daemon: SocketAddr, from: &str, rcpts: &[&str], headers: &str) -> String {

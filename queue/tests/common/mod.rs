@@ -7,6 +7,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+#[path = "../../../test-support/peers.rs"]
+mod peers;
+#[allow(unused_imports)] // not every test file has an optional peer
+pub use peers::missing_peer;
+
 use sendengine_queue::{MessageId, MessageMeta, NewMessage, Spool, SpoolConfig, SpoolError};
 
 /// Guards every wait in the tests against a deadlock; never reached normally.
