@@ -21,10 +21,10 @@ use crate::id::{MessageId, id_timestamp_ms};
 const DELIVERED: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("delivered");
 
 /// Expired rows deleted per row written (see the module comment).
-pub const PRUNE_PER_ROW: usize = 2;
+pub(crate) const PRUNE_PER_ROW: usize = 2;
 /// Each text field is cut to this many bytes (on a character boundary):
 /// enough for any address or Message-ID, small enough to keep rows small.
-pub const MAX_DELIVERED_FIELD_BYTES: usize = 1024;
+pub(crate) const MAX_DELIVERED_FIELD_BYTES: usize = 1024;
 
 const VERSION: u8 = 1;
 
@@ -112,7 +112,8 @@ pub(crate) fn get(
     })
 }
 
-/// Rows in the index (for tests and status).
+/// Rows in the index (for tests).
+#[cfg(test)]
 pub(crate) fn len(db: &Database) -> Result<u64, SpoolError> {
     use redb::ReadableTableMetadata;
     let txn = db.begin_read()?;
