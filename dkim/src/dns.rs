@@ -8,7 +8,7 @@ use crate::error::KeyError;
 use crate::key::DkimKey;
 
 /// The longest character string a TXT record can hold (RFC 1035 §3.3).
-pub const TXT_STRING_MAX: usize = 255;
+pub(crate) const TXT_STRING_MAX: usize = 255;
 /// Longest domain name in text form, and longest label (RFC 1035 §2.3.4).
 const DOMAIN_MAX: usize = 253;
 const LABEL_MAX: usize = 63;
@@ -40,7 +40,7 @@ impl DnsRecord {
 
     /// The value cut into character strings of at most 255 bytes, in order;
     /// a resolver joins them back without separators (RFC 6376 §3.6.2.2).
-    pub fn txt_strings(&self) -> Vec<&str> {
+    pub(crate) fn txt_strings(&self) -> Vec<&str> {
         // The value is ASCII (tags and base64), so any byte is a char boundary.
         self.value
             .as_bytes()

@@ -40,7 +40,7 @@ pub enum KeyAlgorithm {
 
 impl KeyAlgorithm {
     /// The `k=` tag value of the DNS record.
-    pub fn dns_name(self) -> &'static str {
+    pub(crate) fn dns_name(self) -> &'static str {
         match self {
             KeyAlgorithm::Rsa => "rsa",
             KeyAlgorithm::Ed25519 => "ed25519",
@@ -51,7 +51,7 @@ impl KeyAlgorithm {
 /// SHA-256 of a key's public half: names a key without revealing it, and
 /// tells two keys published under the same selector apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 32]);
+pub(crate) struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
     fn of(public_key: &[u8]) -> Fingerprint {
@@ -59,10 +59,6 @@ impl Fingerprint {
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(hash.as_ref());
         Fingerprint(bytes)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
     }
 }
 
@@ -93,12 +89,6 @@ pub struct DkimKey {
 }
 
 impl DkimKey {
-    /// Generates a key of the default kind, RSA-2048: every receiver checks
-    /// RSA, while Ed25519 is still not universally verified.
-    pub fn generate_default() -> Result<DkimKey, KeyError> {
-        DkimKey::generate(KeyAlgorithm::Rsa)
-    }
-
     /// Generates a new key: RSA-2048 or Ed25519.
     pub fn generate(algorithm: KeyAlgorithm) -> Result<DkimKey, KeyError> {
         match algorithm {
@@ -133,14 +123,14 @@ impl DkimKey {
     }
 
     /// Loads an RSA key from PKCS#1 `RSAPrivateKey` DER.
-    pub fn from_pkcs1_der(der: &[u8]) -> Result<DkimKey, KeyError> {
+    pub(crate) fn from_pkcs1_der(der: &[u8]) -> Result<DkimKey, KeyError> {
         let key_pair = RsaKeyPair::from_der(der)
             .map_err(|error| KeyError::InvalidRsaKey(error.to_string()))?;
         DkimKey::from_rsa_key_pair(&key_pair)
     }
 
     /// Loads an RSA or Ed25519 key from PKCS#8 DER (v1 or v2).
-    pub fn from_pkcs8_der(der: &[u8]) -> Result<DkimKey, KeyError> {
+    pub(crate) fn from_pkcs8_der(der: &[u8]) -> Result<DkimKey, KeyError> {
         match pkcs8_algorithm(der)? {
             KeyAlgorithm::Rsa => {
                 let key_pair = RsaKeyPair::from_pkcs8(der)
@@ -194,7 +184,7 @@ impl DkimKey {
         self.algorithm
     }
 
-    pub fn fingerprint(&self) -> Fingerprint {
+    pub(crate) fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
     }
 
@@ -204,12 +194,12 @@ impl DkimKey {
     }
 
     /// The `p=` value of the DNS record: the public key in base64.
-    pub fn public_key_base64(&self) -> String {
+    pub(crate) fn public_key_base64(&self) -> String {
         BASE64.encode(&self.public_key)
     }
 
     /// The private key as PKCS#8 DER. Secret: store it, never log it.
-    pub fn pkcs8_der(&self) -> &[u8] {
+    pub(crate) fn pkcs8_der(&self) -> &[u8] {
         &self.pkcs8_der
     }
 

@@ -34,7 +34,7 @@ pub const SIGNED_HEADERS: [&str; 12] = [
 ];
 
 /// Signs messages for one domain with one key. Build it once per key and
-/// reuse it (see [`crate::SignerCache`]): parsing an RSA key costs more than
+/// reuse it (the daemon keeps them per domain): parsing an RSA key costs more than
 /// a signature. `Send + Sync`, so one signer serves every thread.
 pub struct Signer {
     domain: String,
@@ -70,11 +70,6 @@ impl Signer {
         })
     }
 
-    /// The signing domain (`d=`), lowercase.
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
     /// The selector (`s=`), lowercase.
     pub fn selector(&self) -> &str {
         &self.selector
@@ -82,10 +77,6 @@ impl Signer {
 
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
-    }
-
-    pub fn fingerprint(&self) -> Fingerprint {
-        self.fingerprint
     }
 
     /// Signs `message` and returns the `DKIM-Signature:` header field,
@@ -128,7 +119,7 @@ impl std::fmt::Debug for Signer {
 /// Signs `message` with every signer (none, one, or RSA plus Ed25519 for
 /// dual signing) and returns the message to send: normalised to CRLF with the
 /// signature header fields in front, in the order of `signers`. Takes
-/// `&[&Signer]` as well as the `&[Arc<Signer>]` a [`crate::SignerCache`] hands out.
+/// `&[&Signer]` as well as the `&[Arc<Signer>]` the daemon keeps.
 pub fn sign_message<S: AsRef<Signer>>(signers: &[S], message: &[u8]) -> Result<Vec<u8>, SignError> {
     let message = normalize_crlf(message);
     let mut signed = Vec::new();

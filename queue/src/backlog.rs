@@ -138,6 +138,7 @@ pub(crate) fn peek(
 }
 
 /// How many events the sink's backlog holds.
+#[cfg(test)]
 pub(crate) fn len(db: &Database, sink: &str) -> Result<u64, SpoolError> {
     let txn = db.begin_read()?;
     let table = match txn.open_table(BACKLOG) {

@@ -38,10 +38,10 @@ pub const MAX_REPORTS_PER_RECIPIENT: usize = 8;
 pub const MAX_REPORT_KEY_BYTES: usize = 512;
 
 /// Expired rows deleted per row written (see the module comment).
-pub const PRUNE_PER_ROW: usize = 2;
+pub(crate) const PRUNE_PER_ROW: usize = 2;
 /// Each text field is cut to this many bytes (on a character boundary):
 /// enough for any address or Message-ID, small enough to keep rows small.
-pub const MAX_DELIVERED_FIELD_BYTES: usize = 1024;
+pub(crate) const MAX_DELIVERED_FIELD_BYTES: usize = 1024;
 
 const VERSION: u8 = 1;
 
@@ -222,7 +222,8 @@ pub(crate) fn get(
     })
 }
 
-/// Rows in the index (for tests and status).
+/// Rows in the index (for tests).
+#[cfg(test)]
 pub(crate) fn len(db: &Database) -> Result<u64, SpoolError> {
     use redb::ReadableTableMetadata;
     let txn = db.begin_read()?;

@@ -34,13 +34,10 @@ mod writer;
 
 pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
 pub use config::SpoolConfig;
-pub use delivered::{Delivered, MAX_DELIVERED_FIELD_BYTES, PRUNE_PER_ROW};
+pub use delivered::Delivered;
 pub use error::SpoolError;
 pub use id::{MessageId, format_id, id_timestamp_ms, parse_id};
-pub use message::{
-    Claimed, MAX_BODY_BYTES, MAX_FIELD_BYTES, MAX_RECIPIENTS, MessageMeta, NewMessage, Outcome,
-    StoredMessage,
-};
+pub use message::{Claimed, MAX_RECIPIENTS, MessageMeta, NewMessage, Outcome, StoredMessage};
 pub use quarantine::QuarantinedRow;
 pub use quota::{Quota, QuotaExceeded, Window};
 pub use select::{
@@ -48,4 +45,4 @@ pub use select::{
     QueuePage, QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
 pub use spool::{Spool, SpoolStats};
-pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, MAX_NOTE_BYTES, Suppression};
+pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, Suppression};

@@ -12,9 +12,9 @@ use crate::id::MessageId;
 /// Most recipients one message may have in the spool.
 pub const MAX_RECIPIENTS: usize = 100_000;
 /// Largest message body the spool stores (redb's own ceiling is 3 GiB).
-pub const MAX_BODY_BYTES: usize = 1 << 30;
+pub(crate) const MAX_BODY_BYTES: usize = 1 << 30;
 /// Largest single text field (an address, a meta field).
-pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_FIELD_BYTES: usize = 64 * 1024;
 
 /// Where a message came from and how it is accounted; copied into events.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -13,7 +13,7 @@ pub const COMMIT_SECONDS: &str = "sendengine_spool_commit_seconds";
 /// Requests (inserts, outcomes, claims, ...) written by one group commit.
 pub const COMMIT_BATCH_SIZE: &str = "sendengine_spool_commit_batch_size";
 /// Recipient rows moved to the quarantine because they could not be decoded.
-pub const QUARANTINED_TOTAL: &str = "sendengine_spool_quarantined_total";
+pub(crate) const QUARANTINED_TOTAL: &str = "sendengine_spool_quarantined_total";
 
 /// From half a millisecond (no fsync, or a fast NVMe) to a second (a disk
 /// in trouble).

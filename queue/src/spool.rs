@@ -209,7 +209,8 @@ impl Spool {
     }
 
     /// Rows in the delivered index.
-    pub fn delivered_len(&self) -> Result<u64, SpoolError> {
+    #[cfg(test)]
+    pub(crate) fn delivered_len(&self) -> Result<u64, SpoolError> {
         self.inner.shared.read(delivered::len)
     }
 
@@ -510,7 +511,8 @@ impl Spool {
     }
 
     /// How many events the backlog `sink` holds.
-    pub fn backlog_len(&self, sink: &str) -> Result<u64, SpoolError> {
+    #[cfg(test)]
+    pub(crate) fn backlog_len(&self, sink: &str) -> Result<u64, SpoolError> {
         self.inner.shared.read(|db| backlog::len(db, sink))
     }
 

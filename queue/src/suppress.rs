@@ -13,7 +13,7 @@ pub const GLOBAL_TENANT: &str = "";
 /// Longest address accepted (RFC 5321's path limit, less the brackets).
 pub const MAX_ADDRESS_BYTES: usize = 254;
 /// Reason and source texts are cut to this many bytes when stored.
-pub const MAX_NOTE_BYTES: usize = 1024;
+pub(crate) const MAX_NOTE_BYTES: usize = 1024;
 
 /// One entry of a suppression list.
 #[derive(Clone, Debug, PartialEq, Eq)]
