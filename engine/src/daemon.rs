@@ -88,7 +88,6 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError>
     }
     notifier.stopping();
     notifier.status("shutting down");
-    crate::logging::announce("shutting down");
     daemon.shutdown().await;
     crate::logging::announce("stopped");
     Ok(())
@@ -315,6 +314,9 @@ impl Daemon {
         // the scheduler stops; routes take no new jobs, workers finish the
         // transaction they are in.
         let _ = self.shutdown.send(true);
+        // Announced once the flag is set, so that a client that reads this
+        // line and connects is refused.
+        crate::logging::announce("shutting down");
         self.engine.router.stop();
         // Every session holds a slot; all slots back means all sessions ended.
         let all = self.max_connections as u32;

@@ -104,12 +104,19 @@ pub async fn serve_listener<P: Policy>(listener: TcpListener, control: ListenerC
     } = control;
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
+            a = listener.accept() => a,
         };
         let Some((stream, peer)) = accepted_or_pause(accepted).await else {
             continue;
         };
+        // A connection accepted as the shutdown began is refused like the
+        // ones after it: the daemon announces the drain once the flag is set.
+        if *shutdown.borrow() {
+            tokio::spawn(refuse(stream, shutting_down()));
+            break;
+        }
         let ctx = context.borrow().clone();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             ctx.count_refusal(Refusal::Busy);
