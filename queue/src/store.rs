@@ -275,7 +275,14 @@ impl<'txn> WriteTables<'txn> {
             }
             if let Some(accept) = accept.as_mut() {
                 if envelope.as_ref().is_none_or(|(cached, _)| *cached != id) {
-                    envelope = Some((id, self.envelope(id)?));
+                    // A damaged envelope is claimed unfiltered: the load that
+                    // follows quarantines it. Failing here would fail every
+                    // claim, and every commit sharing it, until a restart.
+                    let read = match self.envelope(id) {
+                        Err(SpoolError::Corrupt(_)) => None,
+                        read => read?,
+                    };
+                    envelope = Some((id, read));
                 }
                 // A message without an envelope is a leftover: claiming repairs it.
                 if let Some((_, Some(env))) = &envelope {

@@ -166,6 +166,29 @@ fn a_message_that_cannot_be_loaded_after_its_claim_is_quarantined_whole() {
     assert_eq!(spool.stats().unwrap().failed_batches, 0);
 }
 
+/// The scheduler always claims through a filter, which reads each due
+/// message's envelope: a damaged one must be claimed (so that the load
+/// quarantines it), not fail every claim and every commit it shares.
+#[test]
+fn a_filtered_claim_takes_a_damaged_message_instead_of_failing() {
+    let dir = tempdir().unwrap();
+    let (damaged, intact) = queue_two(dir.path(), |_, _| {});
+    damage_envelope_on_disk(dir.path(), damaged);
+
+    let spool = open(dir.path());
+    let claimed = spool
+        .claim_due_where(now_ms() + 60_000, 100, Box::new(|_| true))
+        .expect("a damaged envelope fails no claim");
+    assert_eq!(claimed.len(), 3);
+    assert!(matches!(spool.load(damaged), Err(SpoolError::Corrupt(_))));
+    assert!(spool.load(intact).unwrap().is_some());
+    spool
+        .backlog_append_blocking("barrier", Vec::new(), 1)
+        .unwrap();
+    assert_eq!(spool.stats().unwrap().quarantined, 2);
+    assert_eq!(spool.stats().unwrap().failed_batches, 0);
+}
+
 #[test]
 fn a_damaged_message_no_claim_reaches_does_not_break_the_queue_listing() {
     let dir = tempdir().unwrap();
