@@ -458,7 +458,7 @@ impl TenancyStore {
 
     fn load_objects(&self) -> Result<Objects, TenancyError> {
         Ok(Objects {
-            servers: self.load_kind(SERVER)?,
+            servers: with_timeout_units(self.load_kind(SERVER)?),
             groups: self.load_kind(GROUP)?,
             users: self.load_kind(USER)?,
             templates: self.load_kind(TEMPLATE)?,
@@ -613,6 +613,29 @@ fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), Tenan
     Ok(())
 }
 
+/// Servers stored before durations needed a unit could keep a bare number
+/// of seconds as `timeout`; read it as seconds, so that an upgrade cannot
+/// stop the daemon from starting over an object only the running daemon
+/// could change. The next put of the server stores it with its unit.
+fn with_timeout_units(
+    mut servers: BTreeMap<String, DeliveryServerSpec>,
+) -> BTreeMap<String, DeliveryServerSpec> {
+    for (name, spec) in servers.iter_mut() {
+        let Some(timeout) = spec.timeout.as_mut() else {
+            continue;
+        };
+        let digits = timeout.trim();
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            log::warn!(
+                "delivery server {name}: stored timeout `{digits}` has no unit; read as \"{digits}s\" \
+                 (put the server again to store it so)"
+            );
+            *timeout = format!("{digits}s");
+        }
+    }
+    servers
+}
+
 /// How `new` sends its password somewhere else than `old`: another host,
 /// port or username, or weaker or different TLS; `None` when it does not.
 fn endpoint_change(old: &DeliveryServerSpec, new: &DeliveryServerSpec) -> Option<String> {
@@ -647,4 +670,22 @@ fn dummy_password_hash() -> &'static str {
     static DUMMY: std::sync::LazyLock<String> =
         std::sync::LazyLock::new(|| secrets::hash_password("no user has this password"));
     &DUMMY
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_stored_with_a_unitless_timeout_still_loads_as_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(sendengine_queue::SpoolConfig::new(dir.path())).unwrap();
+        let stored = br#"{"name":"old","host":"127.0.0.1","timeout":"30"}"#;
+        spool.put_object(SERVER, "old", stored.to_vec()).unwrap();
+
+        let store = TenancyStore::open(spool, Secrets::from_key([7; 32]), &Seeds::default())
+            .expect("an object stored by an older version does not stop the start");
+        let server = store.snapshot().server("old").cloned().unwrap();
+        assert_eq!(server.timeout, std::time::Duration::from_secs(30));
+    }
 }
