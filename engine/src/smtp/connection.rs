@@ -324,6 +324,15 @@ impl DataReader {
             self.body = Vec::new();
             return;
         }
+        // Grow by doubling, but never past the largest message allowed: the
+        // buffer's capacity is what the DATA budget counts, and doubling
+        // alone could reserve twice `max_size` for one message.
+        let needed = self.body.len() + text.len() + ending;
+        if needed > self.body.capacity() {
+            let max = usize::try_from(self.max_size).unwrap_or(usize::MAX);
+            let target = (self.body.capacity() * 2).clamp(needed, max.max(needed));
+            self.body.reserve_exact(target - self.body.len());
+        }
         // Bare CR inside a line becomes a line break of its own.
         let mut rest = text;
         while let Some(cr) = memchr::memchr(b'\r', rest) {
@@ -365,6 +374,22 @@ mod tests {
         let (used, done) = r.feed(input);
         let s = r.finish();
         (done.then_some(s.body), used, s.too_big)
+    }
+
+    #[test]
+    fn the_buffer_never_grows_past_the_largest_message() {
+        let max = 100_000;
+        let mut r = DataReader::new(max);
+        let line = [b'a'; 998];
+        let mut input = Vec::new();
+        while input.len() < 90_000 {
+            input.extend_from_slice(&line);
+            input.extend_from_slice(b"\r\n");
+        }
+        input.extend_from_slice(b".\r\n");
+        let (_, done) = r.feed(&input);
+        assert!(done);
+        assert!(r.allocated() as u64 <= max, "{} bytes held", r.allocated());
     }
 
     #[test]
