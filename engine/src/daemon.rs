@@ -25,8 +25,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::deliver::{Recorder, RetryPolicy, SharedRetry};
 use crate::engine::Engine;
+use crate::events::EventLog;
 use crate::events::webhook::WebhookSenders;
-use crate::events::{EventLog, EventLogSettings};
 use crate::inject::{ListenerControl, ServerContext, SharedState, serve_listener};
 use crate::route::{RouteSettings, Router};
 use crate::secrets::Secrets;
@@ -210,7 +210,7 @@ impl Daemon {
         let (feeds, webhooks) = crate::events::webhook::start(&spool, &config.events.webhooks)
             .map_err(StartError::Webhooks)?;
         let events_path = config.events.path.clone().unwrap_or_default();
-        let settings = EventLogSettings::from_config(&config.events);
+        let settings = config.events.log_settings();
         let events =
             EventLog::start(&settings, Some(feeds)).map_err(|source| StartError::Events {
                 path: events_path.display().to_string(),

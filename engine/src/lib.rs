@@ -31,4 +31,5 @@ pub mod systemd;
 pub mod tenancy;
 pub mod timefmt;
 pub mod transform;
+pub mod values;
 pub mod verify;
