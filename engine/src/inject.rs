@@ -14,11 +14,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::SmtpInSection;
 use crate::engine::{ClientInfo, Engine, Envelope};
 use crate::metrics::Refusal;
-use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Authenticator;
 use crate::smtp::session::{
     Basics, Client, ListenerGuards, Policy, SessionLimits, Texts, Transaction,
 };
+use crate::values::Reply;
 
 pub use crate::smtp::listener::{ListenerControl, serve_listener};
 
