@@ -10,6 +10,7 @@
 //! log are closed. Whatever was claimed but not delivered is rescheduled by
 //! the spool's recovery at the next start. Reload (SIGHUP): see `reload`.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::Config;
 use crate::deliver::{Recorder, RetryPolicy, SharedRetry};
 use crate::engine::Engine;
+use crate::events::EventLog;
 use crate::events::webhook::WebhookSenders;
-use crate::events::{EventLog, EventLogSettings};
+use crate::inject::{ListenerControl, ServerContext, SharedState, serve_listener};
 use crate::route::{RouteSettings, Router};
 use crate::secrets::Secrets;
-use crate::smtp::server::{ListenerControl, ServerContext, SharedState, serve_listener};
 use crate::tenancy::TenancyStore;
 
 /// How often the end of the drain is checked for at shutdown.
@@ -142,6 +143,46 @@ async fn report_status(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>)
     }
 }
 
+/// Sets the gauges that are read rather than counted (queue sizes, spool
+/// file size, per-route depth and connections) every
+/// `metrics::REFRESH_INTERVAL`. It lives here, not in `metrics`, because
+/// it reads the `Engine`, and `metrics` sits below it.
+async fn refresh_gauges(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let mut routes_before = HashSet::new();
+    loop {
+        refresh_spool_gauges(&engine).await;
+        let routes = engine.router.all();
+        routes_before = crate::metrics::set_route_gauges(
+            routes.iter().map(|route| crate::metrics::RouteGauges {
+                name: &route.name,
+                ready: route.ready.len(),
+                open_connections: route.open_connections(),
+                max_connections: route.server.max_connections,
+            }),
+            routes_before,
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(crate::metrics::REFRESH_INTERVAL) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// The counts walk the schedule index, so they are read off the async
+/// threads.
+async fn refresh_spool_gauges(engine: &Engine) {
+    let spool = engine.spool.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        Ok::<_, sendengine_queue::SpoolError>((spool.stats()?, spool.queue_counts()?))
+    })
+    .await;
+    // A spool that cannot be read keeps its last values; the reason is
+    // in the log of whatever failed with it.
+    if let Ok(Ok((stats, counts))) = read {
+        crate::metrics::set_spool_gauges(&stats, &counts);
+    }
+}
+
 /// A running daemon; tests start one in-process with `Daemon::start`.
 pub struct Daemon {
     pub engine: Arc<Engine>,
@@ -169,7 +210,7 @@ impl Daemon {
         let (feeds, webhooks) = crate::events::webhook::start(&spool, &config.events.webhooks)
             .map_err(StartError::Webhooks)?;
         let events_path = config.events.path.clone().unwrap_or_default();
-        let settings = EventLogSettings::from_config(&config.events);
+        let settings = config.events.log_settings();
         let events =
             EventLog::start(&settings, Some(feeds)).map_err(|source| StartError::Events {
                 path: events_path.display().to_string(),
@@ -257,11 +298,13 @@ impl Daemon {
                 shutdown_rx.clone(),
             )),
         ];
-        tasks.extend(crate::metrics::start(
-            &config.metrics,
-            engine.clone(),
-            shutdown_rx.clone(),
-        )?);
+        tasks.extend(crate::metrics::start(&config.metrics, shutdown_rx.clone())?);
+        if crate::metrics::enabled() {
+            tasks.push(tokio::spawn(refresh_gauges(
+                engine.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         if let Some(listener) = admin_listener {
             let admin = Arc::new(crate::admin::AdminContext {
                 engine: engine.clone(),

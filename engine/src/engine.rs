@@ -22,11 +22,11 @@ use crate::limits;
 use crate::message::{self, TraceInfo};
 use crate::metrics::Refusal;
 use crate::route::{Router, Target};
-use crate::smtp::reply::Reply;
 use crate::suppress;
 use crate::tenancy::{CHANNELS, Tenancy, TenancyStore, User};
 use crate::timefmt::now_ms;
 use crate::transform;
+use crate::values::Reply;
 
 /// Who sent a message, as the SMTP session knows it.
 #[derive(Debug, Clone)]

@@ -131,20 +131,6 @@ pub struct EventLogSettings {
     pub queue_size: usize,
 }
 
-impl EventLogSettings {
-    pub fn from_config(section: &crate::config::EventsSection) -> EventLogSettings {
-        EventLogSettings {
-            path: section.path.clone(),
-            rotation: RotationPolicy {
-                max_file_bytes: section.max_file_bytes,
-                rotate_daily: section.rotate_daily,
-                keep_files: section.keep_files,
-            },
-            queue_size: section.queue_size,
-        }
-    }
-}
-
 /// `[events] queue_size`, defaulted and checked.
 pub fn checked_queue_size(value: Option<usize>) -> Result<usize, String> {
     match value.unwrap_or(DEFAULT_QUEUE_SIZE) {

@@ -1,6 +1,6 @@
 //! sendengine: the send engine daemon of an email service provider.
 //!
-//! Data flow (see DESIGN.md): `smtp::server` accepts a transaction,
+//! Data flow (see DESIGN.md): `inject` accepts a transaction,
 //! `engine::Engine::admit` edits headers once and commits the message to
 //! the spool (`sendengine_queue`) before answering 250, `schedule` moves
 //! due recipients into the ready queues of `deliver`, whose workers hand
@@ -16,6 +16,7 @@ pub mod dns;
 pub mod domains;
 pub mod engine;
 pub mod events;
+pub mod inject;
 pub mod limits;
 pub mod logging;
 pub mod message;
@@ -30,4 +31,5 @@ pub mod systemd;
 pub mod tenancy;
 pub mod timefmt;
 pub mod transform;
+pub mod values;
 pub mod verify;

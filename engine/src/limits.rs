@@ -9,9 +9,9 @@
 
 use sendengine_queue::{Quota, QuotaExceeded, Window};
 
-use crate::smtp::reply::Reply;
 use crate::tenancy::{Tenancy, User, UserGroup};
 use crate::timefmt::rfc3339;
+use crate::values::Reply;
 
 /// The quota names; also what `sendctl` will show.
 pub fn user_quota_name(user: &str) -> String {

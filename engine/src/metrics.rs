@@ -12,22 +12,21 @@
 //!
 //! Counts that are cheap to read from the spool and the routes (queue
 //! sizes, spool file size, ready-queue depth, connections) are not touched
-//! on the hot path: a refresh task sets those gauges every
-//! `REFRESH_INTERVAL`. The spool's own commit metrics are in
+//! on the hot path: a refresh task in `crate::daemon` reads them every
+//! `REFRESH_INTERVAL` and sets them with `set_spool_gauges` and
+//! `set_route_gauges`, so this module needs no `Engine`. The spool's own commit metrics are in
 //! `sendengine_queue::metrics`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sendengine_queue::MessageMeta;
+use sendengine_queue::{MessageMeta, QueueCounts, SpoolStats};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::MetricsSection;
-use crate::engine::Engine;
 use crate::events::{Event, EventKind};
 
 mod http;
@@ -96,7 +95,7 @@ static TENANT_LABELS: AtomicBool = AtomicBool::new(false);
 /// allocate label values return at once.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-fn enabled() -> bool {
+pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
@@ -114,11 +113,11 @@ pub enum MetricsError {
 // ---- start ----------------------------------------------------------------
 
 /// Installs the Prometheus recorder, serves `GET /metrics` on
-/// `[metrics] listen` (`http`), and starts the refresh and upkeep tasks; all
-/// end on shutdown. Without `listen` nothing is installed and nothing listens.
+/// `[metrics] listen` (`http`), and starts the upkeep task; both end on
+/// shutdown. Without `listen` nothing is installed and nothing listens
+/// (`enabled` stays false, and the daemon starts no gauge refresh).
 pub fn start(
     section: &MetricsSection,
-    engine: Arc<Engine>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, MetricsError> {
     let Some(addr) = section.listen else {
@@ -138,8 +137,7 @@ pub fn start(
     ENABLED.store(true, Ordering::Relaxed);
     Ok(vec![
         tokio::spawn(http::serve(listener, handle.clone(), shutdown.clone())),
-        tokio::spawn(upkeep_loop(handle, shutdown.clone())),
-        tokio::spawn(refresh_loop(engine, shutdown)),
+        tokio::spawn(upkeep_loop(handle, shutdown)),
     ])
 }
 
@@ -447,31 +445,8 @@ fn bounce_category(class: Option<&str>) -> &'static str {
 
 // ---- refreshed gauges -----------------------------------------------------
 
-async fn refresh_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    let mut routes_before = HashSet::new();
-    loop {
-        refresh_spool(&engine).await;
-        routes_before = refresh_routes(&engine, routes_before);
-        tokio::select! {
-            _ = tokio::time::sleep(REFRESH_INTERVAL) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-    }
-}
-
-/// Queue counts and file size; the counts walk the schedule index, so
-/// they are read off the async threads.
-async fn refresh_spool(engine: &Engine) {
-    let spool = engine.spool.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        Ok::<_, sendengine_queue::SpoolError>((spool.stats()?, spool.queue_counts()?))
-    })
-    .await;
-    let Ok(Ok((stats, counts))) = read else {
-        // A spool that cannot be read keeps its last values; the
-        // reason is in the log of whatever failed with it.
-        return;
-    };
+/// Queue counts and file size, as read from the spool.
+pub fn set_spool_gauges(stats: &SpoolStats, counts: &QueueCounts) {
     let states = [
         ("queued", counts.queued),
         ("deferred", counts.deferred),
@@ -485,18 +460,29 @@ async fn refresh_spool(engine: &Engine) {
     ::metrics::gauge!(SPOOL_SIZE).set(stats.file_bytes as f64);
 }
 
+/// What the per-route gauges show of one route.
+pub struct RouteGauges<'a> {
+    pub name: &'a str,
+    pub ready: usize,
+    pub open_connections: usize,
+    pub max_connections: usize,
+}
+
 /// Per-route gauges; a route that went away is set to zero once.
-/// Returns the route labels set this time.
-fn refresh_routes(engine: &Engine, before: HashSet<String>) -> HashSet<String> {
+/// Returns the route labels set this time, for the next call's `before`.
+pub fn set_route_gauges<'a>(
+    routes: impl IntoIterator<Item = RouteGauges<'a>>,
+    before: HashSet<String>,
+) -> HashSet<String> {
     // (ready, open, max) by label: direct sites add up under one label.
     let mut live: HashMap<String, (usize, usize, usize)> = HashMap::new();
-    for route in engine.router.all() {
+    for route in routes {
         let entry = live
-            .entry(route_label(&route.name).into_owned())
+            .entry(route_label(route.name).into_owned())
             .or_default();
-        entry.0 += route.ready.len();
-        entry.1 += route.open_connections();
-        entry.2 += route.server.max_connections;
+        entry.0 += route.ready;
+        entry.1 += route.open_connections;
+        entry.2 += route.max_connections;
     }
     let gone = before.into_iter().filter(|label| !live.contains_key(label));
     let zeros: Vec<_> = gone.map(|label| (label, (0, 0, 0))).collect();

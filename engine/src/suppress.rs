@@ -9,8 +9,8 @@
 use sendengine_queue::{MessageMeta, Spool};
 
 use crate::events::{Event, EventKind, EventLog, EventReply};
-use crate::smtp::reply::Reply;
 use crate::timefmt::{now_ms, rfc3339};
+use crate::values::Reply;
 
 /// The reply text of the event for a dropped recipient.
 pub const DROPPED_TEXT: &str = "recipient is on the suppression list";

@@ -93,7 +93,7 @@ fn filter_from(args: &Args<'_>) -> Result<QueueFilter, AdminError> {
     let text = |field: &str| args.opt_str(field).map(|v| v.map(str::to_owned));
     let received_before_ms = match args.opt_str("older_than")? {
         Some(d) => {
-            let age = crate::config::parse_duration(d)
+            let age = crate::values::parse_duration(d)
                 .map_err(|e| AdminError::bad_args(format!("older_than: {e}")))?;
             Some(now_ms().saturating_sub(age.as_millis() as u64))
         }

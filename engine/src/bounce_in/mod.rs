@@ -24,10 +24,10 @@ use tokio::sync::{Semaphore, watch};
 use crate::config::BounceInSection;
 use crate::events::EventLog;
 use crate::smtp::listener::{ListenerControl, serve_listener};
-use crate::smtp::reply::Reply;
 use crate::smtp::session::{
     Basics, Client, ListenerGuards, Policy, SessionLimits, Texts, Transaction,
 };
+use crate::values::Reply;
 pub use intake::{Intake, Target};
 
 /// Longest command line (RFC 5321 asks for at least 512).

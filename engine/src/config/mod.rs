@@ -12,8 +12,9 @@ use serde::Deserialize;
 mod sections;
 mod values;
 
+pub use crate::values::{parse_duration, parse_size};
 pub use sections::*;
-pub use values::{IpNetwork, parse_duration, parse_size};
+pub use values::IpNetwork;
 use values::{duration_or, keyed, parse_mode, parse_socket_addr, positive};
 
 use crate::domains::DnsTemplate;

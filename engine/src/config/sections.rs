@@ -162,3 +162,19 @@ pub struct EventsSection {
     /// `[[webhook]]` entries.
     pub webhooks: Vec<crate::events::webhook::WebhookSettings>,
 }
+
+impl EventsSection {
+    /// What the event log needs of this section. It is built here, not in
+    /// `events`, so that `events` does not depend on `config`.
+    pub fn log_settings(&self) -> crate::events::EventLogSettings {
+        crate::events::EventLogSettings {
+            path: self.path.clone(),
+            rotation: crate::events::RotationPolicy {
+                max_file_bytes: self.max_file_bytes,
+                rotate_daily: self.rotate_daily,
+                keep_files: self.keep_files,
+            },
+            queue_size: self.queue_size,
+        }
+    }
+}

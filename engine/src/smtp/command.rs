@@ -4,7 +4,7 @@
 //! client can get wrong in a command comes back as a `Reply` ready to send,
 //! so the handler never has to invent error texts.
 
-use super::reply::Reply;
+use crate::values::Reply;
 
 /// Longest local part and whole address, RFC 5321 section 4.5.3.1.
 const MAX_LOCAL_PART: usize = 64;

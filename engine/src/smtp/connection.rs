@@ -11,8 +11,8 @@ use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::budget::{BUDGET_WAIT, DataBudget, Reservation};
-use super::reply::Reply;
 pub use super::stream::Stream;
+use crate::values::Reply;
 
 const READ_CHUNK: usize = 16 * 1024;
 

@@ -6,9 +6,9 @@ use std::io;
 
 use super::budget::{BUDGET_WAIT, Reservation};
 use super::connection::{DataLimits, MAX_HEADER_BYTES, MAX_HEADER_LINES};
-use super::reply::Reply;
 use super::session::{Flow, Policy, Session, too_big};
 use crate::metrics::Refusal;
+use crate::values::Reply;
 
 fn over_budget() -> Reply {
     Reply::new(

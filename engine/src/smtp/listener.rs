@@ -14,9 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::auth_limit::client_key;
-use super::reply::Reply;
 use super::session::{Policy, Session};
 use crate::metrics::Refusal;
+use crate::values::Reply;
 
 /// Connections open per client address (an IPv6 client by its /64).
 #[derive(Debug, Default)]

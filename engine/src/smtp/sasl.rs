@@ -14,10 +14,10 @@ use base64::Engine as _;
 
 use super::auth_limit::{AuthLimiter, FAILURE_WINDOW};
 use super::connection::Line;
-use super::reply::Reply;
 use super::session::{Flow, Policy, Session};
 use crate::metrics::Refusal;
 use crate::tenancy::TenancyStore;
+use crate::values::Reply;
 
 /// Who may log in, and the failure limit that guards the door.
 pub struct Authenticator {

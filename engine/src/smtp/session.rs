@@ -24,9 +24,10 @@ use super::budget::DataBudget;
 use super::command::{self, Command, MailParams};
 use super::connection::{Connection, Line, Stream};
 use super::listener::PerIpConnections;
-use super::reply::{Reply, ehlo_reply};
+use super::reply::ehlo_reply;
 use super::sasl::Authenticator;
 use crate::metrics::Refusal;
+use crate::values::Reply;
 
 /// The numbered limits of one listener's sessions.
 #[derive(Debug, Clone)]

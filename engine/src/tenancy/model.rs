@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::parse_duration;
-use crate::smtp::client::{Credentials, Encryption, Timeouts};
+use crate::values::parse_duration;
+use crate::values::relay::{Credentials, Encryption, Timeouts};
 
 /// The built-in route that delivers to the recipients' MX hosts; a group
 /// may list it like a delivery server.

@@ -93,7 +93,7 @@ impl RawWebhook {
             return Err(format!("{}: must be at least 1", key("max_backlog")));
         }
         let duration = |k: &str, v: &Option<String>, default: Duration| match v {
-            Some(text) => crate::config::parse_duration(text)
+            Some(text) => crate::values::parse_duration(text)
                 .map_err(|e| format!("{}: {e}", key(k)))
                 .and_then(|d| {
                     if d.is_zero() {

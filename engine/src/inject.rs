@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 
-use super::reply::Reply;
-use super::sasl::Authenticator;
-use super::session::{Basics, Client, ListenerGuards, Policy, SessionLimits, Texts, Transaction};
 use crate::config::SmtpInSection;
 use crate::engine::{ClientInfo, Engine, Envelope};
 use crate::metrics::Refusal;
+use crate::smtp::sasl::Authenticator;
+use crate::smtp::session::{
+    Basics, Client, ListenerGuards, Policy, SessionLimits, Texts, Transaction,
+};
+use crate::values::Reply;
 
-pub use super::listener::{ListenerControl, serve_listener};
+pub use crate::smtp::listener::{ListenerControl, serve_listener};
 
 /// What every injection session of one daemon shares; rebuilt at reload.
 pub struct ServerContext {
@@ -78,14 +80,14 @@ impl ServerContext {
 /// the DATA budget (its size is read at start).
 #[derive(Clone)]
 pub struct SharedState {
-    pub auth_limiter: Arc<super::auth_limit::AuthLimiter>,
+    pub auth_limiter: Arc<crate::smtp::auth_limit::AuthLimiter>,
     pub guards: Arc<ListenerGuards>,
 }
 
 impl SharedState {
     pub fn new(settings: &SmtpInSection) -> SharedState {
         SharedState {
-            auth_limiter: Arc::new(super::auth_limit::AuthLimiter::new(
+            auth_limiter: Arc::new(crate::smtp::auth_limit::AuthLimiter::new(
                 settings.auth_failures_per_ip,
             )),
             guards: Arc::new(ListenerGuards::new(settings.max_data_in_flight)),
