@@ -3,35 +3,13 @@
 //! up (a FIFO nobody reads) never blocking `emit` while the overflow is
 //! counted, in `dropped()` and in the Prometheus metric.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use sendengine::events::{Event, EventKind, EventLog, EventLogSettings, RotationPolicy};
-
-fn event(n: usize) -> Event {
-    Event {
-        time: "2026-11-21T12:00:00.000Z".into(),
-        kind: EventKind::Delivery,
-        message_id: format!("{n:016x}"),
-        header_message_id: format!("<{n}@test>"),
-        sender: "app@example.com".into(),
-        recipient: format!("rcpt{n}@example.net"),
-        tenant: None,
-        group: None,
-        channel: "marketing".into(),
-        campaign: None,
-        route: Some("test".into()),
-        remote_host: None,
-        reply: None,
-        bounce_class: None,
-        bounce_type: None,
-        tls: None,
-        dkim: None,
-        attempt: 1,
-        queue_time_ms: 0,
-        size: 100,
-    }
-}
+use sendengine::events::{EventKind, EventLog, EventLogSettings, RotationPolicy};
+use support::delivery_event as event;
 
 fn settings(path: &Path, max_file_bytes: u64, keep_files: usize, daily: bool) -> EventLogSettings {
     EventLogSettings {

@@ -11,8 +11,8 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use sendengine::events::{Event, EventKind, EventLog, EventLogSettings, RotationPolicy};
-use support::{Daemon, DaemonConfig, free_port};
+use sendengine::events::{EventLog, EventLogSettings, RotationPolicy};
+use support::{Daemon, DaemonConfig, delivery_event as event, free_port};
 
 unsafe extern "C" {
     /// POSIX umask(2); mode_t is 32 bits on Linux.
@@ -32,31 +32,6 @@ fn mode(path: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o7777
-}
-
-fn event(n: usize) -> Event {
-    Event {
-        time: "2026-11-21T12:00:00.000Z".into(),
-        kind: EventKind::Delivery,
-        message_id: format!("{n:016x}"),
-        header_message_id: format!("<{n}@test>"),
-        sender: "app@example.com".into(),
-        recipient: format!("rcpt{n}@example.net"),
-        tenant: None,
-        group: None,
-        channel: "marketing".into(),
-        campaign: None,
-        route: Some("test".into()),
-        remote_host: None,
-        reply: None,
-        bounce_class: None,
-        bounce_type: None,
-        tls: None,
-        dkim: None,
-        attempt: 1,
-        queue_time_ms: 0,
-        size: 100,
-    }
 }
 
 /// The event log alone: the file and every rotated one is 0640.

@@ -561,3 +561,29 @@ impl Daemon {
         }
     }
 }
+
+/// A delivery event numbered `n`, for tests of the event log file alone.
+pub fn delivery_event(n: usize) -> sendengine::events::Event {
+    sendengine::events::Event {
+        time: "2026-11-21T12:00:00.000Z".into(),
+        kind: sendengine::events::EventKind::Delivery,
+        message_id: format!("{n:016x}"),
+        header_message_id: format!("<{n}@test>"),
+        sender: "app@example.com".into(),
+        recipient: format!("rcpt{n}@example.net"),
+        tenant: None,
+        group: None,
+        channel: "marketing".into(),
+        campaign: None,
+        route: Some("test".into()),
+        remote_host: None,
+        reply: None,
+        bounce_class: None,
+        bounce_type: None,
+        tls: None,
+        dkim: None,
+        attempt: 1,
+        queue_time_ms: 0,
+        size: 100,
+    }
+}
