@@ -264,6 +264,10 @@ impl Daemon {
             tenancy,
             default_user: config.smtp_in.default_user.clone(),
             resolver,
+            cluster: config
+                .cluster
+                .clone()
+                .map(|settings| Arc::new(crate::cluster::Cluster::new(settings))),
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();

@@ -54,6 +54,8 @@ pub struct Engine {
     pub default_user: Option<String>,
     /// `[dns] nameservers`, or the system's resolver.
     pub resolver: crate::dns::Resolver,
+    /// `[cluster]`: the fleet this node belongs to; none when standalone.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// What admission decided before the commit.

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod bounce_in;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod deliver;

@@ -54,6 +54,8 @@ pub struct Config {
     pub log: LogSection,
     pub bounce_in: BounceInSection,
     pub suppression: SuppressionSection,
+    /// `[cluster]`: none, a standalone node (see `cluster`).
+    pub cluster: Option<crate::cluster::ClusterSettings>,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -88,6 +90,7 @@ struct RawConfig {
     bounce_in: RawBounceIn,
     #[serde(default)]
     suppression: RawSuppression,
+    cluster: Option<crate::cluster::RawCluster>,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -370,6 +373,10 @@ impl RawConfig {
             suppression: SuppressionSection {
                 auto_suppress: self.suppression.auto_suppress.unwrap_or(true),
             },
+            cluster: self
+                .cluster
+                .map(crate::cluster::RawCluster::check)
+                .transpose()?,
             seeds,
         })
     }

@@ -440,9 +440,12 @@ fn smtplib_run(
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 pub mod dns_server;
+pub mod fleet;
 
 #[path = "../../../test-support/peers.rs"]
 mod peers;
+#[path = "../../../test-support/services.rs"]
+pub mod services;
 #[allow(unused_imports)] // not every test file has an optional peer
 pub use peers::missing_peer;
 

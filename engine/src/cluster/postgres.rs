@@ -1,0 +1,193 @@
+//! The shared database: one connection per purpose, re-made when it drops,
+//! every call bounded by a timeout, schema created by the first node, and
+//! LISTEN/NOTIFY turned into a channel of change notices.
+//!
+//! A node never blocks on PostgreSQL forever: a call that does not answer
+//! within [`QUERY_TIMEOUT`] is an error the caller turns into a 4xx (or a
+//! retry later), and the next call connects again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one query (or transaction step) may take.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts to re-open a dropped LISTEN connection.
+const LISTEN_RETRY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("the cluster database did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the cluster database closed the connection")]
+    Closed,
+    #[error("the cluster database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+}
+
+/// Runs `f` with [`QUERY_TIMEOUT`].
+pub async fn timed<T, E>(f: impl Future<Output = Result<T, E>>) -> Result<T, DbError>
+where
+    DbError: From<E>,
+{
+    match tokio::time::timeout(QUERY_TIMEOUT, f).await {
+        Ok(result) => result.map_err(DbError::from),
+        Err(_) => Err(DbError::Timeout(QUERY_TIMEOUT)),
+    }
+}
+
+/// Opens a connection and drives it on its own task.
+pub async fn connect(url: &str) -> Result<Client, DbError> {
+    let connecting = tokio_postgres::connect(url, NoTls);
+    let (client, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(result) => result?,
+        Err(_) => return Err(DbError::Timeout(CONNECT_TIMEOUT)),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!("cluster database connection ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+/// A connection that is opened on first use and again after it dropped.
+pub struct Database {
+    url: String,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl Database {
+    pub fn new(url: &str) -> Database {
+        Database {
+            url: url.to_owned(),
+            client: Mutex::new(None),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The open connection, or a new one if there is none or it closed.
+    pub async fn client(&self) -> Result<Arc<Client>, DbError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(connect(&self.url).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Creates tables and indexes with `sql` (idempotent statements, such as
+    /// `CREATE TABLE IF NOT EXISTS`) under an advisory lock, so that nodes
+    /// starting at once do not race on the catalog.
+    pub async fn migrate(&self, sql: &str) -> Result<(), DbError> {
+        let client = self.client().await?;
+        let batch = format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {sql}; COMMIT;");
+        let result = timed(client.batch_execute(&batch)).await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+}
+
+/// The advisory lock key the schema is created under ("\0sendeng" in ASCII).
+const SCHEMA_LOCK: i64 = 0x0073_656e_6465_6e67;
+
+/// What a LISTEN connection reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A NOTIFY on `channel` with `payload`.
+    Notify { channel: String, payload: String },
+    /// The LISTEN connection was (re)opened: notices may have been missed
+    /// while it was down, so the receiver reads the whole state again.
+    Resync,
+}
+
+/// Listens on `channels` for as long as `notices` has a receiver,
+/// reconnecting after a failure (each reconnect sends [`Notice::Resync`]).
+pub fn listen(url: String, channels: Vec<String>, notices: mpsc::Sender<Notice>) {
+    tokio::spawn(async move {
+        let mut logged = false;
+        while !notices.is_closed() {
+            match listen_once(&url, &channels, &notices).await {
+                Ok(()) => return,
+                Err(e) if !logged => {
+                    log::warn!("cluster: LISTEN connection lost ({e}); reconnecting");
+                    logged = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(LISTEN_RETRY).await;
+        }
+    });
+}
+
+/// One LISTEN connection, until it fails (Err) or nobody listens (Ok).
+async fn listen_once(
+    url: &str,
+    channels: &[String],
+    notices: &mpsc::Sender<Notice>,
+) -> Result<(), DbError> {
+    let connecting = tokio_postgres::connect(url, NoTls);
+    let (client, mut connection) = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(result) => result?,
+        Err(_) => return Err(DbError::Timeout(CONNECT_TIMEOUT)),
+    };
+    let (messages_tx, mut messages) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(message)) => {
+                    if messages_tx.send(Ok(message)).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = messages_tx.send(Err(e));
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    let statements: String = channels
+        .iter()
+        .map(|c| format!("LISTEN \"{}\";", c.replace('"', "")))
+        .collect();
+    let listening = timed(client.batch_execute(&statements)).await;
+    if let Err(e) = listening {
+        driver.abort();
+        return Err(e);
+    }
+    if notices.send(Notice::Resync).await.is_err() {
+        driver.abort();
+        return Ok(());
+    }
+    let result = loop {
+        match messages.recv().await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                let notice = Notice::Notify {
+                    channel: n.channel().to_owned(),
+                    payload: n.payload().to_owned(),
+                };
+                if notices.send(notice).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Err(DbError::from(e)),
+            None => break Err(DbError::Closed),
+        }
+    };
+    driver.abort();
+    drop(client);
+    result
+}
