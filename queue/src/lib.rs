@@ -13,7 +13,7 @@
 //! Webhook backlogs (events waiting to be posted) live there too, see
 //! `backlog.rs`.
 //!
-//! Start with [`Spool::open`]; the table layout is described in `store.rs`.
+//! Start with [`Spool::open`]; the table layout is described in `store/mod.rs`.
 
 mod backlog;
 mod codec;

@@ -8,7 +8,7 @@
 //! so a large action never holds up SMTP commits for long.
 //!
 //! A suspended recipient keeps its schedule entry, moved to the far end of
-//! the index (`SUSPENDED_DUE`), so the one-entry invariant of `store.rs`
+//! the index (`SUSPENDED_DUE`), so the one-entry invariant of `store/mod.rs`
 //! holds and `claim_due` never reaches it. Claimed recipients are being
 //! attempted in memory: suspend, resume and flush leave them alone, and
 //! remove drops their row so the attempt's outcome is ignored afterwards
