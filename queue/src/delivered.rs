@@ -33,9 +33,9 @@ const REPORTED: TableDefinition<(u64, u32, &str), u64> = TableDefinition::new("r
 /// Distinct reports remembered per recipient; beyond, a report is still
 /// acted on but no longer remembered (one recipient gets few distinct
 /// bounces; more are a sender making up statuses).
-pub const MAX_REPORTS_PER_RECIPIENT: usize = 8;
+pub(crate) const MAX_REPORTS_PER_RECIPIENT: usize = 8;
 /// A report key is cut to this many bytes (on a character boundary).
-pub const MAX_REPORT_KEY_BYTES: usize = 512;
+pub(crate) const MAX_REPORT_KEY_BYTES: usize = 512;
 
 /// Expired rows deleted per row written (see the module comment).
 pub(crate) const PRUNE_PER_ROW: usize = 2;

@@ -134,7 +134,7 @@ pub type ClaimFilter = Box<dyn FnMut(&ClaimCandidate<'_>) -> bool + Send>;
 
 /// Most due entries one filtered claim looks at, so a backlog whose route
 /// is full costs a bounded walk, not one over the whole index.
-pub const MAX_CLAIM_SCAN: usize = 20_000;
+pub(crate) const MAX_CLAIM_SCAN: usize = 20_000;
 
 /// Recipient counts by status, as `Spool::queue_counts` finds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
