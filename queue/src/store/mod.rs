@@ -37,7 +37,10 @@ mod write;
 
 use std::path::Path;
 
-use redb::{Database, DatabaseError, Durability, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, DatabaseError, Durability, Key, ReadOnlyTable, ReadTransaction, Table,
+    TableDefinition, Value, WriteTransaction,
+};
 
 use crate::error::SpoolError;
 use crate::quarantine::{CorruptRecipient, QuarantineTable};
@@ -133,6 +136,19 @@ fn create_private_file(path: &Path) -> std::io::Result<()> {
         file.set_permissions(std::fs::Permissions::from_mode(private))?;
     }
     Ok(())
+}
+
+/// Opens `table` for reading; `None` while no write has created it yet, so
+/// a read of a table nothing was ever written to finds it empty.
+pub(crate) fn open_if_created<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, SpoolError> {
+    match txn.open_table(table) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Starts a write transaction. Durable ones fdatasync on commit and record

@@ -9,7 +9,7 @@ use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
 use super::{
     BODIES, COUNTERS, MESSAGES, OBJECTS, QUARANTINED_COUNTER, RECIPIENTS, SCHEDULE, SUPPRESSIONS,
-    USAGE,
+    USAGE, open_if_created,
 };
 use crate::codec::{DecodeError, Envelope, RecipientState, decode_envelope};
 use crate::error::SpoolError;
@@ -90,10 +90,8 @@ pub(crate) fn usage(
     now_ms: u64,
 ) -> Result<u64, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(USAGE) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, USAGE)? else {
+        return Ok(0);
     };
     let mut total = 0;
     for bucket in window.buckets(now_ms) {
@@ -107,10 +105,8 @@ pub(crate) fn usage(
 /// Every object of `kind`, by name order.
 pub(crate) fn objects(db: &Database, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(OBJECTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, OBJECTS)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.range((kind, "")..)? {
@@ -132,10 +128,8 @@ pub(crate) fn suppressed(
     addresses: &[String],
 ) -> Result<Vec<bool>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(SUPPRESSIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![false; addresses.len()]),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, SUPPRESSIONS)? else {
+        return Ok(vec![false; addresses.len()]);
     };
     let mut found = Vec::with_capacity(addresses.len());
     for address in addresses {
@@ -153,10 +147,8 @@ pub(crate) fn suppression(
     address: &str,
 ) -> Result<Option<Suppression>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(SUPPRESSIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, SUPPRESSIONS)? else {
+        return Ok(None);
     };
     Ok(table.get((tenant, address))?.map(|value| {
         let (time_ms, reason, source) = value.value();
@@ -177,10 +169,8 @@ pub(crate) fn suppressions(
     limit: usize,
 ) -> Result<Vec<Suppression>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(SUPPRESSIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, SUPPRESSIONS)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.range((tenant, "")..)? {
