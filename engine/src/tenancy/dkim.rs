@@ -4,9 +4,10 @@
 //! key in PEM, AES-GCM under the master key). Signers are built when a
 //! configuration change is applied, so a broken key is refused then and
 //! never fails a message; a key the change left as it was keeps the signer
-//! of the snapshot before (parsing thousands of RSA keys takes seconds). Every active key signs: one RSA and one Ed25519
-//! key active at once is dual signing; a key added inactive is published
-//! first and activated later (rotation).
+//! of the snapshot before (parsing thousands of RSA keys takes seconds).
+//! Every active key signs: one RSA and one Ed25519 key active at once is
+//! dual signing; a key added inactive is published first and activated
+//! later (rotation).
 
 use std::sync::Arc;
 
@@ -98,7 +99,7 @@ pub struct DomainSigning {
 /// One key as built: parsing a private key (RSA above all) costs far more
 /// than a configuration change should, so a key whose stored form did not
 /// change keeps its record and signer from one snapshot to the next.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct BuiltKey {
     selector: String,
     /// SHA-256 of the key as stored (sealed): the same digest means the
@@ -108,6 +109,17 @@ struct BuiltKey {
     /// Set once the key has been active; kept while it is inactive, so
     /// activating it again needs no parse.
     signer: Option<Arc<Signer>>,
+}
+
+/// Shows no digest: a key stored before sealing existed is plain PEM.
+impl std::fmt::Debug for BuiltKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltKey")
+            .field("selector", &self.selector)
+            .field("record", &self.record)
+            .field("signer", &self.signer)
+            .finish()
+    }
 }
 
 impl DkimDomain {
@@ -181,7 +193,7 @@ impl DkimDomain {
     }
 }
 
-/// SHA-256 of a key as stored; compared, never shown.
+/// SHA-256 of a key as stored, to tell whether it changed.
 fn digest(stored: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(
