@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 python3 scripts/check-unused-deps.py
+python3 scripts/check-unused-pub.py
 python3 scripts/check-module-cycles.py
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast

@@ -34,7 +34,7 @@ pub enum Category {
 
 impl Category {
     /// Every category, in the order of the list.
-    pub const ALL: [Category; 19] = [
+    pub(crate) const ALL: [Category; 19] = [
         Category::BadMailbox,
         Category::InactiveMailbox,
         Category::BadDomain,
@@ -91,7 +91,7 @@ impl Category {
     }
 
     /// True when the address will never accept mail.
-    pub fn is_hard(self) -> bool {
+    pub(crate) fn is_hard(self) -> bool {
         matches!(
             self,
             Category::BadMailbox | Category::InactiveMailbox | Category::BadDomain

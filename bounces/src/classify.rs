@@ -14,11 +14,11 @@ use serde::Deserialize;
 use crate::category::{Category, Classification};
 
 /// The built-in rules, tried after any operator rules.
-pub const BUILTIN_RULES: &str = include_str!("rules.toml");
+const BUILTIN_RULES: &str = include_str!("rules.toml");
 
 /// Longest text (in bytes) the rules look at: provider messages put the
 /// useful words first, and a bound keeps matching cheap on huge diagnostics.
-pub const MAX_CLASSIFIED_TEXT: usize = 4096;
+pub(crate) const MAX_CLASSIFIED_TEXT: usize = 4096;
 
 /// Limit on the compiled size of one rule, so an operator file cannot make
 /// the daemon allocate without bound.
@@ -62,7 +62,7 @@ pub struct Classifier {
 
 impl Classifier {
     /// The built-in rules only.
-    pub fn builtin() -> Classifier {
+    fn builtin() -> Classifier {
         // The built-in file is part of the binary and covered by tests.
         Classifier::with_operator_rules("").unwrap_or_else(|err| {
             panic!("the embedded rules.toml is broken: {err}");
@@ -169,7 +169,7 @@ fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
 /// Permanent when the enhanced status says 5.x.x, or, without one, when the
 /// reply code is 5xx. The enhanced status wins: some servers answer
 /// "550 4.2.2" and mean it temporarily.
-pub fn is_permanent(code: u16, enhanced: Option<&str>) -> bool {
+pub(crate) fn is_permanent(code: u16, enhanced: Option<&str>) -> bool {
     match enhanced.and_then(|e| e.trim().chars().next()) {
         Some('5') => true,
         Some('4') | Some('2') => false,
@@ -178,7 +178,7 @@ pub fn is_permanent(code: u16, enhanced: Option<&str>) -> bool {
 }
 
 /// The built-in rules, compiled once per process.
-pub fn builtin_classifier() -> &'static Classifier {
+pub(crate) fn builtin_classifier() -> &'static Classifier {
     static BUILTIN: OnceLock<Classifier> = OnceLock::new();
     BUILTIN.get_or_init(Classifier::builtin)
 }

@@ -7,11 +7,11 @@
 
 /// Most recipients read from one message: a bounce naming more is abuse or a
 /// broken list, and the first ones are enough to act on.
-pub const MAX_RECIPIENTS: usize = 1000;
+pub(crate) const MAX_RECIPIENTS: usize = 1000;
 
 /// The fields of one recipient in a delivery-status report.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DsnRecipient {
+pub(crate) struct DsnRecipient {
     pub final_recipient: Option<String>,
     pub original_recipient: Option<String>,
     pub action: Option<String>,
@@ -25,7 +25,7 @@ impl DsnRecipient {
     /// whichever is an Internet address. An X.400 name, a bare local host
     /// name, a pipe or a file is no address to suppress: None then, and
     /// the caller looks elsewhere or reports no recipient.
-    pub fn address(&self) -> Option<&str> {
+    pub(crate) fn address(&self) -> Option<&str> {
         [&self.final_recipient, &self.original_recipient]
             .into_iter()
             .filter_map(|a| a.as_deref())
@@ -42,7 +42,7 @@ impl DsnRecipient {
 
 /// `local@domain.tld`: one `@`, a local part that is not a path, a pipe or
 /// a source route, a domain of dot-separated labels ending in letters.
-pub fn is_internet_address(address: &str) -> bool {
+pub(crate) fn is_internet_address(address: &str) -> bool {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
     };
@@ -62,13 +62,13 @@ pub fn is_internet_address(address: &str) -> bool {
 
 /// The per-message fields and the recipients of a report.
 #[derive(Debug, Clone, Default)]
-pub struct DsnReport {
+pub(crate) struct DsnReport {
     pub reporting_mta: Option<String>,
     pub recipients: Vec<DsnRecipient>,
 }
 
 /// `Name: value` pairs (name lowercased) with folded lines joined.
-pub fn fields(text: &str) -> Vec<(String, String)> {
+pub(crate) fn fields(text: &str) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut last_was_field = false;
     for line in text.lines() {
@@ -107,7 +107,7 @@ pub fn fields(text: &str) -> Vec<(String, String)> {
 /// recipient field start the next one; paragraphs without a recipient
 /// field add to the current recipient, as non-standard text spreads one
 /// recipient's lines over paragraphs.
-pub fn read_report(text: &str) -> DsnReport {
+pub(crate) fn read_report(text: &str) -> DsnReport {
     let mut report = DsnReport::default();
     let mut current = DsnRecipient::default();
     for paragraph in paragraphs(text) {
@@ -192,7 +192,7 @@ fn push(report: &mut DsnReport, recipient: DsnRecipient) {
 
 /// "rfc822; <User@Example.com>" -> "User@Example.com"; Exchange's
 /// "SMTP:user@example.com" and "smtp=user@example.com" lose their prefix.
-pub fn clean_address(value: &str) -> String {
+pub(crate) fn clean_address(value: &str) -> String {
     let value = strip_type(value);
     let value = strip_exchange_prefix(value.trim().trim_start_matches('<'));
     let value = value.split(['>', ' ', '\t', ',']).next().unwrap_or("");
@@ -204,7 +204,7 @@ pub fn clean_address(value: &str) -> String {
 }
 
 /// Exchange names addresses "SMTP:user@example.com" or "smtp=user@...".
-pub fn strip_exchange_prefix(address: &str) -> &str {
+pub(crate) fn strip_exchange_prefix(address: &str) -> &str {
     for prefix in ["smtp:", "smtp="] {
         if let Some(head) = address.get(..prefix.len())
             && head.eq_ignore_ascii_case(prefix)
@@ -216,7 +216,7 @@ pub fn strip_exchange_prefix(address: &str) -> &str {
 }
 
 /// Drops the "rfc822;", "smtp;", "dns;" type prefix of a DSN value.
-pub fn strip_type(value: &str) -> String {
+pub(crate) fn strip_type(value: &str) -> String {
     match value.split_once(';') {
         Some((kind, rest)) if kind.len() <= 12 && !kind.contains(' ') && !kind.contains('@') => {
             rest.trim().to_string()

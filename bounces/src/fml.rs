@@ -19,7 +19,7 @@ static REFUSAL: LazyLock<Regex> = LazyLock::new(|| {
 
 /// The refused list address and the sentence saying why, when the mail
 /// comes from fml; nothing otherwise.
-pub fn records(mail: &Mail, own_text: &str) -> Vec<TextRecipient> {
+pub(crate) fn records(mail: &Mail, own_text: &str) -> Vec<TextRecipient> {
     let from_fml = mail
         .header("x-mlserver")
         .is_some_and(|server| server.trim_start().to_ascii_lowercase().starts_with("fml"));

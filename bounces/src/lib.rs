@@ -6,6 +6,12 @@
 //! Pure functions, no I/O beyond [`parse_file_records`] and no async runtime,
 //! so the daemon, `sendctl` and the fuzzer all share the same code.
 
+// A `pub` item this crate does not export is crate-private and says so
+// (issue 16.4: no unused public item; scripts/check-unused-pub.py checks
+// what is exported). Only here, not in Cargo.toml: test support modules
+// are `pub` by habit.
+#![warn(unreachable_pub)]
+
 mod category;
 mod classify;
 mod dsn;
@@ -17,10 +23,5 @@ mod text;
 pub mod verp;
 
 pub use category::{Category, Classification};
-pub use classify::{
-    BUILTIN_RULES, Classifier, RulesError, builtin_classifier, classify, is_permanent,
-};
-pub use parse::{
-    Kind, ParseError, Record, parse_file_records, parse_file_records_with, parse_message,
-    parse_message_with,
-};
+pub use classify::{Classifier, RulesError, classify};
+pub use parse::{Kind, ParseError, Record, parse_file_records, parse_message, parse_message_with};

@@ -9,13 +9,13 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 /// Largest message read; the rest is ignored (bounces returning a big
 /// attachment carry everything useful at the start).
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 /// Most MIME parts looked at in one message.
 const MAX_SECTIONS: usize = 64;
 
 /// What a section holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SectionKind {
+pub(crate) enum SectionKind {
     /// Human-readable text of the bounce itself.
     Text,
     /// A `message/delivery-status` part (RFC 3464 fields).
@@ -27,14 +27,14 @@ pub enum SectionKind {
 }
 
 #[derive(Debug, Clone)]
-pub struct Section {
+pub(crate) struct Section {
     pub kind: SectionKind,
     pub text: String,
 }
 
 /// A message ready for the bounce parser.
 #[derive(Debug, Default)]
-pub struct Mail {
+pub(crate) struct Mail {
     /// Top-level headers, names lowercased, values unfolded.
     pub headers: Vec<(String, String)>,
     /// Decoded Subject.
@@ -45,7 +45,7 @@ pub struct Mail {
 }
 
 impl Mail {
-    pub fn parse(raw: &[u8]) -> Mail {
+    pub(crate) fn parse(raw: &[u8]) -> Mail {
         let raw = raw.get(..MAX_MESSAGE_BYTES).unwrap_or(raw);
         let text = normalize_newlines(raw);
         let (header_block, body) = split_header_body(&text);
@@ -82,12 +82,12 @@ impl Mail {
     }
 
     /// First top-level header of that (lowercase) name.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         header_value(&self.headers, name)
     }
 
     /// Text of every section of one kind, joined.
-    pub fn text_of(&self, kind: SectionKind) -> String {
+    pub(crate) fn text_of(&self, kind: SectionKind) -> String {
         let mut out = String::new();
         for section in self.sections.iter().filter(|s| s.kind == kind) {
             out.push_str(&section.text);
@@ -97,7 +97,7 @@ impl Mail {
     }
 }
 
-pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(n, _)| n == name)
@@ -106,7 +106,7 @@ pub fn header_value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&
 
 /// CRLF and lone CR become LF, invalid UTF-8 becomes U+FFFD: the three
 /// line-ending variants of one bounce then read the same.
-pub fn normalize_newlines(raw: &[u8]) -> String {
+pub(crate) fn normalize_newlines(raw: &[u8]) -> String {
     // Copies the runs between CRs whole: most bounces are LF-only, and a
     // byte-at-a-time loop was a third of the time spent on a 100 KB one.
     let mut out = Vec::with_capacity(raw.len());
@@ -124,7 +124,7 @@ pub fn normalize_newlines(raw: &[u8]) -> String {
 }
 
 /// Splits at the first empty line.
-pub fn split_header_body(text: &str) -> (&str, &str) {
+pub(crate) fn split_header_body(text: &str) -> (&str, &str) {
     match text.find("\n\n") {
         Some(at) => (&text[..at], &text[at + 2..]),
         None => (text, ""),
@@ -133,7 +133,7 @@ pub fn split_header_body(text: &str) -> (&str, &str) {
 
 /// Header lines into (lowercase name, unfolded value) pairs; lines that are
 /// not headers (mbox "From " lines, garbage) are skipped.
-pub fn parse_header_block(block: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_header_block(block: &str) -> Vec<(String, String)> {
     let mut headers: Vec<(String, String)> = Vec::new();
     for line in block.lines() {
         if line.starts_with([' ', '\t']) {

@@ -92,22 +92,15 @@ pub enum ParseError {
     },
 }
 
-/// Reads one email file and parses it; each record names the file.
+/// Reads one email file and parses it (built-in rules); each record names
+/// the file.
 pub fn parse_file_records(path: &Path) -> Result<Vec<Record>, ParseError> {
-    parse_file_records_with(path, builtin_classifier())
-}
-
-/// [`parse_file_records`] with the operator's rules.
-pub fn parse_file_records_with(
-    path: &Path,
-    classifier: &Classifier,
-) -> Result<Vec<Record>, ParseError> {
     let raw = std::fs::read(path).map_err(|source| ParseError::Read {
         path: path.display().to_string(),
         source,
     })?;
     let file = path.display().to_string();
-    let mut records = parse_message_with(&raw, classifier);
+    let mut records = parse_message(&raw);
     for record in &mut records {
         record.file = Some(file.clone());
     }

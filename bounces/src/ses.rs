@@ -5,7 +5,7 @@ use serde_json::Value;
 
 /// One recipient of an SES notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SesRecipient {
+pub(crate) struct SesRecipient {
     pub kind: SesKind,
     pub address: String,
     pub status: Option<String>,
@@ -16,14 +16,14 @@ pub struct SesRecipient {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SesKind {
+pub(crate) enum SesKind {
     Bounce,
     Complaint,
     Delivery,
 }
 
 /// The recipients of the SES notification in `text`, if it holds one.
-pub fn read_notification(text: &str) -> Vec<SesRecipient> {
+pub(crate) fn read_notification(text: &str) -> Vec<SesRecipient> {
     let Some(start) = text.find("{\"notificationType\"") else {
         return read_sns_envelope(text);
     };

@@ -13,7 +13,7 @@ use regex::Regex;
 /// Lines of text kept after an address as its diagnostic.
 const MAX_DIAGNOSTIC_LINES: usize = 8;
 /// Characters kept in one diagnostic.
-pub const MAX_DIAGNOSTIC_CHARS: usize = 1000;
+pub(crate) const MAX_DIAGNOSTIC_CHARS: usize = 1000;
 /// Most candidate recipients taken from free text.
 const MAX_TEXT_RECIPIENTS: usize = 100;
 /// Statuses or reply codes looked at after a success one, looking for the
@@ -65,7 +65,7 @@ static REPLY_CODE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Splits a plain-text bounce into its own text and the returned message.
-pub fn split_returned(text: &str) -> (&str, &str) {
+pub(crate) fn split_returned(text: &str) -> (&str, &str) {
     match RETURNED_MARKER.find(text) {
         Some(found) => (&text[..found.start()], &text[found.start()..]),
         None => (text, ""),
@@ -74,14 +74,14 @@ pub fn split_returned(text: &str) -> (&str, &str) {
 
 /// A recipient named in free text, with the lines that explain it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TextRecipient {
+pub(crate) struct TextRecipient {
     pub address: String,
     pub diagnostic: String,
 }
 
 /// The failed recipients named in a bounce's own text. `excluded` holds
 /// addresses known to be senders (lowercase).
-pub fn recipients_in_text(text: &str, excluded: &[String]) -> Vec<TextRecipient> {
+pub(crate) fn recipients_in_text(text: &str, excluded: &[String]) -> Vec<TextRecipient> {
     let lines: Vec<&str> = text.lines().collect();
     let mut found: Vec<TextRecipient> = Vec::new();
     for (index, line) in lines.iter().enumerate() {
@@ -115,7 +115,7 @@ pub fn recipients_in_text(text: &str, excluded: &[String]) -> Vec<TextRecipient>
 
 /// The lines explaining one known address (for a DSN without a
 /// Diagnostic-Code), or None when the text does not name it.
-pub fn diagnostic_for(text: &str, address: &str) -> Option<String> {
+pub(crate) fn diagnostic_for(text: &str, address: &str) -> Option<String> {
     if address.is_empty() {
         return None;
     }
@@ -176,7 +176,7 @@ fn is_recipient_candidate(address: &str, excluded: &[String]) -> bool {
 }
 
 /// The mailboxes of a mail system rather than of a person.
-pub fn is_service_mailbox(address: &str) -> bool {
+pub(crate) fn is_service_mailbox(address: &str) -> bool {
     let local = address.split('@').next().unwrap_or("").to_ascii_lowercase();
     matches!(
         local.as_str(),
@@ -233,7 +233,7 @@ fn append_limited(diagnostic: &mut String, more: &str) {
 
 /// Whitespace runs become one space; "<" and ">" left around removed
 /// addresses go too.
-pub fn squeeze(text: &str) -> String {
+pub(crate) fn squeeze(text: &str) -> String {
     text.replace("< >", " ")
         .replace("<>", " ")
         .split_whitespace()
@@ -241,19 +241,19 @@ pub fn squeeze(text: &str) -> String {
         .join(" ")
 }
 
-pub fn truncate(text: &str, max_chars: usize) -> String {
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
 
 /// The first failure status (4.x.x, 5.x.x) of RFC 3463 in a text, else the
 /// first status ("2.1.5"): a session transcript shows the successes before
 /// the failure that matters.
-pub fn enhanced_status(text: &str) -> Option<String> {
+pub(crate) fn enhanced_status(text: &str) -> Option<String> {
     first_failure(ENHANCED_STATUS.captures_iter(text).filter_map(|c| c.get(1)))
 }
 
 /// The first failure reply code (4xx, 5xx) in a text, else the first code.
-pub fn reply_code(text: &str) -> Option<u16> {
+pub(crate) fn reply_code(text: &str) -> Option<u16> {
     first_failure(REPLY_CODE.captures_iter(text).filter_map(|c| c.get(1)))
         .and_then(|code| code.parse().ok())
 }
@@ -274,7 +274,7 @@ fn first_failure<'t>(mut found: impl Iterator<Item = regex::Match<'t>>) -> Optio
 /// tried to deliver your message, but it was rejected by the recipient
 /// domain ... The error that the other server returned was: 500 ..."); the
 /// reply is what says why.
-pub fn remote_reply(diagnostic: &str) -> &str {
+pub(crate) fn remote_reply(diagnostic: &str) -> &str {
     const GMAIL_WRAPPER: &str = "the error that the other server returned was:";
     match diagnostic.to_ascii_lowercase().find(GMAIL_WRAPPER) {
         Some(at) => diagnostic[at + GMAIL_WRAPPER.len()..].trim(),
@@ -289,7 +289,7 @@ const MAX_REPLY_LINES: usize = 20;
 /// message was blocked because its content presents a potential") in the
 /// DSN; the transcript in the text has the rest ("<<< 552-5.7.0 security
 /// issue ..."). Returns the whole reply when found, else the diagnostic.
-pub fn complete_multiline_reply(diagnostic: &str, text: &str) -> String {
+pub(crate) fn complete_multiline_reply(diagnostic: &str, text: &str) -> String {
     let first = squeeze(diagnostic);
     let Some(code) = first
         .get(..4)
@@ -325,7 +325,7 @@ static LOCAL_HOST_ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Every address at a bare local host name in a text (see above).
-pub fn local_host_addresses(text: &str) -> Vec<(String, String)> {
+pub(crate) fn local_host_addresses(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter(|line| !NOT_RECIPIENT_LINE.is_match(line))
         .flat_map(|line| LOCAL_HOST_ADDRESS.captures_iter(line))
@@ -336,7 +336,7 @@ pub fn local_host_addresses(text: &str) -> Vec<(String, String)> {
 }
 
 /// Every address in a text, in order.
-pub fn addresses(text: &str) -> Vec<String> {
+pub(crate) fn addresses(text: &str) -> Vec<String> {
     ADDRESS
         .find_iter(text)
         .map(|m| m.as_str().trim_matches(['.', '\'']).to_string())

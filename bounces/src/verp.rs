@@ -10,7 +10,7 @@
 use aws_lc_rs::{constant_time, hmac};
 
 /// Length of a tag in characters.
-pub const TAG_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 32;
 /// Bytes of HMAC kept in a tag (64 bits: forging one takes ~2^63 tries).
 const MAC_LEN: usize = 8;
 const PAYLOAD_LEN: usize = 12;
@@ -62,7 +62,7 @@ pub fn return_path(local: &str, tag: &str, domain: &str) -> String {
 
 /// The tag of an address such as `Bounces+TAG@Example.com` (or `<...>`),
 /// lowercased; the HMAC is not checked here (see [`decode`]).
-pub fn tag_from_address(address: &str) -> Result<String, VerpError> {
+pub(crate) fn tag_from_address(address: &str) -> Result<String, VerpError> {
     let address = address.trim().trim_start_matches('<').trim_end_matches('>');
     let no_tag = || VerpError::NoTag(address.to_string());
     let (local, _domain) = address.rsplit_once('@').ok_or_else(no_tag)?;

@@ -63,7 +63,7 @@ impl DnsRecord {
 
 /// The selector for keys made in a given month: `s` + YYYYMM, e.g. `s202611`.
 /// Monthly names let a rotation add a new selector without clashing.
-pub fn selector_for_month(year: i32, month: u32) -> String {
+pub(crate) fn selector_for_month(year: i32, month: u32) -> String {
     format!("s{year:04}{month:02}")
 }
 

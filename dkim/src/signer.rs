@@ -18,7 +18,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The header fields signed when present, in the usual order. From is always
 /// required; the extra From in `h=` is added by [`Signer::sign`].
-pub const SIGNED_HEADERS: [&str; 12] = [
+pub(crate) const SIGNED_HEADERS: [&str; 12] = [
     "From",
     "To",
     "Cc",

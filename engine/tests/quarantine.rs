@@ -12,7 +12,7 @@ use redb::{Database, TableDefinition};
 use sendengine_queue::parse_id;
 use support::{Daemon, DaemonConfig, Sink, ctl, free_port, sendctl, smtplib_send};
 
-/// The spool's recipient table, as queue/src/store.rs defines it.
+/// The spool's recipient table, as queue/src/store/mod.rs defines it.
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
 const LONG: Duration = Duration::from_secs(60);
 

@@ -10,6 +10,7 @@
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::error::SpoolError;
+use crate::store::open_if_created;
 use crate::writer::Completion;
 
 /// (sink name, sequence number) -> one event, as JSON.
@@ -121,10 +122,8 @@ pub(crate) fn peek(
     limit: usize,
 ) -> Result<Vec<BacklogEntry>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(BACKLOG) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, BACKLOG)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.range((sink, 0)..=(sink, u64::MAX))?.take(limit) {
@@ -141,10 +140,8 @@ pub(crate) fn peek(
 #[cfg(test)]
 pub(crate) fn len(db: &Database, sink: &str) -> Result<u64, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(BACKLOG) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, BACKLOG)? else {
+        return Ok(0);
     };
     Ok(bounds(&table, sink)?.map_or(0, |(first, last)| last - first + 1))
 }

@@ -24,6 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 
 use crate::error::SpoolError;
 use crate::id::{MessageId, id_timestamp_ms};
+use crate::store::open_if_created;
 
 /// (message id, recipient index) -> [`Delivered`] encoded (see `encode`).
 const DELIVERED: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("delivered");
@@ -33,9 +34,9 @@ const REPORTED: TableDefinition<(u64, u32, &str), u64> = TableDefinition::new("r
 /// Distinct reports remembered per recipient; beyond, a report is still
 /// acted on but no longer remembered (one recipient gets few distinct
 /// bounces; more are a sender making up statuses).
-pub const MAX_REPORTS_PER_RECIPIENT: usize = 8;
+pub(crate) const MAX_REPORTS_PER_RECIPIENT: usize = 8;
 /// A report key is cut to this many bytes (on a character boundary).
-pub const MAX_REPORT_KEY_BYTES: usize = 512;
+pub(crate) const MAX_REPORT_KEY_BYTES: usize = 512;
 
 /// Expired rows deleted per row written (see the module comment).
 pub(crate) const PRUNE_PER_ROW: usize = 2;
@@ -191,10 +192,8 @@ pub(crate) fn reported(
     key: &str,
 ) -> Result<bool, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(REPORTED) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, REPORTED)? else {
+        return Ok(false);
     };
     let key = clip_to(key, MAX_REPORT_KEY_BYTES);
     Ok(table.get((id, rcpt, key))?.is_some())
@@ -207,10 +206,8 @@ pub(crate) fn get(
     rcpt: u32,
 ) -> Result<Option<Delivered>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(DELIVERED) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, DELIVERED)? else {
+        return Ok(None);
     };
     let Some(value) = table.get((id, rcpt))? else {
         return Ok(None);
@@ -227,11 +224,10 @@ pub(crate) fn get(
 pub(crate) fn len(db: &Database) -> Result<u64, SpoolError> {
     use redb::ReadableTableMetadata;
     let txn = db.begin_read()?;
-    match txn.open_table(DELIVERED) {
-        Ok(t) => Ok(t.len()?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    let Some(table) = open_if_created(&txn, DELIVERED)? else {
+        return Ok(0);
+    };
+    Ok(table.len()?)
 }
 
 /// Layout: version (1), time ms (8, LE), then tenant, group, channel,

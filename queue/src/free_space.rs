@@ -73,7 +73,7 @@ impl FreeSpaceGuard {
 
 /// Bytes an unprivileged writer may still use on `dir`'s filesystem, or
 /// `None` when the probe fails.
-pub fn available_bytes(dir: &Path) -> Option<u64> {
+pub(crate) fn available_bytes(dir: &Path) -> Option<u64> {
     let path = CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
     // SAFETY: `path` is a valid NUL-terminated string and `stats` points to

@@ -10,7 +10,7 @@ use crate::error::SpoolError;
 use crate::id::MessageId;
 
 /// Most recipients one message may have in the spool.
-pub const MAX_RECIPIENTS: usize = 100_000;
+pub(crate) const MAX_RECIPIENTS: usize = 100_000;
 /// Largest message body the spool stores (redb's own ceiling is 3 GiB).
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 30;
 /// Largest single text field (an address, a meta field).

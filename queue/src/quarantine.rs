@@ -24,6 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 
 use crate::error::SpoolError;
 use crate::id::MessageId;
+use crate::store::open_if_created;
 
 /// (table name, message id, recipient index).
 type Key = (&'static str, u64, u32);
@@ -102,10 +103,8 @@ impl<'txn> QuarantineTable<'txn> {
 /// Up to `limit` quarantined rows, in key order (by table, then id).
 pub(crate) fn list(db: &Database, limit: usize) -> Result<Vec<QuarantinedRow>, SpoolError> {
     let txn = db.begin_read()?;
-    let table = match txn.open_table(QUARANTINE) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(table) = open_if_created(&txn, QUARANTINE)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for entry in table.iter()?.take(limit) {

@@ -8,7 +8,7 @@
 //! so a large action never holds up SMTP commits for long.
 //!
 //! A suspended recipient keeps its schedule entry, moved to the far end of
-//! the index (`SUSPENDED_DUE`), so the one-entry invariant of `store.rs`
+//! the index (`SUSPENDED_DUE`), so the one-entry invariant of `store/mod.rs`
 //! holds and `claim_due` never reaches it. Claimed recipients are being
 //! attempted in memory: suspend, resume and flush leave them alone, and
 //! remove drops their row so the attempt's outcome is ignored afterwards
@@ -134,7 +134,7 @@ pub type ClaimFilter = Box<dyn FnMut(&ClaimCandidate<'_>) -> bool + Send>;
 
 /// Most due entries one filtered claim looks at, so a backlog whose route
 /// is full costs a bounded walk, not one over the whole index.
-pub const MAX_CLAIM_SCAN: usize = 20_000;
+pub(crate) const MAX_CLAIM_SCAN: usize = 20_000;
 
 /// Recipient counts by status, as `Spool::queue_counts` finds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

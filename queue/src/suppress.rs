@@ -4,7 +4,7 @@
 //! applies to everybody. Addresses are kept lowercased (whole address,
 //! local part included: providers treat it case-insensitively in practice,
 //! and a list that misses `Bob@` after a bounce for `bob@` is worse than
-//! one that over-matches). The table itself lives in `store.rs`.
+//! one that over-matches). The table itself lives in `store/mod.rs`.
 
 use crate::error::SpoolError;
 

@@ -13,7 +13,7 @@ use redb::{Database, TableDefinition};
 use sendengine_queue::{MessageId, Outcome, QueueAction, QueueFilter, Spool, SpoolError};
 use tempfile::tempdir;
 
-/// The spool's recipient table, as `store.rs` defines it.
+/// The spool's recipient table, as `store/mod.rs` defines it.
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const GARBAGE: &[u8] = b"\x07garbage, not a recipient row";

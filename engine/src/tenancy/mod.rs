@@ -524,9 +524,12 @@ impl TenancyStore {
         tenancy.templates = objects.templates.clone().into_iter().collect();
         check_domain_limits(objects, &tenancy)?;
         tenancy.domains = objects.domains.clone().into_iter().collect();
+        // Under `changing`, the current snapshot is the one this replaces:
+        // its signers are reused for every key that did not change.
+        let previous = self.snapshot();
         for (name, keys) in &objects.dkim {
             let signing = keys
-                .build(&self.secrets)
+                .build(&self.secrets, previous.signing.get(name))
                 .map_err(|message| invalid(DKIM, name, message))?;
             tenancy.signing.insert(name.clone(), signing);
         }

@@ -1,0 +1,310 @@
+//! Reads, each in its own read transaction on the caller's thread: messages,
+//! counts, quota usage, stored objects, suppressions and queue pages. They
+//! never write: damaged rows they meet are returned for the writer to
+//! quarantine.
+
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
+
+use super::{
+    BODIES, COUNTERS, MESSAGES, OBJECTS, QUARANTINED_COUNTER, RECIPIENTS, SCHEDULE, SUPPRESSIONS,
+    USAGE, open_if_created,
+};
+use crate::codec::{DecodeError, Envelope, RecipientState, decode_envelope};
+use crate::error::SpoolError;
+use crate::id::MessageId;
+use crate::message::StoredMessage;
+use crate::quarantine::Damaged;
+use crate::quota::Window;
+use crate::select::{
+    QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
+};
+use crate::suppress::{GLOBAL_TENANT, Suppression};
+
+/// Message and recipient counts, as the tables report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct Counts {
+    pub(crate) messages: u64,
+    pub(crate) recipients: u64,
+    pub(crate) scheduled: u64,
+    pub(crate) quarantined: u64,
+}
+
+/// Reads one message with its body.
+pub(crate) fn load(db: &Database, id: MessageId) -> Result<Option<StoredMessage>, SpoolError> {
+    let txn = db.begin_read()?;
+    let messages = txn.open_table(MESSAGES)?;
+    let Some(envelope) = messages.get(id)? else {
+        return Ok(None);
+    };
+    let envelope = decode_envelope(envelope.value()).map_err(|DecodeError(reason)| {
+        SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
+    })?;
+    let bodies = txn.open_table(BODIES)?;
+    let Some(body) = bodies.get(id)? else {
+        return Err(SpoolError::Corrupt(format!(
+            "message {id:016x} has no body"
+        )));
+    };
+    Ok(Some(StoredMessage {
+        id,
+        mail_from: envelope.mail_from,
+        recipients: envelope.recipients,
+        meta: envelope.meta,
+        body: Arc::from(body.value()),
+    }))
+}
+
+/// Due time of the earliest scheduled recipient.
+pub(crate) fn next_due_ms(db: &Database) -> Result<Option<u64>, SpoolError> {
+    let txn = db.begin_read()?;
+    let schedule = txn.open_table(SCHEDULE)?;
+    // Suspended recipients sit at the far end and are never due.
+    let first = schedule
+        .range(..(SUSPENDED_DUE, 0, 0))?
+        .next()
+        .transpose()?;
+    Ok(first.map(|(key, _)| key.value().0))
+}
+
+pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
+    let txn = db.begin_read()?;
+    let quarantined = txn
+        .open_table(COUNTERS)?
+        .get(QUARANTINED_COUNTER)?
+        .map_or(0, |v| v.value());
+    Ok(Counts {
+        messages: txn.open_table(MESSAGES)?.len()?,
+        recipients: txn.open_table(RECIPIENTS)?.len()?,
+        scheduled: txn.open_table(SCHEDULE)?.len()?,
+        quarantined,
+    })
+}
+
+/// Usage of quota `name` in `window` as of `now_ms`.
+pub(crate) fn usage(
+    db: &Database,
+    name: &str,
+    window: Window,
+    now_ms: u64,
+) -> Result<u64, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, USAGE)? else {
+        return Ok(0);
+    };
+    let mut total = 0;
+    for bucket in window.buckets(now_ms) {
+        if let Some(v) = table.get((name, window.kind(), bucket))? {
+            total += v.value();
+        }
+    }
+    Ok(total)
+}
+
+/// Every object of `kind`, by name order.
+pub(crate) fn objects(db: &Database, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, OBJECTS)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in table.range((kind, "")..)? {
+        let (key, value) = entry?;
+        let (k, name) = key.value();
+        if k != kind {
+            break;
+        }
+        out.push((name.to_owned(), value.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Per address (already lowercased): whether the tenant's or the global
+/// list holds it.
+pub(crate) fn suppressed(
+    db: &Database,
+    tenant: &str,
+    addresses: &[String],
+) -> Result<Vec<bool>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, SUPPRESSIONS)? else {
+        return Ok(vec![false; addresses.len()]);
+    };
+    let mut found = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let listed = table.get((tenant, address.as_str()))?.is_some()
+            || (tenant != GLOBAL_TENANT && table.get((GLOBAL_TENANT, address.as_str()))?.is_some());
+        found.push(listed);
+    }
+    Ok(found)
+}
+
+/// The entry of `address` (lowercased) on `tenant`'s own list.
+pub(crate) fn suppression(
+    db: &Database,
+    tenant: &str,
+    address: &str,
+) -> Result<Option<Suppression>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, SUPPRESSIONS)? else {
+        return Ok(None);
+    };
+    Ok(table.get((tenant, address))?.map(|value| {
+        let (time_ms, reason, source) = value.value();
+        Suppression {
+            tenant: tenant.to_owned(),
+            address: address.to_owned(),
+            reason: reason.to_owned(),
+            time_ms,
+            source: source.to_owned(),
+        }
+    }))
+}
+
+/// Up to `limit` entries of one tenant's list, by address.
+pub(crate) fn suppressions(
+    db: &Database,
+    tenant: &str,
+    limit: usize,
+) -> Result<Vec<Suppression>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, SUPPRESSIONS)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in table.range((tenant, "")..)? {
+        let (key, value) = entry?;
+        let (t, address) = key.value();
+        if t != tenant || out.len() == limit {
+            break;
+        }
+        let (time_ms, reason, source) = value.value();
+        out.push(Suppression {
+            tenant: t.to_owned(),
+            address: address.to_owned(),
+            reason: reason.to_owned(),
+            time_ms,
+            source: source.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+/// One page of unfinished recipients matching `filter`, in key order,
+/// starting at `from`. At most `scan_limit` rows are read, so a filter
+/// that matches little still answers in bounded time; `next` says where
+/// to go on. Rows that cannot be decoded are left out of the page and
+/// returned apart, for the writer to quarantine.
+pub(crate) fn queue_page(
+    db: &Database,
+    filter: &QueueFilter,
+    from: Option<(MessageId, u32)>,
+    limit: usize,
+    scan_limit: usize,
+    now_ms: u64,
+) -> Result<(QueuePage, Vec<Damaged>), SpoolError> {
+    let txn = db.begin_read()?;
+    let recipients = txn.open_table(RECIPIENTS)?;
+    let messages = txn.open_table(MESSAGES)?;
+    let rows = match from {
+        Some((id, rcpt)) => recipients.range((id, rcpt)..)?,
+        None => recipients.range::<(u64, u32)>(..)?,
+    };
+    let mut page = QueuePage::default();
+    let mut damaged = Vec::new();
+    // The last message read; `None` inside when its envelope is damaged.
+    let mut envelope: Option<(MessageId, Option<Envelope>)> = None;
+    for (scanned, row) in rows.enumerate() {
+        let (key, value) = row?;
+        let (id, rcpt) = key.value();
+        if scanned == scan_limit || page.recipients.len() == limit {
+            page.next = Some((id, rcpt));
+            break;
+        }
+        if envelope.as_ref().is_none_or(|(cached, _)| *cached != id) {
+            let Some(stored) = messages.get(id)? else {
+                continue;
+            };
+            let decoded = match decode_envelope(stored.value()) {
+                Ok(decoded) => Some(decoded),
+                Err(DecodeError(reason)) => {
+                    let reason = format!("message {id:016x}: {reason}");
+                    damaged.push(Damaged {
+                        id,
+                        rcpt: None,
+                        reason,
+                    });
+                    None
+                }
+            };
+            envelope = Some((id, decoded));
+        }
+        let Some((_, Some(env))) = envelope.as_ref() else {
+            continue;
+        };
+        let address = env.recipients.get(rcpt as usize).map_or("", String::as_str);
+        if !filter.matches(id, address, &env.meta) {
+            continue;
+        }
+        let state = match RecipientState::decode(value.value()) {
+            Ok(state) => state,
+            Err(DecodeError(reason)) => {
+                damaged.push(Damaged {
+                    id,
+                    rcpt: Some(rcpt),
+                    reason,
+                });
+                continue;
+            }
+        };
+        page.recipients.push(QueuedRecipient {
+            id,
+            rcpt,
+            address: address.to_owned(),
+            mail_from: env.mail_from.clone(),
+            meta: env.meta.clone(),
+            attempts: state.attempts,
+            next_attempt_ms: state.next_attempt_ms,
+            status: status_of(&state, now_ms),
+        });
+    }
+    Ok((page, damaged))
+}
+
+fn status_of(state: &RecipientState, now_ms: u64) -> RecipientStatus {
+    if state.claimed {
+        RecipientStatus::InFlight
+    } else if state.next_attempt_ms == SUSPENDED_DUE {
+        RecipientStatus::Suspended
+    } else if state.next_attempt_ms > now_ms {
+        RecipientStatus::Deferred
+    } else {
+        RecipientStatus::Queued
+    }
+}
+
+/// Recipient counts by status, from the schedule index alone.
+pub(crate) fn queue_counts(db: &Database, now_ms: u64) -> Result<QueueCounts, SpoolError> {
+    let txn = db.begin_read()?;
+    let schedule = txn.open_table(SCHEDULE)?;
+    let count = |range: redb::Range<'_, (u64, u64, u32), ()>| -> Result<u64, SpoolError> {
+        let mut n = 0;
+        for entry in range {
+            entry?;
+            n += 1;
+        }
+        Ok(n)
+    };
+    let due_end = (now_ms.saturating_add(1), 0, 0);
+    let queued = count(schedule.range(..due_end)?)?;
+    let deferred = count(schedule.range(due_end..(SUSPENDED_DUE, 0, 0))?)?;
+    let suspended = count(schedule.range((SUSPENDED_DUE, 0, 0)..)?)?;
+    let total = txn.open_table(RECIPIENTS)?.len()?;
+    Ok(QueueCounts {
+        queued,
+        deferred,
+        suspended,
+        in_flight: total.saturating_sub(queued + deferred + suspended),
+    })
+}
