@@ -8,75 +8,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A header field as found in the message: name and raw value (unfolded
-/// lines keep their CRLF), and where the whole field sits.
-struct Field<'a> {
-    name: &'a str,
-    value: &'a [u8],
-    start: usize,
-    end: usize,
-}
-
-/// Where the header section ends: the offset just past the blank line,
-/// or the message length when there is no body.
-fn header_end(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(message.len())
-}
-
-fn fields(message: &[u8]) -> Vec<Field<'_>> {
-    let end = header_end(message);
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < end {
-        let mut line_end = pos;
-        // A field continues while the next line starts with white space.
-        loop {
-            match memchr::memmem::find(&message[line_end..end], b"\r\n") {
-                Some(i) => line_end += i + 2,
-                None => {
-                    line_end = end;
-                    break;
-                }
-            }
-            if line_end >= end || !matches!(message[line_end], b' ' | b'\t') {
-                break;
-            }
-        }
-        let raw = &message[pos..line_end];
-        if let Some(colon) = memchr::memchr(b':', raw)
-            && let Ok(name) = std::str::from_utf8(&raw[..colon])
-        {
-            out.push(Field {
-                name: name.trim(),
-                value: &raw[colon + 1..],
-                start: pos,
-                end: line_end,
-            });
-        }
-        pos = line_end;
-    }
-    out
-}
-
-fn unfold(value: &[u8]) -> String {
-    String::from_utf8_lossy(value)
-        .replace("\r\n", "")
-        .trim()
-        .to_owned()
-}
-
-/// The unfolded value of the first header field called `name`.
-pub fn header_value(message: &[u8], name: &str) -> Option<String> {
-    fields(message)
-        .into_iter()
-        .find(|f| f.name.eq_ignore_ascii_case(name))
-        .map(|f| unfold(f.value))
-}
+use crate::transform::header::parse_header_block;
 
 /// What admission learnt from the headers it removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -104,33 +36,32 @@ pub struct TraceInfo<'a> {
 
 /// Applies admission's header edits and returns the bytes to spool.
 pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
-    let found = fields(message);
+    let header = parse_header_block(message, 0, message.len());
     let mut control = ControlHeaders::default();
     let mut message_id = None;
     let mut has_date = false;
     let mut removed: Vec<(usize, usize)> = Vec::new();
-    for f in &found {
-        if f.name.eq_ignore_ascii_case("X-Channel") {
-            control.channel = Some(unfold(f.value).to_ascii_lowercase());
+    for f in &header.fields {
+        if f.is(message, "X-Channel") {
+            control.channel = Some(f.unfolded_value(message).to_ascii_lowercase());
             removed.push((f.start, f.end));
-        } else if f.name.eq_ignore_ascii_case("X-Campaign-Id") {
-            control.campaign = Some(unfold(f.value));
+        } else if f.is(message, "X-Campaign-Id") {
+            control.campaign = Some(f.unfolded_value(message));
             removed.push((f.start, f.end));
-        } else if f.name.eq_ignore_ascii_case("Message-ID") {
-            message_id = Some(unfold(f.value));
-        } else if f.name.eq_ignore_ascii_case("Date") {
+        } else if f.is(message, "Message-ID") {
+            message_id = Some(f.unfolded_value(message));
+        } else if f.is(message, "Date") {
             has_date = true;
         }
     }
     let mut out = Vec::with_capacity(message.len() + 512);
     out.extend_from_slice(received_line(trace).as_bytes());
-    let header_end = header_end(message);
     let mut pos = 0;
     for (start, end) in removed {
         out.extend_from_slice(&message[pos..start]);
         pos = end;
     }
-    out.extend_from_slice(&message[pos..header_end]);
+    out.extend_from_slice(&message[pos..header.fields_end]);
     let message_id = match message_id {
         Some(id) => id,
         None => {
@@ -143,11 +74,11 @@ pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
         let date = crate::timefmt::rfc5322(trace.time_ms);
         out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
-    if header_end == message.len() && !message.ends_with(b"\r\n\r\n") {
+    if !header.has_separator {
         // No body: close the header section so the added fields stay headers.
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(&message[header_end..]);
+    out.extend_from_slice(&message[header.fields_end..]);
     Prepared {
         body: out,
         control,
