@@ -1,31 +1,36 @@
-//! Header edits made once, at admission, before the message is spooled.
+//! Admission step 2: the header edits, made once, before the message is
+//! spooled, and the control headers they find.
 //!
 //! The application controls channel and campaign with `X-Channel` and
 //! `X-Campaign-Id`; those are read and removed here so they never leave the
 //! host. A message without `Message-ID` or `Date` gets one (RFC 5322 wants
 //! both, and receivers score their absence), and every message gets our
-//! `Received:` trace line on top. Nothing edits the message after this.
+//! `Received:` trace line on top. Only the transforms (`decorate`) and
+//! the DKIM signature (`sign`) change the message after this.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::metrics::Refusal;
+use crate::tenancy::CHANNELS;
 use crate::transform::header::parse_header_block;
+use crate::values::Reply;
 
 /// What admission learnt from the headers it removed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ControlHeaders {
+pub(super) struct ControlHeaders {
     pub channel: Option<String>,
     pub campaign: Option<String>,
 }
 
 /// The result of admission's edits.
-pub struct Prepared {
+pub(super) struct Edited {
     pub body: Vec<u8>,
     pub control: ControlHeaders,
     pub message_id: String,
 }
 
 /// Everything the Received line says about the client.
-pub struct TraceInfo<'a> {
+pub(super) struct TraceInfo<'a> {
     pub hostname: &'a str,
     pub helo: &'a str,
     pub peer_ip: String,
@@ -35,7 +40,7 @@ pub struct TraceInfo<'a> {
 }
 
 /// Applies admission's header edits and returns the bytes to spool.
-pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
+pub(super) fn edit_headers(message: &[u8], trace: &TraceInfo<'_>) -> Edited {
     let header = parse_header_block(message, 0, message.len());
     let mut control = ControlHeaders::default();
     let mut message_id = None;
@@ -79,10 +84,28 @@ pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(&message[header.fields_end..]);
-    Prepared {
+    Edited {
         body: out,
         control,
         message_id,
+    }
+}
+
+/// The channel the application asked for with X-Channel (marketing when
+/// it did not), or the refusal of an unknown one.
+pub(super) fn channel_of(header: Option<&str>) -> Result<&'static str, Reply> {
+    match header {
+        None | Some("") => Ok("marketing"),
+        Some(c) => CHANNELS.iter().copied().find(|k| *k == c).ok_or_else(|| {
+            crate::metrics::injection_refused(Refusal::UnknownChannel);
+            Reply::new(
+                550,
+                "5.6.0",
+                format!(
+                    "X-Channel `{c}` is unknown: use marketing, transactional or autoresponder"
+                ),
+            )
+        }),
     }
 }
 
@@ -132,7 +155,7 @@ mod tests {
     #[test]
     fn control_headers_are_read_and_removed() {
         let msg = b"From: a@b.c\r\nX-Channel: Transactional\r\nX-Campaign-Id: spring\r\n sale\r\nMessage-ID: <x@y>\r\nDate: today\r\n\r\nbody\r\n";
-        let p = prepare(msg, &trace());
+        let p = edit_headers(msg, &trace());
         assert_eq!(p.control.channel.as_deref(), Some("transactional"));
         assert_eq!(p.control.campaign.as_deref(), Some("spring sale"));
         assert_eq!(p.message_id, "<x@y>");
@@ -146,7 +169,7 @@ mod tests {
 
     #[test]
     fn missing_message_id_and_date_are_added_in_the_header() {
-        let p = prepare(b"Subject: hi\r\n\r\nbody\r\n", &trace());
+        let p = edit_headers(b"Subject: hi\r\n\r\nbody\r\n", &trace());
         let text = String::from_utf8(p.body).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Message-ID: {}", p.message_id)));
@@ -156,7 +179,7 @@ mod tests {
 
     #[test]
     fn message_without_body() {
-        let p = prepare(b"Subject: hi\r\n", &trace());
+        let p = edit_headers(b"Subject: hi\r\n", &trace());
         let text = String::from_utf8(p.body).unwrap();
         assert!(text.ends_with("+0000\r\n\r\n"), "{text:?}");
     }
