@@ -3,7 +3,7 @@
 //!
 //! A recipient is accepted only from a client that authenticated or sends
 //! from a relay network (no open relay); AUTH checks the tenancy's users;
-//! a finished DATA goes to `Engine::admit`, whose reply (250 only once the
+//! a finished DATA goes to `admit::admit`, whose reply (250 only once the
 //! message is on disk) is sent back as is.
 
 use std::net::IpAddr;
@@ -164,7 +164,7 @@ impl Policy for ServerContext {
                 auth_user: client.auth_user,
             },
         };
-        self.engine.admit(envelope, body).await
+        crate::admit::admit(&self.engine, envelope, body).await
     }
 }
 

@@ -1,13 +1,15 @@
 //! sendengine: the send engine daemon of an email service provider.
 //!
-//! Data flow (see DESIGN.md): `inject` accepts a transaction,
-//! `engine::Engine::admit` edits headers once and commits the message to
-//! the spool (`sendengine_queue`) before answering 250, `schedule` moves
+//! Data flow (see DESIGN.md): `inject` accepts a transaction, `admit`
+//! decides once what happens to the message (tenant, control headers,
+//! suppression, limits, the `transform`s, DKIM) and commits it to the
+//! spool (`sendengine_queue`) before answering 250, `schedule` moves
 //! due recipients into the ready queues of `deliver`, whose workers hand
 //! them to delivery servers with `smtp::client` and record each outcome in
 //! the spool and the `events` log. `daemon` wires it all and shuts it down.
 
 pub mod admin;
+pub mod admit;
 pub mod bounce_in;
 pub mod cluster;
 pub mod config;
@@ -18,16 +20,13 @@ pub mod domains;
 pub mod engine;
 pub mod events;
 pub mod inject;
-pub mod limits;
 pub mod logging;
-pub mod message;
 pub mod metrics;
 pub mod reload;
 pub mod route;
 pub mod schedule;
 pub mod secrets;
 pub mod smtp;
-pub mod suppress;
 pub mod systemd;
 pub mod tenancy;
 pub mod timefmt;

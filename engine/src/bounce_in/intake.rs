@@ -194,7 +194,7 @@ impl Intake {
                 .get(target.rcpt as usize)
                 .cloned()
                 .unwrap_or_default(),
-            header_message_id: crate::message::header_value(&message.body, "Message-ID")
+            header_message_id: crate::transform::header_value(&message.body, "Message-ID")
                 .unwrap_or_default(),
             route: meta.route.clone(),
             time_ms: 0,

@@ -401,7 +401,7 @@ fn event_reply(reply: &Reply) -> EventReply {
 /// Shared by tests and the scheduler: a job for every listed recipient.
 pub fn job_for(message: Arc<sendengine_queue::StoredMessage>, rcpts: Vec<(u32, u32)>) -> Job {
     let header_message_id =
-        crate::message::header_value(&message.body, "Message-ID").unwrap_or_default();
+        crate::transform::header_value(&message.body, "Message-ID").unwrap_or_default();
     Job {
         message,
         header_message_id,

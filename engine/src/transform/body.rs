@@ -14,7 +14,8 @@ use super::codec::{
     RAW_LINE_LIMIT, decode_base64, decode_quoted_printable, encode_base64, encode_quoted_printable,
     has_line_longer_than,
 };
-use super::mime::{Field, Part, parse_media_type};
+use super::header::Field;
+use super::mime::{Part, parse_media_type};
 use super::{Edits, TransformError};
 
 /// The texts to add to one kind of part, with CRLF line breaks.

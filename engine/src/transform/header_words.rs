@@ -4,7 +4,7 @@
 //! and any relay takes it. A message with a UTF-8 address keeps its header
 //! as it is: it needs SMTPUTF8 (RFC 6531) and encoding would not help.
 
-use super::mime::{Field, HeaderBlock};
+use super::header::{Field, HeaderBlock};
 use super::{Edits, encoded_words};
 
 /// Fields holding addresses, whose display names may be encoded.
@@ -114,7 +114,7 @@ fn encoded_address_list(data: &[u8], field: &Field) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::mime::parse_header_block;
+    use super::super::header::parse_header_block;
     use super::*;
 
     fn encoded(header: &str) -> String {

@@ -1,115 +1,18 @@
 //! A minimal MIME structure reader for the transforms: it finds, by byte
-//! offset into the original message, each header field and each part's
-//! header block and body. It decodes nothing; the transforms splice new
+//! offset into the original message, each part's header block (read by
+//! `header`) and body. It decodes nothing; the transforms splice new
 //! bytes into the original at these offsets so that everything they do not
 //! touch stays byte-for-byte the same.
 
 use std::ops::Range;
 
 use super::TransformError;
+use super::header::{HeaderBlock, line_end, parse_header_block};
 
 /// Deepest multipart nesting accepted; real mail rarely goes past 5.
 pub(super) const MAX_MIME_DEPTH: usize = 32;
 /// Most MIME parts accepted in one message.
 pub(super) const MAX_MIME_PARTS: usize = 10_000;
-
-/// One header field, possibly folded over several lines.
-#[derive(Debug)]
-pub(super) struct Field {
-    /// The field name as written (without the colon).
-    pub name: Range<usize>,
-    /// Start of the field's first line.
-    pub start: usize,
-    /// Just after the colon.
-    pub value_start: usize,
-    /// Just after the line break ending the field (or the end of the data).
-    pub end: usize,
-}
-
-impl Field {
-    pub fn is(&self, data: &[u8], name: &str) -> bool {
-        data[self.name.clone()].eq_ignore_ascii_case(name.as_bytes())
-    }
-
-    /// The value with folding line breaks removed, lossily as text.
-    pub fn unfolded_value(&self, data: &[u8]) -> String {
-        let raw: Vec<u8> = data[self.value_start..self.end]
-            .iter()
-            .copied()
-            .filter(|b| *b != b'\r' && *b != b'\n')
-            .collect();
-        String::from_utf8_lossy(&raw).trim().to_string()
-    }
-}
-
-/// The header block of a message or a body part.
-#[derive(Debug)]
-pub(super) struct HeaderBlock {
-    pub fields: Vec<Field>,
-    /// Where new fields are inserted: after the last field.
-    pub fields_end: usize,
-    /// Start of the body (after the empty line).
-    pub body_start: usize,
-    /// False when the block runs to the end of its part with no empty line.
-    pub has_separator: bool,
-    /// True when the last field is not ended by a line break.
-    pub last_line_open: bool,
-}
-
-impl HeaderBlock {
-    pub fn field(&self, data: &[u8], name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.is(data, name))
-    }
-}
-
-/// Reads the header fields in `data[start..end]` up to the first empty line.
-pub(super) fn parse_header_block(data: &[u8], start: usize, end: usize) -> HeaderBlock {
-    let mut fields: Vec<Field> = Vec::new();
-    let mut pos = start;
-    while pos < end {
-        let line_end = line_end(data, pos, end);
-        let line = &data[pos..line_end];
-        if line == b"\r\n" || line == b"\n" {
-            return HeaderBlock {
-                fields,
-                fields_end: pos,
-                body_start: line_end,
-                has_separator: true,
-                last_line_open: false,
-            };
-        }
-        let is_continuation = matches!(line[0], b' ' | b'\t');
-        match fields.last_mut() {
-            Some(last) if is_continuation => last.end = line_end,
-            _ => fields.push(new_field(data, pos, line_end)),
-        }
-        pos = line_end;
-    }
-    HeaderBlock {
-        fields,
-        fields_end: end,
-        body_start: end,
-        has_separator: false,
-        last_line_open: end > start && data[end - 1] != b'\n',
-    }
-}
-
-fn new_field(data: &[u8], start: usize, end: usize) -> Field {
-    // A line without a colon is junk; it is kept as a nameless field.
-    let colon = memchr::memchr(b':', &data[start..end]).map(|i| start + i);
-    let name_end = colon.unwrap_or(start);
-    Field {
-        name: start..name_end,
-        start,
-        value_start: colon.map_or(end, |c| c + 1),
-        end,
-    }
-}
-
-/// The position just after the next line break at or after `pos`, or `end`.
-fn line_end(data: &[u8], pos: usize, end: usize) -> usize {
-    memchr::memchr(b'\n', &data[pos..end]).map_or(end, |i| pos + i + 1)
-}
 
 /// A parsed `Content-Type`-like value: `type/subtype; name=value; ...`.
 #[derive(Debug, Clone)]

@@ -15,7 +15,8 @@ use std::ops::Range;
 use super::codec::{
     RAW_LINE_LIMIT, decode_base64, decode_quoted_printable, encode_base64, encode_quoted_printable,
 };
-use super::mime::{HeaderBlock, MAX_MIME_DEPTH, Part, parse_embedded, parse_message};
+use super::header::HeaderBlock;
+use super::mime::{MAX_MIME_DEPTH, Part, parse_embedded, parse_message};
 use super::{Edits, TransformError, header_words};
 
 /// Returns the message re-encoded for 7-bit transport, or `None` when it

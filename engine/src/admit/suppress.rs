@@ -1,4 +1,4 @@
-//! Suppression at admission: recipients on their tenant's suppression list
+//! Admission step 3, suppression: recipients on their tenant's suppression list
 //! or on the global one are taken out of a message before it is queued.
 //!
 //! Each dropped recipient gets a `suppression` event; a message left with
@@ -9,15 +9,18 @@
 use sendengine_queue::{MessageMeta, Spool};
 
 use crate::events::{Event, EventKind, EventLog, EventReply};
+use crate::metrics::Refusal;
 use crate::timefmt::{now_ms, rfc3339};
 use crate::values::Reply;
 
+use super::Admitted;
+
 /// The reply text of the event for a dropped recipient.
-pub const DROPPED_TEXT: &str = "recipient is on the suppression list";
+const DROPPED_TEXT: &str = "recipient is on the suppression list";
 
 /// A message's recipients split by the suppression lists, in their order.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Split {
+pub(super) struct Split {
     pub kept: Vec<String>,
     pub dropped: Vec<String>,
 }
@@ -25,13 +28,14 @@ pub struct Split {
 /// Splits `recipients` by `tenant`'s list and the global one. A failed
 /// read is a 451: better to have the client retry than to send to an
 /// address that asked not to get mail.
-pub fn split_recipients(
+pub(super) fn split_recipients(
     spool: &Spool,
     tenant: &str,
     recipients: &[String],
 ) -> Result<Split, Reply> {
     let listed = spool.suppressed(tenant, recipients).map_err(|e| {
         log::error!("reading the suppression lists failed, answering 451: {e}");
+        crate::metrics::injection_refused(Refusal::LocalError);
         Reply::new(
             451,
             "4.3.0",
@@ -50,14 +54,27 @@ pub fn split_recipients(
     Ok(split)
 }
 
-/// The answer to a message whose every recipient is suppressed.
-pub fn all_suppressed() -> Reply {
+/// The answer to a message whose every recipient is suppressed, after an
+/// event for each of them.
+pub(super) fn refuse_all(events: &EventLog, admitted: &Admitted) -> Reply {
+    let message = &admitted.message;
+    emit_dropped(
+        events,
+        &message.mail_from,
+        &message.meta,
+        message.body.len(),
+        &admitted.header_message_id,
+        &admitted.suppressed,
+        "",
+    );
+    crate::metrics::recipients_suppressed(&message.meta, admitted.suppressed.len());
+    crate::metrics::injection_refused(Refusal::AllSuppressed);
     Reply::new(550, "5.7.1", "All recipients are on the suppression list")
 }
 
 /// One `suppression` event per dropped recipient. `message_id` is the
 /// queue id of what was kept, or "" when nothing was queued.
-pub fn emit_dropped(
+pub(super) fn emit_dropped(
     events: &EventLog,
     mail_from: &str,
     meta: &MessageMeta,

@@ -4,12 +4,19 @@
 //! replaced when the delivery server enforces one. Then `seven_bit`
 //! re-encodes what a relay without 8BITMIME could not take (`transport`).
 //!
-//! The transforms edit the original bytes in place (by offsets from `mime`)
-//! so that every header, boundary and part they do not touch is kept
-//! byte-for-byte. Input and output use CRLF line endings.
+//! The transforms edit the original bytes in place (by offsets from
+//! `header` and `mime`) so that every header, boundary and part they do not
+//! touch is kept byte-for-byte. Input and output use CRLF line endings.
+//!
+//! This is the transform step of admission (`admit`), but it stays a
+//! top-level module: it depends on no other module of the crate, while
+//! the configuration (`tenancy`) holds a `Decoration` and delivery and
+//! bounce intake read header fields with `header`; under `admit/` each of
+//! those would be an import cycle.
 
 mod body;
 mod codec;
+pub(crate) mod header;
 mod header_words;
 mod mime;
 mod transport;
@@ -19,7 +26,9 @@ use std::ops::Range;
 use base64::Engine as _;
 
 use body::{Insertion, replaced_field_value};
-use mime::{HeaderBlock, Part, parse_header_block, parse_message};
+pub use header::header_value;
+use header::{HeaderBlock, parse_header_block};
+use mime::{Part, parse_message};
 pub use transport::seven_bit;
 
 /// Longest X-Mailer or From value accepted, so the field stays well under

@@ -1,99 +1,36 @@
-//! Header edits made once, at admission, before the message is spooled.
+//! Admission step 2: the header edits, made once, before the message is
+//! spooled, and the control headers they find.
 //!
 //! The application controls channel and campaign with `X-Channel` and
 //! `X-Campaign-Id`; those are read and removed here so they never leave the
 //! host. A message without `Message-ID` or `Date` gets one (RFC 5322 wants
 //! both, and receivers score their absence), and every message gets our
-//! `Received:` trace line on top. Nothing edits the message after this.
+//! `Received:` trace line on top. Only the transforms (`decorate`) and
+//! the DKIM signature (`sign`) change the message after this.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A header field as found in the message: name and raw value (unfolded
-/// lines keep their CRLF), and where the whole field sits.
-struct Field<'a> {
-    name: &'a str,
-    value: &'a [u8],
-    start: usize,
-    end: usize,
-}
-
-/// Where the header section ends: the offset just past the blank line,
-/// or the message length when there is no body.
-fn header_end(message: &[u8]) -> usize {
-    if message.starts_with(b"\r\n") {
-        return 0;
-    }
-    memchr::memmem::find(message, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(message.len())
-}
-
-fn fields(message: &[u8]) -> Vec<Field<'_>> {
-    let end = header_end(message);
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < end {
-        let mut line_end = pos;
-        // A field continues while the next line starts with white space.
-        loop {
-            match memchr::memmem::find(&message[line_end..end], b"\r\n") {
-                Some(i) => line_end += i + 2,
-                None => {
-                    line_end = end;
-                    break;
-                }
-            }
-            if line_end >= end || !matches!(message[line_end], b' ' | b'\t') {
-                break;
-            }
-        }
-        let raw = &message[pos..line_end];
-        if let Some(colon) = memchr::memchr(b':', raw)
-            && let Ok(name) = std::str::from_utf8(&raw[..colon])
-        {
-            out.push(Field {
-                name: name.trim(),
-                value: &raw[colon + 1..],
-                start: pos,
-                end: line_end,
-            });
-        }
-        pos = line_end;
-    }
-    out
-}
-
-fn unfold(value: &[u8]) -> String {
-    String::from_utf8_lossy(value)
-        .replace("\r\n", "")
-        .trim()
-        .to_owned()
-}
-
-/// The unfolded value of the first header field called `name`.
-pub fn header_value(message: &[u8], name: &str) -> Option<String> {
-    fields(message)
-        .into_iter()
-        .find(|f| f.name.eq_ignore_ascii_case(name))
-        .map(|f| unfold(f.value))
-}
+use crate::metrics::Refusal;
+use crate::tenancy::CHANNELS;
+use crate::transform::header::parse_header_block;
+use crate::values::Reply;
 
 /// What admission learnt from the headers it removed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ControlHeaders {
+pub(super) struct ControlHeaders {
     pub channel: Option<String>,
     pub campaign: Option<String>,
 }
 
 /// The result of admission's edits.
-pub struct Prepared {
+pub(super) struct Edited {
     pub body: Vec<u8>,
     pub control: ControlHeaders,
     pub message_id: String,
 }
 
 /// Everything the Received line says about the client.
-pub struct TraceInfo<'a> {
+pub(super) struct TraceInfo<'a> {
     pub hostname: &'a str,
     pub helo: &'a str,
     pub peer_ip: String,
@@ -103,34 +40,33 @@ pub struct TraceInfo<'a> {
 }
 
 /// Applies admission's header edits and returns the bytes to spool.
-pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
-    let found = fields(message);
+pub(super) fn edit_headers(message: &[u8], trace: &TraceInfo<'_>) -> Edited {
+    let header = parse_header_block(message, 0, message.len());
     let mut control = ControlHeaders::default();
     let mut message_id = None;
     let mut has_date = false;
     let mut removed: Vec<(usize, usize)> = Vec::new();
-    for f in &found {
-        if f.name.eq_ignore_ascii_case("X-Channel") {
-            control.channel = Some(unfold(f.value).to_ascii_lowercase());
+    for f in &header.fields {
+        if f.is(message, "X-Channel") {
+            control.channel = Some(f.unfolded_value(message).to_ascii_lowercase());
             removed.push((f.start, f.end));
-        } else if f.name.eq_ignore_ascii_case("X-Campaign-Id") {
-            control.campaign = Some(unfold(f.value));
+        } else if f.is(message, "X-Campaign-Id") {
+            control.campaign = Some(f.unfolded_value(message));
             removed.push((f.start, f.end));
-        } else if f.name.eq_ignore_ascii_case("Message-ID") {
-            message_id = Some(unfold(f.value));
-        } else if f.name.eq_ignore_ascii_case("Date") {
+        } else if f.is(message, "Message-ID") {
+            message_id = Some(f.unfolded_value(message));
+        } else if f.is(message, "Date") {
             has_date = true;
         }
     }
     let mut out = Vec::with_capacity(message.len() + 512);
     out.extend_from_slice(received_line(trace).as_bytes());
-    let header_end = header_end(message);
     let mut pos = 0;
     for (start, end) in removed {
         out.extend_from_slice(&message[pos..start]);
         pos = end;
     }
-    out.extend_from_slice(&message[pos..header_end]);
+    out.extend_from_slice(&message[pos..header.fields_end]);
     let message_id = match message_id {
         Some(id) => id,
         None => {
@@ -143,15 +79,33 @@ pub fn prepare(message: &[u8], trace: &TraceInfo<'_>) -> Prepared {
         let date = crate::timefmt::rfc5322(trace.time_ms);
         out.extend_from_slice(format!("Date: {date}\r\n").as_bytes());
     }
-    if header_end == message.len() && !message.ends_with(b"\r\n\r\n") {
+    if !header.has_separator {
         // No body: close the header section so the added fields stay headers.
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(&message[header_end..]);
-    Prepared {
+    out.extend_from_slice(&message[header.fields_end..]);
+    Edited {
         body: out,
         control,
         message_id,
+    }
+}
+
+/// The channel the application asked for with X-Channel (marketing when
+/// it did not), or the refusal of an unknown one.
+pub(super) fn channel_of(header: Option<&str>) -> Result<&'static str, Reply> {
+    match header {
+        None | Some("") => Ok("marketing"),
+        Some(c) => CHANNELS.iter().copied().find(|k| *k == c).ok_or_else(|| {
+            crate::metrics::injection_refused(Refusal::UnknownChannel);
+            Reply::new(
+                550,
+                "5.6.0",
+                format!(
+                    "X-Channel `{c}` is unknown: use marketing, transactional or autoresponder"
+                ),
+            )
+        }),
     }
 }
 
@@ -201,7 +155,7 @@ mod tests {
     #[test]
     fn control_headers_are_read_and_removed() {
         let msg = b"From: a@b.c\r\nX-Channel: Transactional\r\nX-Campaign-Id: spring\r\n sale\r\nMessage-ID: <x@y>\r\nDate: today\r\n\r\nbody\r\n";
-        let p = prepare(msg, &trace());
+        let p = edit_headers(msg, &trace());
         assert_eq!(p.control.channel.as_deref(), Some("transactional"));
         assert_eq!(p.control.campaign.as_deref(), Some("spring sale"));
         assert_eq!(p.message_id, "<x@y>");
@@ -215,7 +169,7 @@ mod tests {
 
     #[test]
     fn missing_message_id_and_date_are_added_in_the_header() {
-        let p = prepare(b"Subject: hi\r\n\r\nbody\r\n", &trace());
+        let p = edit_headers(b"Subject: hi\r\n\r\nbody\r\n", &trace());
         let text = String::from_utf8(p.body).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Message-ID: {}", p.message_id)));
@@ -225,7 +179,7 @@ mod tests {
 
     #[test]
     fn message_without_body() {
-        let p = prepare(b"Subject: hi\r\n", &trace());
+        let p = edit_headers(b"Subject: hi\r\n", &trace());
         let text = String::from_utf8(p.body).unwrap();
         assert!(text.ends_with("+0000\r\n\r\n"), "{text:?}");
     }

@@ -1,4 +1,4 @@
-//! Sending limits and sender-domain policy, decided at admission.
+//! Admission step 4: sending limits and sender-domain policy.
 //!
 //! Limits are counted per accepted recipient, per user, by the spool
 //! itself (`sendengine_queue::Quota`) in the transaction that stores the
@@ -9,22 +9,45 @@
 
 use sendengine_queue::{Quota, QuotaExceeded, Window};
 
+use crate::metrics::Refusal;
 use crate::tenancy::{Tenancy, User, UserGroup};
 use crate::timefmt::rfc3339;
 use crate::values::Reply;
 
+use super::tenant::Tenant;
+
+/// The quotas the spool counts for `recipients` more at the commit (the
+/// user's, and the shared default domain's when the message is sent from
+/// it), or the refusal of the message's sender domain.
+pub(super) fn quotas(
+    snapshot: &Tenancy,
+    tenant: &Tenant<'_>,
+    from_domain: Option<&str>,
+    recipients: u64,
+) -> Result<Vec<Quota>, Reply> {
+    let mut quotas = match &tenant.name {
+        Some(name) => user_quotas(name, tenant.group, recipients),
+        None => Vec::new(),
+    };
+    let domain_quota =
+        check_sender_domain(snapshot, tenant.user, tenant.group, from_domain, recipients)
+            .inspect_err(|_| crate::metrics::injection_refused(Refusal::SenderDomain))?;
+    quotas.extend(domain_quota);
+    Ok(quotas)
+}
+
 /// The quota names; also what `sendctl` will show.
-pub fn user_quota_name(user: &str) -> String {
+fn user_quota_name(user: &str) -> String {
     format!("user:{user}")
 }
 
-pub fn default_domain_quota_name(user: &str) -> String {
+fn default_domain_quota_name(user: &str) -> String {
     format!("default-domain:{user}")
 }
 
 /// The user's daily, monthly and lifetime quotas for `recipients` more.
 /// Limits of 0 still count, so turning a limit on later starts from truth.
-pub fn user_quotas(user: &str, group: &UserGroup, recipients: u64) -> Vec<Quota> {
+fn user_quotas(user: &str, group: &UserGroup, recipients: u64) -> Vec<Quota> {
     [
         (Window::Day, group.daily_limit),
         (Window::Month, group.monthly_limit),
@@ -42,7 +65,7 @@ pub fn user_quotas(user: &str, group: &UserGroup, recipients: u64) -> Vec<Quota>
 
 /// Whether `user` may send from `from_domain`: `Ok(None)` yes, `Ok(Some(q))`
 /// yes within quota `q` (the group's shared default domain), `Err` no.
-pub fn check_sender_domain(
+fn check_sender_domain(
     tenancy: &Tenancy,
     user: Option<&User>,
     group: &UserGroup,
@@ -88,7 +111,7 @@ pub fn check_sender_domain(
 }
 
 /// The reply to an insert a quota refused.
-pub fn refusal(q: &QuotaExceeded) -> Reply {
+pub(super) fn refusal(q: &QuotaExceeded) -> Reply {
     let what = if q.name.starts_with("default-domain:") {
         "rolling 30-day limit of the shared default sender domain".to_owned()
     } else {

@@ -1,0 +1,57 @@
+//! Admission step 6: the transforms, applied once. The user group's
+//! header/footer and X-Mailer and the delivery server's From rules go in,
+//! then the re-encoding for relays without 8BITMIME. The byte-level work
+//! is the top-level `transform` module; this step picks what applies and
+//! refuses (554 5.6.0) a message the transforms cannot process.
+
+use crate::engine::Envelope;
+use crate::metrics::Refusal;
+use crate::tenancy::DeliveryServer;
+use crate::transform::{self, Decoration};
+use crate::values::Reply;
+
+use super::tenant::Tenant;
+
+/// What the group adds to every message, with the From that `server`
+/// enforces (`enforced_from`, or the user's sender as From).
+pub(super) fn decoration(server: Option<&DeliveryServer>, tenant: &Tenant<'_>) -> Decoration {
+    let mut decoration = tenant.group.decoration();
+    decoration.from = server.and_then(|s| {
+        s.enforced_from.clone().or_else(|| {
+            s.sender_info_as_from
+                .then(|| tenant.user.and_then(|u| u.sender_from()))
+                .flatten()
+        })
+    });
+    decoration
+}
+
+/// The group's and server's transforms, then the re-encoding for relays
+/// without 8BITMIME (`transform::seven_bit`): what is signed and spooled.
+pub(super) fn transformed(
+    body: Vec<u8>,
+    decoration: &Decoration,
+    envelope: &Envelope,
+) -> Result<Vec<u8>, Reply> {
+    let refuse = |e: transform::TransformError| {
+        crate::metrics::injection_refused(Refusal::Content);
+        Reply::new(
+            554,
+            "5.6.0",
+            format!("The message cannot be processed: {e}"),
+        )
+    };
+    // Most groups decorate nothing: then the prepared bytes go on as they
+    // are, without a copy.
+    let body = if decoration.is_empty() {
+        body
+    } else {
+        transform::decorate(&body, decoration).map_err(refuse)?
+    };
+    // UTF-8 addresses need SMTPUTF8 anyway: their header stays UTF-8.
+    let utf8_envelope =
+        !envelope.mail_from.is_ascii() || envelope.recipients.iter().any(|r| !r.is_ascii());
+    Ok(transform::seven_bit(&body, utf8_envelope)
+        .map_err(refuse)?
+        .unwrap_or(body))
+}
