@@ -245,11 +245,25 @@ impl Engine {
     /// after this) and returns the job that delivers it.
     async fn commit(&self, admitted: Admitted, claimed: bool) -> Result<(Job, MessageId), Reply> {
         let Admitted {
-            message,
+            mut message,
             header_message_id,
             suppressed,
             ..
         } = admitted;
+        // Cluster mode: the fleet's quotas are decided by the ledger; the
+        // spool only counts (`cluster::quota`).
+        let reservation = match &self.cluster {
+            Some(c) => Some(c.quota.reserve(&mut message.quotas).await.map_err(|e| {
+                let limit = matches!(e, crate::cluster::quota::Refused::Limit(_));
+                crate::metrics::injection_refused(if limit {
+                    Refusal::Quota
+                } else {
+                    Refusal::LocalError
+                });
+                e.reply()
+            })?),
+            None => None,
+        };
         let body: Arc<[u8]> = message.body.as_slice().into();
         let (mail_from, recipients, meta) = (
             message.mail_from.clone(),
@@ -264,10 +278,11 @@ impl Engine {
                 let _ = tx.send(result);
             }),
         );
-        let id = rx
-            .await
-            .unwrap_or(Err(SpoolError::Closed))
-            .map_err(|e| refusal_for(&e))?;
+        let result = rx.await.unwrap_or(Err(SpoolError::Closed));
+        if let Some(r) = reservation {
+            r.settle(result.is_ok());
+        }
+        let id = result.map_err(|e| refusal_for(&e))?;
         let stored = Arc::new(StoredMessage {
             id,
             mail_from,
