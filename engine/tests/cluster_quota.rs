@@ -163,6 +163,23 @@ fn three_nodes_at_once_accept_exactly_the_daily_limit() {
         );
         (used.trim() == "1000").then_some(())
     });
+    // Any node shows the fleet's numbers, not its own share.
+    let usage = support::ctl(&nodes[2], &["user", "usage", "app"]);
+    assert_eq!(usage["scope"], "fleet");
+    let daily = &usage["quotas"][0];
+    assert_eq!(
+        (
+            &daily["quota"],
+            &daily["limit"],
+            &daily["used"],
+            &daily["leased"]
+        ),
+        (&"daily".into(), &1000.into(), &1000.into(), &0.into()),
+        "{usage}"
+    );
+    let human = support::sendctl(&nodes[0], &["user", "usage", "app"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("QUOTA") && text.contains("1000"), "{text}");
 }
 
 #[test]

@@ -198,8 +198,8 @@ impl QuotaLedger {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tick()).await;
     }
 
-    /// The fleet's usage of `quota` now (leased and unspent included).
-    pub async fn fleet_usage(&self, quota: &Quota) -> Result<u64, DbError> {
+    /// The fleet's usage of `quota` now: (accepted, leased and unspent).
+    pub async fn fleet_usage(&self, quota: &Quota) -> Result<(u64, u64), DbError> {
         let (key, first) = key_of(quota, now_ms());
         let mut conn = self.inner.conn().await?;
         let client = conn.client.as_ref().ok_or(DbError::Closed)?;

@@ -250,14 +250,17 @@ pub async fn ask_return(client: &Client, key: &Key) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The fleet's usage of `key` summed over periods `first..=key.period`
-/// (leased and unspent included).
-pub async fn usage(client: &Client, key: &Key, first: i32) -> Result<u64, DbError> {
+/// The fleet's usage of `key` summed over periods `first..=key.period`:
+/// (accepted, leased and not yet spent).
+pub async fn usage(client: &Client, key: &Key, first: i32) -> Result<(u64, u64), DbError> {
     let row = timed(client.query_one(
-        "SELECT coalesce(sum(used), 0)::bigint FROM quota_usage \
-         WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4",
+        "SELECT (SELECT coalesce(sum(used), 0)::bigint FROM quota_usage \
+           WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4), \
+         (SELECT coalesce(sum(amount), 0)::bigint FROM quota_leases \
+           WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4)",
         &[&key.name, &key.window, &first, &key.period],
     ))
     .await?;
-    Ok(u(row.get(0)))
+    let (used, leased) = (u(row.get(0)), u(row.get(1)));
+    Ok((used.saturating_sub(leased), leased))
 }
