@@ -253,15 +253,12 @@ impl Engine {
         // Cluster mode: the fleet's quotas are decided by the ledger; the
         // spool only counts (`cluster::quota`).
         let reservation = match &self.cluster {
-            Some(c) => Some(c.quota.reserve(&mut message.quotas).await.map_err(|e| {
-                let limit = matches!(e, crate::cluster::quota::Refused::Limit(_));
-                crate::metrics::injection_refused(if limit {
-                    Refusal::Quota
-                } else {
-                    Refusal::LocalError
-                });
-                e.reply()
-            })?),
+            Some(c) => Some(
+                c.quota
+                    .reserve(&mut message.quotas)
+                    .await
+                    .map_err(fleet_quota_refusal)?,
+            ),
             None => None,
         };
         let body: Arc<[u8]> = message.body.as_slice().into();
@@ -464,6 +461,17 @@ fn channel_of(header: Option<&str>) -> Result<&'static str, Reply> {
             )
         }),
     }
+}
+
+/// The reply when the fleet's quota ledger refused (cluster mode).
+fn fleet_quota_refusal(e: crate::cluster::quota::Refused) -> Reply {
+    let limit = matches!(e, crate::cluster::quota::Refused::Limit(_));
+    crate::metrics::injection_refused(if limit {
+        Refusal::Quota
+    } else {
+        Refusal::LocalError
+    });
+    e.reply()
 }
 
 /// The reply when the spool did not take the message.
