@@ -374,6 +374,9 @@ impl Daemon {
                 grace.as_secs()
             );
         }
+        if let Some(cluster) = &self.engine.cluster {
+            cluster.quota.shutdown().await;
+        }
         let in_flight = wait_for_deliveries(&self.engine.router, deadline).await;
         if in_flight > 0 {
             log::warn!(

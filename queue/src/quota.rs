@@ -45,7 +45,7 @@ impl Window {
     }
 
     /// The bucket `now_ms` falls in.
-    pub(crate) fn bucket(self, now_ms: u64) -> u32 {
+    pub fn bucket(self, now_ms: u64) -> u32 {
         match self {
             Window::Day | Window::Rolling30Days => day_number(now_ms),
             Window::Month => {
@@ -57,7 +57,7 @@ impl Window {
     }
 
     /// The buckets whose sum is the current usage.
-    pub(crate) fn buckets(self, now_ms: u64) -> std::ops::RangeInclusive<u32> {
+    pub fn buckets(self, now_ms: u64) -> std::ops::RangeInclusive<u32> {
         let b = self.bucket(now_ms);
         match self {
             Window::Rolling30Days => b.saturating_sub(ROLLING_DAYS - 1)..=b,

@@ -44,6 +44,7 @@ pub fn arg_fields(cmd: &str) -> Option<ArgFields> {
         ("server" | "group" | "user" | "template", "get" | "delete") => fields(&["name"]),
         ("server" | "group" | "user" | "template", "put") => Some(ArgFields::Object),
         ("server", "test") => fields(&["name", "to", "from"]),
+        ("user", "usage") => fields(&["name"]),
         ("domain", "get" | "delete" | "verify" | "records") => fields(&["domain"]),
         ("domain", "put") => fields(&["domain", "owner"]),
         ("dkim", "list") => fields(&[]),

@@ -4,7 +4,7 @@
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
 //! line frames, `commands` the argument fields each command takes; the
 //! handlers live per noun: `objects` (server, group, user, template,
-//! domain), `queue`, `status`, `dkim`, `suppression` and `server_test`. Every
+//! domain), `queue`, `status`, `dkim`, `suppression`, `usage` and `server_test`. Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
@@ -17,6 +17,7 @@ pub mod server;
 pub mod server_test;
 pub mod status;
 pub mod suppression;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         ("queue", verb) => queue::handle(ctx, verb, &args).await,
         ("dkim", verb) => dkim::handle(ctx, verb, &args).await,
         ("suppression", verb) => suppression::handle(ctx, verb, &args).await,
+        ("user", "usage") => usage::user_usage(ctx, &args).await,
         (noun, verb) => match objects::Kind::from_noun(noun) {
             Some(kind) => objects::handle(ctx, kind, verb, &args).await,
             None => Err(unknown(&request.cmd)),
@@ -69,7 +71,7 @@ fn unknown(cmd: &str) -> AdminError {
         "unknown_command",
         format!(
             "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
-             .list|get|put|delete, server.test, domain.verify|records, \
+             .list|get|put|delete, server.test, user.usage, domain.verify|records, \
              dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
              suppression.list|add|remove|check"
         ),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use sendengine_queue::{MessageId, MessageMeta, SpoolError, StoredMessage};
 use tokio::sync::oneshot;
 
+use crate::cluster::quota::Refused;
 use crate::deliver::{Job, Route, base_event};
 use crate::engine::Engine;
 use crate::events::EventKind;
@@ -83,11 +84,22 @@ pub(super) async fn write(
     claimed: bool,
 ) -> Result<(Job, MessageId), Reply> {
     let Admitted {
-        message,
+        mut message,
         header_message_id,
         suppressed,
         ..
     } = admitted;
+    // Cluster mode: the fleet's quotas are decided by the ledger; the
+    // spool only counts (`cluster::quota`).
+    let reservation = match &engine.cluster {
+        Some(c) => Some(
+            c.quota
+                .reserve(&mut message.quotas)
+                .await
+                .map_err(fleet_quota_refusal)?,
+        ),
+        None => None,
+    };
     let body: Arc<[u8]> = message.body.as_slice().into();
     let (mail_from, recipients, meta) = (
         message.mail_from.clone(),
@@ -102,10 +114,11 @@ pub(super) async fn write(
             let _ = tx.send(result);
         }),
     );
-    let id = rx
-        .await
-        .unwrap_or(Err(SpoolError::Closed))
-        .map_err(|e| refusal_for(&e))?;
+    let result = rx.await.unwrap_or(Err(SpoolError::Closed));
+    if let Some(r) = reservation {
+        r.settle(result.is_ok());
+    }
+    let id = result.map_err(|e| refusal_for(&e))?;
     let stored = Arc::new(StoredMessage {
         id,
         mail_from,
@@ -155,6 +168,20 @@ pub(super) fn queued(id: MessageId) -> Reply {
         "2.0.0",
         format!("Queued as {}", sendengine_queue::format_id(id)),
     )
+}
+
+/// The reply when the fleet's quota ledger refused (cluster mode).
+fn fleet_quota_refusal(e: Refused) -> Reply {
+    match e {
+        Refused::Limit(exceeded) => {
+            crate::metrics::injection_refused(crate::metrics::Refusal::Quota);
+            limits::refusal(&exceeded)
+        }
+        Refused::Unavailable => {
+            crate::metrics::injection_refused(crate::metrics::Refusal::LocalError);
+            Refused::unavailable_reply()
+        }
+    }
 }
 
 /// The reply when the spool did not take the message.

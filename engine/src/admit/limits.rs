@@ -37,17 +37,17 @@ pub(super) fn quotas(
 }
 
 /// The quota names; also what `sendctl` will show.
-fn user_quota_name(user: &str) -> String {
+pub(crate) fn user_quota_name(user: &str) -> String {
     format!("user:{user}")
 }
 
-fn default_domain_quota_name(user: &str) -> String {
+pub(crate) fn default_domain_quota_name(user: &str) -> String {
     format!("default-domain:{user}")
 }
 
 /// The user's daily, monthly and lifetime quotas for `recipients` more.
 /// Limits of 0 still count, so turning a limit on later starts from truth.
-fn user_quotas(user: &str, group: &UserGroup, recipients: u64) -> Vec<Quota> {
+pub(crate) fn user_quotas(user: &str, group: &UserGroup, recipients: u64) -> Vec<Quota> {
     [
         (Window::Day, group.daily_limit),
         (Window::Month, group.monthly_limit),

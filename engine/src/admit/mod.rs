@@ -25,7 +25,7 @@
 mod commit;
 mod control;
 mod decorate;
-mod limits;
+pub(crate) mod limits;
 mod return_path;
 mod sign;
 mod suppress;

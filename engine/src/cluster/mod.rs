@@ -8,6 +8,9 @@
 //! source of truth for everything an operator configures.
 
 pub mod postgres;
+pub mod quota;
+mod quota_sql;
+mod quota_state;
 pub mod settings;
 
 pub use settings::{ClusterSettings, RawCluster};
@@ -24,14 +27,20 @@ pub struct Cluster {
     pub db: Arc<Database>,
     /// What this node knows of the others.
     pub fleet: Arc<FleetView>,
+    /// Sending quotas, exact across the fleet (`quota`).
+    pub quota: quota::QuotaLedger,
 }
 
 impl Cluster {
+    /// Needs a tokio runtime: background tasks start here.
     pub fn new(settings: ClusterSettings) -> Cluster {
+        let db = Arc::new(Database::new(&settings.database));
+        let fleet = Arc::new(FleetView::default());
         Cluster {
-            db: Arc::new(Database::new(&settings.database)),
+            quota: quota::QuotaLedger::start(&settings.node, db.clone(), fleet.clone()),
+            db,
             settings,
-            fleet: Arc::new(FleetView::default()),
+            fleet,
         }
     }
 }

@@ -179,6 +179,7 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
             request(verb, "name")
         }
         ("server", Some("test")) => request("test", "name"),
+        ("user", Some("usage")) => request("usage", "name"),
         ("server" | "group" | "user" | "template", Some("put")) => match words.get(2) {
             Some(w) => Err(Usage(format!("unexpected argument `{w}`"))),
             None => Ok((Spec::Put(format!("{noun}.put")), Map::new())),

@@ -38,6 +38,7 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
       group flags:  --name --servers a,b (all channels)
       user flags:   --name --group --password --sender-email
   server test NAME [--to ADDR] [--from ADDR]
+  user usage NAME                   (sending limits used; the fleet's in cluster mode)
   domain put NAME --owner USER | verify NAME | records NAME
   bounce parse FILE... [--json]     (offline: no daemon needed)
   dkim list | get DOMAIN | generate DOMAIN [--selector S] [--algorithm rsa|ed25519] [--inactive true]

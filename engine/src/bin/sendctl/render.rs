@@ -68,6 +68,16 @@ pub fn render(cmd: &str, result: &Value) -> String {
                 ("SOURCE", "/source"),
             ],
         ),
+        "user.usage" => table(
+            &result["quotas"],
+            &[
+                ("QUOTA", "/quota"),
+                ("LIMIT", "/limit"),
+                ("USED", "/used"),
+                ("LEASED", "/leased"),
+                ("RESETS_AT", "/resets_at"),
+            ],
+        ),
         "domain.records" => lines(&result["zone"]),
         "server.test" => server_test(result),
         "status" => status(result),

@@ -1,0 +1,598 @@
+//! Sending quotas exact across the fleet: each node leases blocks of a
+//! quota from PostgreSQL (`quota_sql`) and spends them locally, so the
+//! database is off the per-message path while a user is far from a limit.
+//!
+//! Admission calls [`QuotaLedger::reserve`] before the spool commit and
+//! settles the [`Reservation`] after it: consumed if the message was
+//! stored, given back to the local lease if not. Blocks are large far from
+//! the limit and shrink to exactly what a message needs near it
+//! ([`lease_size`]); a node refused while others hold unspent leases asks
+//! them (NOTIFY) to give back and retries for up to [`RESERVE_WAIT`], so
+//! the fleet accepts exactly the limit. A background task settles spent
+//! amounts every [`TICK`], gives unused leases back after [`IDLE_RETURN`]
+//! (and at shutdown), renews the leases in use and reclaims expired ones.
+//! Unlimited quotas (limit 0) are only counted, in batches.
+//!
+//! When PostgreSQL is unreachable: mail that fits in a lease this node
+//! already holds (and has not let expire) is accepted, exactly; mail that
+//! needs a new lease gets `451 4.3.0` (never a 5xx); the outage is logged
+//! once and `sendengine_cluster_quota_database_up` is 0. Everything
+//! recovers by itself when the database answers again. A node killed with
+//! SIGKILL loses at most the last [`TICK`] of spending it had not settled:
+//! its leases expire after `LEASE_TTL_SECS` and are given back whole.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sendengine_queue::{Quota, QuotaExceeded, Window};
+use tokio::sync::Notify;
+
+use super::FleetView;
+use super::postgres::{Database, DbError, Notice, listen};
+use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased};
+use super::quota_state::{Held, Part};
+use crate::timefmt::now_ms;
+use crate::values::Reply;
+
+/// How long admission may wait for other nodes to give back leases.
+pub const RESERVE_WAIT: Duration = Duration::from_secs(5);
+/// How often spent amounts are settled and idle leases given back.
+pub const TICK: Duration = Duration::from_millis(100);
+/// A lease not drawn on for this long goes back to the fleet.
+pub const IDLE_RETURN: Duration = Duration::from_secs(1);
+/// The largest block one lease takes.
+pub const MAX_BLOCK: u64 = 500;
+/// After a failed call, calls fail at once for this long (no pile-up of
+/// connection attempts while the database is down).
+const FAIL_FAST: Duration = Duration::from_millis(500);
+/// How often expired leases (of killed nodes) are looked for.
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
+
+/// `sendengine_cluster_quota_database_up`: 1 when the last call worked.
+pub const METRIC_UP: &str = "sendengine_cluster_quota_database_up";
+/// Messages answered 451 because no quota decision could be made.
+pub const METRIC_UNAVAILABLE: &str = "sendengine_cluster_quota_unavailable_total";
+/// Lease transactions that granted blocks.
+pub const METRIC_LEASES: &str = "sendengine_cluster_quota_leases_total";
+
+/// The block to lease when `need` more is wanted and the fleet has used
+/// `used` of `limit`: none if it does not fit; else a share of what is left
+/// (a quarter per live node, at most [`MAX_BLOCK`]) but never less than
+/// `need`, so that near the limit a node takes exactly what it needs.
+pub fn lease_size(need: u64, limit: u64, used: u64, live_nodes: usize) -> Option<u64> {
+    let remaining = limit.saturating_sub(used);
+    if need > remaining {
+        return None;
+    }
+    let share = remaining / (4 * live_nodes.max(1) as u64);
+    Some(share.min(MAX_BLOCK).max(need).min(remaining))
+}
+
+/// The counter key and first summed period of `q` at `now_ms`.
+fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
+    let window = match q.window {
+        Window::Day => 0,
+        Window::Month => 1,
+        Window::Rolling30Days => 2,
+        Window::Lifetime => 3,
+    };
+    let buckets = q.window.buckets(now_ms);
+    let key = Key {
+        name: q.name.clone(),
+        window,
+        period: *buckets.end() as i32,
+    };
+    (key, *buckets.start() as i32)
+}
+
+/// What one message wants of one quota.
+#[derive(Clone, Debug)]
+struct Want {
+    key: Key,
+    first: i32,
+    window: Window,
+    limit: u64,
+    amount: u64,
+}
+
+/// This node's quota ledger.
+pub struct QuotaLedger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: String,
+    url: String,
+    db: Arc<Database>,
+    fleet: Arc<FleetView>,
+    /// One connection for every write of this node, so that a settle never
+    /// runs between a lease's commit and its arrival in `state`.
+    conn: tokio::sync::Mutex<Conn>,
+    state: Mutex<HashMap<Key, Held>>,
+    health: Health,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Conn {
+    client: Option<tokio_postgres::Client>,
+    /// Schema created and the previous run's leases reclaimed.
+    ready: bool,
+}
+
+/// A reservation made by admission: consume it once the message is stored,
+/// release it if the spool refused. Dropped unsettled, it is consumed (the
+/// safe side: counted even if the message was not stored).
+pub struct Reservation {
+    inner: Arc<Inner>,
+    parts: Vec<Part>,
+}
+
+impl Reservation {
+    pub fn settle(mut self, stored: bool) {
+        let parts = std::mem::take(&mut self.parts);
+        self.inner.settle_parts(parts, stored);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let parts = std::mem::take(&mut self.parts);
+        self.inner.settle_parts(parts, true);
+    }
+}
+
+impl QuotaLedger {
+    /// Starts the ledger's background task and its LISTEN for give-back
+    /// requests; needs a tokio runtime.
+    pub fn start(node: &str, db: Arc<Database>, fleet: Arc<FleetView>) -> QuotaLedger {
+        let inner = Arc::new(Inner {
+            node: node.to_owned(),
+            url: db.url().to_owned(),
+            db,
+            fleet,
+            conn: tokio::sync::Mutex::new(Conn::default()),
+            state: Mutex::new(HashMap::new()),
+            health: Health::default(),
+            wake: Notify::new(),
+        });
+        metrics::gauge!(METRIC_UP).set(1.0);
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        listen(inner.url.clone(), vec![sql::RETURN_CHANNEL.into()], tx);
+        tokio::spawn(listen_for_returns(Arc::downgrade(&inner), rx));
+        tokio::spawn(run(Arc::downgrade(&inner)));
+        QuotaLedger { inner }
+    }
+
+    /// Reserves `quotas` for one message, and sets their limits to 0 so
+    /// that the spool only counts them (the fleet's limit is decided here).
+    /// Err: the limit named, or 451 4.3.0 when the database is needed and
+    /// does not answer.
+    pub async fn reserve(&self, quotas: &mut [Quota]) -> Result<Reservation, Refused> {
+        let now = now_ms();
+        let wants: Vec<Want> = quotas
+            .iter()
+            .filter(|q| q.amount > 0)
+            .map(|q| {
+                let (key, first) = key_of(q, now);
+                Want {
+                    key,
+                    first,
+                    window: q.window,
+                    limit: q.limit,
+                    amount: q.amount,
+                }
+            })
+            .collect();
+        for q in quotas.iter_mut() {
+            q.limit = 0;
+        }
+        self.inner.reserve(&wants, now).await
+    }
+
+    /// Gives every unspent lease back; called once SMTP sessions are over.
+    pub async fn shutdown(&self) {
+        self.inner
+            .state_mut(|s| s.values_mut().for_each(|h| h.closing = true));
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tick()).await;
+    }
+
+    /// The fleet's usage of `quota` now: (accepted, leased and unspent).
+    pub async fn fleet_usage(&self, quota: &Quota) -> Result<(u64, u64), DbError> {
+        let (key, first) = key_of(quota, now_ms());
+        let mut conn = self.inner.conn().await?;
+        let client = conn.client.as_ref().ok_or(DbError::Closed)?;
+        let result = sql::usage(client, &key, first).await;
+        self.inner.outcome(&mut conn, result)
+    }
+}
+
+impl Inner {
+    fn state_mut<T>(&self, f: impl FnOnce(&mut HashMap<Key, Held>) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state)
+    }
+
+    async fn reserve(self: &Arc<Self>, wants: &[Want], now: u64) -> Result<Reservation, Refused> {
+        if let Some(w) = wants.iter().find(|w| w.limit > 0 && w.amount > w.limit) {
+            return Err(refused(w, w.limit.min(w.amount), now));
+        }
+        let deadline = Instant::now() + RESERVE_WAIT;
+        loop {
+            let asks = match self.try_take(wants) {
+                Ok(parts) => {
+                    return Ok(Reservation {
+                        inner: self.clone(),
+                        parts,
+                    });
+                }
+                Err(asks) => asks,
+            };
+            match self.lease(&asks).await {
+                Ok(None) => continue,
+                Ok(Some((key, used, others))) => {
+                    let own = self.state_mut(|s| s.get(&key).map_or(0, |h| h.reserved));
+                    if (others > 0 || own > 0) && Instant::now() < deadline {
+                        self.ask_others(&key).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                    let want = wants.iter().find(|w| w.key == key).unwrap_or(&wants[0]);
+                    return Err(refused(want, used, now));
+                }
+                Err(e) => {
+                    log::debug!("cluster quota: no lease: {e}");
+                    metrics::counter!(METRIC_UNAVAILABLE).increment(1);
+                    return Err(Refused::Unavailable);
+                }
+            }
+        }
+    }
+
+    /// Takes every limited want from the local leases, or takes nothing and
+    /// returns what must be leased first.
+    fn try_take(&self, wants: &[Want]) -> Result<Vec<Part>, Vec<Ask>> {
+        let now = Instant::now();
+        self.state_mut(|state| {
+            let asks: Vec<Ask> = wants
+                .iter()
+                .filter(|w| w.limit > 0)
+                .filter_map(|w| {
+                    let usable = state.get(&w.key).map_or(0, |h| h.usable(now));
+                    (usable < w.amount).then(|| Ask {
+                        key: w.key.clone(),
+                        first: w.first,
+                        limit: w.limit,
+                        need: w.amount - usable,
+                    })
+                })
+                .collect();
+            if !asks.is_empty() {
+                return Err(asks);
+            }
+            Ok(wants
+                .iter()
+                .map(|w| {
+                    let held = state.entry(w.key.clone()).or_default();
+                    held.take(&w.key, w.amount, w.limit > 0, now)
+                })
+                .collect())
+        })
+    }
+
+    /// Leases the asks; Ok(None) when granted, Ok(Some((key, used, held by
+    /// others))) when a key has not enough left.
+    async fn lease(&self, asks: &[Ask]) -> Result<Option<(Key, u64, u64)>, DbError> {
+        let started = Instant::now();
+        let live = self.fleet.live_nodes();
+        let mut conn = self.conn().await?;
+        let client = conn.client.as_mut().ok_or(DbError::Closed)?;
+        let result = sql::lease(client, &self.node, asks, |need, limit, used| {
+            lease_size(need, limit, used, live)
+        })
+        .await;
+        match self.outcome(&mut conn, result)? {
+            Leased::Granted(blocks) => {
+                metrics::counter!(METRIC_LEASES).increment(1);
+                let until = started + lease_life();
+                self.state_mut(|s| {
+                    for (key, block, row) in blocks {
+                        s.entry(key).or_default().granted(block, row, until);
+                    }
+                });
+                Ok(None)
+            }
+            Leased::Refused { key, used, others } => Ok(Some((key, used, others))),
+        }
+    }
+
+    /// NOTIFY the other nodes, at most every 100 ms per key.
+    async fn ask_others(&self, key: &Key) {
+        let now = Instant::now();
+        let due = self.state_mut(|s| {
+            let held = s.entry(key.clone()).or_default();
+            let due = held
+                .notified
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(100));
+            if due {
+                held.notified = Some(now);
+            }
+            due
+        });
+        if !due {
+            return;
+        }
+        if let Ok(mut conn) = self.conn().await
+            && let Some(client) = conn.client.as_ref()
+        {
+            let result = sql::ask_return(client, key).await;
+            let _ = self.outcome(&mut conn, result);
+        }
+    }
+
+    fn settle_parts(&self, parts: Vec<Part>, stored: bool) {
+        if parts.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        self.state_mut(|s| {
+            for part in parts {
+                s.entry(part.key.clone())
+                    .or_default()
+                    .settle(&part, stored, now);
+            }
+        });
+    }
+
+    /// The connection, opened (and the schema made ready) if needed.
+    async fn conn(&self) -> Result<tokio::sync::MutexGuard<'_, Conn>, DbError> {
+        if self.health.failing_fast() {
+            return Err(DbError::Closed);
+        }
+        let mut conn = self.conn.lock().await;
+        if self.health.failing_fast() {
+            return Err(DbError::Closed);
+        }
+        if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
+            conn.ready = false;
+            let opened = super::postgres::connect(&self.url).await;
+            conn.client = Some(self.outcome(&mut conn, opened)?);
+        }
+        if !conn.ready {
+            let migrated = self.db.migrate(sql::SCHEMA).await;
+            self.outcome(&mut conn, migrated)?;
+            let client = conn.client.as_ref().ok_or(DbError::Closed)?;
+            let reclaimed = sql::reclaim(client, Some(&self.node)).await;
+            if self.outcome(&mut conn, reclaimed)? > 0 {
+                log::info!("cluster quota: gave back the leases of this node's previous run");
+            }
+            conn.ready = true;
+        }
+        Ok(conn)
+    }
+
+    /// Records the health of a call; a failed call drops the connection
+    /// (it may be mid-transaction) so that the next one starts afresh.
+    fn outcome<T>(&self, conn: &mut Conn, result: Result<T, DbError>) -> Result<T, DbError> {
+        match &result {
+            Ok(_) => self.health.ok(),
+            Err(e) => {
+                conn.client = None;
+                self.health.failed(e);
+            }
+        }
+        result
+    }
+
+    /// One round of the background work: settle, give back, renew, count.
+    async fn tick(&self) {
+        let now = Instant::now();
+        let work =
+            self.state_mut(|s| super::quota_state::collect(s, now, IDLE_RETURN, renew_before()));
+        if work.is_empty() {
+            return;
+        }
+        let Ok(mut conn) = self.conn().await else {
+            self.state_mut(|s| super::quota_state::undo(s, work));
+            return;
+        };
+        let mut pending = work.into_iter();
+        while let Some(item) = pending.next() {
+            let started = Instant::now();
+            let Some(client) = conn.client.as_ref() else {
+                break;
+            };
+            let result = item.run(client, &self.node).await;
+            match self.outcome(&mut conn, result) {
+                Ok(after) => {
+                    let fix = self.state_mut(|s| item.applied(s, after, started + lease_life()));
+                    if let Some(fix) = fix
+                        && let Some(client) = conn.client.as_ref()
+                    {
+                        let result = fix.run(client, &self.node).await;
+                        let _ = self.outcome(&mut conn, result);
+                    }
+                }
+                Err(_) => {
+                    let rest: Vec<_> = std::iter::once(item).chain(pending).collect();
+                    self.state_mut(|s| super::quota_state::undo(s, rest));
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn reclaim_expired(&self) {
+        if let Ok(mut conn) = self.conn().await
+            && let Some(client) = conn.client.as_ref()
+        {
+            let result = sql::reclaim(client, None).await;
+            if let Ok(n) = self.outcome(&mut conn, result)
+                && n > 0
+            {
+                log::info!("cluster quota: gave back {n} expired lease(s) of stopped nodes");
+            }
+        }
+    }
+}
+
+/// How long a lease may be spent, counted from before it was asked for.
+fn lease_life() -> Duration {
+    Duration::from_secs(LEASE_TTL_SECS - LEASE_MARGIN_SECS)
+}
+
+/// A lease in use is renewed when it has less than this left.
+fn renew_before() -> Duration {
+    Duration::from_secs(LEASE_TTL_SECS / 2)
+}
+
+/// The background task: ticks until the ledger is dropped.
+async fn run(inner: std::sync::Weak<Inner>) {
+    let mut last_reclaim = Instant::now();
+    loop {
+        let Some(ledger) = inner.upgrade() else {
+            return;
+        };
+        let _ = tokio::time::timeout(TICK, ledger.wake.notified()).await;
+        ledger.tick().await;
+        if last_reclaim.elapsed() >= RECLAIM_EVERY {
+            last_reclaim = Instant::now();
+            ledger.reclaim_expired().await;
+        }
+    }
+}
+
+/// Give-back requests of other nodes: mark the key and wake the task.
+async fn listen_for_returns(
+    inner: std::sync::Weak<Inner>,
+    mut notices: tokio::sync::mpsc::Receiver<Notice>,
+) {
+    while let Some(notice) = notices.recv().await {
+        let Some(ledger) = inner.upgrade() else {
+            return;
+        };
+        if let Notice::Notify { payload, .. } = notice
+            && let Some(key) = Key::from_payload(&payload)
+        {
+            let asked = ledger.state_mut(|s| {
+                s.get_mut(&key)
+                    .map(|h| h.asked = Some(Instant::now()))
+                    .is_some()
+            });
+            if asked {
+                ledger.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// The refusal naming the limit, as the standalone spool's.
+fn refused(want: &Want, used: u64, now: u64) -> Refused {
+    let exceeded = QuotaExceeded {
+        name: want.key.name.clone(),
+        window: want.window,
+        limit: want.limit,
+        used,
+        resets_at_ms: want.window.resets_at_ms(now),
+    };
+    Refused::Limit(exceeded)
+}
+
+/// Why a reservation was refused; `reply()` is what the client gets.
+#[derive(Debug)]
+pub enum Refused {
+    /// A limit is reached: admission names it, as the standalone spool's
+    /// refusal (`admit::limits::refusal`).
+    Limit(QuotaExceeded),
+    /// The fleet's counters cannot be reached.
+    Unavailable,
+}
+
+impl Refused {
+    /// The reply when the counters cannot be reached: 451 4.3.0.
+    pub fn unavailable_reply() -> Reply {
+        Reply::new(
+            451,
+            "4.3.0",
+            "The fleet's sending limits cannot be checked right now (the cluster database does not answer): try again later",
+        )
+    }
+}
+
+/// Up or down, logged once per change.
+#[derive(Default)]
+struct Health {
+    down: std::sync::atomic::AtomicBool,
+    last_failure: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn failed(&self, e: &DbError) {
+        use std::sync::atomic::Ordering;
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        if !self.down.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "cluster quota: the database does not answer ({e}); mail that needs a new \
+                 quota lease is answered 451 4.3.0 until it does"
+            );
+            metrics::gauge!(METRIC_UP).set(0.0);
+        }
+    }
+
+    fn ok(&self) {
+        if self.down.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("cluster quota: the database answers again; quotas are leased again");
+            metrics::gauge!(METRIC_UP).set(1.0);
+        }
+    }
+
+    fn failing_fast(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .last_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|t| t.elapsed() < FAIL_FAST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_large_far_from_the_limit_and_exact_near_it() {
+        assert_eq!(lease_size(3, 1000, 0, 1), Some(250));
+        assert_eq!(lease_size(3, 1000, 0, 3), Some(83));
+        assert_eq!(lease_size(3, 1_000_000, 0, 1), Some(MAX_BLOCK));
+        assert_eq!(lease_size(5, 1000, 990, 3), Some(5), "exact near the limit");
+        assert_eq!(lease_size(10, 1000, 990, 1), Some(10), "the very last ones");
+        assert_eq!(lease_size(11, 1000, 990, 1), None);
+        assert_eq!(lease_size(1, 1000, 1000, 1), None);
+        assert_eq!(
+            lease_size(1, 1000, 1200, 1),
+            None,
+            "over after a lowered limit"
+        );
+        assert_eq!(lease_size(600, 1000, 0, 1), Some(600), "a big message");
+    }
+
+    #[test]
+    fn keys_follow_the_spools_windows() {
+        let q = |window| Quota {
+            name: "user:a".into(),
+            window,
+            limit: 5,
+            amount: 1,
+        };
+        let now = 1_795_257_000_000; // 2026-11-21
+        let (day, first) = key_of(&q(Window::Day), now);
+        assert_eq!((day.window, day.period, first), (0, 20778, 20778));
+        let (rolling, first) = key_of(&q(Window::Rolling30Days), now);
+        assert_eq!((rolling.period - first, rolling.window), (29, 2));
+        let (life, _) = key_of(&q(Window::Lifetime), now);
+        assert_eq!(life.period, 0);
+        assert_eq!(Key::from_payload(&day.payload()), Some(day));
+    }
+}
