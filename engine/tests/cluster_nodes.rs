@@ -271,3 +271,37 @@ fn a_fleet_suspend_on_one_node_holds_the_campaign_on_the_others_until_resumed() 
         ]
     );
 }
+
+#[test]
+fn a_node_that_was_down_applies_the_fleet_action_it_missed_when_it_returns() {
+    let Some(place) = FleetPlace::new("fleet_missed", false) else {
+        return;
+    };
+    let port = free_port();
+    let a = node(&place, "a", port);
+    let mut c = node(&place, "c", port);
+    send(&c, "alpha1@example.net", "alpha");
+    send(&c, "beta1@example.net", "beta");
+    c.wait_events("transient_failure", 2, LONG);
+    assert!(c.stop().success());
+
+    // Only the live node is waited for; c is not forgotten.
+    let deleted = ctl(&a, &["fleet", "queue", "delete", "--campaign", "alpha"]);
+    assert_eq!(changed_per_node(&deleted), [("a".to_owned(), 0)]);
+    let refused = sendctl(&a, &["fleet", "queue", "delete"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("give --campaign, --tenant or both"),
+        "{stderr}"
+    );
+
+    c.restart();
+    let events = c.wait_events("admin_action", 1, LONG);
+    assert_eq!(events[0]["recipient"], "alpha1@example.net");
+    wait_for(LONG, "only beta left on c", || {
+        let rows = ctl(&c, &["queue", "list"]);
+        let rows = rows.as_array().unwrap().clone();
+        (rows.len() == 1 && rows[0]["recipient"] == "beta1@example.net").then_some(())
+    });
+}

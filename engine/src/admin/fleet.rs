@@ -159,27 +159,34 @@ async fn queue_action(
     }))
 }
 
-/// Applies a fleet action to this node's spool: the mail received before
-/// it was issued that its selector matches.
+/// Applies a fleet action to this node's spool.
 fn apply(engine: &Engine, action: &FleetAction) -> Value {
-    let Selector { campaign, tenant } = action.selector.clone();
-    if campaign.is_none() && tenant.is_none() {
-        // Never the whole queue, whatever the table holds.
-        return json!({"error": "the action names no campaign or tenant; nothing done"});
-    }
-    if !ACTIONS.contains(&action.action.as_str()) {
-        return json!({"error": format!("unknown action `{}`; nothing done", action.action)});
-    }
-    let filter = QueueFilter {
-        campaign,
-        tenant,
-        received_before_ms: Some(action.issued_at_ms + 1),
-        ..QueueFilter::default()
+    let filter = match filter_for(action) {
+        Ok(filter) => filter,
+        Err(reason) => return json!({ "error": reason }),
     };
     match super::queue::act(engine, &action.action, &filter) {
         Ok(result) => result,
         Err(e) => json!({"error": e.message}),
     }
+}
+
+/// The mail a fleet action is for: what its selector matches among the
+/// mail received before it was issued. Never the whole queue.
+fn filter_for(action: &FleetAction) -> Result<QueueFilter, String> {
+    let Selector { campaign, tenant } = action.selector.clone();
+    if campaign.is_none() && tenant.is_none() {
+        return Err("the action names no campaign or tenant; nothing done".into());
+    }
+    if !ACTIONS.contains(&action.action.as_str()) {
+        return Err(format!("unknown action `{}`; nothing done", action.action));
+    }
+    Ok(QueueFilter {
+        campaign,
+        tenant,
+        received_before_ms: Some(action.issued_at_ms + 1),
+        ..QueueFilter::default()
+    })
 }
 
 /// Joins the fleet: takes this node's row, then runs the heartbeat and
@@ -270,5 +277,75 @@ async fn sample(engine: Arc<Engine>) -> Sample {
             .sum::<u64>() as f64,
         connections: routes.iter().map(|r| r.open_connections() as u64).sum(),
         campaigns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::nodes::NodeRow;
+
+    fn row(name: &str, campaigns: &[(&str, &str, u64)]) -> NodeRow {
+        NodeRow {
+            name: name.into(),
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+            started_at_ms: 0,
+            last_seen_ms: 0,
+            last_seen_age_seconds: 0.0,
+            queue_size: 0,
+            delivery_rate: 0.0,
+            connections: 0,
+            state: "live".into(),
+            campaigns: campaigns
+                .iter()
+                .map(|(c, t, n)| CampaignCount {
+                    campaign: (*c).into(),
+                    tenant: (*t).into(),
+                    queued: *n,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn campaigns_add_up_across_nodes_with_each_nodes_share() {
+        let rows = [
+            row("a", &[("spring", "acme", 3), ("autumn", "zeta", 1)]),
+            row("b", &[("spring", "acme", 2)]),
+            row("c", &[]),
+        ];
+        let all = fleet_campaigns(rows.iter());
+        assert_eq!(
+            all,
+            [
+                json!({"campaign": "autumn", "tenant": "zeta", "total": 1, "nodes": {"a": 1}}),
+                json!({"campaign": "spring", "tenant": "acme", "total": 5, "nodes": {"a": 3, "b": 2}}),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_action_is_for_older_mail_of_its_selector_and_never_the_whole_queue() {
+        let mut action = FleetAction {
+            id: 1,
+            action: "delete".into(),
+            selector: Selector::default(),
+            issued_by: "a".into(),
+            issued_at_ms: 1_000,
+        };
+        assert!(
+            filter_for(&action)
+                .unwrap_err()
+                .contains("no campaign or tenant")
+        );
+        action.selector.tenant = Some("acme".into());
+        let filter = filter_for(&action).unwrap();
+        assert_eq!(filter.tenant.as_deref(), Some("acme"));
+        assert_eq!(filter.campaign, None);
+        assert_eq!(filter.received_before_ms, Some(1_001));
+        action.action = "purge".into();
+        assert!(filter_for(&action).unwrap_err().contains("unknown action"));
     }
 }
