@@ -171,7 +171,7 @@ where
     let apply = Arc::new(apply);
     let (tx, mut notices) = mpsc::channel(16);
     listen(db.url().to_owned(), vec![CHANNEL.to_owned()], tx);
-    let mut health = Health::new("fleet actions");
+    let mut health = Health::new("fleet_actions");
     let mut poll = tokio::time::interval(POLL);
     loop {
         tokio::select! {
