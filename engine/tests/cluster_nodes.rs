@@ -341,3 +341,22 @@ fn nodes_come_back_by_themselves_after_their_database_connections_are_cut() {
     assert_eq!(resumed["complete"], true, "{resumed}");
     assert_eq!(changed_per_node(&resumed).len(), 2);
 }
+
+#[test]
+fn a_node_restarted_right_after_a_crash_takes_its_name_back() {
+    let Some(place) = FleetPlace::new("fleet_crash", false) else {
+        return;
+    };
+    let mut a = node(&place, "a", free_port());
+    let before = wait_for(LONG, "a live", || {
+        let s = fleet_status(&a, false);
+        (names(&s) == ["a"]).then(|| s["nodes"][0]["up_since"].clone())
+    });
+    // Its row still looks alive: the new life waits for it to go quiet
+    // instead of refusing the name, as a systemd restart needs.
+    a.kill9();
+    a.restart();
+    let status = fleet_status(&a, false);
+    assert_eq!(names(&status), ["a"]);
+    assert_ne!(status["nodes"][0]["up_since"], before, "{status}");
+}
