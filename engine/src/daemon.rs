@@ -61,6 +61,8 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error("{0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, reloading `config_path` on SIGHUP.
@@ -289,6 +291,10 @@ impl Daemon {
             .await
             .map_err(|(addr, source)| StartError::Listen { addr, source })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // Cluster mode: heartbeat and fleet actions (nothing without [cluster]).
+        let fleet_tasks = crate::admin::fleet::start(&engine, shutdown_rx.clone())
+            .await
+            .map_err(StartError::Cluster)?;
         let max_connections = config.smtp_in.max_connections;
         let slots = Arc::new(Semaphore::new(max_connections));
         let shared = SharedState::new(&config.smtp_in);
@@ -302,6 +308,7 @@ impl Daemon {
                 shutdown_rx.clone(),
             )),
         ];
+        tasks.extend(fleet_tasks);
         tasks.extend(crate::metrics::start(&config.metrics, shutdown_rx.clone())?);
         if crate::metrics::enabled() {
             tasks.push(tokio::spawn(refresh_gauges(

@@ -59,6 +59,10 @@ pub fn arg_fields(cmd: &str) -> Option<ArgFields> {
         ("suppression", "list") => fields(&["tenant", "limit"]),
         ("suppression", "add") => fields(&["address", "tenant", "reason"]),
         ("suppression", "remove" | "check") => fields(&["address", "tenant"]),
+        ("fleet", "status") => fields(&["all"]),
+        ("fleet", "queue.suspend" | "queue.resume" | "queue.bounce" | "queue.delete") => {
+            fields(&["campaign", "tenant"])
+        }
         _ => None,
     }
 }

@@ -4,12 +4,14 @@
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
 //! line frames, `commands` the argument fields each command takes; the
 //! handlers live per noun: `objects` (server, group, user, template,
-//! domain), `queue`, `status`, `dkim`, `suppression`, `usage` and `server_test`. Every
+//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `server_test`
+//! and `fleet` (cluster mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
 pub mod commands;
 pub mod dkim;
+pub mod fleet;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
@@ -59,6 +61,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         ("dkim", verb) => dkim::handle(ctx, verb, &args).await,
         ("suppression", verb) => suppression::handle(ctx, verb, &args).await,
         ("user", "usage") => usage::user_usage(ctx, &args).await,
+        ("fleet", verb) => fleet::handle(ctx, verb, &args).await,
         (noun, verb) => match objects::Kind::from_noun(noun) {
             Some(kind) => objects::handle(ctx, kind, verb, &args).await,
             None => Err(unknown(&request.cmd)),
@@ -73,7 +76,8 @@ fn unknown(cmd: &str) -> AdminError {
             "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
              .list|get|put|delete, server.test, user.usage, domain.verify|records, \
              dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
-             suppression.list|add|remove|check"
+             suppression.list|add|remove|check, \
+             fleet.status, fleet.queue.suspend|resume|bounce|delete"
         ),
     )
 }

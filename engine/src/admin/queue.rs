@@ -250,8 +250,9 @@ fn inspect(engine: &Engine, id: u64) -> Result<Value, AdminError> {
     }))
 }
 
-/// Applies the action page by page; counts what changed.
-fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, AdminError> {
+/// Applies the action page by page; counts what changed. Fleet actions
+/// (`fleet`) run through here too.
+pub(crate) fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<Value, AdminError> {
     let action = match verb {
         "flush" => QueueAction::Flush,
         "suspend" => QueueAction::Suspend,

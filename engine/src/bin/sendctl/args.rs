@@ -189,6 +189,17 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
         }
         ("suppression", Some(verb @ ("add" | "remove" | "check"))) => request(verb, "address"),
         ("queue", Some("inspect")) => request("inspect", "id"),
+        ("fleet", Some("status")) => bare("fleet.status".into()),
+        ("fleet", Some("queue")) => match word(2) {
+            Some(verb @ ("suspend" | "resume" | "bounce" | "delete")) => {
+                bare(format!("fleet.queue.{verb}"))
+            }
+            _ => Err(Usage(
+                "give the action: sendctl fleet queue suspend|resume|bounce|delete \
+                 --campaign C and/or --tenant T"
+                    .into(),
+            )),
+        },
         (
             "queue",
             Some(
@@ -420,6 +431,12 @@ mod tests {
         assert!(m.contains("did you mean --json?"), "{m}");
         let m = usage("queue delete --all=yes");
         assert!(m.contains("takes no value"), "{m}");
+        let m = usage("fleet queue suspend --campain x");
+        assert!(m.contains("did you mean --campaign?"), "{m}");
+        let m = usage("fleet queue pause --campaign x");
+        assert!(m.contains("suspend|resume|bounce|delete"), "{m}");
+        let m = usage("fleet status extra");
+        assert!(m.contains("unexpected argument `extra`"), "{m}");
     }
 
     #[test]
@@ -456,6 +473,9 @@ mod tests {
             "queue inspect 0011223344556677",
             "queue bounce --all",
             "suppression add a@b.example",
+            "fleet status --all",
+            "fleet queue suspend --campaign c",
+            "fleet queue delete --tenant t",
         ] {
             let (cmd, _) = request(line);
             assert!(arg_fields(&cmd).is_some(), "{cmd}");

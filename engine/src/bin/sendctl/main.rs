@@ -10,6 +10,7 @@
 
 mod args;
 mod bounce;
+mod fleet;
 mod render;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -48,6 +49,9 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
       filters: --route R --domain D --tenant T --campaign C --channel CH --older-than 2h --id ID
   suppression list [--tenant T] [--limit N] | add ADDRESS [--tenant T] [--reason R]
       | remove ADDRESS [--tenant T] | check ADDRESS [--tenant T]   (no --tenant: the global list)
+  fleet status [--all]              (cluster mode: live nodes; --all adds stopped and lost ones)
+  fleet queue suspend | resume | bounce | delete --campaign C and/or --tenant T
+      (applied by every node to the mail it received before the order)
 
 Flags take a value (--campaign X or --campaign=X) except --json and --all; a flag
 a command does not take is an error (exit 2), never ignored.

@@ -81,11 +81,13 @@ pub fn render(cmd: &str, result: &Value) -> String {
         "domain.records" => lines(&result["zone"]),
         "server.test" => server_test(result),
         "status" => status(result),
+        "fleet.status" => crate::fleet::status(result),
+        cmd if cmd.starts_with("fleet.queue.") => crate::fleet::action(result),
         _ => key_values(result, ""),
     }
 }
 
-fn cell(value: Option<&Value>) -> String {
+pub fn cell(value: Option<&Value>) -> String {
     match value {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),
@@ -99,7 +101,7 @@ fn cell(value: Option<&Value>) -> String {
     }
 }
 
-fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
+pub fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
     let rows = rows.as_array().map(Vec::as_slice).unwrap_or_default();
     let cells: Vec<Vec<String>> = rows
         .iter()
