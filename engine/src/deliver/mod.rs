@@ -392,7 +392,11 @@ async fn worker(route: Arc<Route>) {
         // No new transaction while delivered outcomes wait to be written.
         route.ctx.recorder.unrecorded.wait_until_recording().await;
         if pooled.is_none() {
-            lease = route.throttle.connection_lease().await;
+            let wanted = || !route.ready.is_empty() && !route.stopping.load(Ordering::Relaxed);
+            let Ok(granted) = route.throttle.connection_lease(wanted).await else {
+                continue;
+            };
+            lease = granted;
         }
         // The job is taken only once the rate limit lets it go, so that a
         // transactional message queued meanwhile goes first.

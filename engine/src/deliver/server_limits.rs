@@ -7,8 +7,10 @@
 //! (`FleetThrottles`) the rates and the connections count fleet-wide; while
 //! Redis is down this node keeps to its share: every rate and
 //! `max_connections` divided by the fleet's nodes (connections rounded up,
-//! at least 1). Mail over a limit waits in the ready queue; it is never
-//! refused for it.
+//! at least 1), and a connection over that share closes after its current
+//! message. When Redis answers again the open connections register there
+//! again before any new one opens; one with no room left closes. Mail
+//! over a limit waits in the ready queue; it is never refused for it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,9 @@ struct FleetLimits {
     /// Leases this node holds for the server (from Redis or by share).
     held: Arc<AtomicUsize>,
 }
+
+/// The wait for a connection lease ended: there is no work for it left.
+pub struct NotWanted;
 
 /// A connection's place among the server's `max_connections` across the
 /// fleet, renewed while it is kept; dropping it gives the place back.
@@ -140,13 +145,22 @@ impl ServerLimits {
         }
     }
 
-    /// Waits for a place among the server's connections across the fleet;
-    /// None standalone, where the route's worker count is the cap.
-    pub async fn connection_lease(&self) -> Option<ConnectionLease> {
-        let fleet = self.fleet.as_ref()?;
+    /// Waits for a place among the server's connections across the fleet
+    /// while `wanted()` (the route has work); None standalone, where the
+    /// route's worker count is the cap.
+    pub async fn connection_lease(
+        &self,
+        wanted: impl Fn() -> bool,
+    ) -> Result<Option<ConnectionLease>, NotWanted> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(None);
+        };
         loop {
             if let Some(lease) = fleet.try_lease().await {
-                return Some(lease);
+                return Ok(Some(lease));
+            }
+            if !wanted() {
+                return Err(NotWanted);
             }
             tokio::time::sleep(jittered(LEASE_POLL)).await;
         }
