@@ -118,6 +118,18 @@ pub struct Sink {
     messages: AtomicU64,
     recipients: AtomicU64,
     connection_slots: Arc<Semaphore>,
+    /// Connections open now, and the most ever open at once.
+    sessions: AtomicU64,
+    peak_sessions: AtomicU64,
+}
+
+/// Counts a connection as open until it is dropped (closed).
+struct OpenSession<'a>(&'a AtomicU64);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Numbers accepted messages and writes them down, one at a time, so the
@@ -140,6 +152,12 @@ struct LogLine<'a> {
     size: usize,
     tls: bool,
     auth: Option<&'a str>,
+    /// The client's address and port: one connection's messages share it.
+    peer: SocketAddr,
+    /// Connections open when the message was accepted, and the most that
+    /// were ever open at once (connection limits are checked with these).
+    sessions: u64,
+    peak_sessions: u64,
 }
 
 impl Sink {
@@ -167,6 +185,8 @@ impl Sink {
             messages: AtomicU64::new(0),
             recipients: AtomicU64::new(0),
             connection_slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            sessions: AtomicU64::new(0),
+            peak_sessions: AtomicU64::new(0),
         })
     }
 
@@ -203,6 +223,9 @@ impl Sink {
     async fn handle_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         // Replies are small and latency-bound; Nagle would hold them back.
         let _ = tcp.set_nodelay(true);
+        let open = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_sessions.fetch_max(open, Ordering::SeqCst);
+        let _open = OpenSession(&self.sessions);
         let (stream, tls): (Box<dyn Stream>, bool) = match (&self.tls, self.config.tls) {
             (Some(acceptor), TlsMode::Implicit) => {
                 let handshake = tokio::time::timeout(IDLE_TIMEOUT, acceptor.accept(tcp)).await;
@@ -543,6 +566,9 @@ impl Session {
             size: self.message.len(),
             tls: self.tls,
             auth: self.auth_user.as_deref(),
+            peer: self.peer,
+            sessions: self.sink.sessions.load(Ordering::SeqCst),
+            peak_sessions: self.sink.peak_sessions.load(Ordering::SeqCst),
         };
         let recorded = self.sink.record(&entry, &self.message);
         self.reset_transaction();

@@ -65,6 +65,27 @@ pub enum StartError {
     Cluster(String),
 }
 
+/// `[cluster] redis`: the fleet-wide throttles of delivery servers.
+fn fleet_throttles(
+    cluster: Option<&Arc<crate::cluster::Cluster>>,
+) -> Result<Option<Arc<crate::deliver::FleetThrottles>>, StartError> {
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    let Some(redis) = &cluster.settings.redis else {
+        return Ok(None);
+    };
+    let fleet = cluster.fleet.clone();
+    crate::deliver::FleetThrottles::new(crate::deliver::FleetSettings {
+        redis: redis.clone(),
+        prefix: cluster.settings.redis_prefix.clone(),
+        node: cluster.settings.node.clone(),
+        live_nodes: Arc::new(move || fleet.live_nodes()),
+    })
+    .map(Some)
+    .map_err(StartError::Cluster)
+}
+
 /// Runs the daemon until SIGTERM or SIGINT, reloading `config_path` on SIGHUP.
 pub async fn run(config: Config, config_path: PathBuf) -> Result<(), StartError> {
     // Only aws-lc-rs is in the build; installing it makes that explicit.
@@ -244,6 +265,11 @@ impl Daemon {
         } else {
             crate::dns::Resolver::with_nameservers(&config.dns.nameservers)
         };
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|settings| Arc::new(crate::cluster::Cluster::new(settings)));
+        let fleet_throttles = fleet_throttles(cluster.as_ref())?;
         let (router, failovers) = Router::new(
             tenancy.clone(),
             RouteSettings {
@@ -254,6 +280,7 @@ impl Daemon {
                 direct: config.direct.clone(),
                 resolver: resolver.clone(),
                 verp_secret: tenancy.secrets().derived("verp"),
+                fleet: fleet_throttles.clone(),
             },
             recorder,
         );
@@ -266,10 +293,7 @@ impl Daemon {
             tenancy,
             default_user: config.smtp_in.default_user.clone(),
             resolver,
-            cluster: config
-                .cluster
-                .clone()
-                .map(|settings| Arc::new(crate::cluster::Cluster::new(settings))),
+            cluster,
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
@@ -310,6 +334,9 @@ impl Daemon {
         ];
         tasks.extend(fleet_tasks);
         tasks.extend(crate::metrics::start(&config.metrics, shutdown_rx.clone())?);
+        if let Some(throttles) = fleet_throttles {
+            tasks.push(tokio::spawn(throttles.run(shutdown_rx.clone())));
+        }
         if crate::metrics::enabled() {
             tasks.push(tokio::spawn(refresh_gauges(
                 engine.clone(),

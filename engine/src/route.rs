@@ -39,6 +39,8 @@ pub struct RouteSettings {
     pub direct: DirectSection,
     pub resolver: Resolver,
     pub verp_secret: [u8; 32],
+    /// `[cluster] redis`: delivery servers' limits count fleet-wide.
+    pub fleet: Option<Arc<crate::deliver::FleetThrottles>>,
 }
 
 /// Where a job goes.
@@ -76,6 +78,7 @@ impl Router {
             recorder,
             failover,
             verp_secret: Arc::new(settings.verp_secret),
+            fleet: settings.fleet,
         };
         let snapshot = tenancy.snapshot();
         let routes = snapshot

@@ -11,9 +11,11 @@
 //! there is one. A pooled connection the server closed while it was idle
 //! costs a reconnect, not an attempt (see `Route::deliver`).
 
+mod fleet_throttle;
 mod lease;
 mod ready;
 mod record;
+mod server_limits;
 mod stats;
 mod throttle;
 mod unrecorded;
@@ -22,9 +24,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+pub use fleet_throttle::{FleetSettings, FleetThrottles};
 pub use lease::{CLAIM_LEASE, Hold, Leases};
 pub use ready::{Job, ReadyQueue, Refused, is_priority_channel};
 pub use record::{AttemptContext, Recorder, RetryPolicy, SharedRetry, base_event, job_for};
+use server_limits::{ConnectionLease, ServerLimits};
 pub use stats::RouteStats;
 pub use throttle::Throttle;
 use tokio::sync::mpsc;
@@ -58,6 +62,8 @@ pub struct RouteContext {
     pub failover: mpsc::UnboundedSender<Failover>,
     /// Key of the HMAC in VERP tags.
     pub verp_secret: Arc<[u8; 32]>,
+    /// `[cluster] redis`: delivery servers' limits count fleet-wide.
+    pub fleet: Option<Arc<FleetThrottles>>,
 }
 
 /// The local part of VERP return paths: `bounces+TAG@domain`.
@@ -89,7 +95,7 @@ pub struct Route {
     pub ready: ReadyQueue,
     /// In flight and delivered lately, for `status`.
     pub stats: RouteStats,
-    throttle: Throttle,
+    throttle: ServerLimits,
     workers: AtomicUsize,
     idle_workers: AtomicUsize,
     stopping: AtomicBool,
@@ -120,11 +126,7 @@ impl Route {
             max_messages_per_connection: server.max_messages_per_connection,
             ready: ReadyQueue::new(ctx.ready_capacity),
             stats: RouteStats::default(),
-            throttle: Throttle::new(
-                server.rate_per_second,
-                server.rate_per_hour,
-                server.rate_per_day,
-            ),
+            throttle: ServerLimits::new(server, ctx.fleet.as_ref()),
             workers: AtomicUsize::new(0),
             idle_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -140,6 +142,8 @@ impl Route {
     pub fn direct_site(site: &Arc<DeliveryServer>, mx: MxTarget, ctx: RouteContext) -> Route {
         Route {
             mx: Some(mx),
+            // A site's connection cap is per node, as `[direct]` says.
+            throttle: ServerLimits::local(site),
             ..Route::new(site, ctx)
         }
     }
@@ -373,7 +377,12 @@ impl Route {
 /// connection at a time until idle.
 async fn worker(route: Arc<Route>) {
     let mut pooled: Option<Pooled> = None;
+    // In a fleet, held while a connection is (about to be) open.
+    let mut lease = None;
     loop {
+        if pooled.is_none() {
+            lease = None;
+        }
         route.idle_workers.fetch_add(1, Ordering::AcqRel);
         let has_work = route.ready.wait_for_job(route.ctx.idle_timeout).await;
         route.idle_workers.fetch_sub(1, Ordering::AcqRel);
@@ -382,6 +391,13 @@ async fn worker(route: Arc<Route>) {
         }
         // No new transaction while delivered outcomes wait to be written.
         route.ctx.recorder.unrecorded.wait_until_recording().await;
+        if pooled.is_none() {
+            let wanted = || !route.ready.is_empty() && !route.stopping.load(Ordering::Relaxed);
+            let Ok(granted) = route.throttle.connection_lease(wanted).await else {
+                continue;
+            };
+            lease = granted;
+        }
         // The job is taken only once the rate limit lets it go, so that a
         // transactional message queued meanwhile goes first.
         route.throttle.acquire().await;
@@ -392,10 +408,18 @@ async fn worker(route: Arc<Route>) {
         let in_flight = InFlight::start(&route.stats, &job);
         pooled = route.deliver(job, pooled.take()).await;
         drop(in_flight);
+        // A lease given up (over this node's share, or lost in Redis)
+        // ends its connection.
+        if lease.as_ref().is_some_and(ConnectionLease::is_lost)
+            && let Some(p) = pooled.take()
+        {
+            p.connection.quit().await;
+        }
     }
     if let Some(pooled) = pooled {
         pooled.connection.quit().await;
     }
+    drop(lease);
     route.workers.fetch_sub(1, Ordering::AcqRel);
     // A job may have arrived while this worker was leaving.
     if !route.ready.is_empty() {

@@ -14,14 +14,22 @@ use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
 struct Limit {
+    /// `second`, `hour` or `day`: names the limit's key in a fleet.
+    name: &'static str,
+    period: Duration,
     interval: Duration,
     tolerance: Duration,
 }
 
 impl Limit {
-    fn new(count: f64, period: Duration) -> Limit {
-        let interval = period.div_f64(count);
+    fn new(name: &'static str, count: f64, period: Duration) -> Limit {
+        Limit::with_interval(name, period, period.div_f64(count))
+    }
+
+    fn with_interval(name: &'static str, period: Duration, interval: Duration) -> Limit {
         Limit {
+            name,
+            period,
             interval,
             tolerance: period.saturating_sub(interval),
         }
@@ -38,14 +46,18 @@ impl Throttle {
     pub fn new(per_second: Option<f64>, per_hour: Option<u64>, per_day: Option<u64>) -> Throttle {
         let mut limits = Vec::new();
         if let Some(n) = per_second {
-            limits.push(Limit::new(n, Duration::from_secs(1)));
+            limits.push(Limit::new("second", n, Duration::from_secs(1)));
         }
         if let Some(n) = per_hour {
-            limits.push(Limit::new(n as f64, Duration::from_secs(3600)));
+            limits.push(Limit::new("hour", n as f64, Duration::from_secs(3600)));
         }
         if let Some(n) = per_day {
-            limits.push(Limit::new(n as f64, Duration::from_secs(86_400)));
+            limits.push(Limit::new("day", n as f64, Duration::from_secs(86_400)));
         }
+        Throttle::from_limits(limits)
+    }
+
+    fn from_limits(limits: Vec<Limit>) -> Throttle {
         let now = Instant::now();
         Throttle {
             tat: Mutex::new(vec![now; limits.len()]),
@@ -53,12 +65,30 @@ impl Throttle {
         }
     }
 
+    /// The same limits divided by `nodes`: one node's share of a fleet's.
+    pub fn share(&self, nodes: usize) -> Throttle {
+        let nodes = nodes.max(1) as u32;
+        let limits = self
+            .limits
+            .iter()
+            .map(|l| Limit::with_interval(l.name, l.period, l.interval.saturating_mul(nodes)))
+            .collect();
+        Throttle::from_limits(limits)
+    }
+
+    /// Each limit's name, emission interval and tolerance.
+    pub fn limits(&self) -> impl Iterator<Item = (&'static str, Duration, Duration)> + '_ {
+        self.limits
+            .iter()
+            .map(|l| (l.name, l.interval, l.tolerance))
+    }
+
     pub fn is_unlimited(&self) -> bool {
         self.limits.is_empty()
     }
 
     /// Takes one message's place, or says how long to wait before asking again.
-    fn try_take(&self, now: Instant) -> Result<(), Duration> {
+    pub fn try_take(&self, now: Instant) -> Result<(), Duration> {
         let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
         let mut wait = Duration::ZERO;
         for (limit, t) in self.limits.iter().zip(tat.iter()) {
@@ -116,6 +146,20 @@ mod tests {
             wait > Duration::from_secs(1700),
             "half an hour per message: {wait:?}"
         );
+    }
+
+    #[test]
+    fn a_share_divides_every_limit() {
+        let t = Throttle::new(Some(30.0), Some(3000), None).share(3);
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(t.try_take(start).is_ok(), "a third of the burst");
+        }
+        assert!(t.try_take(start).is_err());
+        let limits: Vec<_> = t.limits().collect();
+        let close = |d: Duration, secs: f64| (d.as_secs_f64() - secs).abs() < 1e-6;
+        assert!(close(limits[0].1, 0.1), "{limits:?}");
+        assert!(close(limits[1].1, 3.6), "{limits:?}");
     }
 
     #[test]
