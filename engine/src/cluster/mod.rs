@@ -7,8 +7,11 @@
 //! shared queue, as KumoMTA and Halon fleets do) and PostgreSQL is the
 //! source of truth for everything an operator configures.
 
+pub mod objects;
 pub mod postgres;
 pub mod settings;
+pub mod shared;
+pub mod suppressions;
 
 pub use settings::{ClusterSettings, RawCluster};
 

@@ -259,13 +259,17 @@ impl Recorder {
         let source = event.reply.as_ref().map(reply_line).unwrap_or_default();
         let address = event.recipient.clone();
         let events = self.events.clone();
+        let shared = (tenant.clone(), reason.clone(), source.clone());
         self.spool.suppress_then(
             &tenant,
             &event.recipient.clone(),
             &reason,
             &source,
             Box::new(move |result| match result {
-                Ok(_) => events.emit(event),
+                Ok(_) => {
+                    crate::cluster::suppressions::share(&shared.0, &address, &shared.1, &shared.2);
+                    events.emit(event)
+                }
                 Err(e) => {
                     log::error!("could not suppress {address} after a hard bounce: {e}")
                 }
