@@ -4,7 +4,8 @@
 //! on A (by the operator or by a hard bounce) applies on C; a node started
 //! later takes the fleet's set over its own seeds; with PostgreSQL out of
 //! reach an admin change fails clearly, admission goes on from the local
-//! copy, and the node recovers without a restart.
+//! copy (also after a start without it), and the node recovers without a
+//! restart.
 
 mod support;
 
@@ -287,7 +288,7 @@ fn without_the_database_changes_fail_clearly_and_admission_goes_on() {
         .replace(services::POSTGRES, &format!("127.0.0.1:{}", proxy.port));
     let mut config = DaemonConfig::new(sink.addr.port());
     config.extra_top = place.node_config("a").replace(&place.database, &via_proxy);
-    let a = Daemon::start(config);
+    let mut a = Daemon::start(config);
     wait_published(&place);
     // Synced: a change goes through.
     support::wait_for(LONG, "a first change through the proxy", || {
@@ -325,6 +326,13 @@ fn without_the_database_changes_fail_clearly_and_admission_goes_on() {
     assert_eq!(sent, "250");
     sink.wait_messages(1, LONG);
     a.wait_stderr("cluster database is unreachable", LONG);
+    // A start without the database: from the local copy.
+    a.stop();
+    a.restart();
+    let sent = support::smtplib_try(a.addr, "app@example.com", &["ok2@example.net"], "");
+    assert_eq!(sent, "250");
+    sink.wait_messages(2, LONG);
+    assert!(get(&a, "template", "before").is_some(), "the local copy");
 
     // Back: the same node takes changes again, without a restart.
     let _proxy = Proxy::start(port);

@@ -205,6 +205,11 @@ async fn first_sync(
             .map_err(|e| SyncError::Apply(e.to_string()))?
             .map_err(|e| SyncError::Apply(e.to_string()))?;
         let count = local.len();
+        if count == 0 {
+            // Nothing to give: the first change made anywhere starts the set.
+            progress.set_synced();
+            return Ok(());
+        }
         match put(&cluster.db, &cluster.settings.node, 0, &local).await? {
             Put::Committed(version) => {
                 log::info!(

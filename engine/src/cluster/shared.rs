@@ -13,8 +13,8 @@
 //! clear error meanwhile (nothing is changed on any node), and
 //! suppressions from bounces wait in a bounded queue (`suppressions`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -219,7 +219,14 @@ fn report(result: Result<(), SyncError>, what: &str) {
         Err(SyncError::Apply(e)) => {
             ::metrics::counter!("sendengine_cluster_apply_errors_total", "what" => what.to_owned())
                 .increment(1);
-            log::error!("cluster: the shared {what} could not be applied here: {e}");
+            // Tried again at every poll: log each new reason once.
+            static LAST: Mutex<String> = Mutex::new(String::new());
+            let line = format!("cluster: the shared {what} could not be applied here: {e}");
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            if *last != line {
+                log::error!("{line}");
+                *last = line;
+            }
         }
     }
 }
