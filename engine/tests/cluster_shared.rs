@@ -333,6 +333,13 @@ fn without_the_database_changes_fail_clearly_and_admission_goes_on() {
     assert_eq!(sent, "250");
     sink.wait_messages(2, LONG);
     assert!(get(&a, "template", "before").is_some(), "the local copy");
+    let out = put(
+        &a,
+        "server",
+        serde_json::json!({"name": "relay3", "host": "127.0.0.1"}),
+    );
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(error.contains("not applied on any node"), "{error}");
 
     // Back: the same node takes changes again, without a restart.
     let _proxy = Proxy::start(port);

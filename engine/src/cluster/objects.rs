@@ -140,9 +140,12 @@ impl Publisher {
 impl Publish for Publisher {
     fn publish(&self, kind: &str, name: &str, body: Option<&[u8]>) -> Result<(), String> {
         if !self.progress.synced() {
-            return Err(not_applied(
-                "this node has not read the fleet's configuration from the cluster database yet",
-            ));
+            return Err(not_applied(if HEALTH.is_up() {
+                "this node has not read the fleet's configuration from the cluster database yet"
+            } else {
+                "the cluster database is unreachable and this node has not read the fleet's \
+                 configuration since it started"
+            }));
         }
         let row = ObjectRow {
             kind: kind.to_owned(),
