@@ -287,7 +287,11 @@ fn without_the_database_changes_fail_clearly_and_admission_goes_on() {
         .database
         .replace(services::POSTGRES, &format!("127.0.0.1:{}", proxy.port));
     let mut config = DaemonConfig::new(sink.addr.port());
-    config.extra_top = place.node_config("a").replace(&place.database, &via_proxy);
+    let metrics_port = support::free_port();
+    config.extra_top = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        place.node_config("a").replace(&place.database, &via_proxy)
+    );
     let mut a = Daemon::start(config);
     wait_published(&place);
     // Synced: a change goes through.
@@ -321,6 +325,7 @@ fn without_the_database_changes_fail_clearly_and_admission_goes_on() {
     assert!(!out.status.success());
     assert!(error.contains("not changed on any node"), "{error}");
     assert!(!suppressed(&a, "x@example.net"));
+    assert_eq!(database_up(metrics_port), "0");
     // Admission works from the local copy.
     let sent = support::smtplib_try(a.addr, "app@example.com", &["ok@example.net"], "");
     assert_eq!(sent, "250");
@@ -360,6 +365,22 @@ fn without_the_database_changes_fail_clearly_and_admission_goes_on() {
     assert_eq!(rows.trim(), "1");
     ctl(&a, &["suppression", "add", "x@example.net"]);
     assert!(suppressed(&a, "x@example.net"));
+    assert_eq!(database_up(metrics_port), "1");
+}
+
+/// The value of `sendengine_cluster_database_up` on the metrics endpoint.
+fn database_up(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text.lines()
+        .find_map(|l| l.strip_prefix("sendengine_cluster_database_up "))
+        .unwrap_or_else(|| panic!("no sendengine_cluster_database_up in:\n{text}"))
+        .trim()
+        .to_owned()
 }
 
 /// The writes themselves: a writer behind the fleet's version is refused,
