@@ -259,7 +259,13 @@ impl Recorder {
         let source = event.reply.as_ref().map(reply_line).unwrap_or_default();
         let address = event.recipient.clone();
         let events = self.events.clone();
-        let shared = (tenant.clone(), reason.clone(), source.clone());
+        // Cluster mode: the fleet learns of it in the background.
+        let share = {
+            let (tenant, reason, source) = (tenant.clone(), reason.clone(), source.clone());
+            move |address: &str| {
+                crate::cluster::suppressions::share(&tenant, address, &reason, &source)
+            }
+        };
         self.spool.suppress_then(
             &tenant,
             &event.recipient.clone(),
@@ -267,7 +273,7 @@ impl Recorder {
             &source,
             Box::new(move |result| match result {
                 Ok(_) => {
-                    crate::cluster::suppressions::share(&shared.0, &address, &shared.1, &shared.2);
+                    share(&address);
                     events.emit(event)
                 }
                 Err(e) => {
