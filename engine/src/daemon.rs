@@ -337,6 +337,19 @@ impl Daemon {
         if let Some(throttles) = fleet_throttles {
             tasks.push(tokio::spawn(throttles.run(shutdown_rx.clone())));
         }
+        if let Some(cluster) = engine.cluster.clone() {
+            let router = engine.router.clone();
+            let local = crate::cluster::shared::Local {
+                tenancy: engine.tenancy.clone(),
+                spool: engine.spool.clone(),
+                routes_changed: Box::new(move || router.sync()),
+            };
+            tasks.extend(crate::cluster::shared::start(
+                local,
+                cluster,
+                shutdown_rx.clone(),
+            ));
+        }
         if crate::metrics::enabled() {
             tasks.push(tokio::spawn(refresh_gauges(
                 engine.clone(),

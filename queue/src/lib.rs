@@ -51,4 +51,4 @@ pub use select::{
     QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
 pub use spool::{Spool, SpoolStats};
-pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, Suppression};
+pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, Suppression, normalize as normalize_address};

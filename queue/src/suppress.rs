@@ -31,7 +31,7 @@ pub struct Suppression {
 }
 
 /// The key form of an address, or why it cannot be one.
-pub(crate) fn normalize(address: &str) -> Result<String, SpoolError> {
+pub fn normalize(address: &str) -> Result<String, SpoolError> {
     let address = address.trim();
     if address.is_empty() {
         return Err(SpoolError::Invalid("the address is empty".into()));

@@ -239,6 +239,7 @@ pub fn apply(engine: &Engine, change: Change) -> Result<(), AdminError> {
             AdminError::not_found(e.to_string())
         }
         TenancyError::Invalid { .. } => AdminError::new("invalid", e.to_string()),
+        TenancyError::Cluster(_) => AdminError::new("cluster_unavailable", e.to_string()),
         _ => AdminError::internal(e.to_string()),
     })
 }

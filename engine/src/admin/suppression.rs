@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::protocol::{AdminError, Args};
 use super::{AdminContext, blocking};
+use crate::cluster::suppressions::Entry;
 use crate::timefmt::rfc3339;
 
 /// Entries listed when no `limit` is given.
@@ -37,6 +38,7 @@ pub async fn handle(
         "add" => {
             let address = args.str("address")?.to_owned();
             let reason = args.opt_str("reason")?.unwrap_or("manual").to_owned();
+            fleet_first(ctx, Entry::add(&tenant, &address, &reason, "operator")).await?;
             blocking(move || {
                 let added = spool
                     .suppress(&tenant, &address, &reason, "operator")
@@ -47,6 +49,7 @@ pub async fn handle(
         }
         "remove" => {
             let address = args.str("address")?.to_owned();
+            fleet_first(ctx, Entry::remove(&tenant, &address)).await?;
             blocking(move || {
                 let removed = spool.unsuppress(&tenant, &address).map_err(storage)?;
                 if !removed {
@@ -68,6 +71,22 @@ pub async fn handle(
             format!("`suppression.{verb}` is not a command; try suppression.list|add|remove|check"),
         )),
     }
+}
+
+/// Cluster mode: the change is committed fleet-wide before this node
+/// makes it, so that "done" means done on every node; if the cluster
+/// database is down nothing changes anywhere.
+async fn fleet_first(
+    ctx: &AdminContext,
+    entry: Result<Entry, SpoolError>,
+) -> Result<(), AdminError> {
+    let Some(cluster) = &ctx.engine.cluster else {
+        return Ok(());
+    };
+    let entry = entry.map_err(storage)?;
+    crate::cluster::suppressions::commit(cluster, entry)
+        .await
+        .map_err(|e| AdminError::new("cluster_unavailable", e))
 }
 
 fn check(

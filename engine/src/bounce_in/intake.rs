@@ -230,8 +230,9 @@ impl Intake {
         };
         self.spool
             .suppress(tenant, &event.recipient, &reason, &source)
-            .map(|_| ())
-            .map_err(|e| IntakeError(format!("suppressing {} failed: {e}", event.recipient)))
+            .map_err(|e| IntakeError(format!("suppressing {} failed: {e}", event.recipient)))?;
+        crate::cluster::suppressions::share(tenant, &event.recipient, &reason, &source);
+        Ok(())
     }
 }
 

@@ -9,11 +9,14 @@
 
 pub mod fleet_actions;
 pub mod nodes;
+pub mod objects;
 pub mod postgres;
 pub mod quota;
 mod quota_sql;
 mod quota_state;
 pub mod settings;
+pub mod shared;
+pub mod suppressions;
 
 pub use settings::{ClusterSettings, RawCluster};
 

@@ -259,13 +259,23 @@ impl Recorder {
         let source = event.reply.as_ref().map(reply_line).unwrap_or_default();
         let address = event.recipient.clone();
         let events = self.events.clone();
+        // Cluster mode: the fleet learns of it in the background.
+        let share = {
+            let (tenant, reason, source) = (tenant.clone(), reason.clone(), source.clone());
+            move |address: &str| {
+                crate::cluster::suppressions::share(&tenant, address, &reason, &source)
+            }
+        };
         self.spool.suppress_then(
             &tenant,
             &event.recipient.clone(),
             &reason,
             &source,
             Box::new(move |result| match result {
-                Ok(_) => events.emit(event),
+                Ok(_) => {
+                    share(&address);
+                    events.emit(event)
+                }
                 Err(e) => {
                     log::error!("could not suppress {address} after a hard bounce: {e}")
                 }

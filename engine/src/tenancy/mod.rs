@@ -9,9 +9,10 @@
 
 pub mod dkim;
 pub mod model;
+pub mod replica;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use sendengine_queue::Spool;
 use serde::Serialize;
@@ -45,6 +46,9 @@ pub enum TenancyError {
     },
     #[error("spool: {0}")]
     Spool(#[from] sendengine_queue::SpoolError),
+    /// Cluster mode: the fleet did not take the change (nothing changed).
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// What `config.toml` declares.
@@ -117,6 +121,8 @@ pub struct TenancyStore {
     changing: Mutex<()>,
     /// Users whose password was checked: name -> SHA-256(hash | password).
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Cluster mode: commits each change fleet-wide first (`replica`).
+    publisher: OnceLock<Arc<dyn replica::Publish>>,
 }
 
 /// Every stored object, as stored (secrets sealed or hashed).
@@ -162,6 +168,7 @@ impl TenancyStore {
             current: RwLock::new(Arc::new(Tenancy::default())),
             changing: Mutex::new(()),
             verified: Mutex::new(HashMap::new()),
+            publisher: OnceLock::new(),
         };
         let objects = store.load_objects()?;
         let tenancy = store.build(&objects)?;
@@ -267,12 +274,14 @@ impl TenancyStore {
     }
 
     /// Applies one change: checked together with every other object, then
-    /// stored and made current. Nothing changes if it does not fit.
+    /// (cluster mode) committed fleet-wide, then stored and made current.
+    /// Nothing changes if it does not fit or the fleet does not take it.
     pub fn apply(&self, change: Change) -> Result<(), TenancyError> {
         let _one_at_a_time = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         let mut objects = self.load_objects()?;
         let write = self.stage(&mut objects, change)?;
         let tenancy = self.build(&objects)?;
+        self.publish(write.0, &write.1, write.2.as_deref())?;
         match write {
             (kind, name, Some(json)) => {
                 self.spool.put_object(kind, &name, json)?;
