@@ -217,6 +217,10 @@ impl Daemon {
                 source,
             })?;
         let retry = SharedRetry::new(retry_policy(&config));
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|settings| Arc::new(crate::cluster::Cluster::new(settings)));
         let recorder = Recorder {
             spool: spool.clone(),
             events: events.clone(),
@@ -225,7 +229,15 @@ impl Daemon {
             index_retain: config.bounce_in.retain,
             leases: crate::deliver::Leases::new(crate::deliver::CLAIM_LEASE),
             unrecorded: Default::default(),
+            fleet_index: cluster.as_ref().map(|c| {
+                crate::cluster::delivered::SharedDelivered::start(c, config.bounce_in.retain)
+            }),
         };
+        if let Some(fleet) = &recorder.fleet_index {
+            fleet
+                .wait_for_number(crate::cluster::delivered::NUMBER_WAIT)
+                .await;
+        }
         let secrets = load_secrets(&config)?;
         let tenancy = {
             let spool = spool.clone();
@@ -252,6 +264,7 @@ impl Daemon {
                 direct: config.direct.clone(),
                 resolver: resolver.clone(),
                 verp_secret: tenancy.secrets().derived("verp"),
+                verp_node: recorder.fleet_index.clone(),
             },
             recorder,
         );
@@ -264,10 +277,7 @@ impl Daemon {
             tenancy,
             default_user: config.smtp_in.default_user.clone(),
             resolver,
-            cluster: config
-                .cluster
-                .clone()
-                .map(|settings| Arc::new(crate::cluster::Cluster::new(settings))),
+            cluster,
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();

@@ -39,6 +39,8 @@ pub struct RouteSettings {
     pub direct: DirectSection,
     pub resolver: Resolver,
     pub verp_secret: [u8; 32],
+    /// `[cluster]`: where this node's number for VERP tags comes from.
+    pub verp_node: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
 }
 
 /// Where a job goes.
@@ -76,6 +78,7 @@ impl Router {
             recorder,
             failover,
             verp_secret: Arc::new(settings.verp_secret),
+            verp_node: settings.verp_node,
         };
         let snapshot = tenancy.snapshot();
         let routes = snapshot
