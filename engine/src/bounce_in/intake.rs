@@ -62,8 +62,22 @@ pub struct Target {
 
 /// Why an email could not be taken: answered 451, so the sender retries.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct IntakeError(pub String);
+#[error("{message}")]
+pub struct IntakeError {
+    pub message: String,
+    /// Logged where it arose (a fleet database outage is logged once, not
+    /// per bounce): the listener answers 451 without logging it again.
+    pub logged: bool,
+}
+
+impl IntakeError {
+    pub fn new(message: String) -> IntakeError {
+        IntakeError {
+            message,
+            logged: false,
+        }
+    }
+}
 
 impl Intake {
     /// Parses one received email and returns the events to emit, every
@@ -151,7 +165,7 @@ impl Intake {
     fn already_reported(&self, target: &Target, key: &str) -> Result<bool, IntakeError> {
         self.spool
             .reported(target.id, target.rcpt, key)
-            .map_err(|e| IntakeError(format!("reading the reported bounces failed: {e}")))
+            .map_err(|e| IntakeError::new(format!("reading the reported bounces failed: {e}")))
     }
 
     /// Written after the suppressions and before the events go out. A
@@ -168,7 +182,7 @@ impl Intake {
             .collect();
         self.spool
             .mark_reported(&marks)
-            .map_err(|e| IntakeError(format!("recording the reported bounces failed: {e}")))
+            .map_err(|e| IntakeError::new(format!("recording the reported bounces failed: {e}")))
     }
 
     /// The RCPT's tag (HMAC checked by the listener); when several RCPTs
@@ -216,7 +230,7 @@ impl Intake {
         self.spool
             .suppress(tenant, &event.recipient, &reason, &source)
             .map(|_| ())
-            .map_err(|e| IntakeError(format!("suppressing {} failed: {e}", event.recipient)))
+            .map_err(|e| IntakeError::new(format!("suppressing {} failed: {e}", event.recipient)))
     }
 }
 

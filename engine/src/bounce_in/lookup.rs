@@ -46,9 +46,13 @@ impl Intake {
                 );
                 Ok(None)
             }
-            Err(e) => Err(IntakeError(format!(
-                "looking the bounce up in the fleet's delivered index failed: {e}"
-            ))),
+            // Logged once per outage by `SharedDelivered`.
+            Err(e) => Err(IntakeError {
+                message: format!(
+                    "looking the bounce up in the fleet's delivered index failed: {e}"
+                ),
+                logged: true,
+            }),
         }
     }
 
@@ -62,7 +66,7 @@ impl Intake {
     /// This node's index row; for a message still in the spool (another
     /// recipient pending) without one, what the spool has.
     fn local_delivered(&self, target: &Target) -> Result<Option<Delivered>, IntakeError> {
-        let read_failed = |e| IntakeError(format!("reading the delivered index failed: {e}"));
+        let read_failed = |e| IntakeError::new(format!("reading the delivered index failed: {e}"));
         if let Some(row) = self
             .spool
             .delivered(target.id, target.rcpt)

@@ -191,7 +191,9 @@ impl BounceContext {
                 Reply::new(250, "2.0.0", "Bounce received")
             }
             Ok(Err(e)) => {
-                log::error!("bounce intake failed, answering 451: {e}");
+                if !e.logged {
+                    log::error!("bounce intake failed, answering 451: {e}");
+                }
                 Reply::new(
                     451,
                     "4.3.0",

@@ -25,6 +25,7 @@
 //! lookup that fails is a 451 for the reporting MTA, which tries again. Each
 //! outage is logged once, when it starts, and once when it ends.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -46,6 +47,9 @@ const BATCH_ROWS: usize = 1_000;
 const LINGER: Duration = Duration::from_millis(100);
 /// Pause after a failed write (or node-number fetch) before the next try.
 const RETRY: Duration = Duration::from_secs(1);
+/// Times the server may refuse one batch (not a lost connection) before it
+/// is dropped.
+const MAX_REFUSALS: u32 = 3;
 /// How often this node's expired rows are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Waits between lookups of a row that is not there yet (the sending node
@@ -235,6 +239,8 @@ impl SharedDelivered {
     /// The writer: this node's number first, then batches, forever.
     async fn run(self: Arc<Self>, mut rows: mpsc::Receiver<Delivered>, retain: Duration) {
         let number = self.fetch_number().await;
+        // What expired while this node was down goes first.
+        self.prune(number, retain).await;
         let mut pruned_at = tokio::time::Instant::now();
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         loop {
@@ -302,21 +308,37 @@ impl SharedDelivered {
         Ok(row.try_get::<_, i32>(0)? as u32)
     }
 
-    /// Writes one batch, retrying until PostgreSQL takes it (meanwhile new
-    /// rows wait in the bounded queue).
+    /// Writes one batch, retrying while PostgreSQL is unreachable (new rows
+    /// wait in the bounded queue meanwhile). A batch the server itself
+    /// refuses [`MAX_REFUSALS`] times is dropped and counted, so that it
+    /// cannot stop the index for good.
     async fn write(&self, number: u32, batch: &[Delivered]) {
-        while self.note(self.insert(number, batch).await).is_err() {
+        let mut refusals = 0;
+        loop {
+            match self.note(self.insert(number, batch).await) {
+                Ok(_) => return rows_counter("written").increment(batch.len() as u64),
+                Err(DbError::Postgres(e)) if e.as_db_error().is_some() => {
+                    refusals += 1;
+                    if refusals == MAX_REFUSALS {
+                        log::error!(
+                            "cluster: PostgreSQL refused {} delivered-index rows: {e}; dropped",
+                            batch.len()
+                        );
+                        return rows_counter("dropped").increment(batch.len() as u64);
+                    }
+                }
+                Err(_) => {}
+            }
             tokio::time::sleep(RETRY).await;
         }
-        rows_counter("written").increment(batch.len() as u64);
     }
 
     async fn insert(&self, number: u32, batch: &[Delivered]) -> Result<u64, DbError> {
         let client = self.db.client().await?;
         let ids: Vec<i64> = batch.iter().map(|d| d.id as i64).collect();
         let rcpts: Vec<i64> = batch.iter().map(|d| i64::from(d.rcpt)).collect();
-        let text = |f: fn(&Delivered) -> &String| -> Vec<&str> {
-            batch.iter().map(|d| f(d).as_str()).collect()
+        let text = |f: fn(&Delivered) -> &String| -> Vec<Cow<'_, str>> {
+            batch.iter().map(|d| pg_text(f(d))).collect()
         };
         let times: Vec<i64> = batch.iter().map(|d| d.time_ms as i64).collect();
         let (tenants, groups, channels) = (
@@ -364,6 +386,16 @@ impl SharedDelivered {
         if let Ok(deleted) = self.note(deleting.await) {
             rows_counter("pruned").increment(deleted);
         }
+    }
+}
+
+/// PostgreSQL's text cannot hold NUL (a header could): dropped, so one
+/// odd row cannot make its whole batch fail forever.
+fn pg_text(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', ""))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
