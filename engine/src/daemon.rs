@@ -221,6 +221,8 @@ impl Daemon {
             .cluster
             .clone()
             .map(|settings| Arc::new(crate::cluster::Cluster::new(settings)));
+        let fleet_index =
+            crate::cluster::delivered::SharedDelivered::join(cluster.as_deref(), &config).await;
         let recorder = Recorder {
             spool: spool.clone(),
             events: events.clone(),
@@ -229,15 +231,8 @@ impl Daemon {
             index_retain: config.bounce_in.retain,
             leases: crate::deliver::Leases::new(crate::deliver::CLAIM_LEASE),
             unrecorded: Default::default(),
-            fleet_index: cluster.as_ref().map(|c| {
-                crate::cluster::delivered::SharedDelivered::start(c, config.bounce_in.retain)
-            }),
+            fleet_index: fleet_index.clone(),
         };
-        if let Some(fleet) = &recorder.fleet_index {
-            fleet
-                .wait_for_number(crate::cluster::delivered::NUMBER_WAIT)
-                .await;
-        }
         let secrets = load_secrets(&config)?;
         let tenancy = {
             let spool = spool.clone();
@@ -264,7 +259,7 @@ impl Daemon {
                 direct: config.direct.clone(),
                 resolver: resolver.clone(),
                 verp_secret: tenancy.secrets().derived("verp"),
-                verp_node: recorder.fleet_index.clone(),
+                verp_node: fleet_index,
             },
             recorder,
         );

@@ -7,8 +7,8 @@
 //! by the listener), else one the parser found in the report itself (checked
 //! here). The delivered index (this node's, or the fleet's: `lookup.rs`)
 //! then gives the rest; a message pruned from it still yields an event with
-//! the message id and what the report says, and a null tenant. Auto-replies, success
-//! notices and other mail are accepted and only counted
+//! the message id and what the report says, and a null tenant.
+//! Auto-replies, success notices and other mail are accepted and only counted
 //! (`sendengine_bounce_in_total{kind}`): answering them with an error would
 //! make the sender bounce our bounce address, and they carry nothing to act on.
 //!

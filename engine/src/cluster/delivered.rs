@@ -114,6 +114,17 @@ pub struct SharedDelivered {
 }
 
 impl SharedDelivered {
+    /// For the daemon's start: with `[cluster]`, starts this node's part
+    /// and waits (at most [`NUMBER_WAIT`]) for its number.
+    pub async fn join(
+        cluster: Option<&Cluster>,
+        config: &crate::config::Config,
+    ) -> Option<Arc<SharedDelivered>> {
+        let shared = SharedDelivered::start(cluster?, config.bounce_in.retain);
+        shared.wait_for_number(NUMBER_WAIT).await;
+        Some(shared)
+    }
+
     /// Starts fetching this node's number and the writer task (on the
     /// current runtime).
     pub fn start(cluster: &Cluster, retain: Duration) -> Arc<SharedDelivered> {
