@@ -1,28 +1,66 @@
 //! VERP tags: the part of the return path `bounces+TAG@domain` that ties a
 //! bounce back to one message and recipient.
 //!
-//! A tag is 20 bytes in lowercase base32 (32 characters, no padding), so it
-//! survives servers that fold the case of addresses: the message id (8 bytes),
-//! the recipient index (4 bytes) and the first 8 bytes of an HMAC-SHA256 over
-//! them with the server secret. A forged or damaged tag fails the HMAC check,
-//! so nobody can suppress addresses by sending us made-up bounces.
+//! Tags are lowercase base32 (no padding), so they survive servers that fold
+//! the case of addresses. Two forms, told apart by their length:
+//! - **standalone** (32 characters, 20 bytes): the message id (8 bytes), the
+//!   recipient index (4 bytes) and the first 8 bytes of an HMAC-SHA256 over
+//!   them with the server secret.
+//! - **fleet** (40 characters, 25 bytes): a version byte (2), the sending
+//!   node's number (4 bytes), the message id, the recipient index, and 8
+//!   bytes of an HMAC over all of them (under its own context string). Message
+//!   ids are unique per node only, so in a fleet the node is part of what a
+//!   tag names: any node that receives the bounce knows whose message it is.
+//!   `bounces+` and 40 characters make a 48-octet local part (the limit is 64).
+//!
+//! A forged or damaged tag fails the HMAC check, so nobody can suppress
+//! addresses by sending us made-up bounces.
 
 use aws_lc_rs::{constant_time, hmac};
 
-/// Length of a tag in characters.
-pub(crate) const TAG_LEN: usize = 32;
+/// Length of a standalone tag in characters.
+pub const TAG_LEN: usize = 32;
+/// Length of a fleet tag (one that names the sending node) in characters.
+pub const FLEET_TAG_LEN: usize = 40;
 /// Bytes of HMAC kept in a tag (64 bits: forging one takes ~2^63 tries).
 const MAC_LEN: usize = 8;
 const PAYLOAD_LEN: usize = 12;
 const RAW_LEN: usize = PAYLOAD_LEN + MAC_LEN;
+/// Version byte, node number, then the standalone payload.
+const FLEET_PAYLOAD_LEN: usize = 1 + 4 + PAYLOAD_LEN;
+const FLEET_RAW_LEN: usize = FLEET_PAYLOAD_LEN + MAC_LEN;
+const FLEET_VERSION: u8 = 2;
 /// Separates these MACs from any other use of the same secret.
 const MAC_CONTEXT: &[u8] = b"sendengine-verp-v1";
+const FLEET_MAC_CONTEXT: &[u8] = b"sendengine-verp-v2";
 const BASE32_ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// What a tag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tagged {
+    /// The number of the fleet node that sent the message; none for a
+    /// standalone tag (a node without `[cluster]`, or mail sent before it
+    /// joined a fleet).
+    pub node: Option<u32>,
+    pub id: u64,
+    pub rcpt: u32,
+}
+
+impl Tagged {
+    /// What a standalone tag names.
+    pub fn standalone(id: u64, rcpt: u32) -> Tagged {
+        Tagged {
+            node: None,
+            id,
+            rcpt,
+        }
+    }
+}
 
 /// Why a tag was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerpError {
-    #[error("VERP tag has {0} characters, expected {TAG_LEN}")]
+    #[error("VERP tag has {0} characters, expected {TAG_LEN} or {FLEET_TAG_LEN}")]
     BadLength(usize),
     #[error("VERP tag contains {0:?}, which is not base32 (a-z, 2-7)")]
     BadCharacter(char),
@@ -32,27 +70,57 @@ pub enum VerpError {
     NoTag(String),
 }
 
-/// Makes the tag for one recipient of one message.
+/// Makes the standalone tag for one recipient of one message.
 pub fn encode(message_id: u64, recipient_index: u32, secret: &[u8]) -> String {
     let payload = payload(message_id, recipient_index);
     let mut raw = [0u8; RAW_LEN];
     raw[..PAYLOAD_LEN].copy_from_slice(&payload);
-    raw[PAYLOAD_LEN..].copy_from_slice(&mac(&payload, secret).as_ref()[..MAC_LEN]);
+    raw[PAYLOAD_LEN..].copy_from_slice(&mac(MAC_CONTEXT, &payload, secret).as_ref()[..MAC_LEN]);
     base32_encode(&raw)
 }
 
-/// Reads a tag back (any letter case) and checks its HMAC.
-pub fn decode(tag: &str, secret: &[u8]) -> Result<(u64, u32), VerpError> {
+/// Makes the fleet tag for one recipient of one message sent by `node`.
+pub fn encode_for_node(node: u32, message_id: u64, recipient_index: u32, secret: &[u8]) -> String {
+    let mut payload = [0u8; FLEET_PAYLOAD_LEN];
+    payload[0] = FLEET_VERSION;
+    payload[1..5].copy_from_slice(&node.to_be_bytes());
+    payload[5..].copy_from_slice(&self::payload(message_id, recipient_index));
+    let mut raw = [0u8; FLEET_RAW_LEN];
+    raw[..FLEET_PAYLOAD_LEN].copy_from_slice(&payload);
+    raw[FLEET_PAYLOAD_LEN..]
+        .copy_from_slice(&mac(FLEET_MAC_CONTEXT, &payload, secret).as_ref()[..MAC_LEN]);
+    base32_encode(&raw)
+}
+
+/// Reads a tag of either form back (any letter case) and checks its HMAC.
+pub fn decode(tag: &str, secret: &[u8]) -> Result<Tagged, VerpError> {
     let raw = base32_decode(tag)?;
-    let (payload, tag_mac) = raw.split_at(PAYLOAD_LEN);
-    let expected = mac(payload, secret);
+    let (context, payload_len) = match raw.len() {
+        RAW_LEN => (MAC_CONTEXT, PAYLOAD_LEN),
+        _ => (FLEET_MAC_CONTEXT, FLEET_PAYLOAD_LEN),
+    };
+    let (payload, tag_mac) = raw.split_at(payload_len);
+    let expected = mac(context, payload, secret);
     constant_time::verify_slices_are_equal(tag_mac, &expected.as_ref()[..MAC_LEN])
         .map_err(|_| VerpError::BadMac)?;
+    // Signed with our secret: a fleet payload's version byte is ours too.
+    let (node, rest) = match payload.len() {
+        PAYLOAD_LEN => (None, payload),
+        _ => (Some(be_u32(&payload[1..5])), &payload[5..]),
+    };
     let mut id = [0u8; 8];
-    id.copy_from_slice(&payload[..8]);
-    let mut index = [0u8; 4];
-    index.copy_from_slice(&payload[8..]);
-    Ok((u64::from_be_bytes(id), u32::from_be_bytes(index)))
+    id.copy_from_slice(&rest[..8]);
+    Ok(Tagged {
+        node,
+        id: u64::from_be_bytes(id),
+        rcpt: be_u32(&rest[8..12]),
+    })
+}
+
+fn be_u32(bytes: &[u8]) -> u32 {
+    let mut four = [0u8; 4];
+    four.copy_from_slice(bytes);
+    u32::from_be_bytes(four)
 }
 
 /// The MAIL FROM address: `local+tag@domain`.
@@ -62,19 +130,19 @@ pub fn return_path(local: &str, tag: &str, domain: &str) -> String {
 
 /// The tag of an address such as `Bounces+TAG@Example.com` (or `<...>`),
 /// lowercased; the HMAC is not checked here (see [`decode`]).
-pub(crate) fn tag_from_address(address: &str) -> Result<String, VerpError> {
+pub fn tag_from_address(address: &str) -> Result<String, VerpError> {
     let address = address.trim().trim_start_matches('<').trim_end_matches('>');
     let no_tag = || VerpError::NoTag(address.to_string());
     let (local, _domain) = address.rsplit_once('@').ok_or_else(no_tag)?;
     let (_, tag) = local.rsplit_once('+').ok_or_else(no_tag)?;
-    if tag.len() != TAG_LEN || !tag.bytes().all(is_base32_byte) {
+    if !is_tag_len(tag.len()) || !tag.bytes().all(is_base32_byte) {
         return Err(no_tag());
     }
     Ok(tag.to_ascii_lowercase())
 }
 
 /// Decodes the tag of a recipient address and checks it.
-pub fn decode_address(address: &str, secret: &[u8]) -> Result<(u64, u32), VerpError> {
+pub fn decode_address(address: &str, secret: &[u8]) -> Result<Tagged, VerpError> {
     decode(&tag_from_address(address)?, secret)
 }
 
@@ -85,16 +153,22 @@ pub fn find_tag(text: &str) -> Option<String> {
     let mut from = 0;
     while let Some(offset) = bytes.get(from..)?.iter().position(|&b| b == b'+') {
         let start = from + offset + 1;
-        let end = start + TAG_LEN;
-        if let Some(candidate) = bytes.get(start..end)
-            && bytes.get(end) == Some(&b'@')
-            && candidate.iter().copied().all(is_base32_byte)
-        {
-            return Some(String::from_utf8_lossy(candidate).to_ascii_lowercase());
+        for len in [TAG_LEN, FLEET_TAG_LEN] {
+            let end = start + len;
+            if let Some(candidate) = bytes.get(start..end)
+                && bytes.get(end) == Some(&b'@')
+                && candidate.iter().copied().all(is_base32_byte)
+            {
+                return Some(String::from_utf8_lossy(candidate).to_ascii_lowercase());
+            }
         }
         from = start;
     }
     None
+}
+
+fn is_tag_len(len: usize) -> bool {
+    len == TAG_LEN || len == FLEET_TAG_LEN
 }
 
 fn is_base32_byte(b: u8) -> bool {
@@ -108,17 +182,17 @@ fn payload(message_id: u64, recipient_index: u32) -> [u8; PAYLOAD_LEN] {
     payload
 }
 
-fn mac(payload: &[u8], secret: &[u8]) -> hmac::Tag {
+fn mac(context: &[u8], payload: &[u8], secret: &[u8]) -> hmac::Tag {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut context = hmac::Context::with_key(&key);
-    context.update(MAC_CONTEXT);
-    context.update(payload);
-    context.sign()
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(context);
+    ctx.update(payload);
+    ctx.sign()
 }
 
-fn base32_encode(raw: &[u8; RAW_LEN]) -> String {
-    // 20 bytes = 160 bits = exactly 32 groups of 5 bits: no padding needed.
-    let mut out = String::with_capacity(TAG_LEN);
+fn base32_encode(raw: &[u8]) -> String {
+    // 20 or 25 bytes = 160 or 200 bits: whole groups of 5 bits, no padding.
+    let mut out = String::with_capacity(raw.len() * 8 / 5);
     let mut buffer: u32 = 0;
     let mut bits = 0;
     for &byte in raw {
@@ -134,24 +208,21 @@ fn base32_encode(raw: &[u8; RAW_LEN]) -> String {
     out
 }
 
-fn base32_decode(tag: &str) -> Result<[u8; RAW_LEN], VerpError> {
-    if tag.len() != TAG_LEN {
+/// The bytes of a tag of either length (20 or 25 bytes).
+fn base32_decode(tag: &str) -> Result<Vec<u8>, VerpError> {
+    if !is_tag_len(tag.len()) {
         return Err(VerpError::BadLength(tag.chars().count()));
     }
-    let mut raw = [0u8; RAW_LEN];
+    let mut raw = Vec::with_capacity(FLEET_RAW_LEN);
     let mut buffer: u32 = 0;
     let mut bits = 0;
-    let mut written = 0;
     for c in tag.chars() {
         let value = base32_value(c).ok_or(VerpError::BadCharacter(c))?;
         buffer = (buffer << 5) | value;
         bits += 5;
         if bits >= 8 {
             bits -= 8;
-            if let Some(slot) = raw.get_mut(written) {
-                *slot = (buffer >> bits) as u8;
-            }
-            written += 1;
+            raw.push((buffer >> bits) as u8);
         }
     }
     Ok(raw)
@@ -191,21 +262,27 @@ mod tests {
             let tag = encode(id, index, SECRET);
             assert_eq!(tag.len(), TAG_LEN);
             assert!(tag.bytes().all(|b| BASE32_ALPHABET.contains(&b)), "{tag}");
-            assert_eq!(decode(&tag, SECRET), Ok((id, index)));
+            assert_eq!(decode(&tag, SECRET), Ok(Tagged::standalone(id, index)));
         }
     }
 
     #[test]
     fn extremes_round_trip() {
         for (id, index) in [(0, 0), (u64::MAX, u32::MAX), (1, u32::MAX)] {
-            assert_eq!(decode(&encode(id, index, SECRET), SECRET), Ok((id, index)));
+            assert_eq!(
+                decode(&encode(id, index, SECRET), SECRET),
+                Ok(Tagged::standalone(id, index))
+            );
         }
     }
 
     #[test]
     fn case_folding_is_harmless() {
         let tag = encode(42, 7, SECRET);
-        assert_eq!(decode(&tag.to_ascii_uppercase(), SECRET), Ok((42, 7)));
+        assert_eq!(
+            decode(&tag.to_ascii_uppercase(), SECRET),
+            Ok(Tagged::standalone(42, 7))
+        );
     }
 
     #[test]
@@ -250,7 +327,10 @@ mod tests {
         assert_eq!(address, format!("bounces+{tag}@mail.example.com"));
         let shouted = format!("<{}>", address.to_ascii_uppercase());
         assert_eq!(tag_from_address(&shouted).as_deref(), Ok(tag.as_str()));
-        assert_eq!(decode_address(&shouted, SECRET), Ok((5, 2)));
+        assert_eq!(
+            decode_address(&shouted, SECRET),
+            Ok(Tagged::standalone(5, 2))
+        );
         assert!(tag_from_address("bounces@example.com").is_err());
         assert!(tag_from_address("bounces+short@example.com").is_err());
     }
@@ -261,5 +341,61 @@ mod tests {
         let text = format!("To: <Bounces+{}@Example.com>\n", tag.to_ascii_uppercase());
         assert_eq!(find_tag(&text), Some(tag));
         assert_eq!(find_tag("a+b@c and +@ and ++"), None);
+    }
+
+    #[test]
+    fn fleet_tags_round_trip_with_their_node() {
+        let mut rng = XorShift(0x0123_4567_89AB_CDEF);
+        for _ in 0..20_000 {
+            let (node, id, index) = (rng.next() as u32, rng.next(), rng.next() as u32);
+            let tag = encode_for_node(node, id, index, SECRET);
+            assert_eq!(tag.len(), FLEET_TAG_LEN);
+            assert!(tag.bytes().all(|b| BASE32_ALPHABET.contains(&b)), "{tag}");
+            let want = Tagged {
+                node: Some(node),
+                id,
+                rcpt: index,
+            };
+            assert_eq!(decode(&tag, SECRET), Ok(want));
+            assert_eq!(decode(&tag.to_ascii_uppercase(), SECRET), Ok(want));
+        }
+    }
+
+    #[test]
+    fn fleet_tags_fit_the_local_part_and_are_found_in_text() {
+        let tag = encode_for_node(7, u64::MAX, u32::MAX, SECRET);
+        let address = return_path("bounces", &tag, "b.example");
+        let local = address.split('@').next().unwrap();
+        assert!(local.len() <= 64, "{local}");
+        assert_eq!(
+            decode_address(&address, SECRET).map(|t| t.node),
+            Ok(Some(7))
+        );
+        let text = format!("Return-Path: <{}>\n", address.to_ascii_uppercase());
+        assert_eq!(find_tag(&text), Some(tag));
+    }
+
+    #[test]
+    fn a_fleet_tag_changed_anywhere_or_cut_to_a_standalone_length_is_refused() {
+        let tag = encode_for_node(3, 123_456_789, 4, SECRET);
+        for position in 0..FLEET_TAG_LEN {
+            let mut chars: Vec<char> = tag.chars().collect();
+            chars[position] = if chars[position] == 'a' { 'b' } else { 'a' };
+            let tampered: String = chars.into_iter().collect();
+            assert!(decode(&tampered, SECRET).is_err(), "accepted {tampered}");
+        }
+        // Neither form passes for the other: the MAC contexts differ.
+        assert_eq!(decode(&tag[..TAG_LEN], SECRET), Err(VerpError::BadMac));
+        assert_eq!(decode(&tag, b"another secret"), Err(VerpError::BadMac));
+        assert!(decode(&tag[..FLEET_TAG_LEN - 1], SECRET).is_err());
+    }
+
+    #[test]
+    fn the_same_message_on_two_nodes_makes_two_tags() {
+        let a = encode_for_node(1, 99, 0, SECRET);
+        let b = encode_for_node(2, 99, 0, SECRET);
+        assert_ne!(a, b);
+        assert_ne!(a, encode(99, 0, SECRET));
+        assert_eq!(decode(&b, SECRET).map(|t| t.node), Ok(Some(2)));
     }
 }

@@ -137,4 +137,15 @@ proptest! {
         let _ = verp::decode_address(&address, b"secret");
         let _ = verp::find_tag(&address);
     }
+
+    #[test]
+    fn verp_fleet_tags_round_trip_and_garbage_of_their_length_never_panics(
+        node in any::<u32>(), id in any::<u64>(), rcpt in any::<u32>(), junk in "[ -~é]{40}",
+    ) {
+        let tag = verp::encode_for_node(node, id, rcpt, b"secret");
+        let back = verp::decode(&tag, b"secret").unwrap();
+        prop_assert_eq!((back.node, back.id, back.rcpt), (Some(node), id, rcpt));
+        let _ = verp::decode(&junk, b"secret");
+        let _ = verp::find_tag(&format!("+{junk}@x"));
+    }
 }

@@ -69,7 +69,10 @@ fn rfc3464_dsn_gives_one_record_per_recipient() {
         Some("<m1@example.com>")
     );
     assert_eq!(jane.verp_tag.as_deref(), Some(tag.as_str()));
-    assert_eq!(verp::decode(&tag, SECRET), Ok((4242, 1)));
+    assert_eq!(
+        verp::decode(&tag, SECRET),
+        Ok(verp::Tagged::standalone(4242, 1))
+    );
     let full = &records[1];
     assert_eq!(full.category, Some(Category::QuotaIssues));
     assert!(!full.hard && !full.permanent);

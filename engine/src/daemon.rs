@@ -240,6 +240,15 @@ impl Daemon {
                 source,
             })?;
         let retry = SharedRetry::new(retry_policy(&config));
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|settings| Arc::new(crate::cluster::Cluster::new(settings)));
+        let fleet_index = crate::cluster::delivered::SharedDelivered::join(
+            cluster.as_deref(),
+            config.bounce_in.retain,
+        )
+        .await;
         let recorder = Recorder {
             spool: spool.clone(),
             events: events.clone(),
@@ -248,6 +257,7 @@ impl Daemon {
             index_retain: config.bounce_in.retain,
             leases: crate::deliver::Leases::new(crate::deliver::CLAIM_LEASE),
             unrecorded: Default::default(),
+            fleet_index: fleet_index.clone(),
         };
         let secrets = load_secrets(&config)?;
         let tenancy = {
@@ -265,10 +275,6 @@ impl Daemon {
         } else {
             crate::dns::Resolver::with_nameservers(&config.dns.nameservers)
         };
-        let cluster = config
-            .cluster
-            .clone()
-            .map(|settings| Arc::new(crate::cluster::Cluster::new(settings)));
         let fleet_throttles = fleet_throttles(cluster.as_ref())?;
         let (router, failovers) = Router::new(
             tenancy.clone(),
@@ -281,6 +287,7 @@ impl Daemon {
                 resolver: resolver.clone(),
                 verp_secret: tenancy.secrets().derived("verp"),
                 fleet: fleet_throttles.clone(),
+                verp_node: fleet_index,
             },
             recorder,
         );

@@ -41,6 +41,8 @@ pub struct RouteSettings {
     pub verp_secret: [u8; 32],
     /// `[cluster] redis`: delivery servers' limits count fleet-wide.
     pub fleet: Option<Arc<crate::deliver::FleetThrottles>>,
+    /// `[cluster]`: where this node's number for VERP tags comes from.
+    pub verp_node: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
 }
 
 /// Where a job goes.
@@ -79,6 +81,7 @@ impl Router {
             failover,
             verp_secret: Arc::new(settings.verp_secret),
             fleet: settings.fleet,
+            verp_node: settings.verp_node,
         };
         let snapshot = tenancy.snapshot();
         let routes = snapshot

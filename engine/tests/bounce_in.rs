@@ -13,67 +13,10 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::bounces::{dsn, send_bounce};
 use support::{Daemon, DaemonConfig, Sink, ctl, free_port, python, smtplib_try};
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// Sends one email with a null sender to `rcpt`; prints "250" or the
-/// refusal (of RCPT or DATA) as "code text".
-const BOUNCE_SEND: &str = r#"
-import smtplib, sys
-host, port, rcpt, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-msg = open(path, "rb").read()
-with smtplib.SMTP(host, port, timeout=30) as s:
-    try:
-        s.sendmail("", [rcpt], msg)
-        print("250")
-    except smtplib.SMTPRecipientsRefused as e:
-        code, text = e.recipients[rcpt]
-        print(code, text.decode())
-    except smtplib.SMTPDataError as e:
-        print(e.smtp_code, e.smtp_error.decode())
-"#;
-
-fn dsn(return_path: &str, recipient: &str, message_id: &str) -> String {
-    format!(
-        "From: Mail Delivery System <MAILER-DAEMON@mx.example.net>\r\n\
-To: {return_path}\r\n\
-Subject: Undelivered Mail Returned to Sender\r\n\
-Message-ID: <dsn.{recipient}@mx.example.net>\r\n\
-Auto-Submitted: auto-replied\r\n\
-MIME-Version: 1.0\r\n\
-Content-Type: multipart/report; report-type=delivery-status; boundary=\"BOUNDARY\"\r\n\
-\r\n\
---BOUNDARY\r\n\
-Content-Type: text/plain\r\n\
-\r\n\
-This is the mail system at host mx.example.net.\r\n\
-Your message could not be delivered to one or more recipients.\r\n\
-\r\n\
---BOUNDARY\r\n\
-Content-Type: message/delivery-status\r\n\
-\r\n\
-Reporting-MTA: dns; mx.example.net\r\n\
-\r\n\
-Final-Recipient: rfc822; {recipient}\r\n\
-Original-Recipient: rfc822;{recipient}\r\n\
-Action: failed\r\n\
-Status: 5.1.1\r\n\
-Remote-MTA: dns; inbox.example.net\r\n\
-Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected: User unknown in virtual mailbox table\r\n\
-\r\n\
---BOUNDARY\r\n\
-Content-Type: text/rfc822-headers\r\n\
-\r\n\
-Return-Path: <{return_path}>\r\n\
-From: app@example.com\r\n\
-To: {recipient}\r\n\
-Subject: test\r\n\
-Message-ID: {message_id}\r\n\
-\r\n\
---BOUNDARY--\r\n"
-    )
-}
 
 fn arf(return_path: &str, recipient: &str, message_id: &str) -> String {
     format!(
@@ -110,26 +53,6 @@ Message-ID: {message_id}\r\n\
 Hello.\r\n\
 --ARF--\r\n"
     )
-}
-
-/// Sends `email` to the bounce listener; "250" or the refusal.
-fn send_bounce(port: u16, rcpt: &str, email: &str) -> Option<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bounce.eml");
-    std::fs::write(&path, email).unwrap();
-    let args = [
-        "127.0.0.1".to_owned(),
-        port.to_string(),
-        rcpt.to_owned(),
-        path.display().to_string(),
-    ];
-    let out = python(BOUNCE_SEND, &args)?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn config(sink_port: u16, bounce_port: u16, auto_suppress: bool) -> DaemonConfig {

@@ -171,7 +171,8 @@ fn dual_signed_messages_verify_with_dkimpy_and_carry_verp_return_paths() {
             from.starts_with("bounces+") && from.ends_with("@bounce.example.net"),
             "{from}"
         );
-        let (id, rcpt) = sendengine_bounces::verp::decode_address(from, &verp_key).unwrap();
+        let tagged = sendengine_bounces::verp::decode_address(from, &verp_key).unwrap();
+        let (id, rcpt) = (tagged.id, tagged.rcpt);
         let rcpts = m["rcpts"].as_array().unwrap();
         assert_eq!(rcpts.len(), 1);
         let reception = receptions

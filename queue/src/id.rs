@@ -15,6 +15,12 @@ const COUNTER_BITS: u32 = 20;
 /// The largest timestamp that still fits once shifted.
 const MAX_TIMESTAMP_MS: u64 = u64::MAX >> COUNTER_BITS;
 
+/// The smallest id a message received at `unix_ms` can have: ids below it
+/// are of messages received earlier (for range deletes by age).
+pub fn first_id_at(unix_ms: u64) -> MessageId {
+    unix_ms.min(MAX_TIMESTAMP_MS) << COUNTER_BITS
+}
+
 /// The id as 16 lowercase hex digits: fixed width, so text order is id order.
 pub fn format_id(id: MessageId) -> String {
     format!("{id:016x}")

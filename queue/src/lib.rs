@@ -42,7 +42,7 @@ pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
 pub use config::SpoolConfig;
 pub use delivered::Delivered;
 pub use error::SpoolError;
-pub use id::{MessageId, format_id, id_timestamp_ms, parse_id};
+pub use id::{MessageId, first_id_at, format_id, id_timestamp_ms, parse_id};
 pub use message::{Claimed, MessageMeta, NewMessage, Outcome, StoredMessage};
 pub use quarantine::QuarantinedRow;
 pub use quota::{Quota, QuotaExceeded, Window};

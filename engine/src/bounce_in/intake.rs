@@ -2,25 +2,27 @@
 //! the message, tenant, campaign and recipient it is about, and, for hard
 //! bounces and complaints, suppressions.
 //!
-//! The VERP tag ties a report to (message id, recipient index): the one in
-//! the RCPT address (HMAC checked by the listener), else one the parser
-//! found in the report itself (checked here). The delivered index then gives the
-//! rest; a message pruned from it still yields an event with the message id
-//! and what the report says, and a null tenant. Auto-replies, success
-//! notices and other mail are accepted and only counted
+//! The VERP tag ties a report to (message id, recipient index), and in a
+//! fleet to the node that sent it: the one in the RCPT address (HMAC checked
+//! by the listener), else one the parser found in the report itself (checked
+//! here). The delivered index (this node's, or the fleet's: `lookup.rs`)
+//! then gives the rest; a message pruned from it still yields an event with
+//! the message id and what the report says, and a null tenant.
+//! Auto-replies, success notices and other mail are accepted and only counted
 //! (`sendengine_bounce_in_total{kind}`): answering them with an error would
 //! make the sender bounce our bounce address, and they carry nothing to act on.
 //!
 //! The same report sent again (an MTA that retries after a lost 250, a
 //! replay) makes no second event or suppression: each report acted on is
 //! marked in the spool by (VERP tag, recipient, status), see
-//! [`report_key`], and a marked one is only counted
+//! [`report_key`] (another node's mail: the key starts with its number, so
+//! its ids cannot meet this node's), and a marked one is only counted
 //! (`sendengine_bounce_in_total{kind="duplicate"}`).
 //!
 //! Everything here is blocking (parsing, spool reads, the suppression
 //! commits): the listener runs it on the blocking pool.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sendengine_bounces::{Kind, Record, verp};
 use sendengine_queue::{Delivered, MessageId, Spool, format_id, id_timestamp_ms};
@@ -43,11 +45,15 @@ pub struct Intake {
     pub verp_secret: [u8; 32],
     /// `[suppression] auto_suppress`.
     pub auto_suppress: bool,
+    /// `[cluster]`: the fleet's delivered index, for other nodes' mail.
+    pub fleet: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
 }
 
 /// A recipient of ours that a received email is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// The fleet node number the tag names; none for a standalone tag.
+    pub node: Option<u32>,
     pub id: MessageId,
     pub rcpt: u32,
     /// The VERP address it arrived at: our envelope sender of that message.
@@ -56,8 +62,22 @@ pub struct Target {
 
 /// Why an email could not be taken: answered 451, so the sender retries.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct IntakeError(pub String);
+#[error("{message}")]
+pub struct IntakeError {
+    pub message: String,
+    /// Logged where it arose (a fleet database outage is logged once, not
+    /// per bounce): the listener answers 451 without logging it again.
+    pub logged: bool,
+}
+
+impl IntakeError {
+    pub fn new(message: String) -> IntakeError {
+        IntakeError {
+            message,
+            logged: false,
+        }
+    }
+}
 
 impl Intake {
     /// Parses one received email and returns the events to emit, every
@@ -77,18 +97,28 @@ impl Intake {
             };
             keep_strongest(&mut reports, target, record);
         }
+        // Looked up before the lock: a fleet lookup may wait seconds.
+        let mut resolved = Vec::new();
+        for (target, record) in reports.into_iter().take(MAX_REPORTS_PER_MESSAGE) {
+            let key = self.report_key(&target, &record);
+            if !self.already_reported(&target, &key)? {
+                let known = self.delivered(&target)?;
+                resolved.push((target, record, key, known));
+            } else {
+                count("duplicate");
+            }
+        }
         let _one_at_a_time = REPORTS_IN_PROGRESS
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut events = Vec::new();
         let mut acted_on = Vec::new();
-        for (target, record) in reports.into_iter().take(MAX_REPORTS_PER_MESSAGE) {
-            let key = report_key(&record);
+        for (target, record, key, known) in resolved {
             if self.already_reported(&target, &key)? {
                 count("duplicate");
                 continue;
             }
-            events.extend(self.act_on(&target, &record, body.len())?);
+            events.extend(self.act_on(&target, known.as_ref(), &record, body.len())?);
             acted_on.push((target.id, target.rcpt, key));
         }
         self.mark_reported(&acted_on)?;
@@ -100,11 +130,11 @@ impl Intake {
     fn act_on(
         &self,
         target: &Target,
+        known: Option<&Delivered>,
         record: &Record,
         size: usize,
     ) -> Result<Vec<Event>, IntakeError> {
-        let known = self.delivered(target)?;
-        let event = report_event(target, known.as_ref(), record, size);
+        let event = report_event(target, known, record, size);
         count(if record.kind == Kind::Complaint {
             "complaint"
         } else {
@@ -124,10 +154,18 @@ impl Intake {
         Ok(vec![event, suppression])
     }
 
+    /// [`report_key`], scoped to the sending node for another node's mail.
+    fn report_key(&self, target: &Target, record: &Record) -> String {
+        match self.foreign_node(target) {
+            Some(node) => format!("node{node}|{}", report_key(record)),
+            None => report_key(record),
+        }
+    }
+
     fn already_reported(&self, target: &Target, key: &str) -> Result<bool, IntakeError> {
         self.spool
             .reported(target.id, target.rcpt, key)
-            .map_err(|e| IntakeError(format!("reading the reported bounces failed: {e}")))
+            .map_err(|e| IntakeError::new(format!("reading the reported bounces failed: {e}")))
     }
 
     /// Written after the suppressions and before the events go out. A
@@ -144,7 +182,7 @@ impl Intake {
             .collect();
         self.spool
             .mark_reported(&marks)
-            .map_err(|e| IntakeError(format!("recording the reported bounces failed: {e}")))
+            .map_err(|e| IntakeError::new(format!("recording the reported bounces failed: {e}")))
     }
 
     /// The RCPT's tag (HMAC checked by the listener); when several RCPTs
@@ -156,49 +194,10 @@ impl Intake {
             .as_deref()
             .and_then(|tag| verp::decode(tag, &self.verp_secret).ok());
         let Some(first) = targets.first() else {
-            return own.map(|(id, rcpt)| Target {
-                id,
-                rcpt,
-                return_path: String::new(),
-            });
+            return own.map(|t| Target::of(t, String::new()));
         };
-        let named =
-            own.and_then(|(id, rcpt)| targets.iter().find(|t| (t.id, t.rcpt) == (id, rcpt)));
+        let named = own.and_then(|o| targets.iter().find(|t| t.tagged() == o));
         Some(named.unwrap_or(first).clone())
-    }
-
-    /// The index row; for a message still in the spool (another recipient
-    /// pending) without one, what the spool has.
-    fn delivered(&self, target: &Target) -> Result<Option<Delivered>, IntakeError> {
-        let read_failed = |e| IntakeError(format!("reading the delivered index failed: {e}"));
-        if let Some(row) = self
-            .spool
-            .delivered(target.id, target.rcpt)
-            .map_err(read_failed)?
-        {
-            return Ok(Some(row));
-        }
-        let Some(message) = self.spool.load(target.id).map_err(read_failed)? else {
-            return Ok(None);
-        };
-        let meta = &message.meta;
-        Ok(Some(Delivered {
-            id: target.id,
-            rcpt: target.rcpt,
-            tenant: meta.tenant.clone(),
-            group: meta.group.clone(),
-            channel: meta.channel.clone(),
-            campaign: meta.campaign.clone(),
-            recipient: message
-                .recipients
-                .get(target.rcpt as usize)
-                .cloned()
-                .unwrap_or_default(),
-            header_message_id: crate::transform::header_value(&message.body, "Message-ID")
-                .unwrap_or_default(),
-            route: meta.route.clone(),
-            time_ms: 0,
-        }))
     }
 
     /// Puts the event's recipient on its tenant's list (no tenant known:
@@ -230,7 +229,9 @@ impl Intake {
         };
         self.spool
             .suppress(tenant, &event.recipient, &reason, &source)
-            .map_err(|e| IntakeError(format!("suppressing {} failed: {e}", event.recipient)))?;
+            .map_err(|e| {
+                IntakeError::new(format!("suppressing {} failed: {e}", event.recipient))
+            })?;
         crate::cluster::suppressions::share(tenant, &event.recipient, &reason, &source);
         Ok(())
     }
@@ -261,7 +262,7 @@ fn report_key(record: &Record) -> String {
 fn keep_strongest(reports: &mut Vec<(Target, Record)>, target: Target, record: Record) {
     let same = reports
         .iter_mut()
-        .find(|(t, r)| (t.id, t.rcpt) == (target.id, target.rcpt) && r.kind == record.kind);
+        .find(|(t, r)| t.tagged() == target.tagged() && r.kind == record.kind);
     match same {
         Some((_, kept)) if record.hard && !kept.hard => *kept = record,
         Some(_) => {}
@@ -377,6 +378,7 @@ mod tests {
 
     fn target(rcpt: u32) -> Target {
         Target {
+            node: None,
             id: 7,
             rcpt,
             return_path: "bounces+x@example.com".into(),
@@ -402,12 +404,14 @@ Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
             spool: Spool::open(sendengine_queue::SpoolConfig::new(dir)).unwrap(),
             verp_secret: SECRET,
             auto_suppress: true,
+            fleet: None,
         }
     }
 
     fn tagged(id: MessageId) -> Target {
         let tag = verp::encode(id, 0, &SECRET);
         Target {
+            node: None,
             id,
             rcpt: 0,
             return_path: verp::return_path("bounces", &tag, "b.example"),

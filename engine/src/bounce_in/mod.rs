@@ -12,6 +12,7 @@
 //! core, `smtp::session`; this file is the policy.
 
 pub mod intake;
+mod lookup;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +62,8 @@ impl BounceContext {
                 spool: engine.spool.clone(),
                 verp_secret: engine.tenancy.secrets().derived("verp"),
                 auto_suppress: config.suppression.auto_suppress,
+                // The recorder's copy: the one the delivery side writes to.
+                fleet: engine.router.recorder().fleet_index.clone(),
             },
             events: engine.events.clone(),
             basics: Basics {
@@ -167,11 +170,7 @@ impl BounceContext {
             ));
         }
         match verp::decode_address(to, &self.intake.verp_secret) {
-            Ok((id, rcpt)) => Ok(Target {
-                id,
-                rcpt,
-                return_path: to.to_owned(),
-            }),
+            Ok(tagged) => Ok(Target::of(tagged, to.to_owned())),
             Err(why) => Err(Reply::new(
                 550,
                 "5.1.1",
@@ -192,7 +191,9 @@ impl BounceContext {
                 Reply::new(250, "2.0.0", "Bounce received")
             }
             Ok(Err(e)) => {
-                log::error!("bounce intake failed, answering 451: {e}");
+                if !e.logged {
+                    log::error!("bounce intake failed, answering 451: {e}");
+                }
                 Reply::new(
                     451,
                     "4.3.0",

@@ -7,6 +7,7 @@
 //! shared queue, as KumoMTA and Halon fleets do) and PostgreSQL is the
 //! source of truth for everything an operator configures.
 
+pub mod delivered;
 pub mod fleet_actions;
 pub mod nodes;
 pub mod objects;

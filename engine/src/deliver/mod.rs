@@ -64,6 +64,8 @@ pub struct RouteContext {
     pub verp_secret: Arc<[u8; 32]>,
     /// `[cluster] redis`: delivery servers' limits count fleet-wide.
     pub fleet: Option<Arc<FleetThrottles>>,
+    /// `[cluster]`: tags name this node (once its number is known).
+    pub verp_node: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
 }
 
 /// The local part of VERP return paths: `bounces+TAG@domain`.
@@ -520,7 +522,8 @@ impl Route {
     async fn transaction(&self, pooled: &mut Pooled, job: &Job) -> Result<(), SessionError> {
         let connection = &mut pooled.connection;
         let remote = Some(connection.remote().to_owned());
-        let sender = mail_from(job, &self.ctx.verp_secret);
+        let node = self.ctx.verp_node.as_ref().and_then(|n| n.node());
+        let sender = mail_from(job, &self.ctx.verp_secret, node);
         let rcpts = recipients(job);
         let envelope = Envelope {
             mail_from: &sender,
@@ -607,14 +610,18 @@ fn per_transaction(job: Job) -> Vec<Job> {
 }
 
 /// MAIL FROM for the job: the VERP return path that ties a bounce to the
-/// message and recipient, or the sender's own (a null sender stays null).
-fn mail_from(job: &Job, secret: &[u8; 32]) -> String {
+/// message and recipient (and, in a fleet, the node), or the sender's own
+/// (a null sender stays null).
+fn mail_from(job: &Job, secret: &[u8; 32], node: Option<u32>) -> String {
     let msg = &job.message;
     if msg.meta.return_path_domain.is_empty() || msg.mail_from.is_empty() {
         return msg.mail_from.clone();
     }
     let rcpt = job.rcpts.first().map(|&(i, _)| i).unwrap_or(0);
-    let tag = sendengine_bounces::verp::encode(msg.id, rcpt, secret);
+    let tag = match node {
+        Some(node) => sendengine_bounces::verp::encode_for_node(node, msg.id, rcpt, secret),
+        None => sendengine_bounces::verp::encode(msg.id, rcpt, secret),
+    };
     sendengine_bounces::verp::return_path(VERP_LOCAL, &tag, &msg.meta.return_path_domain)
 }
 

@@ -78,6 +78,9 @@ pub struct Recorder {
     pub leases: Arc<Leases>,
     /// Outcomes the spool refused, held until it takes them.
     pub unrecorded: Arc<Unrecorded>,
+    /// `[cluster]`: the fleet's delivered index, which gets a copy of every
+    /// committed delivered-index row (so any node ties a bounce).
+    pub fleet_index: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
 }
 
 /// The outcomes of one attempt and what follows once they are written.
@@ -243,6 +246,9 @@ impl Recorder {
             | Outcome::Release { id, rcpt } => (id, rcpt),
         });
         self.leases.finish(&written.hold, keys);
+        if let Some(fleet) = &self.fleet_index {
+            fleet.offer(written.delivered);
+        }
         written.events.into_iter().for_each(|e| self.events.emit(e));
         written
             .suppressions
@@ -498,6 +504,7 @@ mod tests {
             index_retain: Duration::from_secs(86_400),
             leases: Leases::new(super::super::lease::CLAIM_LEASE),
             unrecorded: Arc::default(),
+            fleet_index: None,
         };
         let job = job_for(stored, vec![(0, 0)]);
         let at = AttemptContext {
@@ -573,6 +580,7 @@ mod tests {
             index_retain: Duration::from_secs(60),
             leases: Leases::new(Duration::ZERO),
             unrecorded: Arc::default(),
+            fleet_index: None,
         };
         let stored = Arc::new(spool.load(id).unwrap().unwrap());
         let held = recorder

@@ -30,7 +30,8 @@ impl FleetPlace {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let key_file = dir.path().join("secret.key");
-        // 32 bytes, base64 without padding, as the daemon writes its own key.
+        // 32 bytes, base64 without padding, as the daemon writes its own key
+        // ("sendengine-fleet-test-key-32byte").
         std::fs::write(&key_file, "c2VuZGVuZ2luZS1mbGVldC10ZXN0LWtleS0zMmJ5dGU\n")
             .expect("write key");
         Some(FleetPlace {

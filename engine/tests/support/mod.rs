@@ -439,6 +439,7 @@ fn smtplib_run(
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+pub mod bounces;
 pub mod dns_server;
 pub mod fleet;
 
