@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use support::{Daemon, DaemonConfig, Sink};
 
 const QUEUE: &str = "sendengine.inject";
@@ -111,6 +113,54 @@ impl Broker {
         })
     }
 
+    /// A durable topic exchange and a queue bound to it with `pattern`.
+    fn bind_topic(&self, exchange: &str, queue: &str, pattern: &str) {
+        self.rt.block_on(async {
+            let durable = ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            let ch = &self.channel;
+            ch.exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange.declare");
+            ch.queue_declare(
+                queue.into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue.declare");
+            ch.queue_bind(
+                queue.into(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue.bind");
+        })
+    }
+
+    /// Takes one message off `queue`: its routing key and its body as JSON.
+    fn get_json(&self, queue: &str) -> Option<(String, serde_json::Value)> {
+        self.rt.block_on(async {
+            let got = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")?;
+            let body = serde_json::from_slice(&got.delivery.data).expect("an event is JSON");
+            Some((got.delivery.routing_key.to_string(), body))
+        })
+    }
+
     /// Messages ready in `queue`.
     fn ready(&self, queue: &str) -> u32 {
         self.rt.block_on(async {
@@ -138,10 +188,14 @@ fn injection(user: &str, id: &str, extra: &str) -> Vec<u8> {
 /// A node consuming `url`'s queue, with an unlimited user `app` and a user
 /// `capped` whose group allows 1 recipient a day.
 fn node(sink: &Sink, url: &str, prefetch: u16) -> Daemon {
+    node_with(sink, url, prefetch, "")
+}
+
+fn node_with(sink: &Sink, url: &str, prefetch: u16, top: &str) -> Daemon {
     let mut config = DaemonConfig::new(sink.addr.port());
     config.extra_smtp_in = "default_user = \"app\"\n".into();
     config.extra_top =
-        format!("[[amqp_in]]\nurl = {url:?}\nqueue = \"{QUEUE}\"\nprefetch = {prefetch}\n");
+        format!("[[amqp_in]]\nurl = {url:?}\nqueue = \"{QUEUE}\"\nprefetch = {prefetch}\n{top}");
     config.extra_server = "[[user_group]]\nname = \"default\"\nmarketing = [\"test-sink\"]\n\
         transactional = [\"test-sink\"]\nautoresponder = [\"test-sink\"]\n\
         [[user_group]]\nname = \"capped\"\nmarketing = [\"test-sink\"]\n\
@@ -249,11 +303,13 @@ fn ten_thousand_messages_three_nodes_one_killed_and_restarted() {
         seen
     };
     sink.wait_messages(TOTAL / 5, Duration::from_secs(120));
+    // Duplicates can only come from the kill: none before it.
     let before = distinct(&sink.messages());
     let duplicates_before: usize = before.values().map(|n| n - 1).sum();
     assert_eq!(duplicates_before, 0, "no duplicate while every node runs");
     nodes[1].kill9();
     let killed_at = sink.messages().len();
+    assert!(killed_at < TOTAL, "the kill came while work was in flight");
     std::thread::sleep(Duration::from_secs(1));
     nodes[1].restart();
     publisher.join().expect("publisher");
@@ -284,4 +340,85 @@ fn ten_thousand_messages_three_nodes_one_killed_and_restarted() {
         (broker.ready(QUEUE) == 0).then_some(())
     });
     drop(nodes);
+}
+
+#[test]
+fn events_are_published_to_an_exchange_by_type() {
+    let Some(url) = support::services::fresh_vhost("amqp_out") else {
+        return;
+    };
+    let broker = Broker::connect(&url);
+    broker.bind_topic("sendengine.events", "events.seen", "ev.#");
+    let sink = Sink::start(&[]);
+    let out = format!(
+        "[[amqp_out]]\nurl = {url:?}\nexchange = \"sendengine.events\"\nrouting_key = \"ev.{{type}}\"\n"
+    );
+    let daemon = node_with(&sink, &url, 10, &out);
+    broker.publish(QUEUE, [injection("app", "e1", r#","campaign":"autumn""#)]);
+    sink.wait_messages(1, Duration::from_secs(30));
+    daemon.wait_events("delivery", 1, Duration::from_secs(10));
+    let mut events = Vec::new();
+    support::wait_for(
+        Duration::from_secs(30),
+        "reception and delivery events",
+        || {
+            events.extend(broker.get_json("events.seen"));
+            (events.len() >= 2).then_some(())
+        },
+    );
+    let (key, reception) = &events[0];
+    assert_eq!(key, "ev.reception");
+    assert_eq!(reception["type"], "reception");
+    assert_eq!(reception["campaign"], "autumn");
+    assert_eq!(reception["recipient"], "r-e1@example.net");
+    let (key, delivery) = &events[1];
+    assert_eq!(key, "ev.delivery");
+    assert_eq!(delivery["message_id"], reception["message_id"]);
+}
+
+#[test]
+fn the_consumer_reconnects_after_the_broker_drops_it_and_stops_cleanly() {
+    let Some(url) = support::services::fresh_vhost("amqp_reconnect") else {
+        return;
+    };
+    let vhost = url.rsplit('/').next().expect("vhost").to_owned();
+    let broker = Broker::connect(&url);
+    let sink = Sink::start(&[]);
+    let mut daemon = node(&sink, &url, 10);
+    daemon.wait_stderr("consuming", Duration::from_secs(30));
+    broker.publish(QUEUE, [injection("app", "before", "")]);
+    sink.wait_messages(1, Duration::from_secs(30));
+    // As a broker restart would: every connection of the vhost is closed
+    // (the test's own too, so it opens a new one).
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "close_all_connections",
+            "-p",
+            &vhost,
+            "test: broker restart",
+        ])
+        .output()
+        .expect("run rabbitmqctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.wait_stderr("reconnecting", Duration::from_secs(10));
+    let broker = Broker::connect(&url);
+    broker.publish(QUEUE, [injection("app", "after", "")]);
+    let ids: Vec<String> = sink
+        .wait_messages(2, Duration::from_secs(60))
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids, ["<before@amqp.test>", "<after@amqp.test>"]);
+    // The first line was taken by wait_stderr: no second one.
+    let again = daemon
+        .stderr_so_far()
+        .iter()
+        .filter(|l| l.contains("reconnecting"))
+        .count();
+    assert_eq!(again, 0, "the loss is said once");
+    assert!(daemon.stop().success(), "a clean stop while consuming");
 }

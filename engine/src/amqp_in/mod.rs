@@ -241,7 +241,7 @@ impl Consumer {
                     }
                     Some(Ok(None)) => break Ended::Lost("the broker cancelled the consumer".into()),
                     Some(Err(e)) => break Ended::Lost(e.to_string()),
-                    None => break Ended::Lost("the consumer ended".into()),
+                    None => break Ended::Lost("the connection or channel was closed".into()),
                 },
                 Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
                 _ = tick.tick() => {
