@@ -8,6 +8,7 @@
 //! the spool and the `events` log. `daemon` wires it all and shuts it down.
 
 pub mod admin;
+pub mod amqp;
 pub mod amqp_in;
 pub mod amqp_out;
 pub mod bounce_in;

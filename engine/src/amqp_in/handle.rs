@@ -24,14 +24,13 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::message::{self, Limits};
+use crate::amqp::BROKER_TIMEOUT;
 use crate::engine::{ClientInfo, Engine, Envelope};
 use crate::values::Reply;
 
 /// Pause before a transient failure is handed back to the queue, so a
 /// full disk is not hammered by redeliveries.
 const REQUEUE_DELAY: Duration = Duration::from_secs(1);
-/// Longest wait for RabbitMQ to answer one ack, nack or publish.
-pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header names carried by a dead-lettered message.
 pub const REASON_HEADER: &str = "x-sendengine-reason";

@@ -18,7 +18,6 @@
 
 mod handle;
 pub mod message;
-mod settings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,14 +32,12 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+pub use crate::amqp::{AmqpInSettings, RawAmqpIn};
 pub use handle::{CODE_HEADER, QUEUE_HEADER, REASON_HEADER};
 pub use message::Limits;
-pub use settings::{
-    AmqpInSettings, MAX_PREFETCH, RawAmqpIn, check_name, check_url, redacted, validate_all,
-};
 
+use crate::amqp::{BROKER_TIMEOUT, redacted, timed};
 use crate::engine::Engine;
-pub(crate) use handle::BROKER_TIMEOUT;
 use handle::Context;
 
 pub(crate) const METRIC_TOTAL: &str = "sendengine_amqp_in_total";
@@ -306,21 +303,6 @@ async fn declare(channel: &Channel, s: &AmqpInSettings) -> Result<(), String> {
         ),
     )
     .await
-}
-
-/// One broker call under `BROKER_TIMEOUT`, its error as text.
-pub(crate) async fn timed<T>(
-    what: &str,
-    op: impl std::future::Future<Output = lapin::Result<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(BROKER_TIMEOUT, op).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!(
-            "{what}: no answer within {}s",
-            BROKER_TIMEOUT.as_secs()
-        )),
-    }
 }
 
 /// The broker's address (the "client" of the Received line); unspecified

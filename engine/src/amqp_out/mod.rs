@@ -13,8 +13,6 @@
 //! retries with a backoff (1 s doubling to 60 s), says so once until it
 //! is back, and `sendengine_amqp_out_connected` is 0. Nothing else waits.
 
-mod settings;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +23,9 @@ use sendengine_queue::{BacklogEntry, Spool};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use settings::{AmqpOutSettings, RawAmqpOut, validate_all};
+pub use crate::amqp::{AmqpOutSettings, RawAmqpOut};
 
-use crate::amqp_in::{redacted, timed};
+use crate::amqp::{BATCH, BROKER_TIMEOUT, redacted, timed};
 use crate::events::webhook::WebhookFeeds;
 
 const METRIC_CONNECTED: &str = "sendengine_amqp_out_connected";
@@ -136,18 +134,14 @@ impl Sender {
             }
         }
         if let Some((connection, _)) = self.link.take() {
-            let _ = tokio::time::timeout(
-                crate::amqp_in::BROKER_TIMEOUT,
-                connection.close(200, "bye".into()),
-            )
-            .await;
+            let _ = tokio::time::timeout(BROKER_TIMEOUT, connection.close(200, "bye".into())).await;
         }
     }
 
     async fn oldest(&self) -> Result<Vec<BacklogEntry>, String> {
         let spool = self.spool.clone();
         let name = self.settings.backlog();
-        tokio::task::spawn_blocking(move || spool.backlog_peek(&name, settings::BATCH))
+        tokio::task::spawn_blocking(move || spool.backlog_peek(&name, BATCH))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())

@@ -57,9 +57,9 @@ pub struct Config {
     /// `[cluster]`: none, a standalone node (see `cluster`).
     pub cluster: Option<crate::cluster::ClusterSettings>,
     /// `[[amqp_in]]`: RabbitMQ queues this node consumes (see `amqp_in`).
-    pub amqp_in: Vec<crate::amqp_in::AmqpInSettings>,
+    pub amqp_in: Vec<crate::amqp::AmqpInSettings>,
     /// `[[amqp_out]]`: exchanges events are published to (see `amqp_out`).
-    pub amqp_out: Vec<crate::amqp_out::AmqpOutSettings>,
+    pub amqp_out: Vec<crate::amqp::AmqpOutSettings>,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -96,9 +96,9 @@ struct RawConfig {
     suppression: RawSuppression,
     cluster: Option<crate::cluster::RawCluster>,
     #[serde(default)]
-    amqp_in: Vec<crate::amqp_in::RawAmqpIn>,
+    amqp_in: Vec<crate::amqp::RawAmqpIn>,
     #[serde(default)]
-    amqp_out: Vec<crate::amqp_out::RawAmqpOut>,
+    amqp_out: Vec<crate::amqp::RawAmqpOut>,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -385,8 +385,8 @@ impl RawConfig {
                 .cluster
                 .map(crate::cluster::RawCluster::check)
                 .transpose()?,
-            amqp_in: crate::amqp_in::validate_all(self.amqp_in)?,
-            amqp_out: crate::amqp_out::validate_all(self.amqp_out)?,
+            amqp_in: crate::amqp::validate_in(self.amqp_in)?,
+            amqp_out: crate::amqp::validate_out(self.amqp_out)?,
             seeds,
         })
     }

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::amqp_in::{check_name, check_url, redacted};
+use super::{check_name, check_url, redacted};
 use crate::events::EventKind;
 
 /// Routing key when not configured; `{type}` is replaced by the event type.
@@ -64,7 +64,7 @@ impl AmqpOutSettings {
 }
 
 /// Checks every `[[amqp_out]]` entry; errors name the entry and key.
-pub fn validate_all(raw: Vec<RawAmqpOut>) -> Result<Vec<AmqpOutSettings>, String> {
+pub fn validate_out(raw: Vec<RawAmqpOut>) -> Result<Vec<AmqpOutSettings>, String> {
     let mut out: Vec<AmqpOutSettings> = Vec::with_capacity(raw.len());
     for (index, r) in raw.into_iter().enumerate() {
         let key = |k: &str| format!("amqp_out[{index}].{k}");
@@ -105,7 +105,7 @@ mod tests {
             amqp_out: Vec<RawAmqpOut>,
         }
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
-        validate_all(file.amqp_out)
+        validate_out(file.amqp_out)
     }
 
     #[test]

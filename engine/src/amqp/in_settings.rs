@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use super::{check_name, check_url, redacted};
+
 /// Unacknowledged deliveries per consumer when not configured.
 const DEFAULT_PREFETCH: u16 = 200;
 /// Most unacknowledged deliveries per consumer: each may hold a message of
@@ -49,22 +51,8 @@ impl std::fmt::Debug for AmqpInSettings {
     }
 }
 
-/// The URL without its password, for logs.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// Checks every `[[amqp_in]]` entry; errors name the entry and key.
-pub fn validate_all(raw: Vec<RawAmqpIn>) -> Result<Vec<AmqpInSettings>, String> {
+pub fn validate_in(raw: Vec<RawAmqpIn>) -> Result<Vec<AmqpInSettings>, String> {
     let checked: Vec<AmqpInSettings> = raw
         .into_iter()
         .enumerate()
@@ -113,29 +101,6 @@ impl RawAmqpIn {
     }
 }
 
-/// An AMQP URL lapin can open (checked at start, not at the first connect).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err(format!(
-            "{:?} is not an AMQP URL: write e.g. \"amqp://guest:guest@127.0.0.1:5672/%2f\"",
-            redacted(url)
-        ));
-    }
-    url.parse::<lapin::uri::AMQPUri>()
-        .map(|_| ())
-        .map_err(|e| format!("{:?} does not parse: {e}", redacted(url)))
-}
-
-/// A queue or exchange name: 1 to 255 bytes (AMQP short string), printable.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control()) {
-        return Err(format!(
-            "{name:?}: give a name of 1 to 255 bytes without control characters"
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,7 +111,7 @@ mod tests {
             amqp_in: Vec<RawAmqpIn>,
         }
         let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
-        validate_all(file.amqp_in)
+        validate_in(file.amqp_in)
     }
 
     #[test]
