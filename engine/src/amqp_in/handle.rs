@@ -71,6 +71,10 @@ fn verdict(reply: &Reply) -> Verdict {
 
 /// Admits one delivery and settles it with the broker.
 pub(super) async fn handle(ctx: Arc<Context>, delivery: Delivery) {
+    if delivery.redelivered {
+        // Possibly a duplicate: it was in flight when a consumer went away.
+        metrics::counter!(super::METRIC_REDELIVERED).increment(1);
+    }
     let reply = admit(&ctx, &delivery.data).await;
     let outcome = match verdict(&reply) {
         Verdict::Accept => settle(delivery.acker.ack(BasicAckOptions::default()), "accepted").await,
@@ -156,7 +160,12 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, reply: &Reply) -> Resul
             .basic_publish(
                 ctx.dead_letter_exchange.as_str().into(),
                 ctx.queue.as_str().into(),
-                BasicPublishOptions::default(),
+                // Mandatory: an exchange that routes it nowhere returns it,
+                // and it stays in the queue instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
                 &delivery.data,
                 properties,
             )
@@ -165,6 +174,10 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, reply: &Reply) -> Resul
     };
     match tokio::time::timeout(BROKER_TIMEOUT, publish).await {
         Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(format!(
+            "the exchange {} routes it to no queue",
+            ctx.dead_letter_exchange
+        )),
         Ok(Ok(other)) => Err(format!("RabbitMQ did not take it: {other:?}")),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no confirm within {BROKER_TIMEOUT:?}")),

@@ -41,6 +41,7 @@ use crate::engine::Engine;
 use handle::Context;
 
 pub(crate) const METRIC_TOTAL: &str = "sendengine_amqp_in_total";
+pub(crate) const METRIC_REDELIVERED: &str = "sendengine_amqp_in_redelivered_total";
 const METRIC_CONNECTED: &str = "sendengine_amqp_in_connected";
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -59,6 +60,11 @@ pub fn start(
         metrics::describe_counter!(
             METRIC_TOTAL,
             "Deliveries from [[amqp_in]] queues by outcome (accepted, dead_lettered, requeued, unsettled)"
+        );
+        metrics::describe_counter!(
+            METRIC_REDELIVERED,
+            "Deliveries RabbitMQ marked as redelivered: in flight when a consumer went away, \
+             possibly admitted already (a duplicate)"
         );
         metrics::describe_gauge!(
             METRIC_CONNECTED,
@@ -244,6 +250,10 @@ impl Consumer {
                 _ = tick.tick() => {
                     if !connection.status().connected() {
                         break Ended::Lost("the connection was lost".into());
+                    }
+                    if !ctx.dead_letters.status().connected() {
+                        // Closed by the broker (e.g. the exchange is missing).
+                        break Ended::Lost("the dead-letter channel was closed".into());
                     }
                 }
             }
