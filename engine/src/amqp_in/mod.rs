@@ -144,7 +144,13 @@ impl Consumer {
     /// Connects, consumes until the connection is lost or shutdown, and
     /// says whether it got as far as consuming.
     async fn session(&mut self, connected: &metrics::Gauge) -> (Ended, bool) {
-        let mut session = match self.open().await {
+        // A broker that hangs mid-handshake must not hold up a shutdown.
+        let mut stop = self.shutdown.clone();
+        let opened = tokio::select! {
+            opened = self.open() => opened,
+            _ = stop.wait_for(|&stopping| stopping) => return (Ended::Shutdown, false),
+        };
+        let mut session = match opened {
             Ok(opened) => opened,
             Err(why) => return (Ended::Lost(why), false),
         };

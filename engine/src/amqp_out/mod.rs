@@ -32,6 +32,9 @@ const METRIC_CONNECTED: &str = "sendengine_amqp_out_connected";
 const METRIC_PUBLISHED: &str = "sendengine_amqp_out_events_total";
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest time for one batch, publish to confirms: a hung broker holds
+/// up neither the sender nor a shutdown for longer.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// A sender with nothing to publish looks at its backlog this often.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
@@ -107,7 +110,9 @@ impl Sender {
                 self.idle().await;
                 continue;
             }
-            match self.publish(&batch).await {
+            let published = tokio::time::timeout(BATCH_TIMEOUT, self.publish(&batch)).await;
+            match published.unwrap_or_else(|_| Err(format!("no confirms within {BATCH_TIMEOUT:?}")))
+            {
                 Ok(()) => {
                     connected.set(1.0);
                     backoff = BACKOFF_FIRST;
