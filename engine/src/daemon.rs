@@ -224,14 +224,16 @@ pub struct Daemon {
     /// Runs as long as routes exist; stopped last.
     failover_task: tokio::task::JoinHandle<()>,
     webhooks: WebhookSenders,
+    amqp_out: crate::amqp_out::AmqpOutSenders,
 }
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let started = std::time::Instant::now();
         let spool = open_spool(&config).await?;
-        let (feeds, webhooks) = crate::events::webhook::start(&spool, &config.events.webhooks)
+        let (mut feeds, webhooks) = crate::events::webhook::start(&spool, &config.events.webhooks)
             .map_err(StartError::Webhooks)?;
+        let amqp_out = crate::amqp_out::start(&spool, &config.amqp_out, &mut feeds);
         let events_path = config.events.path.clone().unwrap_or_default();
         let settings = config.events.log_settings();
         let events =
@@ -382,6 +384,16 @@ impl Daemon {
                 shutdown_rx.clone(),
             )));
         }
+        // RabbitMQ front doors: stopped with the listeners, before the spool.
+        tasks.extend(crate::amqp_in::start(
+            &engine,
+            &config.amqp_in,
+            crate::amqp_in::Limits {
+                max_message_size: config.smtp_in.max_message_size,
+                max_recipients: config.smtp_in.max_recipients,
+            },
+            &shutdown_rx,
+        ));
         for listener in listeners {
             let control = ListenerControl {
                 context: contexts.subscribe(),
@@ -404,6 +416,7 @@ impl Daemon {
             tasks,
             failover_task,
             webhooks,
+            amqp_out,
         })
     }
 
@@ -450,6 +463,7 @@ impl Daemon {
         let events = self.engine.events.clone();
         let _ = tokio::task::spawn_blocking(move || (events.flush(), events.flush())).await;
         self.webhooks.stop().await;
+        self.amqp_out.stop().await;
         let spool = self.engine.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
         self.engine.events.flush();

@@ -10,6 +10,9 @@
 
 pub mod admin;
 pub mod admit;
+pub mod amqp;
+pub mod amqp_in;
+pub mod amqp_out;
 pub mod bounce_in;
 pub mod cluster;
 pub mod config;

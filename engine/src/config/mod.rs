@@ -56,6 +56,10 @@ pub struct Config {
     pub suppression: SuppressionSection,
     /// `[cluster]`: none, a standalone node (see `cluster`).
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// `[[amqp_in]]`: RabbitMQ queues this node consumes (see `amqp_in`).
+    pub amqp_in: Vec<crate::amqp::AmqpInSettings>,
+    /// `[[amqp_out]]`: exchanges events are published to (see `amqp_out`).
+    pub amqp_out: Vec<crate::amqp::AmqpOutSettings>,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -91,6 +95,10 @@ struct RawConfig {
     #[serde(default)]
     suppression: RawSuppression,
     cluster: Option<crate::cluster::RawCluster>,
+    #[serde(default)]
+    amqp_in: Vec<crate::amqp::RawAmqpIn>,
+    #[serde(default)]
+    amqp_out: Vec<crate::amqp::RawAmqpOut>,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -377,6 +385,8 @@ impl RawConfig {
                 .cluster
                 .map(crate::cluster::RawCluster::check)
                 .transpose()?,
+            amqp_in: crate::amqp::validate_in(self.amqp_in)?,
+            amqp_out: crate::amqp::validate_out(self.amqp_out)?,
             seeds,
         })
     }

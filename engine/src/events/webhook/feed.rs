@@ -30,6 +30,26 @@ impl WebhookFeeds {
         self.feeds.is_empty()
     }
 
+    /// Adds a feed for another outlet (`[[amqp_out]]`): the same durable
+    /// backlog, named `backlog`; the returned `Notify` wakes its sender.
+    pub(crate) fn add_outlet(
+        &mut self,
+        backlog: &str,
+        kinds: Option<Vec<EventKind>>,
+        max_backlog: u64,
+    ) -> Arc<Notify> {
+        let wake = Arc::new(Notify::new());
+        self.feeds.push(Feed {
+            name: backlog.to_owned(),
+            kinds,
+            max_backlog,
+            wake: wake.clone(),
+            pending: Vec::new(),
+            unconfirmed: false,
+        });
+        wake
+    }
+
     /// Takes an event (its JSON) for the webhooks that want its kind.
     pub(crate) fn add(&mut self, kind: EventKind, json: &[u8]) {
         for feed in &mut self.feeds {
