@@ -9,6 +9,7 @@
 
 pub mod postgres;
 pub mod quota;
+mod quota_health;
 mod quota_spend;
 mod quota_sql;
 mod quota_state;

@@ -35,8 +35,9 @@ use tokio::sync::Notify;
 
 use super::FleetView;
 use super::postgres::{Database, DbError, Notice, listen};
+use super::quota_health::Health;
 use super::quota_spend::{self as spend, Pending, SpendQueue, Spent};
-use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased};
+use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased, key_of};
 use super::quota_state::{Held, Part};
 use crate::timefmt::now_ms;
 use crate::values::Reply;
@@ -49,9 +50,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// The largest block one lease takes.
 pub const MAX_BLOCK: u64 = 500;
-/// After a failed call, calls fail at once for this long (no pile-up of
-/// connection attempts while the database is down).
-const FAIL_FAST: Duration = Duration::from_millis(500);
 /// How often expired leases (of killed nodes) are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
@@ -73,23 +71,6 @@ pub fn lease_size(need: u64, limit: u64, used: u64, live_nodes: usize) -> Option
     }
     let share = remaining / (4 * live_nodes.max(1) as u64);
     Some(share.min(MAX_BLOCK).max(need).min(remaining))
-}
-
-/// The counter key and first summed period of `q` at `now_ms`.
-fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
-    let window = match q.window {
-        Window::Day => 0,
-        Window::Month => 1,
-        Window::Rolling30Days => 2,
-        Window::Lifetime => 3,
-    };
-    let buckets = q.window.buckets(now_ms);
-    let key = Key {
-        name: q.name.clone(),
-        window,
-        period: *buckets.end() as i32,
-    };
-    (key, *buckets.start() as i32)
 }
 
 /// What one message wants of one quota.
@@ -587,43 +568,6 @@ impl Refused {
     }
 }
 
-/// Up or down, logged once per change.
-#[derive(Default)]
-struct Health {
-    down: std::sync::atomic::AtomicBool,
-    last_failure: Mutex<Option<Instant>>,
-}
-
-impl Health {
-    fn failed(&self, e: &DbError) {
-        use std::sync::atomic::Ordering;
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        if !self.down.swap(true, Ordering::Relaxed) {
-            log::warn!(
-                "cluster quota: the database does not answer ({e}); mail of users with a \
-                 limit is answered 451 4.3.0 until it does"
-            );
-            metrics::gauge!(METRIC_UP).set(0.0);
-        }
-    }
-
-    fn ok(&self) {
-        if self.down.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            log::warn!("cluster quota: the database answers again; quotas are leased again");
-            metrics::gauge!(METRIC_UP).set(1.0);
-        }
-    }
-
-    fn failing_fast(&self) -> bool {
-        self.down.load(std::sync::atomic::Ordering::Relaxed)
-            && self
-                .last_failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|t| t.elapsed() < FAIL_FAST)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,23 +587,5 @@ mod tests {
             "over after a lowered limit"
         );
         assert_eq!(lease_size(600, 1000, 0, 1), Some(600), "a big message");
-    }
-
-    #[test]
-    fn keys_follow_the_spools_windows() {
-        let q = |window| Quota {
-            name: "user:a".into(),
-            window,
-            limit: 5,
-            amount: 1,
-        };
-        let now = 1_795_257_000_000; // 2026-11-21
-        let (day, first) = key_of(&q(Window::Day), now);
-        assert_eq!((day.window, day.period, first), (0, 20778, 20778));
-        let (rolling, first) = key_of(&q(Window::Rolling30Days), now);
-        assert_eq!((rolling.period - first, rolling.window), (29, 2));
-        let (life, _) = key_of(&q(Window::Lifetime), now);
-        assert_eq!(life.period, 0);
-        assert_eq!(Key::from_payload(&day.payload()), Some(day));
     }
 }

@@ -9,6 +9,7 @@
 //! lease that expires (a killed node) is subtracted back by whoever sees it
 //! expired without giving back anything that was accepted.
 
+use sendengine_queue::{Quota, Window};
 use tokio_postgres::Client;
 
 use super::postgres::{DbError, timed};
@@ -63,6 +64,23 @@ impl Key {
             period,
         })
     }
+}
+
+/// The counter key and first summed period of `q` at `now_ms`.
+pub fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
+    let window = match q.window {
+        Window::Day => 0,
+        Window::Month => 1,
+        Window::Rolling30Days => 2,
+        Window::Lifetime => 3,
+    };
+    let buckets = q.window.buckets(now_ms);
+    let key = Key {
+        name: q.name.clone(),
+        window,
+        period: *buckets.end() as i32,
+    };
+    (key, *buckets.start() as i32)
 }
 
 /// A block a node asks for: at least `need` more of `key`, whose usage is
@@ -299,4 +317,27 @@ pub async fn usage(client: &Client, key: &Key, first: i32) -> Result<(u64, u64),
     .await?;
     let (used, leased) = (u(row.get(0)), u(row.get(1)));
     Ok((used.saturating_sub(leased), leased))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_spools_windows() {
+        let q = |window| Quota {
+            name: "user:a".into(),
+            window,
+            limit: 5,
+            amount: 1,
+        };
+        let now = 1_795_257_000_000; // 2026-11-21
+        let (day, first) = key_of(&q(Window::Day), now);
+        assert_eq!((day.window, day.period, first), (0, 20778, 20778));
+        let (rolling, first) = key_of(&q(Window::Rolling30Days), now);
+        assert_eq!((rolling.period - first, rolling.window), (29, 2));
+        let (life, _) = key_of(&q(Window::Lifetime), now);
+        assert_eq!(life.period, 0);
+        assert_eq!(Key::from_payload(&day.payload()), Some(day));
+    }
 }
