@@ -36,6 +36,7 @@ use tokio::sync::Notify;
 use super::FleetView;
 use super::postgres::{Database, DbError, Notice, listen};
 use super::quota_health::Health;
+pub use super::quota_health::METRIC_UP;
 use super::quota_spend::{self as spend, Pending, SpendQueue, Spent};
 use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased, key_of};
 use super::quota_state::{Held, Part};
@@ -53,8 +54,6 @@ pub const MAX_BLOCK: u64 = 500;
 /// How often expired leases (of killed nodes) are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
-/// `sendengine_cluster_quota_database_up`: 1 when the last call worked.
-pub const METRIC_UP: &str = "sendengine_cluster_quota_database_up";
 /// Messages answered 451 because no quota decision could be made.
 pub const METRIC_UNAVAILABLE: &str = "sendengine_cluster_quota_unavailable_total";
 /// Lease transactions that granted blocks.

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::postgres::DbError;
-use super::quota::METRIC_UP;
+
+/// `sendengine_cluster_quota_database_up`: 1 when the last call worked.
+pub const METRIC_UP: &str = "sendengine_cluster_quota_database_up";
 
 /// After a failed call, calls fail at once for this long (no pile-up of
 /// connection attempts while the database is down).
