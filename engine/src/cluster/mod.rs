@@ -13,6 +13,8 @@ pub mod nodes;
 pub mod objects;
 pub mod postgres;
 pub mod quota;
+mod quota_health;
+mod quota_spend;
 mod quota_sql;
 mod quota_state;
 pub mod settings;

@@ -3,23 +3,28 @@
 //! database is off the per-message path while a user is far from a limit.
 //!
 //! Admission calls [`QuotaLedger::reserve`] before the spool commit and
-//! settles the [`Reservation`] after it: consumed if the message was
-//! stored, given back to the local lease if not. Blocks are large far from
+//! settles the [`Reservation`] after it. A reservation is taken from a
+//! local lease and recorded as spent in PostgreSQL before it is returned
+//! (batched: `quota_spend`), so what PostgreSQL knows always covers what
+//! was acknowledged; settled unstored, it is un-spent. Blocks are large far from
 //! the limit and shrink to exactly what a message needs near it
 //! ([`lease_size`]); a node refused while others hold unspent leases asks
 //! them (NOTIFY) to give back and retries for up to [`RESERVE_WAIT`], so
-//! the fleet accepts exactly the limit. A background task settles spent
-//! amounts every [`TICK`], gives unused leases back after [`IDLE_RETURN`]
-//! (and at shutdown), renews the leases in use and reclaims expired ones.
-//! Unlimited quotas (limit 0) are only counted, in batches.
+//! the fleet accepts exactly the limit. A background task runs every
+//! [`TICK`]: it gives unused leases back after [`IDLE_RETURN`] (and at
+//! shutdown), renews the leases in use, counts unlimited quotas (limit 0:
+//! only counted, in batches, never waited for), un-spends and reclaims
+//! expired leases.
 //!
-//! When PostgreSQL is unreachable: mail that fits in a lease this node
-//! already holds (and has not let expire) is accepted, exactly; mail that
-//! needs a new lease gets `451 4.3.0` (never a 5xx); the outage is logged
-//! once and `sendengine_cluster_quota_database_up` is 0. Everything
-//! recovers by itself when the database answers again. A node killed with
-//! SIGKILL loses at most the last [`TICK`] of spending it had not settled:
-//! its leases expire after `LEASE_TTL_SECS` and are given back whole.
+//! When PostgreSQL is unreachable: a spend cannot be recorded, so mail of
+//! a user with a limit gets `451 4.3.0` (never a 5xx), even within a lease
+//! this node holds; mail without limits is accepted and counted later. The
+//! outage is logged once and `sendengine_cluster_quota_database_up` is 0.
+//! Everything recovers by itself when the database answers again. A node
+//! killed with SIGKILL: its leases expire after `LEASE_TTL_SECS` and are
+//! given back, holding only what it had not spent; a crash between the
+//! spend's record and the spool commit counts a message that was not
+//! queued (fewer accepted, never more).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,27 +35,25 @@ use tokio::sync::Notify;
 
 use super::FleetView;
 use super::postgres::{Database, DbError, Notice, listen};
-use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased};
+use super::quota_health::Health;
+pub use super::quota_health::METRIC_UP;
+use super::quota_spend::{self as spend, Pending, SpendQueue, Spent};
+use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased, key_of};
 use super::quota_state::{Held, Part};
 use crate::timefmt::now_ms;
 use crate::values::Reply;
 
 /// How long admission may wait for other nodes to give back leases.
 pub const RESERVE_WAIT: Duration = Duration::from_secs(5);
-/// How often spent amounts are settled and idle leases given back.
+/// How often idle leases are given back, leases renewed and counts sent.
 pub const TICK: Duration = Duration::from_millis(100);
 /// A lease not drawn on for this long goes back to the fleet.
 pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// The largest block one lease takes.
 pub const MAX_BLOCK: u64 = 500;
-/// After a failed call, calls fail at once for this long (no pile-up of
-/// connection attempts while the database is down).
-const FAIL_FAST: Duration = Duration::from_millis(500);
 /// How often expired leases (of killed nodes) are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
-/// `sendengine_cluster_quota_database_up`: 1 when the last call worked.
-pub const METRIC_UP: &str = "sendengine_cluster_quota_database_up";
 /// Messages answered 451 because no quota decision could be made.
 pub const METRIC_UNAVAILABLE: &str = "sendengine_cluster_quota_unavailable_total";
 /// Lease transactions that granted blocks.
@@ -67,23 +70,6 @@ pub fn lease_size(need: u64, limit: u64, used: u64, live_nodes: usize) -> Option
     }
     let share = remaining / (4 * live_nodes.max(1) as u64);
     Some(share.min(MAX_BLOCK).max(need).min(remaining))
-}
-
-/// The counter key and first summed period of `q` at `now_ms`.
-fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
-    let window = match q.window {
-        Window::Day => 0,
-        Window::Month => 1,
-        Window::Rolling30Days => 2,
-        Window::Lifetime => 3,
-    };
-    let buckets = q.window.buckets(now_ms);
-    let key = Key {
-        name: q.name.clone(),
-        window,
-        period: *buckets.end() as i32,
-    };
-    (key, *buckets.start() as i32)
 }
 
 /// What one message wants of one quota.
@@ -112,6 +98,7 @@ struct Inner {
     state: Mutex<HashMap<Key, Held>>,
     health: Health,
     wake: Notify,
+    spends: SpendQueue,
 }
 
 #[derive(Default)]
@@ -121,9 +108,9 @@ struct Conn {
     ready: bool,
 }
 
-/// A reservation made by admission: consume it once the message is stored,
-/// release it if the spool refused. Dropped unsettled, it is consumed (the
-/// safe side: counted even if the message was not stored).
+/// A reservation made by admission, already recorded as spent: settle it
+/// once the spool answered (unstored: un-spent). Dropped unsettled, it is
+/// consumed (the safe side: counted even if the message was not stored).
 pub struct Reservation {
     inner: Arc<Inner>,
     parts: Vec<Part>,
@@ -156,12 +143,14 @@ impl QuotaLedger {
             state: Mutex::new(HashMap::new()),
             health: Health::default(),
             wake: Notify::new(),
+            spends: SpendQueue::default(),
         });
         metrics::gauge!(METRIC_UP).set(1.0);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         listen(inner.url.clone(), vec![sql::RETURN_CHANNEL.into()], tx);
         tokio::spawn(listen_for_returns(Arc::downgrade(&inner), rx));
         tokio::spawn(run(Arc::downgrade(&inner)));
+        tokio::spawn(flush_spends(Arc::downgrade(&inner)));
         QuotaLedger { inner }
     }
 
@@ -221,12 +210,19 @@ impl Inner {
         let deadline = Instant::now() + RESERVE_WAIT;
         loop {
             let asks = match self.try_take(wants) {
-                Ok(parts) => {
-                    return Ok(Reservation {
-                        inner: self.clone(),
-                        parts,
-                    });
-                }
+                Ok(parts) => match self.record(&parts).await {
+                    Spent::Recorded => {
+                        return Ok(Reservation {
+                            inner: self.clone(),
+                            parts,
+                        });
+                    }
+                    Spent::Retry if Instant::now() < deadline => continue,
+                    Spent::Retry | Spent::Failed => {
+                        metrics::counter!(METRIC_UNAVAILABLE).increment(1);
+                        return Err(Refused::Unavailable);
+                    }
+                },
                 Err(asks) => asks,
             };
             match self.lease(&asks).await {
@@ -246,6 +242,42 @@ impl Inner {
                     metrics::counter!(METRIC_UNAVAILABLE).increment(1);
                     return Err(Refused::Unavailable);
                 }
+            }
+        }
+    }
+
+    /// Waits for the spend flush to record the limited `parts` (taken by
+    /// `try_take`; put back by the flush unless Recorded). Parts of
+    /// unlimited quotas need no wait.
+    async fn record(&self, parts: &[Part]) -> Spent {
+        if !parts.iter().any(|p| p.limited) {
+            return Spent::Recorded;
+        }
+        let (pending, answer) = Pending::new(parts);
+        self.spends.push(pending);
+        answer.await.unwrap_or(Spent::Failed)
+    }
+
+    /// Records every waiting spend in one statement (`quota_spend`).
+    async fn flush(&self, batch: Vec<Pending>) {
+        let Ok(mut conn) = self.conn().await else {
+            self.state_mut(|s| spend::failed(s, batch));
+            return;
+        };
+        let (batch, sums) = self.state_mut(|s| spend::prepare(s, batch, Instant::now()));
+        if sums.is_empty() {
+            return;
+        }
+        let Some(client) = conn.client.as_ref() else {
+            self.state_mut(|s| spend::failed(s, batch));
+            return;
+        };
+        let result = sql::spend(client, &self.node, &sums).await;
+        match self.outcome(&mut conn, result) {
+            Ok(found) => self.state_mut(|s| spend::applied(s, batch, &sums, &found)),
+            Err(e) => {
+                log::debug!("cluster quota: spend not recorded: {e}");
+                self.state_mut(|s| spend::failed(s, batch));
             }
         }
     }
@@ -385,7 +417,7 @@ impl Inner {
         result
     }
 
-    /// One round of the background work: settle, give back, renew, count.
+    /// One round of the background work: give back, renew, count.
     async fn tick(&self) {
         let now = Instant::now();
         let work =
@@ -463,6 +495,21 @@ async fn run(inner: std::sync::Weak<Inner>) {
     }
 }
 
+/// The spend flush: records the spends waiting at each wake-up in one
+/// statement; those arriving meanwhile form the next batch.
+async fn flush_spends(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(ledger) = inner.upgrade() else {
+            return;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ledger.spends.wake.notified()).await;
+        let batch = ledger.spends.take();
+        if !batch.is_empty() {
+            ledger.flush(batch).await;
+        }
+    }
+}
+
 /// Give-back requests of other nodes: mark the key and wake the task.
 async fn listen_for_returns(
     inner: std::sync::Weak<Inner>,
@@ -520,43 +567,6 @@ impl Refused {
     }
 }
 
-/// Up or down, logged once per change.
-#[derive(Default)]
-struct Health {
-    down: std::sync::atomic::AtomicBool,
-    last_failure: Mutex<Option<Instant>>,
-}
-
-impl Health {
-    fn failed(&self, e: &DbError) {
-        use std::sync::atomic::Ordering;
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        if !self.down.swap(true, Ordering::Relaxed) {
-            log::warn!(
-                "cluster quota: the database does not answer ({e}); mail that needs a new \
-                 quota lease is answered 451 4.3.0 until it does"
-            );
-            metrics::gauge!(METRIC_UP).set(0.0);
-        }
-    }
-
-    fn ok(&self) {
-        if self.down.swap(false, std::sync::atomic::Ordering::Relaxed) {
-            log::warn!("cluster quota: the database answers again; quotas are leased again");
-            metrics::gauge!(METRIC_UP).set(1.0);
-        }
-    }
-
-    fn failing_fast(&self) -> bool {
-        self.down.load(std::sync::atomic::Ordering::Relaxed)
-            && self
-                .last_failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|t| t.elapsed() < FAIL_FAST)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,23 +586,5 @@ mod tests {
             "over after a lowered limit"
         );
         assert_eq!(lease_size(600, 1000, 0, 1), Some(600), "a big message");
-    }
-
-    #[test]
-    fn keys_follow_the_spools_windows() {
-        let q = |window| Quota {
-            name: "user:a".into(),
-            window,
-            limit: 5,
-            amount: 1,
-        };
-        let now = 1_795_257_000_000; // 2026-11-21
-        let (day, first) = key_of(&q(Window::Day), now);
-        assert_eq!((day.window, day.period, first), (0, 20778, 20778));
-        let (rolling, first) = key_of(&q(Window::Rolling30Days), now);
-        assert_eq!((rolling.period - first, rolling.window), (29, 2));
-        let (life, _) = key_of(&q(Window::Lifetime), now);
-        assert_eq!(life.period, 0);
-        assert_eq!(Key::from_payload(&day.payload()), Some(day));
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! `quota_usage.used` counts, per quota key, what the fleet accepted plus
 //! what is leased and not yet spent; `quota_leases` says which node holds
-//! how much of that (unspent, as of its last settle) and until when. So
-//! `used <= limit` is the invariant, and a lease that expires (a killed
-//! node) is subtracted back by whoever sees it expired.
+//! how much of that unspent and until when. Spending is recorded in the
+//! lease row before the message is committed ([`spend`]), so the row never
+//! holds what was acknowledged: `used <= limit` is the invariant, and a
+//! lease that expires (a killed node) is subtracted back by whoever sees it
+//! expired without giving back anything that was accepted.
 
+use sendengine_queue::{Quota, Window};
 use tokio_postgres::Client;
 
 use super::postgres::{DbError, timed};
@@ -61,6 +64,23 @@ impl Key {
             period,
         })
     }
+}
+
+/// The counter key and first summed period of `q` at `now_ms`.
+pub fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
+    let window = match q.window {
+        Window::Day => 0,
+        Window::Month => 1,
+        Window::Rolling30Days => 2,
+        Window::Lifetime => 3,
+    };
+    let buckets = q.window.buckets(now_ms);
+    let key = Key {
+        name: q.name.clone(),
+        window,
+        period: *buckets.end() as i32,
+    };
+    (key, *buckets.start() as i32)
 }
 
 /// A block a node asks for: at least `need` more of `key`, whose usage is
@@ -162,15 +182,45 @@ pub async fn lease(
     Ok(Leased::Granted(granted))
 }
 
-/// Settles this node's lease of `key`: `spent` of it was used (it stays in
-/// `used`), `give_back` goes back to the fleet; the lease is renewed.
-/// Returns the lease's amount after, or None if the lease is gone (it
-/// expired and was reclaimed: nothing was changed).
+/// Records spending before the spool commit (`quota_spend`): each of this
+/// node's lease rows of `spends` loses what its messages take, which stays
+/// in `used` (accepted). One statement for the whole batch. Returns the
+/// keys whose row was found (a missing one expired and was reclaimed:
+/// nothing was spent from it).
+pub async fn spend(
+    client: &Client,
+    node: &str,
+    spends: &[(Key, u64)],
+) -> Result<Vec<Key>, DbError> {
+    let names: Vec<&str> = spends.iter().map(|(k, _)| k.name.as_str()).collect();
+    let windows: Vec<i16> = spends.iter().map(|(k, _)| k.window).collect();
+    let periods: Vec<i32> = spends.iter().map(|(k, _)| k.period).collect();
+    let amounts: Vec<i64> = spends.iter().map(|(_, n)| i(*n)).collect();
+    let rows = timed(client.query(
+        "UPDATE quota_leases l SET amount = l.amount - v.n \
+         FROM unnest($2::text[], $3::int2[], $4::int4[], $5::int8[]) AS v(name, w, p, n) \
+         WHERE l.node = $1 AND l.name = v.name AND l.quota_window = v.w AND l.period = v.p \
+         RETURNING l.name, l.quota_window, l.period",
+        &[&node, &names, &windows, &periods, &amounts],
+    ))
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Key {
+            name: r.get(0),
+            window: r.get(1),
+            period: r.get(2),
+        })
+        .collect())
+}
+
+/// Gives back `give_back` of this node's lease of `key` and renews the
+/// lease. Returns the lease's amount after, or None if the lease is gone
+/// (it expired and was reclaimed: nothing was changed).
 pub async fn settle(
     client: &Client,
     node: &str,
     key: &Key,
-    spent: u64,
     give_back: u64,
 ) -> Result<Option<u64>, DbError> {
     let rows = timed(client.query(
@@ -179,25 +229,29 @@ pub async fn settle(
                expires_at = now() + interval '{LEASE_TTL_SECS} seconds' \
                WHERE node = $1 AND name = $2 AND quota_window = $3 AND period = $4 \
                RETURNING amount), \
-             u AS (UPDATE quota_usage SET used = greatest(used - $6, 0) \
+             u AS (UPDATE quota_usage SET used = greatest(used - $5, 0) \
                WHERE name = $2 AND quota_window = $3 AND period = $4 AND EXISTS (SELECT 1 FROM l)) \
              SELECT amount FROM l"
         ),
-        &[
-            &node,
-            &key.name,
-            &key.window,
-            &key.period,
-            &i(spent + give_back),
-            &i(give_back),
-        ],
+        &[&node, &key.name, &key.window, &key.period, &i(give_back)],
     ))
     .await?;
     Ok(rows.first().map(|r| u(r.get(0))))
 }
 
-/// Adds `n` to the usage of `key` directly: counts of unlimited quotas, and
-/// what was spent from a lease that was reclaimed meanwhile.
+/// Takes `n` off the usage of `key`: spending recorded for messages the
+/// spool then refused (un-spent).
+pub async fn uncount(client: &Client, key: &Key, n: u64) -> Result<(), DbError> {
+    timed(client.execute(
+        "UPDATE quota_usage SET used = greatest(used - $4, 0) \
+         WHERE name = $1 AND quota_window = $2 AND period = $3",
+        &[&key.name, &key.window, &key.period, &i(n)],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Adds `n` to the usage of `key` directly: counts of unlimited quotas.
 pub async fn count(client: &Client, key: &Key, n: u64) -> Result<(), DbError> {
     timed(client.execute(
         "INSERT INTO quota_usage (name, quota_window, period, used) VALUES ($1, $2, $3, $4) \
@@ -263,4 +317,27 @@ pub async fn usage(client: &Client, key: &Key, first: i32) -> Result<(u64, u64),
     .await?;
     let (used, leased) = (u(row.get(0)), u(row.get(1)));
     Ok((used.saturating_sub(leased), leased))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_spools_windows() {
+        let q = |window| Quota {
+            name: "user:a".into(),
+            window,
+            limit: 5,
+            amount: 1,
+        };
+        let now = 1_795_257_000_000; // 2026-11-21
+        let (day, first) = key_of(&q(Window::Day), now);
+        assert_eq!((day.window, day.period, first), (0, 20778, 20778));
+        let (rolling, first) = key_of(&q(Window::Rolling30Days), now);
+        assert_eq!((rolling.period - first, rolling.window), (29, 2));
+        let (life, _) = key_of(&q(Window::Lifetime), now);
+        assert_eq!(life.period, 0);
+        assert_eq!(Key::from_payload(&day.payload()), Some(day));
+    }
 }

@@ -2,14 +2,16 @@
 //! each quota key, and the background work that brings PostgreSQL in line.
 //!
 //! Per key, this node's lease row in PostgreSQL amounts to `available +
-//! reserved + spent` (leased and unused, taken by messages being stored,
-//! stored but not yet settled). Local operations only move amounts between
-//! these three, so the sum changes only by a lease (added) or a settle
-//! (spent and given back, removed), both of which go through the ledger's
-//! single connection. If a lease row turns out to be gone (it expired and
-//! another node reclaimed it), the books are "orphaned": what was spent is
-//! counted directly, reservations made against the old lease (older
-//! `epoch`) are counted when consumed and dropped when released.
+//! reserved` (leased and unused, taken by messages waiting for the spend
+//! flush). Local operations only move amounts between these two, so the
+//! sum changes only by a lease (added), a spend flush (`quota_spend`:
+//! reserved and recorded as spent, removed) or a give-back (removed), all
+//! of which go through the ledger's single connection. Spent amounts are
+//! in PostgreSQL before their message is committed: a message the spool
+//! refuses is un-spent afterwards (`released`, taken off the usage). If a
+//! lease row turns out to be gone (it expired and another node reclaimed
+//! it), the books are "orphaned": reservations made against the old lease
+//! (older `epoch`) are not flushed but retried on a new lease.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -29,10 +31,11 @@ const ASKED_FOR: Duration = Duration::from_secs(2);
 pub struct Held {
     pub available: u64,
     pub reserved: u64,
-    pub spent: u64,
-    /// To add to the fleet's usage directly (unlimited quotas; spending
-    /// from a reclaimed lease).
+    /// To add to the fleet's usage directly (unlimited quotas).
     pub counted: u64,
+    /// To take off the fleet's usage: recorded spending of messages the
+    /// spool refused (lost in a crash: fewer accepted, never more).
+    pub released: u64,
     pub epoch: u64,
     /// The lease may be spent until then (None: no usable lease).
     pub usable_until: Option<Instant>,
@@ -47,7 +50,8 @@ pub struct Held {
     pub closing: bool,
 }
 
-/// One message's share of one key.
+/// One message's share of one key; a limited one is recorded as spent in
+/// PostgreSQL once its reservation is returned.
 #[derive(Debug)]
 pub struct Part {
     pub key: Key,
@@ -58,7 +62,7 @@ pub struct Part {
 
 impl Held {
     fn tracked(&self) -> u64 {
-        self.available + self.reserved + self.spent
+        self.available + self.reserved
     }
 
     /// What a message may take without asking PostgreSQL.
@@ -85,18 +89,29 @@ impl Held {
         }
     }
 
-    /// Consumes (`stored`) or releases a part.
+    /// Puts back a part taken but not flushed (the flush failed or must be
+    /// retried); nothing if the books were orphaned since.
+    pub fn untake(&mut self, amount: u64, epoch: u64) {
+        if epoch == self.epoch {
+            self.reserved = self.reserved.saturating_sub(amount);
+            self.available += amount;
+        }
+    }
+
+    /// A flushed part: recorded in the lease row, out of the books.
+    pub fn flushed(&mut self, amount: u64) {
+        self.reserved = self.reserved.saturating_sub(amount);
+    }
+
+    /// Consumes (`stored`) or releases a part. A limited part was recorded
+    /// as spent before the commit: stored, nothing is left to do; refused,
+    /// it is un-spent (given back to the fleet, not to this lease).
     pub fn settle(&mut self, part: &Part, stored: bool, now: Instant) {
         self.last_used = Some(now);
-        if part.limited && part.epoch == self.epoch {
-            self.reserved = self.reserved.saturating_sub(part.amount);
-            if stored {
-                self.spent += part.amount;
-            } else {
-                self.available += part.amount;
-            }
-        } else if stored {
-            self.counted += part.amount;
+        match (part.limited, stored) {
+            (true, false) => self.released += part.amount,
+            (false, true) => self.counted += part.amount,
+            _ => {}
         }
     }
 
@@ -112,9 +127,7 @@ impl Held {
     }
 
     /// The lease row is gone: another node gave all of it back.
-    fn orphan(&mut self) {
-        self.counted += self.spent;
-        self.spent = 0;
+    pub fn orphan(&mut self) {
         self.available = 0;
         self.reserved = 0;
         self.epoch += 1;
@@ -126,21 +139,22 @@ impl Held {
 /// A call the background task makes.
 #[derive(Debug)]
 pub enum Work {
-    /// Settle `spent` and give back `give_back` of this node's lease.
+    /// Give back `give_back` of this node's lease and renew it.
     Settle {
         key: Key,
         epoch: u64,
-        spent: u64,
         give_back: u64,
     },
     /// Add `n` to the fleet's usage.
     Count { key: Key, n: u64 },
+    /// Take `n` off the fleet's usage (un-spend).
+    Uncount { key: Key, n: u64 },
     /// Delete this node's empty lease row.
     Forget { key: Key },
 }
 
-/// Takes out of the books what the next round settles, gives back and
-/// counts (so that concurrent messages cannot take it meanwhile).
+/// Takes out of the books what the next round gives back, counts and
+/// un-spends (so that concurrent messages cannot take it meanwhile).
 pub fn collect(
     state: &mut HashMap<Key, Held>,
     now: Instant,
@@ -153,6 +167,12 @@ pub fn collect(
             work.push(Work::Count {
                 key: key.clone(),
                 n: std::mem::take(&mut held.counted),
+            });
+        }
+        if held.released > 0 {
+            work.push(Work::Uncount {
+                key: key.clone(),
+                n: std::mem::take(&mut held.released),
             });
         }
         if !held.row {
@@ -168,12 +188,11 @@ pub fn collect(
         let renew = held
             .usable_until
             .is_some_and(|t| t.saturating_duration_since(now) < renew_before);
-        if held.spent > 0 || give_back > 0 || renew || held.tracked() == 0 {
+        if give_back > 0 || renew || held.tracked() == 0 {
             held.available -= give_back;
             work.push(Work::Settle {
                 key: key.clone(),
                 epoch: held.epoch,
-                spent: std::mem::take(&mut held.spent),
                 give_back,
             });
         }
@@ -182,6 +201,7 @@ pub fn collect(
         h.row
             || h.tracked() > 0
             || h.counted > 0
+            || h.released > 0
             || h.last_used
                 .is_some_and(|t| now.duration_since(t) < FORGET_AFTER)
     });
@@ -195,18 +215,15 @@ pub fn undo(state: &mut HashMap<Key, Held>, work: Vec<Work>) {
             Work::Settle {
                 key,
                 epoch,
-                spent,
                 give_back,
             } => {
                 let held = state.entry(key).or_default();
                 if held.epoch == epoch {
                     held.available += give_back;
-                    held.spent += spent;
-                } else {
-                    held.counted += spent;
                 }
             }
             Work::Count { key, n } => state.entry(key).or_default().counted += n,
+            Work::Uncount { key, n } => state.entry(key).or_default().released += n,
             Work::Forget { .. } => {}
         }
     }
@@ -217,13 +234,9 @@ impl Work {
     /// the row is gone).
     pub async fn run(&self, client: &Client, node: &str) -> Result<Option<u64>, DbError> {
         match self {
-            Work::Settle {
-                key,
-                spent,
-                give_back,
-                ..
-            } => sql::settle(client, node, key, *spent, *give_back).await,
+            Work::Settle { key, give_back, .. } => sql::settle(client, node, key, *give_back).await,
             Work::Count { key, n } => sql::count(client, key, *n).await.map(|()| None),
+            Work::Uncount { key, n } => sql::uncount(client, key, *n).await.map(|()| None),
             Work::Forget { key } => sql::forget(client, node, key).await.map(|()| None),
         }
     }
@@ -237,10 +250,7 @@ impl Work {
         after: Option<u64>,
         until: Instant,
     ) -> Option<Work> {
-        let Work::Settle {
-            key, epoch, spent, ..
-        } = self
-        else {
+        let Work::Settle { key, epoch, .. } = self else {
             return None;
         };
         let held = state.entry(key.clone()).or_default();
@@ -248,7 +258,6 @@ impl Work {
             return None;
         }
         let Some(after) = after else {
-            held.counted += spent;
             held.orphan();
             return None;
         };
@@ -258,7 +267,6 @@ impl Work {
             return Some(Work::Settle {
                 key: key.clone(),
                 epoch: held.epoch,
-                spent: 0,
                 give_back: after - tracked,
             });
         }
@@ -300,41 +308,44 @@ mod tests {
         held.granted(10, 10, now + Duration::from_secs(5));
         let a = held.take(&key(), 4, true, now);
         let b = held.take(&key(), 3, true, now);
+        // Both flushed (the row now holds 3); b's commit then failed.
+        held.flushed(7);
         held.settle(&a, true, now);
         held.settle(&b, false, now);
-        assert_eq!((held.available, held.reserved, held.spent), (6, 0, 4));
-        // Asked by another node: the unused 6 go back, the 4 are settled.
+        assert_eq!((held.available, held.reserved, held.released), (3, 0, 3));
+        // Asked by another node: the unused 3 go back, b's 3 are un-spent.
         held.asked = Some(now);
         let work = collect(&mut state, now, Duration::from_secs(1), Duration::ZERO);
         assert!(matches!(
             work.as_slice(),
-            [Work::Settle {
-                spent: 4,
-                give_back: 6,
-                ..
-            }]
+            [
+                Work::Uncount { n: 3, .. },
+                Work::Settle { give_back: 3, .. }
+            ]
         ));
-        let fix = work[0].applied(&mut state, Some(0), now);
+        let fix = work[1].applied(&mut state, Some(0), now);
         assert!(matches!(fix, Some(Work::Forget { .. })));
         assert!(!state[&key()].row);
     }
 
     #[test]
-    fn a_reclaimed_lease_counts_what_was_spent_and_voids_the_rest() {
+    fn a_reclaimed_lease_voids_the_books_and_unflushed_parts() {
         let now = Instant::now();
         let mut state = HashMap::new();
         let held: &mut Held = state.entry(key()).or_default();
         held.granted(10, 10, now + Duration::from_secs(5));
         let in_flight = held.take(&key(), 2, true, now);
-        let stored = held.take(&key(), 3, true, now);
-        held.settle(&stored, true, now);
-        let work = collect(&mut state, now, Duration::from_secs(1), Duration::ZERO);
-        work[0].applied(&mut state, None, now);
+        // A renewal finds the row gone.
+        let renewal = Work::Settle {
+            key: key(),
+            epoch: 0,
+            give_back: 0,
+        };
+        renewal.applied(&mut state, None, now);
         let held = state.get_mut(&key()).unwrap();
-        assert_eq!(held.counted, 3, "what was stored is counted directly");
-        assert_eq!((held.available, held.reserved, held.spent), (0, 0, 0));
-        held.settle(&in_flight, true, now);
-        assert_eq!(held.counted, 5, "an old reservation stored: counted too");
+        assert_eq!((held.available, held.reserved), (0, 0));
+        held.untake(in_flight.amount, in_flight.epoch);
+        assert_eq!(held.available, 0, "a part of the old lease is not put back");
     }
 
     #[test]
@@ -345,12 +356,17 @@ mod tests {
             .entry(key())
             .or_default()
             .granted(10, 10, now + Duration::from_secs(5));
-        state.get_mut(&key()).unwrap().spent = 1;
         state.get_mut(&key()).unwrap().available = 9;
         state.get_mut(&key()).unwrap().last_used = Some(now);
         let work = collect(&mut state, now, Duration::from_secs(60), Duration::ZERO);
-        // The row says 12 after the settle; the books say 9.
-        let fix = work[0].applied(&mut state, Some(12), now);
+        assert!(work.is_empty(), "nothing to settle while in use");
+        let settle = Work::Settle {
+            key: key(),
+            epoch: 0,
+            give_back: 0,
+        };
+        // The row says 12 after the renewal; the books say 9.
+        let fix = settle.applied(&mut state, Some(12), now);
         assert!(matches!(fix, Some(Work::Settle { give_back: 3, .. })));
     }
 }
