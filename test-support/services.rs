@@ -72,15 +72,46 @@ pub fn ensure_rabbitmq() -> bool {
     )
 }
 
-/// A name no other test run uses: `prefix`, the process id and a counter.
+/// A name no other test run uses: `prefix`, the time in seconds, the
+/// process id and a counter (`fresh_database` reads the time back to drop
+/// what old runs left).
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
+    format!("{prefix}_t{}_{}_{n}", unix_seconds(), std::process::id())
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{n}_{nanos}", std::process::id())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Test databases older than this are dropped by the next run.
+const STALE_DATABASE_SECS: u64 = 6 * 3600;
+
+/// Drops the databases earlier runs made (names from `unique_name`) that
+/// are older than [`STALE_DATABASE_SECS`]: a run killed midway cleans up
+/// nothing, and CI runs on a machine that lives on.
+fn drop_stale_databases() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let names = psql("test", "SELECT datname FROM pg_database");
+        let now = unix_seconds();
+        for name in names.lines().map(str::trim) {
+            let made = name
+                .split('_')
+                .find_map(|part| part.strip_prefix('t').and_then(|t| t.parse::<u64>().ok()))
+                .filter(|&t| t > 1_600_000_000);
+            if made.is_some_and(|t| now.saturating_sub(t) > STALE_DATABASE_SECS) {
+                let _ = Command::new("psql")
+                    .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-c"])
+                    .arg(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .output();
+            }
+        }
+    });
 }
 
 /// Runs `sql` on database `db` with psql; panics with psql's stderr on failure.
@@ -115,6 +146,7 @@ pub fn fresh_database(prefix: &str) -> Option<String> {
     if !ensure_postgres() {
         return None;
     }
+    drop_stale_databases();
     let name = unique_name(prefix).to_ascii_lowercase();
     psql("test", &format!("CREATE DATABASE \"{name}\""));
     Some(format!("postgres://postgres@127.0.0.1:5432/{name}"))
