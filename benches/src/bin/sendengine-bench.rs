@@ -3,6 +3,8 @@
 //! median [min..max] of every figure; with `--peer postfix` it also runs the
 //! Postfix peer for the same message size and prints the ratios ours/Postfix.
 //! `--backlog` measures a queue built while the delivery server is down.
+//! `--cluster-database URL [--cluster-redis URL]` runs the daemon as one
+//! node of a fleet (issue #17); `--tenant` gives standalone the same tenant.
 //!
 //! Exit code 0 on success, 1 when a run failed, 2 on bad arguments.
 
@@ -12,6 +14,7 @@ use std::process::ExitCode;
 
 use sendengine_benches::args::{ArgError, Args};
 use sendengine_benches::runner::backlog::{BacklogOptions, BacklogResult, run_backlog};
+use sendengine_benches::runner::cluster::ClusterTarget;
 use sendengine_benches::runner::peer::{self, PeerResult, PeerRun};
 use sendengine_benches::runner::procs::Binaries;
 use sendengine_benches::runner::stats::Spread;
@@ -22,7 +25,8 @@ const USAGE: &str = "usage: sendengine-bench [--messages N (20000)] [--warmup N 
     [--rate MSGS_PER_S (0 = unlimited)] [--reps K (3)] [--delivery-connections C (20)] [--ready-queue-size N]
     [--peer postfix] [--peer-messages N (10000)] [--peer-script PATH (../shared/bench/peer-postfix.sh)]
     [--backlog [--crash]] [--min-free-gib G (10)] [--perf FILE] [--dir DIR (/var/tmp/sendengine-bench)]
-    [--bin-dir DIR (beside this program)] [--keep]";
+    [--bin-dir DIR (beside this program)] [--keep]
+    [--tenant] [--cluster-database postgres://USER@HOST:PORT/DB [--cluster-redis redis://HOST:PORT]]";
 
 /// Most repetitions.
 const MAX_REPS: usize = 20;
@@ -254,6 +258,8 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
             rate: 0.0,
             delivery_connections: 20,
             ready_queue_size: None,
+            tenant: false,
+            cluster: None,
         },
         reps: 3,
         peer: false,
@@ -268,6 +274,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
         keep: false,
     };
     let scenario = &mut options.scenario;
+    let mut cluster_redis = None;
     while let Some(flag) = args.next_flag() {
         match flag.as_str() {
             "--messages" => scenario.messages = args.parsed(&flag)?,
@@ -312,10 +319,20 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
             "--dir" => options.dir = args.value(&flag)?.into(),
             "--bin-dir" => options.bins.dir = args.value(&flag)?.into(),
             "--keep" => options.keep = true,
+            "--tenant" => scenario.tenant = true,
+            "--cluster-database" => {
+                scenario.tenant = true;
+                scenario.cluster = Some(ClusterTarget {
+                    database: args.value(&flag)?,
+                    redis: None,
+                });
+            }
+            "--cluster-redis" => cluster_redis = Some(args.value(&flag)?),
             "--help" | "-h" => return Ok(None),
             _ => return Err(ArgError::Unknown(flag).into()),
         }
     }
+    check_cluster(&mut options, cluster_redis)?;
     check_ranges(&options)?;
     Ok(Some(options))
 }
@@ -326,6 +343,33 @@ fn bad(flag: &str, value: &str, reason: &str) -> ArgError {
         value: value.to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// `--cluster-redis` belongs to `--cluster-database`; the backlog measure
+/// runs standalone only.
+fn check_cluster(options: &mut Options, redis: Option<String>) -> Result<(), ArgError> {
+    let Some(cluster) = options.scenario.cluster.as_mut() else {
+        return match redis {
+            Some(url) => Err(bad("--cluster-redis", &url, "needs --cluster-database")),
+            None => Ok(()),
+        };
+    };
+    cluster.redis = redis;
+    cluster.check().map_err(|reason| {
+        bad(
+            "--cluster-database/--cluster-redis",
+            &cluster.database,
+            &reason,
+        )
+    })?;
+    if options.backlog {
+        return Err(bad(
+            "--backlog",
+            "with --cluster-database",
+            "the backlog measure runs standalone only",
+        ));
+    }
+    Ok(())
 }
 
 fn check_ranges(options: &Options) -> Result<(), ArgError> {

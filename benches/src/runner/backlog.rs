@@ -67,11 +67,13 @@ pub fn run_backlog(
     let dir = fresh_dir(dir)?;
     let sink_port = procs::unused_port()?;
     let config = dir.join("config.toml");
-    std::fs::write(&config, daemon_config(scenario, &dir, sink_port, "1h")).map_err(|source| {
-        RunError::Io {
-            what: format!("cannot write {}", config.display()),
-            source,
-        }
+    std::fs::write(
+        &config,
+        daemon_config(scenario, &dir, sink_port, "1h", None),
+    )
+    .map_err(|source| RunError::Io {
+        what: format!("cannot write {}", config.display()),
+        source,
     })?;
     let mut result = BacklogResult::default();
     let log = dir.join("daemon.log");

@@ -7,6 +7,7 @@
 //! run as a process; nothing here links the engine.
 
 pub mod backlog;
+pub mod cluster;
 pub mod peer;
 pub mod proc;
 pub mod procs;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
 
+use cluster::{ClusterRun, ClusterTarget};
 use procs::{Binaries, Daemon, Injection, InjectionSummary, Loadgen, Sink};
 use sinkwatch::SinkWatch;
 
@@ -85,6 +87,11 @@ pub struct Scenario {
     pub delivery_connections: usize,
     /// `[delivery] ready_queue_size`; None = the daemon's default.
     pub ready_queue_size: Option<usize>,
+    /// Mail has a tenant with a daily limit, and the sink a
+    /// `rate_per_second` (see `cluster`); implied by `cluster`.
+    pub tenant: bool,
+    /// Run the daemon as one node of a fleet (`[cluster]`).
+    pub cluster: Option<ClusterTarget>,
 }
 
 /// The load generator's options for the measured injection of `scenario`.
@@ -115,8 +122,17 @@ impl Scenario {
         } else {
             "unlimited".to_string()
         };
+        let mode = match (&self.cluster, self.tenant) {
+            (Some(c), _) => format!(
+                ", tenant with daily limit, CLUSTER node (PostgreSQL {}, Redis {})",
+                c.database,
+                c.redis.as_deref().unwrap_or("none")
+            ),
+            (None, true) => ", tenant with daily limit, standalone".to_string(),
+            (None, false) => String::new(),
+        };
         format!(
-            "{} msgs (+{} warm-up), body {} B, {} rcpt/msg, {} injection conns, DKIM {}, {}, rate {}",
+            "{} msgs (+{} warm-up), body {} B, {} rcpt/msg, {} injection conns, DKIM {}, {}, rate {}{mode}",
             self.messages,
             self.warmup,
             self.size,
@@ -175,9 +191,25 @@ pub fn unix_us() -> u64 {
 }
 
 /// The daemon's configuration for a scenario in `dir`, relaying to the sink
-/// at `sink_port`; `retry` is the retry schedule's single step.
-pub fn daemon_config(scenario: &Scenario, dir: &Path, sink_port: u16, retry: &str) -> String {
+/// at `sink_port`; `retry` is the retry schedule's single step; `cluster`
+/// the repetition's place in the fleet's services.
+pub fn daemon_config(
+    scenario: &Scenario,
+    dir: &Path,
+    sink_port: u16,
+    retry: &str,
+    cluster: Option<&ClusterRun>,
+) -> String {
     let d = dir.display();
+    let tenant = scenario.tenant || cluster.is_some();
+    let (default_user, rate) = if tenant {
+        (
+            format!("default_user = \"{}\"", cluster::TENANT),
+            format!("rate_per_second = {}", cluster::RATE_PER_SECOND),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     let mut text = format!(
         r#"hostname = "bench.invalid"
 [spool]
@@ -186,6 +218,7 @@ sync = {sync}
 [smtp_in]
 listen = ["127.0.0.1:0"]
 relay_networks = ["127.0.0.0/8"]
+{default_user}
 max_message_size = "25MB"
 [delivery]
 retry_schedule = ["{retry}"]
@@ -204,6 +237,7 @@ encryption = "none"
 timeout = "60s"
 max_connections = {conns}
 max_messages_per_connection = 100000
+{rate}
 "#,
         sync = scenario.sync,
         conns = scenario.delivery_connections,
@@ -222,6 +256,13 @@ max_messages_per_connection = 100000
             text,
             "[[dkim_key]]\ndomain = \"example.com\"\nselector = \"bench\"\nalgorithm = \"{algorithm}\"\n"
         );
+    }
+    if tenant {
+        let recipients = (scenario.warmup + scenario.messages) * scenario.rcpts as u64;
+        text.push_str(&cluster::tenant_section(recipients));
+    }
+    if let Some(cluster) = cluster {
+        text.push_str(&cluster.config_section());
     }
     text
 }
@@ -252,17 +293,45 @@ pub struct RepOptions {
     pub keep: bool,
 }
 
-/// Runs one repetition in `dir` (emptied first).
+/// Runs one repetition in `dir` (emptied first); in cluster mode with a
+/// database of its own, dropped afterwards unless `keep`.
 pub fn run_rep(
     bins: &Binaries,
     scenario: &Scenario,
     dir: &Path,
     options: &RepOptions,
 ) -> Result<RepResult, RunError> {
+    let Some(target) = &scenario.cluster else {
+        return measure_rep(bins, scenario, dir, options, None);
+    };
+    let tag: String = dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let cluster = target.run_for(&tag);
+    cluster.create()?;
+    let result = measure_rep(bins, scenario, dir, options, Some(&cluster));
+    if !options.keep {
+        cluster.drop_database()?;
+    }
+    result
+}
+
+fn measure_rep(
+    bins: &Binaries,
+    scenario: &Scenario,
+    dir: &Path,
+    options: &RepOptions,
+    cluster: Option<&ClusterRun>,
+) -> Result<RepResult, RunError> {
     let dir = fresh_dir(dir)?;
     let mut sink = Sink::start(bins, 0, &dir.join("sink.jsonl"))?;
     let config = dir.join("config.toml");
-    write_file(&config, &daemon_config(scenario, &dir, sink.port, "5s"))?;
+    let text = daemon_config(scenario, &dir, sink.port, "5s", cluster);
+    write_file(&config, &text)?;
     let mut daemon = Daemon::start(bins, &config, &dir.join("daemon.log"))?;
     let mut watch = SinkWatch::open(&sink.log, true)?;
 
