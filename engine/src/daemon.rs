@@ -225,7 +225,13 @@ pub struct Daemon {
     failover_task: tokio::task::JoinHandle<()>,
     webhooks: WebhookSenders,
     amqp_out: crate::amqp_out::AmqpOutSenders,
+    /// `[cluster]`: this node's rows of the fleet's delivered index.
+    fleet_index: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
 }
+
+/// How long a stopping node waits for its last delivered-index rows to
+/// reach PostgreSQL (the writer lingers 100 ms per batch).
+const FLEET_INDEX_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Daemon {
     pub async fn start(config: Config) -> Result<Daemon, StartError> {
@@ -289,7 +295,7 @@ impl Daemon {
                 resolver: resolver.clone(),
                 verp_secret: tenancy.secrets().derived("verp"),
                 fleet: fleet_throttles.clone(),
-                verp_node: fleet_index,
+                verp_node: fleet_index.clone(),
             },
             recorder,
         );
@@ -417,6 +423,7 @@ impl Daemon {
             failover_task,
             webhooks,
             amqp_out,
+            fleet_index,
         })
     }
 
@@ -466,6 +473,18 @@ impl Daemon {
         self.amqp_out.stop().await;
         let spool = self.engine.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
+        // The last outcomes' rows, committed just now, into the fleet's index.
+        if let Some(index) = &self.fleet_index {
+            let left = index
+                .drain(tokio::time::Instant::now() + FLEET_INDEX_DRAIN)
+                .await;
+            if left > 0 {
+                log::warn!(
+                    "{left} delivered-index rows not written to the cluster database at shutdown: \
+                     bounces for them reaching other nodes will not be tied to their tenant"
+                );
+            }
+        }
         self.engine.events.flush();
     }
 

@@ -137,3 +137,23 @@ async fn a_starting_node_prunes_its_expired_rows_only() {
         [format!("{na}|{fresh}"), format!("{nb}|{old}")],
     );
 }
+
+/// What a stopping node does with rows it was just offered: `drain` waits
+/// until every one is written (a daemon calls it at shutdown, so that a
+/// bounce reaching another node ties even to the last deliveries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_until_every_offered_row_is_written() {
+    let Some(url) = fresh_database("cluster_drain") else {
+        return;
+    };
+    let a = numbered("a", &url).await;
+    let first = first_id_at(now_ms());
+    a.offer((0..600).map(|i| row(first + i, "acme", "<m@a>")).collect());
+    let left = a
+        .drain(tokio::time::Instant::now() + Duration::from_secs(10))
+        .await;
+    assert_eq!(left, 0, "rows still pending after the drain");
+    // Right after the drain, with no waiting: all 600 are in PostgreSQL.
+    let db = url.rsplit('/').next().unwrap();
+    assert_eq!(psql(db, "SELECT count(*) FROM delivered").trim(), "600");
+}

@@ -27,7 +27,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sendengine_bounces::verp::Tagged;
@@ -108,6 +108,8 @@ pub struct SharedDelivered {
     /// 0 until fetched (`serial` numbers start at 1).
     number: AtomicU32,
     queue: mpsc::Sender<Delivered>,
+    /// Rows offered and not yet written (or dropped): what `drain` waits for.
+    pending: AtomicUsize,
     /// Set while PostgreSQL fails, so an outage is logged once.
     down: AtomicBool,
     runtime: tokio::runtime::Handle,
@@ -130,6 +132,7 @@ impl SharedDelivered {
             db: cluster.db.clone(),
             name: cluster.settings.node.clone(),
             number: AtomicU32::new(0),
+            pending: AtomicUsize::new(0),
             queue,
             down: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
@@ -156,9 +159,25 @@ impl SharedDelivered {
     /// drops them and counts them).
     pub fn offer(&self, rows: Vec<Delivered>) {
         for row in rows {
-            if self.queue.try_send(row).is_err() {
-                rows_counter("dropped").increment(1);
+            match self.queue.try_send(row) {
+                Ok(()) => {
+                    self.pending.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => rows_counter("dropped").increment(1),
             }
+        }
+    }
+
+    /// At shutdown: waits until every row offered so far is written, or
+    /// `deadline`; returns how many were not (they stay in the local
+    /// delivered index only, so bounces for them at other nodes are not tied).
+    pub async fn drain(&self, deadline: tokio::time::Instant) -> usize {
+        loop {
+            let pending = self.pending.load(Ordering::Relaxed);
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -268,6 +287,7 @@ impl SharedDelivered {
                 batch.push(row);
             }
             self.write(number, &batch).await;
+            self.pending.fetch_sub(batch.len(), Ordering::Relaxed);
             ::metrics::gauge!("sendengine_cluster_delivered_backlog").set(rows.len() as f64);
             batch.clear();
             if pruned_at.elapsed() >= PRUNE_EVERY {
