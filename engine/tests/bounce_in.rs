@@ -10,13 +10,9 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
-use support::bounces::{dsn, send_bounce};
-use support::{Daemon, DaemonConfig, Sink, ctl, free_port, python, smtplib_try};
-
-const LONG: Duration = Duration::from_secs(60);
+use support::bounces::{count_events, deliver, dsn, event_for, python_missing, send_bounce};
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_try};
 
 fn arf(return_path: &str, recipient: &str, message_id: &str) -> String {
     format!(
@@ -67,41 +63,14 @@ fn config(sink_port: u16, bounce_port: u16, auto_suppress: bool) -> DaemonConfig
     ))
 }
 
-/// Sends one message to `rcpt` and returns (our queue id, the VERP
-/// return path the sink got) once it is delivered.
-fn deliver(daemon: &Daemon, sink: &Sink, rcpt: &str, message_id: &str) -> (String, String) {
-    let headers = format!("X-Campaign-Id: spring|Message-ID: {message_id}|");
-    assert_eq!(
-        smtplib_try(daemon.addr, "app@example.com", &[rcpt], &headers),
-        "250"
-    );
-    let delivered = support::wait_for(LONG, &format!("delivery to {rcpt}"), || {
-        daemon
-            .events_of("delivery")
-            .into_iter()
-            .find(|e| e["recipient"] == rcpt)
-    });
-    let at_sink = support::wait_for(LONG, &format!("{rcpt} at the sink"), || {
-        sink.messages().into_iter().find(|m| m["rcpts"][0] == rcpt)
-    });
-    let return_path = at_sink["mail_from"].as_str().unwrap().to_owned();
+/// `deliver`, and the return path is a VERP address of the bounce domain.
+fn deliver_verp(daemon: &Daemon, sink: &Sink, rcpt: &str, message_id: &str) -> (String, String) {
+    let (id, return_path) = deliver(daemon, sink, rcpt, message_id);
     assert!(
         return_path.starts_with("bounces+") && return_path.ends_with("@bounce.example.net"),
         "{return_path}"
     );
-    (
-        delivered["message_id"].as_str().unwrap().to_owned(),
-        return_path,
-    )
-}
-
-fn event_for(daemon: &Daemon, kind: &str, recipient: &str) -> Value {
-    support::wait_for(LONG, &format!("a {kind} event for {recipient}"), || {
-        daemon
-            .events_of(kind)
-            .into_iter()
-            .find(|e| e["recipient"] == recipient)
-    })
+    (id, return_path)
 }
 
 fn suppressed(daemon: &Daemon, address: &str) -> Value {
@@ -109,18 +78,6 @@ fn suppressed(daemon: &Daemon, address: &str) -> Value {
         daemon,
         &["suppression", "check", address, "--tenant", "acme"],
     )
-}
-
-/// Under `CI=true` a missing python3 fails the test instead of skipping it.
-fn python_missing() -> bool {
-    let missing = python("print(1)", &[]).is_none();
-    if missing {
-        support::missing_peer(
-            "python3",
-            "smtplib sends the bounces: scripts/install-test-deps.sh",
-        );
-    }
-    missing
 }
 
 /// Suppression events that a bounce caused (not the drops at injection,
@@ -133,15 +90,6 @@ fn bounce_suppressions(daemon: &Daemon, recipient: &str) -> usize {
         .count()
 }
 
-/// How many events of `kind` name `recipient`.
-fn count_events(daemon: &Daemon, kind: &str, recipient: &str) -> usize {
-    daemon
-        .events_of(kind)
-        .iter()
-        .filter(|e| e["recipient"] == recipient)
-        .count()
-}
-
 #[test]
 fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     if python_missing() {
@@ -150,9 +98,9 @@ fn a_dsn_and_a_complaint_are_tied_suppressed_and_survive_a_restart() {
     let sink = Sink::start(&[]);
     let bounce_port = free_port();
     let mut daemon = Daemon::start(config(sink.addr.port(), bounce_port, true));
-    let (gone_id, gone_path) = deliver(&daemon, &sink, "gone@example.net", "<m1@app.test>");
-    let (fbl_id, fbl_path) = deliver(&daemon, &sink, "fbl@example.net", "<m2@app.test>");
-    let (late_id, late_path) = deliver(&daemon, &sink, "late@example.net", "<m3@app.test>");
+    let (gone_id, gone_path) = deliver_verp(&daemon, &sink, "gone@example.net", "<m1@app.test>");
+    let (fbl_id, fbl_path) = deliver_verp(&daemon, &sink, "fbl@example.net", "<m2@app.test>");
+    let (late_id, late_path) = deliver_verp(&daemon, &sink, "late@example.net", "<m3@app.test>");
 
     // (a) A DSN for a delivered message: tied, classified, suppressed.
     let email = dsn(&gone_path, "gone@example.net", "<m1@app.test>");
@@ -265,7 +213,7 @@ fn with_auto_suppress_off_bounces_are_reported_but_nothing_is_suppressed() {
     ]);
     let bounce_port = free_port();
     let daemon = Daemon::start(config(sink.addr.port(), bounce_port, false));
-    let (id, path) = deliver(&daemon, &sink, "async@example.net", "<m4@app.test>");
+    let (id, path) = deliver_verp(&daemon, &sink, "async@example.net", "<m4@app.test>");
 
     // (d) An asynchronous hard bounce: the event, no suppression.
     let email = dsn(&path, "async@example.net", "<m4@app.test>");

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use sendengine_bounces::verp;
 use serde_json::Value;
-use support::bounces::{dsn, send_bounce};
+use support::bounces::{count_events, deliver, dsn, event_for, python_missing, send_bounce};
 use support::fleet::FleetPlace;
 use support::services::psql;
-use support::{Daemon, DaemonConfig, Sink, ctl, free_port, python, smtplib_try};
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -37,52 +37,6 @@ fn node_config(cluster: &str, sink_port: u16, bounce_port: u16) -> DaemonConfig 
 [[user]]\nname = \"acme\"\n\
 {cluster}"
     ))
-}
-
-/// Sends one message of campaign "spring" to `rcpt` through `daemon`;
-/// returns (its queue id, the return path the sink got).
-fn deliver(daemon: &Daemon, sink: &Sink, rcpt: &str, message_id: &str) -> (String, String) {
-    let headers = format!("X-Campaign-Id: spring|Message-ID: {message_id}|");
-    assert_eq!(
-        smtplib_try(daemon.addr, "app@example.com", &[rcpt], &headers),
-        "250"
-    );
-    let delivered = support::wait_for(LONG, &format!("delivery to {rcpt}"), || {
-        daemon
-            .events_of("delivery")
-            .into_iter()
-            .find(|e| e["recipient"] == rcpt)
-    });
-    let at_sink = support::wait_for(LONG, &format!("{rcpt} at the sink"), || {
-        sink.messages().into_iter().find(|m| m["rcpts"][0] == rcpt)
-    });
-    (
-        delivered["message_id"].as_str().unwrap().to_owned(),
-        at_sink["mail_from"].as_str().unwrap().to_owned(),
-    )
-}
-
-fn event_for(daemon: &Daemon, kind: &str, recipient: &str) -> Value {
-    support::wait_for(LONG, &format!("a {kind} event for {recipient}"), || {
-        daemon
-            .events_of(kind)
-            .into_iter()
-            .find(|e| e["recipient"] == recipient)
-    })
-}
-
-fn count_events(daemon: &Daemon, kind: &str, recipient: &str) -> usize {
-    let named = |e: &&Value| e["recipient"] == recipient;
-    daemon.events_of(kind).iter().filter(named).count()
-}
-
-/// Under `CI=true` a missing python3 fails the test instead of skipping it.
-fn python_missing() -> bool {
-    let missing = python("print(1)", &[]).is_none();
-    if missing {
-        support::missing_peer("python3", "smtplib sends the bounces");
-    }
-    missing
 }
 
 /// Starts a fleet node (ready once it knows its number, PostgreSQL being up).

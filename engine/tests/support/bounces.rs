@@ -2,7 +2,68 @@
 //! built for a message we sent, sent with Python's smtplib from the null
 //! sender to the VERP return path.
 
-use super::python;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Daemon, Sink, python, smtplib_try, wait_for};
+
+/// How long a delivery or an event may take to show up.
+const LONG: Duration = Duration::from_secs(60);
+
+/// Sends one message of campaign "spring" to `rcpt` through `daemon`;
+/// returns (its queue id, the return path the sink got) once delivered.
+pub fn deliver(daemon: &Daemon, sink: &Sink, rcpt: &str, message_id: &str) -> (String, String) {
+    let headers = format!("X-Campaign-Id: spring|Message-ID: {message_id}|");
+    assert_eq!(
+        smtplib_try(daemon.addr, "app@example.com", &[rcpt], &headers),
+        "250"
+    );
+    let delivered = wait_for(LONG, &format!("delivery to {rcpt}"), || {
+        daemon
+            .events_of("delivery")
+            .into_iter()
+            .find(|e| e["recipient"] == rcpt)
+    });
+    let at_sink = wait_for(LONG, &format!("{rcpt} at the sink"), || {
+        sink.messages().into_iter().find(|m| m["rcpts"][0] == rcpt)
+    });
+    (
+        delivered["message_id"].as_str().unwrap().to_owned(),
+        at_sink["mail_from"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The first event of `kind` for `recipient`, waiting for it.
+pub fn event_for(daemon: &Daemon, kind: &str, recipient: &str) -> Value {
+    wait_for(LONG, &format!("a {kind} event for {recipient}"), || {
+        daemon
+            .events_of(kind)
+            .into_iter()
+            .find(|e| e["recipient"] == recipient)
+    })
+}
+
+/// How many events of `kind` name `recipient`.
+pub fn count_events(daemon: &Daemon, kind: &str, recipient: &str) -> usize {
+    daemon
+        .events_of(kind)
+        .iter()
+        .filter(|e| e["recipient"] == recipient)
+        .count()
+}
+
+/// Under `CI=true` a missing python3 fails the test instead of skipping it.
+pub fn python_missing() -> bool {
+    let missing = python("print(1)", &[]).is_none();
+    if missing {
+        super::missing_peer(
+            "python3",
+            "smtplib sends the bounces: scripts/install-test-deps.sh",
+        );
+    }
+    missing
+}
 
 /// Sends one email with a null sender to `rcpt`; prints "250" or the
 /// refusal (of RCPT or DATA) as "code text".
