@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sendengine::deliver::{FleetSettings, FleetThrottles};
+use sendengine::deliver::{FleetSettings, FleetThrottles, RateGrant};
 use serde_json::Value;
 use support::fleet::FleetPlace;
 use support::{Daemon, DaemonConfig, Sink, free_port, services};
@@ -47,19 +47,31 @@ async fn lua_scripts_share_a_rate_and_lease_connections() {
         Duration::from_millis(100),
         Duration::from_millis(900),
     )];
-    for i in 0..10 {
+    for i in 0..6 {
         let node = if i % 2 == 0 { &a } else { &b };
         assert_eq!(
-            node.take(&limits).await,
-            Some(Duration::ZERO),
+            node.take(&limits, 1).await,
+            Some(RateGrant::Go(1)),
             "message {i}"
         );
     }
-    let wait = b.take(&limits).await.expect("Redis answers");
-    assert!(
-        wait > Duration::ZERO && wait <= Duration::from_millis(100),
-        "the 11th waits for the next emission interval, whichever node asks: {wait:?}"
+    assert_eq!(
+        a.take(&limits, 3).await,
+        Some(RateGrant::Go(3)),
+        "a block of three, as three asks for one"
     );
+    assert_eq!(
+        b.take(&limits, 5).await,
+        Some(RateGrant::Go(1)),
+        "a block is cut to the burst's room"
+    );
+    match b.take(&limits, 5).await.expect("Redis answers") {
+        RateGrant::Wait(wait) => assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "the 11th waits for the next emission interval, whichever node asks: {wait:?}"
+        ),
+        grant => panic!("the burst of 10 is spent, yet Redis granted {grant:?}"),
+    }
 
     let key = a.key("relay", "connections");
     assert_eq!(a.lease(&key, "a:1", 2).await, Some(true));

@@ -1,6 +1,8 @@
 //! Fleet-wide throttles of delivery servers, kept in Redis (`[cluster]
-//! redis`). Every node of a fleet asks the same Redis before a message goes
-//! (a GCRA per limit, `lua/gcra.lua`) and before a connection opens (a
+//! redis`). Every node of a fleet asks the same Redis for the right to send
+//! (a GCRA per limit, `lua/gcra.lua`, granting a block of messages per call
+//! so a busy node does not pay a round trip per message) and before a
+//! connection opens (a
 //! lease that expires, `lua/lease.lua`: KumoMTA's scheme over a sorted
 //! set), so the fleet as a whole keeps each server's `rate_per_*` and
 //! `max_connections`. Times are Redis's own clock, so node clocks may
@@ -44,6 +46,15 @@ const PRESENCE_TIME: Duration = Duration::from_secs(5);
 pub const REDIS_UP: &str = "sendengine_cluster_redis_up";
 /// Times this node lost Redis and fell back to its share.
 pub const REDIS_FALLBACKS: &str = "sendengine_cluster_redis_fallbacks_total";
+
+/// Redis's answer to a node asking for messages under a server's rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateGrant {
+    /// This many messages may go now (at least one).
+    Go(u32),
+    /// None may go yet: ask again after this long.
+    Wait(Duration),
+}
 
 /// What the daemon hands over from `[cluster]`.
 pub struct FleetSettings {
@@ -141,18 +152,26 @@ impl FleetThrottles {
         format!("{}:{}:{n}", self.node, self.incarnation)
     }
 
-    /// One message through every limit in `limits` (key, emission
-    /// interval, tolerance): `Some(ZERO)` when it may go, `Some(wait)`
-    /// when it must wait, None when Redis is down (use the share).
-    pub async fn take(&self, limits: &[(String, Duration, Duration)]) -> Option<Duration> {
+    /// Up to `want` messages through every limit in `limits` (key,
+    /// emission interval, tolerance) at once, as `want` asks for one would
+    /// have gone: None when Redis is down (use the share).
+    pub async fn take(
+        &self,
+        limits: &[(String, Duration, Duration)],
+        want: u32,
+    ) -> Option<RateGrant> {
         let mut call = self.gcra.prepare_invoke();
+        call.arg(want.max(1));
         for (key, interval, tolerance) in limits {
             call.key(key)
                 .arg(interval.as_micros() as u64)
                 .arg(tolerance.as_micros() as u64);
         }
-        let wait_us: u64 = self.eval(&call, "rate").await?;
-        Some(Duration::from_micros(wait_us))
+        let (granted, wait_us): (u32, u64) = self.eval(&call, "rate").await?;
+        Some(match granted {
+            0 => RateGrant::Wait(Duration::from_micros(wait_us.max(1))),
+            n => RateGrant::Go(n),
+        })
     }
 
     /// Takes or renews lease `id` among at most `max` on `key`: false when

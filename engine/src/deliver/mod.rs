@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-pub use fleet_throttle::{FleetSettings, FleetThrottles};
+pub use fleet_throttle::{FleetSettings, FleetThrottles, RateGrant};
 pub use lease::{CLAIM_LEASE, Hold, Leases};
 pub use ready::{Job, ReadyQueue, Refused, is_priority_channel};
 pub use record::{AttemptContext, Recorder, RetryPolicy, SharedRetry, base_event, job_for};

@@ -4,7 +4,13 @@
 //!
 //! Standalone the local GCRA (`Throttle`) is the whole story and the route
 //! caps its own workers at `max_connections`. In a fleet with Redis
-//! (`FleetThrottles`) the rates and the connections count fleet-wide; while
+//! (`FleetThrottles`) the rates and the connections count fleet-wide. A
+//! node asks Redis for a block of messages (up to [`BLOCK_SPAN`] of the
+//! strictest rate, at most [`MAX_BLOCK`]) and spends it before asking
+//! again: near the limit Redis has room for one at a time, so blocks shrink
+//! to one and the pace stays exact; far below it, one round trip serves
+//! many messages. A block not spent within [`BLOCK_SPAN`] is dropped, so no
+//! node saves up a burst. While
 //! Redis is down this node keeps to its share: every rate and
 //! `max_connections` divided by the fleet's nodes (connections rounded up,
 //! at least 1), and a connection over that share closes after its current
@@ -19,7 +25,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::fleet_throttle::{FleetThrottles, LEASE_RENEW};
+use super::fleet_throttle::{FleetThrottles, LEASE_RENEW, RateGrant};
 use super::throttle::Throttle;
 use crate::tenancy::DeliveryServer;
 
@@ -29,6 +35,11 @@ const MAX_RATE_WAIT: Duration = Duration::from_secs(1);
 /// Pause between asks for a connection lease while the server has all it
 /// may have (jittered up to twice this, so waiting nodes do not ask in step).
 const LEASE_POLL: Duration = Duration::from_millis(100);
+/// A block of messages from Redis covers at most this much of the
+/// strictest rate, and is dropped if not spent within it.
+pub const BLOCK_SPAN: Duration = Duration::from_millis(100);
+/// The most messages one ask to Redis takes.
+pub const MAX_BLOCK: u32 = 256;
 
 pub struct ServerLimits {
     /// The whole limits (standalone), or the template of the share.
@@ -43,10 +54,33 @@ struct FleetLimits {
     rates: Vec<(String, Duration, Duration)>,
     leases_key: String,
     max_connections: usize,
+    /// How many messages one ask to Redis takes at most.
+    block: u32,
+    /// What is left of the last block Redis granted. The async lock makes
+    /// one worker ask while the others wait for its block.
+    prepaid: tokio::sync::Mutex<Prepaid>,
     /// This node's share of the rates, and the divisor it was made for.
     share: Mutex<(usize, Arc<Throttle>)>,
     /// Leases this node holds for the server (from Redis or by share).
     held: Arc<AtomicUsize>,
+}
+
+/// Messages granted by Redis and not spent yet.
+#[derive(Debug)]
+struct Prepaid {
+    left: u32,
+    until: Instant,
+}
+
+impl Prepaid {
+    /// Spends one message of the block, if one is left and still valid.
+    fn spend(&mut self, now: Instant) -> bool {
+        if self.left == 0 || now >= self.until {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
 }
 
 /// The wait for a connection lease ended: there is no work for it left.
@@ -111,6 +145,11 @@ impl ServerLimits {
                 .collect();
             let divisor = throttles.share_divisor();
             FleetLimits {
+                block: block_size(&limits.local),
+                prepaid: tokio::sync::Mutex::new(Prepaid {
+                    left: 0,
+                    until: Instant::now(),
+                }),
                 leases_key: throttles.key(&server.name, "connections"),
                 throttles: throttles.clone(),
                 rates,
@@ -131,8 +170,9 @@ impl ServerLimits {
             return;
         }
         loop {
-            let wait = match fleet.throttles.take(&fleet.rates).await {
-                Some(wait) => wait,
+            let wait = match fleet.take().await {
+                Some(RateGrant::Go(_)) => Duration::ZERO,
+                Some(RateGrant::Wait(wait)) => wait,
                 None => match fleet.share(&self.local).try_take(Instant::now()) {
                     Ok(()) => Duration::ZERO,
                     Err(wait) => wait,
@@ -168,6 +208,23 @@ impl ServerLimits {
 }
 
 impl FleetLimits {
+    /// One message from the block in hand, or from a new block asked of
+    /// Redis; None when Redis is down.
+    async fn take(&self) -> Option<RateGrant> {
+        let mut prepaid = self.prepaid.lock().await;
+        if prepaid.spend(Instant::now()) {
+            return Some(RateGrant::Go(1));
+        }
+        let grant = self.throttles.take(&self.rates, self.block).await?;
+        if let RateGrant::Go(n) = grant {
+            *prepaid = Prepaid {
+                left: n - 1,
+                until: Instant::now() + BLOCK_SPAN,
+            };
+        }
+        Some(grant)
+    }
+
     /// The throttle at this node's share, made again when the fleet's size
     /// changed.
     fn share(&self, whole: &Throttle) -> Arc<Throttle> {
@@ -244,6 +301,23 @@ impl FleetLimits {
     }
 }
 
+/// How many messages one ask to Redis may take: [`BLOCK_SPAN`] of the
+/// strictest rate, between 1 and [`MAX_BLOCK`].
+fn block_size(rates: &Throttle) -> u32 {
+    let slowest = rates
+        .limits()
+        .map(|(_, interval, _)| interval)
+        .max()
+        .unwrap_or(Duration::ZERO);
+    if slowest.is_zero() {
+        return MAX_BLOCK;
+    }
+    let per_span = BLOCK_SPAN.as_nanos() / slowest.as_nanos();
+    u32::try_from(per_span)
+        .unwrap_or(MAX_BLOCK)
+        .clamp(1, MAX_BLOCK)
+}
+
 /// This node's part of `max` connections while Redis is down.
 fn share_of(max: usize, throttles: &FleetThrottles) -> usize {
     max.div_ceil(throttles.share_divisor()).max(1)
@@ -256,4 +330,40 @@ fn jittered(base: Duration) -> Duration {
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
     base + base.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_covers_a_tenth_of_a_second_of_the_strictest_rate() {
+        let block = |s, h, d| block_size(&Throttle::new(s, h, d));
+        assert_eq!(block(Some(50.0), None, None), 5);
+        assert_eq!(block(Some(5.0), None, None), 1, "never less than one");
+        assert_eq!(block(Some(1e6), None, None), MAX_BLOCK);
+        assert_eq!(
+            block(Some(1e6), Some(3600), None),
+            1,
+            "the hour's one a second is stricter"
+        );
+        assert_eq!(block(None, None, None), MAX_BLOCK);
+    }
+
+    #[test]
+    fn a_block_is_spent_once_and_not_after_its_time() {
+        let now = Instant::now();
+        let mut prepaid = Prepaid {
+            left: 2,
+            until: now + BLOCK_SPAN,
+        };
+        assert!(prepaid.spend(now));
+        assert!(prepaid.spend(now));
+        assert!(!prepaid.spend(now), "two were granted");
+        let mut stale = Prepaid {
+            left: 5,
+            until: now + BLOCK_SPAN,
+        };
+        assert!(!stale.spend(now + BLOCK_SPAN), "an old block is dropped");
+    }
 }
