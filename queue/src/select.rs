@@ -132,9 +132,21 @@ pub struct ClaimCandidate<'a> {
 /// inside the claim's transaction: keep it cheap and never wait for the spool.
 pub type ClaimFilter = Box<dyn FnMut(&ClaimCandidate<'_>) -> bool + Send>;
 
-/// Most due entries one filtered claim looks at, so a backlog whose route
-/// is full costs a bounded walk, not one over the whole index.
-pub(crate) const MAX_CLAIM_SCAN: usize = 20_000;
+/// Due entries one filtered claim looks at from the head of the schedule,
+/// so a backlog whose route is full costs a bounded walk, not one over the
+/// whole index.
+pub(crate) const HEAD_CLAIM_SCAN: usize = 10_000;
+/// Due entries one filtered claim looks at further on, from where the last
+/// one stopped ([`ClaimCursor`]): without them, recipients behind more than
+/// a head's worth of a full route's would wait until that route drained.
+pub(crate) const ROTATING_CLAIM_SCAN: usize = 10_000;
+
+/// A key of the schedule: (due time in ms, message, recipient).
+pub(crate) type ScheduleKey = (u64, MessageId, u32);
+
+/// Where the next filtered claim goes on walking the due entries past the
+/// head; None: right after the head. Kept by the writer between claims.
+pub(crate) type ClaimCursor = Option<ScheduleKey>;
 
 /// Recipient counts by status, as `Spool::queue_counts` finds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

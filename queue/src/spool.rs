@@ -227,8 +227,9 @@ impl Spool {
     }
 
     /// [`Spool::claim_due`] that claims only the recipients `accept` takes
-    /// (those whose route has room), looking at most `MAX_CLAIM_SCAN` due
-    /// entries; the others stay scheduled, due as before.
+    /// (those whose route has room), looking at a bounded window of due
+    /// entries (the head, then a part further on that moves from claim to
+    /// claim); the others stay scheduled, due as before.
     pub fn claim_due_where(
         &self,
         now_ms: u64,

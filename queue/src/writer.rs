@@ -26,7 +26,7 @@ use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, Outcome};
 use crate::quarantine::{self, CorruptRecipient, Damaged};
-use crate::select::{ClaimFilter, QueueAction};
+use crate::select::{ClaimCursor, ClaimFilter, QueueAction};
 use crate::store::{self, EncodedMessage, WriteTables};
 pub(crate) use ObjectRequest as ObjectWrite;
 
@@ -214,6 +214,8 @@ pub(crate) struct Writer {
     ids: IdGenerator,
     /// When to try reopening the database again while it is unavailable.
     retry_reopen_at: Instant,
+    /// Where filtered claims go on walking the schedule past its head.
+    claim_cursor: ClaimCursor,
 }
 
 impl Writer {
@@ -229,6 +231,7 @@ impl Writer {
             settings,
             ids,
             retry_reopen_at: Instant::now(),
+            claim_cursor: None,
         }
     }
 
@@ -333,7 +336,7 @@ impl Writer {
             DbState::Unavailable(reason) => return Err(unavailable(reason)),
             DbState::Closed => return Err(SpoolError::Closed),
         };
-        let result = write_batch(db, durable, &mut self.ids, writes);
+        let result = write_batch(db, durable, &mut self.ids, &mut self.claim_cursor, writes);
         drop(state);
         if let Err(err) = &result
             && err.is_storage()
@@ -430,6 +433,7 @@ fn write_batch(
     db: &Database,
     durable: bool,
     ids: &mut IdGenerator,
+    claim_cursor: &mut ClaimCursor,
     writes: &mut Writes,
 ) -> Result<Results, SpoolError> {
     let txn = store::begin_write(db, durable)?;
@@ -490,7 +494,7 @@ fn write_batch(
         let mut claimed = Vec::with_capacity(writes.claims.len());
         for claim in &mut writes.claims {
             let accept = claim.accept.as_mut();
-            claimed.push(tables.claim_due(claim.now_ms, claim.limit, accept)?);
+            claimed.push(tables.claim_due(claim.now_ms, claim.limit, accept, claim_cursor)?);
         }
         Results {
             inserted,

@@ -140,3 +140,40 @@ fn a_release_applies_only_to_claimed_recipients() {
         .unwrap();
     assert_eq!(status(&spool, id).0, RecipientStatus::Queued);
 }
+
+/// A full route's long run of due recipients does not hide the ones
+/// behind it: past the head, each filtered claim goes on from where the
+/// last stopped, so the one recipient another route could take is
+/// reached within a few claims, not when the full route has drained.
+#[test]
+fn recipients_behind_a_long_run_of_a_full_route_are_reached() {
+    let dir = tempdir().unwrap();
+    let spool = open(dir.path());
+    let mut slow = message(1, 25_000, 100);
+    slow.meta.campaign = "slow".into();
+    spool.insert_blocking(slow, false).unwrap();
+    let fast = insert(&spool, 2, "fast");
+    let mut claims = 0;
+    let claimed = loop {
+        claims += 1;
+        assert!(claims <= 3, "the fast route's recipient was never offered");
+        let claimed = spool
+            .claim_due_where(
+                now_ms() + 1_000,
+                100,
+                Box::new(|c| c.meta.campaign == "fast"),
+            )
+            .unwrap();
+        if !claimed.is_empty() {
+            break claimed;
+        }
+    };
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, fast);
+    assert_eq!(
+        claims, 2,
+        "the second claim goes on past the first's window"
+    );
+    let rest = spool.claim_due(now_ms() + 1_000, 30_000).unwrap();
+    assert_eq!(rest.len(), 25_000, "the refused ones are still due");
+}

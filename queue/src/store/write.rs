@@ -3,6 +3,8 @@
 //! operators' queue actions. Each keeps the invariant described in
 //! `mod.rs`: a recipient row is either scheduled once or claimed.
 
+use std::ops::{Bound, RangeBounds};
+
 use redb::ReadableTable;
 
 use super::{NEXT_ID_COUNTER, WriteTables};
@@ -12,7 +14,10 @@ use crate::id::MessageId;
 use crate::message::{Claimed, NewMessage, Outcome};
 use crate::quarantine::CorruptRecipient;
 use crate::quota::{Quota, QuotaExceeded, Window};
-use crate::select::{ClaimCandidate, ClaimFilter, MAX_CLAIM_SCAN, QueueAction, SUSPENDED_DUE};
+use crate::select::{
+    ClaimCandidate, ClaimCursor, ClaimFilter, HEAD_CLAIM_SCAN, QueueAction, ROTATING_CLAIM_SCAN,
+    SUSPENDED_DUE, ScheduleKey,
+};
 
 /// A message validated and encoded on the caller's thread, so the writer
 /// thread only copies bytes into the database.
@@ -149,25 +154,20 @@ impl WriteTables<'_> {
     }
 
     /// Moves up to `limit` due recipients, earliest first, from the schedule
-    /// to the claimed state. With `accept`, only those it accepts; the walk
-    /// then stops after `MAX_CLAIM_SCAN` due entries.
+    /// to the claimed state. With `accept`, only those it accepts, among
+    /// the due entries [`Self::due_window`] offers.
     pub(crate) fn claim_due(
         &mut self,
         now_ms: u64,
         limit: usize,
         mut accept: Option<&mut ClaimFilter>,
+        cursor: &mut ClaimCursor,
     ) -> Result<Vec<Claimed>, SpoolError> {
-        let scan = if accept.is_some() {
-            MAX_CLAIM_SCAN
+        let due_keys = if accept.is_some() {
+            self.due_window(now_ms, cursor)?
         } else {
-            limit
+            self.due_keys(..=(now_ms, u64::MAX, u32::MAX), limit)?
         };
-        let due_keys = self
-            .schedule
-            .range(..=(now_ms, u64::MAX, u32::MAX))?
-            .take(scan)
-            .map(|entry| entry.map(|(key, _)| key.value()))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut claimed = Vec::with_capacity(due_keys.len().min(limit));
         let mut envelope: Option<(MessageId, Option<Envelope>)> = None;
         for (due_ms, id, rcpt) in due_keys {
@@ -211,6 +211,51 @@ impl WriteTables<'_> {
             }
         }
         Ok(claimed)
+    }
+
+    /// What a filtered claim looks at: the first [`HEAD_CLAIM_SCAN`] due
+    /// entries, then [`ROTATING_CLAIM_SCAN`] more after `cursor`, which moves
+    /// on and wraps back to the head at the end, so every due entry is
+    /// offered within a few claims however long the run of refused ones.
+    fn due_window(
+        &self,
+        now_ms: u64,
+        cursor: &mut ClaimCursor,
+    ) -> Result<Vec<ScheduleKey>, SpoolError> {
+        let last_due = (now_ms, u64::MAX, u32::MAX);
+        let mut keys = self.due_keys(..=last_due, HEAD_CLAIM_SCAN)?;
+        let head_end = match keys.last() {
+            Some(&last) if keys.len() == HEAD_CLAIM_SCAN => last,
+            _ => {
+                *cursor = None;
+                return Ok(keys);
+            }
+        };
+        let from = cursor.filter(|c| *c > head_end).unwrap_or(head_end);
+        let more = self.due_keys(
+            (Bound::Excluded(from), Bound::Included(last_due)),
+            ROTATING_CLAIM_SCAN,
+        )?;
+        *cursor = match more.last() {
+            Some(&last) if more.len() == ROTATING_CLAIM_SCAN => Some(last),
+            _ => None,
+        };
+        keys.extend(more);
+        Ok(keys)
+    }
+
+    /// At most `count` schedule keys in `range`, in due order.
+    fn due_keys(
+        &self,
+        range: impl RangeBounds<ScheduleKey>,
+        count: usize,
+    ) -> Result<Vec<ScheduleKey>, SpoolError> {
+        Ok(self
+            .schedule
+            .range(range)?
+            .take(count)
+            .map(|entry| entry.map(|(key, _)| key.value()))
+            .collect::<Result<Vec<_>, _>>()?)
     }
 
     fn envelope(&self, id: MessageId) -> Result<Option<Envelope>, SpoolError> {
