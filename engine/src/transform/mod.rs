@@ -144,6 +144,27 @@ pub fn decorate(message: &[u8], decoration: &Decoration) -> Result<Vec<u8>, Tran
     Ok(edits.apply(message))
 }
 
+/// Applies `edit` to the decoded HTML of the message's HTML parts (the
+/// parts `decorate` puts the HTML footer in) and encodes each again as it
+/// was: the tracking rewrite. `edit` must add ASCII only. `None` when the
+/// message has no such part, so the caller keeps its bytes.
+pub fn edit_html(
+    message: &[u8],
+    edit: &mut dyn FnMut(&[u8]) -> Vec<u8>,
+) -> Result<Option<Vec<u8>>, TransformError> {
+    let root = parse_message(message)?;
+    let mut edits = Edits::default();
+    match body::edit_html_bodies(message, &root, edit, &mut edits)? {
+        0 => Ok(None),
+        _ => Ok(Some(edits.apply(message))),
+    }
+}
+
+/// `footer` added to decoded HTML right before `</body>`, or at the end.
+pub fn append_to_html(content: &[u8], footer: &str) -> Vec<u8> {
+    body::append_to_html(content, footer)
+}
+
 /// The address in the From header. `None` when there is no From, more than
 /// one From field, or more than one mailbox: a sender-domain check must not
 /// pick one of several senders while the reader's client shows another.

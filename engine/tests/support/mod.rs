@@ -589,5 +589,7 @@ pub fn delivery_event(n: usize) -> sendengine::events::Event {
         attempt: 1,
         queue_time_ms: 0,
         size: 100,
+        url: None,
+        user_agent: None,
     }
 }

@@ -13,6 +13,7 @@ use crate::message::{Claimed, NewMessage, Outcome};
 use crate::quarantine::CorruptRecipient;
 use crate::quota::{Quota, QuotaExceeded, Window};
 use crate::select::{ClaimCandidate, ClaimFilter, MAX_CLAIM_SCAN, QueueAction, SUSPENDED_DUE};
+use crate::tracking::EncodedTracking;
 
 /// A message validated and encoded on the caller's thread, so the writer
 /// thread only copies bytes into the database.
@@ -22,6 +23,8 @@ pub(crate) struct EncodedMessage {
     body: Vec<u8>,
     recipient_count: u32,
     quotas: Vec<Quota>,
+    /// The tracked-links row written with the message, if any.
+    pub(crate) tracking: Option<EncodedTracking>,
 }
 
 impl EncodedMessage {
@@ -29,7 +32,17 @@ impl EncodedMessage {
         msg.validate()?;
         let recipient_count = u32::try_from(msg.recipients.len())
             .map_err(|_| SpoolError::Invalid("too many recipients".into()))?;
+        let tracking = match &msg.tracking {
+            Some(links) => Some(EncodedTracking::new(
+                links,
+                &msg.mail_from,
+                &msg.recipients,
+                &msg.meta,
+            )?),
+            None => None,
+        };
         Ok(EncodedMessage {
+            tracking,
             envelope: encode_envelope(&msg.mail_from, &msg.recipients, &msg.meta),
             body: msg.body,
             recipient_count,
@@ -39,7 +52,12 @@ impl EncodedMessage {
 
     /// Memory held while the message waits for the writer.
     pub(crate) fn size_bytes(&self) -> usize {
-        self.envelope.len() + self.body.len()
+        self.envelope.len()
+            + self.body.len()
+            + self
+                .tracking
+                .as_ref()
+                .map_or(0, EncodedTracking::size_bytes)
     }
 }
 
