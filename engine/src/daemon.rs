@@ -305,6 +305,7 @@ impl Daemon {
                 tokens: tracking_tokens(&tenancy),
                 scheme: section.scheme,
                 retain: section.retain,
+                node: cluster_node(&config),
             })
         });
         let engine = Arc::new(Engine {
@@ -408,6 +409,7 @@ impl Daemon {
                 engine.spool.clone(),
                 engine.events.clone(),
                 tracking_tokens(&engine.tenancy),
+                cluster_node(&config),
                 shutdown_rx.clone(),
             )));
         }
@@ -609,6 +611,11 @@ fn server_context(
 /// a fleet (which shares the master key) verifies every node's tokens.
 fn tracking_tokens(tenancy: &TenancyStore) -> crate::tracking::token::TokenKey {
     crate::tracking::token::TokenKey::new(&tenancy.secrets().derived(crate::tracking::KEY_PURPOSE))
+}
+
+/// `[cluster] node`, which tracked links carry in cluster mode.
+fn cluster_node(config: &Config) -> Option<String> {
+    config.cluster.as_ref().map(|c| c.node.clone())
 }
 
 /// Binds `[tracking] listen` (with its TLS certificate, if any).

@@ -5,6 +5,11 @@
 //! and whose row is in the spool gets them: anything else is a 404 with
 //! a JSON body, so the listener is never an open redirect. A spool that
 //! cannot be read is a 503: the token may be fine, the client may retry.
+//!
+//! In cluster mode links carry the admitting node's name first
+//! (`/<node>/c/<token>`), so that a proxy in front of the fleet can route
+//! them by path to the node whose spool holds their URLs; a node answers
+//! only its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +37,8 @@ pub(super) struct Handlers {
     pub(super) spool: Spool,
     pub(super) events: EventLog,
     pub(super) tokens: TokenKey,
+    /// `[cluster] node`: links then start with `/<node>`.
+    pub(super) node: Option<String>,
 }
 
 /// The routes; every other path and method is answered 404/405 in JSON.
@@ -39,6 +46,14 @@ pub(super) fn router(handlers: Arc<Handlers>) -> Router {
     Router::new()
         .route("/c/{token}", get(click).fallback(method_not_allowed))
         .route("/o/{file}", get(open).fallback(method_not_allowed))
+        .route(
+            "/{node}/c/{token}",
+            get(node_click).fallback(method_not_allowed),
+        )
+        .route(
+            "/{node}/o/{file}",
+            get(node_open).fallback(method_not_allowed),
+        )
         .fallback(unknown_path)
         .with_state(handlers)
 }
@@ -79,7 +94,51 @@ async fn click(
     headers: HeaderMap,
     token: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let Some((key, link)) = token.ok().and_then(|t| handlers.tokens.verify_click(&t.0)) else {
+    let client = Client::of(address, &method, &headers);
+    answer_click(&handlers, client, token.ok().map(|t| t.0)).await
+}
+
+async fn node_click(
+    State(handlers): State<Arc<Handlers>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let client = Client::of(address, &method, &headers);
+    match handlers.own(path) {
+        Ok(token) => answer_click(&handlers, client, Some(token)).await,
+        Err(refused) => refused,
+    }
+}
+
+async fn open(
+    State(handlers): State<Arc<Handlers>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    file: Result<Path<String>, PathRejection>,
+) -> Response {
+    let client = Client::of(address, &method, &headers);
+    answer_open(&handlers, client, file.ok().map(|f| f.0)).await
+}
+
+async fn node_open(
+    State(handlers): State<Arc<Handlers>>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let client = Client::of(address, &method, &headers);
+    match handlers.own(path) {
+        Ok(file) => answer_open(&handlers, client, Some(file)).await,
+        Err(refused) => refused,
+    }
+}
+
+async fn answer_click(handlers: &Handlers, client: Client, token: Option<String>) -> Response {
+    let Some((key, link)) = token.and_then(|t| handlers.tokens.verify_click(&t)) else {
         return not_found("token", "unknown or forged tracking token");
     };
     let message = match handlers.lookup(key).await {
@@ -96,7 +155,6 @@ async fn click(
             "the link's URL cannot be sent in a Location header",
         );
     };
-    let client = Client::of(address, &method, &headers);
     if client.records {
         handlers.record(EventKind::Click, &message, Some(url), client);
     }
@@ -110,17 +168,8 @@ async fn click(
         .into_response()
 }
 
-async fn open(
-    State(handlers): State<Arc<Handlers>>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    method: Method,
-    headers: HeaderMap,
-    file: Result<Path<String>, PathRejection>,
-) -> Response {
-    let key = file.ok().and_then(|f| {
-        let token = f.0.strip_suffix(".gif")?.to_owned();
-        handlers.tokens.verify_open(&token)
-    });
+async fn answer_open(handlers: &Handlers, client: Client, file: Option<String>) -> Response {
+    let key = file.and_then(|f| handlers.tokens.verify_open(f.strip_suffix(".gif")?));
     let Some(key) = key else {
         return not_found("token", "unknown or forged tracking token");
     };
@@ -129,7 +178,6 @@ async fn open(
         Ok(None) => return not_found("token", "unknown or expired tracking token"),
         Err(e) => return unavailable(&e),
     };
-    let client = Client::of(address, &method, &headers);
     if client.records {
         handlers.record(EventKind::Open, &message, None, client);
     }
@@ -145,6 +193,10 @@ async fn open(
 }
 
 async fn unknown_path() -> Response {
+    unknown_path_response()
+}
+
+fn unknown_path_response() -> Response {
     not_found(
         "path",
         "not a tracking URL (expected /c/<token> or /o/<token>.gif)",
@@ -160,6 +212,21 @@ async fn method_not_allowed() -> Response {
 }
 
 impl Handlers {
+    /// The token of a `/<node>/...` path when the node is this one.
+    fn own(&self, path: Result<Path<(String, String)>, PathRejection>) -> Result<String, Response> {
+        let Ok(Path((node, token))) = path else {
+            return Err(not_found("token", "unknown or forged tracking token"));
+        };
+        match &self.node {
+            Some(own) if *own == node => Ok(token),
+            Some(_) => Err(not_found(
+                "node",
+                "the link belongs to another node of the fleet: route /<node>/ to that node",
+            )),
+            None => Err(unknown_path_response()),
+        }
+    }
+
     /// The tracked-links row, read off the async threads.
     async fn lookup(&self, key: TrackingKey) -> Result<Option<TrackedMessage>, SpoolError> {
         let spool = self.spool.clone();
@@ -243,6 +310,94 @@ fn error(status: StatusCode, field: &str, problem: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sendengine_queue::{MessageMeta, NewMessage, SpoolConfig, TrackedLinks};
+    use tower::ServiceExt;
+
+    /// A spool with one tracked message, and the router of node `n1`.
+    fn node_router(dir: &std::path::Path) -> (Router, TrackingKey, Arc<Handlers>) {
+        let spool = Spool::open(SpoolConfig::new(dir)).unwrap();
+        let key = TrackingKey {
+            time_ms: now_ms(),
+            nonce: 1,
+        };
+        spool
+            .insert_blocking(
+                NewMessage {
+                    mail_from: "a@example.com".into(),
+                    recipients: vec!["b@example.net".into()],
+                    body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                    meta: MessageMeta::default(),
+                    quotas: Vec::new(),
+                    tracking: Some(TrackedLinks {
+                        key,
+                        header_message_id: "<m@x>".into(),
+                        urls: vec!["https://x.example/".into()],
+                        retain: std::time::Duration::from_secs(86_400),
+                    }),
+                },
+                false,
+            )
+            .unwrap();
+        let handlers = Arc::new(Handlers {
+            spool,
+            events: EventLog::disabled(),
+            tokens: TokenKey::new(&[3; 32]),
+            node: Some("n1".into()),
+        });
+        (router(handlers.clone()), key, handlers)
+    }
+
+    async fn status(
+        router: &Router,
+        method: &str,
+        path: &str,
+    ) -> (StatusCode, Option<HeaderValue>) {
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 9))));
+        let response = router.clone().oneshot(request).await.unwrap();
+        (
+            response.status(),
+            response.headers().get(header::LOCATION).cloned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn in_a_fleet_a_node_answers_its_own_links_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (router, key, handlers) = node_router(dir.path());
+        let token = handlers.tokens.click(key, 0);
+        let (own, location) = status(&router, "GET", &format!("/n1/c/{token}")).await;
+        assert_eq!(
+            (own, location.unwrap()),
+            (
+                StatusCode::FOUND,
+                HeaderValue::from_static("https://x.example/")
+            )
+        );
+        let (head, _) = status(&router, "HEAD", &format!("/n1/c/{token}")).await;
+        assert_eq!(head, StatusCode::FOUND);
+        let (other, _) = status(&router, "GET", &format!("/n2/c/{token}")).await;
+        assert_eq!(other, StatusCode::NOT_FOUND);
+        let (no_link, _) = status(
+            &router,
+            "GET",
+            &format!("/n1/c/{}", handlers.tokens.click(key, 1)),
+        )
+        .await;
+        assert_eq!(no_link, StatusCode::NOT_FOUND);
+        let pixel = format!("/n1/o/{}.gif", handlers.tokens.open(key));
+        assert_eq!(status(&router, "GET", &pixel).await.0, StatusCode::OK);
+        assert_eq!(
+            status(&router, "DELETE", &pixel).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
 
     #[test]
     fn locations_are_percent_encoded_where_headers_need_it() {

@@ -67,12 +67,14 @@ pub async fn serve(
     spool: Spool,
     events: EventLog,
     tokens: TokenKey,
+    node: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let router = handlers::router(Arc::new(Handlers {
         spool,
         events,
         tokens,
+        node,
     }));
     let section = Arc::new(bound.section);
     let slots = Arc::new(Semaphore::new(section.max_connections));

@@ -36,25 +36,31 @@ pub struct Tracker {
     pub tokens: TokenKey,
     pub scheme: &'static str,
     pub retain: Duration,
+    /// `[cluster] node`: links start with `/<node>` so that a proxy can
+    /// route them to the node whose spool holds their URLs.
+    pub node: Option<String>,
 }
 
 impl Tracker {
     /// The URL that replaces link `link` of the message with `key`.
     pub fn click_url(&self, domain: &str, key: TrackingKey, link: u32) -> String {
-        format!(
-            "{}://{domain}/c/{}",
-            self.scheme,
-            self.tokens.click(key, link)
-        )
+        format!("{}/c/{}", self.base(domain), self.tokens.click(key, link))
     }
 
     /// The open pixel's `<img>` tag for the message with `key`.
     pub fn pixel(&self, domain: &str, key: TrackingKey) -> String {
         format!(
-            "<img src=\"{}://{domain}/o/{}.gif\" width=\"1\" height=\"1\" alt=\"\" style=\"border:0;width:1px;height:1px\" />",
-            self.scheme,
+            "<img src=\"{}/o/{}.gif\" width=\"1\" height=\"1\" alt=\"\" style=\"border:0;width:1px;height:1px\" />",
+            self.base(domain),
             self.tokens.open(key)
         )
+    }
+
+    fn base(&self, domain: &str) -> String {
+        match &self.node {
+            Some(node) => format!("{}://{domain}/{node}", self.scheme),
+            None => format!("{}://{domain}", self.scheme),
+        }
     }
 }
 
