@@ -245,3 +245,56 @@ fn links_and_opens_are_tracked_verified_and_recorded() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(daemon.events_of("click").len(), 2, "the HEAD was recorded");
 }
+
+/// Holds `n` connections, each with a request head that never ends, and
+/// prints how many the listener closed within 20 s and how long it took;
+/// then makes one whole request and prints its status.
+const SLOW_CLIENTS: &str = r#"
+import http.client, socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+started = time.time()
+held = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /c/abc HTTP/1.1\r\nHost: click.example.com\r\n")
+    held.append(s)
+closed = 0
+for s in held:
+    s.settimeout(max(0.01, started + 20 - time.time()))
+    try:
+        while s.recv(4096):
+            pass
+        closed += 1
+    except socket.timeout:
+        pass
+    except OSError:
+        closed += 1
+print("closed", closed, "after", round(time.time() - started, 1))
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+conn.request("GET", "/c/abc")
+print("status", conn.getresponse().status)
+"#;
+
+/// Slow clients hold a connection slot for `header_timeout`, not forever,
+/// and while they hold all of them the listener still ends up answering.
+#[test]
+fn slow_clients_are_cut_off_and_the_connection_bound_holds() {
+    let tracking_port = support::free_port();
+    let config = format!(
+        "[smtp_in]\nlisten = [\"127.0.0.1:0\"]\nrelay_networks = [\"127.0.0.0/8\"]\n\
+         [tracking]\nlisten = \"127.0.0.1:{tracking_port}\"\nmax_connections = 3\nheader_timeout = \"1s\"\n\
+         [[delivery_server]]\nname = \"relay\"\nhost = \"127.0.0.1\"\nport = 9\n"
+    );
+    let _daemon = Daemon::start(DaemonConfig::custom(&config));
+    let out = support::python(SLOW_CLIENTS, &[tracking_port.to_string(), "9".into()])
+        .expect("python3 runs the slow clients");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Nine clients, three at a time, one second each: about three seconds.
+    assert!(report.contains("closed 9 after"), "{report}");
+    assert!(report.contains("status 404"), "{report}");
+}

@@ -11,6 +11,7 @@
 //! them by path to the node whose spool holds their URLs; a node answers
 //! only its own.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -46,14 +47,8 @@ pub(super) fn router(handlers: Arc<Handlers>) -> Router {
     Router::new()
         .route("/c/{token}", get(click).fallback(method_not_allowed))
         .route("/o/{file}", get(open).fallback(method_not_allowed))
-        .route(
-            "/{node}/c/{token}",
-            get(node_click).fallback(method_not_allowed),
-        )
-        .route(
-            "/{node}/o/{file}",
-            get(node_open).fallback(method_not_allowed),
-        )
+        .route("/{node}/c/{token}", get(click).fallback(method_not_allowed))
+        .route("/{node}/o/{file}", get(open).fallback(method_not_allowed))
         .fallback(unknown_path)
         .with_state(handlers)
 }
@@ -87,27 +82,19 @@ impl Client {
     }
 }
 
+/// The path's parameters: `token` (or `file`), and `node` in cluster mode.
+type PathParams = Result<Path<HashMap<String, String>>, PathRejection>;
+
 async fn click(
     State(handlers): State<Arc<Handlers>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     method: Method,
     headers: HeaderMap,
-    token: Result<Path<String>, PathRejection>,
+    path: PathParams,
 ) -> Response {
     let client = Client::of(address, &method, &headers);
-    answer_click(&handlers, client, token.ok().map(|t| t.0)).await
-}
-
-async fn node_click(
-    State(handlers): State<Arc<Handlers>>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    method: Method,
-    headers: HeaderMap,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Response {
-    let client = Client::of(address, &method, &headers);
-    match handlers.own(path) {
-        Ok(token) => answer_click(&handlers, client, Some(token)).await,
+    match handlers.own(path, "token") {
+        Ok(token) => answer_click(&handlers, client, token).await,
         Err(refused) => refused,
     }
 }
@@ -117,22 +104,11 @@ async fn open(
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     method: Method,
     headers: HeaderMap,
-    file: Result<Path<String>, PathRejection>,
+    path: PathParams,
 ) -> Response {
     let client = Client::of(address, &method, &headers);
-    answer_open(&handlers, client, file.ok().map(|f| f.0)).await
-}
-
-async fn node_open(
-    State(handlers): State<Arc<Handlers>>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    method: Method,
-    headers: HeaderMap,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Response {
-    let client = Client::of(address, &method, &headers);
-    match handlers.own(path) {
-        Ok(file) => answer_open(&handlers, client, Some(file)).await,
+    match handlers.own(path, "file") {
+        Ok(file) => answer_open(&handlers, client, file).await,
         Err(refused) => refused,
     }
 }
@@ -212,19 +188,24 @@ async fn method_not_allowed() -> Response {
 }
 
 impl Handlers {
-    /// The token of a `/<node>/...` path when the node is this one.
-    fn own(&self, path: Result<Path<(String, String)>, PathRejection>) -> Result<String, Response> {
-        let Ok(Path((node, token))) = path else {
-            return Err(not_found("token", "unknown or forged tracking token"));
+    /// Parameter `name` of the path (`None`: unreadable), unless the
+    /// path names a node that is not this one.
+    fn own(&self, path: PathParams, name: &str) -> Result<Option<String>, Response> {
+        let Ok(Path(mut params)) = path else {
+            return Ok(None);
         };
-        match &self.node {
-            Some(own) if *own == node => Ok(token),
-            Some(_) => Err(not_found(
-                "node",
-                "the link belongs to another node of the fleet: route /<node>/ to that node",
-            )),
-            None => Err(unknown_path_response()),
+        match (params.get("node"), &self.node) {
+            (None, _) => {}
+            (Some(node), Some(own)) if node == own => {}
+            (Some(_), Some(_)) => {
+                return Err(not_found(
+                    "node",
+                    "the link belongs to another node of the fleet: route /<node>/ to that node",
+                ));
+            }
+            (Some(_), None) => return Err(unknown_path_response()),
         }
+        Ok(params.remove(name))
     }
 
     /// The tracked-links row, read off the async threads.
