@@ -387,6 +387,38 @@ mod tests {
     }
 
     #[test]
+    fn html_edits_keep_lines_under_998_octets() {
+        let line = format!("<a href=\"https://x.example/\">{}</a>", "y".repeat(950));
+        let message = format!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nplain {line}\r\n--b\r\nContent-Type: text/html\r\n\r\n{line}\r\n--b--\r\n"
+        );
+        let longer = |html: &[u8]| {
+            String::from_utf8_lossy(html)
+                .replace(
+                    "https://x.example/",
+                    &format!("https://t.example/c/{}", "z".repeat(60)),
+                )
+                .into_bytes()
+        };
+        let out = edit_html(message.as_bytes(), &mut { longer })
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().all(|l| l.len() <= 998), "{text}");
+        assert!(text.contains(
+            "Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        ));
+        assert!(
+            text.contains(&format!("plain {line}")),
+            "the plain part is not edited"
+        );
+        assert_eq!(
+            edit_html(b"Subject: x\r\n\r\nplain\r\n", &mut |h: &[u8]| h.to_vec()).unwrap(),
+            None
+        );
+    }
+
+    #[test]
     fn header_only_message_gets_separator_before_new_body() {
         let decoration = Decoration {
             text_footer: "FOOT".into(),
