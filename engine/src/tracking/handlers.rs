@@ -45,10 +45,22 @@ pub(super) struct Handlers {
 /// The routes; every other path and method is answered 404/405 in JSON.
 pub(super) fn router(handlers: Arc<Handlers>) -> Router {
     Router::new()
-        .route("/c/{token}", get(click).fallback(method_not_allowed))
-        .route("/o/{file}", get(open).fallback(method_not_allowed))
-        .route("/{node}/c/{token}", get(click).fallback(method_not_allowed))
-        .route("/{node}/o/{file}", get(open).fallback(method_not_allowed))
+        .route(
+            "/c/{token}",
+            get(answer::<false>).fallback(method_not_allowed),
+        )
+        .route(
+            "/o/{file}",
+            get(answer::<true>).fallback(method_not_allowed),
+        )
+        .route(
+            "/{node}/c/{token}",
+            get(answer::<false>).fallback(method_not_allowed),
+        )
+        .route(
+            "/{node}/o/{file}",
+            get(answer::<true>).fallback(method_not_allowed),
+        )
         .fallback(unknown_path)
         .with_state(handlers)
 }
@@ -85,7 +97,9 @@ impl Client {
 /// The path's parameters: `token` (or `file`), and `node` in cluster mode.
 type PathParams = Result<Path<HashMap<String, String>>, PathRejection>;
 
-async fn click(
+/// `/c/<token>` (`OPEN` false) and `/o/<token>.gif` (`OPEN` true), with
+/// or without a node first.
+async fn answer<const OPEN: bool>(
     State(handlers): State<Arc<Handlers>>,
     ConnectInfo(address): ConnectInfo<SocketAddr>,
     method: Method,
@@ -93,22 +107,9 @@ async fn click(
     path: PathParams,
 ) -> Response {
     let client = Client::of(address, &method, &headers);
-    match handlers.own(path, "token") {
+    match handlers.own(path, if OPEN { "file" } else { "token" }) {
+        Ok(file) if OPEN => answer_open(&handlers, client, file).await,
         Ok(token) => answer_click(&handlers, client, token).await,
-        Err(refused) => refused,
-    }
-}
-
-async fn open(
-    State(handlers): State<Arc<Handlers>>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
-    method: Method,
-    headers: HeaderMap,
-    path: PathParams,
-) -> Response {
-    let client = Client::of(address, &method, &headers);
-    match handlers.own(path, "file") {
-        Ok(file) => answer_open(&handlers, client, file).await,
         Err(refused) => refused,
     }
 }
