@@ -300,6 +300,14 @@ impl Daemon {
             recorder,
         );
         let failover_task = tokio::spawn(router.clone().run_failover(failovers));
+        let tracker = config.tracking.as_ref().map(|section| {
+            Arc::new(crate::tracking::Tracker {
+                tokens: tracking_tokens(&tenancy),
+                scheme: section.scheme,
+                retain: section.retain,
+                node: cluster_node(&config),
+            })
+        });
         let engine = Arc::new(Engine {
             hostname: config.hostname.clone(),
             spool,
@@ -309,6 +317,7 @@ impl Daemon {
             default_user: config.smtp_in.default_user.clone(),
             resolver,
             cluster,
+            tracking: tracker,
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
@@ -329,6 +338,7 @@ impl Daemon {
         let bounce_listeners = crate::bounce_in::bind(&config.bounce_in.listen)
             .await
             .map_err(|(addr, source)| StartError::Listen { addr, source })?;
+        let tracking_listener = bind_tracking(&config).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         // Cluster mode: heartbeat and fleet actions (nothing without [cluster]).
         let fleet_tasks = crate::admin::fleet::start(&engine, shutdown_rx.clone())
@@ -387,6 +397,19 @@ impl Daemon {
             tasks.push(tokio::spawn(crate::bounce_in::serve(
                 bounce_listeners,
                 Arc::new(crate::bounce_in::BounceContext::new(&engine, &config)),
+                shutdown_rx.clone(),
+            )));
+        }
+        if let Some(listener) = tracking_listener {
+            if let Ok(addr) = listener.local_addr() {
+                crate::logging::announce(&format!("tracking listener on {addr}"));
+            }
+            tasks.push(tokio::spawn(crate::tracking::serve(
+                listener,
+                engine.spool.clone(),
+                engine.events.clone(),
+                tracking_tokens(&engine.tenancy),
+                cluster_node(&config),
                 shutdown_rx.clone(),
             )));
         }
@@ -582,6 +605,34 @@ fn server_context(
         tls,
         shared,
     ))
+}
+
+/// The key of tracking tokens, derived from the master key: every node of
+/// a fleet (which shares the master key) verifies every node's tokens.
+fn tracking_tokens(tenancy: &TenancyStore) -> crate::tracking::token::TokenKey {
+    crate::tracking::token::TokenKey::new(&tenancy.secrets().derived(crate::tracking::KEY_PURPOSE))
+}
+
+/// `[cluster] node`, which tracked links carry in cluster mode.
+fn cluster_node(config: &Config) -> Option<String> {
+    config.cluster.as_ref().map(|c| c.node.clone())
+}
+
+/// Binds `[tracking] listen` (with its TLS certificate, if any).
+async fn bind_tracking(
+    config: &Config,
+) -> Result<Option<crate::tracking::TrackingListener>, StartError> {
+    let Some(section) = &config.tracking else {
+        return Ok(None);
+    };
+    let tls = match (&section.tls_cert, &section.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(server_tls_config(cert, key)?))),
+        _ => None,
+    };
+    crate::tracking::bind(section, tls)
+        .await
+        .map(Some)
+        .map_err(|(addr, source)| StartError::Listen { addr, source })
 }
 
 /// The master key: a systemd credential when the service has one and the

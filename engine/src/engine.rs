@@ -43,6 +43,8 @@ pub struct Engine {
     pub(crate) resolver: crate::dns::Resolver,
     /// `[cluster]`: the fleet this node belongs to; none when standalone.
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `[tracking]`: links and opens are tracked; none, nothing is rewritten.
+    pub(crate) tracking: Option<Arc<crate::tracking::Tracker>>,
 }
 
 impl Engine {

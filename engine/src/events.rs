@@ -44,6 +44,11 @@ pub enum EventKind {
     AsyncBounce,
     /// A feedback report (ARF) saying the recipient marked the mail as spam.
     Complaint,
+    /// A tracked link was followed (`url`, `user_agent`, and the client
+    /// address in `remote_host`); see `crate::tracking`.
+    Click,
+    /// The open pixel was loaded (`user_agent`, `remote_host`).
+    Open,
 }
 
 /// What ESP users call a bounce: `hard` when the address will never work
@@ -103,6 +108,10 @@ pub struct Event {
     pub attempt: u32,
     pub queue_time_ms: u64,
     pub size: usize,
+    /// `click` events: the original URL the link led to.
+    pub url: Option<String>,
+    /// `click` and `open` events: the client's `User-Agent`.
+    pub user_agent: Option<String>,
 }
 
 /// Events held between producers and the writer thread, when not configured.

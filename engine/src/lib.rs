@@ -33,6 +33,7 @@ pub mod smtp;
 pub mod systemd;
 pub mod tenancy;
 pub mod timefmt;
+pub mod tracking;
 pub mod transform;
 pub mod values;
 pub mod verify;

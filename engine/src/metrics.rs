@@ -30,6 +30,12 @@ use crate::config::MetricsSection;
 use crate::events::{Event, EventKind};
 
 mod http;
+mod tracking;
+
+pub use tracking::{
+    TRACKED_LINKS, TRACKED_MESSAGES, TRACKING_HITS, TRACKING_NOT_FOUND, message_tracked,
+    tracking_hit, tracking_not_found,
+};
 
 // ---- names ----------------------------------------------------------------
 
@@ -240,9 +246,11 @@ fn describe() {
         "Time to DKIM-sign one message"
     );
     sendengine_queue::metrics::describe();
+    tracking::describe();
     // Present from the start, so that a rate over them is 0, not empty.
     ::metrics::counter!(EVENTS_DROPPED).increment(0);
     ::metrics::counter!(SMTP_SESSIONS_TOTAL).increment(0);
+    ::metrics::counter!(TRACKING_NOT_FOUND).increment(0);
     ::metrics::gauge!(SMTP_SESSIONS_OPEN).increment(0.0);
 }
 

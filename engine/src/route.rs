@@ -281,6 +281,8 @@ impl Router {
                     enforced_from: None,
                     sender_info_as_mfrom: false,
                     sender_info_as_from: false,
+                    link_tracking_domain: None,
+                    open_tracking_domain: None,
                 });
                 let mx = MxTarget {
                     domain: domain.to_owned(),

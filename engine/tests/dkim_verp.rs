@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -70,27 +70,11 @@ fn messages(dir: &Path) {
     }
 }
 
-fn venv_python() -> Option<PathBuf> {
-    if Command::new("python3").arg("--version").output().is_err() {
-        support::missing_peer(
-            "python3",
-            "dkimpy verifies with it: scripts/install-test-deps.sh",
-        );
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
-}
-
 #[test]
 fn dual_signed_messages_verify_with_dkimpy_and_carry_verp_return_paths() {
-    let Some(python) = venv_python() else { return };
+    let Some(python) = support::venv_python() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let rsa = DkimKey::generate(KeyAlgorithm::Rsa).unwrap();
     let ed = DkimKey::generate(KeyAlgorithm::Ed25519).unwrap();
@@ -218,7 +202,9 @@ print(n, "ok" if n and all(d.verify(idx=i, dnsfunc=dnsfunc) for i in range(n)) e
 
 #[test]
 fn keys_made_with_sendctl_sign_and_the_printed_records_verify_and_rotate() {
-    let Some(python) = venv_python() else { return };
+    let Some(python) = support::venv_python() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
@@ -438,7 +424,9 @@ fn send_and_check(
 
 #[test]
 fn eight_bit_and_long_lines_are_reencoded_before_signing_and_decode_the_same() {
-    let Some(python) = venv_python() else { return };
+    let Some(python) = support::venv_python() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     let keys = rsa_keys(work.path(), &["example.com"]);
     let store = work.path().join("store");
@@ -478,7 +466,9 @@ fn eight_bit_and_long_lines_are_reencoded_before_signing_and_decode_the_same() {
 
 #[test]
 fn a_from_rewritten_by_the_server_is_signed_for_its_own_domain() {
-    let Some(python) = venv_python() else { return };
+    let Some(python) = support::venv_python() else {
+        return;
+    };
     let work = tempfile::tempdir().unwrap();
     // Both domains have keys: signing for the From that arrived would verify
     // but fail DMARC alignment.

@@ -265,6 +265,10 @@ fn the_dashboard_queries_exported_metrics() {
         m::DELIVERY_LATENCY,
         m::TRANSACTION_TIME,
         m::DKIM_SIGN_TIME,
+        m::TRACKED_MESSAGES,
+        m::TRACKED_LINKS,
+        m::TRACKING_HITS,
+        m::TRACKING_NOT_FOUND,
         q::COMMIT_SECONDS,
         q::COMMIT_BATCH_SIZE,
     ];

@@ -49,6 +49,12 @@ pub enum SpoolError {
     #[error("{} {} limit of {} reached ({} used)", .0.name, .0.window.name(), .0.limit, .0.used)]
     QuotaExceeded(crate::quota::QuotaExceeded),
 
+    /// The random tracking key drawn for the message is in use already
+    /// (about one chance in 2^48 per message of the same millisecond).
+    /// Nothing was written; sending again draws another key.
+    #[error("the message's tracking key is in use already; try again")]
+    TrackingKeyTaken,
+
     /// A blocking spool call from a completion callback would wait for itself.
     #[error("blocking spool call made on the spool writer thread (inside a completion callback)")]
     WouldDeadlock,

@@ -36,6 +36,7 @@ mod select;
 mod spool;
 mod store;
 mod suppress;
+mod tracking;
 mod writer;
 
 pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
@@ -52,3 +53,4 @@ pub use select::{
 };
 pub use spool::{Spool, SpoolStats};
 pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, Suppression, normalize as normalize_address};
+pub use tracking::{MAX_TRACKED_LINKS, TrackedLinks, TrackedMessage, TrackingKey};

@@ -41,6 +41,9 @@ pub struct NewMessage {
     pub meta: MessageMeta,
     /// Limits checked and counted in the insert's own transaction.
     pub quotas: Vec<crate::quota::Quota>,
+    /// Links rewritten for click and open tracking, written in the same
+    /// commit (see `tracking.rs`).
+    pub tracking: Option<crate::tracking::TrackedLinks>,
 }
 
 /// A message read back from the spool. The body is shared, so clones are cheap.
@@ -139,6 +142,7 @@ mod tests {
             body: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
             meta: MessageMeta::default(),
             quotas: Vec::new(),
+            tracking: None,
         }
     }
 

@@ -22,6 +22,7 @@ use crate::quarantine::{self, Damaged, QuarantinedRow};
 use crate::select::{ClaimFilter, MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
+use crate::tracking::{TrackedMessage, TrackingKey};
 use crate::writer::{
     ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectWrite, QuarantineRequest,
     RecordRequest, Request, Shared, SuppressRequest, Writer, WriterSettings, now_ms,
@@ -183,6 +184,12 @@ impl Spool {
         }));
     }
 
+    /// The tracked-links row of a tracking key, unless never written or
+    /// pruned (see `tracking.rs`).
+    pub fn tracked(&self, key: TrackingKey) -> Result<Option<TrackedMessage>, SpoolError> {
+        self.inner.shared.read(|db| crate::tracking::get(db, key))
+    }
+
     /// The delivered-index row of a recipient, unless never written or pruned.
     pub fn delivered(&self, id: MessageId, rcpt: u32) -> Result<Option<Delivered>, SpoolError> {
         self.inner.shared.read(|db| delivered::get(db, id, rcpt))
@@ -206,6 +213,12 @@ impl Spool {
                 done,
             }))
         })
+    }
+
+    /// Rows in the tracked-links table.
+    #[cfg(test)]
+    pub(crate) fn inner_tracked_len(&self) -> u64 {
+        self.inner.shared.read(crate::tracking::len).unwrap()
     }
 
     /// Rows in the delivered index.

@@ -442,12 +442,21 @@ fn write_batch(
         let now = now_ms();
         let mut inserted = Vec::with_capacity(writes.inserts.len());
         for insert in &writes.inserts {
+            if let Some(tracking) = &insert.msg.tracking
+                && tracking.collides(&txn)?
+            {
+                inserted.push(Err(SpoolError::TrackingKeyTaken));
+                continue;
+            }
             if let Err(refusal) = tables.count_quotas(&insert.msg, now)? {
                 inserted.push(Err(SpoolError::QuotaExceeded(refusal)));
                 continue;
             }
             let id = ids.next_id(now);
             tables.insert_message(id, &insert.msg, insert.claimed, now)?;
+            if let Some(tracking) = &insert.msg.tracking {
+                tracking.write(&txn, id, now)?;
+            }
             inserted.push(Ok(id));
         }
         if inserted.iter().any(Result::is_ok) {

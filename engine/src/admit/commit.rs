@@ -1,4 +1,4 @@
-//! Admission step 8: the commit. The message is written to the spool with
+//! Admission step 9: the commit. The message is written to the spool with
 //! its quota counts (group commit, fdatasync) and only then answered 250;
 //! a refused or failed write is the reply instead, and the client keeps
 //! its copy. A message whose route has room goes straight to its ready

@@ -15,9 +15,11 @@
 //! 5. `return_path`: MAIL FROM for delivery and its VERP domain.
 //! 6. `decorate`: the group's header/footer, the server's From rules and
 //!    the 7-bit re-encoding (the byte-level work is in `crate::transform`).
-//! 7. `sign`: DKIM, with the keys of the From domain the message leaves
+//! 7. `track`: click and open tracking (links and pixel in the HTML
+//!    parts) for mail to a server with tracking domains (`crate::tracking`).
+//! 8. `sign`: DKIM, with the keys of the From domain the message leaves
 //!    with.
-//! 8. `commit`: the route's ready queue is reserved, the spool write is
+//! 9. `commit`: the route's ready queue is reserved, the spool write is
 //!    waited for (a failed one is 451 4.3.0, a quota refusal names the
 //!    limit: the client keeps its copy), the reception events are written
 //!    and the message is handed to delivery.
@@ -30,6 +32,7 @@ mod return_path;
 mod sign;
 mod suppress;
 mod tenant;
+mod track;
 
 use sendengine_queue::{MessageMeta, NewMessage};
 
@@ -77,7 +80,7 @@ pub async fn admit(engine: &Engine, envelope: Envelope, data: Vec<u8>) -> Reply 
     commit::queued(id)
 }
 
-/// Steps 1 to 6: policy and transforms, everything decided before the
+/// Steps 1 to 7: policy and transforms, everything decided before the
 /// message is signed and committed.
 fn decide(
     engine: &Engine,
@@ -118,6 +121,14 @@ fn decide(
     let (mail_from, return_path_domain) =
         return_path::return_path(snapshot, primary, &tenant, envelope, from_domain.as_deref());
     let body = decorate::transformed(edited.body, &decoration, envelope)?;
+    let (body, tracking) = track::track(
+        engine.tracking.as_deref(),
+        primary,
+        tenant.group,
+        body,
+        &edited.message_id,
+        now,
+    );
     // After every rewrite: the domain of the From that leaves signs.
     let signing_domain = transform::from_domain(&body);
     Ok(Admitted {
@@ -136,6 +147,7 @@ fn decide(
                 return_path_domain,
             },
             quotas,
+            tracking,
         },
         header_message_id: edited.message_id,
         signing_domain,

@@ -1,4 +1,4 @@
-//! Admission step 7: DKIM. The message is signed once, after every
+//! Admission step 8: DKIM. The message is signed once, after every
 //! transform, with the active keys of the domain of the From it leaves
 //! with; the signers are built by `tenancy` when the configuration loads.
 

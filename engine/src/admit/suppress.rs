@@ -111,6 +111,8 @@ pub(super) fn emit_dropped(
             attempt: 0,
             queue_time_ms: 0,
             size,
+            url: None,
+            user_agent: None,
         });
     }
 }

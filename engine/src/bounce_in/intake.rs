@@ -338,6 +338,8 @@ fn report_event(target: &Target, known: Option<&Delivered>, record: &Record, siz
         attempt: 0,
         queue_time_ms: now.saturating_sub(id_timestamp_ms(target.id)),
         size,
+        url: None,
+        user_agent: None,
     }
 }
 

@@ -10,10 +10,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod sections;
+mod tracking;
 mod values;
 
 pub use crate::values::{parse_duration, parse_size};
 pub use sections::*;
+pub use tracking::TrackingSection;
 pub use values::IpNetwork;
 use values::{duration_or, keyed, parse_mode, parse_socket_addr, positive};
 
@@ -60,6 +62,8 @@ pub struct Config {
     pub amqp_in: Vec<crate::amqp::AmqpInSettings>,
     /// `[[amqp_out]]`: exchanges events are published to (see `amqp_out`).
     pub amqp_out: Vec<crate::amqp::AmqpOutSettings>,
+    /// `[tracking]`: none, no link rewriting and no listener.
+    pub tracking: Option<TrackingSection>,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -99,6 +103,7 @@ struct RawConfig {
     amqp_in: Vec<crate::amqp::RawAmqpIn>,
     #[serde(default)]
     amqp_out: Vec<crate::amqp::RawAmqpOut>,
+    tracking: Option<tracking::RawTracking>,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -387,6 +392,10 @@ impl RawConfig {
                 .transpose()?,
             amqp_in: crate::amqp::validate_in(self.amqp_in)?,
             amqp_out: crate::amqp::validate_out(self.amqp_out)?,
+            tracking: self
+                .tracking
+                .map(tracking::RawTracking::validate)
+                .transpose()?,
             seeds,
         })
     }

@@ -160,6 +160,10 @@ pub struct DeliveryServer {
     pub enforced_from: Option<String>,
     pub sender_info_as_mfrom: bool,
     pub sender_info_as_from: bool,
+    /// Host (and port, if not the scheme's) of rewritten links, lowercase.
+    pub link_tracking_domain: Option<String>,
+    /// Host (and port) of the open pixel, lowercase.
+    pub open_tracking_domain: Option<String>,
 }
 
 fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
@@ -239,7 +243,44 @@ impl DeliveryServerSpec {
             enforced_from: self.enforced_from.clone(),
             sender_info_as_mfrom: self.sender_info_as_mfrom,
             sender_info_as_from: self.sender_info_as_from,
+            link_tracking_domain: tracking_host(
+                "link_tracking_domain",
+                self.link_tracking_domain.as_deref(),
+            )?,
+            open_tracking_domain: tracking_host(
+                "open_tracking_domain",
+                self.open_tracking_domain.as_deref(),
+            )?,
         })
+    }
+}
+
+/// A tracking domain as links carry it: a host name, optionally with a
+/// port (`track.example.com`, `track.example.com:8080`). Empty is none.
+fn tracking_host(key: &str, value: Option<&str>) -> Result<Option<String>, String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let host = value.trim_end_matches('.').to_ascii_lowercase();
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host.as_str(), None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= 63)
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if name_ok && port_ok {
+        Ok(Some(host))
+    } else {
+        Err(format!(
+            "{key}: `{value}` is not a host name (expected e.g. \"track.example.com\", no scheme or path)"
+        ))
     }
 }
 
@@ -283,6 +324,18 @@ pub struct UserGroup {
     #[serde(default)]
     pub html_footer: String,
     pub x_mailer: Option<String>,
+    /// Rewrite the links of HTML mail to the server's link tracking domain
+    /// (when it has one) to count clicks.
+    #[serde(default = "enabled")]
+    pub link_tracking: bool,
+    /// Add an open pixel on the server's open tracking domain (when it
+    /// has one) to count opens.
+    #[serde(default = "enabled")]
+    pub open_tracking: bool,
+}
+
+fn enabled() -> bool {
+    true
 }
 
 /// Sender domains a user may own when its group does not say.
@@ -319,6 +372,8 @@ impl UserGroup {
             html_header: String::new(),
             html_footer: String::new(),
             x_mailer: None,
+            link_tracking: true,
+            open_tracking: true,
         }
     }
 
@@ -458,5 +513,36 @@ mod tests {
         assert!(zero.contains("timeouts.rcpt"), "{zero}");
         let unknown = server("timeouts = { dot = \"1m\" }\n").unwrap_err();
         assert!(unknown.contains("dot"), "{unknown}");
+    }
+
+    #[test]
+    fn tracking_domains_are_host_names() {
+        let checked =
+            server("link_tracking_domain = \"Track.Example.com.\"\nopen_tracking_domain = \"o.example.com:8080\"\n")
+                .unwrap();
+        assert_eq!(
+            checked.link_tracking_domain.as_deref(),
+            Some("track.example.com")
+        );
+        assert_eq!(
+            checked.open_tracking_domain.as_deref(),
+            Some("o.example.com:8080")
+        );
+        assert_eq!(
+            server("link_tracking_domain = \"\"\n")
+                .unwrap()
+                .link_tracking_domain,
+            None
+        );
+        for bad in [
+            "https://t.example.com",
+            "t.example.com/x",
+            "t..example",
+            "t.example.com:0",
+            "a b",
+        ] {
+            let err = server(&format!("link_tracking_domain = \"{bad}\"\n")).unwrap_err();
+            assert!(err.contains("link_tracking_domain"), "{bad}: {err}");
+        }
     }
 }

@@ -65,9 +65,52 @@ pub(super) fn decorate_bodies(
             continue;
         }
         let is_root = std::ptr::eq(part, root);
-        decorate_part(data, part, insertion, is_html, is_root, edits)?;
+        let mut insert = |content: &[u8]| {
+            if is_html {
+                insert_into_html(content, insertion)
+            } else {
+                insert_into_plain(content, insertion)
+            }
+        };
+        let content_edit = ContentEdit {
+            ascii_only: insertion.is_ascii(),
+            edit: &mut insert,
+        };
+        edit_part(data, part, content_edit, is_root, edits)?;
     }
     Ok(())
+}
+
+/// Applies `edit` to the decoded content of every HTML part that
+/// `decorate_bodies` would decorate (the alternative, or the first text
+/// part of a mixed message; never attachments or signed parts). The edit
+/// inserts ASCII only. Returns how many parts were edited.
+pub(super) fn edit_html_bodies(
+    data: &[u8],
+    root: &Part,
+    edit: &mut dyn FnMut(&[u8]) -> Vec<u8>,
+    edits: &mut Edits,
+) -> Result<usize, TransformError> {
+    let mut targets = Vec::new();
+    collect_targets(root, &mut targets);
+    let mut edited = 0;
+    for part in targets.into_iter().filter(|p| p.media_type.sub == "html") {
+        let is_root = std::ptr::eq(part, root);
+        let content_edit = ContentEdit {
+            ascii_only: true,
+            edit: &mut *edit,
+        };
+        edit_part(data, part, content_edit, is_root, edits)?;
+        edited += 1;
+    }
+    Ok(edited)
+}
+
+/// A change to a part's decoded content, and whether it adds only ASCII
+/// (then an ASCII-compatible charset needs no conversion).
+struct ContentEdit<'e> {
+    ascii_only: bool,
+    edit: &'e mut dyn FnMut(&[u8]) -> Vec<u8>,
 }
 
 fn collect_targets<'p>(part: &'p Part, targets: &mut Vec<&'p Part>) {
@@ -96,11 +139,12 @@ fn collect_targets<'p>(part: &'p Part, targets: &mut Vec<&'p Part>) {
     }
 }
 
-fn decorate_part(
+/// Decodes the part (transfer encoding, and charset when the edit cannot
+/// be written in it), edits it, and encodes it again the same way.
+fn edit_part(
     data: &[u8],
     part: &Part,
-    insertion: &Insertion,
-    is_html: bool,
+    content_edit: ContentEdit<'_>,
     is_root: bool,
     edits: &mut Edits,
 ) -> Result<(), TransformError> {
@@ -111,12 +155,8 @@ fn decorate_part(
         .param("charset")
         .map(|c| c.trim().to_ascii_lowercase());
     let (content, relabel_utf8) =
-        to_compatible_charset(decoded, charset.as_deref(), insertion.is_ascii())?;
-    let content = if is_html {
-        insert_into_html(&content, insertion)
-    } else {
-        insert_into_plain(&content, insertion)
-    };
+        to_compatible_charset(decoded, charset.as_deref(), content_edit.ascii_only)?;
+    let content = (content_edit.edit)(&content);
     let (body, new_encoding) = encode_transfer(&content, &part.transfer_encoding, raw);
 
     update_part_fields(data, part, relabel_utf8, new_encoding, is_root, edits);
@@ -250,6 +290,18 @@ fn insert_into_plain(content: &[u8], insertion: &Insertion) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `footer` right before `</body>` (at the end without one): where the
+/// tracking pixel goes.
+pub(super) fn append_to_html(content: &[u8], footer: &str) -> Vec<u8> {
+    insert_into_html(
+        content,
+        &Insertion {
+            header: String::new(),
+            footer: footer.to_owned(),
+        },
+    )
 }
 
 /// Header right after `<body ...>`, footer right before `</body>`; without

@@ -144,6 +144,27 @@ pub fn decorate(message: &[u8], decoration: &Decoration) -> Result<Vec<u8>, Tran
     Ok(edits.apply(message))
 }
 
+/// Applies `edit` to the decoded HTML of the message's HTML parts (the
+/// parts `decorate` puts the HTML footer in) and encodes each again as it
+/// was: the tracking rewrite. `edit` must add ASCII only. `None` when the
+/// message has no such part, so the caller keeps its bytes.
+pub fn edit_html(
+    message: &[u8],
+    edit: &mut dyn FnMut(&[u8]) -> Vec<u8>,
+) -> Result<Option<Vec<u8>>, TransformError> {
+    let root = parse_message(message)?;
+    let mut edits = Edits::default();
+    match body::edit_html_bodies(message, &root, edit, &mut edits)? {
+        0 => Ok(None),
+        _ => Ok(Some(edits.apply(message))),
+    }
+}
+
+/// `footer` added to decoded HTML right before `</body>`, or at the end.
+pub fn append_to_html(content: &[u8], footer: &str) -> Vec<u8> {
+    body::append_to_html(content, footer)
+}
+
 /// The address in the From header. `None` when there is no From, more than
 /// one From field, or more than one mailbox: a sender-domain check must not
 /// pick one of several senders while the reader's client shows another.
@@ -363,6 +384,38 @@ mod tests {
         };
         let err = decorate(b"Subject: a\r\n\r\nb", &decoration).unwrap_err();
         assert!(err.to_string().contains("line break"), "{err}");
+    }
+
+    #[test]
+    fn html_edits_keep_lines_under_998_octets() {
+        let line = format!("<a href=\"https://x.example/\">{}</a>", "y".repeat(950));
+        let message = format!(
+            "Content-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nplain {line}\r\n--b\r\nContent-Type: text/html\r\n\r\n{line}\r\n--b--\r\n"
+        );
+        let longer = |html: &[u8]| {
+            String::from_utf8_lossy(html)
+                .replace(
+                    "https://x.example/",
+                    &format!("https://t.example/c/{}", "z".repeat(60)),
+                )
+                .into_bytes()
+        };
+        let out = edit_html(message.as_bytes(), &mut { longer })
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.lines().all(|l| l.len() <= 998), "{text}");
+        assert!(text.contains(
+            "Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        ));
+        assert!(
+            text.contains(&format!("plain {line}")),
+            "the plain part is not edited"
+        );
+        assert_eq!(
+            edit_html(b"Subject: x\r\n\r\nplain\r\n", &mut |h: &[u8]| h.to_vec()).unwrap(),
+            None
+        );
     }
 
     #[test]

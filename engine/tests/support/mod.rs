@@ -399,6 +399,27 @@ pub fn python(script: &str, args: &[String]) -> Option<std::process::Output> {
     Some(out)
 }
 
+/// The Python of the test venv (`scripts/python-venv.sh`: dkimpy and its
+/// dependencies), made on first use; `None` (after `missing_peer`)
+/// without python3.
+pub fn venv_python() -> Option<PathBuf> {
+    if Command::new("python3").arg("--version").output().is_err() {
+        missing_peer(
+            "python3",
+            "dkimpy verifies with it: scripts/install-test-deps.sh",
+        );
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+}
+
 /// Sends one message with Python's smtplib; returns what it printed.
 pub const SMTPLIB_SEND: &str = r#"
 import smtplib, sys
@@ -589,5 +610,7 @@ pub fn delivery_event(n: usize) -> sendengine::events::Event {
         attempt: 1,
         queue_time_ms: 0,
         size: 100,
+        url: None,
+        user_agent: None,
     }
 }

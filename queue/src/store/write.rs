@@ -18,6 +18,7 @@ use crate::select::{
     ClaimCandidate, ClaimCursor, ClaimFilter, HEAD_CLAIM_SCAN, QueueAction, ROTATING_CLAIM_SCAN,
     SUSPENDED_DUE, ScheduleKey,
 };
+use crate::tracking::EncodedTracking;
 
 /// A message validated and encoded on the caller's thread, so the writer
 /// thread only copies bytes into the database.
@@ -27,6 +28,8 @@ pub(crate) struct EncodedMessage {
     body: Vec<u8>,
     recipient_count: u32,
     quotas: Vec<Quota>,
+    /// The tracked-links row written with the message, if any.
+    pub(crate) tracking: Option<EncodedTracking>,
 }
 
 impl EncodedMessage {
@@ -34,7 +37,17 @@ impl EncodedMessage {
         msg.validate()?;
         let recipient_count = u32::try_from(msg.recipients.len())
             .map_err(|_| SpoolError::Invalid("too many recipients".into()))?;
+        let tracking = match &msg.tracking {
+            Some(links) => Some(EncodedTracking::new(
+                links,
+                &msg.mail_from,
+                &msg.recipients,
+                &msg.meta,
+            )?),
+            None => None,
+        };
         Ok(EncodedMessage {
+            tracking,
             envelope: encode_envelope(&msg.mail_from, &msg.recipients, &msg.meta),
             body: msg.body,
             recipient_count,
@@ -44,7 +57,12 @@ impl EncodedMessage {
 
     /// Memory held while the message waits for the writer.
     pub(crate) fn size_bytes(&self) -> usize {
-        self.envelope.len() + self.body.len()
+        self.envelope.len()
+            + self.body.len()
+            + self
+                .tracking
+                .as_ref()
+                .map_or(0, EncodedTracking::size_bytes)
     }
 }
 

@@ -53,6 +53,7 @@ pub fn message(seed: u64, recipients: usize, body_len: usize) -> NewMessage {
             return_path_domain: "sl.example.com".into(),
         },
         quotas: Vec::new(),
+        tracking: None,
     }
 }
 
