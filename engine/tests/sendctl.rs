@@ -24,6 +24,12 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Fails the test unless the command's stderr contains `needle`.
+fn stderr_has(out: &Output, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(needle), "{stderr}");
+}
+
 /// `sendctl --json ARGS`, whatever its exit status: (status, JSON result).
 fn ctl_any(daemon: &Daemon, args: &[&str]) -> (Option<i32>, Value) {
     let mut all = vec!["--json"];
@@ -63,11 +69,7 @@ fn help_nearest_commands_config_lookup_and_errors_in_cli_words() {
     }
     let wrong = bare_sendctl(&["queue", "lst"], &[]);
     assert_eq!(wrong.status.code(), Some(2));
-    assert!(
-        text(&wrong.stderr).contains("did you mean `queue list`?"),
-        "{}",
-        text(&wrong.stderr)
-    );
+    stderr_has(&wrong, "did you mean `queue list`?");
 
     let sink = Sink::start(&[]);
     let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
@@ -89,20 +91,12 @@ fn help_nearest_commands_config_lookup_and_errors_in_cli_words() {
         &[],
     );
     assert_eq!(none.status.code(), Some(1));
-    assert!(
-        text(&none.stderr).contains("sets no [admin] socket"),
-        "{}",
-        text(&none.stderr)
-    );
+    stderr_has(&none, "sets no [admin] socket");
 
     // The daemon's refusals name what the operator typed.
     let bad_id = sendctl(&daemon, &["queue", "inspect", "zz"]);
     assert_eq!(bad_id.status.code(), Some(1));
-    assert!(
-        text(&bad_id.stderr).contains("ID: `zz`"),
-        "{}",
-        text(&bad_id.stderr)
-    );
+    stderr_has(&bad_id, "ID: `zz`");
     let everything = sendctl(&daemon, &["queue", "delete"]);
     let stderr = text(&everything.stderr);
     assert!(
@@ -110,11 +104,7 @@ fn help_nearest_commands_config_lookup_and_errors_in_cli_words() {
         "{stderr}"
     );
     let operand = sendctl(&daemon, &["queue", "inspect"]);
-    assert!(
-        text(&operand.stderr).contains("give the ID: sendctl queue inspect ID"),
-        "{}",
-        text(&operand.stderr)
-    );
+    stderr_has(&operand, "give the ID: sendctl queue inspect ID");
 }
 
 #[test]
@@ -301,11 +291,7 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
         "{nullmx}"
     );
     let usage = sendctl(&daemon, &["server", "test", "direct"]);
-    assert!(
-        text(&usage.stderr).contains("--to"),
-        "{}",
-        text(&usage.stderr)
-    );
+    stderr_has(&usage, "--to");
 }
 
 #[test]
@@ -392,46 +378,22 @@ fn a_sender_domains_limit_of_zero_is_unlimited() {
     let sink = Sink::start(&[]);
     let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
     let group = |limit: &str| {
-        ctl(
+        let args = ["group", "put", "--name", "g", "--servers", "test-sink"];
+        sendctl(
             &daemon,
-            &[
-                "group",
-                "put",
-                "--name",
-                "g",
-                "--servers",
-                "test-sink",
-                "--sender-domains-limit",
-                limit,
-            ],
+            &[&args[..], &["--sender-domains-limit", limit]].concat(),
         )
     };
-    group("0");
+    assert_eq!(group("0").status.code(), Some(0));
     ctl(&daemon, &["user", "put", "--name", "u", "--group", "g"]);
     for n in 0..12 {
         let domain = format!("d{n}.example");
         ctl(&daemon, &["domain", "put", &domain, "--owner", "u"]);
     }
     // A limit still limits.
-    let refused = sendctl(
-        &daemon,
-        &[
-            "group",
-            "put",
-            "--name",
-            "g",
-            "--servers",
-            "test-sink",
-            "--sender-domains-limit",
-            "3",
-        ],
-    );
+    let refused = group("3");
     assert_eq!(refused.status.code(), Some(1));
-    assert!(
-        text(&refused.stderr).contains("allows 3"),
-        "{}",
-        text(&refused.stderr)
-    );
+    stderr_has(&refused, "allows 3");
 }
 
 /// A new install keeps its master key beside config.toml, not in the

@@ -101,6 +101,7 @@ fn synopsis(info: &CommandInfo) -> String {
             "all" => "--all".to_owned(),
             "private_key" => "--pem-file FILE".to_owned(),
             "server" => "--file F.json".to_owned(),
+            f @ ("to" | "from") => format!("{} ADDR", flag_spelling(f)),
             f => format!("{} {}", flag_spelling(f), f.to_ascii_uppercase()),
         };
         line.push_str(&format!(" [{shown}]"));
