@@ -264,6 +264,31 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Both the old key in the spool and one beside the config: the same
+    /// key is fine, two different ones stop the start (never guess which
+    /// one sealed the stored secrets); a new install makes its key beside
+    /// the config, not in the spool.
+    #[test]
+    fn an_old_key_in_the_spool_is_used_and_never_silently_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, key_file) = (dir.path().join("spool"), dir.path().join("secret.key"));
+        std::fs::create_dir_all(&spool).unwrap();
+        let made = load_configured(&key_file, false, &spool).unwrap();
+        assert!(key_file.is_file() && !spool.join(CREDENTIAL_NAME).exists());
+
+        std::fs::rename(&key_file, spool.join(CREDENTIAL_NAME)).unwrap();
+        let old = load_configured(&key_file, false, &spool).unwrap();
+        assert_eq!(old.master, made.master);
+        assert!(!key_file.exists(), "no new key beside the old one");
+
+        std::fs::copy(spool.join(CREDENTIAL_NAME), &key_file).unwrap();
+        assert!(load_configured(&key_file, false, &spool).is_ok());
+        std::fs::remove_file(&key_file).unwrap();
+        write_private(&key_file, &B64.encode([9u8; 32])).unwrap();
+        let e = load_configured(&key_file, false, &spool).unwrap_err();
+        assert!(e.to_string().contains("differs"), "{e}");
+    }
+
     #[test]
     fn sealing_round_trips_and_needs_the_same_key() {
         let a = Secrets::from_key([7; 32]);
