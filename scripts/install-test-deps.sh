@@ -2,7 +2,9 @@
 # Installs what the test suite talks to, if it is missing: Python 3 (smtplib
 # is a reference SMTP client), swaks, Postfix's smtp-source/smtp-sink,
 # openssl, systemd-analyze, prlimit. Debian packages only; needs root (CI
-# runs as root). Safe to run again. Under CI=true a missing peer fails its
+# runs as root). Safe to run again. On a host that runs another MTA it
+# asks before installing postfix (INSTALL_TEST_DEPS=1: don't ask; CI=true
+# proceeds). Under CI=true a missing peer fails its
 # test (test-support/peers.rs), so this script then fails too when a peer
 # is still missing after the install.
 set -euo pipefail
@@ -35,6 +37,37 @@ check_peers() {
   fi
   return 0
 }
+
+# Installing postfix replaces the host's mail system if another MTA runs
+# it (Debian's MTAs conflict). Ask first; INSTALL_TEST_DEPS=1 or CI=true
+# go ahead; without an answer (no terminal), postfix is left out.
+other_mta() {
+  local pkg
+  for pkg in exim4-daemon-light exim4-daemon-heavy sendmail-bin opensmtpd nullmailer \
+             msmtp-mta dma courier-mta citadel-mta; do
+    if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+      echo "$pkg"
+      return 0
+    fi
+  done
+  return 1
+}
+if [[ " ${need[*]} " == *" postfix "* ]] && mta=$(other_mta); then
+  consent="${INSTALL_TEST_DEPS:-}"
+  [[ "${CI:-}" == "true" ]] && consent=1
+  if [[ "$consent" != "1" && -t 0 ]]; then
+    read -r -p "install-test-deps: this host runs $mta; installing postfix (for smtp-source/smtp-sink) replaces it. Install postfix? [y/N] " answer
+    [[ "$answer" == [yY]* ]] && consent=1
+  fi
+  if [[ "$consent" != "1" ]]; then
+    echo "install-test-deps: not installing postfix: this host runs $mta, which it would replace." \
+         "Set INSTALL_TEST_DEPS=1 to install it anyway; the tests that need smtp-source/smtp-sink" \
+         "skip without it (and fail under CI=true)." >&2
+    kept=()
+    for pkg in "${need[@]}"; do [[ "$pkg" != postfix ]] && kept+=("$pkg"); done
+    need=("${kept[@]+"${kept[@]}"}")
+  fi
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   check_peers

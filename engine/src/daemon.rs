@@ -310,8 +310,10 @@ impl Daemon {
         });
         let engine = Arc::new(Engine {
             hostname: config.hostname.clone(),
+            x_mailer: config.x_mailer.clone(),
             spool,
             events,
+            events_path: config.events.path.clone(),
             router,
             tenancy,
             default_user: config.smtp_in.default_user.clone(),
@@ -635,14 +637,14 @@ async fn bind_tracking(
         .map_err(|(addr, source)| StartError::Listen { addr, source })
 }
 
-/// The master key: a systemd credential when the service has one and the
-/// file names no `key_file`, else `key_file` (created on first start).
+/// The master key (see `secrets::load_configured`).
 fn load_secrets(config: &Config) -> Result<Secrets, StartError> {
-    let loaded = match crate::secrets::credential_key_file() {
-        Some(path) if !config.secrets.key_file_set => Secrets::load(&path),
-        _ => Secrets::load_or_create(&config.secrets.key_file),
-    };
-    loaded.map_err(|e| StartError::Tenancy(e.to_string()))
+    crate::secrets::load_configured(
+        &config.secrets.key_file,
+        config.secrets.key_file_set,
+        &config.spool.dir,
+    )
+    .map_err(|e| StartError::Tenancy(e.to_string()))
 }
 
 async fn open_spool(config: &Config) -> Result<Spool, StartError> {

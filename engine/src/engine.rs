@@ -33,8 +33,13 @@ pub struct Envelope {
 /// workers and the admin socket, for the daemon's lifetime.
 pub struct Engine {
     pub(crate) hostname: String,
+    /// `x_mailer` of config.toml: the X-Mailer when the group sets none.
+    pub(crate) x_mailer: String,
     pub(crate) spool: Spool,
     pub(crate) events: EventLog,
+    /// `[events] path`: where `queue inspect` looks for a departed
+    /// message's history.
+    pub(crate) events_path: Option<std::path::PathBuf>,
     pub(crate) router: Arc<Router>,
     pub(crate) tenancy: Arc<TenancyStore>,
     /// The tenant of relay-network mail without AUTH.

@@ -72,6 +72,7 @@ const LIVE: &[(&str, Read)] = &[
 /// Keys built into running components at start.
 const RESTART: &[(&str, Read)] = &[
     ("hostname", |c| show(&c.hostname)),
+    ("x_mailer", |c| show(&c.x_mailer)),
     ("spool.dir", |c| show(&c.spool.dir)),
     ("spool.cache_size", |c| show(&c.spool.cache_bytes)),
     ("spool.sync", |c| show(&c.spool.sync)),

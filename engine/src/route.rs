@@ -178,7 +178,7 @@ impl Router {
                 // Every server was tried: the recipients wait for a retry.
                 let error = crate::smtp::client::SessionError::Protocol {
                     phase: crate::smtp::client::Phase::Connect,
-                    message: "no delivery server of the group is reachable".into(),
+                    message: "no enabled delivery server of the group is reachable".into(),
                 };
                 let at = crate::deliver::AttemptContext {
                     route: &meta.route,
@@ -263,27 +263,7 @@ impl Router {
         sites
             .entry(domain.to_owned())
             .or_insert_with(|| {
-                let site = Arc::new(DeliveryServer {
-                    name: site_name(domain),
-                    host: domain.to_owned(),
-                    port: self.direct.port,
-                    encryption: Encryption::StartTlsOpportunistic,
-                    timeout: self.direct.timeout,
-                    timeouts: Timeouts::with_connection_timeout(self.direct.timeout),
-                    max_connections: self.direct.max_connections_per_site,
-                    max_messages_per_connection: 100,
-                    auth: None,
-                    tls_verify: false,
-                    rate_per_second: None,
-                    rate_per_hour: None,
-                    rate_per_day: None,
-                    mail_from_domain: None,
-                    enforced_from: None,
-                    sender_info_as_mfrom: false,
-                    sender_info_as_from: false,
-                    link_tracking_domain: None,
-                    open_tracking_domain: None,
-                });
+                let site = Arc::new(self.direct_server(domain));
                 let mx = MxTarget {
                     domain: domain.to_owned(),
                     resolver: self.resolver.clone(),
@@ -291,6 +271,33 @@ impl Router {
                 Arc::new(Route::direct_site(&site, mx, self.ctx.clone()))
             })
             .clone()
+    }
+
+    /// The settings direct delivery to `domain`'s MX hosts uses (`host`
+    /// is the domain; the route looks its MX hosts up).
+    pub fn direct_server(&self, domain: &str) -> DeliveryServer {
+        DeliveryServer {
+            name: site_name(domain),
+            host: domain.to_owned(),
+            port: self.direct.port,
+            encryption: Encryption::StartTlsOpportunistic,
+            timeout: self.direct.timeout,
+            timeouts: Timeouts::with_connection_timeout(self.direct.timeout),
+            max_connections: self.direct.max_connections_per_site,
+            max_messages_per_connection: 100,
+            auth: None,
+            tls_verify: false,
+            rate_per_second: None,
+            rate_per_hour: None,
+            rate_per_day: None,
+            mail_from_domain: None,
+            enforced_from: None,
+            sender_info_as_mfrom: false,
+            sender_info_as_from: false,
+            link_tracking_domain: None,
+            open_tracking_domain: None,
+            enabled: true,
+        }
     }
 
     pub fn stop(&self) {

@@ -27,10 +27,58 @@ const PBKDF2_ROUNDS: u32 = 60_000;
 pub const CREDENTIAL_NAME: &str = "secret.key";
 
 /// The key file systemd passed as a credential, if the service has one.
-pub fn credential_key_file() -> Option<PathBuf> {
+fn credential_key_file() -> Option<PathBuf> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
     let path = Path::new(&dir).join(CREDENTIAL_NAME);
     path.is_file().then_some(path)
+}
+
+/// The master key as configured. `[secrets] key_file` when the file sets
+/// it; else the systemd credential when the service has one; else
+/// `key_file`'s default (beside config.toml), made on first start.
+///
+/// Older versions kept the default key in the spool directory, so a spool
+/// backup carried the key that opens the secrets stored in it. Such a key
+/// is still used (a new one could not open the stored secrets), with a
+/// warning saying how to move it; if both files exist they must hold the
+/// same key.
+pub fn load_configured(
+    key_file: &Path,
+    key_file_set: bool,
+    spool_dir: &Path,
+) -> Result<Secrets, SecretError> {
+    if key_file_set {
+        return Secrets::load_or_create(key_file);
+    }
+    if let Some(credential) = credential_key_file() {
+        return Secrets::load(&credential);
+    }
+    let old = spool_dir.join(CREDENTIAL_NAME);
+    if !old.is_file() {
+        return Secrets::load_or_create(key_file);
+    }
+    let (old_shown, new_shown) = (old.display(), key_file.display());
+    if !key_file.exists() {
+        log::warn!(
+            "the master key is read from {old_shown}, in the spool directory: a spool backup \
+             carries the key that opens the secrets stored in it. Move it beside the \
+             configuration (`mv {old_shown} {new_shown}`, or set [secrets] key_file) and back \
+             it up apart from the spool"
+        );
+        return Secrets::load(&old);
+    }
+    let (older, newer) = (Secrets::load(&old)?, Secrets::load(key_file)?);
+    if older.master != newer.master {
+        return Err(SecretError::KeyFile {
+            path: key_file.display().to_string(),
+            reason: format!(
+                "differs from the key an older version kept in {old_shown}; the stored secrets \
+                 were sealed with one of them: keep that one as {new_shown} and remove the other"
+            ),
+        });
+    }
+    log::warn!("{old_shown} is a copy of the master key {new_shown}: remove it from the spool");
+    Ok(newer)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +263,31 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both the old key in the spool and one beside the config: the same
+    /// key is fine, two different ones stop the start (never guess which
+    /// one sealed the stored secrets); a new install makes its key beside
+    /// the config, not in the spool.
+    #[test]
+    fn an_old_key_in_the_spool_is_used_and_never_silently_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, key_file) = (dir.path().join("spool"), dir.path().join("secret.key"));
+        std::fs::create_dir_all(&spool).unwrap();
+        let made = load_configured(&key_file, false, &spool).unwrap();
+        assert!(key_file.is_file() && !spool.join(CREDENTIAL_NAME).exists());
+
+        std::fs::rename(&key_file, spool.join(CREDENTIAL_NAME)).unwrap();
+        let old = load_configured(&key_file, false, &spool).unwrap();
+        assert_eq!(old.master, made.master);
+        assert!(!key_file.exists(), "no new key beside the old one");
+
+        std::fs::copy(spool.join(CREDENTIAL_NAME), &key_file).unwrap();
+        assert!(load_configured(&key_file, false, &spool).is_ok());
+        std::fs::remove_file(&key_file).unwrap();
+        write_private(&key_file, &B64.encode([9u8; 32])).unwrap();
+        let e = load_configured(&key_file, false, &spool).unwrap_err();
+        assert!(e.to_string().contains("differs"), "{e}");
+    }
 
     #[test]
     fn sealing_round_trips_and_needs_the_same_key() {

@@ -188,6 +188,9 @@ fn objects_pushed_with_sendctl_route_mail_live_and_survive_a_restart() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
+    // A server new to the socket carries no mail until it is enabled.
+    assert_eq!(ctl(&daemon, &["server", "get", "second"])["enabled"], false);
+    ctl(&daemon, &["server", "enable", "second"]);
     ctl(
         &daemon,
         &["group", "put", "--name", "vip", "--servers", "second"],
@@ -320,6 +323,16 @@ fn put_server(daemon: &Daemon, name: &str, sink: &Sink, password: &str) {
     );
 }
 
+/// `sendctl --json ARGS` of a server test that must fail: exit 1, and
+/// the result on stdout.
+fn failed_test(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = sendctl(daemon, &all);
+    assert_eq!(out.status.code(), Some(1), "{args:?}");
+    serde_json::from_slice(&out.stdout).expect("the result is printed")
+}
+
 #[test]
 fn server_test_reports_every_step_and_the_failing_one() {
     let good = Sink::start(&["--auth", "u:right"]);
@@ -379,7 +392,8 @@ fn server_test_reports_every_step_and_the_failing_one() {
             .any(|s| s["step"] == "RSET")
     );
 
-    let auth = ctl(&daemon, &["server", "test", "badauth"]);
+    // A failed step is a failed command (exit 1), with the result printed.
+    let auth = failed_test(&daemon, &["server", "test", "badauth"]);
     assert_eq!(auth["ok"], false);
     assert_eq!(auth["failed_step"], "AUTH", "{auth}");
     let auth_step = auth["steps"].as_array().unwrap().last().unwrap().clone();
@@ -388,7 +402,7 @@ fn server_test_reports_every_step_and_the_failing_one() {
         "{auth_step}"
     );
 
-    let rcpt = ctl(
+    let rcpt = failed_test(
         &daemon,
         &["server", "test", "badrcpt", "--to", "x@example.net"],
     );
@@ -695,7 +709,7 @@ fn server_test_stops_at_a_certificate_it_cannot_verify() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let result = ctl(&daemon, &["server", "test", "tls"]);
+    let result = failed_test(&daemon, &["server", "test", "tls"]);
     assert_eq!(result["failed_step"], "TLS handshake", "{result}");
     let steps: Vec<&str> = result["steps"]
         .as_array()

@@ -219,6 +219,25 @@ pub(crate) fn get(
     })
 }
 
+/// The rows of every indexed recipient of a message, by recipient.
+pub(crate) fn of_message(db: &Database, id: MessageId) -> Result<Vec<Delivered>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, DELIVERED)? else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for entry in table.range((id, 0)..=(id, u32::MAX))? {
+        let (key, value) = entry?;
+        let rcpt = key.value().1;
+        rows.push(decode(id, rcpt, value.value()).ok_or_else(|| {
+            SpoolError::Corrupt(format!(
+                "delivered index row for recipient {rcpt} of message {id:016x}"
+            ))
+        })?);
+    }
+    Ok(rows)
+}
+
 /// Rows in the index (for tests).
 #[cfg(test)]
 pub(crate) fn len(db: &Database) -> Result<u64, SpoolError> {

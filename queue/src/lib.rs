@@ -52,5 +52,6 @@ pub use select::{
     QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
 pub use spool::{Spool, SpoolStats};
+pub use store::MAX_LAST_REPLY_BYTES;
 pub use suppress::{GLOBAL_TENANT, MAX_ADDRESS_BYTES, Suppression, normalize as normalize_address};
 pub use tracking::{MAX_TRACKED_LINKS, TrackedLinks, TrackedMessage, TrackingKey};

@@ -72,11 +72,14 @@ pub enum Outcome {
     /// Delivered, bounced or expired: the recipient leaves the spool, and the
     /// message (with its body) leaves with its last recipient.
     Done { id: MessageId, rcpt: u32 },
-    /// Try again at `next_attempt_ms`; counts as an attempt.
+    /// Try again at `next_attempt_ms`; counts as an attempt. `reply` is
+    /// what the attempt got (kept for `queue list`, as `mailq` shows it;
+    /// cut to `MAX_LAST_REPLY_BYTES`; empty keeps none).
     Deferred {
         id: MessageId,
         rcpt: u32,
         next_attempt_ms: u64,
+        reply: String,
     },
     /// Not attempted (e.g. shutdown): due again now, attempts unchanged.
     Release { id: MessageId, rcpt: u32 },

@@ -96,6 +96,8 @@ pub struct QueuedRecipient {
     /// When it is due; `SUSPENDED_DUE` while suspended.
     pub next_attempt_ms: u64,
     pub status: RecipientStatus,
+    /// The reply of its last deferred attempt, if it had one.
+    pub last_reply: Option<String>,
 }
 
 /// One page of a listing and where the next one starts.

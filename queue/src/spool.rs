@@ -195,6 +195,12 @@ impl Spool {
         self.inner.shared.read(|db| delivered::get(db, id, rcpt))
     }
 
+    /// The delivered-index rows of every finished recipient of a message
+    /// (those not pruned yet), for the history of a message that left.
+    pub fn delivered_rows(&self, id: MessageId) -> Result<Vec<Delivered>, SpoolError> {
+        self.inner.shared.read(|db| delivered::of_message(db, id))
+    }
+
     /// Whether a bounce report (`key`: what makes two reports the same,
     /// chosen by the caller) about this recipient was already marked.
     pub fn reported(&self, id: MessageId, rcpt: u32, key: &str) -> Result<bool, SpoolError> {

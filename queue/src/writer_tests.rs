@@ -144,6 +144,7 @@ fn a_corrupt_row_fails_no_request_of_its_commit_and_is_quarantined_once() {
         id: x_id,
         rcpt: 1,
         next_attempt_ms: now_ms() + 3_600_000,
+        reply: String::new(),
     });
     let (claim_now, claimed) = claim();
     h.one_commit(vec![z, w, deferred, claim_now]);

@@ -96,6 +96,7 @@ fn churn(spool: &Spool) {
                     id: c.id,
                     rcpt: 0,
                     next_attempt_ms: now + 60_000,
+                    reply: String::new(),
                 },
                 _ => Outcome::Done {
                     id: c.id,

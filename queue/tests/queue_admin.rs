@@ -136,6 +136,7 @@ fn flush_makes_deferred_recipients_due_now_and_leaves_in_flight_ones() {
             id,
             rcpt: 0,
             next_attempt_ms: later,
+            reply: String::new(),
         }])
         .unwrap();
     let statuses = all(&spool, &QueueFilter::default());
@@ -201,4 +202,34 @@ fn a_filter_matching_nothing_still_walks_the_whole_queue() {
     };
     assert!(all(&spool, &none).is_empty());
     assert_eq!(all(&spool, &QueueFilter::default()).len(), 20);
+}
+
+/// `queue list` shows each recipient's last reply (as `mailq` does): kept
+/// with a deferral, cut to its bound.
+#[test]
+fn a_deferred_recipient_keeps_its_last_reply_until_it_leaves() {
+    let dir = tempdir().unwrap();
+    let spool = open(dir.path());
+    let id = spool.insert_blocking(message(1, 2, 100), false).unwrap();
+    spool.claim_due(now_ms() + 1_000, 10).unwrap();
+    let long = format!("451 4.7.1 greylisted {}", "é".repeat(400));
+    let later = now_ms() + 3_600_000;
+    let deferred = |rcpt, reply: &str| Outcome::Deferred {
+        id,
+        rcpt,
+        next_attempt_ms: later,
+        reply: reply.to_owned(),
+    };
+    spool
+        .record_blocking(vec![deferred(0, &long), deferred(1, "")])
+        .unwrap();
+    let page = spool.queue_page(&QueueFilter::default(), None, 10).unwrap();
+    let kept = page.recipients[0].last_reply.clone().expect("a last reply");
+    assert!(kept.starts_with("451 4.7.1 greylisted"), "{kept}");
+    assert!(
+        kept.len() <= sendengine_queue::MAX_LAST_REPLY_BYTES,
+        "{}",
+        kept.len()
+    );
+    assert_eq!(page.recipients[1].last_reply, None);
 }

@@ -127,16 +127,19 @@ fn claim_due_takes_due_recipients_in_due_order_up_to_the_limit() {
                 id: a,
                 rcpt: 0,
                 next_attempt_ms: base + 30,
+                reply: String::new(),
             },
             Outcome::Deferred {
                 id: a,
                 rcpt: 1,
                 next_attempt_ms: base + 10,
+                reply: String::new(),
             },
             Outcome::Deferred {
                 id: b,
                 rcpt: 0,
                 next_attempt_ms: base + 20,
+                reply: String::new(),
             },
         ])
         .unwrap();
@@ -214,6 +217,7 @@ fn deferred_recipient_waits_until_due_and_counts_an_attempt() {
                 id,
                 rcpt: 0,
                 next_attempt_ms: due + attempt,
+                reply: String::new(),
             }])
             .unwrap();
         assert!(
@@ -267,6 +271,7 @@ fn done_removes_the_message_only_after_its_last_recipient() {
             id,
             rcpt: 2,
             next_attempt_ms: 1,
+            reply: String::new(),
         }])
         .unwrap();
     assert_eq!(spool.stats().unwrap().scheduled, 0);
@@ -282,6 +287,7 @@ fn release_makes_a_recipient_due_now_without_counting_an_attempt() {
             id,
             rcpt: 0,
             next_attempt_ms: 0,
+            reply: String::new(),
         }])
         .unwrap();
     assert_eq!(
@@ -319,6 +325,7 @@ fn outcome_for_a_scheduled_recipient_keeps_one_schedule_entry() {
                 id,
                 rcpt: 0,
                 next_attempt_ms: later,
+                reply: String::new(),
             },
             Outcome::Done { id, rcpt: 1 },
         ])
@@ -350,6 +357,7 @@ fn reopening_schedules_claimed_recipients_again() {
                 id: deferred,
                 rcpt: 0,
                 next_attempt_ms: 0,
+                reply: String::new(),
             }])
             .unwrap();
         let claimed = claim_all_now(&spool);

@@ -2,16 +2,20 @@
 //! inspect a running daemon (the `sendctl` CLI is one client).
 //!
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
-//! line frames, `commands` the argument fields each command takes; the
+//! line frames, `commands` the argument fields each command takes
+//! (`object_fields`: the fields of the objects `put` takes); the
 //! handlers live per noun: `objects` (server, group, user, template,
-//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `server_test`
-//! and `fleet` (cluster mode). Every
+//! domain), `queue` (and `history`, of messages that left it), `status`,
+//! `dkim`, `suppression`, `usage`, `server_test` and `fleet` (cluster
+//! mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
 pub mod commands;
 pub mod dkim;
 pub mod fleet;
+pub mod history;
+pub mod object_fields;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
@@ -55,6 +59,8 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         })),
         ("status", "") => status::status(ctx).await,
         ("server", "test") => server_test::run(ctx, &args).await,
+        ("server", "enable") => objects::set_enabled(ctx, &args, true).await,
+        ("server", "disable") => objects::set_enabled(ctx, &args, false).await,
         ("domain", "verify") => objects::verify_domain(ctx, &args).await,
         ("domain", "records") => objects::domain_records(ctx, &args).await,
         ("queue", verb) => queue::handle(ctx, verb, &args).await,
@@ -70,14 +76,15 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
 }
 
 fn unknown(cmd: &str) -> AdminError {
+    let all: Vec<&str> = commands::COMMANDS.iter().map(|c| c.cmd).collect();
+    let hint = commands::nearest(cmd, &all)
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default();
     AdminError::new(
         "unknown_command",
         format!(
-            "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
-             .list|get|put|delete, server.test, user.usage, domain.verify|records, \
-             dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
-             suppression.list|add|remove|check, \
-             fleet.status, fleet.queue.suspend|resume|bounce|delete"
+            "`{cmd}` is not a command; {hint}the commands: {}",
+            all.join(", ")
         ),
     )
 }

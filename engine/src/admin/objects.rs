@@ -8,6 +8,7 @@
 //! `Engine::change`, which validates the whole set, stores it durably and
 //! applies it live.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -102,19 +103,76 @@ pub async fn handle(
     }
 }
 
-/// Every stored object of `kind` as (name, JSON shown to clients).
+/// Every stored object of `kind` as (name, JSON shown to clients); a
+/// server also shows whether it is enabled and its `allocation`.
 pub fn stored(engine: &Engine, kind: Kind) -> Result<Vec<(String, Value)>, AdminError> {
     let objects = engine
         .spool
         .objects(kind.name())
         .map_err(|e| AdminError::internal(format!("reading stored objects: {e}")))?;
-    Ok(objects
+    let objects = objects
         .into_iter()
         .filter_map(|(name, bytes)| {
             let value = serde_json::from_slice::<Value>(&bytes).ok()?;
             Some((name, hide_secrets(kind, value)))
         })
+        .collect::<Vec<_>>();
+    if kind != Kind::Server {
+        return Ok(objects);
+    }
+    let groups = stored_groups(engine)?;
+    Ok(objects
+        .into_iter()
+        .map(|(name, mut value)| {
+            if let Some(server) = value.as_object_mut() {
+                let enabled = server.get("enabled").and_then(Value::as_bool);
+                server.insert("enabled".into(), enabled.unwrap_or(true).into());
+                let allocation = allocation(&groups, &name, enabled != Some(false));
+                server.insert("allocation".into(), json!(allocation));
+            }
+            (name, value)
+        })
         .collect())
+}
+
+/// The stored user groups (every allocation, enabled servers or not).
+fn stored_groups(engine: &Engine) -> Result<Vec<UserGroup>, AdminError> {
+    let groups = engine
+        .spool
+        .objects(Kind::Group.name())
+        .map_err(|e| AdminError::internal(format!("reading stored groups: {e}")))?;
+    Ok(groups
+        .into_iter()
+        .filter_map(|(_, bytes)| serde_json::from_slice(&bytes).ok())
+        .collect())
+}
+
+/// Which groups allocate `server`, and on which channels (Octeth's M / T
+/// / AR badges). Without any group (single-tenant) every enabled server
+/// is the `default` group's on every channel.
+pub fn allocation(
+    groups: &[UserGroup],
+    server: &str,
+    enabled: bool,
+) -> BTreeMap<String, Vec<String>> {
+    if groups.is_empty() {
+        let all = CHANNELS.iter().map(|c| c.to_string()).collect();
+        return match enabled {
+            true => BTreeMap::from([("default".to_owned(), all)]),
+            false => BTreeMap::new(),
+        };
+    }
+    groups
+        .iter()
+        .filter_map(|g| {
+            let channels: Vec<String> = CHANNELS
+                .iter()
+                .filter(|c| g.servers_for(c).iter().any(|s| s == server))
+                .map(|c| c.to_string())
+                .collect();
+            (!channels.is_empty()).then(|| (g.name.clone(), channels))
+        })
+        .collect()
 }
 
 fn get(engine: &Engine, kind: Kind, name: &str) -> Result<Value, AdminError> {
@@ -154,12 +212,71 @@ fn hide_secrets(kind: Kind, mut value: Value) -> Value {
 
 fn change_for_put(engine: &Engine, kind: Kind, args: &Args<'_>) -> Result<Change, AdminError> {
     Ok(match kind {
-        Kind::Server => Change::PutServer(args.object::<DeliveryServerSpec>("server")?),
+        Kind::Server => Change::PutServer(server_for_put(engine, args)?),
         Kind::Group => Change::PutGroup(args.object::<UserGroup>("group")?),
         Kind::User => Change::PutUser(args.object::<User>("user")?),
         Kind::Template => Change::PutTemplate(args.object::<DnsTemplate>("template")?),
         Kind::Domain => Change::PutDomain(domain_for_put(engine, args)?),
     })
+}
+
+/// What `server.get` shows but a put does not set: the daemon keeps them.
+const SERVER_READ_ONLY: &[&str] = &["last_test", "allocation"];
+
+/// The server to store: the fields given; `enabled` left out keeps the
+/// stored setting, and a server new to the socket starts disabled; the
+/// read-only fields (`get --json` output can be put back as it is) are
+/// the stored ones.
+fn server_for_put(engine: &Engine, args: &Args<'_>) -> Result<DeliveryServerSpec, AdminError> {
+    let mut fields = args.0.clone();
+    for read_only in SERVER_READ_ONLY {
+        fields.remove(*read_only);
+    }
+    let mut spec = Args(&fields).object::<DeliveryServerSpec>("server")?;
+    let stored = stored_server(engine, &spec.name)?;
+    spec.enabled = spec
+        .enabled
+        .or(stored.as_ref().map(|s| s.enabled.unwrap_or(true)))
+        .or(Some(false));
+    spec.last_test = stored.and_then(|s| s.last_test);
+    Ok(spec)
+}
+
+/// The server as stored (password sealed), if there is one.
+pub fn stored_server(
+    engine: &Engine,
+    name: &str,
+) -> Result<Option<DeliveryServerSpec>, AdminError> {
+    let stored = engine
+        .spool
+        .objects(Kind::Server.name())
+        .map_err(|e| AdminError::internal(format!("reading stored servers: {e}")))?
+        .into_iter()
+        .find(|(n, _)| n == name);
+    stored
+        .map(|(_, json)| {
+            serde_json::from_slice(&json)
+                .map_err(|e| AdminError::internal(format!("stored server `{name}`: {e}")))
+        })
+        .transpose()
+}
+
+/// `server.enable` / `server.disable`: whether groups send through it.
+pub async fn set_enabled(
+    ctx: &Arc<AdminContext>,
+    args: &Args<'_>,
+    enabled: bool,
+) -> Result<Value, AdminError> {
+    let name = args.str("name")?.to_owned();
+    let engine = ctx.engine.clone();
+    blocking(move || {
+        let mut spec = stored_server(&engine, &name)?
+            .ok_or_else(|| AdminError::not_found(format!("no server is called `{name}`")))?;
+        spec.enabled = Some(enabled);
+        apply(&engine, Change::PutServer(spec))?;
+        get(&engine, Kind::Server, &name)
+    })
+    .await
 }
 
 /// `{"domain", "owner"}`: the stored domain when it already has that
@@ -208,21 +325,14 @@ fn delete(engine: &Engine, kind: Kind, name: String) -> Result<Value, AdminError
 
 /// A server a group names cannot go; the error names every such group.
 fn refuse_if_used(engine: &Engine, server: &str) -> Result<(), AdminError> {
-    let snapshot = engine.tenancy.snapshot();
-    let mut users: Vec<&str> = snapshot
-        .groups
-        .values()
-        .filter(|g| {
-            CHANNELS
-                .iter()
-                .any(|c| g.servers_for(c).iter().any(|s| s == server))
-        })
-        .map(|g| g.name.as_str())
-        .collect();
+    let groups = stored_groups(engine)?;
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<String> = allocation(&groups, server, true).into_keys().collect();
     if users.is_empty() {
         return Ok(());
     }
-    users.sort_unstable();
     Err(AdminError::new(
         "in_use",
         format!(

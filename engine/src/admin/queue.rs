@@ -210,6 +210,7 @@ fn row(r: &QueuedRecipient, now: u64) -> Value {
         "status": r.status.name(),
         "attempts": r.attempts,
         "next_attempt": next,
+        "last_reply": r.last_reply,
         "age_seconds": now.saturating_sub(r.meta.received_at_ms) / 1000,
     })
 }
@@ -218,8 +219,10 @@ fn inspect(engine: &Engine, id: u64) -> Result<Value, AdminError> {
     let message = engine
         .spool
         .load(id)
-        .map_err(|e| AdminError::internal(format!("reading the queue: {e}")))?
-        .ok_or_else(|| AdminError::not_found(format!("no message {} is queued", format_id(id))))?;
+        .map_err(|e| AdminError::internal(format!("reading the queue: {e}")))?;
+    let Some(message) = message else {
+        return super::history::departed(engine, id);
+    };
     let filter = QueueFilter {
         id: Some(id),
         ..QueueFilter::default()
@@ -245,6 +248,7 @@ fn inspect(engine: &Engine, id: u64) -> Result<Value, AdminError> {
         "campaign": meta.campaign,
         "route": meta.route,
         "client": meta.client,
+        "in_queue": true,
         "headers": String::from_utf8_lossy(headers),
         "recipients": recipients,
     }))
@@ -363,6 +367,7 @@ fn queued_recipients(job: &crate::deliver::Job) -> Vec<QueuedRecipient> {
             attempts,
             next_attempt_ms: 0,
             status: RecipientStatus::InFlight,
+            last_reply: None,
         })
         .collect()
 }

@@ -8,6 +8,11 @@
 //! delivery client hides these steps behind one `connect`/`send`, so this
 //! is a small dialogue of its own built on the client's reply parser and
 //! the shared `Stream`. The result is stored on the server (`last_test`).
+//!
+//! Two more targets: a definition not saved yet (`server`, what
+//! `sendctl server test --file F.json` sends), and `direct`, the MX path:
+//! the preferred MX host of the `to` address's domain, reached as direct
+//! delivery reaches it. Neither result is stored.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,38 +24,141 @@ use tokio::net::TcpStream;
 
 use super::protocol::{AdminError, Args};
 use super::{AdminContext, blocking};
+use crate::dns::{MxLookup, Resolver};
 use crate::smtp::client::{
     Credentials, Encryption, MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine, tls_handshake,
 };
 use crate::smtp::stream::Stream;
 use crate::tenancy::model::{ServerTest, ServerTestStep};
-use crate::tenancy::{Change, DeliveryServer, DeliveryServerSpec};
+use crate::tenancy::{Change, DIRECT, DeliveryServer, DeliveryServerSpec, SECRET_PLACEHOLDER};
 use crate::timefmt::{now_ms, rfc3339};
 
 pub async fn run(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, AdminError> {
-    let name = args.str("name")?.to_owned();
     let to = args.opt_str("to")?.map(str::to_owned);
     let from = args
         .opt_str("from")?
         .map(str::to_owned)
         .unwrap_or_else(|| format!("postmaster@{}", ctx.engine.hostname));
-    let server = ctx
-        .engine
-        .tenancy
-        .snapshot()
-        .server(&name)
-        .cloned()
-        .ok_or_else(|| AdminError::not_found(format!("no server is called `{name}`")))?;
     let plan = Plan {
         helo: ctx.engine.hostname.clone(),
         from,
         to,
     };
-    let result = test_server(&server, &plan).await;
-    let engine = ctx.engine.clone();
-    let stored = result.clone();
-    blocking(move || store_result(&engine, &name, stored)).await?;
+    let result = match (args.0.get("server"), args.opt_str("name")?) {
+        (Some(_), Some(_)) => {
+            return Err(AdminError::bad_args(
+                "server: give either a server's name or a definition to test, not both",
+            ));
+        }
+        (Some(definition), None) => test_definition(definition, &plan).await?,
+        (None, Some(DIRECT)) => test_direct(ctx, &plan).await?,
+        (None, Some(name)) => {
+            let result = test_stored(ctx, name, &plan).await?;
+            let engine = ctx.engine.clone();
+            let (name, stored) = (name.to_owned(), result.clone());
+            blocking(move || store_result(&engine, &name, stored)).await?;
+            result
+        }
+        (None, None) => {
+            return Err(AdminError::bad_args(
+                "name: missing; give a server's name, `direct`, or a definition (`server`)",
+            ));
+        }
+    };
     serde_json::to_value(&result).map_err(|e| AdminError::internal(e.to_string()))
+}
+
+async fn test_stored(
+    ctx: &Arc<AdminContext>,
+    name: &str,
+    plan: &Plan,
+) -> Result<ServerTest, AdminError> {
+    let server = ctx
+        .engine
+        .tenancy
+        .snapshot()
+        .server(name)
+        .cloned()
+        .ok_or_else(|| AdminError::not_found(format!("no server is called `{name}`")))?;
+    Ok(test_server(&server, plan).await)
+}
+
+/// A definition not saved (yet): checked as `server.put` would, with its
+/// password in clear; the result is not stored anywhere.
+async fn test_definition(definition: &Value, plan: &Plan) -> Result<ServerTest, AdminError> {
+    let spec: DeliveryServerSpec = serde_json::from_value(definition.clone())
+        .map_err(|e| AdminError::bad_args(format!("server: {e}")))?;
+    let password = spec.auth.as_ref().map(|a| a.password.clone());
+    if password.as_deref() == Some(SECRET_PLACEHOLDER) {
+        return Err(AdminError::bad_args(format!(
+            "server: auth.password `{SECRET_PLACEHOLDER}` stands for a stored password; \
+             give the password to test a definition"
+        )));
+    }
+    let server = spec
+        .validate(password)
+        .map_err(|e| AdminError::new("invalid", format!("server `{}`: {e}", spec.name)))?;
+    Ok(test_server(&server, plan).await)
+}
+
+/// The MX path: the recipient domain's preferred MX host, as direct
+/// delivery reaches it (`[direct] port`, opportunistic STARTTLS).
+async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest, AdminError> {
+    let Some(domain) = plan.to.as_deref().and_then(|to| to.rsplit_once('@')) else {
+        return Err(AdminError::bad_args(
+            "to: `server test direct` needs the address to test with (--to ADDR)",
+        ));
+    };
+    let mut server = ctx.engine.router.direct_server(domain.1);
+    let started = Instant::now();
+    let found = mx_address(&ctx.engine.resolver, domain.1).await;
+    let lookup = |ok, reply: String| ServerTestStep {
+        step: "MX lookup".into(),
+        ok,
+        reply,
+        millis: started.elapsed().as_millis() as u64,
+    };
+    let (host, note) = match found {
+        Ok(found) => found,
+        Err(why) => {
+            return Ok(ServerTest {
+                ok: false,
+                time: rfc3339(now_ms()),
+                failed_step: Some("MX lookup".into()),
+                steps: vec![lookup(false, why)],
+            });
+        }
+    };
+    server.host = host;
+    let mut result = test_server(&server, plan).await;
+    result.steps.insert(0, lookup(true, note));
+    Ok(result)
+}
+
+/// The first address of the preferred MX host of `domain`, and what was
+/// found, said for the operator.
+async fn mx_address(resolver: &Resolver, domain: &str) -> Result<(String, String), String> {
+    let hosts = match resolver.mx(domain).await {
+        Ok(MxLookup::Hosts(hosts)) => hosts,
+        Ok(MxLookup::NullMx) => return Err(format!("{domain} accepts no mail (null MX)")),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(first) = hosts.first() else {
+        return Err(format!("{domain} has no MX host"));
+    };
+    let addresses = resolver
+        .addresses(&first.exchange)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(address) = addresses.first() else {
+        return Err(format!("{} has no address", first.exchange));
+    };
+    let kind = if first.implicit {
+        "no MX, the domain's own address".to_owned()
+    } else {
+        format!("MX {} {}", first.preference, first.exchange)
+    };
+    Ok((address.to_string(), format!("{domain}: {kind} ({address})")))
 }
 
 /// Keeps the result on the stored server (its sealed password untouched).
@@ -59,18 +167,10 @@ fn store_result(
     name: &str,
     result: ServerTest,
 ) -> Result<(), AdminError> {
-    let stored = engine
-        .spool
-        .objects("server")
-        .map_err(|e| AdminError::internal(format!("reading stored servers: {e}")))?
-        .into_iter()
-        .find(|(n, _)| n == name);
-    // A server from config.toml only, or deleted meanwhile: nothing to keep it on.
-    let Some((_, json)) = stored else {
+    // A server deleted meanwhile: nothing to keep it on.
+    let Some(mut spec) = super::objects::stored_server(engine, name)? else {
         return Ok(());
     };
-    let mut spec: DeliveryServerSpec = serde_json::from_slice(&json)
-        .map_err(|e| AdminError::internal(format!("stored server `{name}`: {e}")))?;
     spec.last_test = Some(result);
     super::objects::apply(engine, Change::PutServer(spec))
 }

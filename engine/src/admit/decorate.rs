@@ -13,9 +13,18 @@ use crate::values::Reply;
 use super::tenant::Tenant;
 
 /// What the group adds to every message, with the From that `server`
-/// enforces (`enforced_from`, or the user's sender as From).
-pub(super) fn decoration(server: Option<&DeliveryServer>, tenant: &Tenant<'_>) -> Decoration {
+/// enforces (`enforced_from`, or the user's sender as From). A group
+/// without an X-Mailer gets `default_x_mailer` (config.toml's `x_mailer`;
+/// empty adds none).
+pub(super) fn decoration(
+    server: Option<&DeliveryServer>,
+    tenant: &Tenant<'_>,
+    default_x_mailer: &str,
+) -> Decoration {
     let mut decoration = tenant.group.decoration();
+    if decoration.x_mailer.as_deref().is_none_or(str::is_empty) && !default_x_mailer.is_empty() {
+        decoration.x_mailer = Some(default_x_mailer.to_owned());
+    }
     decoration.from = server.and_then(|s| {
         s.enforced_from.clone().or_else(|| {
             s.sender_info_as_from

@@ -117,7 +117,7 @@ fn decide(
         split.kept.len() as u64,
     )?;
     let primary = primary_server(snapshot, tenant.group, channel);
-    let decoration = decorate::decoration(primary, &tenant);
+    let decoration = decorate::decoration(primary, &tenant, &engine.x_mailer);
     let (mail_from, return_path_domain) =
         return_path::return_path(snapshot, primary, &tenant, envelope, from_domain.as_deref());
     let body = decorate::transformed(edited.body, &decoration, envelope)?;

@@ -44,6 +44,9 @@ pub enum ConfigError {
 pub struct Config {
     /// Name used in the SMTP greeting, in EHLO to relays and in Received headers.
     pub hostname: String,
+    /// X-Mailer of mail whose user group sets none (Octeth's "leave empty
+    /// to use the system default"); empty: no X-Mailer is added.
+    pub x_mailer: String,
     pub spool: SpoolSection,
     pub smtp_in: SmtpInSection,
     pub delivery: DeliverySection,
@@ -68,12 +71,20 @@ pub struct Config {
     pub seeds: Seeds,
 }
 
+/// The master key's file name when `[secrets] key_file` is not set: in
+/// the configuration's folder.
+pub const DEFAULT_KEY_FILE: &str = "secret.key";
+
+/// The X-Mailer when neither the group nor the file sets one.
+pub const DEFAULT_X_MAILER: &str = "sendengine";
+
 // ---- the file format (serde) -------------------------------------------------
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     hostname: Option<String>,
+    x_mailer: Option<String>,
     spool: RawSpool,
     smtp_in: RawSmtpIn,
     #[serde(default)]
@@ -252,7 +263,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|e| match e {
+        let mut config = Config::parse(&text).map_err(|e| match e {
             ParseFailure::Syntax(message) => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -261,7 +272,13 @@ impl Config {
                 path: path.to_owned(),
                 message,
             },
-        })
+        })?;
+        if !config.secrets.key_file_set
+            && let Some(dir) = path.parent()
+        {
+            config.secrets.key_file = dir.join(DEFAULT_KEY_FILE);
+        }
+        Ok(config)
     }
 
     pub fn parse(text: &str) -> Result<Config, ParseFailure> {
@@ -315,10 +332,13 @@ impl RawConfig {
             tenant_labels: self.metrics.tenant_labels.unwrap_or(false),
         };
         let key_file_set = self.secrets.key_file.is_some();
+        // Beside the configuration (`load` puts it in the file's folder),
+        // not in the spool: a spool backup must not carry the key that
+        // opens the secrets stored in it.
         let key_file = self
             .secrets
             .key_file
-            .unwrap_or_else(|| spool.dir.join("secret.key"));
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
         if let Some(filter) = &self.log.filter {
             keyed("log.filter", crate::logging::Filter::parse(filter))?;
         }
@@ -330,6 +350,7 @@ impl RawConfig {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
             hostname,
+            x_mailer: self.x_mailer.unwrap_or_else(|| DEFAULT_X_MAILER.into()),
             spool,
             smtp_in,
             delivery,

@@ -9,7 +9,9 @@ use super::IpNetwork;
 
 #[derive(Debug, Clone)]
 pub struct SecretsSection {
-    /// The master key (created on first start); default `<spool dir>/secret.key`.
+    /// The master key (created on first start); default `secret.key` in
+    /// the configuration file's folder (older versions kept it in the
+    /// spool directory: see `secrets::choose_key_file`).
     pub key_file: PathBuf,
     /// `key_file` was set in the file; if not, a systemd credential
     /// (`$CREDENTIALS_DIRECTORY/secret.key`) takes precedence over the default.

@@ -140,6 +140,7 @@ impl Recorder {
                     rcpt,
                     next_attempt_ms: (now + retry.delay(attempt).as_millis() as u64)
                         .min(expires_at),
+                    reply: reply_line(&reply),
                 },
                 _ => Outcome::Done { id: msg.id, rcpt },
             });

@@ -77,8 +77,10 @@ pub struct Tenancy {
     pub dkim: HashMap<String, dkim::DkimDomain>,
     /// Signers and DNS records by domain, built from `dkim`.
     pub signing: HashMap<String, dkim::DomainSigning>,
-    /// Only when no group is declared: every server, no limits. Once a
-    /// group exists this is `None`, and a server no group lists is unused.
+    /// Only when no group is declared: every enabled server, no limits.
+    /// Once a group exists this is `None`, and a server no group lists is
+    /// unused. The groups here list only enabled servers (the stored ones
+    /// keep every allocation, see `allocation`).
     single_tenant_group: Option<Arc<UserGroup>>,
 }
 
@@ -190,11 +192,18 @@ impl TenancyStore {
 
     /// Seeds in dependency order: a group names servers, a user a group.
     fn apply_seeds(&self, seeds: &Seeds) -> Result<(), TenancyError> {
+        let stored = self.snapshot();
         let changes = seeds
             .servers
             .iter()
             .cloned()
-            .map(Change::PutServer)
+            .map(|mut server| {
+                // The file enables what it declares, unless an operator
+                // has disabled the server since (`server disable`).
+                let was = stored.server(&server.name).map(|s| s.enabled);
+                server.enabled = server.enabled.or(was).or(Some(true));
+                Change::PutServer(server)
+            })
             .chain(seeds.templates.iter().cloned().map(Change::PutTemplate))
             .chain(seeds.groups.iter().cloned().map(Change::PutGroup))
             .chain(seeds.users.iter().cloned().map(Change::PutUser));
@@ -499,6 +508,11 @@ impl TenancyStore {
             servers.push(Arc::new(server));
         }
         let names: Vec<&String> = objects.servers.keys().collect();
+        let enabled: Vec<String> = servers
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| s.name.clone())
+            .collect();
         let mut tenancy = Tenancy {
             servers,
             ..Tenancy::default()
@@ -516,11 +530,11 @@ impl TenancyStore {
                     format!("dns_template: no template is called `{t}`"),
                 ));
             }
-            tenancy.groups.insert(name.clone(), Arc::new(group.clone()));
+            let routed = group.with_servers_only(|s| s == DIRECT || enabled.iter().any(|e| e == s));
+            tenancy.groups.insert(name.clone(), Arc::new(routed));
         }
         if tenancy.groups.is_empty() {
-            let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            tenancy.single_tenant_group = Some(Arc::new(UserGroup::single_tenant(&all)));
+            tenancy.single_tenant_group = Some(Arc::new(UserGroup::single_tenant(&enabled)));
         }
         for (name, user) in &objects.users {
             user.validate()
@@ -600,7 +614,8 @@ pub fn missing_group<G>(user: &User, groups: &BTreeMap<String, G>) -> Option<Str
     }
 }
 
-/// A user may own at most its group's `sender_domains_limit` domains.
+/// A user may own at most its group's `sender_domains_limit` domains;
+/// 0 means no limit (as in Octeth).
 fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), TenancyError> {
     let mut owned: HashMap<&str, u32> = HashMap::new();
     for domain in objects.domains.values() {
@@ -612,7 +627,7 @@ fn check_domain_limits(objects: &Objects, tenancy: &Tenancy) -> Result<(), Tenan
             .map_or(("(none)", model::DEFAULT_SENDER_DOMAINS_LIMIT), |g| {
                 (g.name.as_str(), g.sender_domains_limit)
             });
-        if count > limit {
+        if limit != 0 && count > limit {
             return Err(TenancyError::Invalid {
                 kind: DOMAIN,
                 name: owner.to_owned(),

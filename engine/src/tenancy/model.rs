@@ -50,6 +50,12 @@ pub struct DeliveryServerSpec {
     pub sender_info_as_mfrom: bool,
     #[serde(default)]
     pub sender_info_as_from: bool,
+    /// Whether groups send through it. Left out: enabled for a server in
+    /// config.toml (and for one stored before this switch existed),
+    /// disabled for one added through the admin socket, so an untested
+    /// relay gets no mail until an operator enables it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// The result of the last `server test` (set by the admin socket).
     #[serde(default)]
     pub last_test: Option<ServerTest>,
@@ -164,6 +170,8 @@ pub struct DeliveryServer {
     pub link_tracking_domain: Option<String>,
     /// Host (and port) of the open pixel, lowercase.
     pub open_tracking_domain: Option<String>,
+    /// A disabled server stays configured (and testable) but carries no mail.
+    pub enabled: bool,
 }
 
 fn positive(key: &str, value: Option<usize>, default: usize) -> Result<usize, String> {
@@ -251,6 +259,7 @@ impl DeliveryServerSpec {
                 "open_tracking_domain",
                 self.open_tracking_domain.as_deref(),
             )?,
+            enabled: self.enabled.unwrap_or(true),
         })
     }
 }
@@ -305,6 +314,7 @@ pub struct UserGroup {
     pub lifetime_limit: u64,
     #[serde(default)]
     pub sender_domain_management: bool,
+    /// Sender domains each user may own; 0 = unlimited (Octeth's meaning).
     #[serde(default = "default_domains_limit")]
     pub sender_domains_limit: u32,
     /// A shared domain users may send from before verifying their own.
@@ -374,6 +384,18 @@ impl UserGroup {
             x_mailer: None,
             link_tracking: true,
             open_tracking: true,
+        }
+    }
+
+    /// This group with each channel's list cut to the servers `keep`
+    /// takes (the enabled ones): what routing uses.
+    pub fn with_servers_only(&self, keep: impl Fn(&str) -> bool) -> UserGroup {
+        let cut = |list: &[String]| list.iter().filter(|s| keep(s)).cloned().collect();
+        UserGroup {
+            marketing: cut(&self.marketing),
+            transactional: cut(&self.transactional),
+            autoresponder: cut(&self.autoresponder),
+            ..self.clone()
         }
     }
 

@@ -13,6 +13,8 @@
 //!   (with its body) when a range lookup finds no row left for it; a counter in
 //!   the envelope would instead rewrite the whole envelope on every `Done`.
 //! - `schedule`: (due ms, id, rcpt) -> (): the retry index in due order.
+//! - `last_replies`: (id, rcpt) -> the reply of the recipient's last
+//!   deferred attempt, for `queue list`; gone with the recipient row.
 //! - `counters`: name -> u64; holds the message id high-water mark.
 //! - `suppressions`: (tenant, lowercase address) -> (time ms, reason, source);
 //!   tenant "" is the global list (see `suppress.rs`).
@@ -57,6 +59,10 @@ const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 const RECIPIENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("recipients");
 const SCHEDULE: TableDefinition<(u64, u64, u32), ()> = TableDefinition::new("schedule");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const LAST_REPLIES: TableDefinition<(u64, u32), &str> = TableDefinition::new("last_replies");
+
+/// Longest last reply kept per recipient (an SMTP reply can be long).
+pub const MAX_LAST_REPLY_BYTES: usize = 512;
 
 /// (quota name, window kind, bucket) -> count; see `quota.rs`.
 const USAGE: TableDefinition<(&str, u8, u32), u64> = TableDefinition::new("usage");
@@ -77,6 +83,7 @@ pub(crate) struct WriteTables<'txn> {
     bodies: Table<'txn, u64, &'static [u8]>,
     recipients: Table<'txn, (u64, u32), &'static [u8]>,
     schedule: Table<'txn, (u64, u64, u32), ()>,
+    last_replies: Table<'txn, (u64, u32), &'static str>,
     counters: Table<'txn, &'static str, u64>,
     usage: Table<'txn, (&'static str, u8, u32), u64>,
     objects: Table<'txn, (&'static str, &'static str), &'static [u8]>,
@@ -94,6 +101,7 @@ impl<'txn> WriteTables<'txn> {
             bodies: txn.open_table(BODIES)?,
             recipients: txn.open_table(RECIPIENTS)?,
             schedule: txn.open_table(SCHEDULE)?,
+            last_replies: txn.open_table(LAST_REPLIES)?,
             counters: txn.open_table(COUNTERS)?,
             usage: txn.open_table(USAGE)?,
             objects: txn.open_table(OBJECTS)?,

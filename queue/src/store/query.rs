@@ -8,8 +8,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
 use super::{
-    BODIES, COUNTERS, MESSAGES, OBJECTS, QUARANTINED_COUNTER, RECIPIENTS, SCHEDULE, SUPPRESSIONS,
-    USAGE, open_if_created,
+    BODIES, COUNTERS, LAST_REPLIES, MESSAGES, OBJECTS, QUARANTINED_COUNTER, RECIPIENTS, SCHEDULE,
+    SUPPRESSIONS, USAGE, open_if_created,
 };
 use crate::codec::{DecodeError, Envelope, RecipientState, decode_envelope};
 use crate::error::SpoolError;
@@ -207,6 +207,7 @@ pub(crate) fn queue_page(
     let txn = db.begin_read()?;
     let recipients = txn.open_table(RECIPIENTS)?;
     let messages = txn.open_table(MESSAGES)?;
+    let last_replies = open_if_created(&txn, LAST_REPLIES)?;
     let rows = match from {
         Some((id, rcpt)) => recipients.range((id, rcpt)..)?,
         None => recipients.range::<(u64, u32)>(..)?,
@@ -258,9 +259,14 @@ pub(crate) fn queue_page(
                 continue;
             }
         };
+        let last_reply = match &last_replies {
+            Some(table) => table.get((id, rcpt))?.map(|r| r.value().to_owned()),
+            None => None,
+        };
         page.recipients.push(QueuedRecipient {
             id,
             rcpt,
+            last_reply,
             address: address.to_owned(),
             mail_from: env.mail_from.clone(),
             meta: env.meta.clone(),

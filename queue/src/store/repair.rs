@@ -30,6 +30,7 @@ impl WriteTables<'_> {
             self.quarantine
                 .put(RECIPIENTS_TABLE, key, now_ms, &row.reason, &row.value)?;
             self.recipients.remove(key)?;
+            self.last_replies.remove(key)?;
         }
         self.schedule
             .retain(|(_, id, rcpt), ()| !keys.contains(&(id, rcpt)))?;

@@ -166,7 +166,14 @@ impl WriteTables<'_> {
                 id,
                 rcpt,
                 next_attempt_ms,
-            } => self.reschedule(id, rcpt, next_attempt_ms, true),
+                ref reply,
+            } => {
+                if self.reschedule(id, rcpt, next_attempt_ms, true)? && !reply.is_empty() {
+                    let kept = cut_at_char(reply, super::MAX_LAST_REPLY_BYTES);
+                    self.last_replies.insert((id, rcpt), kept)?;
+                }
+                Ok(())
+            }
             Outcome::Release { id, rcpt } => self.release(id, rcpt, now_ms),
         }
     }
@@ -341,7 +348,7 @@ impl WriteTables<'_> {
     /// lease that ran out) must not undo a suspend or a recorded retry.
     fn release(&mut self, id: MessageId, rcpt: u32, now_ms: u64) -> Result<(), SpoolError> {
         match self.recipient(id, rcpt)? {
-            Some(state) if state.claimed => self.reschedule(id, rcpt, now_ms, false),
+            Some(state) if state.claimed => self.reschedule(id, rcpt, now_ms, false).map(drop),
             _ => Ok(()),
         }
     }
@@ -352,6 +359,7 @@ impl WriteTables<'_> {
         };
         self.unschedule(id, rcpt, &state)?;
         self.recipients.remove((id, rcpt))?;
+        self.last_replies.remove((id, rcpt))?;
         if !self.has_recipients(id)? {
             self.messages.remove(id)?;
             self.bodies.remove(id)?;
@@ -359,15 +367,17 @@ impl WriteTables<'_> {
         Ok(())
     }
 
+    /// Schedules the recipient at `due_ms`; false when it is no longer
+    /// in the spool.
     fn reschedule(
         &mut self,
         id: MessageId,
         rcpt: u32,
         due_ms: u64,
         count_attempt: bool,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<bool, SpoolError> {
         let Some(mut state) = self.recipient(id, rcpt)? else {
-            return Ok(());
+            return Ok(false);
         };
         self.unschedule(id, rcpt, &state)?;
         if count_attempt {
@@ -377,7 +387,7 @@ impl WriteTables<'_> {
         state.next_attempt_ms = due_ms;
         self.put_recipient(id, rcpt, &state)?;
         self.schedule.insert((due_ms, id, rcpt), ())?;
-        Ok(())
+        Ok(true)
     }
 
     /// Drops the schedule entry of a recipient that has one (is not claimed),
@@ -436,4 +446,14 @@ impl WriteTables<'_> {
             .next()
             .is_some())
     }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary.
+fn cut_at_char(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

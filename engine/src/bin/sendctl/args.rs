@@ -1,35 +1,42 @@
 //! The command line: words and flags into one admin request.
 //!
-//! Every command takes a known set of flags: the daemon's own list of
-//! argument fields (`sendengine::admin::commands`) for the commands that
-//! pass flags through, and the object fields for `put`. A flag outside
-//! that set, a flag without its value, or a flag given twice is a usage
-//! error naming the flag (and the nearest valid one), never something to
-//! ignore: `queue suspend --campain x` must not suspend the whole queue.
+//! The words name a command of the daemon's table
+//! (`sendengine::admin::commands::COMMANDS`: `queue list` is `queue.list`),
+//! the word after them fills the command's operand (`NAME`, `ID`, ...),
+//! and each command takes a known set of flags: the table's argument
+//! fields, or for `put` the object's fields (`admin::object_fields`). A
+//! flag outside that set, a flag without its value, or a flag given twice
+//! is a usage error naming the flag (and the nearest valid one), never
+//! something to ignore: `queue suspend --campain x` must not suspend the
+//! whole queue. An unknown command is named with the nearest one.
 
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
 
-use sendengine::admin::commands::{ArgFields, arg_fields, nearest};
+use sendengine::admin::commands::{ArgFields, COMMANDS, CommandInfo, Takes, arg_fields, nearest};
+use sendengine::admin::object_fields::{FieldKind, field_value, put_fields};
 use serde_json::{Map, Value, json};
 
-/// Largest object file or stdin read for `put`.
+use crate::config_socket::SocketChoice;
+
+/// Largest object file or stdin read for `put` and `server test --file`.
 const MAX_OBJECT_BYTES: u64 = 1024 * 1024;
-const DEFAULT_SOCKET: &str = "var/admin.sock";
 
 /// Flags every command takes.
-const GLOBAL_FLAGS: &[&str] = &["socket", "json", "help"];
+pub const GLOBAL_FLAGS: &[&str] = &["socket", "config", "json", "help"];
 /// Flags that take no value.
 const SWITCHES: &[&str] = &["json", "help", "all"];
 /// Flags that must be numbers.
-const NUMERIC_FLAGS: &[&str] = &["limit", "port", "max_connections"];
+const NUMERIC_FLAGS: &[&str] = &["limit"];
+/// Fields sendctl fills from a file named by a flag: (field, flag).
+const FILE_FIELDS: &[(&str, &str)] = &[("private_key", "pem_file"), ("server", "file")];
 
-/// A usage error: the message goes to stderr with the usage, exit 2.
+/// A usage error: the message goes to stderr with a pointer to the help,
+/// exit 2.
 pub struct Usage(pub String);
 
 /// What the command line asks for.
 pub struct Invocation {
-    pub socket: PathBuf,
+    pub socket: SocketChoice,
     pub json: bool,
     pub command: Command,
 }
@@ -42,6 +49,9 @@ pub enum Command {
     },
     /// `bounce parse FILE...`: no daemon needed.
     BounceParse { files: Vec<String> },
+    /// `help [WORDS]`, `--help`, `-h`: the usage, for the commands that
+    /// start with the words.
+    Help { topic: Vec<String> },
 }
 
 /// A flag as given: its name in field form (`older_than`), the spelling
@@ -54,25 +64,31 @@ struct Flag {
 
 pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
     let (words, flags) = split(argv);
-    if flags.iter().any(|f| f.name == "help") {
-        return Err(Usage("help".into()));
+    if flags.iter().any(|f| f.name == "help") || words.first().is_some_and(|w| w == "help") {
+        let skip = usize::from(words.first().is_some_and(|w| w == "help"));
+        return Ok(Invocation {
+            socket: SocketChoice::default(),
+            json: false,
+            command: Command::Help {
+                topic: words[skip..].to_vec(),
+            },
+        });
     }
-    let (command, positional) = command_for(&words)?;
-    let allowed = allowed_flags(&command, &positional);
-    check_flags(&command, &flags, &allowed)?;
-    let mut socket = std::env::var_os("SENDENGINE_SOCKET")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let (spec, positional) = command_for(&words)?;
+    let allowed = allowed_flags(&spec);
+    check_flags(&spec, &flags, &allowed)?;
+    let mut socket = SocketChoice::default();
     let mut json = false;
     let mut fields = Vec::new();
     for flag in flags {
         match flag.name.as_str() {
             "json" => json = true,
-            "socket" => socket = PathBuf::from(flag.value.unwrap_or_default()),
+            "socket" => socket.socket = flag.value,
+            "config" => socket.config = flag.value,
             _ => fields.push(flag),
         }
     }
-    let command = match command {
+    let command = match spec {
         Spec::BounceParse => {
             let files: Vec<String> = words[2..].to_vec();
             if files.is_empty() {
@@ -82,29 +98,65 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
             }
             Command::BounceParse { files }
         }
-        Spec::Put(cmd) => {
-            let args = object_for_put(&cmd, fields)?;
-            Command::Remote { cmd, args }
-        }
-        Spec::Request(cmd) => {
-            let mut args = positional;
-            for flag in fields {
-                args.insert(flag.name.clone(), flag_value(&flag.name, flag.value)?);
+        Spec::Put(info) => {
+            let args = object_for_put(info.cmd, fields)?;
+            Command::Remote {
+                cmd: info.cmd.into(),
+                args,
             }
-            // The key travels as PEM text: the daemon may not be able to read the file.
-            if let Some(Value::String(path)) = args.remove("pem_file") {
-                let pem = std::fs::read_to_string(&path)
-                    .map_err(|e| Usage(format!("--pem-file {path}: {e}")))?;
-                args.insert("private_key".into(), Value::String(pem));
-            }
-            Command::Remote { cmd, args }
         }
+        Spec::Request(info) => Command::Remote {
+            cmd: info.cmd.into(),
+            args: request_args(info, positional, fields)?,
+        },
     };
     Ok(Invocation {
         socket,
         json,
         command,
     })
+}
+
+/// The operand and the flags as the request's fields; files named by a
+/// flag are read here, since the daemon may not be able to read them.
+fn request_args(
+    info: &CommandInfo,
+    mut args: Map<String, Value>,
+    fields: Vec<Flag>,
+) -> Result<Map<String, Value>, Usage> {
+    for flag in fields {
+        let file_field = FILE_FIELDS.iter().find(|(_, f)| *f == flag.name);
+        if file_field.is_none() {
+            let value = flag_value(&flag.name, flag.value)?;
+            args.insert(flag.name, value);
+            continue;
+        }
+        let value = flag.value.unwrap_or_default();
+        match file_field {
+            Some(("private_key", _)) => {
+                let pem = std::fs::read_to_string(&value)
+                    .map_err(|e| Usage(format!("{} {value}: {e}", flag.typed)))?;
+                args.insert("private_key".into(), Value::String(pem));
+            }
+            Some((field, _)) => {
+                let object = read_object(&value)?;
+                args.insert((*field).into(), Value::Object(object));
+            }
+            None => {}
+        }
+    }
+    let missing = info
+        .operand
+        .filter(|o| !o.optional && !args.contains_key(o.field));
+    if let Some(operand) = missing {
+        return Err(Usage(format!(
+            "give the {}: sendctl {} {}",
+            operand.shown,
+            words_of(info.cmd),
+            operand.shown
+        )));
+    }
+    Ok(args)
 }
 
 /// Positional words and flags, in order. `--flag=value` and `--flag value`
@@ -136,116 +188,108 @@ fn split(argv: &[String]) -> (Vec<String>, Vec<Flag>) {
 
 /// What kind of command the words name.
 enum Spec {
-    Request(String),
-    Put(String),
+    Request(&'static CommandInfo),
+    Put(&'static CommandInfo),
     BounceParse,
 }
 
-/// The command the positional words name and the arguments they carry
-/// (the NAME / DOMAIN / ADDRESS / ID word).
-fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
-    let word = |i: usize| words.get(i).map(String::as_str);
-    let keyed = |field: &str| -> Result<Map<String, Value>, Usage> {
-        let n = word(2)
-            .ok_or_else(|| Usage(format!("give the {field}: {} {} NAME", words[0], words[1])))?;
-        if let Some(extra) = words.get(3) {
-            return Err(Usage(format!("unexpected argument `{extra}`")));
-        }
-        let mut m = Map::new();
-        m.insert(field.into(), Value::String(n.into()));
-        Ok(m)
-    };
-    let bare = |cmd: String| -> Result<(Spec, Map<String, Value>), Usage> {
-        match words.get(cmd.split('.').count()) {
-            Some(w) => Err(Usage(format!("unexpected argument `{w}`"))),
-            None => Ok((Spec::Request(cmd), Map::new())),
-        }
-    };
-    let noun = word(0).ok_or_else(|| Usage("give a command".into()))?;
-    let request = |verb: &str, field: &str| -> Result<(Spec, Map<String, Value>), Usage> {
-        Ok((Spec::Request(format!("{noun}.{verb}")), keyed(field)?))
-    };
-    match (noun, word(1)) {
-        ("status" | "hello", _) => bare(noun.to_owned()),
-        ("bounce", Some("parse")) => Ok((Spec::BounceParse, Map::new())),
-        (
-            "server" | "group" | "user" | "template" | "domain" | "dkim" | "suppression",
-            Some("list"),
-        ) => bare(format!("{noun}.list")),
-        ("domain", Some(verb @ ("get" | "delete" | "verify" | "records" | "put"))) => {
-            request(verb, "domain")
-        }
-        ("server" | "group" | "user" | "template", Some(verb @ ("get" | "delete"))) => {
-            request(verb, "name")
-        }
-        ("server", Some("test")) => request("test", "name"),
-        ("user", Some("usage")) => request("usage", "name"),
-        ("server" | "group" | "user" | "template", Some("put")) => match words.get(2) {
-            Some(w) => Err(Usage(format!("unexpected argument `{w}`"))),
-            None => Ok((Spec::Put(format!("{noun}.put")), Map::new())),
-        },
-        ("dkim", Some(verb @ ("get" | "generate" | "import" | "activate" | "retire"))) => {
-            request(verb, "domain")
-        }
-        ("suppression", Some(verb @ ("add" | "remove" | "check"))) => request(verb, "address"),
-        ("queue", Some("inspect")) => request("inspect", "id"),
-        ("fleet", Some("status")) => bare("fleet.status".into()),
-        ("fleet", Some("queue")) => match word(2) {
-            Some(verb @ ("suspend" | "resume" | "bounce" | "delete")) => {
-                bare(format!("fleet.queue.{verb}"))
-            }
-            _ => Err(Usage(
-                "give the action: sendctl fleet queue suspend|resume|bounce|delete \
-                 --campaign C and/or --tenant T"
-                    .into(),
-            )),
-        },
-        (
-            "queue",
-            Some(
-                verb @ ("summary" | "list" | "flush" | "suspend" | "resume" | "delete" | "bounce"),
-            ),
-        ) => bare(format!("queue.{verb}")),
-        (noun, verb) => Err(Usage(format!(
-            "unknown command `{noun}{}`",
-            verb.map(|v| format!(" {v}")).unwrap_or_default()
-        ))),
-    }
+/// `queue.list` as typed: `queue list`.
+pub fn words_of(cmd: &str) -> String {
+    cmd.replace('.', " ")
 }
 
-/// The object fields `put` takes as flags (besides `--file`).
-fn put_flags(cmd: &str) -> &'static [&'static str] {
-    match cmd {
-        "server.put" => &[
-            "name",
-            "host",
-            "port",
-            "encryption",
-            "username",
-            "password",
-            "max_connections",
-        ],
-        "group.put" => &["name", "servers"],
-        "user.put" => &["name", "group", "password", "sender_email"],
-        _ => &[],
+/// The command the words name (the longest one of the table they start
+/// with) and its operand, from the word after it.
+fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
+    if words.is_empty() {
+        return Err(Usage("give a command".into()));
     }
+    if words.len() >= 2 && words[0] == "bounce" && words[1] == "parse" {
+        return Ok((Spec::BounceParse, Map::new()));
+    }
+    let named = COMMANDS
+        .iter()
+        .filter(|c| {
+            let parts: Vec<&str> = c.cmd.split('.').collect();
+            words.len() >= parts.len() && parts.iter().zip(words).all(|(p, w)| p == w)
+        })
+        .max_by_key(|c| c.cmd.split('.').count());
+    let Some(info) = named else {
+        return Err(Usage(unknown_command(words)));
+    };
+    let rest = &words[info.cmd.split('.').count()..];
+    let mut positional = Map::new();
+    let mut rest = rest.iter();
+    if let (Some(operand), Some(word)) = (info.operand, rest.clone().next()) {
+        positional.insert(operand.field.into(), Value::String(word.clone()));
+        rest.next();
+    }
+    if let Some(extra) = rest.next() {
+        return Err(Usage(format!(
+            "unexpected argument `{extra}` for `{}`",
+            words_of(info.cmd)
+        )));
+    }
+    let spec = match info.takes {
+        Takes::Object => Spec::Put(info),
+        _ => Spec::Request(info),
+    };
+    Ok((spec, positional))
+}
+
+/// "unknown command", with the nearest command and what the known
+/// leading words take.
+fn unknown_command(words: &[String]) -> String {
+    let all: Vec<String> = COMMANDS
+        .iter()
+        .map(|c| words_of(c.cmd))
+        .chain(["bounce parse".to_owned()])
+        .collect();
+    let candidates: Vec<&str> = all.iter().map(String::as_str).collect();
+    // As many words as the candidate commands have, at most three.
+    let typed = words[..words.len().min(3)].join(" ");
+    let typed_short = words[..words.len().min(2)].join(" ");
+    let hint = nearest(&typed, &candidates)
+        .or_else(|| nearest(&typed_short, &candidates))
+        .map(|n| format!("; did you mean `{n}`?"))
+        .unwrap_or_default();
+    let mut message = format!("unknown command `{typed}`{hint}");
+    // The longest known prefix of the words, and the words that may follow it.
+    for depth in (1..=words.len().min(2)).rev() {
+        let prefix = words[..depth].join(" ");
+        let next: Vec<&str> = all
+            .iter()
+            .filter_map(|c| c.strip_prefix(&format!("{prefix} ")))
+            .map(|rest| rest.split(' ').next().unwrap_or(rest))
+            .collect();
+        if !next.is_empty() {
+            let mut next = next;
+            next.dedup();
+            message.push_str(&format!(" (`{prefix}` takes {})", next.join("|")));
+            break;
+        }
+    }
+    message
 }
 
 /// Every flag the command takes, in field form.
-fn allowed_flags(spec: &Spec, positional: &Map<String, Value>) -> Vec<&'static str> {
+fn allowed_flags(spec: &Spec) -> Vec<&'static str> {
     let mut allowed = GLOBAL_FLAGS.to_vec();
     match spec {
         Spec::BounceParse => {}
-        Spec::Put(cmd) => {
+        Spec::Put(info) => {
             allowed.push("file");
-            allowed.extend_from_slice(put_flags(cmd));
+            allowed.extend(put_fields(info.cmd).iter().map(|(f, _)| *f));
         }
-        Spec::Request(cmd) => {
-            if let Some(ArgFields::Fields(fields)) = arg_fields(cmd) {
-                let flags = fields
-                    .into_iter()
-                    .filter(|f| !positional.contains_key(*f))
-                    .map(|f| if f == "private_key" { "pem_file" } else { f });
+        Spec::Request(info) => {
+            if let Some(ArgFields::Fields(fields)) = arg_fields(info.cmd) {
+                let operand = info.operand.map(|o| o.field);
+                let flags = fields.into_iter().filter(|f| Some(*f) != operand).map(|f| {
+                    FILE_FIELDS
+                        .iter()
+                        .find(|(field, _)| *field == f)
+                        .map_or(f, |(_, flag)| flag)
+                });
                 allowed.extend(flags);
             }
         }
@@ -253,14 +297,14 @@ fn allowed_flags(spec: &Spec, positional: &Map<String, Value>) -> Vec<&'static s
     allowed
 }
 
-fn flag_spelling(field: &str) -> String {
+pub fn flag_spelling(field: &str) -> String {
     format!("--{}", field.replace('_', "-"))
 }
 
 /// Refuses unknown, repeated and value-less flags, naming them.
 fn check_flags(spec: &Spec, flags: &[Flag], allowed: &[&str]) -> Result<(), Usage> {
     let command = match spec {
-        Spec::Request(cmd) | Spec::Put(cmd) => cmd.replace('.', " "),
+        Spec::Request(info) | Spec::Put(info) => words_of(info.cmd),
         Spec::BounceParse => "bounce parse".into(),
     };
     for (i, flag) in flags.iter().enumerate() {
@@ -316,63 +360,68 @@ fn flag_value(flag: &str, v: Option<String>) -> Result<Value, Usage> {
 fn object_for_put(cmd: &str, flags: Vec<Flag>) -> Result<Map<String, Value>, Usage> {
     let (file, fields): (Vec<Flag>, Vec<Flag>) = flags.into_iter().partition(|f| f.name == "file");
     let file = file.into_iter().next().and_then(|f| f.value);
-    let text = match file {
-        Some(path) if path == "-" => Some(read_limited(std::io::stdin(), "stdin")?),
-        Some(path) => {
-            let f = std::fs::File::open(&path).map_err(|e| Usage(format!("--file {path}: {e}")))?;
-            Some(read_limited(f, &path)?)
-        }
-        None if fields.is_empty() && !std::io::stdin().is_terminal() => {
-            Some(read_limited(std::io::stdin(), "stdin")?)
-        }
-        None => None,
-    };
-    let mut object = match text {
-        Some(text) => match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(o)) => o,
-            Ok(_) => return Err(Usage("the object must be a JSON object".into())),
-            Err(e) => return Err(Usage(format!("the object is not valid JSON: {e}"))),
-        },
+    let mut object = match file {
+        Some(path) => read_object(&path)?,
+        None if fields.is_empty() && !std::io::stdin().is_terminal() => read_object("-")?,
         None => Map::new(),
     };
     for flag in fields {
-        set_field(cmd, &mut object, &flag.name, flag.value.unwrap_or_default())?;
+        set_field(
+            cmd,
+            &mut object,
+            &flag.name,
+            &flag.value.unwrap_or_default(),
+        )?;
     }
     if object.is_empty() {
         return Err(Usage(format!(
-            "`{cmd}` needs an object: --file F.json, stdin, or flags"
+            "`{}` needs an object: --file F.json, stdin, or flags (sendctl help {})",
+            words_of(cmd),
+            words_of(cmd)
         )));
     }
     Ok(object)
 }
 
-fn set_field(
-    cmd: &str,
-    object: &mut Map<String, Value>,
-    flag: &str,
-    v: String,
-) -> Result<(), Usage> {
+fn set_field(cmd: &str, object: &mut Map<String, Value>, flag: &str, v: &str) -> Result<(), Usage> {
+    let kind = put_fields(cmd)
+        .iter()
+        .find(|(f, _)| *f == flag)
+        .map_or(FieldKind::Text, |(_, k)| *k);
+    let value = field_value(kind, v).map_err(|e| Usage(format!("{}: {e}", flag_spelling(flag))))?;
     match (cmd, flag) {
         ("server.put", "username" | "password") => {
             let auth = object.entry("auth").or_insert_with(|| json!({}));
             if let Value::Object(auth) = auth {
-                auth.insert(flag.into(), Value::String(v));
+                auth.insert(flag.into(), value);
             }
         }
         ("group.put", "servers") => {
-            let list: Vec<Value> = v
-                .split(',')
-                .map(|s| Value::String(s.trim().into()))
-                .collect();
             for channel in ["marketing", "transactional", "autoresponder"] {
-                object.insert(channel.into(), Value::Array(list.clone()));
+                object.insert(channel.into(), value.clone());
             }
         }
         _ => {
-            object.insert(flag.into(), flag_value(flag, Some(v))?);
+            object.insert(flag.into(), value);
         }
     }
     Ok(())
+}
+
+/// A JSON object from a file, or from stdin for `-`.
+fn read_object(path: &str) -> Result<Map<String, Value>, Usage> {
+    let text = match path {
+        "-" => read_limited(std::io::stdin(), "stdin")?,
+        path => {
+            let f = std::fs::File::open(path).map_err(|e| Usage(format!("--file {path}: {e}")))?;
+            read_limited(f, path)?
+        }
+    };
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(o)) => Ok(o),
+        Ok(_) => Err(Usage(format!("{path}: the object must be a JSON object"))),
+        Err(e) => Err(Usage(format!("{path}: not valid JSON: {e}"))),
+    }
 }
 
 fn read_limited(source: impl Read, what: &str) -> Result<String, Usage> {
@@ -388,97 +437,5 @@ fn read_limited(source: impl Read, what: &str) -> Result<String, Usage> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn usage(line: &str) -> String {
-        let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-        match parse(&argv) {
-            Ok(_) => panic!("`{line}` parsed"),
-            Err(Usage(message)) => message,
-        }
-    }
-
-    fn request(line: &str) -> (String, Map<String, Value>) {
-        let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-        match parse(&argv).map(|i| i.command) {
-            Ok(Command::Remote { cmd, args }) => (cmd, args),
-            Ok(Command::BounceParse { .. }) => panic!("`{line}`: bounce parse"),
-            Err(Usage(m)) => panic!("`{line}`: {m}"),
-        }
-    }
-
-    #[test]
-    fn unknown_and_valueless_flags_are_usage_errors() {
-        let m = usage("queue suspend --campain x");
-        assert!(
-            m.contains("--campain") && m.contains("did you mean --campaign?"),
-            "{m}"
-        );
-        let m = usage("queue list --tenent x");
-        assert!(m.contains("did you mean --tenant?"), "{m}");
-        let m = usage("queue suspend --campaign");
-        assert_eq!(m, "--campaign needs a value");
-        let m = usage("queue suspend --campaign --tenant t");
-        assert_eq!(m, "--campaign needs a value");
-        let m = usage("queue suspend --campaign a --campaign b");
-        assert!(m.contains("given twice"), "{m}");
-        let m = usage("status --verbose");
-        assert!(m.contains("takes no flags"), "{m}");
-        let m = usage("server get x --host h");
-        assert!(m.contains("unknown flag --host"), "{m}");
-        let m = usage("bounce parse f.eml --jsn");
-        assert!(m.contains("did you mean --json?"), "{m}");
-        let m = usage("queue delete --all=yes");
-        assert!(m.contains("takes no value"), "{m}");
-        let m = usage("fleet queue suspend --campain x");
-        assert!(m.contains("did you mean --campaign?"), "{m}");
-        let m = usage("fleet queue pause --campaign x");
-        assert!(m.contains("suspend|resume|bounce|delete"), "{m}");
-        let m = usage("fleet status extra");
-        assert!(m.contains("unexpected argument `extra`"), "{m}");
-    }
-
-    #[test]
-    fn known_flags_become_arguments() {
-        let (cmd, args) = request("queue suspend --campaign c --older-than=2h");
-        assert_eq!(cmd, "queue.suspend");
-        assert_eq!(args["campaign"], "c");
-        assert_eq!(args["older_than"], "2h");
-        let (_, args) = request("queue delete --all");
-        assert_eq!(args["all"], true);
-        let (_, args) = request("suppression list --limit 5");
-        assert_eq!(args["limit"], 5);
-        let (_, args) = request("server put --name s --host h --port 25 --password p");
-        assert_eq!(args["auth"]["password"], "p");
-        assert_eq!(args["port"], 25);
-    }
-
-    /// Every command sendctl sends is one the daemon knows, so the flags
-    /// drawn from the daemon's table are never empty by mistake.
-    #[test]
-    fn every_command_is_in_the_daemons_catalogue() {
-        for line in [
-            "status",
-            "hello",
-            "server list",
-            "server get a",
-            "server test a",
-            "server put --name a",
-            "domain put d.example --owner u",
-            "domain records d.example",
-            "dkim generate d.example",
-            "dkim import d.example --selector s",
-            "queue summary",
-            "queue inspect 0011223344556677",
-            "queue bounce --all",
-            "suppression add a@b.example",
-            "fleet status --all",
-            "fleet queue suspend --campaign c",
-            "fleet queue delete --tenant t",
-        ] {
-            let (cmd, _) = request(line);
-            assert!(arg_fields(&cmd).is_some(), "{cmd}");
-        }
-    }
-}
+#[path = "args_tests.rs"]
+mod tests;

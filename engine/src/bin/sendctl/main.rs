@@ -1,16 +1,20 @@
 //! `sendctl`: the command line client of the admin socket.
 //!
-//! `sendctl [--socket PATH] [--json] NOUN VERB [ARGS]` turns the arguments
-//! into one JSON request, sends it over the Unix socket and prints the
-//! result: human tables by default, the raw JSON with `--json`. Exit code
-//! 0 on success, 1 when the daemon answered with an error (or could not be
-//! reached), 2 on a usage error (an unknown flag, a flag without its
-//! value). Objects for `put` come from `--file F`, stdin, or flags for the
-//! common fields.
+//! `sendctl [--config FILE | --socket PATH] [--json] COMMAND [ARGS]` turns
+//! the arguments into one JSON request, sends it over the Unix socket and
+//! prints the result: human tables by default, the raw JSON with
+//! `--json`. Exit code 0 on success, 1 when the daemon answered with an
+//! error, could not be reached, or a `server test` step failed; 2 on a
+//! usage error (an unknown command or flag, a flag without its value).
+//! `sendctl help` prints the usage, made from the daemon's command table.
 
 mod args;
 mod bounce;
+mod cli_words;
+mod config_socket;
 mod fleet;
+mod help;
+mod queue;
 mod render;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,47 +34,31 @@ const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 
-const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
-
-  status | hello
-  server|group|user|template|domain list | get NAME | delete NAME
-  server|group|user|template put [--file F.json | < F.json | flags]
-      server flags: --name --host --port --encryption --username --password --max-connections
-      group flags:  --name --servers a,b (all channels)
-      user flags:   --name --group --password --sender-email
-  server test NAME [--to ADDR] [--from ADDR]
-  user usage NAME                   (sending limits used; the fleet's in cluster mode)
-  domain put NAME --owner USER | verify NAME | records NAME
-  bounce parse FILE... [--json]     (offline: no daemon needed)
-  dkim list | get DOMAIN | generate DOMAIN [--selector S] [--algorithm rsa|ed25519] [--inactive true]
-       | import DOMAIN --selector S --pem-file FILE | activate DOMAIN --selector S | retire DOMAIN --selector S
-  queue summary | list [--limit N] | inspect ID
-  queue flush | suspend | resume | delete | bounce   (delete/bounce: a filter or --all)
-      filters: --route R --domain D --tenant T --campaign C --channel CH --older-than 2h --id ID
-  suppression list [--tenant T] [--limit N] | add ADDRESS [--tenant T] [--reason R]
-      | remove ADDRESS [--tenant T] | check ADDRESS [--tenant T]   (no --tenant: the global list)
-  fleet status [--all]              (cluster mode: live nodes; --all adds stopped and lost ones)
-  fleet queue suspend | resume | bounce | delete --campaign C and/or --tenant T
-      (applied by every node to the mail it received before the order)
-
-Flags take a value (--campaign X or --campaign=X) except --json and --all; a flag
-a command does not take is an error (exit 2), never ignored.
-The socket is $SENDENGINE_SOCKET, else var/admin.sock.";
-
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let invocation = match args::parse(&argv) {
         Ok(i) => i,
         Err(Usage(message)) => {
-            eprintln!("sendctl: {message}\n\n{USAGE}");
+            eprintln!(
+                "sendctl: {message}\n\nusage: sendctl [--config FILE | --socket PATH] [--json] \
+                 COMMAND [ARGS]\n(`sendctl help` lists every command)"
+            );
             return ExitCode::from(2);
         }
     };
     let (cmd, args) = match invocation.command {
+        Command::Help { topic } => {
+            print!("{}", help::text(&topic));
+            return ExitCode::SUCCESS;
+        }
         Command::BounceParse { files } => return bounce::run(&files, invocation.json),
         Command::Remote { cmd, args } => (cmd, args),
     };
-    let response = match call(&invocation.socket, &cmd, &args) {
+    let response = invocation
+        .socket
+        .resolve()
+        .and_then(|socket| call(&socket, &cmd, &args));
+    let response = match response {
         Ok(r) => r,
         Err(message) => {
             eprintln!("sendctl: {message}");
@@ -79,12 +67,13 @@ fn main() -> ExitCode {
     };
     if response.get("ok") != Some(&Value::Bool(true)) {
         let error = &response["error"];
+        let message = error["message"]
+            .as_str()
+            .unwrap_or("the daemon gave no reason");
         eprintln!(
             "sendctl: {}: {}",
             error["code"].as_str().unwrap_or("error"),
-            error["message"]
-                .as_str()
-                .unwrap_or("the daemon gave no reason")
+            cli_words::message(&cmd, message)
         );
         return ExitCode::from(1);
     }
@@ -97,6 +86,10 @@ fn main() -> ExitCode {
     } else {
         print!("{}", render::render(&cmd, result));
     }
+    // Scripts rely on it: a server test with a failed step is a failure.
+    if cmd == "server.test" && result["ok"] != Value::Bool(true) {
+        return ExitCode::from(1);
+    }
     ExitCode::SUCCESS
 }
 
@@ -105,7 +98,7 @@ fn main() -> ExitCode {
 fn call(socket: &Path, cmd: &str, args: &Map<String, Value>) -> Result<Value, String> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         format!(
-            "cannot connect to {}: {e} (is sendengine running? set --socket or $SENDENGINE_SOCKET)",
+            "cannot connect to {}: {e} (is sendengine running? point sendctl at it with --config FILE or --socket PATH)",
             socket.display()
         )
     })?;

@@ -4,17 +4,7 @@ use serde_json::Value;
 
 pub fn render(cmd: &str, result: &Value) -> String {
     match cmd {
-        "server.list" => table(
-            result,
-            &[
-                ("NAME", "/name"),
-                ("HOST", "/host"),
-                ("PORT", "/port"),
-                ("ENCRYPTION", "/encryption"),
-                ("MAX_CONN", "/max_connections"),
-                ("LAST_TEST", "/last_test/ok"),
-            ],
-        ),
+        "server.list" => servers(result),
         "group.list" => table(
             result,
             &[
@@ -44,21 +34,9 @@ pub fn render(cmd: &str, result: &Value) -> String {
                 ("LAST_VERIFIED_MS", "/last_verified_ms"),
             ],
         ),
-        "queue.list" => table(
-            result,
-            &[
-                ("ID", "/id"),
-                ("RCPT", "/rcpt"),
-                ("RECIPIENT", "/recipient"),
-                ("STATUS", "/status"),
-                ("ATTEMPTS", "/attempts"),
-                ("NEXT_ATTEMPT", "/next_attempt"),
-                ("TENANT", "/tenant"),
-                ("CAMPAIGN", "/campaign"),
-                ("ROUTE", "/route"),
-                ("AGE_S", "/age_seconds"),
-            ],
-        ),
+        "queue.list" => crate::queue::list(result),
+        "queue.summary" => crate::queue::summary(result),
+        "queue.inspect" => crate::queue::inspect(result),
         "suppression.list" => table(
             result,
             &[
@@ -144,7 +122,7 @@ fn lines(value: &Value) -> String {
 }
 
 /// Nested objects as `path: value` lines.
-fn key_values(value: &Value, prefix: &str) -> String {
+pub fn key_values(value: &Value, prefix: &str) -> String {
     match value {
         Value::Object(map) => map
             .iter()
@@ -167,6 +145,68 @@ fn key_values(value: &Value, prefix: &str) -> String {
             .collect(),
         Value::Array(items) => items.iter().map(|i| key_values(i, prefix)).collect(),
         other => format!("{}\n", cell(Some(other))),
+    }
+}
+
+/// Delivery servers with the groups and channels that use each (Octeth's
+/// M / T / AR badges), or "not allocated".
+fn servers(result: &Value) -> String {
+    let rows: Vec<Value> = result
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|server| {
+            let mut row = server.clone();
+            row["allocation"] = Value::String(allocation(&server["allocation"]));
+            row
+        })
+        .collect();
+    table(
+        &Value::Array(rows),
+        &[
+            ("NAME", "/name"),
+            ("HOST", "/host"),
+            ("PORT", "/port"),
+            ("ENCRYPTION", "/encryption"),
+            ("ENABLED", "/enabled"),
+            ("LAST_TEST", "/last_test/ok"),
+            ("USED_BY", "/allocation"),
+        ],
+    )
+}
+
+/// `{"g": ["marketing", "transactional"]}` as `g(M,T)`.
+fn allocation(groups: &Value) -> String {
+    fn badge(channel: &str) -> &str {
+        match channel {
+            "marketing" => "M",
+            "transactional" => "T",
+            "autoresponder" => "AR",
+            other => other,
+        }
+    }
+    let used: Vec<String> = groups
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(group, channels)| {
+                    let badges: Vec<&str> = channels
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(badge)
+                        .collect();
+                    format!("{group}({})", badges.join(","))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match used.is_empty() {
+        true => "not allocated".into(),
+        false => used.join(" "),
     }
 }
 
