@@ -40,6 +40,7 @@ pub fn arg_fields(cmd: &str) -> Option<ArgFields> {
     };
     match (noun, verb) {
         ("hello" | "status", "") => fields(&[]),
+        ("report", "") => fields(&["date", "tenant"]),
         ("server" | "group" | "user" | "template" | "domain", "list") => fields(&[]),
         ("server" | "group" | "user" | "template", "get" | "delete") => fields(&["name"]),
         ("server" | "group" | "user" | "template", "put") => Some(ArgFields::Object),

@@ -4,8 +4,8 @@
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
 //! line frames, `commands` the argument fields each command takes; the
 //! handlers live per noun: `objects` (server, group, user, template,
-//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `server_test`
-//! and `fleet` (cluster mode). Every
+//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `report`,
+//! `server_test` and `fleet` (cluster mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
@@ -15,6 +15,7 @@ pub mod fleet;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
+pub mod report;
 pub mod server;
 pub mod server_test;
 pub mod status;
@@ -54,6 +55,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
             "version": env!("CARGO_PKG_VERSION"),
         })),
         ("status", "") => status::status(ctx).await,
+        ("report", "") => report::day_report(ctx, &args).await,
         ("server", "test") => server_test::run(ctx, &args).await,
         ("domain", "verify") => objects::verify_domain(ctx, &args).await,
         ("domain", "records") => objects::domain_records(ctx, &args).await,
@@ -73,7 +75,7 @@ fn unknown(cmd: &str) -> AdminError {
     AdminError::new(
         "unknown_command",
         format!(
-            "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
+            "`{cmd}` is not a command; try hello, status, report, server|group|user|template|domain \
              .list|get|put|delete, server.test, user.usage, domain.verify|records, \
              dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
              suppression.list|add|remove|check, \

@@ -145,16 +145,18 @@ enum Spec {
 /// (the NAME / DOMAIN / ADDRESS / ID word).
 fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
     let word = |i: usize| words.get(i).map(String::as_str);
-    let keyed = |field: &str| -> Result<Map<String, Value>, Usage> {
-        let n = word(2)
-            .ok_or_else(|| Usage(format!("give the {field}: {} {} NAME", words[0], words[1])))?;
-        if let Some(extra) = words.get(3) {
+    // The one word at `i` as `field`; nothing may follow it.
+    let keyed_at = |i: usize, field: &str| -> Result<Map<String, Value>, Usage> {
+        let n = word(i)
+            .ok_or_else(|| Usage(format!("give the {field}: {} NAME", words[..i].join(" "))))?;
+        if let Some(extra) = words.get(i + 1) {
             return Err(Usage(format!("unexpected argument `{extra}`")));
         }
         let mut m = Map::new();
         m.insert(field.into(), Value::String(n.into()));
         Ok(m)
     };
+    let keyed = |field: &str| keyed_at(2, field);
     let bare = |cmd: String| -> Result<(Spec, Map<String, Value>), Usage> {
         match words.get(cmd.split('.').count()) {
             Some(w) => Err(Usage(format!("unexpected argument `{w}`"))),
@@ -167,6 +169,9 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
     };
     match (noun, word(1)) {
         ("status" | "hello", _) => bare(noun.to_owned()),
+        // `report`, `report today|yesterday|YYYY-MM-DD` or `report --date D`.
+        ("report", None) => bare("report".into()),
+        ("report", Some(_)) => Ok((Spec::Request("report".into()), keyed_at(1, "date")?)),
         ("bounce", Some("parse")) => Ok((Spec::BounceParse, Map::new())),
         (
             "server" | "group" | "user" | "template" | "domain" | "dkim" | "suppression",

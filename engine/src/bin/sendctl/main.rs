@@ -12,6 +12,7 @@ mod args;
 mod bounce;
 mod fleet;
 mod render;
+mod report;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -39,7 +40,9 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
       group flags:  --name --servers a,b (all channels)
       user flags:   --name --group --password --sender-email
   server test NAME [--to ADDR] [--from ADDR]
-  user usage NAME                   (sending limits used; the fleet's in cluster mode)
+  user usage NAME                   (sending limits: used, left, when they reset; the fleet's in cluster mode)
+  report [today | yesterday | YYYY-MM-DD] [--date D] [--tenant T]
+                                    (one UTC day on this node: counts, bytes, top senders, domains, bounces)
   domain put NAME --owner USER | verify NAME | records NAME
   bounce parse FILE... [--json]     (offline: no daemon needed)
   dkim list | get DOMAIN | generate DOMAIN [--selector S] [--algorithm rsa|ed25519] [--inactive true]
