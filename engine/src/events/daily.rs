@@ -7,8 +7,10 @@
 //! interval's. Days older than `RETAIN_DAYS` are deleted.
 //!
 //! Only the current day's rows are held in memory (one per tenant seen
-//! today, at most `MAX_TENANTS`): a tenant's row is read from the spool the
-//! first time it is touched after a start or a new day.
+//! today, at most `MAX_TENANTS`). They are read from the spool once, at
+//! start (a restart continues the day's counts); a new day starts empty.
+//! The event thread itself never reads the spool: a read waits for the
+//! commit in progress, and the event file would wait with it.
 
 pub mod tally;
 
@@ -70,11 +72,22 @@ pub struct DailyCounters {
 }
 
 impl DailyCounters {
+    /// Reads today's rows (blocking: call at start).
     pub fn new(spool: Spool) -> DailyCounters {
+        let day = day_of(now_ms());
+        let rows = match spool.daily_rows(day, None) {
+            Ok(rows) => rows.iter().map(|r| (r.tenant.clone(), decode(r))).collect(),
+            Err(e) => {
+                log::warn!(
+                    "reading today's daily counters failed ({e}); today's report starts from zero"
+                );
+                HashMap::new()
+            }
+        };
         DailyCounters {
             spool,
-            day: day_of(now_ms()),
-            rows: HashMap::new(),
+            day,
+            rows,
             dirty: HashSet::new(),
             last_write: Instant::now(),
             write_failed: Arc::new(AtomicBool::new(false)),
@@ -96,13 +109,10 @@ impl DailyCounters {
         let first_of_message =
             event.kind == EventKind::Reception && self.recent.first_time(&event.message_id);
         let tenant = self.tenant_key(event.tenant.as_deref().unwrap_or(""));
-        if !self.rows.contains_key(&tenant) {
-            let stored = self.load(&tenant);
-            self.rows.insert(tenant.clone(), stored);
-        }
-        if let Some(row) = self.rows.get_mut(&tenant) {
-            row.add(event, first_of_message);
-        }
+        self.rows
+            .entry(tenant.clone())
+            .or_default()
+            .add(event, first_of_message);
         self.dirty.insert(tenant);
     }
 
@@ -119,18 +129,6 @@ impl DailyCounters {
             return OTHER_TENANT.to_owned();
         }
         tenant.to_owned()
-    }
-
-    fn load(&self, tenant: &str) -> DayTally {
-        match self.spool.daily_rows(self.day, Some(tenant)) {
-            Ok(rows) => rows.first().map(decode).unwrap_or_default(),
-            Err(e) => {
-                log::warn!(
-                    "reading the daily counters of tenant `{tenant}` failed ({e}); today's count for it starts from zero"
-                );
-                DayTally::default()
-            }
-        }
     }
 
     fn write(&mut self, wait: bool) {
