@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sendengine_queue::{DailyRow, Spool};
+use sendengine_queue::{DailyRow, Spool, SpoolError};
 
 use super::{Event, EventKind};
 use crate::timefmt::now_ms;
@@ -65,7 +65,7 @@ pub struct DailyCounters {
     dirty: HashSet<String>,
     last_write: Instant,
     /// Set by a failed write's completion: everything is written again.
-    write_failed: Arc<AtomicBool>,
+    health: Arc<WriteHealth>,
     /// Prune old days at the next write (at start and on a new day).
     prune: bool,
     recent: RecentMessages,
@@ -90,7 +90,7 @@ impl DailyCounters {
             rows,
             dirty: HashSet::new(),
             last_write: Instant::now(),
-            write_failed: Arc::new(AtomicBool::new(false)),
+            health: Arc::default(),
             prune: true,
             recent: RecentMessages::default(),
         }
@@ -133,7 +133,7 @@ impl DailyCounters {
 
     fn write(&mut self, wait: bool) {
         self.last_write = Instant::now();
-        if self.write_failed.swap(false, Ordering::Relaxed) {
+        if self.health.failed.swap(false, Ordering::Relaxed) {
             self.dirty.extend(self.rows.keys().cloned());
         }
         if self.dirty.is_empty() && !self.prune {
@@ -154,27 +154,45 @@ impl DailyCounters {
         let prune_before =
             std::mem::take(&mut self.prune).then(|| self.day.saturating_sub(RETAIN_DAYS));
         if wait {
-            if let Err(e) = self.spool.daily_write_blocking(rows, prune_before) {
-                self.failed(&e);
-            }
+            let result = self.spool.daily_write_blocking(rows, prune_before);
+            self.health.record(result);
             return;
         }
-        let failed = self.write_failed.clone();
+        let health = self.health.clone();
         self.spool.daily_write(
             rows,
             prune_before,
-            Box::new(move |result| {
-                if let Err(e) = result {
-                    log::warn!("writing the daily counters failed ({e}); retried in a second");
-                    failed.store(true, Ordering::Relaxed);
-                }
-            }),
+            Box::new(move |result| health.record(result)),
         );
     }
+}
 
-    fn failed(&self, e: &sendengine_queue::SpoolError) {
-        log::warn!("writing the daily counters failed ({e}); retried in a second");
-        self.write_failed.store(true, Ordering::Relaxed);
+/// Whether the last writes worked; a failure is logged once until a write
+/// works again (a full disk must not log every second).
+#[derive(Default)]
+struct WriteHealth {
+    /// Everything is to be written again at the next write.
+    failed: AtomicBool,
+    warned: AtomicBool,
+}
+
+impl WriteHealth {
+    fn record(&self, result: Result<(), SpoolError>) {
+        match result {
+            Ok(()) => {
+                if self.warned.swap(false, Ordering::Relaxed) {
+                    log::info!("the daily counters are written again");
+                }
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Relaxed);
+                if !self.warned.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "writing the daily counters failed ({e}); retried every second, logged again once it works"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -218,6 +236,20 @@ mod tests {
         assert_eq!(recent.order.len(), RECENT_MESSAGES);
         assert_eq!(recent.seen.len(), RECENT_MESSAGES);
         assert!(recent.first_time("a"), "forgotten after enough others");
+    }
+
+    #[test]
+    fn a_failed_write_has_everything_written_again_and_warns_once() {
+        let health = WriteHealth::default();
+        health.record(Err(SpoolError::Closed));
+        health.record(Err(SpoolError::Closed));
+        assert!(health.failed.load(Ordering::Relaxed));
+        assert!(health.warned.load(Ordering::Relaxed));
+        health.record(Ok(()));
+        assert!(
+            !health.warned.load(Ordering::Relaxed),
+            "warns again next time"
+        );
     }
 
     #[test]
