@@ -242,8 +242,12 @@ impl Daemon {
         let amqp_out = crate::amqp_out::start(&spool, &config.amqp_out, &mut feeds);
         let events_path = config.events.path.clone().unwrap_or_default();
         let settings = config.events.log_settings();
+        let outlets = crate::events::Outlets {
+            webhooks: Some(feeds),
+            daily: Some(crate::events::daily::DailyCounters::new(spool.clone())),
+        };
         let events =
-            EventLog::start(&settings, Some(feeds)).map_err(|source| StartError::Events {
+            EventLog::start(&settings, Some(outlets)).map_err(|source| StartError::Events {
                 path: events_path.display().to_string(),
                 source,
             })?;

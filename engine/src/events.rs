@@ -8,8 +8,10 @@
 //! pauses for `ROUND_PAUSE` before it looks for more: a `tail -f` sees
 //! events within milliseconds, and at full load the thread wakes and
 //! writes once per pause instead of once per event. The schema is fixed
-//! (see `Event`); fields that do not apply are `null`.
+//! (see `Event`); fields that do not apply are `null`. The same thread
+//! feeds the daily counters of `sendctl report` (`daily.rs`).
 
+pub mod daily;
 mod file;
 pub mod http;
 pub mod webhook;
@@ -22,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use serde::{Deserialize, Serialize};
 
+use daily::DailyCounters;
 use file::EventFile;
 pub use file::RotationPolicy;
 use webhook::WebhookFeeds;
@@ -79,6 +82,10 @@ pub struct EventReply {
     pub text: String,
 }
 
+/// The reply text of a `suppression` event for a recipient dropped at
+/// admission (the other `suppression` events add an address to a list).
+pub const SUPPRESSED_AT_ADMISSION: &str = "recipient is on the suppression list";
+
 /// One event record. Field order is the order in the JSON line.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
@@ -112,6 +119,13 @@ pub struct Event {
     pub url: Option<String>,
     /// `click` and `open` events: the client's `User-Agent`.
     pub user_agent: Option<String>,
+}
+
+/// Where events go besides the file.
+#[derive(Default)]
+pub struct Outlets {
+    pub webhooks: Option<WebhookFeeds>,
+    pub daily: Option<DailyCounters>,
 }
 
 /// Events held between producers and the writer thread, when not configured.
@@ -196,18 +210,20 @@ impl EventLog {
         EventLog::start(&settings, None)
     }
 
-    /// Starts the writer thread, which writes the file (if any) and feeds
-    /// the webhook backlogs (if any). Neither: a disabled log.
+    /// Starts the writer thread, which writes the file (if any), feeds
+    /// the webhook backlogs (if any) and the daily counters (if given).
+    /// None of them: a disabled log.
     pub fn start(
         settings: &EventLogSettings,
-        webhooks: Option<WebhookFeeds>,
+        outlets: Option<Outlets>,
     ) -> std::io::Result<EventLog> {
+        let Outlets { webhooks, daily } = outlets.unwrap_or_default();
         let webhooks = webhooks.filter(|w| !w.is_empty());
         let file = match &settings.path {
             Some(path) => Some(EventFile::open(path, settings.rotation.clone())?),
             None => None,
         };
-        if file.is_none() && webhooks.is_none() {
+        if file.is_none() && webhooks.is_none() && daily.is_none() {
             return Ok(EventLog::disabled());
         }
         let shared = Arc::new(Shared::new(settings.queue_size.max(1)));
@@ -215,6 +231,7 @@ impl EventLog {
         let writer = Writer {
             file,
             webhooks,
+            daily,
             shared: shared.clone(),
         };
         // The thread ends when the last EventLog clone is dropped.
@@ -304,6 +321,7 @@ impl Shared {
 struct Writer {
     file: Option<EventFile>,
     webhooks: Option<WebhookFeeds>,
+    daily: Option<DailyCounters>,
     shared: Arc<Shared>,
 }
 
@@ -341,6 +359,9 @@ impl Writer {
     }
 
     fn write(&mut self, event: &Event, line: &mut Vec<u8>) {
+        if let Some(daily) = &mut self.daily {
+            daily.add(event);
+        }
         line.clear();
         if serde_json::to_writer(&mut *line, event).is_err() {
             return;
@@ -366,6 +387,9 @@ impl Writer {
             } else {
                 webhooks.submit_and_wait();
             }
+        }
+        if let Some(daily) = &mut self.daily {
+            daily.write_if_due(!flushes.is_empty());
         }
         for done in flushes {
             let _ = done.send(());

@@ -80,9 +80,60 @@ pub fn rfc5322(ms: u64) -> String {
     )
 }
 
+/// `2026-11-21`: the UTC date of day number `day` (days since 1970-01-01).
+pub fn iso_date(day: u32) -> String {
+    let (year, month, day) = civil(i64::from(day));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The day number of a `YYYY-MM-DD` date, `None` unless it is a real
+/// date on or after 1970-01-01.
+pub fn parse_iso_date(text: &str) -> Option<u32> {
+    let mut parts = text.splitn(3, '-');
+    let mut next = |len: usize| {
+        parts
+            .next()
+            .filter(|p| p.len() == len && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<i64>().ok())
+    };
+    let (year, month, day) = (next(4)?, next(2)?, next(2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // days_from_civil, then the way back must give the same date.
+    let y = year - i64::from(month <= 2);
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let same = civil(days) == (year, month as u32, day as u32);
+    same.then(|| u32::try_from(days).ok()).flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_dates_both_ways() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        assert_eq!(iso_date(20_778), "2026-11-21");
+        assert_eq!(parse_iso_date("2026-11-21"), Some(20_778));
+        assert_eq!(
+            parse_iso_date("2000-02-29").map(iso_date).as_deref(),
+            Some("2000-02-29")
+        );
+        for bad in [
+            "2026-02-30",
+            "2026-13-01",
+            "1969-12-31",
+            "2026-1-01",
+            "today",
+            "2026-11-21x",
+        ] {
+            assert_eq!(parse_iso_date(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn known_dates() {

@@ -11,7 +11,7 @@
 //! database, written by the same writer and read without it.
 //!
 //! Webhook backlogs (events waiting to be posted) live there too, see
-//! `backlog.rs`.
+//! `backlog.rs`, and so do the daily report counters (`daily.rs`).
 //!
 //! Start with [`Spool::open`]; the table layout is described in `store/mod.rs`.
 
@@ -24,6 +24,7 @@
 mod backlog;
 mod codec;
 mod config;
+mod daily;
 mod delivered;
 mod error;
 mod free_space;
@@ -41,12 +42,13 @@ mod writer;
 
 pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
 pub use config::SpoolConfig;
+pub use daily::DailyRow;
 pub use delivered::Delivered;
 pub use error::SpoolError;
 pub use id::{MessageId, first_id_at, format_id, id_timestamp_ms, parse_id};
 pub use message::{Claimed, MessageMeta, NewMessage, Outcome, StoredMessage};
 pub use quarantine::QuarantinedRow;
-pub use quota::{Quota, QuotaExceeded, Window};
+pub use quota::{Quota, QuotaExceeded, Release, Standing, Window};
 pub use select::{
     ClaimCandidate, ClaimFilter, MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage,
     QueuedRecipient, RecipientStatus, SUSPENDED_DUE,

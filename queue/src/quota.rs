@@ -65,11 +65,38 @@ impl Window {
         }
     }
 
-    /// When the usage next goes down (`None` for a lifetime limit).
+    /// The usage now and when it next goes down, from the counts of the
+    /// buckets in `buckets(now_ms)` as (bucket, count), in any order.
+    /// Daily and monthly usage goes to zero at the end of the UTC day or
+    /// month; a rolling window's goes down when its oldest counted day
+    /// leaves it, by that day's count; a lifetime's never does.
+    pub fn standing(self, counts: &[(u32, u64)], now_ms: u64) -> Standing {
+        let used = counts.iter().map(|&(_, n)| n).sum();
+        let next_release = match self {
+            Window::Day | Window::Month => self.resets_at_ms(now_ms).map(|at_ms| Release {
+                at_ms,
+                amount: used,
+            }),
+            Window::Rolling30Days => counts
+                .iter()
+                .filter(|&&(_, n)| n > 0)
+                .min_by_key(|&&(bucket, _)| bucket)
+                .map(|&(bucket, amount)| Release {
+                    at_ms: (u64::from(bucket) + u64::from(ROLLING_DAYS)) * DAY_MS,
+                    amount,
+                }),
+            Window::Lifetime => None,
+        };
+        Standing { used, next_release }
+    }
+
+    /// When the usage of a daily or monthly window next goes down (to
+    /// zero). `None` for a lifetime limit, and for a rolling window, whose
+    /// usage goes down when a counted day leaves it: see [`Window::standing`].
     pub fn resets_at_ms(self, now_ms: u64) -> Option<u64> {
         let day = u64::from(day_number(now_ms));
         match self {
-            Window::Day | Window::Rolling30Days => Some((day + 1) * DAY_MS),
+            Window::Day => Some((day + 1) * DAY_MS),
             Window::Month => {
                 let (year, month) = year_month(day as u32);
                 let (ny, nm) = if month == 12 {
@@ -79,9 +106,24 @@ impl Window {
                 };
                 Some(u64::from(days_from_civil(ny, nm, 1)) * DAY_MS)
             }
-            Window::Lifetime => None,
+            Window::Lifetime | Window::Rolling30Days => None,
         }
     }
+}
+
+/// How much of a window is used and when some of it frees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub used: u64,
+    /// `None`: nothing will free (a lifetime limit, or an unused rolling window).
+    pub next_release: Option<Release>,
+}
+
+/// `amount` of the usage leaves the window at `at_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub at_ms: u64,
+    pub amount: u64,
 }
 
 /// A limit to enforce on an insert: `amount` more must keep the usage of
@@ -149,6 +191,30 @@ mod tests {
         assert_eq!(r.end() - r.start(), 29);
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(year_month(days_from_civil(2024, 2, 29)), (2024, 2));
+    }
+
+    #[test]
+    fn a_rolling_window_frees_its_oldest_counted_day() {
+        let today = day_number(NOW);
+        let counts = [
+            (today, 4),
+            (today - 29, 0),
+            (today - 20, 3),
+            (today - 25, 2),
+        ];
+        let s = Window::Rolling30Days.standing(&counts, NOW);
+        assert_eq!(s.used, 9);
+        let release = s.next_release.unwrap();
+        // The day 25 days ago leaves the window 5 days from today's start.
+        assert_eq!(release.at_ms, u64::from(today + 5) * DAY_MS);
+        assert_eq!(release.amount, 2);
+        assert_eq!(Window::Rolling30Days.standing(&[], NOW).next_release, None);
+        let day = Window::Day.standing(&[(today, 7)], NOW);
+        assert_eq!(
+            day.next_release.map(|r| (r.at_ms, r.amount)),
+            Some((1_795_305_600_000, 7))
+        );
+        assert_eq!(Window::Lifetime.standing(&[(0, 7)], NOW).next_release, None);
     }
 
     #[test]

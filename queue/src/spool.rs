@@ -13,6 +13,7 @@ use crossbeam::channel::{self, Sender};
 
 use crate::backlog::{self, BacklogEntry, BacklogRequest, BacklogWritten};
 use crate::config::SpoolConfig;
+use crate::daily::{self, DailyRequest, DailyRow};
 use crate::delivered::{self, Delivered, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::free_space::FreeSpaceGuard;
@@ -536,6 +537,39 @@ impl Spool {
         self.inner.shared.read(|db| backlog::len(db, sink))
     }
 
+    /// Replaces the daily report rows given and deletes the days before
+    /// `prune_before`, in the next group commit. `done` runs on the writer
+    /// thread after the commit; keep it cheap.
+    pub fn daily_write(
+        &self,
+        rows: Vec<DailyRow>,
+        prune_before: Option<u32>,
+        done: Box<dyn FnOnce(Result<(), SpoolError>) + Send>,
+    ) {
+        self.submit(Request::Daily(DailyRequest {
+            rows,
+            prune_before,
+            done,
+        }));
+    }
+
+    /// [`Spool::daily_write`], waiting for the commit.
+    pub fn daily_write_blocking(
+        &self,
+        rows: Vec<DailyRow>,
+        prune_before: Option<u32>,
+    ) -> Result<(), SpoolError> {
+        self.wait_for(|done| self.daily_write(rows, prune_before, done))
+    }
+
+    /// The daily report rows of UTC day `day` (days since 1970-01-01):
+    /// every tenant's, or only `tenant`'s.
+    pub fn daily_rows(&self, day: u32, tenant: Option<&str>) -> Result<Vec<DailyRow>, SpoolError> {
+        self.inner
+            .shared
+            .read(|db| daily::read_day(db, day, tenant))
+    }
+
     /// Unfinished recipients by status (queued, deferred, suspended, in flight).
     pub fn queue_counts(&self) -> Result<QueueCounts, SpoolError> {
         let now = now_ms();
@@ -544,6 +578,16 @@ impl Spool {
 
     /// How much of quota `name` is used in `window` now.
     pub fn usage(&self, name: &str, window: crate::quota::Window) -> Result<u64, SpoolError> {
+        Ok(self.usage_standing(name, window)?.used)
+    }
+
+    /// How much of quota `name` is used in `window` now, and when some of
+    /// it frees.
+    pub fn usage_standing(
+        &self,
+        name: &str,
+        window: crate::quota::Window,
+    ) -> Result<crate::quota::Standing, SpoolError> {
         let now = crate::writer::now_ms();
         self.inner
             .shared

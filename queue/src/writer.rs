@@ -21,6 +21,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError};
 use redb::Database;
 
 use crate::backlog::{self, BacklogRequest, BacklogWritten};
+use crate::daily::{self, DailyRequest};
 use crate::delivered::{self, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
@@ -98,6 +99,7 @@ pub(crate) enum Request {
     Suppress(SuppressRequest),
     Action(ActionRequest),
     Backlog(BacklogRequest),
+    Daily(DailyRequest),
     Quarantine(QuarantineRequest),
     Compact(Completion<bool>),
 }
@@ -120,6 +122,7 @@ impl Request {
             Request::Suppress(r) => complete(r.done, Err(err)),
             Request::Action(r) => complete(r.done, Err(err)),
             Request::Backlog(r) => complete(r.done, Err(err)),
+            Request::Daily(r) => complete(r.done, Err(err)),
             Request::Quarantine(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
@@ -493,6 +496,9 @@ fn write_batch(
         for request in &writes.backlogs {
             backlogged.push(backlog::apply(&txn, request)?);
         }
+        for request in &writes.dailies {
+            daily::apply(&txn, request)?;
+        }
         for q in &writes.quarantines {
             let Damaged { id, rcpt, reason } = &q.damaged;
             match rcpt {
@@ -556,6 +562,7 @@ impl Batch {
             Request::Suppress(s) => self.writes.suppressions.push(s),
             Request::Action(action) => self.writes.actions.push(action),
             Request::Backlog(b) => self.writes.backlogs.push(b),
+            Request::Daily(d) => self.writes.dailies.push(d),
             Request::Quarantine(q) => self.writes.quarantines.push(q),
             Request::Compact(done) => self.compactions.push(done),
         }
@@ -577,6 +584,7 @@ struct Writes {
     suppressions: Vec<SuppressRequest>,
     actions: Vec<ActionRequest>,
     backlogs: Vec<BacklogRequest>,
+    dailies: Vec<DailyRequest>,
     quarantines: Vec<QuarantineRequest>,
     claims: Vec<ClaimRequest>,
 }
@@ -604,6 +612,7 @@ impl Writes {
             + self.suppressions.len()
             + self.actions.len()
             + self.backlogs.len()
+            + self.dailies.len()
             + self.quarantines.len()
             + self.claims.len()
     }
@@ -628,6 +637,7 @@ impl Writes {
             || !self.suppressions.is_empty()
             || !self.actions.is_empty()
             || !self.backlogs.is_empty()
+            || !self.dailies.is_empty()
             || !self.quarantines.is_empty()
     }
 
@@ -649,6 +659,9 @@ impl Writes {
         }
         for (b, written) in self.backlogs.into_iter().zip(results.backlogged) {
             complete(b.done, Ok(written));
+        }
+        for d in self.dailies {
+            complete(d.done, Ok(()));
         }
         for q in self.quarantines {
             complete(q.done, Ok(()));
@@ -676,6 +689,9 @@ impl Writes {
         }
         for b in self.backlogs {
             complete(b.done, Err(err.clone()));
+        }
+        for d in self.dailies {
+            complete(d.done, Err(err.clone()));
         }
         for q in self.quarantines {
             complete(q.done, Err(err.clone()));

@@ -99,6 +99,16 @@ pub const COMMANDS: &[CommandInfo] = &[
     ),
     cmd("hello", None, NONE, "the protocol and daemon versions"),
     cmd(
+        "report",
+        Some(Operand {
+            field: "date",
+            shown: "today|yesterday|YYYY-MM-DD",
+            optional: true,
+        }),
+        Takes::Fields(&["date", "tenant"]),
+        "one UTC day on this node: counts, bytes, top senders, domains, bounces (--tenant T)",
+    ),
+    cmd(
         "server.list",
         None,
         NONE,

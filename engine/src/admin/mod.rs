@@ -6,7 +6,7 @@
 //! (`object_fields`: the fields of the objects `put` takes); the
 //! handlers live per noun: `objects` (server, group, user, template,
 //! domain), `queue` (and `history`, of messages that left it), `status`,
-//! `dkim`, `suppression`, `usage`, `server_test` and `fleet` (cluster
+//! `dkim`, `suppression`, `usage`, `report`, `server_test` and `fleet` (cluster
 //! mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
@@ -19,6 +19,7 @@ pub mod object_fields;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
+pub mod report;
 pub mod server;
 pub mod server_test;
 pub mod status;
@@ -58,6 +59,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
             "version": env!("CARGO_PKG_VERSION"),
         })),
         ("status", "") => status::status(ctx).await,
+        ("report", "") => report::day_report(ctx, &args).await,
         ("server", "test") => server_test::run(ctx, &args).await,
         ("server", "enable") => objects::set_enabled(ctx, &args, true).await,
         ("server", "disable") => objects::set_enabled(ctx, &args, false).await,

@@ -118,9 +118,18 @@ pub(super) fn refusal(q: &QuotaExceeded) -> Reply {
         format!("{} sending limit", q.window.name())
     };
     let user = q.name.split_once(':').map(|(_, u)| u).unwrap_or(&q.name);
-    let when = match q.resets_at_ms {
-        Some(ms) => format!("; it resets at {}", rfc3339(ms)),
-        None => "; it does not reset: ask your provider to raise it".to_owned(),
+    let when = match (q.window, q.resets_at_ms) {
+        (Window::Rolling30Days, Some(ms)) => {
+            format!(
+                "; the oldest day counted leaves the window at {}",
+                rfc3339(ms)
+            )
+        }
+        (Window::Rolling30Days, None) => {
+            "; it frees as the days counted leave the 30-day window".to_owned()
+        }
+        (_, Some(ms)) => format!("; it resets at {}", rfc3339(ms)),
+        (_, None) => "; it does not reset: ask your provider to raise it".to_owned(),
     };
     let text = format!(
         "The {what} of {} recipients for user {user} is reached ({} used){when}",

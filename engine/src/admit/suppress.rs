@@ -8,15 +8,12 @@
 
 use sendengine_queue::{MessageMeta, Spool};
 
-use crate::events::{Event, EventKind, EventLog, EventReply};
+use crate::events::{Event, EventKind, EventLog, EventReply, SUPPRESSED_AT_ADMISSION};
 use crate::metrics::Refusal;
 use crate::timefmt::{now_ms, rfc3339};
 use crate::values::Reply;
 
 use super::Admitted;
-
-/// The reply text of the event for a dropped recipient.
-const DROPPED_TEXT: &str = "recipient is on the suppression list";
 
 /// A message's recipients split by the suppression lists, in their order.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -102,7 +99,7 @@ pub(super) fn emit_dropped(
             reply: Some(EventReply {
                 code: 550,
                 enhanced: Some("5.7.1".into()),
-                text: DROPPED_TEXT.into(),
+                text: SUPPRESSED_AT_ADMISSION.into(),
             }),
             bounce_class: None,
             bounce_type: None,

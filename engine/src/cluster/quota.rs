@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sendengine_queue::{Quota, QuotaExceeded, Window};
+use sendengine_queue::{Quota, QuotaExceeded, Standing, Window};
 use tokio::sync::Notify;
 
 use super::FleetView;
@@ -187,13 +187,22 @@ impl QuotaLedger {
         let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tick()).await;
     }
 
-    /// The fleet's usage of `quota` now: (accepted, leased and unspent).
-    pub async fn fleet_usage(&self, quota: &Quota) -> Result<(u64, u64), DbError> {
-        let (key, first) = key_of(quota, now_ms());
+    /// The fleet's usage of `quota` now: (accepted, and when some frees;
+    /// leased and unspent). A release counts what is leased too.
+    pub async fn fleet_usage(&self, quota: &Quota) -> Result<(Standing, u64), DbError> {
+        let now = now_ms();
+        let (key, first) = key_of(quota, now);
         let mut conn = self.inner.conn().await?;
         let client = conn.client.as_ref().ok_or(DbError::Closed)?;
         let result = sql::usage(client, &key, first).await;
-        self.inner.outcome(&mut conn, result)
+        let (periods, leased) = self.inner.outcome(&mut conn, result)?;
+        let counts: Vec<(u32, u64)> = periods
+            .into_iter()
+            .map(|(period, used)| (u32::try_from(period).unwrap_or(0), used))
+            .collect();
+        let mut standing = quota.window.standing(&counts, now);
+        standing.used = standing.used.saturating_sub(leased);
+        Ok((standing, leased))
     }
 }
 

@@ -304,19 +304,25 @@ pub async fn ask_return(client: &Client, key: &Key) -> Result<(), DbError> {
     Ok(())
 }
 
-/// The fleet's usage of `key` summed over periods `first..=key.period`:
-/// (accepted, leased and not yet spent).
-pub async fn usage(client: &Client, key: &Key, first: i32) -> Result<(u64, u64), DbError> {
-    let row = timed(client.query_one(
-        "SELECT (SELECT coalesce(sum(used), 0)::bigint FROM quota_usage \
-           WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4), \
-         (SELECT coalesce(sum(amount), 0)::bigint FROM quota_leases \
-           WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4)",
+/// The fleet's usage of `key` in periods `first..=key.period`: (period,
+/// accepted plus leased) per counted period, and the leased and not yet
+/// spent summed.
+pub async fn usage(
+    client: &Client,
+    key: &Key,
+    first: i32,
+) -> Result<(Vec<(i32, u64)>, u64), DbError> {
+    // One statement, one snapshot: leases only exist on counted periods.
+    let rows = timed(client.query(
+        "SELECT period, used, (SELECT coalesce(sum(amount), 0)::bigint FROM quota_leases \
+           WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4) \
+         FROM quota_usage WHERE name = $1 AND quota_window = $2 AND period BETWEEN $3 AND $4",
         &[&key.name, &key.window, &first, &key.period],
     ))
     .await?;
-    let (used, leased) = (u(row.get(0)), u(row.get(1)));
-    Ok((used.saturating_sub(leased), leased))
+    let leased = rows.first().map_or(0, |row| u(row.get(2)));
+    let periods = rows.iter().map(|row| (row.get(0), u(row.get(1)))).collect();
+    Ok((periods, leased))
 }
 
 #[cfg(test)]

@@ -432,7 +432,7 @@ with smtplib.SMTP(host, port, timeout=30) as s:
 "#;
 
 pub fn smtplib_send(daemon: SocketAddr, sender: &str, rcpts: &[&str], msgid: &str) -> String {
-    smtplib_run(SMTPLIB_SEND, daemon, sender, rcpts, msgid)
+    smtplib_run(SMTPLIB_SEND, daemon, sender, rcpts, msgid, &[])
 }
 
 /// Runs an smtplib script with `host port sender rcpt,rcpt... extra`
@@ -443,14 +443,16 @@ fn smtplib_run(
     sender: &str,
     rcpts: &[&str],
     extra: &str,
+    more: &[String],
 ) -> String {
-    let args = [
+    let mut args = vec![
         daemon.ip().to_string(),
         daemon.port().to_string(),
         sender.into(),
         rcpts.join(","),
         extra.into(),
     ];
+    args.extend_from_slice(more);
     let out = python(script, &args)
         .expect("python3 is required for the integration tests (scripts/install-test-deps.sh)");
     assert!(
@@ -474,18 +476,34 @@ pub use peers::missing_peer;
 /// Sends one small message with smtplib; returns "250" or the refusal of
 /// DATA. `headers` are extra header lines separated by `|`.
 pub fn smtplib_try(daemon: SocketAddr, from: &str, rcpts: &[&str], headers: &str) -> String {
+    smtplib_try_as(daemon, None, from, rcpts, headers)
+}
+
+/// [`smtplib_try`], logged in first as `login` = (user, password) if given.
+pub fn smtplib_try_as(
+    daemon: SocketAddr,
+    login: Option<(&str, &str)>,
+    from: &str,
+    rcpts: &[&str],
+    headers: &str,
+) -> String {
     let script = r#"
 import smtplib, sys
 host, port, sender, rcpts, headers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(','), sys.argv[5]
 msg = "From: %s\r\nTo: %s\r\nSubject: test\r\n%s\r\nHello.\r\n" % (sender, rcpts[0], headers.replace("|", "\r\n"))
 with smtplib.SMTP(host, port, timeout=30) as s:
+    if len(sys.argv) > 7:
+        s.login(sys.argv[6], sys.argv[7])
     try:
         s.sendmail(sender, rcpts, msg)
         print("250")
     except smtplib.SMTPDataError as e:
         print(e.smtp_code, e.smtp_error.decode())
 "#;
-    smtplib_run(script, daemon, from, rcpts, headers)
+    let login: Vec<String> = login
+        .map(|(user, password)| vec![user.to_owned(), password.to_owned()])
+        .unwrap_or_default();
+    smtplib_run(script, daemon, from, rcpts, headers, &login)
         .trim()
         .to_owned()
 }

@@ -23,6 +23,8 @@
 //!   arrive later (see `delivered.rs`; written and pruned there).
 //! - `webhook_backlog`: (sink, seq) -> event JSON; read and written only by
 //!   `backlog.rs`.
+//! - `daily_counters`: (UTC day, tenant) -> the engine's tally bytes for
+//!   `sendctl report`; read and written only by `daily.rs`.
 //! - `quarantine`: (table, id, rcpt) -> rows that could not be decoded, moved
 //!   aside by the transaction that met them (see `quarantine.rs`).
 //!

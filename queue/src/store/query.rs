@@ -16,7 +16,7 @@ use crate::error::SpoolError;
 use crate::id::MessageId;
 use crate::message::StoredMessage;
 use crate::quarantine::Damaged;
-use crate::quota::Window;
+use crate::quota::{Standing, Window};
 use crate::select::{
     QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
@@ -82,24 +82,24 @@ pub(crate) fn counts(db: &Database) -> Result<Counts, SpoolError> {
     })
 }
 
-/// Usage of quota `name` in `window` as of `now_ms`.
+/// Usage of quota `name` in `window` as of `now_ms`, and when it frees.
 pub(crate) fn usage(
     db: &Database,
     name: &str,
     window: Window,
     now_ms: u64,
-) -> Result<u64, SpoolError> {
+) -> Result<Standing, SpoolError> {
     let txn = db.begin_read()?;
     let Some(table) = open_if_created(&txn, USAGE)? else {
-        return Ok(0);
+        return Ok(window.standing(&[], now_ms));
     };
-    let mut total = 0;
+    let mut counts = Vec::new();
     for bucket in window.buckets(now_ms) {
         if let Some(v) = table.get((name, window.kind(), bucket))? {
-            total += v.value();
+            counts.push((bucket, v.value()));
         }
     }
-    Ok(total)
+    Ok(window.standing(&counts, now_ms))
 }
 
 /// Every object of `kind`, by name order.

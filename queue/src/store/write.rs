@@ -99,14 +99,16 @@ impl WriteTables<'_> {
         now_ms: u64,
     ) -> Result<Result<(), QuotaExceeded>, SpoolError> {
         for q in &msg.quotas {
-            let used = self.used(&q.name, q.window, now_ms)?;
+            let counts = self.usage_counts(&q.name, q.window, now_ms)?;
+            let standing = q.window.standing(&counts, now_ms);
+            let used = standing.used;
             if q.limit > 0 && used + q.amount > q.limit {
                 return Ok(Err(QuotaExceeded {
                     name: q.name.clone(),
                     window: q.window,
                     limit: q.limit,
                     used,
-                    resets_at_ms: q.window.resets_at_ms(now_ms),
+                    resets_at_ms: standing.next_release.map(|r| r.at_ms),
                 }));
             }
         }
@@ -118,14 +120,20 @@ impl WriteTables<'_> {
         Ok(Ok(()))
     }
 
-    fn used(&self, name: &str, window: Window, now_ms: u64) -> Result<u64, SpoolError> {
-        let mut total = 0;
+    /// (bucket, count) of the window's counted buckets now.
+    fn usage_counts(
+        &self,
+        name: &str,
+        window: Window,
+        now_ms: u64,
+    ) -> Result<Vec<(u32, u64)>, SpoolError> {
+        let mut counts = Vec::new();
         for bucket in window.buckets(now_ms) {
             if let Some(v) = self.usage.get((name, window.kind(), bucket))? {
-                total += v.value();
+                counts.push((bucket, v.value()));
             }
         }
-        Ok(total)
+        Ok(counts)
     }
 
     pub(crate) fn put_object(

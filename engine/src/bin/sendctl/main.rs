@@ -16,6 +16,7 @@ mod fleet;
 mod help;
 mod queue;
 mod render;
+mod report;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
