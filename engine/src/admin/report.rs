@@ -80,6 +80,8 @@ fn counts(c: &Counts) -> Value {
         "expired": c.expired,
         "suppressed": c.suppressed,
         "complaints": c.complaints,
+        "clicks": c.clicks,
+        "opens": c.opens,
         "bytes_in": c.bytes_in,
         "bytes_out": c.bytes_out,
     })

@@ -72,6 +72,8 @@ fn totals(c: &Value) -> String {
             format!("{} (dropped at admission)", n("suppressed")),
         ),
         ("Complaints", n("complaints").to_string()),
+        ("Clicks", n("clicks").to_string()),
+        ("Opens", n("opens").to_string()),
     ];
     lines
         .iter()

@@ -49,6 +49,11 @@ pub struct Counts {
     pub suppressed: u64,
     #[serde(skip_serializing_if = "is_zero")]
     pub complaints: u64,
+    /// Tracked link clicks and open-pixel loads (every one, not unique).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub clicks: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub opens: u64,
     /// Sizes of the received messages, once per message.
     #[serde(skip_serializing_if = "is_zero")]
     pub bytes_in: u64,
@@ -82,6 +87,8 @@ impl Counts {
             EventKind::Expiration => self.expired += 1,
             EventKind::Suppression if dropped_at_admission(event) => self.suppressed += 1,
             EventKind::Complaint => self.complaints += 1,
+            EventKind::Click => self.clicks += 1,
+            EventKind::Open => self.opens += 1,
             EventKind::Suppression | EventKind::AdminAction => {}
         }
     }
@@ -96,6 +103,8 @@ impl Counts {
         self.expired += other.expired;
         self.suppressed += other.suppressed;
         self.complaints += other.complaints;
+        self.clicks += other.clicks;
+        self.opens += other.opens;
         self.bytes_in += other.bytes_in;
         self.bytes_out += other.bytes_out;
     }
@@ -253,6 +262,8 @@ pub(super) mod tests {
             attempt: 1,
             queue_time_ms: 0,
             size: 1000,
+            url: None,
+            user_agent: None,
         }
     }
 
