@@ -11,7 +11,9 @@
 //! (see `Event`); fields that do not apply are `null`.
 
 mod file;
+pub mod filter;
 pub mod http;
+pub mod reader;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,36 @@ pub enum EventKind {
     AsyncBounce,
     /// A feedback report (ARF) saying the recipient marked the mail as spam.
     Complaint,
+}
+
+impl EventKind {
+    /// Every kind, in the schema's order.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Reception,
+        EventKind::Delivery,
+        EventKind::TransientFailure,
+        EventKind::Bounce,
+        EventKind::Expiration,
+        EventKind::AdminAction,
+        EventKind::Suppression,
+        EventKind::AsyncBounce,
+        EventKind::Complaint,
+    ];
+
+    /// The name in the `type` field (`transient_failure`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Reception => "reception",
+            EventKind::Delivery => "delivery",
+            EventKind::TransientFailure => "transient_failure",
+            EventKind::Bounce => "bounce",
+            EventKind::Expiration => "expiration",
+            EventKind::AdminAction => "admin_action",
+            EventKind::Suppression => "suppression",
+            EventKind::AsyncBounce => "async_bounce",
+            EventKind::Complaint => "complaint",
+        }
+    }
 }
 
 /// What ESP users call a bounce: `hard` when the address will never work
