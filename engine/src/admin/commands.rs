@@ -20,6 +20,20 @@ pub const QUEUE_FILTERS: &[&str] = &[
     "id",
 ];
 
+/// The arguments of `log`: paging, following, and the filters.
+pub const LOG_FIELDS: &[&str] = &[
+    "limit",
+    "before",
+    "after",
+    "type",
+    "recipient",
+    "sender",
+    "tenant",
+    "campaign",
+    "route",
+    "since",
+];
+
 /// What a command's `args` may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArgFields {
@@ -40,6 +54,7 @@ pub fn arg_fields(cmd: &str) -> Option<ArgFields> {
     };
     match (noun, verb) {
         ("hello" | "status", "") => fields(&[]),
+        ("log", "") => fields(LOG_FIELDS),
         ("server" | "group" | "user" | "template" | "domain", "list") => fields(&[]),
         ("server" | "group" | "user" | "template", "get" | "delete") => fields(&["name"]),
         ("server" | "group" | "user" | "template", "put") => Some(ArgFields::Object),

@@ -4,14 +4,15 @@
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
 //! line frames, `commands` the argument fields each command takes; the
 //! handlers live per noun: `objects` (server, group, user, template,
-//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `server_test`
-//! and `fleet` (cluster mode). Every
+//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `server_test`,
+//! `log` (the event log read back) and `fleet` (cluster mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
 pub mod commands;
 pub mod dkim;
 pub mod fleet;
+pub mod log;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
@@ -38,6 +39,8 @@ pub struct AdminContext {
     pub started: Instant,
     /// The SMTP listeners' bound addresses.
     pub listeners: Vec<SocketAddr>,
+    /// `[events] path`: the log `log` reads back.
+    pub events_path: Option<std::path::PathBuf>,
 }
 
 /// Runs one request.
@@ -54,6 +57,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
             "version": env!("CARGO_PKG_VERSION"),
         })),
         ("status", "") => status::status(ctx).await,
+        ("log", "") => log::read(ctx, &args).await,
         ("server", "test") => server_test::run(ctx, &args).await,
         ("domain", "verify") => objects::verify_domain(ctx, &args).await,
         ("domain", "records") => objects::domain_records(ctx, &args).await,
@@ -77,7 +81,7 @@ fn unknown(cmd: &str) -> AdminError {
              .list|get|put|delete, server.test, user.usage, domain.verify|records, \
              dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
              suppression.list|add|remove|check, \
-             fleet.status, fleet.queue.suspend|resume|bounce|delete"
+             log, fleet.status, fleet.queue.suspend|resume|bounce|delete"
         ),
     )
 }

@@ -20,7 +20,7 @@ const DEFAULT_SOCKET: &str = "var/admin.sock";
 /// Flags every command takes.
 const GLOBAL_FLAGS: &[&str] = &["socket", "json", "help"];
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["json", "help", "all"];
+const SWITCHES: &[&str] = &["json", "help", "all", "follow"];
 /// Flags that must be numbers.
 const NUMERIC_FLAGS: &[&str] = &["limit", "port", "max_connections"];
 
@@ -42,6 +42,12 @@ pub enum Command {
     },
     /// `bounce parse FILE...`: no daemon needed.
     BounceParse { files: Vec<String> },
+    /// `log`: requests to the daemon until the page is full, or for ever
+    /// with `--follow`.
+    Log {
+        args: Map<String, Value>,
+        follow: bool,
+    },
 }
 
 /// A flag as given: its name in field form (`older_than`), the spelling
@@ -64,10 +70,12 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
     let mut json = false;
+    let mut follow = false;
     let mut fields = Vec::new();
     for flag in flags {
         match flag.name.as_str() {
             "json" => json = true,
+            "follow" => follow = true,
             "socket" => socket = PathBuf::from(flag.value.unwrap_or_default()),
             _ => fields.push(flag),
         }
@@ -97,7 +105,11 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
                     .map_err(|e| Usage(format!("--pem-file {path}: {e}")))?;
                 args.insert("private_key".into(), Value::String(pem));
             }
-            Command::Remote { cmd, args }
+            if cmd == "log" {
+                Command::Log { args, follow }
+            } else {
+                Command::Remote { cmd, args }
+            }
         }
     };
     Ok(Invocation {
@@ -166,7 +178,7 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
         Ok((Spec::Request(format!("{noun}.{verb}")), keyed(field)?))
     };
     match (noun, word(1)) {
-        ("status" | "hello", _) => bare(noun.to_owned()),
+        ("status" | "hello" | "log", _) => bare(noun.to_owned()),
         ("bounce", Some("parse")) => Ok((Spec::BounceParse, Map::new())),
         (
             "server" | "group" | "user" | "template" | "domain" | "dkim" | "suppression",
@@ -247,6 +259,9 @@ fn allowed_flags(spec: &Spec, positional: &Map<String, Value>) -> Vec<&'static s
                     .filter(|f| !positional.contains_key(*f))
                     .map(|f| if f == "private_key" { "pem_file" } else { f });
                 allowed.extend(flags);
+            }
+            if cmd == "log" {
+                allowed.push("follow");
             }
         }
     }
@@ -403,6 +418,7 @@ mod tests {
         let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         match parse(&argv).map(|i| i.command) {
             Ok(Command::Remote { cmd, args }) => (cmd, args),
+            Ok(Command::Log { args, .. }) => ("log".to_owned(), args),
             Ok(Command::BounceParse { .. }) => panic!("`{line}`: bounce parse"),
             Err(Usage(m)) => panic!("`{line}`: {m}"),
         }
@@ -437,6 +453,12 @@ mod tests {
         assert!(m.contains("suspend|resume|bounce|delete"), "{m}");
         let m = usage("fleet status extra");
         assert!(m.contains("unexpected argument `extra`"), "{m}");
+        let m = usage("log --recipent a@b.c");
+        assert!(m.contains("did you mean --recipient?"), "{m}");
+        let m = usage("log --follow=yes");
+        assert!(m.contains("takes no value"), "{m}");
+        let m = usage("status --follow");
+        assert!(m.contains("--follow"), "{m}");
     }
 
     #[test]
@@ -449,6 +471,19 @@ mod tests {
         assert_eq!(args["all"], true);
         let (_, args) = request("suppression list --limit 5");
         assert_eq!(args["limit"], 5);
+        let argv: Vec<String> = "log --follow --type bounce,complaint --recipient @b.example"
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        match parse(&argv).map(|i| i.command) {
+            Ok(Command::Log { args, follow }) => {
+                assert!(follow);
+                assert_eq!(args["type"], "bounce,complaint");
+                assert_eq!(args["recipient"], "@b.example");
+                assert!(!args.contains_key("follow"), "follow stays in sendctl");
+            }
+            _ => panic!("log parsed into something else"),
+        }
         let (_, args) = request("server put --name s --host h --port 25 --password p");
         assert_eq!(args["auth"]["password"], "p");
         assert_eq!(args["port"], 25);
@@ -476,6 +511,7 @@ mod tests {
             "fleet status --all",
             "fleet queue suspend --campaign c",
             "fleet queue delete --tenant t",
+            "log --type bounce --since 1h --limit 5",
         ] {
             let (cmd, _) = request(line);
             assert!(arg_fields(&cmd).is_some(), "{cmd}");

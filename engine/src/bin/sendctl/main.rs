@@ -11,6 +11,7 @@
 mod args;
 mod bounce;
 mod fleet;
+mod log;
 mod render;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,6 +34,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
 
   status | hello
+  log [--limit N (50)] [--before CURSOR] [--follow] [--type delivery,bounce,...]
+      [--recipient ADDR|@DOMAIN] [--sender ADDR|@DOMAIN] [--tenant T] [--campaign C]
+      [--route R] [--since 1h | 2026-11-21T10:00:00Z]
+                                    (the event log, newest first; --follow: like tail -f)
   server|group|user|template|domain list | get NAME | delete NAME
   server|group|user|template put [--file F.json | < F.json | flags]
       server flags: --name --host --port --encryption --username --password --max-connections
@@ -53,7 +58,7 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
   fleet queue suspend | resume | bounce | delete --campaign C and/or --tenant T
       (applied by every node to the mail it received before the order)
 
-Flags take a value (--campaign X or --campaign=X) except --json and --all; a flag
+Flags take a value (--campaign X or --campaign=X) except --json, --all and --follow; a flag
 a command does not take is an error (exit 2), never ignored.
 The socket is $SENDENGINE_SOCKET, else var/admin.sock.";
 
@@ -68,27 +73,19 @@ fn main() -> ExitCode {
     };
     let (cmd, args) = match invocation.command {
         Command::BounceParse { files } => return bounce::run(&files, invocation.json),
+        Command::Log { args, follow } => {
+            return log::run(&invocation.socket, args, invocation.json, follow);
+        }
         Command::Remote { cmd, args } => (cmd, args),
     };
-    let response = match call(&invocation.socket, &cmd, &args) {
-        Ok(r) => r,
+    let result = match call(&invocation.socket, &cmd, &args).and_then(result_of) {
+        Ok(result) => result,
         Err(message) => {
             eprintln!("sendctl: {message}");
             return ExitCode::from(1);
         }
     };
-    if response.get("ok") != Some(&Value::Bool(true)) {
-        let error = &response["error"];
-        eprintln!(
-            "sendctl: {}: {}",
-            error["code"].as_str().unwrap_or("error"),
-            error["message"]
-                .as_str()
-                .unwrap_or("the daemon gave no reason")
-        );
-        return ExitCode::from(1);
-    }
-    let result = &response["result"];
+    let result = &result;
     if invocation.json {
         println!(
             "{}",
@@ -98,6 +95,21 @@ fn main() -> ExitCode {
         print!("{}", render::render(&cmd, result));
     }
     ExitCode::SUCCESS
+}
+
+/// The result of an answer, or the daemon's error as `code: message`.
+fn result_of(mut response: Value) -> Result<Value, String> {
+    if response.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(response["result"].take());
+    }
+    let error = &response["error"];
+    Err(format!(
+        "{}: {}",
+        error["code"].as_str().unwrap_or("error"),
+        error["message"]
+            .as_str()
+            .unwrap_or("the daemon gave no reason")
+    ))
 }
 
 // ---- the socket --------------------------------------------------------------
