@@ -60,7 +60,7 @@ fn event(n: u64, recipient: String) -> Event {
     let kind = match n % 40 {
         0 => EventKind::Bounce,
         1 | 2 => EventKind::TransientFailure,
-        n if n % 2 == 0 => EventKind::Reception,
+        n if n.is_multiple_of(2) => EventKind::Reception,
         _ => EventKind::Delivery,
     };
     let reply = match kind {

@@ -405,3 +405,31 @@ impl Writer {
         file.rotate_if_new_day();
     }
 }
+
+/// An event for the unit tests of this module's files: a delivery or
+/// whatever `kind`, to `recipient`, stamped `time`; the rest fixed.
+#[cfg(test)]
+pub(crate) fn test_event(kind: EventKind, recipient: &str, time: &str) -> Event {
+    Event {
+        time: time.into(),
+        kind,
+        message_id: "0000000000000000".into(),
+        header_message_id: "<x@test>".into(),
+        sender: "App@Shop.example".into(),
+        recipient: recipient.into(),
+        tenant: Some("acme".into()),
+        group: None,
+        channel: "marketing".into(),
+        campaign: Some("spring \"sale\"".into()),
+        route: Some("relay-1".into()),
+        remote_host: None,
+        reply: None,
+        bounce_class: None,
+        bounce_type: None,
+        tls: None,
+        dkim: None,
+        attempt: 1,
+        queue_time_ms: 0,
+        size: 100,
+    }
+}

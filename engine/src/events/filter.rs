@@ -291,29 +291,9 @@ mod tests {
             .into_iter()
             .find(|k| k.name() == kind)
             .unwrap();
-        serde_json::to_string(&super::super::Event {
-            time: time.into(),
-            kind,
-            message_id: "00aa".into(),
-            header_message_id: "<x@y>".into(),
-            sender: "App@Shop.example".into(),
-            recipient: recipient.into(),
-            tenant: tenant.map(str::to_owned),
-            group: None,
-            channel: "marketing".into(),
-            campaign: Some("spring \"sale\"".into()),
-            route: Some("relay-1".into()),
-            remote_host: None,
-            reply: None,
-            bounce_class: None,
-            bounce_type: None,
-            tls: None,
-            dkim: None,
-            attempt: 1,
-            queue_time_ms: 0,
-            size: 10,
-        })
-        .unwrap()
+        let mut event = crate::events::test_event(kind, recipient, time);
+        event.tenant = tenant.map(str::to_owned);
+        serde_json::to_string(&event).unwrap()
     }
 
     fn filter(spec: FilterSpec) -> LogFilter {

@@ -61,8 +61,9 @@ fn cursor_of(result: &Value, field: &str) -> Option<String> {
 
 /// A page: requests from the cursor until `limit` events or the end.
 fn page(socket: &Path, mut args: Map<String, Value>, json: bool) -> Result<(), String> {
-    let limit = args
-        .get("limit")
+    let given_limit = args.get("limit").cloned();
+    let limit = given_limit
+        .as_ref()
         .and_then(Value::as_u64)
         .unwrap_or(DEFAULT_LIMIT);
     let following = args.contains_key("after");
@@ -87,6 +88,11 @@ fn page(socket: &Path, mut args: Map<String, Value>, json: bool) -> Result<(), S
         if events.len() as u64 >= limit {
             break (next, head);
         }
+    };
+    // The footer repeats the command as given.
+    match given_limit {
+        Some(given) => args.insert("limit".into(), given),
+        None => args.remove("limit"),
     };
     let mut out = std::io::stdout().lock();
     let written = if json {

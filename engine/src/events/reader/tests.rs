@@ -7,38 +7,20 @@ use std::path::{Path, PathBuf};
 use super::*;
 use crate::events::file::{EventFile, RotationPolicy};
 use crate::events::filter::FilterSpec;
-use crate::events::{Event, EventKind};
+use crate::events::{EventKind, test_event};
 
 const NOW: u64 = 1_795_257_000_000; // 2026-11-21T10:30:00Z
 
 /// Event `n` as the writer writes it: a bounce every tenth, else a delivery.
 fn line(n: usize) -> String {
-    let event = Event {
-        time: crate::timefmt::rfc3339(NOW - 1_000_000 + n as u64 * 1000),
-        kind: if n % 10 == 0 {
-            EventKind::Bounce
-        } else {
-            EventKind::Delivery
-        },
-        message_id: format!("{n:016x}"),
-        header_message_id: format!("<{n}@test>"),
-        sender: "app@example.com".into(),
-        recipient: format!("rcpt{n}@example.net"),
-        tenant: Some("acme".into()),
-        group: None,
-        channel: "marketing".into(),
-        campaign: None,
-        route: Some("relay".into()),
-        remote_host: None,
-        reply: None,
-        bounce_class: None,
-        bounce_type: None,
-        tls: None,
-        dkim: None,
-        attempt: 1,
-        queue_time_ms: 0,
-        size: 100,
+    let kind = if n.is_multiple_of(10) {
+        EventKind::Bounce
+    } else {
+        EventKind::Delivery
     };
+    let time = crate::timefmt::rfc3339(NOW - 1_000_000 + n as u64 * 1000);
+    let mut event = test_event(kind, &format!("rcpt{n}@example.net"), &time);
+    event.message_id = format!("{n:016x}");
     serde_json::to_string(&event).unwrap() + "\n"
 }
 
@@ -72,6 +54,14 @@ fn numbers(page: &Page) -> Vec<usize> {
 
 fn any() -> LogFilter {
     LogFilter::new(&FilterSpec::default(), NOW).unwrap()
+}
+
+fn bounces() -> LogFilter {
+    let spec = FilterSpec {
+        types: Some("bounce".into()),
+        ..FilterSpec::default()
+    };
+    LogFilter::new(&spec, NOW).unwrap()
 }
 
 fn query(filter: &LogFilter, limit: usize) -> Query<'_> {
@@ -122,14 +112,7 @@ fn pages_go_back_through_the_files_the_writer_rotated() {
     let everything = all_pages(&path, &query(&filter, 7));
     assert_eq!(everything, (0..100).rev().collect::<Vec<_>>());
 
-    let bounces = LogFilter::new(
-        &FilterSpec {
-            types: Some("bounce".into()),
-            ..FilterSpec::default()
-        },
-        NOW,
-    )
-    .unwrap();
+    let bounces = bounces();
     let found = all_pages(&path, &query(&bounces, 3));
     assert_eq!(
         found,
@@ -225,14 +208,7 @@ fn an_overlong_line_is_skipped_in_both_directions() {
 fn the_scan_budget_answers_early_with_a_cursor_to_go_on_from() {
     let (_dir, path) = log_path();
     append_events(&path, 0..50);
-    let bounces = LogFilter::new(
-        &FilterSpec {
-            types: Some("bounce".into()),
-            ..FilterSpec::default()
-        },
-        NOW,
-    )
-    .unwrap();
+    let bounces = bounces();
     let small = Query {
         filter: &bounces,
         limit: 100,
