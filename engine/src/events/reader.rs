@@ -363,6 +363,24 @@ impl Partial {
         let done = std::mem::take(self);
         ((!done.too_long).then_some(done.bytes), done.len)
     }
+
+    /// Completes the line with its last piece (`at_front`: its first)
+    /// and hands it to `visit` (`None` when too long) with its length.
+    /// A line that lies in one block, nearly every line, is not copied.
+    fn whole<T>(
+        &mut self,
+        piece: &[u8],
+        at_front: bool,
+        visit: impl FnOnce(Option<&[u8]>, u64) -> T,
+    ) -> T {
+        if self.len == 0 {
+            let fits = piece.len() <= MAX_LINE_BYTES;
+            return visit(fits.then_some(piece), piece.len() as u64);
+        }
+        self.add(piece, at_front);
+        let (bytes, len) = self.take();
+        visit(bytes.as_deref(), len)
+    }
 }
 
 /// Visits the complete lines of `file` before `end`, last first. The
@@ -386,8 +404,7 @@ fn scan_backward(file: &LogFile, end: u64, take: &mut Collector) -> Result<Scann
         file.read_at(block, start)?;
         let mut upto = block.len();
         while let Some(i) = memchr::memrchr(b'\n', &block[..upto]) {
-            scan.line.add(&block[i + 1..upto], true);
-            if scan.end_line(start + i as u64 + 1, take) == Flow::Stop {
+            if scan.end_line(&block[i + 1..upto], start + i as u64 + 1, take) == Flow::Stop {
                 return Ok(scan.scanned);
             }
             upto = i;
@@ -395,7 +412,7 @@ fn scan_backward(file: &LogFile, end: u64, take: &mut Collector) -> Result<Scann
         scan.line.add(&block[..upto], true);
         pos = start;
     }
-    scan.end_line(0, take);
+    scan.end_line(&[], 0, take);
     Ok(scan.scanned)
 }
 
@@ -408,15 +425,19 @@ struct Backward {
 }
 
 impl Backward {
-    /// The line starting at `start` is complete: the tail, or one to visit.
-    fn end_line(&mut self, start: u64, take: &mut Collector) -> Flow {
-        let (bytes, len) = self.line.take();
+    /// The line starting at `start` is complete (`first` is its part in
+    /// the current block, the rest came with later blocks): the tail, or
+    /// one to visit.
+    fn end_line(&mut self, first: &[u8], start: u64, take: &mut Collector) -> Flow {
         if std::mem::take(&mut self.in_tail) {
+            self.line.add(first, true);
             self.scanned.boundary = start;
-            self.scanned.tail_bytes = len;
+            self.scanned.tail_bytes = self.line.take().1;
             return Flow::Go;
         }
-        let flow = take.visit(bytes.as_deref(), true, len);
+        let flow = self
+            .line
+            .whole(first, true, |line, len| take.visit(line, true, len));
         if flow == Flow::Stop {
             self.scanned.stopped_at = Some(start);
         }
@@ -446,11 +467,10 @@ fn scan_forward(file: &LogFile, from: u64, take: &mut Collector) -> Result<Forwa
         let mut rest: &[u8] = block;
         let mut at = pos;
         while let Some(i) = memchr::memchr(b'\n', rest) {
-            line.add(&rest[..i], false);
             at += i as u64 + 1;
             boundary = at;
-            let (bytes, len) = line.take();
-            if take.visit(bytes.as_deref(), false, len) == Flow::Stop {
+            let flow = line.whole(&rest[..i], false, |line, len| take.visit(line, false, len));
+            if flow == Flow::Stop {
                 return Ok(Forward {
                     boundary,
                     stopped: true,

@@ -185,6 +185,24 @@ fn torn_and_foreign_lines_are_skipped_not_fatal() {
 }
 
 #[test]
+fn lines_across_block_edges_are_read_whole() {
+    let (_dir, path) = log_path();
+    append_events(&path, 0..2000); // about four blocks
+    assert!(std::fs::metadata(&path).unwrap().len() > 3 * BLOCK_BYTES as u64);
+    let filter = any();
+    let page = read_backward(&path, None, &query(&filter, 5000)).unwrap();
+    assert_eq!(numbers(&page), (0..2000).rev().collect::<Vec<_>>());
+    assert_eq!(page.skipped_lines, 0);
+    let start = Cursor {
+        inode: page.head.unwrap().inode,
+        offset: 0,
+    };
+    let page = read_forward(&path, start, &query(&filter, 5000)).unwrap();
+    assert_eq!(numbers(&page), (0..2000).collect::<Vec<_>>());
+    assert_eq!(page.skipped_lines, 0);
+}
+
+#[test]
 fn an_overlong_line_is_skipped_in_both_directions() {
     let (_dir, path) = log_path();
     append_events(&path, 0..2);
