@@ -131,6 +131,12 @@ impl LogFilter {
         self.patterns.is_empty() && self.since.is_none()
     }
 
+    /// Whether a matching line may be in `bytes`: each of the filter's
+    /// patterns occurs somewhere in them.
+    pub fn may_match(&self, bytes: &[u8]) -> bool {
+        self.patterns.iter().all(|p| p.is_match(bytes))
+    }
+
     /// Whether a file last written at `modified_ms` (and every older
     /// file) holds only events before `since`.
     pub fn file_before_since(&self, modified_ms: u64) -> bool {
@@ -156,7 +162,7 @@ impl LogFilter {
     /// The event on `line` if it is a valid event that matches; `None` for
     /// a line that does not match, `Err` for one that is not an event.
     pub fn check(&self, line: &[u8]) -> Result<Option<Value>, serde_json::Error> {
-        if !self.patterns.iter().all(|p| p.is_match(line)) {
+        if !self.may_match(line) {
             return Ok(None);
         }
         if !self.is_empty() {

@@ -14,7 +14,8 @@
 //! everything above it, and the log is only nearly in time order.)
 //!
 //! Bounds: a line longer than `MAX_LINE_BYTES` is skipped, as is a line
-//! that is not a JSON object (a torn last line after a crash); a request
+//! that is not a JSON object (a torn last line after a crash; counted
+//! where a line is looked at, not in blocks a filter passes over); a request
 //! scans at most `Query::max_scan_bytes` and returns at most
 //! `MAX_PAGE_BYTES`, then answers with what it has and a cursor to go on
 //! from (`complete: false`). The caller runs it off the async workers.
@@ -220,6 +221,17 @@ impl<'a> Collector<'a> {
         Flow::Go
     }
 
+    /// Passes over lines known not to match, `bytes` of them (not looked
+    /// at: a torn line among them is not counted); whether to stop after.
+    fn pass(&mut self, bytes: u64) -> Flow {
+        self.scanned += bytes;
+        if self.scanned >= self.query.max_scan_bytes {
+            self.out_of_budget = true;
+            return Flow::Stop;
+        }
+        Flow::Go
+    }
+
     fn finish(self, mut page: Page) -> Page {
         page.complete = !self.out_of_budget;
         page.events = self.events;
@@ -403,6 +415,19 @@ fn scan_backward(file: &LogFile, end: u64, take: &mut Collector) -> Result<Scann
         let block = &mut buf[..(pos - start) as usize];
         file.read_at(block, start)?;
         let mut upto = block.len();
+        if let Some(inner) = lines_without_match(block, take.query.filter) {
+            // The line ending the block (or the tail) as usual, then the
+            // lines wholly inside at once.
+            let (first, last) = inner;
+            if scan.end_line(&block[last + 1..], start + last as u64 + 1, take) == Flow::Stop {
+                return Ok(scan.scanned);
+            }
+            if take.pass((last - first) as u64) == Flow::Stop {
+                scan.scanned.stopped_at = Some(start + first as u64 + 1);
+                return Ok(scan.scanned);
+            }
+            upto = first;
+        }
         while let Some(i) = memchr::memrchr(b'\n', &block[..upto]) {
             if scan.end_line(&block[i + 1..upto], start + i as u64 + 1, take) == Flow::Stop {
                 return Ok(scan.scanned);
@@ -414,6 +439,21 @@ fn scan_backward(file: &LogFile, end: u64, take: &mut Collector) -> Result<Scann
     }
     scan.end_line(&[], 0, take);
     Ok(scan.scanned)
+}
+
+/// The first and last newline of a block whose lines between them cannot
+/// match: one of the filter's patterns is nowhere in the block (and its
+/// oldest such line is not already past `since`). `None`: look at each.
+/// This makes a rare filter cost one pattern search per block instead of
+/// one per line.
+fn lines_without_match(block: &[u8], filter: &LogFilter) -> Option<(usize, usize)> {
+    if filter.may_match(block) {
+        return None;
+    }
+    let first = memchr::memchr(b'\n', block)?;
+    let last = memchr::memrchr(b'\n', block)?;
+    let passable = first < last && !filter.line_before_since(&block[first + 1..]);
+    passable.then_some((first, last))
 }
 
 /// The state of a backward scan of one file.

@@ -203,6 +203,34 @@ fn lines_across_block_edges_are_read_whole() {
 }
 
 #[test]
+fn a_rare_filter_passes_over_blocks_and_still_pages_exactly() {
+    let (_dir, path) = log_path();
+    append_events(&path, 0..3000); // about six blocks
+    let spec = |recipient: &str| FilterSpec {
+        recipient: Some(recipient.into()),
+        ..FilterSpec::default()
+    };
+    for n in [0, 1, 1234, 2999] {
+        let one = LogFilter::new(&spec(&format!("rcpt{n}@example.net")), NOW).unwrap();
+        assert_eq!(all_pages(&path, &query(&one, 10)), vec![n]);
+    }
+    let none = LogFilter::new(&spec("nobody@example.net"), NOW).unwrap();
+    let page = read_backward(&path, None, &query(&none, 10)).unwrap();
+    assert!(page.events.is_empty() && page.next.is_none() && page.complete);
+    assert_eq!(page.scanned_bytes, std::fs::metadata(&path).unwrap().len());
+    // With a budget: answers early, at a line boundary, and goes on exactly.
+    let rare = LogFilter::new(&spec("rcpt7@example.net"), NOW).unwrap();
+    let small = Query {
+        filter: &rare,
+        limit: 10,
+        max_scan_bytes: BLOCK_BYTES as u64,
+    };
+    let first = read_backward(&path, None, &small).unwrap();
+    assert!(!first.complete && first.events.is_empty());
+    assert_eq!(all_pages(&path, &small), vec![7]);
+}
+
+#[test]
 fn an_overlong_line_is_skipped_in_both_directions() {
     let (_dir, path) = log_path();
     append_events(&path, 0..2);
