@@ -3,9 +3,9 @@
 //!
 //! A scan over a gigabyte of JSON lines must not parse every line. Each
 //! filter therefore also gives a byte pattern that a matching line must
-//! contain, exactly as the writer spells it (`"tenant":"acme"`: serde_json
-//! writes compact JSON in the schema's field order); only lines holding
-//! every pattern are parsed, and the parsed fields decide. Recipient and
+//! contain: its value exactly as serde_json writes it (`"acme"`, escapes
+//! and all); only lines holding every pattern are parsed, and the parsed
+//! fields decide. Recipient and
 //! sender compare without regard to ASCII case (`Bob@Example.com` is the
 //! same mailbox to an operator); a value starting with `@` matches the
 //! domain.
@@ -194,30 +194,23 @@ impl LogFilter {
             && self.since.as_deref().is_none_or(|s| f.time.as_ref() >= s)
     }
 
-    /// One pattern set per filter, spelled as the writer spells the field.
+    /// One pattern set per filter: the value as the writer spells it.
+    /// Only the value: the field's name is on every line, and a pattern
+    /// that starts with it would make every line a candidate.
     fn compile_patterns(&self) -> Result<Vec<AhoCorasick>, FilterError> {
         let mut sets: Vec<(Vec<String>, bool)> = Vec::new();
         if !self.types.is_empty() {
-            let names = self.types.iter().map(|t| format!("\"type\":\"{t}\""));
+            let names = self.types.iter().map(|t| format!("\"{t}\""));
             sets.push((names.collect(), false));
         }
-        for (field, address) in [("recipient", &self.recipient), ("sender", &self.sender)] {
-            if let Some(Address(a)) = address {
-                let pattern = match a.starts_with('@') {
-                    true => format!("{}\"", json_text(a)),
-                    false => format!("\"{field}\":\"{}\"", json_text(a)),
-                };
-                sets.push((vec![pattern], true));
-            }
+        for address in [&self.recipient, &self.sender].into_iter().flatten() {
+            sets.push((vec![format!("{}\"", json_text(&address.0))], true));
         }
-        for (field, value) in [
-            ("tenant", &self.tenant),
-            ("campaign", &self.campaign),
-            ("route", &self.route),
-        ] {
-            if let Some(v) = value {
-                sets.push((vec![format!("\"{field}\":\"{}\"", json_text(v))], false));
-            }
+        for value in [&self.tenant, &self.campaign, &self.route]
+            .into_iter()
+            .flatten()
+        {
+            sets.push((vec![format!("\"{}\"", json_text(value))], false));
         }
         sets.into_iter()
             .map(|(patterns, ignore_case)| {
