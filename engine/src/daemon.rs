@@ -392,6 +392,7 @@ impl Daemon {
                 engine: engine.clone(),
                 started,
                 listeners: local_addrs.clone(),
+                events_path: config.events.path.clone(),
             });
             tasks.push(tokio::spawn(crate::admin::serve(
                 listener,

@@ -13,7 +13,9 @@
 
 pub mod daily;
 mod file;
+pub mod filter;
 pub mod http;
+pub mod reader;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +54,36 @@ pub enum EventKind {
     Click,
     /// The open pixel was loaded (`user_agent`, `remote_host`).
     Open,
+}
+
+impl EventKind {
+    /// Every kind, in the schema's order.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Reception,
+        EventKind::Delivery,
+        EventKind::TransientFailure,
+        EventKind::Bounce,
+        EventKind::Expiration,
+        EventKind::AdminAction,
+        EventKind::Suppression,
+        EventKind::AsyncBounce,
+        EventKind::Complaint,
+    ];
+
+    /// The name in the `type` field (`transient_failure`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Reception => "reception",
+            EventKind::Delivery => "delivery",
+            EventKind::TransientFailure => "transient_failure",
+            EventKind::Bounce => "bounce",
+            EventKind::Expiration => "expiration",
+            EventKind::AdminAction => "admin_action",
+            EventKind::Suppression => "suppression",
+            EventKind::AsyncBounce => "async_bounce",
+            EventKind::Complaint => "complaint",
+        }
+    }
 }
 
 /// What ESP users call a bounce: `hard` when the address will never work
@@ -404,5 +436,33 @@ impl Writer {
             file.reopen();
         }
         file.rotate_if_new_day();
+    }
+}
+
+/// An event for the unit tests of this module's files: a delivery or
+/// whatever `kind`, to `recipient`, stamped `time`; the rest fixed.
+#[cfg(test)]
+pub(crate) fn test_event(kind: EventKind, recipient: &str, time: &str) -> Event {
+    Event {
+        time: time.into(),
+        kind,
+        message_id: "0000000000000000".into(),
+        header_message_id: "<x@test>".into(),
+        sender: "App@Shop.example".into(),
+        recipient: recipient.into(),
+        tenant: Some("acme".into()),
+        group: None,
+        channel: "marketing".into(),
+        campaign: Some("spring \"sale\"".into()),
+        route: Some("relay-1".into()),
+        remote_host: None,
+        reply: None,
+        bounce_class: None,
+        bounce_type: None,
+        tls: None,
+        dkim: None,
+        attempt: 1,
+        queue_time_ms: 0,
+        size: 100,
     }
 }

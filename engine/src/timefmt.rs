@@ -110,6 +110,75 @@ pub fn parse_iso_date(text: &str) -> Option<u32> {
     same.then(|| u32::try_from(days).ok()).flatten()
 }
 
+/// Days since 1970-01-01 of a civil date (the inverse of `civil`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time:
+/// `2026-11-21T10:30:00Z`, `2026-11-21T10:30:00.123+01:00` (a space or a
+/// lower-case `t`/`z` is accepted too). `None` for anything else, or a
+/// time before 1970.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let b = text.trim().as_bytes();
+    let num = |from: usize, len: usize| -> Option<u32> {
+        let digits = b.get(from..from + len)?;
+        digits.iter().try_fold(0u32, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators.iter().any(|(i, c)| b.get(*i) != Some(c))
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, min, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0u64;
+    if b.get(at) == Some(&b'.') {
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|d| d.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            return None;
+        }
+        // Milliseconds: the first three digits, padded.
+        for i in 0..3 {
+            let d = if i < digits {
+                u64::from(b[at + 1 + i] - b'0')
+            } else {
+                0
+            };
+            millis = millis * 10 + d;
+        }
+        at += 1 + digits;
+    }
+    let offset_secs: i64 = match b.get(at..) {
+        Some(b"Z" | b"z") => 0,
+        Some(rest) if rest.len() == 6 && matches!(rest[0], b'+' | b'-') && rest[3] == b':' => {
+            let (h, m) = (num(at + 1, 2)?, num(at + 4, 2)?);
+            let secs = i64::from(h * 3600 + m * 60);
+            if rest[0] == b'-' { -secs } else { secs }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(i64::from(year), month, day);
+    let secs = days * 86_400 + i64::from(hour * 3600 + min * 60 + sec) - offset_secs;
+    u64::try_from(secs).ok().map(|s| s * 1000 + millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +212,25 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-21T10:30:00.123Z");
         assert_eq!(rfc5322(t), "Sat, 21 Nov 2026 10:30:00 +0000");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn rfc3339_is_parsed_back_with_offsets_and_fractions() {
+        let t = 1_795_257_000_123;
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        assert_eq!(parse_rfc3339("2026-11-21T10:30:00Z"), Some(t - 123));
+        assert_eq!(parse_rfc3339("2026-11-21 11:30:00.1234+01:00"), Some(t));
+        assert_eq!(parse_rfc3339("2026-11-21t05:30:00.123-05:00"), Some(t));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        for bad in [
+            "2026-11-21",
+            "2026-11-21T10:30:00",
+            "2026-13-01T00:00:00Z",
+            "2026-11-21T10:30:00.Z",
+            "1h",
+            "1969-12-31T23:59:59Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -124,6 +124,29 @@ fn a_file_from_an_earlier_day_is_rotated_at_the_first_event() {
 }
 
 #[test]
+fn an_event_after_a_torn_line_starts_a_line_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let whole = serde_json::to_string(&event(1)).unwrap() + "\n";
+    let torn = &serde_json::to_string(&event(2)).unwrap()[..50];
+    std::fs::write(&path, format!("{whole}{torn}")).unwrap();
+
+    let log = EventLog::start(&settings(&path, 1 << 30, 14, false), None).unwrap();
+    log.emit(event(3));
+    log.flush();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            whole.trim_end(),
+            torn,
+            &serde_json::to_string(&event(3)).unwrap()
+        ]
+    );
+}
+
+#[test]
 fn a_stuck_writer_never_blocks_emit_and_the_overflow_is_counted() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let metrics = recorder.handle();

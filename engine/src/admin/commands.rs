@@ -20,6 +20,34 @@ pub const QUEUE_FILTERS: &[&str] = &[
     "id",
 ];
 
+/// The arguments of `log`: paging, following, and the filters.
+pub const LOG_FIELDS: &[&str] = &[
+    "limit",
+    "before",
+    "after",
+    "type",
+    "recipient",
+    "sender",
+    "tenant",
+    "campaign",
+    "route",
+    "since",
+];
+
+/// The arguments of `log`: paging, following, and the filters.
+pub const LOG_FIELDS: &[&str] = &[
+    "limit",
+    "before",
+    "after",
+    "type",
+    "recipient",
+    "sender",
+    "tenant",
+    "campaign",
+    "route",
+    "since",
+];
+
 /// What a command's `args` may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArgFields {
@@ -98,6 +126,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         "listeners, queue, routes, campaigns in flight",
     ),
     cmd("hello", None, NONE, "the protocol and daemon versions"),
+    cmd(
+        "log",
+        None,
+        Takes::Fields(LOG_FIELDS),
+        "the event log, newest first, paged and filtered (--follow: like tail -f)",
+    ),
     cmd(
         "report",
         Some(Operand {

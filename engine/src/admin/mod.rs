@@ -6,8 +6,8 @@
 //! (`object_fields`: the fields of the objects `put` takes); the
 //! handlers live per noun: `objects` (server, group, user, template,
 //! domain), `queue` (and `history`, of messages that left it), `status`,
-//! `dkim`, `suppression`, `usage`, `report`, `server_test` and `fleet` (cluster
-//! mode). Every
+//! `dkim`, `suppression`, `usage`, `report`, `server_test`, `log` (the event log read
+//! back) and `fleet` (cluster mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
@@ -16,6 +16,7 @@ pub mod dkim;
 pub mod fleet;
 pub mod history;
 pub mod object_fields;
+pub mod log;
 pub mod objects;
 pub mod protocol;
 pub mod queue;
@@ -43,6 +44,8 @@ pub struct AdminContext {
     pub started: Instant,
     /// The SMTP listeners' bound addresses.
     pub listeners: Vec<SocketAddr>,
+    /// `[events] path`: the log `log` reads back.
+    pub events_path: Option<std::path::PathBuf>,
 }
 
 /// Runs one request.
@@ -60,6 +63,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         })),
         ("status", "") => status::status(ctx).await,
         ("report", "") => report::day_report(ctx, &args).await,
+        ("log", "") => log::read(ctx, &args).await,
         ("server", "test") => server_test::run(ctx, &args).await,
         ("server", "enable") => objects::set_enabled(ctx, &args, true).await,
         ("server", "disable") => objects::set_enabled(ctx, &args, false).await,

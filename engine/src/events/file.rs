@@ -51,14 +51,16 @@ impl EventFile {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(FILE_MODE)
             .open(path)?;
-        let meta = file.metadata()?;
+        let mut meta = file.metadata()?;
         if meta.is_file() {
             restrict_mode(&file, meta.permissions().mode())?;
+            end_torn_line(path, &mut file, meta.len())?;
+            meta = file.metadata()?;
         }
         // A file left by an earlier run belongs to the day it was last written.
         let day = meta.modified().map_or_else(|_| today(), utc_day);
@@ -147,6 +149,22 @@ impl EventFile {
             self.last_error_report = Some(now);
         }
     }
+}
+
+/// A crash can leave the file ending in half a line; without a newline
+/// the next event would be glued to it and lost with it. (Readers skip
+/// the torn line; `sendctl log` counts it.)
+fn end_torn_line(path: &Path, file: &mut File, len: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8];
+    File::open(path)?.read_exact_at(&mut last, len - 1)?;
+    if last[0] != b'\n' {
+        file.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// Sets 0640 on a file created under a loose umask (022 gave 0644) or left

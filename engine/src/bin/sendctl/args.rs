@@ -24,7 +24,7 @@ const MAX_OBJECT_BYTES: u64 = 1024 * 1024;
 /// Flags every command takes.
 pub const GLOBAL_FLAGS: &[&str] = &["socket", "config", "json", "help"];
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["json", "help", "all"];
+const SWITCHES: &[&str] = &["json", "help", "all", "follow"];
 /// Flags that must be numbers.
 const NUMERIC_FLAGS: &[&str] = &["limit"];
 /// Fields sendctl fills from a file named by a flag: (field, flag).
@@ -52,6 +52,12 @@ pub enum Command {
     /// `help [WORDS]`, `--help`, `-h`: the usage, for the commands that
     /// start with the words.
     Help { topic: Vec<String> },
+    /// `log`: requests to the daemon until the page is full, or for ever
+    /// with `--follow`.
+    Log {
+        args: Map<String, Value>,
+        follow: bool,
+    },
 }
 
 /// A flag as given: its name in field form (`older_than`), the spelling
@@ -79,10 +85,12 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
     check_flags(&spec, &flags, &allowed)?;
     let mut socket = SocketChoice::default();
     let mut json = false;
+    let mut follow = false;
     let mut fields = Vec::new();
     for flag in flags {
         match flag.name.as_str() {
             "json" => json = true,
+            "follow" => follow = true,
             "socket" => socket.socket = flag.value,
             "config" => socket.config = flag.value,
             _ => fields.push(flag),
@@ -105,6 +113,10 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
                 args,
             }
         }
+        Spec::Request(info) if info.cmd == "log" => Command::Log {
+            args: request_args(info, positional, fields)?,
+            follow,
+        },
         Spec::Request(info) => Command::Remote {
             cmd: info.cmd.into(),
             args: request_args(info, positional, fields)?,
@@ -283,7 +295,8 @@ fn allowed_flags(spec: &Spec) -> Vec<&'static str> {
         }
         Spec::Request(info) => {
             if let Some(ArgFields::Fields(fields)) = arg_fields(info.cmd) {
-                let operand = info.operand.map(|o| o.field);
+                // An optional operand may be given as a flag too (`report --date D`).
+                let operand = info.operand.filter(|o| !o.optional).map(|o| o.field);
                 let flags = fields.into_iter().filter(|f| Some(*f) != operand).map(|f| {
                     FILE_FIELDS
                         .iter()
@@ -291,6 +304,9 @@ fn allowed_flags(spec: &Spec) -> Vec<&'static str> {
                         .map_or(f, |(_, flag)| flag)
                 });
                 allowed.extend(flags);
+            }
+            if info.cmd == "log" {
+                allowed.push("follow");
             }
         }
     }

@@ -15,6 +15,7 @@ mod config_socket;
 mod fleet;
 mod help;
 mod queue;
+mod log;
 mod render;
 mod report;
 
@@ -53,6 +54,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::BounceParse { files } => return bounce::run(&files, invocation.json),
+        Command::Log { args, follow } => {
+            return match invocation.socket.resolve() {
+                Ok(socket) => log::run(&socket, args, invocation.json, follow),
+                Err(message) => {
+                    eprintln!("sendctl: {message}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         Command::Remote { cmd, args } => (cmd, args),
     };
     let response = invocation
@@ -92,6 +102,21 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// The result of an answer, or the daemon's error as `code: message`.
+fn result_of(mut response: Value) -> Result<Value, String> {
+    if response.get("ok") == Some(&Value::Bool(true)) {
+        return Ok(response["result"].take());
+    }
+    let error = &response["error"];
+    Err(format!(
+        "{}: {}",
+        error["code"].as_str().unwrap_or("error"),
+        error["message"]
+            .as_str()
+            .unwrap_or("the daemon gave no reason")
+    ))
 }
 
 // ---- the socket --------------------------------------------------------------
