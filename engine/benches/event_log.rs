@@ -98,6 +98,8 @@ fn event(n: u64, recipient: String) -> Event {
         attempt: 1,
         queue_time_ms: n % 5000,
         size: 10_240 + (n % 7) as usize * 100,
+        url: None,
+        user_agent: None,
     }
 }
 

@@ -58,7 +58,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the schema's order.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Reception,
         EventKind::Delivery,
         EventKind::TransientFailure,
@@ -68,6 +68,8 @@ impl EventKind {
         EventKind::Suppression,
         EventKind::AsyncBounce,
         EventKind::Complaint,
+        EventKind::Click,
+        EventKind::Open,
     ];
 
     /// The name in the `type` field (`transient_failure`).
@@ -82,6 +84,8 @@ impl EventKind {
             EventKind::Suppression => "suppression",
             EventKind::AsyncBounce => "async_bounce",
             EventKind::Complaint => "complaint",
+            EventKind::Click => "click",
+            EventKind::Open => "open",
         }
     }
 }
@@ -464,5 +468,7 @@ pub(crate) fn test_event(kind: EventKind, recipient: &str, time: &str) -> Event 
         attempt: 1,
         queue_time_ms: 0,
         size: 100,
+        url: None,
+        user_agent: None,
     }
 }

@@ -34,20 +34,6 @@ pub const LOG_FIELDS: &[&str] = &[
     "since",
 ];
 
-/// The arguments of `log`: paging, following, and the filters.
-pub const LOG_FIELDS: &[&str] = &[
-    "limit",
-    "before",
-    "after",
-    "type",
-    "recipient",
-    "sender",
-    "tenant",
-    "campaign",
-    "route",
-    "since",
-];
-
 /// What a command's `args` may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArgFields {

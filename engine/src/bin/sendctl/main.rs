@@ -14,8 +14,8 @@ mod cli_words;
 mod config_socket;
 mod fleet;
 mod help;
-mod queue;
 mod log;
+mod queue;
 mod render;
 mod report;
 
