@@ -103,6 +103,18 @@ pub struct Event {
     pub attempt: u32,
     pub queue_time_ms: u64,
     pub size: usize,
+    /// The application's metadata for this recipient (HTTP injection's
+    /// `recipients[].metadata`); left out when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The metadata a message carries for its recipient, for its events.
+pub fn metadata_of(meta: &sendengine_queue::MessageMeta) -> Option<serde_json::Value> {
+    if meta.metadata.is_empty() {
+        return None;
+    }
+    serde_json::from_str(&meta.metadata).ok()
 }
 
 /// Events held between producers and the writer thread, when not configured.

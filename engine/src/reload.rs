@@ -93,6 +93,7 @@ const RESTART: &[(&str, Read)] = &[
     ("secrets.key_file", |c| show(&c.secrets.key_file)),
     ("dns", |c| show(&c.dns)),
     ("direct", |c| show(&c.direct)),
+    ("http_in", |c| show(&c.http_in)),
     (
         "declared objects (delivery_server, user_group, user, ...: use sendctl)",
         |c| show(&c.seeds),
@@ -131,6 +132,7 @@ fn unlisted_change(old: &Config, new: &Config) -> bool {
     aligned.secrets = old.secrets.clone();
     aligned.dns = old.dns.clone();
     aligned.direct = old.direct.clone();
+    aligned.http_in = old.http_in.clone();
     aligned.log = old.log.clone();
     aligned.seeds = old.seeds.clone();
     show(old) != show(&aligned)

@@ -26,6 +26,7 @@ fn message(body: &[u8]) -> NewMessage {
             ..MessageMeta::default()
         },
         quotas: Vec::new(),
+        idempotency: None,
     }
 }
 

@@ -64,5 +64,6 @@ fn sample(thread_no: usize, i: usize) -> NewMessage {
             ..MessageMeta::default()
         },
         quotas: Vec::new(),
+        idempotency: None,
     }
 }

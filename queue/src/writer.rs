@@ -24,6 +24,7 @@ use crate::backlog::{self, BacklogRequest, BacklogWritten};
 use crate::delivered::{self, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
+use crate::idempotency::{self, IdempotencyRequest};
 use crate::message::{Claimed, Outcome};
 use crate::quarantine::{self, CorruptRecipient, Damaged};
 use crate::select::{ClaimFilter, QueueAction};
@@ -98,6 +99,7 @@ pub(crate) enum Request {
     Suppress(SuppressRequest),
     Action(ActionRequest),
     Backlog(BacklogRequest),
+    Idempotency(IdempotencyRequest),
     Quarantine(QuarantineRequest),
     Compact(Completion<bool>),
 }
@@ -120,6 +122,7 @@ impl Request {
             Request::Suppress(r) => complete(r.done, Err(err)),
             Request::Action(r) => complete(r.done, Err(err)),
             Request::Backlog(r) => complete(r.done, Err(err)),
+            Request::Idempotency(r) => complete(r.done, Err(err)),
             Request::Quarantine(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
@@ -446,6 +449,9 @@ fn write_batch(
             tables.insert_message(id, &insert.msg, insert.claimed, now)?;
             inserted.push(Ok(id));
         }
+        let marks = writes.inserts.iter().zip(&inserted);
+        let marks = marks.filter(|(_, result)| result.is_ok());
+        idempotency::put(&txn, marks.filter_map(|(i, _)| i.msg.idempotency.as_ref()))?;
         if inserted.iter().any(Result::is_ok) {
             tables.store_id_floor(ids.high_water())?;
         }
@@ -480,6 +486,10 @@ fn write_batch(
         for request in &writes.backlogs {
             backlogged.push(backlog::apply(&txn, request)?);
         }
+        let mut idempotent = Vec::with_capacity(writes.idempotency.len());
+        for request in &writes.idempotency {
+            idempotent.push(idempotency::apply(&txn, request)?);
+        }
         for q in &writes.quarantines {
             let Damaged { id, rcpt, reason } = &q.damaged;
             match rcpt {
@@ -498,6 +508,7 @@ fn write_batch(
             suppressed,
             acted,
             backlogged,
+            idempotent,
             claimed,
             quarantined: tables.take_quarantined(),
         }
@@ -543,6 +554,7 @@ impl Batch {
             Request::Suppress(s) => self.writes.suppressions.push(s),
             Request::Action(action) => self.writes.actions.push(action),
             Request::Backlog(b) => self.writes.backlogs.push(b),
+            Request::Idempotency(i) => self.writes.idempotency.push(i),
             Request::Quarantine(q) => self.writes.quarantines.push(q),
             Request::Compact(done) => self.compactions.push(done),
         }
@@ -564,6 +576,7 @@ struct Writes {
     suppressions: Vec<SuppressRequest>,
     actions: Vec<ActionRequest>,
     backlogs: Vec<BacklogRequest>,
+    idempotency: Vec<IdempotencyRequest>,
     quarantines: Vec<QuarantineRequest>,
     claims: Vec<ClaimRequest>,
 }
@@ -578,6 +591,8 @@ struct Results {
     suppressed: Vec<bool>,
     acted: Vec<Vec<bool>>,
     backlogged: Vec<BacklogWritten>,
+    /// Expired idempotency rows removed, per request.
+    idempotent: Vec<u64>,
     claimed: Vec<Vec<Claimed>>,
     /// Rows the batch met that could not be decoded and moved aside.
     quarantined: Vec<CorruptRecipient>,
@@ -591,6 +606,7 @@ impl Writes {
             + self.suppressions.len()
             + self.actions.len()
             + self.backlogs.len()
+            + self.idempotency.len()
             + self.quarantines.len()
             + self.claims.len()
     }
@@ -615,6 +631,7 @@ impl Writes {
             || !self.suppressions.is_empty()
             || !self.actions.is_empty()
             || !self.backlogs.is_empty()
+            || !self.idempotency.is_empty()
             || !self.quarantines.is_empty()
     }
 
@@ -636,6 +653,9 @@ impl Writes {
         }
         for (b, written) in self.backlogs.into_iter().zip(results.backlogged) {
             complete(b.done, Ok(written));
+        }
+        for (i, removed) in self.idempotency.into_iter().zip(results.idempotent) {
+            complete(i.done, Ok(removed));
         }
         for q in self.quarantines {
             complete(q.done, Ok(()));
@@ -663,6 +683,9 @@ impl Writes {
         }
         for b in self.backlogs {
             complete(b.done, Err(err.clone()));
+        }
+        for i in self.idempotency {
+            complete(i.done, Err(err.clone()));
         }
         for q in self.quarantines {
             complete(q.done, Err(err.clone()));

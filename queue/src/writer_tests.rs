@@ -87,6 +87,7 @@ fn insert(recipients: usize) -> (Request, mpsc::Receiver<Result<MessageId, Spool
         body: b"Subject: x\r\n\r\nhello\r\n".to_vec(),
         meta: MessageMeta::default(),
         quotas: Vec::new(),
+        idempotency: None,
     };
     let (done, rx) = reply();
     let msg = EncodedMessage::new(msg).unwrap();

@@ -4,11 +4,12 @@
 //! `server` owns the Unix socket and the connections, `protocol` the JSON
 //! line frames, `commands` the argument fields each command takes; the
 //! handlers live per noun: `objects` (server, group, user, template,
-//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `server_test`
+//! domain), `queue`, `status`, `dkim`, `suppression`, `usage`, `api_keys`, `server_test`
 //! and `fleet` (cluster mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
+pub mod api_keys;
 pub mod commands;
 pub mod dkim;
 pub mod fleet;
@@ -61,6 +62,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         ("dkim", verb) => dkim::handle(ctx, verb, &args).await,
         ("suppression", verb) => suppression::handle(ctx, verb, &args).await,
         ("user", "usage") => usage::user_usage(ctx, &args).await,
+        ("user", verb) if verb.starts_with("api_key.") => api_keys::handle(ctx, verb, &args).await,
         ("fleet", verb) => fleet::handle(ctx, verb, &args).await,
         (noun, verb) => match objects::Kind::from_noun(noun) {
             Some(kind) => objects::handle(ctx, kind, verb, &args).await,
@@ -74,7 +76,7 @@ fn unknown(cmd: &str) -> AdminError {
         "unknown_command",
         format!(
             "`{cmd}` is not a command; try hello, status, server|group|user|template|domain \
-             .list|get|put|delete, server.test, user.usage, domain.verify|records, \
+             .list|get|put|delete, server.test, user.usage, user.api_key.create|list|revoke, domain.verify|records, \
              dkim.list|get|generate|import|activate|retire, queue.summary|list|inspect|flush|delete|suspend|resume|bounce, \
              suppression.list|add|remove|check, \
              fleet.status, fleet.queue.suspend|resume|bounce|delete"

@@ -405,5 +405,6 @@ fn admin_event(r: &QueuedRecipient, verb: &str) -> Event {
         attempt: r.attempts,
         queue_time_ms: now.saturating_sub(r.meta.received_at_ms),
         size: 0,
+        metadata: crate::events::metadata_of(&r.meta),
     }
 }

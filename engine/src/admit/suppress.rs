@@ -111,6 +111,7 @@ pub(super) fn emit_dropped(
             attempt: 0,
             queue_time_ms: 0,
             size,
+            metadata: crate::events::metadata_of(meta),
         });
     }
 }

@@ -338,6 +338,8 @@ fn report_event(target: &Target, known: Option<&Delivered>, record: &Record, siz
         attempt: 0,
         queue_time_ms: now.saturating_sub(id_timestamp_ms(target.id)),
         size,
+        // The delivered index does not keep the metadata.
+        metadata: None,
     }
 }
 

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod http_in;
 mod sections;
 mod values;
 
 pub use crate::values::{parse_duration, parse_size};
+pub use http_in::{HttpInSettings, RawHttpIn};
 pub use sections::*;
 pub use values::IpNetwork;
 use values::{duration_or, keyed, parse_mode, parse_socket_addr, positive};
@@ -60,6 +62,8 @@ pub struct Config {
     pub amqp_in: Vec<crate::amqp::AmqpInSettings>,
     /// `[[amqp_out]]`: exchanges events are published to (see `amqp_out`).
     pub amqp_out: Vec<crate::amqp::AmqpOutSettings>,
+    /// `[http_in]`: the HTTP injection API (see `http_in`).
+    pub http_in: HttpInSettings,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -99,6 +103,8 @@ struct RawConfig {
     amqp_in: Vec<crate::amqp::RawAmqpIn>,
     #[serde(default)]
     amqp_out: Vec<crate::amqp::RawAmqpOut>,
+    #[serde(default)]
+    http_in: RawHttpIn,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -387,6 +393,7 @@ impl RawConfig {
                 .transpose()?,
             amqp_in: crate::amqp::validate_in(self.amqp_in)?,
             amqp_out: crate::amqp::validate_out(self.amqp_out)?,
+            http_in: self.http_in.check()?,
             seeds,
         })
     }

@@ -342,6 +342,7 @@ pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
         attempt: 0,
         queue_time_ms: 0,
         size: msg.body.len(),
+        metadata: crate::events::metadata_of(meta),
     }
 }
 
@@ -490,6 +491,7 @@ mod tests {
                 ..MessageMeta::default()
             },
             quotas: Vec::new(),
+            idempotency: None,
         };
         let id = spool.insert_blocking(msg, true).unwrap();
         let stored = Arc::new(spool.load(id).unwrap().unwrap());
@@ -565,6 +567,7 @@ mod tests {
             body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
             meta: MessageMeta::default(),
             quotas: Vec::new(),
+            idempotency: None,
         };
         let id = spool.insert_blocking(msg, false).unwrap();
         let claimed = spool.claim_due(now_ms() + 1_000, 10).unwrap();

@@ -589,5 +589,6 @@ pub fn delivery_event(n: usize) -> sendengine::events::Event {
         attempt: 1,
         queue_time_ms: 0,
         size: 100,
+        metadata: None,
     }
 }

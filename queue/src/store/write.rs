@@ -22,6 +22,7 @@ pub(crate) struct EncodedMessage {
     body: Vec<u8>,
     recipient_count: u32,
     quotas: Vec<Quota>,
+    pub(crate) idempotency: Option<crate::idempotency::IdempotencyRow>,
 }
 
 impl EncodedMessage {
@@ -34,6 +35,7 @@ impl EncodedMessage {
             body: msg.body,
             recipient_count,
             quotas: msg.quotas,
+            idempotency: msg.idempotency,
         })
     }
 

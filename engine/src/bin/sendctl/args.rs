@@ -180,6 +180,7 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
         }
         ("server", Some("test")) => request("test", "name"),
         ("user", Some("usage")) => request("usage", "name"),
+        ("user", Some("api-key")) => api_key(words),
         ("server" | "group" | "user" | "template", Some("put")) => match words.get(2) {
             Some(w) => Err(Usage(format!("unexpected argument `{w}`"))),
             None => Ok((Spec::Put(format!("{noun}.put")), Map::new())),
@@ -211,6 +212,28 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
             verb.map(|v| format!(" {v}")).unwrap_or_default()
         ))),
     }
+}
+
+/// `user api-key create|list|revoke NAME` (revoke: `--id ID`).
+fn api_key(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
+    let verb = match words.get(2).map(String::as_str) {
+        Some(verb @ ("create" | "list" | "revoke")) => verb,
+        _ => {
+            return Err(Usage(
+                "give the action: sendctl user api-key create|list NAME, or revoke NAME --id ID"
+                    .into(),
+            ));
+        }
+    };
+    let name = words
+        .get(3)
+        .ok_or_else(|| Usage(format!("give the user: user api-key {verb} NAME")))?;
+    if let Some(extra) = words.get(4) {
+        return Err(Usage(format!("unexpected argument `{extra}`")));
+    }
+    let mut args = Map::new();
+    args.insert("name".into(), Value::String(name.clone()));
+    Ok((Spec::Request(format!("user.api_key.{verb}")), args))
 }
 
 /// The object fields `put` takes as flags (besides `--file`).

@@ -40,6 +40,7 @@ const USAGE: &str = "usage: sendctl [--socket PATH] [--json] NOUN VERB [ARGS]
       user flags:   --name --group --password --sender-email
   server test NAME [--to ADDR] [--from ADDR]
   user usage NAME                   (sending limits used; the fleet's in cluster mode)
+  user api-key create NAME | list NAME | revoke NAME --id ID   (HTTP API keys; the token is shown once)
   domain put NAME --owner USER | verify NAME | records NAME
   bounce parse FILE... [--json]     (offline: no daemon needed)
   dkim list | get DOMAIN | generate DOMAIN [--selector S] [--algorithm rsa|ed25519] [--inactive true]
