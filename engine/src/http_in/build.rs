@@ -81,7 +81,7 @@ pub fn compile(content: Content, dialect: Dialect) -> Result<Compiled, ApiError>
             Shape::Raw(raw)
         }
         Content::Built(built) => {
-            let parts = parts(built)?;
+            let parts = parts(*built)?;
             for (name, body) in [(TEXT, &parts.text), (HTML, &parts.html), (AMP, &parts.amp)] {
                 if let Some(body) = body {
                     add(name.into(), body)?;
@@ -342,8 +342,8 @@ mod tests {
     #[test]
     fn built_content_has_parts_headers_and_attachments() {
         let mut r = request(
-            r#"{"envelope_sender":"a@b.c","recipients":[{"email":"x@y.z","name":"Ann"}],
-                "content":{"text_body":"Hi {{ name }}","html_body":"<p>{{ name }} & co</p>","subject":"For {{ name }}",
+            r#"{"envelope_sender":"a@b.c","recipients":[{"email":"x@y.z","name":"Ann","substitutions":{"tag":"<b>"}}],
+                "content":{"text_body":"Hi {{ name }}","html_body":"<p>{{ name }} {{ tag }}</p>","subject":"For {{ name }}",
                 "from":{"email":"news@b.c","name":"News"},"headers":{"X-Tag":"t-{{ email }}"},
                 "attachments":[{"data":"aGVsbG8=","base64":true,"content_type":"text/plain","file_name":"h.txt"},
                                {"data":"R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7","base64":true,"content_type":"image/gif","content_id":"my-image"}]}}"#,
@@ -368,9 +368,10 @@ mod tests {
         let parsed = mail_parser::MessageParser::default()
             .parse(m.as_bytes())
             .unwrap();
+        let html = parsed.body_html(0).unwrap();
         assert!(
-            parsed.body_html(0).unwrap().contains("Ann &amp; co"),
-            "HTML is escaped"
+            html.contains("Ann &lt;b&gt;"),
+            "variables are HTML-escaped: {html}"
         );
     }
 }

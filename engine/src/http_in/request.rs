@@ -56,7 +56,7 @@ pub struct Recipient {
 #[derive(Debug)]
 pub enum Content {
     Raw(String),
-    Built(Built),
+    Built(Box<Built>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,7 +228,7 @@ fn content(value: Option<Value>) -> Result<Content, ApiError> {
                     "give text_body, html_body or both",
                 ));
             }
-            for (name, _) in &built.headers {
+            for name in built.headers.keys() {
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
                     return Err(ApiError::bad_request(
                         format!("content.headers[{name:?}]"),
@@ -246,7 +246,7 @@ fn content(value: Option<Value>) -> Result<Content, ApiError> {
                     ));
                 }
             }
-            Ok(Content::Built(built))
+            Ok(Content::Built(Box::new(built)))
         }
         Some(_) => Err(ApiError::bad_request(
             "content",
@@ -365,7 +365,7 @@ mod tests {
         );
         let many = format!(
             r#"{{"envelope_sender":"a@b.c",{c},"recipients":[{}]}}"#,
-            vec![r#"{"email":"a@b.c"}"#; 11].join(",")
+            [r#"{"email":"a@b.c"}"#; 11].join(",")
         );
         let e = parse(many.as_bytes(), 10).unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
