@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use sendengine_dkim::{DkimKey, DnsRecord, KeyAlgorithm};
-use support::{Daemon, DaemonConfig, Sink, ctl};
+use support::{Daemon, DaemonConfig, Sink, ctl, venv_python};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -68,24 +68,6 @@ fn messages(dir: &Path) {
     for (name, text) in cases {
         std::fs::write(dir.join(name), text).unwrap();
     }
-}
-
-fn venv_python() -> Option<PathBuf> {
-    if Command::new("python3").arg("--version").output().is_err() {
-        support::missing_peer(
-            "python3",
-            "dkimpy verifies with it: scripts/install-test-deps.sh",
-        );
-        return None;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");
-    let out = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
 }
 
 #[test]

@@ -517,14 +517,9 @@ fn schemathesis_finds_no_server_error_and_every_answer_matches_the_document() {
     let Some(api) = Api::start("max_recipients = 20", "", false) else {
         return;
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");
-    let venv = Command::new("bash").arg(&script).output().unwrap();
-    assert!(
-        venv.status.success(),
-        "{}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = PathBuf::from(String::from_utf8(venv.stdout).unwrap().trim());
+    let Some(python) = support::venv_python() else {
+        return;
+    };
     let schemathesis = python.with_file_name("schemathesis");
     // Its cache folder goes to a temporary directory, not the checkout.
     let cwd = tempfile::tempdir().unwrap();

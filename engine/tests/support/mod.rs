@@ -399,6 +399,26 @@ pub fn python(script: &str, args: &[String]) -> Option<std::process::Output> {
     Some(out)
 }
 
+/// The project venv's python (dkimpy, schemathesis: `scripts/python-venv.sh`,
+/// made on first use); `None` when there is no python3 (skipped, or failed under CI).
+pub fn venv_python() -> Option<PathBuf> {
+    if Command::new("python3").arg("--version").output().is_err() {
+        missing_peer(
+            "python3",
+            "the venv of dkimpy and schemathesis: scripts/install-test-deps.sh",
+        );
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()))
+}
+
 /// Sends one message with Python's smtplib; returns what it printed.
 pub const SMTPLIB_SEND: &str = r#"
 import smtplib, sys
