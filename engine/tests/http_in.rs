@@ -3,7 +3,7 @@
 //! documentation, as they are), raw and built content, per-recipient
 //! substitutions and metadata, attachments, API keys (401), every
 //! malformed case (400), bounds (413), a tiny sending limit (429),
-//! idempotency keys, kill -9 in the middle of a request, and schemathesis
+//! idempotency keys, kill -9 in the middle of a request, HTTPS, and schemathesis
 //! checking the server against its own OpenAPI document.
 
 mod support;
@@ -17,7 +17,7 @@ use support::{Daemon, DaemonConfig, Sink, ctl, free_port, sendctl, wait_for};
 
 /// POSTs a body file with urllib; prints `{"status", "headers", "body"}`.
 const CLIENT: &str = r#"
-import json, sys, urllib.request, urllib.error
+import json, ssl, sys, urllib.request, urllib.error
 url, token, path, extra = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 headers = {"Content-Type": "application/json", **extra}
 if token:
@@ -25,11 +25,12 @@ if token:
 data = open(path, "rb").read() if path else None
 request = urllib.request.Request(url, data=data, method="POST" if path else "GET", headers=headers)
 try:
-    r = urllib.request.urlopen(request, timeout=120)
+    # The tests' certificates are self-signed.
+    r = urllib.request.urlopen(request, timeout=120, context=ssl._create_unverified_context())
     status, got, body = r.status, r.headers, r.read()
 except urllib.error.HTTPError as e:
     status, got, body = e.code, e.headers, e.read()
-except OSError as e:
+except Exception as e:  # no HTTP answer at all (refused, reset, not HTTP)
     print(json.dumps({"status": 0, "headers": {}, "body": str(e)}))
     sys.exit(0)
 print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in got.items()},
@@ -125,11 +126,16 @@ impl Api {
             "[http_in]\nlisten = [\"127.0.0.1:{http_port}\"]\n{http_extra}\n[[user]]\nname = \"app\"\npassword = \"secret\"\n{objects}"
         );
         let daemon = Daemon::start(config);
+        let scheme = if http_extra.contains("tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
         let key = ctl(&daemon, &["user", "api-key", "create", "app"]);
         let token = key["token"].as_str().expect("a token").to_owned();
         Some(Api {
             daemon,
-            url: format!("http://127.0.0.1:{http_port}"),
+            url: format!("{scheme}://127.0.0.1:{http_port}"),
             token,
             sink,
             sink_port,
@@ -554,4 +560,23 @@ fn schemathesis_finds_no_server_error_and_every_answer_matches_the_document() {
         out.status.success(),
         "schemathesis found problems:\n{report}"
     );
+}
+
+#[test]
+fn https_with_the_smtp_in_certificate_settings() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (c, k) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.key_pair.serialize_pem()).unwrap();
+    let tls = format!("tls_cert = {c:?}\ntls_key = {k:?}");
+    let Some(mut api) = Api::start(&tls, "", false) else {
+        return;
+    };
+    let r = api.post(KUMO_CURL_EXAMPLE);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body"]["success_count"], 1);
+    // Plain HTTP to the HTTPS port gets no answer.
+    api.url = api.url.replacen("https", "http", 1);
+    assert_eq!(api.post(KUMO_CURL_EXAMPLE)["status"], 0);
 }
