@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the Python venv the tests use to run independent peers (dkimpy for
-# DKIM verification) at target/pyvenv, installs the pinned packages into it
+# DKIM verification, schemathesis for the HTTP API against its OpenAPI
+# document) at target/pyvenv, installs the pinned packages into it
 # and prints the venv's python path. Safe to run again and from several tests
 # at once: a lock serialises installs, and a stamp file skips them when done.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 # Pinned so every machine verifies with the same peer. dkimpy verifies
 # Ed25519 signatures through PyNaCl; it resolves DNS through dnspython, which
 # the tests replace with their own dnsfunc.
-packages=(dkimpy==1.1.8 pynacl==1.6.2 dnspython==2.8.0)
+packages=(dkimpy==1.1.8 pynacl==1.6.2 dnspython==2.8.0 schemathesis==4.32.5)
 
 venv="$PWD/target/pyvenv"
 python="$venv/bin/python"

@@ -1,6 +1,7 @@
 //! Shared code of the benchmark tools: `sendengine-sink` (an SMTP server that
 //! accepts and counts messages, with fault modes) and `sendengine-loadgen` (an
-//! SMTP client that injects N messages over C connections).
+//! SMTP client that injects N messages over C connections), and
+//! `sendengine-httpload` (the same for the HTTP injection API).
 //!
 //! The binaries in `src/bin/` only parse arguments and print; the protocol
 //! work lives here so it can be unit tested.
@@ -8,6 +9,7 @@
 pub mod args;
 pub mod conn;
 pub mod fault;
+pub mod httpload;
 pub mod loadgen;
 pub mod message;
 pub mod reply;

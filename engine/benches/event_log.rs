@@ -100,6 +100,7 @@ fn event(n: u64, recipient: String) -> Event {
         size: 10_240 + (n % 7) as usize * 100,
         url: None,
         user_agent: None,
+        metadata: None,
     }
 }
 

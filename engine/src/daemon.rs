@@ -345,6 +345,15 @@ impl Daemon {
             .await
             .map_err(|(addr, source)| StartError::Listen { addr, source })?;
         let tracking_listener = bind_tracking(&config).await?;
+        let http_listeners = crate::http_in::bind(&config.http_in)
+            .await
+            .map_err(|(addr, source)| StartError::Listen { addr, source })?;
+        let http_tls = match (&config.http_in.tls_cert, &config.http_in.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(TlsAcceptor::from(Arc::new(server_tls_config(cert, key)?)))
+            }
+            _ => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         // Cluster mode: heartbeat and fleet actions (nothing without [cluster]).
         let fleet_tasks = crate::admin::fleet::start(&engine, shutdown_rx.clone())
@@ -430,6 +439,19 @@ impl Daemon {
             },
             &shutdown_rx,
         ));
+        // The HTTP API: stopped with the listeners (requests in flight are
+        // answered), before the spool.
+        tasks.extend(
+            crate::http_in::start(
+                &engine,
+                &config.http_in,
+                config.smtp_in.max_message_size,
+                http_listeners,
+                http_tls,
+                &shutdown_rx,
+            )
+            .map_err(|e| StartError::Tls(format!("http_in: {e}")))?,
+        );
         for listener in listeners {
             let control = ListenerControl {
                 context: contexts.subscribe(),

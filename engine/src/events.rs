@@ -155,6 +155,18 @@ pub struct Event {
     pub url: Option<String>,
     /// `click` and `open` events: the client's `User-Agent`.
     pub user_agent: Option<String>,
+    /// The application's metadata for this recipient (HTTP injection's
+    /// `recipients[].metadata`); left out when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The metadata a message carries for its recipient, for its events.
+pub fn metadata_of(meta: &sendengine_queue::MessageMeta) -> Option<serde_json::Value> {
+    if meta.metadata.is_empty() {
+        return None;
+    }
+    serde_json::from_str(&meta.metadata).ok()
 }
 
 /// Where events go besides the file.
@@ -470,5 +482,6 @@ pub(crate) fn test_event(kind: EventKind, recipient: &str, time: &str) -> Event 
         size: 100,
         url: None,
         user_agent: None,
+        metadata: None,
     }
 }

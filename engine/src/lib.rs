@@ -22,6 +22,7 @@ pub mod dns;
 pub mod domains;
 pub mod engine;
 pub mod events;
+pub mod http_in;
 pub mod inject;
 pub mod logging;
 pub mod metrics;

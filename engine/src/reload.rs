@@ -95,6 +95,7 @@ const RESTART: &[(&str, Read)] = &[
     ("dns", |c| show(&c.dns)),
     ("direct", |c| show(&c.direct)),
     ("tracking", |c| show(&c.tracking)),
+    ("http_in", |c| show(&c.http_in)),
     (
         "declared objects (delivery_server, user_group, user, ...: use sendctl)",
         |c| show(&c.seeds),
@@ -134,6 +135,7 @@ fn unlisted_change(old: &Config, new: &Config) -> bool {
     aligned.dns = old.dns.clone();
     aligned.direct = old.direct.clone();
     aligned.tracking = old.tracking.clone();
+    aligned.http_in = old.http_in.clone();
     aligned.log = old.log.clone();
     aligned.seeds = old.seeds.clone();
     show(old) != show(&aligned)

@@ -27,6 +27,7 @@ fn message(body: &[u8]) -> NewMessage {
         },
         quotas: Vec::new(),
         tracking: None,
+        idempotency: None,
     }
 }
 

@@ -65,5 +65,6 @@ fn sample(thread_no: usize, i: usize) -> NewMessage {
         },
         quotas: Vec::new(),
         tracking: None,
+        idempotency: None,
     }
 }

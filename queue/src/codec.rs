@@ -59,6 +59,9 @@ pub(crate) fn encode_envelope(
     put_u64(&mut out, meta.received_at_ms);
     put_str(&mut out, &meta.client);
     put_str(&mut out, &meta.return_path_domain);
+    if !meta.metadata.is_empty() {
+        put_str(&mut out, &meta.metadata);
+    }
     out
 }
 
@@ -87,6 +90,12 @@ pub(crate) fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         client: input.string()?,
         // Added after the first records were written: optional at the end.
         return_path_domain: if input.remaining() > 0 {
+            input.string()?
+        } else {
+            String::new()
+        },
+        // Likewise, and written only when there is any.
+        metadata: if input.remaining() > 0 {
             input.string()?
         } else {
             String::new()
@@ -232,13 +241,24 @@ mod tests {
             received_at_ms: 1_700_000_000_123,
             client: "192.0.2.7 mx.example".into(),
             return_path_domain: "sl.example.com".into(),
+            metadata: r#"{"crm_id":42}"#.into(),
         }
+    }
+
+    #[test]
+    fn envelopes_without_metadata_end_at_the_return_path() {
+        let mut plain = meta();
+        plain.metadata.clear();
+        let bytes = encode_envelope("a@b.c", &["x@y.z".into()], &plain);
+        assert!(bytes.ends_with(b"sl.example.com"));
+        assert_eq!(decode_envelope(&bytes).unwrap().meta, plain);
     }
 
     #[test]
     fn envelopes_written_before_the_return_path_field_still_decode() {
         let mut old = meta();
         old.return_path_domain.clear();
+        old.metadata.clear();
         let mut bytes = encode_envelope("a@b.c", &["x@y.z".into()], &old);
         // The old form ended with the client field.
         bytes.truncate(bytes.len() - 4);
@@ -263,9 +283,12 @@ mod tests {
     #[test]
     fn every_truncation_of_an_envelope_is_an_error() {
         let bytes = encode_envelope("s@x", &["r@y".to_string()], &meta());
-        // Cut exactly before the optional last field is the older form.
-        let older_form = bytes.len() - 4 - meta().return_path_domain.len();
-        for len in (0..bytes.len()).filter(|&len| len != older_form) {
+        // Cut exactly before an optional last field is an older form (or
+        // one without metadata).
+        let no_metadata = bytes.len() - 4 - meta().metadata.len();
+        let older_form = no_metadata - 4 - meta().return_path_domain.len();
+        let forms = [older_form, no_metadata];
+        for len in (0..bytes.len()).filter(|len| !forms.contains(len)) {
             assert!(
                 decode_envelope(&bytes[..len]).is_err(),
                 "prefix of {len} bytes"

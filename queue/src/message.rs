@@ -30,6 +30,10 @@ pub struct MessageMeta {
     /// Where bounces go: MAIL FROM becomes a VERP address at this domain.
     /// Empty: the sender's own return path is kept.
     pub return_path_domain: String,
+    /// The application's metadata for the message's recipient, as JSON
+    /// text (HTTP injection's `recipients[].metadata`), carried into every
+    /// event of it. Empty: none.
+    pub metadata: String,
 }
 
 /// A message to spool: envelope plus the final wire bytes (CRLF, not dot-stuffed).
@@ -44,6 +48,9 @@ pub struct NewMessage {
     /// Links rewritten for click and open tracking, written in the same
     /// commit (see `tracking.rs`).
     pub tracking: Option<crate::tracking::TrackedLinks>,
+    /// An idempotency record written in the insert's own transaction, so
+    /// that it exists exactly when the message does (see `idempotency`).
+    pub idempotency: Option<crate::idempotency::IdempotencyRow>,
 }
 
 /// A message read back from the spool. The body is shared, so clones are cheap.
@@ -103,6 +110,9 @@ impl NewMessage {
                 self.body.len()
             )));
         }
+        if let Some(row) = &self.idempotency {
+            row.check()?;
+        }
         self.validate_fields()
     }
 
@@ -116,6 +126,7 @@ impl NewMessage {
             ("campaign", &meta.campaign),
             ("route", &meta.route),
             ("client", &meta.client),
+            ("metadata", &meta.metadata),
         ];
         let recipients = self.recipients.iter().map(|rcpt| ("recipient", rcpt));
         for (name, value) in named.into_iter().chain(recipients) {
@@ -146,6 +157,7 @@ mod tests {
             meta: MessageMeta::default(),
             quotas: Vec::new(),
             tracking: None,
+            idempotency: None,
         }
     }
 

@@ -18,6 +18,7 @@ use crate::delivered::{self, Delivered, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::free_space::FreeSpaceGuard;
 use crate::id::{IdGenerator, MessageId};
+use crate::idempotency::{self, IdempotencyRequest, IdempotencyRow};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::quarantine::{self, Damaged, QuarantinedRow};
 use crate::select::{ClaimFilter, MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
@@ -529,6 +530,65 @@ impl Spool {
     /// The oldest `limit` events of the backlog `sink`, oldest first.
     pub fn backlog_peek(&self, sink: &str, limit: usize) -> Result<Vec<BacklogEntry>, SpoolError> {
         self.inner.shared.read(|db| backlog::peek(db, sink, limit))
+    }
+
+    /// Stores idempotency rows in the next group commit; `done` runs on
+    /// the writer thread after the durable commit (keep it cheap).
+    pub fn idempotency_put(
+        &self,
+        rows: Vec<IdempotencyRow>,
+        done: Box<dyn FnOnce(Result<u64, SpoolError>) + Send>,
+    ) {
+        if let Some(err) = rows.iter().find_map(|r| r.check().err()) {
+            return done(Err(err));
+        }
+        self.submit(Request::Idempotency(IdempotencyRequest {
+            put: rows,
+            expire_before_ms: None,
+            done,
+        }));
+    }
+
+    /// [`Spool::idempotency_put`], waiting for the commit.
+    pub fn idempotency_put_blocking(&self, rows: Vec<IdempotencyRow>) -> Result<(), SpoolError> {
+        self.wait_for(|done| self.idempotency_put(rows, done))
+            .map(|_| ())
+    }
+
+    /// Removes the idempotency rows that expired before `now_ms`; returns
+    /// how many went.
+    pub fn idempotency_expire_blocking(&self, now_ms: u64) -> Result<u64, SpoolError> {
+        self.wait_for(|done| {
+            self.submit(Request::Idempotency(IdempotencyRequest {
+                put: Vec::new(),
+                expire_before_ms: Some(now_ms),
+                done,
+            }))
+        })
+    }
+
+    /// The idempotency row under `key`, unless it expired before `now_ms`.
+    pub fn idempotency_get(
+        &self,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<IdempotencyRow>, SpoolError> {
+        self.inner
+            .shared
+            .read(|db| idempotency::get(db, key, now_ms))
+    }
+
+    /// The unexpired idempotency rows whose keys start with `prefix`, in
+    /// key order, at most `limit`.
+    pub fn idempotency_with_prefix(
+        &self,
+        prefix: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<IdempotencyRow>, SpoolError> {
+        self.inner
+            .shared
+            .read(|db| idempotency::with_prefix(db, prefix, now_ms, limit))
     }
 
     /// How many events the backlog `sink` holds.

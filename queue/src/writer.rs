@@ -25,6 +25,7 @@ use crate::daily::{self, DailyRequest};
 use crate::delivered::{self, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
+use crate::idempotency::{self, IdempotencyRequest};
 use crate::message::{Claimed, Outcome};
 use crate::quarantine::{self, CorruptRecipient, Damaged};
 use crate::select::{ClaimCursor, ClaimFilter, QueueAction};
@@ -100,6 +101,7 @@ pub(crate) enum Request {
     Action(ActionRequest),
     Backlog(BacklogRequest),
     Daily(DailyRequest),
+    Idempotency(IdempotencyRequest),
     Quarantine(QuarantineRequest),
     Compact(Completion<bool>),
 }
@@ -123,6 +125,7 @@ impl Request {
             Request::Action(r) => complete(r.done, Err(err)),
             Request::Backlog(r) => complete(r.done, Err(err)),
             Request::Daily(r) => complete(r.done, Err(err)),
+            Request::Idempotency(r) => complete(r.done, Err(err)),
             Request::Quarantine(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
@@ -462,6 +465,9 @@ fn write_batch(
             }
             inserted.push(Ok(id));
         }
+        let marks = writes.inserts.iter().zip(&inserted);
+        let marks = marks.filter(|(_, result)| result.is_ok());
+        idempotency::put(&txn, marks.filter_map(|(i, _)| i.msg.idempotency.as_ref()))?;
         if inserted.iter().any(Result::is_ok) {
             tables.store_id_floor(ids.high_water())?;
         }
@@ -499,6 +505,10 @@ fn write_batch(
         for request in &writes.dailies {
             daily::apply(&txn, request)?;
         }
+        let mut idempotent = Vec::with_capacity(writes.idempotency.len());
+        for request in &writes.idempotency {
+            idempotent.push(idempotency::apply(&txn, request)?);
+        }
         for q in &writes.quarantines {
             let Damaged { id, rcpt, reason } = &q.damaged;
             match rcpt {
@@ -517,6 +527,7 @@ fn write_batch(
             suppressed,
             acted,
             backlogged,
+            idempotent,
             claimed,
             quarantined: tables.take_quarantined(),
         }
@@ -563,6 +574,7 @@ impl Batch {
             Request::Action(action) => self.writes.actions.push(action),
             Request::Backlog(b) => self.writes.backlogs.push(b),
             Request::Daily(d) => self.writes.dailies.push(d),
+            Request::Idempotency(i) => self.writes.idempotency.push(i),
             Request::Quarantine(q) => self.writes.quarantines.push(q),
             Request::Compact(done) => self.compactions.push(done),
         }
@@ -585,6 +597,7 @@ struct Writes {
     actions: Vec<ActionRequest>,
     backlogs: Vec<BacklogRequest>,
     dailies: Vec<DailyRequest>,
+    idempotency: Vec<IdempotencyRequest>,
     quarantines: Vec<QuarantineRequest>,
     claims: Vec<ClaimRequest>,
 }
@@ -599,6 +612,8 @@ struct Results {
     suppressed: Vec<bool>,
     acted: Vec<Vec<bool>>,
     backlogged: Vec<BacklogWritten>,
+    /// Expired idempotency rows removed, per request.
+    idempotent: Vec<u64>,
     claimed: Vec<Vec<Claimed>>,
     /// Rows the batch met that could not be decoded and moved aside.
     quarantined: Vec<CorruptRecipient>,
@@ -613,6 +628,7 @@ impl Writes {
             + self.actions.len()
             + self.backlogs.len()
             + self.dailies.len()
+            + self.idempotency.len()
             + self.quarantines.len()
             + self.claims.len()
     }
@@ -638,6 +654,7 @@ impl Writes {
             || !self.actions.is_empty()
             || !self.backlogs.is_empty()
             || !self.dailies.is_empty()
+            || !self.idempotency.is_empty()
             || !self.quarantines.is_empty()
     }
 
@@ -662,6 +679,9 @@ impl Writes {
         }
         for d in self.dailies {
             complete(d.done, Ok(()));
+        }
+        for (i, removed) in self.idempotency.into_iter().zip(results.idempotent) {
+            complete(i.done, Ok(removed));
         }
         for q in self.quarantines {
             complete(q.done, Ok(()));
@@ -692,6 +712,9 @@ impl Writes {
         }
         for d in self.dailies {
             complete(d.done, Err(err.clone()));
+        }
+        for i in self.idempotency {
+            complete(i.done, Err(err.clone()));
         }
         for q in self.quarantines {
             complete(q.done, Err(err.clone()));

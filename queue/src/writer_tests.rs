@@ -88,6 +88,7 @@ fn insert(recipients: usize) -> (Request, mpsc::Receiver<Result<MessageId, Spool
         meta: MessageMeta::default(),
         quotas: Vec::new(),
         tracking: None,
+        idempotency: None,
     };
     let (done, rx) = reply();
     let msg = EncodedMessage::new(msg).unwrap();

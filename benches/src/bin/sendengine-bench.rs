@@ -5,6 +5,8 @@
 //! `--backlog` measures a queue built while the delivery server is down.
 //! `--cluster-database URL [--cluster-redis URL]` runs the daemon as one
 //! node of a fleet (issue #17); `--tenant` gives standalone the same tenant.
+//! `--http` compares recipients/s injected over the HTTP API (requests of
+//! `--http-rcpts` personalised recipients) with the same messages over SMTP.
 //!
 //! Exit code 0 on success, 1 when a run failed, 2 on bad arguments.
 
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use sendengine_benches::args::{ArgError, Args};
 use sendengine_benches::runner::backlog::{BacklogOptions, BacklogResult, run_backlog};
 use sendengine_benches::runner::cluster::ClusterTarget;
+use sendengine_benches::runner::http::{CompareResult, HttpSide, run_compare};
 use sendengine_benches::runner::peer::{self, PeerResult, PeerRun};
 use sendengine_benches::runner::procs::Binaries;
 use sendengine_benches::runner::stats::Spread;
@@ -26,7 +29,8 @@ const USAGE: &str = "usage: sendengine-bench [--messages N (20000)] [--warmup N 
     [--peer postfix] [--peer-messages N (10000)] [--peer-script PATH (../shared/bench/peer-postfix.sh)]
     [--backlog [--crash]] [--min-free-gib G (10)] [--perf FILE] [--dir DIR (/var/tmp/sendengine-bench)]
     [--bin-dir DIR (beside this program)] [--keep]
-    [--tenant] [--cluster-database postgres://USER@HOST:PORT/DB [--cluster-redis redis://HOST:PORT]]";
+    [--tenant] [--cluster-database postgres://USER@HOST:PORT/DB [--cluster-redis redis://HOST:PORT]]
+    [--http [--http-rcpts R (1000)] [--http-connections C (4)]]";
 
 /// Most repetitions.
 const MAX_REPS: usize = 20;
@@ -47,6 +51,8 @@ struct Options {
     dir: PathBuf,
     bins: Binaries,
     keep: bool,
+    /// `--http`: the HTTP-against-SMTP comparison instead of one scenario.
+    http: Option<HttpSide>,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +84,17 @@ fn run(options: &Options) -> Result<(), Box<dyn Error>> {
         load[0], load[1], load[2]
     );
     println!("scenario: {}", options.scenario.describe());
+    if let Some(http) = &options.http {
+        let mut reps = Vec::new();
+        for rep in 1..=options.reps {
+            let dir = options.dir.join(format!("http-rep-{rep}"));
+            let result = run_compare(&options.bins, &options.scenario, http, &dir, rep)?;
+            println!("rep {rep}: {}", result.line());
+            reps.push(result);
+        }
+        print_compare(http, &reps);
+        return Ok(());
+    }
     if options.backlog {
         let result = run_backlog(
             &options.bins,
@@ -168,6 +185,41 @@ fn print_summary(scenario: &Scenario, reps: &[RepResult]) {
     if let Some(dkim) = reps.first().and_then(|r| r.dkim_event.clone()) {
         println!("  {:<22} {dkim}", "dkim (reception event)");
     }
+}
+
+fn print_compare(http: &HttpSide, reps: &[CompareResult]) {
+    let show = |values: Vec<f64>| Spread::of(&values).map_or("-".to_string(), |s| s.to_string());
+    println!(
+        "summary over {} reps (HTTP: {} rcpts/request, {} connections), median [min..max] ±half-spread:",
+        reps.len(),
+        http.rcpts,
+        http.connections
+    );
+    println!(
+        "  {:<22} {}",
+        "SMTP rcpts/s",
+        show(reps.iter().map(|r| r.smtp_rcpts_per_s).collect())
+    );
+    println!(
+        "  {:<22} {}",
+        "HTTP rcpts/s",
+        show(reps.iter().map(|r| r.http_rcpts_per_s).collect())
+    );
+    println!(
+        "  {:<22} {}",
+        "HTTP/SMTP",
+        show(reps.iter().map(CompareResult::ratio).collect())
+    );
+    println!(
+        "  {:<22} {}",
+        "load avg before",
+        show(reps.iter().map(|r| r.load_before[0]).collect())
+    );
+    println!(
+        "  {:<22} {}",
+        "load avg after",
+        show(reps.iter().map(|r| r.load_after[0]).collect())
+    );
 }
 
 fn print_ratios(test: &str, ours: &[RepResult], peer: &PeerResult) {
@@ -272,6 +324,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
         dir: PathBuf::from("/var/tmp/sendengine-bench"),
         bins: Binaries::beside_self(),
         keep: false,
+        http: None,
     };
     let scenario = &mut options.scenario;
     let mut cluster_redis = None;
@@ -319,6 +372,32 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
             "--dir" => options.dir = args.value(&flag)?.into(),
             "--bin-dir" => options.bins.dir = args.value(&flag)?.into(),
             "--keep" => options.keep = true,
+            "--http" => {
+                options.http.get_or_insert(HttpSide {
+                    rcpts: 1000,
+                    connections: 4,
+                });
+            }
+            "--http-rcpts" => {
+                let rcpts = args.parsed(&flag)?;
+                options
+                    .http
+                    .get_or_insert(HttpSide {
+                        rcpts,
+                        connections: 4,
+                    })
+                    .rcpts = rcpts;
+            }
+            "--http-connections" => {
+                let connections = args.parsed(&flag)?;
+                options
+                    .http
+                    .get_or_insert(HttpSide {
+                        rcpts: 1000,
+                        connections,
+                    })
+                    .connections = connections;
+            }
             "--tenant" => scenario.tenant = true,
             "--cluster-database" => {
                 scenario.tenant = true;

@@ -8,6 +8,7 @@
 
 pub mod backlog;
 pub mod cluster;
+pub mod http;
 pub mod peer;
 pub mod proc;
 pub mod procs;

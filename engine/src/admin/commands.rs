@@ -208,6 +208,24 @@ pub const COMMANDS: &[CommandInfo] = &[
     ),
     cmd("template.delete", NAME, BY_NAME, "remove a DNS template"),
     cmd(
+        "user.api_key.create",
+        NAME,
+        BY_NAME,
+        "a new HTTP API key for the user (the token is shown once)",
+    ),
+    cmd(
+        "user.api_key.list",
+        NAME,
+        BY_NAME,
+        "the user's HTTP API keys (ids and creation times, never the tokens)",
+    ),
+    cmd(
+        "user.api_key.revoke",
+        NAME,
+        Takes::Fields(&["name", "id"]),
+        "revoke one of the user's HTTP API keys (--id ID)",
+    ),
+    cmd(
         "domain.list",
         None,
         NONE,

@@ -6,11 +6,12 @@
 //! (`object_fields`: the fields of the objects `put` takes); the
 //! handlers live per noun: `objects` (server, group, user, template,
 //! domain), `queue` (and `history`, of messages that left it), `status`,
-//! `dkim`, `suppression`, `usage`, `report`, `server_test`, `log` (the event log read
+//! `dkim`, `suppression`, `usage`, `api_keys`, `report`, `server_test`, `log` (the event log read
 //! back) and `fleet` (cluster mode). Every
 //! handler returns a JSON value or an `AdminError`; nothing a client sends
 //! can end its connection early or stop the daemon.
 
+pub mod api_keys;
 pub mod commands;
 pub mod dkim;
 pub mod fleet;
@@ -73,6 +74,7 @@ pub async fn handle(ctx: &Arc<AdminContext>, request: Request) -> Result<Value, 
         ("dkim", verb) => dkim::handle(ctx, verb, &args).await,
         ("suppression", verb) => suppression::handle(ctx, verb, &args).await,
         ("user", "usage") => usage::user_usage(ctx, &args).await,
+        ("user", verb) if verb.starts_with("api_key.") => api_keys::handle(ctx, verb, &args).await,
         ("fleet", verb) => fleet::handle(ctx, verb, &args).await,
         (noun, verb) => match objects::Kind::from_noun(noun) {
             Some(kind) => objects::handle(ctx, kind, verb, &args).await,

@@ -203,6 +203,12 @@ fn hide_secrets(kind: Kind, mut value: Value) -> Value {
                 if hash.is_some_and(|h| !h.is_null()) {
                     user.insert("password".into(), SECRET_PLACEHOLDER.into());
                 }
+                // API keys show their ids, never their hashes.
+                if let Some(keys) = user.get_mut("api_keys").and_then(Value::as_array_mut) {
+                    for key in keys.iter_mut().filter_map(Value::as_object_mut) {
+                        key.remove("hash");
+                    }
+                }
             }
         }
         _ => {}

@@ -412,5 +412,6 @@ fn admin_event(r: &QueuedRecipient, verb: &str) -> Event {
         size: 0,
         url: None,
         user_agent: None,
+        metadata: crate::events::metadata_of(&r.meta),
     }
 }

@@ -34,7 +34,7 @@ mod suppress;
 mod tenant;
 mod track;
 
-use sendengine_queue::{MessageMeta, NewMessage};
+use sendengine_queue::{IdempotencyRow, MessageMeta, NewMessage};
 
 use crate::engine::{Engine, Envelope};
 use crate::tenancy::{DeliveryServer, Tenancy, UserGroup};
@@ -56,13 +56,36 @@ struct Admitted {
     suppressed: Vec<String>,
 }
 
+/// What a front door other than SMTP adds to a message (HTTP injection).
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// JSON text carried into every event of the message's recipients;
+    /// empty: none.
+    pub metadata: String,
+    /// Written in the commit's own transaction: it exists exactly when
+    /// the message does (see `http_in::idempotency`).
+    pub idempotency: Option<IdempotencyRow>,
+}
+
 /// Admits a message and returns the reply to its DATA.
 pub async fn admit(engine: &Engine, envelope: Envelope, data: Vec<u8>) -> Reply {
+    admit_with(engine, envelope, data, Extras::default()).await
+}
+
+/// [`admit`], with what the front door adds.
+pub async fn admit_with(
+    engine: &Engine,
+    envelope: Envelope,
+    data: Vec<u8>,
+    extras: Extras,
+) -> Reply {
     let snapshot = engine.tenancy.snapshot();
     let mut admitted = match decide(engine, &snapshot, &envelope, data) {
         Ok(a) => a,
         Err(reply) => return reply,
     };
+    admitted.message.meta.metadata = extras.metadata;
+    admitted.message.idempotency = extras.idempotency;
     if admitted.message.recipients.is_empty() {
         return suppress::refuse_all(&engine.events, &admitted);
     }
@@ -145,9 +168,11 @@ fn decide(
                 received_at_ms: now,
                 client: format!("{} ({})", client.peer, client.helo),
                 return_path_domain,
+                metadata: String::new(),
             },
             quotas,
             tracking,
+            idempotency: None,
         },
         header_message_id: edited.message_id,
         signing_domain,

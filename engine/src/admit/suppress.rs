@@ -110,6 +110,7 @@ pub(super) fn emit_dropped(
             size,
             url: None,
             user_agent: None,
+            metadata: crate::events::metadata_of(meta),
         });
     }
 }

@@ -138,7 +138,7 @@ fn check_envelope(mail_from: &str, recipients: &[String], limits: &Limits) -> Re
 
 /// `local@domain`, as RCPT TO would take it: no spaces, brackets or
 /// control characters, at most 254 bytes.
-fn is_address(a: &str) -> bool {
+pub(crate) fn is_address(a: &str) -> bool {
     let Some((local, domain)) = a.rsplit_once('@') else {
         return false;
     };
@@ -152,7 +152,7 @@ fn is_address(a: &str) -> bool {
 
 /// The control headers at the end of the header section, so they win
 /// over the message's own (the last one is read).
-fn with_control_headers(mut data: Vec<u8>, control: &[u8]) -> Vec<u8> {
+pub(crate) fn with_control_headers(mut data: Vec<u8>, control: &[u8]) -> Vec<u8> {
     if control.is_empty() {
         return data;
     }
@@ -171,7 +171,7 @@ fn with_control_headers(mut data: Vec<u8>, control: &[u8]) -> Vec<u8> {
 }
 
 /// Bare LF line ends become CRLF (applications write `\n` in JSON).
-fn crlf(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn crlf(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {

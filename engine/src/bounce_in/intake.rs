@@ -340,6 +340,8 @@ fn report_event(target: &Target, known: Option<&Delivered>, record: &Record, siz
         size,
         url: None,
         user_agent: None,
+        // The delivered index does not keep the metadata.
+        metadata: None,
     }
 }
 

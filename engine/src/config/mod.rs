@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod http_in;
 mod sections;
 mod tracking;
 mod values;
 
 pub use crate::values::{parse_duration, parse_size};
+pub use http_in::{HttpInSettings, RawHttpIn};
 pub use sections::*;
 pub use tracking::TrackingSection;
 pub use values::IpNetwork;
@@ -67,6 +69,8 @@ pub struct Config {
     pub amqp_out: Vec<crate::amqp::AmqpOutSettings>,
     /// `[tracking]`: none, no link rewriting and no listener.
     pub tracking: Option<TrackingSection>,
+    /// `[http_in]`: the HTTP injection API (see `http_in`).
+    pub http_in: HttpInSettings,
     /// Objects declared in the file; see `tenancy`.
     pub seeds: Seeds,
 }
@@ -115,6 +119,8 @@ struct RawConfig {
     #[serde(default)]
     amqp_out: Vec<crate::amqp::RawAmqpOut>,
     tracking: Option<tracking::RawTracking>,
+    #[serde(default)]
+    http_in: RawHttpIn,
     #[serde(default)]
     delivery_server: Vec<DeliveryServerSpec>,
     #[serde(default)]
@@ -417,6 +423,7 @@ impl RawConfig {
                 .tracking
                 .map(tracking::RawTracking::validate)
                 .transpose()?,
+            http_in: self.http_in.check()?,
             seeds,
         })
     }

@@ -345,6 +345,7 @@ pub fn base_event(job: &Job, rcpt: u32, kind: EventKind, now: u64) -> Event {
         size: msg.body.len(),
         url: None,
         user_agent: None,
+        metadata: crate::events::metadata_of(meta),
     }
 }
 
@@ -494,6 +495,7 @@ mod tests {
             },
             quotas: Vec::new(),
             tracking: None,
+            idempotency: None,
         };
         let id = spool.insert_blocking(msg, true).unwrap();
         let stored = Arc::new(spool.load(id).unwrap().unwrap());
@@ -570,6 +572,7 @@ mod tests {
             meta: MessageMeta::default(),
             quotas: Vec::new(),
             tracking: None,
+            idempotency: None,
         };
         let id = spool.insert_blocking(msg, false).unwrap();
         let claimed = spool.claim_due(now_ms() + 1_000, 10).unwrap();

@@ -7,6 +7,7 @@
 //! `Tenancy`. A change validates the whole new set before it is stored and
 //! swapped in; work in flight keeps the snapshot it started with.
 
+pub mod api_keys;
 pub mod dkim;
 pub mod model;
 pub mod replica;
@@ -82,9 +83,18 @@ pub struct Tenancy {
     /// unused. The groups here list only enabled servers (the stored ones
     /// keep every allocation, see `allocation`).
     single_tenant_group: Option<Arc<UserGroup>>,
+    /// API key id -> (user, hash of the secret).
+    api_keys: HashMap<String, (String, String)>,
 }
 
 impl Tenancy {
+    /// The user an HTTP API token belongs to, if it is a valid key.
+    pub fn api_key_user(&self, token: &str) -> Option<&str> {
+        let (id, secret) = api_keys::split_token(token)?;
+        let (user, hash) = self.api_keys.get(id)?;
+        api_keys::verify(hash, secret).then_some(user.as_str())
+    }
+
     pub fn server(&self, name: &str) -> Option<&Arc<DeliveryServer>> {
         self.servers.iter().find(|s| s.name == name)
     }
@@ -147,6 +157,11 @@ pub enum Change {
     DeleteGroup(String),
     PutUser(User),
     DeleteUser(String),
+    /// Replaces a user's API keys (`sendctl user api-key`).
+    SetApiKeys {
+        user: String,
+        keys: Vec<api_keys::ApiKey>,
+    },
     PutTemplate(DnsTemplate),
     DeleteTemplate(String),
     PutDomain(SenderDomain),
@@ -349,10 +364,11 @@ impl TenancyStore {
                 (GROUP, name, None)
             }
             Change::PutUser(mut user) => {
-                let old_hash = objects
-                    .users
-                    .get(&user.name)
-                    .and_then(|u| u.password_hash.clone());
+                let old = objects.users.get(&user.name);
+                let old_hash = old.and_then(|u| u.password_hash.clone());
+                // Keys change only through `SetApiKeys`: a put (or a seed
+                // at start) keeps them.
+                user.api_keys = old.map(|u| u.api_keys.clone()).unwrap_or_default();
                 user.password_hash = match user.password.take() {
                     Some(p) if secrets::is_password_hash(&p) => Some(p),
                     Some(p) if p != SECRET_PLACEHOLDER => Some(secrets::hash_password(&p)),
@@ -372,6 +388,14 @@ impl TenancyStore {
                     .remove(&name)
                     .ok_or_else(|| missing(USER, &name))?;
                 (USER, name, None)
+            }
+            Change::SetApiKeys { user, keys } => {
+                let stored = objects
+                    .users
+                    .get_mut(&user)
+                    .ok_or_else(|| missing(USER, &user))?;
+                stored.api_keys = keys;
+                (USER, user, json(&*stored))
             }
             Change::PutTemplate(template) => {
                 let out = (TEMPLATE, template.name.clone(), json(&template));
@@ -541,6 +565,11 @@ impl TenancyStore {
                 .map_err(|message| invalid(USER, name, message))?;
             if let Some(message) = missing_group(user, &objects.groups) {
                 return Err(invalid(USER, name, message));
+            }
+            for key in &user.api_keys {
+                tenancy
+                    .api_keys
+                    .insert(key.id.clone(), (name.clone(), key.hash.clone()));
             }
             tenancy.users.insert(name.clone(), Arc::new(user.clone()));
         }

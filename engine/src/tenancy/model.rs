@@ -449,6 +449,10 @@ pub struct User {
     pub password_hash: Option<String>,
     pub sender_name: Option<String>,
     pub sender_email: Option<String>,
+    /// Keys of the HTTP injection API (hashes only). Managed with
+    /// `sendctl user api-key`; `user put` keeps the stored ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<super::api_keys::ApiKey>,
 }
 
 fn default_group() -> String {

@@ -244,6 +244,7 @@ impl Handlers {
             size: 0,
             url: url.map(str::to_owned),
             user_agent: client.user_agent,
+            metadata: crate::events::metadata_of(meta),
         };
         crate::metrics::tracking_hit(&event);
         self.events.emit(event);
@@ -310,6 +311,7 @@ mod tests {
                     body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
                     meta: MessageMeta::default(),
                     quotas: Vec::new(),
+                    idempotency: None,
                     tracking: Some(TrackedLinks {
                         key,
                         header_message_id: "<m@x>".into(),

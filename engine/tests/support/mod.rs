@@ -399,14 +399,13 @@ pub fn python(script: &str, args: &[String]) -> Option<std::process::Output> {
     Some(out)
 }
 
-/// The Python of the test venv (`scripts/python-venv.sh`: dkimpy and its
-/// dependencies), made on first use; `None` (after `missing_peer`)
-/// without python3.
+/// The project venv's python (dkimpy, schemathesis: `scripts/python-venv.sh`,
+/// made on first use); `None` when there is no python3 (skipped, or failed under CI).
 pub fn venv_python() -> Option<PathBuf> {
     if Command::new("python3").arg("--version").output().is_err() {
         missing_peer(
             "python3",
-            "dkimpy verifies with it: scripts/install-test-deps.sh",
+            "the venv of dkimpy and schemathesis: scripts/install-test-deps.sh",
         );
         return None;
     }
@@ -630,5 +629,6 @@ pub fn delivery_event(n: usize) -> sendengine::events::Event {
         size: 100,
         url: None,
         user_agent: None,
+        metadata: None,
     }
 }

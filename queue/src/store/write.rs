@@ -30,6 +30,7 @@ pub(crate) struct EncodedMessage {
     quotas: Vec<Quota>,
     /// The tracked-links row written with the message, if any.
     pub(crate) tracking: Option<EncodedTracking>,
+    pub(crate) idempotency: Option<crate::idempotency::IdempotencyRow>,
 }
 
 impl EncodedMessage {
@@ -52,6 +53,7 @@ impl EncodedMessage {
             body: msg.body,
             recipient_count,
             quotas: msg.quotas,
+            idempotency: msg.idempotency,
         })
     }
 

@@ -51,9 +51,11 @@ pub fn message(seed: u64, recipients: usize, body_len: usize) -> NewMessage {
             received_at_ms: 1_700_000_000_000 + seed,
             client: "192.0.2.1 client.example".into(),
             return_path_domain: "sl.example.com".into(),
+            metadata: String::new(),
         },
         quotas: Vec::new(),
         tracking: None,
+        idempotency: None,
     }
 }
 

@@ -207,7 +207,7 @@ enum Spec {
 
 /// `queue.list` as typed: `queue list`.
 pub fn words_of(cmd: &str) -> String {
-    cmd.replace('.', " ")
+    cmd.replace('.', " ").replace('_', "-")
 }
 
 /// The command the words name (the longest one of the table they start
@@ -223,7 +223,11 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
         .iter()
         .filter(|c| {
             let parts: Vec<&str> = c.cmd.split('.').collect();
-            words.len() >= parts.len() && parts.iter().zip(words).all(|(p, w)| p == w)
+            words.len() >= parts.len()
+                && parts
+                    .iter()
+                    .zip(words)
+                    .all(|(p, w)| *p == w.replace('-', "_"))
         })
         .max_by_key(|c| c.cmd.split('.').count());
     let Some(info) = named else {

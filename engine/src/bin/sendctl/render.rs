@@ -46,6 +46,7 @@ pub fn render(cmd: &str, result: &Value) -> String {
                 ("SOURCE", "/source"),
             ],
         ),
+        "user.api_key.list" => table(result, &[("ID", "/id"), ("CREATED", "/created")]),
         "user.usage" => table(
             &result["quotas"],
             &[

@@ -264,6 +264,7 @@ pub(super) mod tests {
             size: 1000,
             url: None,
             user_agent: None,
+            metadata: None,
         }
     }
 
