@@ -193,6 +193,7 @@ mod tests {
             body: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
             meta: MessageMeta::default(),
             quotas: Vec::new(),
+            tracking: None,
             idempotency: Some(row("t\0k\0#0", u64::MAX)),
         };
         spool.insert_blocking(msg, false).unwrap();

@@ -222,6 +222,7 @@ mod tests {
                 ..MessageMeta::default()
             },
             quotas: Vec::new(),
+            idempotency: None,
             tracking: Some(TrackedLinks {
                 key,
                 header_message_id: "<m@example.com>".into(),
