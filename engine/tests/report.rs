@@ -59,6 +59,8 @@ fn totals_from_events(events: &[Value], tenant: Option<&str>) -> Value {
             "bounce" if e["bounce_type"] == "hard" => *n.entry("bounced_hard").or_default() += 1,
             "bounce" => *n.entry("bounced_soft").or_default() += 1,
             "suppression" if e["attempt"] == 0 => *n.entry("suppressed").or_default() += 1,
+            "click" => *n.entry("clicks").or_default() += 1,
+            "open" => *n.entry("opens").or_default() += 1,
             _ => {}
         }
     }
@@ -69,6 +71,7 @@ fn totals_from_events(events: &[Value], tenant: Option<&str>) -> Value {
         "bounced_hard": g("bounced_hard"), "bounced_soft": g("bounced_soft"),
         "expired": 0, "suppressed": g("suppressed"), "complaints": 0,
         "bytes_in": g("bytes_in"), "bytes_out": g("bytes_out"),
+        "clicks": g("clicks"), "opens": g("opens"),
     })
 }
 

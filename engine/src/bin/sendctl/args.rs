@@ -139,6 +139,14 @@ fn request_args(
     for flag in fields {
         let file_field = FILE_FIELDS.iter().find(|(_, f)| *f == flag.name);
         if file_field.is_none() {
+            if args.contains_key(&flag.name) {
+                // `report today --date D`: the operand given twice.
+                return Err(Usage(format!(
+                    "{} repeats the word after `{}`: give one or the other",
+                    flag.typed,
+                    words_of(info.cmd)
+                )));
+            }
             let value = flag_value(&flag.name, flag.value)?;
             args.insert(flag.name, value);
             continue;
