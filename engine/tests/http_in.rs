@@ -108,11 +108,7 @@ impl Api {
     /// `app` (plus `objects`) and an API key for it; the sink started
     /// unless `sink_down`.
     fn start(http_extra: &str, objects: &str, sink_down: bool) -> Option<Api> {
-        if Command::new("python3").arg("--version").output().is_err() {
-            support::missing_peer(
-                "python3",
-                "the HTTP client of these tests: apt-get install python3",
-            );
+        if support::python3_missing("the HTTP client of these tests") {
             return None;
         }
         let store_dir = tempfile::tempdir().unwrap();

@@ -55,14 +55,7 @@ pub fn count_events(daemon: &Daemon, kind: &str, recipient: &str) -> usize {
 
 /// Under `CI=true` a missing python3 fails the test instead of skipping it.
 pub fn python_missing() -> bool {
-    let missing = python("print(1)", &[]).is_none();
-    if missing {
-        super::missing_peer(
-            "python3",
-            "smtplib sends the bounces: scripts/install-test-deps.sh",
-        );
-    }
-    missing
+    super::python3_missing("smtplib sends the bounces")
 }
 
 /// Sends one email with a null sender to `rcpt`; prints "250" or the

@@ -399,14 +399,23 @@ pub fn python(script: &str, args: &[String]) -> Option<std::process::Output> {
     Some(out)
 }
 
+/// Whether python3 is missing (it fails the test under `CI=true`, see
+/// `missing_peer`); `needed_for` says what the test uses it for.
+pub fn python3_missing(needed_for: &str) -> bool {
+    let missing = Command::new("python3").arg("--version").output().is_err();
+    if missing {
+        missing_peer(
+            "python3",
+            &format!("{needed_for}: scripts/install-test-deps.sh"),
+        );
+    }
+    missing
+}
+
 /// The project venv's python (dkimpy, schemathesis: `scripts/python-venv.sh`,
 /// made on first use); `None` when there is no python3 (skipped, or failed under CI).
 pub fn venv_python() -> Option<PathBuf> {
-    if Command::new("python3").arg("--version").output().is_err() {
-        missing_peer(
-            "python3",
-            "the venv of dkimpy and schemathesis: scripts/install-test-deps.sh",
-        );
+    if python3_missing("the venv of dkimpy and schemathesis") {
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/python-venv.sh");

@@ -240,32 +240,17 @@ pub(super) mod tests {
     use super::*;
     use crate::events::EventReply;
 
+    /// The module's shared test event, with the sender, tenant, campaign
+    /// and size these tests count on.
     pub(crate) fn event(kind: EventKind, recipient: &str) -> Event {
-        Event {
-            time: String::new(),
-            kind,
-            message_id: "0000000000000001".into(),
-            header_message_id: String::new(),
-            sender: "App@Example.com".into(),
-            recipient: recipient.into(),
-            tenant: Some("alice".into()),
-            group: None,
-            channel: "marketing".into(),
-            campaign: Some("spring".into()),
-            route: Some("relay".into()),
-            remote_host: None,
-            reply: None,
-            bounce_class: None,
-            bounce_type: None,
-            tls: None,
-            dkim: None,
-            attempt: 1,
-            queue_time_ms: 0,
-            size: 1000,
-            url: None,
-            user_agent: None,
-            metadata: None,
-        }
+        let mut event = crate::events::test_event(kind, recipient, "");
+        event.message_id = "0000000000000001".into();
+        event.sender = "App@Example.com".into();
+        event.tenant = Some("alice".into());
+        event.campaign = Some("spring".into());
+        event.route = Some("relay".into());
+        event.size = 1000;
+        event
     }
 
     #[test]
