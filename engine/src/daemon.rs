@@ -252,10 +252,15 @@ impl Daemon {
                 source,
             })?;
         let retry = SharedRetry::new(retry_policy(&config));
-        let cluster = config
-            .cluster
-            .clone()
-            .map(|settings| Arc::new(crate::cluster::Cluster::new(settings)));
+        let cluster = config.cluster.clone().map(|settings| {
+            let spool = spool.clone();
+            let counts: crate::cluster::quota::SpoolCounts =
+                Arc::new(move |name, window, bucket| {
+                    // An unreadable count settles as spent: fewer accepted.
+                    spool.usage_in(name, window, bucket).unwrap_or(u64::MAX)
+                });
+            Arc::new(crate::cluster::Cluster::new(settings, counts))
+        });
         let fleet_index = crate::cluster::delivered::SharedDelivered::join(
             cluster.as_deref(),
             config.bounce_in.retain,

@@ -17,12 +17,15 @@ use support::services::{fresh_database, psql};
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn node(name: &str, url: &str) -> Arc<SharedDelivered> {
-    let cluster = Cluster::new(ClusterSettings {
-        node: name.into(),
-        database: url.into(),
-        redis: None,
-        redis_prefix: "sendengine:".into(),
-    });
+    let cluster = Cluster::new(
+        ClusterSettings {
+            node: name.into(),
+            database: url.into(),
+            redis: None,
+            redis_prefix: "sendengine:".into(),
+        },
+        Arc::new(|_: &str, _, _| 0),
+    );
     SharedDelivered::start(&cluster, DAY)
 }
 

@@ -3,7 +3,8 @@
 //! daily limit; a node killed right after its 250s costs no recipient over
 //! the limit once its lease expires and another node takes the rest; the
 //! database unreachable means 451 4.3.0 for users with a limit (never a
-//! 5xx, never a recipient over), and recovery without a restart.
+//! 5xx, never a recipient over), and recovery without a restart; spends
+//! recorded after their commit survive a SIGKILL (the limbo).
 
 mod support;
 
@@ -351,4 +352,90 @@ fn database_unreachable_is_451_even_within_the_lease_and_recovers() {
         outage_logs, 0,
         "the outage was logged once, not per message"
     );
+}
+
+/// Far from the limit, a node records its spends after the commit (the
+/// lease's cap): node a keeps answering 250 while PostgreSQL is cut off
+/// from it, so some of what it acknowledged is unknown to PostgreSQL when
+/// it is killed. Its expired lease is reclaimed by b but for the cap
+/// (limbo), and a, started again, settles the limbo from its spool's
+/// counts: PostgreSQL then counts exactly what was acknowledged. (Giving
+/// the whole lease back, as before, would count less: the fleet could
+/// pass the limit by what a had not recorded.)
+#[test]
+fn spends_recorded_after_the_commit_survive_a_sigkill() {
+    let Some(place) = FleetPlace::new("quota_unrecorded", false) else {
+        return;
+    };
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap());
+    let proxied = place
+        .database
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let sink = Sink::start(&[]);
+    let mut a = node(
+        &place.node_config("a").replace(&place.database, &proxied),
+        &sink,
+        10_000,
+    );
+    let _b = node(&place.node_config("b"), &sink, 10_000);
+    let mut client = Client::connect(a.addr);
+    let mut accepted = 0;
+    for m in 0..5 {
+        assert!(client.send(&rcpts(&format!("up{m}"), 2)).starts_with("250"));
+        accepted += 2;
+    }
+    let db = db_name(&place.database);
+    let used = || {
+        support::services::psql(
+            db,
+            "SELECT used FROM quota_usage WHERE name = 'user:app' AND quota_window = 0",
+        )
+        .trim()
+        .parse::<u64>()
+        .unwrap_or(0)
+    };
+    wait_for(LONG, "the first spends recorded", || {
+        let spent = support::services::psql(
+            db,
+            "SELECT spent FROM quota_node_spent WHERE node = 'a' AND name = 'user:app' \
+             AND quota_window = 0",
+        );
+        (spent.trim() == accepted.to_string()).then_some(())
+    });
+
+    proxy.set_down(true);
+    let mut unrecorded = 0;
+    for m in 0..20 {
+        let reply = client.send(&rcpts(&format!("down{m}"), 2));
+        if !reply.starts_with("250") {
+            assert!(reply.starts_with("451 4.3.0"), "{reply}");
+            break;
+        }
+        unrecorded += 2;
+    }
+    assert!(
+        unrecorded > 0,
+        "a answered 250 before it knew of the outage"
+    );
+    accepted += unrecorded;
+    a.kill9();
+    wait_for(LONG, "b to put a's expired lease in limbo", || {
+        let limbo = support::services::psql(
+            db,
+            "SELECT amount FROM quota_leases WHERE node = 'a' AND limbo",
+        );
+        (!limbo.trim().is_empty()).then_some(())
+    });
+    assert!(used() >= accepted, "the limbo covers what a did not record");
+
+    proxy.set_down(false);
+    a.restart();
+    wait_for(LONG, "a to settle its previous run", || {
+        let rows = support::services::psql(
+            db,
+            "SELECT count(*) FROM quota_leases WHERE name = 'user:app'",
+        );
+        (rows.trim() == "0").then_some(())
+    });
+    assert_eq!(used(), accepted as u64, "exactly what was acknowledged");
 }

@@ -654,6 +654,19 @@ impl Spool {
             .read(|db| store::usage(db, name, window, now))
     }
 
+    /// What was counted of quota `name` in one bucket of `window` (see
+    /// [`crate::quota::Window::bucket`]): every message this spool committed.
+    pub fn usage_in(
+        &self,
+        name: &str,
+        window: crate::quota::Window,
+        bucket: u32,
+    ) -> Result<u64, SpoolError> {
+        self.inner
+            .shared
+            .read(|db| store::usage_in(db, name, window, bucket))
+    }
+
     /// Due time of the earliest scheduled recipient, if any.
     pub fn next_due_ms(&self) -> Result<Option<u64>, SpoolError> {
         self.inner.shared.read(store::next_due_ms)

@@ -41,11 +41,18 @@ pub struct Cluster {
 
 impl Cluster {
     /// Needs a tokio runtime: background tasks start here.
-    pub fn new(settings: ClusterSettings) -> Cluster {
+    /// `spool_counts` is what this node's spool counted of each quota (the
+    /// ledger settles its previous run's leases from it).
+    pub fn new(settings: ClusterSettings, spool_counts: quota::SpoolCounts) -> Cluster {
         let db = Arc::new(Database::new(&settings.database));
         let fleet = Arc::new(FleetView::default());
         Cluster {
-            quota: quota::QuotaLedger::start(&settings.node, db.clone(), fleet.clone()),
+            quota: quota::QuotaLedger::start(
+                &settings.node,
+                db.clone(),
+                fleet.clone(),
+                spool_counts,
+            ),
             db,
             settings,
             fleet,

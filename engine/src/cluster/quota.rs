@@ -4,9 +4,14 @@
 //!
 //! Admission calls [`QuotaLedger::reserve`] before the spool commit and
 //! settles the [`Reservation`] after it. A reservation is taken from a
-//! local lease and recorded as spent in PostgreSQL before it is returned
-//! (batched: `quota_spend`), so what PostgreSQL knows always covers what
-//! was acknowledged; settled unstored, it is un-spent. Blocks are large far from
+//! local lease. Within the lease's cap of unrecorded spending (a quarter of
+//! a large block, none of a small one: `quota_sql::unrecorded_cap`) it is
+//! returned at once and recorded as spent after the commit, so PostgreSQL
+//! is off the per-message path; beyond it, it is recorded before it is
+//! returned (both batched: `quota_spend`), and settled unstored, it is
+//! un-spent. Either way nothing acknowledged can be given back twice: a
+//! killed node's expired lease keeps its cap in limbo until the node
+//! starts again and settles it from its spool's counts. Blocks are large far from
 //! the limit and shrink to exactly what a message needs near it
 //! ([`lease_size`]); a node refused while others hold unspent leases asks
 //! them (NOTIFY) to give back and retries for up to [`RESERVE_WAIT`], so
@@ -16,14 +21,16 @@
 //! only counted, in batches, never waited for), un-spends and reclaims
 //! expired leases.
 //!
-//! When PostgreSQL is unreachable: a spend cannot be recorded, so mail of
-//! a user with a limit gets `451 4.3.0` (never a 5xx), even within a lease
-//! this node holds; mail without limits is accepted and counted later. The
-//! outage is logged once and `sendengine_cluster_quota_database_up` is 0.
-//! Everything recovers by itself when the database answers again. A node
-//! killed with SIGKILL: its leases expire after `LEASE_TTL_SECS` and are
-//! given back, holding only what it had not spent; a crash between the
-//! spend's record and the spool commit counts a message that was not
+//! When PostgreSQL is unreachable: once the ledger knows it, a spend
+//! cannot be recorded, so mail of a user with a limit gets `451 4.3.0`
+//! (never a 5xx), even within a lease this node holds (what was taken
+//! unrecorded before is recorded when the database is back); mail without
+//! limits is accepted and counted later. The outage is logged once and
+//! `sendengine_cluster_quota_database_up` is 0. Everything recovers by
+//! itself when the database answers again. A node killed with SIGKILL:
+//! its leases expire after `LEASE_TTL_SECS` and are given back but for
+//! their caps, which the node settles when it starts again; a crash between
+//! a spend's record and the spool commit counts a message that was not
 //! queued (fewer accepted, never more).
 
 use std::collections::HashMap;
@@ -38,7 +45,9 @@ use super::postgres::{Database, DbError, Notice, listen};
 use super::quota_health::Health;
 pub use super::quota_health::METRIC_UP;
 use super::quota_spend::{self as spend, Pending, SpendQueue, Spent};
-use super::quota_sql::{self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased, key_of};
+use super::quota_sql::{
+    self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased, key_of, window_of,
+};
 use super::quota_state::{Held, Part};
 use crate::timefmt::now_ms;
 use crate::values::Reply;
@@ -82,6 +91,10 @@ struct Want {
     amount: u64,
 }
 
+/// What this node's spool counted of a quota in one bucket of a window:
+/// every message it committed (`Spool::usage_in`).
+pub type SpoolCounts = Arc<dyn Fn(&str, Window, u32) -> u64 + Send + Sync>;
+
 /// This node's quota ledger.
 pub struct QuotaLedger {
     inner: Arc<Inner>,
@@ -99,41 +112,51 @@ struct Inner {
     health: Health,
     wake: Notify,
     spends: SpendQueue,
+    spool_counts: SpoolCounts,
 }
 
 #[derive(Default)]
 struct Conn {
     client: Option<tokio_postgres::Client>,
-    /// Schema created and the previous run's leases reclaimed.
+    /// Schema created.
     ready: bool,
+    /// The previous run's leases settled (once per run, not per connection).
+    previous_settled: bool,
 }
 
-/// A reservation made by admission, already recorded as spent: settle it
-/// once the spool answered (unstored: un-spent). Dropped unsettled, it is
-/// consumed (the safe side: counted even if the message was not stored).
+/// A reservation made by admission: settle it once the spool answered.
+/// Dropped unsettled, it is consumed (the safe side: counted even if the
+/// message was not stored).
 pub struct Reservation {
     inner: Arc<Inner>,
     parts: Vec<Part>,
+    /// Not recorded yet: recorded once stored, put back if not.
+    unrecorded: bool,
 }
 
 impl Reservation {
     pub fn settle(mut self, stored: bool) {
         let parts = std::mem::take(&mut self.parts);
-        self.inner.settle_parts(parts, stored);
+        self.inner.settle_parts(parts, stored, self.unrecorded);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         let parts = std::mem::take(&mut self.parts);
-        self.inner.settle_parts(parts, true);
+        self.inner.settle_parts(parts, true, self.unrecorded);
     }
 }
 
 impl QuotaLedger {
     /// Starts the ledger's background task and its LISTEN for give-back
     /// requests; needs a tokio runtime.
-    pub fn start(node: &str, db: Arc<Database>, fleet: Arc<FleetView>) -> QuotaLedger {
+    pub fn start(
+        node: &str,
+        db: Arc<Database>,
+        fleet: Arc<FleetView>,
+        spool_counts: SpoolCounts,
+    ) -> QuotaLedger {
         let inner = Arc::new(Inner {
             node: node.to_owned(),
             url: db.url().to_owned(),
@@ -144,6 +167,7 @@ impl QuotaLedger {
             health: Health::default(),
             wake: Notify::new(),
             spends: SpendQueue::default(),
+            spool_counts,
         });
         metrics::gauge!(METRIC_UP).set(1.0);
         let (tx, rx) = tokio::sync::mpsc::channel(256);
@@ -219,11 +243,19 @@ impl Inner {
         let deadline = Instant::now() + RESERVE_WAIT;
         loop {
             let asks = match self.try_take(wants) {
-                Ok(parts) => match self.record(&parts).await {
+                Ok((parts, true)) => {
+                    return Ok(Reservation {
+                        inner: self.clone(),
+                        parts,
+                        unrecorded: true,
+                    });
+                }
+                Ok((parts, false)) => match self.record(&parts).await {
                     Spent::Recorded => {
                         return Ok(Reservation {
                             inner: self.clone(),
                             parts,
+                            unrecorded: false,
                         });
                     }
                     Spent::Retry if Instant::now() < deadline => continue,
@@ -262,7 +294,7 @@ impl Inner {
         if !parts.iter().any(|p| p.limited) {
             return Spent::Recorded;
         }
-        let (pending, answer) = Pending::new(parts);
+        let (pending, answer) = Pending::waiting(parts);
         self.spends.push(pending);
         answer.await.unwrap_or(Spent::Failed)
     }
@@ -270,7 +302,7 @@ impl Inner {
     /// Records every waiting spend in one statement (`quota_spend`).
     async fn flush(&self, batch: Vec<Pending>) {
         let Ok(mut conn) = self.conn().await else {
-            self.state_mut(|s| spend::failed(s, batch));
+            self.failed(batch);
             return;
         };
         let (batch, sums) = self.state_mut(|s| spend::prepare(s, batch, Instant::now()));
@@ -278,7 +310,7 @@ impl Inner {
             return;
         }
         let Some(client) = conn.client.as_ref() else {
-            self.state_mut(|s| spend::failed(s, batch));
+            self.failed(batch);
             return;
         };
         let result = sql::spend(client, &self.node, &sums).await;
@@ -286,15 +318,25 @@ impl Inner {
             Ok(found) => self.state_mut(|s| spend::applied(s, batch, &sums, &found)),
             Err(e) => {
                 log::debug!("cluster quota: spend not recorded: {e}");
-                self.state_mut(|s| spend::failed(s, batch));
+                self.failed(batch);
             }
         }
     }
 
+    /// A flush that did not happen: waiting spends fail, the others stay
+    /// queued for the next flush (the flush task retries every second).
+    fn failed(&self, batch: Vec<Pending>) {
+        let again = self.state_mut(|s| spend::failed(s, batch));
+        self.spends.requeue(again);
+    }
+
     /// Takes every limited want from the local leases, or takes nothing and
-    /// returns what must be leased first.
-    fn try_take(&self, wants: &[Want]) -> Result<Vec<Part>, Vec<Ask>> {
+    /// returns what must be leased first. The flag: the spend may be
+    /// recorded after the commit (every limited key has room under its
+    /// cap, and the database answered last time).
+    fn try_take(&self, wants: &[Want]) -> Result<(Vec<Part>, bool), Vec<Ask>> {
         let now = Instant::now();
+        let database_up = self.health.is_up();
         self.state_mut(|state| {
             let asks: Vec<Ask> = wants
                 .iter()
@@ -312,13 +354,25 @@ impl Inner {
             if !asks.is_empty() {
                 return Err(asks);
             }
-            Ok(wants
+            let limited = || wants.iter().filter(|w| w.limit > 0);
+            let unrecorded = database_up
+                && limited().next().is_some()
+                && limited().all(|w| {
+                    state
+                        .get(&w.key)
+                        .is_some_and(|h| h.room_unrecorded(w.amount))
+                });
+            let parts = wants
                 .iter()
                 .map(|w| {
                     let held = state.entry(w.key.clone()).or_default();
+                    if unrecorded && w.limit > 0 {
+                        held.unrecorded += w.amount;
+                    }
                     held.take(&w.key, w.amount, w.limit > 0, now)
                 })
-                .collect())
+                .collect();
+            Ok((parts, unrecorded))
         })
     }
 
@@ -338,8 +392,9 @@ impl Inner {
                 metrics::counter!(METRIC_LEASES).increment(1);
                 let until = started + lease_life();
                 self.state_mut(|s| {
-                    for (key, block, row) in blocks {
-                        s.entry(key).or_default().granted(block, row, until);
+                    for g in blocks {
+                        let held = s.entry(g.key).or_default();
+                        held.granted(g.block, g.row_after, g.unrecorded_cap, until);
                     }
                 });
                 Ok(None)
@@ -372,18 +427,34 @@ impl Inner {
         }
     }
 
-    fn settle_parts(&self, parts: Vec<Part>, stored: bool) {
+    /// After the commit: a stored message's spend is recorded (if it was
+    /// not yet) or confirmed; an unstored one's is put back (if it was not
+    /// recorded yet) or un-spent.
+    fn settle_parts(&self, parts: Vec<Part>, stored: bool, unrecorded: bool) {
         if parts.is_empty() {
             return;
         }
         let now = Instant::now();
         self.state_mut(|s| {
-            for part in parts {
-                s.entry(part.key.clone())
-                    .or_default()
-                    .settle(&part, stored, now);
+            for part in &parts {
+                let held = s.entry(part.key.clone()).or_default();
+                if unrecorded && part.limited {
+                    held.last_used = Some(now);
+                    if !stored {
+                        held.unrecorded = held.unrecorded.saturating_sub(part.amount);
+                        held.untake(part.amount, part.epoch);
+                    }
+                } else {
+                    held.settle(part, stored, now);
+                }
             }
         });
+        if stored && parts.iter().any(|p| p.limited) {
+            self.spends.push(match unrecorded {
+                true => Pending::committed(&parts),
+                false => Pending::confirmed(&parts),
+            });
+        }
     }
 
     /// The connection, opened (and the schema made ready) if needed.
@@ -403,14 +474,29 @@ impl Inner {
         if !conn.ready {
             let migrated = self.db.migrate(sql::SCHEMA).await;
             self.outcome(&mut conn, migrated)?;
-            let client = conn.client.as_ref().ok_or(DbError::Closed)?;
-            let reclaimed = sql::reclaim(client, Some(&self.node)).await;
-            if self.outcome(&mut conn, reclaimed)? > 0 {
-                log::info!("cluster quota: gave back the leases of this node's previous run");
-            }
             conn.ready = true;
         }
+        if !conn.previous_settled {
+            self.settle_previous_run(&mut conn).await?;
+        }
         Ok(conn)
+    }
+
+    /// Settles the leases this node's previous run left, before this run
+    /// takes any: what the spool counted beyond what PostgreSQL recorded
+    /// was spent, the rest goes back.
+    async fn settle_previous_run(&self, conn: &mut Conn) -> Result<(), DbError> {
+        let client = conn.client.as_mut().ok_or(DbError::Closed)?;
+        let counts = &self.spool_counts;
+        let committed =
+            |key: &Key| counts(&key.name, window_of(key.window), key.period.max(0) as u32);
+        let oldest_day = Window::Day.bucket(now_ms()) as i32 - 31;
+        let settled = sql::settle_previous_run(client, &self.node, oldest_day, committed).await;
+        if self.outcome(conn, settled)? > 0 {
+            log::info!("cluster quota: settled the leases of this node's previous run");
+        }
+        conn.previous_settled = true;
+        Ok(())
     }
 
     /// Records the health of a call; a failed call drops the connection
@@ -468,7 +554,7 @@ impl Inner {
         if let Ok(mut conn) = self.conn().await
             && let Some(client) = conn.client.as_ref()
         {
-            let result = sql::reclaim(client, None).await;
+            let result = sql::reclaim_expired(client).await;
             if let Ok(n) = self.outcome(&mut conn, result)
                 && n > 0
             {

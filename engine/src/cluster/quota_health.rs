@@ -42,6 +42,11 @@ impl Health {
         }
     }
 
+    /// Whether the last call worked.
+    pub fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Relaxed)
+    }
+
     pub fn failing_fast(&self) -> bool {
         self.down.load(Ordering::Relaxed)
             && self

@@ -1,20 +1,25 @@
-//! The spend flush of the quota ledger (`cluster::quota`): spending is
-//! recorded in PostgreSQL before the spool commit of the message that
-//! spends it, so what PostgreSQL knows always covers what was acknowledged.
+//! The spend flush of the quota ledger (`cluster::quota`): what messages
+//! spend of the leases is recorded in PostgreSQL, so that what PostgreSQL
+//! knows covers what was acknowledged.
 //!
-//! A reservation taken from a local lease waits here; one task gathers the
-//! spends of every admission waiting at that moment and records them in one
-//! statement (`quota_sql::spend`), as the spool's group commit does with
-//! fdatasync: one round trip per batch, and the next batch gathers while
-//! one is in flight. Only limited quotas wait; limit-0 quotas are counted
-//! in batches afterwards, as before.
+//! A spend is recorded one of two ways:
+//! - **before the commit** (`Pending::waiting`): admission waits for the
+//!   record, then commits; once committed, a confirmation (`Pending::confirmed`)
+//!   adds it to this node's total (`quota_node_spent`);
+//! - **after the commit** (`Pending::committed`), for at most the lease's
+//!   cap per key (`quota_sql::unrecorded_cap`): admission does not wait for
+//!   PostgreSQL, so a busy node's commits are not held up by a round trip
+//!   and PostgreSQL's own fsync. A killed node's lease keeps its cap in
+//!   limbo, and the node settles it from its spool's counts at start.
 //!
-//! Exactness: a lease row holds only unspent quota, so when a killed
-//! node's lease expires and another node gives it back, nothing it
-//! acknowledged is given back. A crash between the record and the spool
-//! commit counts a message that was not queued: fewer accepted, never more.
-//! PostgreSQL unreachable: the spend cannot be recorded, so the message is
-//! answered 451 4.3.0 (even within a lease) and its take is put back.
+//! One task gathers the spends waiting at each moment and records them in
+//! one statement (`quota_sql::spend`), as the spool's group commit does
+//! with fdatasync: one round trip per batch, and the next batch gathers
+//! while one is in flight.
+//!
+//! PostgreSQL unreachable: a spend recorded before its commit cannot be, so
+//! the message is answered 451 4.3.0 and its take is put back; a committed
+//! spend stays queued and is recorded when the database answers.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -22,7 +27,7 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, oneshot};
 
-use super::quota_sql::Key;
+use super::quota_sql::{Key, SpendSum};
 use super::quota_state::{Held, Part};
 
 /// What became of one message's spends.
@@ -37,27 +42,53 @@ pub enum Spent {
     Failed,
 }
 
-/// One message waiting for the flush: its limited parts (key, amount,
-/// epoch of the lease they were taken from).
+/// How a pending spend is recorded.
+enum Kind {
+    /// Before its commit; admission waits for the answer.
+    Waiting(oneshot::Sender<Spent>),
+    /// After its commit: must be recorded, whatever the lease's state.
+    Committed,
+    /// Recorded before its commit, which succeeded: this node's total only.
+    Confirmed,
+}
+
+/// One message's limited parts (key, amount, epoch of the lease they were
+/// taken from), waiting for the flush.
 pub struct Pending {
     parts: Vec<(Key, u64, u64)>,
-    done: oneshot::Sender<Spent>,
+    kind: Kind,
 }
 
 impl Pending {
-    /// The pending spend of `parts` (limited ones only) and its answer.
-    pub fn new(parts: &[Part]) -> (Pending, oneshot::Receiver<Spent>) {
+    /// The spend of `parts` to record before the commit, and its answer.
+    pub fn waiting(parts: &[Part]) -> (Pending, oneshot::Receiver<Spent>) {
         let (done, rx) = oneshot::channel();
+        (Pending::of(parts, Kind::Waiting(done)), rx)
+    }
+
+    /// The spend of a committed message, taken unrecorded.
+    pub fn committed(parts: &[Part]) -> Pending {
+        Pending::of(parts, Kind::Committed)
+    }
+
+    /// A committed message whose spend was recorded before its commit.
+    pub fn confirmed(parts: &[Part]) -> Pending {
+        Pending::of(parts, Kind::Confirmed)
+    }
+
+    fn of(parts: &[Part], kind: Kind) -> Pending {
         let parts = parts
             .iter()
             .filter(|p| p.limited)
             .map(|p| (p.key.clone(), p.amount, p.epoch))
             .collect();
-        (Pending { parts, done }, rx)
+        Pending { parts, kind }
     }
 
     fn answer(self, spent: Spent) {
-        let _ = self.done.send(spent);
+        if let Kind::Waiting(done) = self.kind {
+            let _ = done.send(spent);
+        }
     }
 
     fn untake(&self, state: &mut HashMap<Key, Held>) {
@@ -69,8 +100,9 @@ impl Pending {
     }
 }
 
-/// The admissions waiting for the next flush. Bounded by the admissions
-/// in flight (each waits for its answer).
+/// The spends waiting for the next flush. Bounded: a waiting spend by the
+/// admissions in flight, a committed one by the leases' caps, a
+/// confirmation by the messages committed since the last flush.
 #[derive(Default)]
 pub struct SpendQueue {
     pending: Mutex<Vec<Pending>>,
@@ -79,84 +111,123 @@ pub struct SpendQueue {
 
 impl SpendQueue {
     pub fn push(&self, pending: Pending) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pending);
+        self.lock().push(pending);
         self.wake.notify_one();
     }
 
+    /// Puts back spends that must still be recorded (the flush failed).
+    pub fn requeue(&self, batch: Vec<Pending>) {
+        if !batch.is_empty() {
+            self.lock().extend(batch);
+        }
+    }
+
     pub fn take(&self) -> Vec<Pending> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Before the statement, with the connection held (no lease or give-back
-/// runs meanwhile): answers Retry to the messages whose lease changed or
-/// may no longer be spent, and sums the others' spends per key.
+/// runs meanwhile): answers Retry to the waiting spends whose lease changed
+/// or may no longer be spent, and sums the others per key.
 pub fn prepare(
     state: &mut HashMap<Key, Held>,
     batch: Vec<Pending>,
     now: Instant,
-) -> (Vec<Pending>, Vec<(Key, u64)>) {
+) -> (Vec<Pending>, Vec<(Key, SpendSum)>) {
     let mut kept = Vec::new();
-    let mut sums: HashMap<Key, u64> = HashMap::new();
+    let mut sums: HashMap<Key, SpendSum> = HashMap::new();
     for pending in batch {
         let current = pending.parts.iter().all(|(key, _, epoch)| {
             state.get(key).is_some_and(|h| {
                 h.epoch == *epoch && h.row && h.usable_until.is_some_and(|t| t > now)
             })
         });
-        if !current {
+        if matches!(pending.kind, Kind::Waiting(_)) && !current {
             pending.untake(state);
             pending.answer(Spent::Retry);
             continue;
         }
         for (key, amount, _) in &pending.parts {
-            *sums.entry(key.clone()).or_default() += amount;
+            let sum = sums.entry(key.clone()).or_default();
+            match pending.kind {
+                Kind::Waiting(_) => sum.lease += amount,
+                Kind::Committed => {
+                    sum.lease += amount;
+                    sum.committed += amount;
+                }
+                Kind::Confirmed => sum.confirmed += amount,
+            }
         }
         kept.push(pending);
     }
     (kept, sums.into_iter().collect())
 }
 
-/// The statement failed: every take is put back, every message Failed.
-/// (Had it been applied after all, the rows hold less than the books: the
-/// next give-back finds it, and fewer are accepted, never more.)
-pub fn failed(state: &mut HashMap<Key, Held>, batch: Vec<Pending>) {
+/// The statement failed: every waiting take is put back and answered
+/// Failed; the spends that must still be recorded are returned.
+pub fn failed(state: &mut HashMap<Key, Held>, batch: Vec<Pending>) -> Vec<Pending> {
+    let mut again = Vec::new();
     for pending in batch {
-        pending.untake(state);
-        pending.answer(Spent::Failed);
+        if matches!(pending.kind, Kind::Waiting(_)) {
+            pending.untake(state);
+            pending.answer(Spent::Failed);
+        } else {
+            again.push(pending);
+        }
     }
+    again
 }
 
 /// The statement ran: `found` are the keys whose lease row was spent from.
-/// A missing row was reclaimed: its books are orphaned, and a message with
-/// a part there is retried, its parts recorded on other keys un-spent.
+/// A missing row was reclaimed: its books are orphaned, and a waiting
+/// message with a part there is retried, its parts recorded on other keys
+/// un-spent. Committed spends are recorded either way (on the row, or
+/// straight into the usage).
 pub fn applied(
     state: &mut HashMap<Key, Held>,
     batch: Vec<Pending>,
-    sums: &[(Key, u64)],
+    sums: &[(Key, SpendSum)],
     found: &[Key],
 ) {
     let found: HashSet<&Key> = found.iter().collect();
-    for (key, sum) in sums {
-        let held = state.entry(key.clone()).or_default();
-        if found.contains(key) {
-            held.flushed(*sum);
-        } else {
-            held.orphan();
+    for (key, _) in sums.iter().filter(|(_, s)| s.lease > 0) {
+        if !found.contains(key) {
+            state.entry(key.clone()).or_default().orphan();
         }
     }
     for pending in batch {
-        if pending.parts.iter().all(|(key, _, _)| found.contains(key)) {
-            pending.answer(Spent::Recorded);
-            continue;
+        match pending.kind {
+            Kind::Confirmed => {}
+            Kind::Committed => {
+                for (key, amount, epoch) in &pending.parts {
+                    let held = state.entry(key.clone()).or_default();
+                    held.unrecorded = held.unrecorded.saturating_sub(*amount);
+                    if held.epoch == *epoch {
+                        held.flushed(*amount);
+                    }
+                }
+            }
+            Kind::Waiting(_) => {
+                let all_found = pending.parts.iter().all(|(key, _, _)| found.contains(key));
+                for (key, amount, _) in pending.parts.iter().filter(|p| found.contains(&p.0)) {
+                    let held = state.entry(key.clone()).or_default();
+                    held.flushed(*amount);
+                    if !all_found {
+                        held.released += amount;
+                    }
+                }
+                pending.answer(if all_found {
+                    Spent::Recorded
+                } else {
+                    Spent::Retry
+                });
+            }
         }
-        for (key, amount, _) in pending.parts.iter().filter(|p| found.contains(&p.0)) {
-            state.entry(key.clone()).or_default().released += amount;
-        }
-        pending.answer(Spent::Retry);
     }
 }
 
@@ -181,7 +252,7 @@ mod tests {
             state
                 .entry(key(name))
                 .or_default()
-                .granted(10, 10, now + Duration::from_secs(5));
+                .granted(10, 10, 0, now + Duration::from_secs(5));
         }
         let take = |state: &mut HashMap<Key, Held>, name: &str, n| {
             state
@@ -194,11 +265,18 @@ mod tests {
             take(&mut state, "group:g", 2),
         ];
         let two = vec![take(&mut state, "user:a", 3)];
-        let (p1, mut r1) = Pending::new(&one);
-        let (p2, mut r2) = Pending::new(&two);
+        let (p1, mut r1) = Pending::waiting(&one);
+        let (p2, mut r2) = Pending::waiting(&two);
         let (kept, mut sums) = prepare(&mut state, vec![p1, p2], now);
-        sums.sort();
-        assert_eq!(sums, vec![(key("group:g"), 2), (key("user:a"), 5)]);
+        sums.sort_by(|a, b| a.0.cmp(&b.0));
+        let lease = |n| SpendSum {
+            lease: n,
+            ..SpendSum::default()
+        };
+        assert_eq!(
+            sums,
+            vec![(key("group:g"), lease(2)), (key("user:a"), lease(5))]
+        );
         // The group's row was reclaimed meanwhile.
         applied(&mut state, kept, &sums, &[key("user:a")]);
         assert_eq!(r1.try_recv(), Ok(Spent::Retry));
@@ -213,13 +291,45 @@ mod tests {
         let now = Instant::now();
         let mut state: HashMap<Key, Held> = HashMap::new();
         let held = state.entry(key("user:a")).or_default();
-        held.granted(10, 10, now + Duration::from_secs(5));
+        held.granted(10, 10, 0, now + Duration::from_secs(5));
         let part = held.take(&key("user:a"), 4, true, now);
-        let (p, mut r) = Pending::new(&[part]);
+        let (p, mut r) = Pending::waiting(&[part]);
         let (kept, _) = prepare(&mut state, vec![p], now);
-        failed(&mut state, kept);
+        assert!(failed(&mut state, kept).is_empty());
         assert_eq!(r.try_recv(), Ok(Spent::Failed));
         let held = &state[&key("user:a")];
         assert_eq!((held.available, held.reserved), (10, 0));
+    }
+
+    #[test]
+    fn a_committed_spend_is_recorded_even_after_its_lease_is_gone() {
+        let now = Instant::now();
+        let mut state: HashMap<Key, Held> = HashMap::new();
+        let held = state.entry(key("user:a")).or_default();
+        held.granted(100, 100, 25, now + Duration::from_secs(5));
+        assert!(held.room_unrecorded(25) && !held.room_unrecorded(26));
+        let part = held.take(&key("user:a"), 4, true, now);
+        held.unrecorded += 4;
+        let confirmed = held.take(&key("user:a"), 1, true, now);
+        // The database is down: the committed spend waits for the next flush.
+        let batch = vec![
+            Pending::committed(std::slice::from_ref(&part)),
+            Pending::confirmed(&[confirmed]),
+        ];
+        let (kept, _) = prepare(&mut state, batch, now + Duration::from_secs(60));
+        let again = failed(&mut state, kept);
+        assert_eq!(again.len(), 2, "both still to record");
+        // Later, with the lease expired: still summed, still recorded.
+        let (kept, sums) = prepare(&mut state, again, now + Duration::from_secs(60));
+        let expected = SpendSum {
+            lease: 4,
+            committed: 4,
+            confirmed: 1,
+        };
+        assert_eq!(sums, vec![(key("user:a"), expected)]);
+        applied(&mut state, kept, &sums, &[]);
+        let held = &state[&key("user:a")];
+        assert_eq!(held.unrecorded, 0);
+        assert!(!held.row, "the missing row orphans the books");
     }
 }

@@ -4,10 +4,14 @@
 //! `quota_usage.used` counts, per quota key, what the fleet accepted plus
 //! what is leased and not yet spent; `quota_leases` says which node holds
 //! how much of that unspent and until when. Spending is recorded in the
-//! lease row before the message is committed ([`spend`]), so the row never
-//! holds what was acknowledged: `used <= limit` is the invariant, and a
-//! lease that expires (a killed node) is subtracted back by whoever sees it
-//! expired without giving back anything that was accepted.
+//! lease row ([`spend`]) before the message is committed, or, for at most
+//! the row's `unrecorded_cap`, after it: `used <= limit` is the invariant.
+//! A lease that expires (a killed node) is given back by whoever sees it
+//! expired, all but its `unrecorded_cap`, which stays in "limbo" because
+//! the dead node may have acknowledged that much without recording it. The
+//! node settles its limbo when it starts again ([`settle_previous_run`]):
+//! its spool counted every message it committed, and `quota_node_spent`
+//! says how much of that PostgreSQL already knows.
 
 use sendengine_queue::{Quota, Window};
 use tokio_postgres::Client;
@@ -31,7 +35,13 @@ CREATE TABLE IF NOT EXISTS quota_leases (
   period integer NOT NULL, amount bigint NOT NULL, expires_at timestamptz NOT NULL,
   PRIMARY KEY (node, name, quota_window, period));
 CREATE INDEX IF NOT EXISTS quota_leases_expiry ON quota_leases (expires_at);
-CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (name, quota_window, period)";
+CREATE INDEX IF NOT EXISTS quota_leases_key ON quota_leases (name, quota_window, period);
+ALTER TABLE quota_leases ADD COLUMN IF NOT EXISTS unrecorded_cap bigint NOT NULL DEFAULT 0;
+ALTER TABLE quota_leases ADD COLUMN IF NOT EXISTS limbo boolean NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS quota_node_spent (
+  node text NOT NULL, name text NOT NULL, quota_window smallint NOT NULL,
+  period integer NOT NULL, spent bigint NOT NULL,
+  PRIMARY KEY (node, name, quota_window, period))";
 
 /// The channel a node NOTIFYs when it is refused while others hold leases
 /// of the same key: they give back what they do not use.
@@ -66,6 +76,16 @@ impl Key {
     }
 }
 
+/// The spool's window of a key's `window` code (the inverse of [`key_of`]).
+pub fn window_of(code: i16) -> Window {
+    match code {
+        0 => Window::Day,
+        1 => Window::Month,
+        2 => Window::Rolling30Days,
+        _ => Window::Lifetime,
+    }
+}
+
 /// The counter key and first summed period of `q` at `now_ms`.
 pub fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
     let window = match q.window {
@@ -93,12 +113,37 @@ pub struct Ask {
     pub need: u64,
 }
 
+/// One block granted.
+#[derive(Debug)]
+pub struct Grant {
+    pub key: Key,
+    pub block: u64,
+    /// This node's lease row amount after the grant.
+    pub row_after: u64,
+    /// How much of the row this node may spend before recording it.
+    pub unrecorded_cap: u64,
+}
+
+/// How much of a lease of `block` may be spent before PostgreSQL records
+/// it: a quarter of a large block (at most [`MAX_UNRECORDED`]), nothing of
+/// a small one. It is what a killed node's lease keeps in limbo, so near a
+/// limit, where blocks are small, every spend is recorded before its 250.
+pub fn unrecorded_cap(block: u64) -> u64 {
+    if block < 64 {
+        0
+    } else {
+        (block / 4).min(MAX_UNRECORDED)
+    }
+}
+
+/// The most of one key a node may have acknowledged and not recorded.
+pub const MAX_UNRECORDED: u64 = 128;
+
 /// What a lease transaction did.
 #[derive(Debug)]
 pub enum Leased {
-    /// Every ask was granted: (key, block granted, this node's lease row
-    /// amount after it).
-    Granted(Vec<(Key, u64, u64)>),
+    /// Every ask was granted.
+    Granted(Vec<Grant>),
     /// `key` has not `need` left: its usage, and how much other nodes hold
     /// unspent (which may come back). Nothing was taken.
     Refused { key: Key, used: u64, others: u64 },
@@ -167,41 +212,78 @@ pub async fn lease(
         .await?;
         let row = timed(tx.query_one(
             &format!(
-                "INSERT INTO quota_leases (node, name, quota_window, period, amount, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, now() + interval '{LEASE_TTL_SECS} seconds') \
+                "INSERT INTO quota_leases \
+                   (node, name, quota_window, period, amount, expires_at, unrecorded_cap) \
+                 VALUES ($1, $2, $3, $4, $5, now() + interval '{LEASE_TTL_SECS} seconds', $6) \
                  ON CONFLICT (node, name, quota_window, period) DO UPDATE \
-                 SET amount = quota_leases.amount + EXCLUDED.amount, expires_at = EXCLUDED.expires_at \
-                 RETURNING amount"
+                 SET amount = quota_leases.amount + EXCLUDED.amount, expires_at = EXCLUDED.expires_at, \
+                   unrecorded_cap = greatest(quota_leases.unrecorded_cap, EXCLUDED.unrecorded_cap), \
+                   limbo = false \
+                 RETURNING amount, unrecorded_cap"
             ),
-            &[&node, &k.name, &k.window, &k.period, &i(block)],
+            &[&node, &k.name, &k.window, &k.period, &i(block), &i(unrecorded_cap(block))],
         ))
         .await?;
-        granted.push((k.clone(), block, u(row.get(0))));
+        granted.push(Grant {
+            key: k.clone(),
+            block,
+            row_after: u(row.get(0)),
+            unrecorded_cap: u(row.get(1)),
+        });
     }
     timed(tx.commit()).await?;
     Ok(Leased::Granted(granted))
 }
 
-/// Records spending before the spool commit (`quota_spend`): each of this
-/// node's lease rows of `spends` loses what its messages take, which stays
-/// in `used` (accepted). One statement for the whole batch. Returns the
-/// keys whose row was found (a missing one expired and was reclaimed:
-/// nothing was spent from it).
+/// One key's part of a spend flush (`quota_spend`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SpendSum {
+    /// Taken off this node's lease row: spends recorded before their
+    /// commit and those recorded after it.
+    pub lease: u64,
+    /// Of `lease`, spends of messages already committed (recorded after
+    /// the commit): counted as accepted even if the row is gone.
+    pub committed: u64,
+    /// Spends recorded before their commit whose commit succeeded: only
+    /// added to this node's total (`quota_node_spent`).
+    pub confirmed: u64,
+}
+
+/// Records a batch of spends in one statement: each of this node's lease
+/// rows loses its `lease` sum, which stays in `used` (accepted); committed
+/// spends whose row is gone are added to `used` directly; this node's
+/// total of committed spends grows. Returns the keys whose row was found
+/// (a missing one expired and was reclaimed: nothing was spent from it).
 pub async fn spend(
     client: &Client,
     node: &str,
-    spends: &[(Key, u64)],
+    spends: &[(Key, SpendSum)],
 ) -> Result<Vec<Key>, DbError> {
     let names: Vec<&str> = spends.iter().map(|(k, _)| k.name.as_str()).collect();
     let windows: Vec<i16> = spends.iter().map(|(k, _)| k.window).collect();
     let periods: Vec<i32> = spends.iter().map(|(k, _)| k.period).collect();
-    let amounts: Vec<i64> = spends.iter().map(|(_, n)| i(*n)).collect();
+    let lease: Vec<i64> = spends.iter().map(|(_, s)| i(s.lease)).collect();
+    let committed: Vec<i64> = spends.iter().map(|(_, s)| i(s.committed)).collect();
+    let confirmed: Vec<i64> = spends.iter().map(|(_, s)| i(s.confirmed)).collect();
     let rows = timed(client.query(
-        "UPDATE quota_leases l SET amount = l.amount - v.n \
-         FROM unnest($2::text[], $3::int2[], $4::int4[], $5::int8[]) AS v(name, w, p, n) \
-         WHERE l.node = $1 AND l.name = v.name AND l.quota_window = v.w AND l.period = v.p \
-         RETURNING l.name, l.quota_window, l.period",
-        &[&node, &names, &windows, &periods, &amounts],
+        "WITH v AS (SELECT * FROM unnest($2::text[], $3::int2[], $4::int4[], $5::int8[], \
+             $6::int8[], $7::int8[]) AS v(name, w, p, lease, committed, confirmed)), \
+         l AS (UPDATE quota_leases q SET amount = q.amount - v.lease FROM v \
+           WHERE v.lease > 0 AND q.node = $1 AND q.name = v.name AND q.quota_window = v.w \
+           AND q.period = v.p RETURNING q.name, q.quota_window, q.period), \
+         c AS (INSERT INTO quota_usage (name, quota_window, period, used) \
+           SELECT name, w, p, committed FROM v WHERE committed > 0 AND NOT EXISTS \
+             (SELECT 1 FROM l WHERE l.name = v.name AND l.quota_window = v.w AND l.period = v.p) \
+           ON CONFLICT (name, quota_window, period) \
+           DO UPDATE SET used = quota_usage.used + EXCLUDED.used), \
+         t AS (INSERT INTO quota_node_spent (node, name, quota_window, period, spent) \
+           SELECT $1, name, w, p, committed + confirmed FROM v WHERE committed + confirmed > 0 \
+           ON CONFLICT (node, name, quota_window, period) \
+           DO UPDATE SET spent = quota_node_spent.spent + EXCLUDED.spent) \
+         SELECT name, quota_window, period FROM l",
+        &[
+            &node, &names, &windows, &periods, &lease, &committed, &confirmed,
+        ],
     ))
     .await?;
     Ok(rows
@@ -228,7 +310,7 @@ pub async fn settle(
             "WITH l AS (UPDATE quota_leases SET amount = amount - $5, \
                expires_at = now() + interval '{LEASE_TTL_SECS} seconds' \
                WHERE node = $1 AND name = $2 AND quota_window = $3 AND period = $4 \
-               RETURNING amount), \
+               AND NOT limbo RETURNING amount), \
              u AS (UPDATE quota_usage SET used = greatest(used - $5, 0) \
                WHERE name = $2 AND quota_window = $3 AND period = $4 AND EXISTS (SELECT 1 FROM l)) \
              SELECT amount FROM l"
@@ -251,12 +333,17 @@ pub async fn uncount(client: &Client, key: &Key, n: u64) -> Result<(), DbError> 
     Ok(())
 }
 
-/// Adds `n` to the usage of `key` directly: counts of unlimited quotas.
-pub async fn count(client: &Client, key: &Key, n: u64) -> Result<(), DbError> {
+/// Adds `n` to the usage of `key` directly (counts of unlimited quotas,
+/// committed), and to this node's total.
+pub async fn count(client: &Client, node: &str, key: &Key, n: u64) -> Result<(), DbError> {
     timed(client.execute(
-        "INSERT INTO quota_usage (name, quota_window, period, used) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (name, quota_window, period) DO UPDATE SET used = quota_usage.used + EXCLUDED.used",
-        &[&key.name, &key.window, &key.period, &i(n)],
+        "WITH c AS (INSERT INTO quota_usage (name, quota_window, period, used) \
+           VALUES ($1, $2, $3, $4) ON CONFLICT (name, quota_window, period) \
+           DO UPDATE SET used = quota_usage.used + EXCLUDED.used) \
+         INSERT INTO quota_node_spent (node, name, quota_window, period, spent) \
+         VALUES ($5, $1, $2, $3, $4) ON CONFLICT (node, name, quota_window, period) \
+         DO UPDATE SET spent = quota_node_spent.spent + EXCLUDED.spent",
+        &[&key.name, &key.window, &key.period, &i(n), &node],
     ))
     .await?;
     Ok(())
@@ -273,25 +360,109 @@ pub async fn forget(client: &Client, node: &str, key: &Key) -> Result<(), DbErro
     Ok(())
 }
 
-/// Gives back the leases that expired (any node: a killed node's), or all
-/// of `own_node`'s (at start: what a previous run of this node held is
-/// unknown to it now). Returns how many leases were reclaimed.
-pub async fn reclaim(client: &Client, own_node: Option<&str>) -> Result<u64, DbError> {
-    let which = match own_node {
-        Some(_) => "node = $1",
-        None => "expires_at < now() AND $1::text IS NULL",
-    };
-    let sql = format!(
-        "WITH gone AS (DELETE FROM quota_leases WHERE {which} \
-           RETURNING name, quota_window, period, amount), \
-         s AS (SELECT name, quota_window, period, sum(amount)::bigint AS amount, count(*) AS n \
-           FROM gone GROUP BY 1, 2, 3), \
-         u AS (UPDATE quota_usage q SET used = greatest(q.used - s.amount, 0) FROM s \
-           WHERE q.name = s.name AND q.quota_window = s.quota_window AND q.period = s.period) \
-         SELECT coalesce(sum(n), 0)::bigint FROM s"
-    );
-    let row = timed(client.query_one(&sql, &[&own_node])).await?;
+/// Gives back the leases that expired (a killed node's), all but their
+/// `unrecorded_cap`, which stays in limbo until that node starts again.
+/// Returns how many leases were reclaimed.
+pub async fn reclaim_expired(client: &Client) -> Result<u64, DbError> {
+    let row = timed(client.query_one(
+        "WITH old AS (SELECT node, name, quota_window, period, amount, \
+             least(amount, unrecorded_cap) AS kept \
+           FROM quota_leases WHERE expires_at < now() AND NOT limbo FOR UPDATE), \
+         gone AS (DELETE FROM quota_leases q USING old WHERE old.kept = 0 AND q.node = old.node \
+           AND q.name = old.name AND q.quota_window = old.quota_window AND q.period = old.period), \
+         kept AS (UPDATE quota_leases q SET amount = old.kept, limbo = true FROM old \
+           WHERE old.kept > 0 AND q.node = old.node AND q.name = old.name \
+           AND q.quota_window = old.quota_window AND q.period = old.period), \
+         s AS (SELECT name, quota_window, period, sum(amount - kept)::bigint AS back, \
+             count(*) AS n FROM old GROUP BY 1, 2, 3), \
+         u AS (UPDATE quota_usage q SET used = greatest(q.used - s.back, 0) FROM s \
+           WHERE s.back > 0 AND q.name = s.name AND q.quota_window = s.quota_window \
+           AND q.period = s.period) \
+         SELECT coalesce(sum(n), 0)::bigint FROM s",
+        &[],
+    ))
+    .await?;
     Ok(u(row.get(0)))
+}
+
+/// One of this node's lease rows left by its previous run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousLease {
+    pub key: Key,
+    /// What PostgreSQL holds as unspent.
+    pub amount: u64,
+    /// What PostgreSQL knows this node committed of the key.
+    pub recorded: u64,
+}
+
+/// Settles what this node's previous run left (at start, before the node
+/// takes any quota): `committed(key)` is what the spool counted of each
+/// key; what PostgreSQL does not know of it was spent unrecorded (at most
+/// the lease's amount), the rest of each lease goes back. Old daily totals
+/// (before `oldest_day`) are dropped. Returns how many leases were settled.
+pub async fn settle_previous_run(
+    client: &mut Client,
+    node: &str,
+    oldest_day: i32,
+    committed: impl Fn(&Key) -> u64,
+) -> Result<u64, DbError> {
+    let tx = timed(client.transaction()).await?;
+    let rows = timed(tx.query(
+        "SELECT l.name, l.quota_window, l.period, l.amount, coalesce(s.spent, 0) \
+         FROM quota_leases l LEFT JOIN quota_node_spent s ON s.node = l.node \
+           AND s.name = l.name AND s.quota_window = l.quota_window AND s.period = l.period \
+         WHERE l.node = $1 FOR UPDATE OF l",
+        &[&node],
+    ))
+    .await?;
+    let previous: Vec<PreviousLease> = rows
+        .iter()
+        .map(|r| PreviousLease {
+            key: Key {
+                name: r.get(0),
+                window: r.get(1),
+                period: r.get(2),
+            },
+            amount: u(r.get(3)),
+            recorded: u(r.get(4)),
+        })
+        .collect();
+    for lease in &previous {
+        let counted = committed(&lease.key);
+        let give_back = lease.amount - unrecorded_spend(lease, counted);
+        timed(tx.execute(
+            "WITH d AS (DELETE FROM quota_leases WHERE node = $1 AND name = $2 \
+               AND quota_window = $3 AND period = $4), \
+             u AS (UPDATE quota_usage SET used = greatest(used - $5, 0) \
+               WHERE name = $2 AND quota_window = $3 AND period = $4) \
+             INSERT INTO quota_node_spent (node, name, quota_window, period, spent) \
+             VALUES ($1, $2, $3, $4, $6) ON CONFLICT (node, name, quota_window, period) \
+             DO UPDATE SET spent = greatest(quota_node_spent.spent, EXCLUDED.spent)",
+            &[
+                &node,
+                &lease.key.name,
+                &lease.key.window,
+                &lease.key.period,
+                &i(give_back),
+                &i(counted.max(lease.recorded)),
+            ],
+        ))
+        .await?;
+    }
+    timed(tx.execute(
+        "DELETE FROM quota_node_spent WHERE node = $1 AND quota_window IN (0, 2) AND period < $2",
+        &[&node, &oldest_day],
+    ))
+    .await?;
+    timed(tx.commit()).await?;
+    Ok(previous.len() as u64)
+}
+
+/// What of `lease` was spent without being recorded: what the spool
+/// counted beyond what PostgreSQL knows, never more than the lease holds
+/// (counts from before cluster mode make it larger: fewer accepted).
+pub fn unrecorded_spend(lease: &PreviousLease, counted: u64) -> u64 {
+    counted.saturating_sub(lease.recorded).min(lease.amount)
 }
 
 /// Asks the other nodes to give back their unspent leases of `key`.
@@ -345,5 +516,42 @@ mod tests {
         let (life, _) = key_of(&q(Window::Lifetime), now);
         assert_eq!(life.period, 0);
         assert_eq!(Key::from_payload(&day.payload()), Some(day));
+    }
+
+    #[test]
+    fn only_a_large_lease_is_spent_unrecorded_and_a_restart_settles_what_the_spool_counted() {
+        assert_eq!(
+            unrecorded_cap(12),
+            0,
+            "near a limit every spend is recorded first"
+        );
+        assert_eq!(unrecorded_cap(100), 25);
+        assert_eq!(unrecorded_cap(500), 125);
+        assert_eq!(
+            unrecorded_cap(2000),
+            MAX_UNRECORDED,
+            "a big message's lease"
+        );
+        let lease = PreviousLease {
+            key: Key {
+                name: "user:a".into(),
+                window: 0,
+                period: 1,
+            },
+            amount: 30,
+            recorded: 100,
+        };
+        assert_eq!(
+            unrecorded_spend(&lease, 107),
+            7,
+            "7 committed, not recorded"
+        );
+        assert_eq!(unrecorded_spend(&lease, 100), 0);
+        assert_eq!(unrecorded_spend(&lease, 95), 0, "recorded, then refused");
+        assert_eq!(
+            unrecorded_spend(&lease, 500),
+            30,
+            "never more than the lease"
+        );
     }
 }

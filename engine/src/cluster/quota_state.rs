@@ -7,8 +7,10 @@
 //! sum changes only by a lease (added), a spend flush (`quota_spend`:
 //! reserved and recorded as spent, removed) or a give-back (removed), all
 //! of which go through the ledger's single connection. Spent amounts are
-//! in PostgreSQL before their message is committed: a message the spool
-//! refuses is un-spent afterwards (`released`, taken off the usage). If a
+//! in PostgreSQL before their message is committed, except up to the
+//! lease's `cap` (`unrecorded`: recorded after the commit); a message the
+//! spool refuses after its spend was recorded is un-spent afterwards
+//! (`released`, taken off the usage). If a
 //! lease row turns out to be gone (it expired and another node reclaimed
 //! it), the books are "orphaned": reservations made against the old lease
 //! (older `epoch`) are not flushed but retried on a new lease.
@@ -31,6 +33,11 @@ const ASKED_FOR: Duration = Duration::from_secs(2);
 pub struct Held {
     pub available: u64,
     pub reserved: u64,
+    /// Taken by messages whose spend is recorded after their commit, not
+    /// yet recorded (any epoch); at most `cap`.
+    pub unrecorded: u64,
+    /// How much of this node's lease row may be spent unrecorded.
+    pub cap: u64,
     /// To add to the fleet's usage directly (unlimited quotas).
     pub counted: u64,
     /// To take off the fleet's usage: recorded spending of messages the
@@ -63,6 +70,11 @@ pub struct Part {
 impl Held {
     fn tracked(&self) -> u64 {
         self.available + self.reserved
+    }
+
+    /// Whether `amount` more may be spent before it is recorded.
+    pub fn room_unrecorded(&self, amount: u64) -> bool {
+        self.unrecorded + amount <= self.cap
     }
 
     /// What a message may take without asking PostgreSQL.
@@ -115,12 +127,14 @@ impl Held {
         }
     }
 
-    /// A lease of `block` was committed; the row now holds `row_after`.
-    pub fn granted(&mut self, block: u64, row_after: u64, until: Instant) {
+    /// A lease of `block` was committed; the row now holds `row_after`,
+    /// of which `cap` may be spent unrecorded.
+    pub fn granted(&mut self, block: u64, row_after: u64, cap: u64, until: Instant) {
         if row_after.saturating_sub(block) < self.tracked() {
             // The row was reclaimed and made anew: the old books are void.
             self.orphan();
         }
+        self.cap = cap;
         self.available += block;
         self.row = true;
         self.usable_until = Some(until);
@@ -235,7 +249,7 @@ impl Work {
     pub async fn run(&self, client: &Client, node: &str) -> Result<Option<u64>, DbError> {
         match self {
             Work::Settle { key, give_back, .. } => sql::settle(client, node, key, *give_back).await,
-            Work::Count { key, n } => sql::count(client, key, *n).await.map(|()| None),
+            Work::Count { key, n } => sql::count(client, node, key, *n).await.map(|()| None),
             Work::Uncount { key, n } => sql::uncount(client, key, *n).await.map(|()| None),
             Work::Forget { key } => sql::forget(client, node, key).await.map(|()| None),
         }
@@ -263,7 +277,9 @@ impl Work {
         };
         held.usable_until = Some(until);
         let tracked = held.tracked();
-        if after > tracked {
+        if after > tracked && held.unrecorded == 0 {
+            // (With spends of an older lease still to record, the row's
+            // excess may be theirs: it waits.)
             return Some(Work::Settle {
                 key: key.clone(),
                 epoch: held.epoch,
@@ -305,7 +321,7 @@ mod tests {
         let now = Instant::now();
         let mut state = HashMap::new();
         let held: &mut Held = state.entry(key()).or_default();
-        held.granted(10, 10, now + Duration::from_secs(5));
+        held.granted(10, 10, 0, now + Duration::from_secs(5));
         let a = held.take(&key(), 4, true, now);
         let b = held.take(&key(), 3, true, now);
         // Both flushed (the row now holds 3); b's commit then failed.
@@ -333,7 +349,7 @@ mod tests {
         let now = Instant::now();
         let mut state = HashMap::new();
         let held: &mut Held = state.entry(key()).or_default();
-        held.granted(10, 10, now + Duration::from_secs(5));
+        held.granted(10, 10, 0, now + Duration::from_secs(5));
         let in_flight = held.take(&key(), 2, true, now);
         // A renewal finds the row gone.
         let renewal = Work::Settle {
@@ -355,7 +371,7 @@ mod tests {
         state
             .entry(key())
             .or_default()
-            .granted(10, 10, now + Duration::from_secs(5));
+            .granted(10, 10, 0, now + Duration::from_secs(5));
         state.get_mut(&key()).unwrap().available = 9;
         state.get_mut(&key()).unwrap().last_used = Some(now);
         let work = collect(&mut state, now, Duration::from_secs(60), Duration::ZERO);

@@ -51,7 +51,7 @@ use crate::quarantine::{CorruptRecipient, QuarantineTable};
 
 pub(crate) use query::{
     counts, load, next_due_ms, objects, queue_counts, queue_page, suppressed, suppression,
-    suppressions, usage,
+    suppressions, usage, usage_in,
 };
 pub(crate) use recovery::recover;
 pub(crate) use write::EncodedMessage;

@@ -102,6 +102,23 @@ pub(crate) fn usage(
     Ok(window.standing(&counts, now_ms))
 }
 
+/// The count of quota `name` in one bucket of `window` (a day, a month,
+/// 0 for lifetime).
+pub(crate) fn usage_in(
+    db: &Database,
+    name: &str,
+    window: Window,
+    bucket: u32,
+) -> Result<u64, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, USAGE)? else {
+        return Ok(0);
+    };
+    Ok(table
+        .get((name, window.kind(), bucket))?
+        .map_or(0, |v| v.value()))
+}
+
 /// Every object of `kind`, by name order.
 pub(crate) fn objects(db: &Database, kind: &str) -> Result<Vec<(String, Vec<u8>)>, SpoolError> {
     let txn = db.begin_read()?;
