@@ -437,5 +437,5 @@ fn spends_recorded_after_the_commit_survive_a_sigkill() {
         );
         (rows.trim() == "0").then_some(())
     });
-    assert_eq!(used(), accepted as u64, "exactly what was acknowledged");
+    assert_eq!(used(), accepted, "exactly what was acknowledged");
 }
