@@ -60,6 +60,9 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// The largest block one lease takes.
 pub const MAX_BLOCK: u64 = 500;
+/// How long spends that nobody waits for gather before they are recorded
+/// (well within what a lease's cap allows at full speed).
+const SPEND_LINGER: Duration = Duration::from_millis(20);
 /// How often expired leases (of killed nodes) are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
@@ -204,11 +207,17 @@ impl QuotaLedger {
         self.inner.reserve(&wants, now).await
     }
 
-    /// Gives every unspent lease back; called once SMTP sessions are over.
+    /// Records what is still unrecorded and gives every unspent lease
+    /// back; called once SMTP sessions are over.
     pub async fn shutdown(&self) {
         self.inner
             .state_mut(|s| s.values_mut().for_each(|h| h.closing = true));
-        let _ = tokio::time::timeout(Duration::from_secs(3), self.inner.tick()).await;
+        let inner = &self.inner;
+        let last = async {
+            inner.flush(inner.spends.take()).await;
+            inner.tick().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), last).await;
     }
 
     /// The fleet's usage of `quota` now: (accepted, and when some frees;
@@ -591,13 +600,25 @@ async fn run(inner: std::sync::Weak<Inner>) {
 }
 
 /// The spend flush: records the spends waiting at each wake-up in one
-/// statement; those arriving meanwhile form the next batch.
+/// statement; those arriving meanwhile form the next batch. Spends that no
+/// admission waits for (recorded after their commit, confirmations) linger
+/// up to [`SPEND_LINGER`] for company, so a busy node sends a few
+/// statements a second rather than one per commit; a waiting one ends the
+/// linger at once.
 async fn flush_spends(inner: std::sync::Weak<Inner>) {
     loop {
         let Some(ledger) = inner.upgrade() else {
             return;
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), ledger.spends.wake.notified()).await;
+        let linger_until = Instant::now() + SPEND_LINGER;
+        while !ledger.spends.has_waiting() {
+            let left = linger_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let _ = tokio::time::timeout(left, ledger.spends.wake.notified()).await;
+        }
         let batch = ledger.spends.take();
         if !batch.is_empty() {
             ledger.flush(batch).await;

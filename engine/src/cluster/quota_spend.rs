@@ -122,6 +122,13 @@ impl SpendQueue {
         }
     }
 
+    /// Whether an admission waits for the next flush.
+    pub fn has_waiting(&self) -> bool {
+        self.lock()
+            .iter()
+            .any(|p| matches!(p.kind, Kind::Waiting(_)))
+    }
+
     pub fn take(&self) -> Vec<Pending> {
         std::mem::take(&mut *self.lock())
     }
