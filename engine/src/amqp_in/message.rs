@@ -68,13 +68,13 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Injection, Reply> {
         ))
     })?;
     let raw = match (wire.message, wire.message_base64) {
-        (Some(text), None) => crlf(text.as_bytes()),
+        (Some(text), None) => crlf(text.into_bytes()),
         (None, Some(b64)) => {
             use base64::Engine as _;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| malformed(format!("message_base64 is not base64: {e}")))?;
-            crlf(&bytes)
+            crlf(bytes)
         }
         _ => {
             return Err(malformed(
@@ -170,15 +170,24 @@ pub(crate) fn with_control_headers(mut data: Vec<u8>, control: &[u8]) -> Vec<u8>
     data
 }
 
-/// Bare LF line ends become CRLF (applications write `\n` in JSON).
-pub(crate) fn crlf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
+/// Bare LF line ends become CRLF (applications write `\n` in JSON). Text
+/// that has none comes back as it is, without a copy: the HTTP API calls
+/// this once per rendered message.
+pub(crate) fn crlf(bytes: Vec<u8>) -> Vec<u8> {
+    let is_bare = |i: usize| i == 0 || bytes[i - 1] != b'\r';
+    let lfs = memchr::memchr_iter(b'\n', &bytes);
+    let bare = lfs.clone().filter(|&i| is_bare(i)).count();
+    if bare == 0 {
+        return bytes;
     }
+    let mut out = Vec::with_capacity(bytes.len() + bare);
+    let mut from = 0;
+    for i in lfs.filter(|&i| is_bare(i)) {
+        out.extend_from_slice(&bytes[from..i]);
+        out.extend_from_slice(b"\r");
+        from = i;
+    }
+    out.extend_from_slice(&bytes[from..]);
     out
 }
 
@@ -219,6 +228,15 @@ mod tests {
         assert_eq!(i.user.as_deref(), Some("alice"));
         assert_eq!(i.data, b"Subject: s\r\n\r\nbody\r\n");
         assert_eq!(i.recipients, ["x@y.z"]);
+    }
+
+    #[test]
+    fn only_bare_line_feeds_become_crlf_and_clean_text_is_not_copied() {
+        assert_eq!(crlf(b"\na\nb\r\nc\n".to_vec()), b"\r\na\r\nb\r\nc\r\n");
+        let clean = b"a\r\nb\r\n".to_vec();
+        let at = clean.as_ptr();
+        let same = crlf(clean);
+        assert_eq!((same.as_slice(), same.as_ptr()), (&b"a\r\nb\r\n"[..], at));
     }
 
     #[test]

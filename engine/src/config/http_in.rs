@@ -45,7 +45,7 @@ pub struct HttpInSettings {
     /// Requests being admitted at once; beyond it 503 (default 16).
     pub max_requests: usize,
     /// Admissions of one request running at once, sharing group commits
-    /// (default 64).
+    /// (default 256; their bytes are bounded too, `http_in::handler`).
     pub admissions_per_request: usize,
     /// How long one read or write of a connection may wait (default 30s):
     /// bounds a slow header, a stalled body and an idle keep-alive.
@@ -66,7 +66,7 @@ impl Default for HttpInSettings {
             max_recipients: 10_000,
             max_connections: 256,
             max_requests: 16,
-            admissions_per_request: 64,
+            admissions_per_request: 256,
             read_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(120),
             idempotency_ttl: Duration::from_secs(24 * 3600),

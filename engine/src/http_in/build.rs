@@ -77,6 +77,10 @@ pub fn compile(content: Content, dialect: Dialect) -> Result<Compiled, ApiError>
     };
     let shape = match content {
         Content::Raw(raw) => {
+            // Line ends made CRLF once here, not in every rendered copy:
+            // a render then has bare LFs only where a value brought them.
+            let raw = String::from_utf8(crate::amqp_in::message::crlf(raw.into_bytes()))
+                .expect("a CR before each LF keeps UTF-8 valid");
             add(RAW.into(), &raw)?;
             Shape::Raw(raw)
         }
@@ -112,7 +116,7 @@ impl Compiled {
         match &self.shape {
             Shape::Raw(raw) => {
                 let text = self.expand(RAW, raw, &vars)?;
-                Ok(crate::amqp_in::message::crlf(text.as_bytes()))
+                Ok(crate::amqp_in::message::crlf(text.into_bytes()))
             }
             Shape::Built(parts) => self.build(parts, recipient, &vars),
         }
@@ -321,6 +325,20 @@ mod tests {
         assert_eq!(
             first(&r, &c),
             "To: \"Ann\" <x@y.z>\r\nSubject: Spring\r\n\r\nHi Ann 42"
+        );
+    }
+
+    #[test]
+    fn line_ends_are_crlf_in_the_template_and_in_the_values() {
+        let mut r = request(
+            r#"{"envelope_sender":"a@b.c","content":"Subject: s\n\n{{ text }}\r\nend\n",
+               "recipients":[{"email":"x@y.z","substitutions":{"text":"one\ntwo\r\nthree"}}]}"#,
+        );
+        let content = std::mem::replace(&mut r.content, Content::Raw(String::new()));
+        let c = compile(content, r.dialect).unwrap();
+        assert_eq!(
+            first(&r, &c),
+            "Subject: s\r\n\r\none\r\ntwo\r\nthree\r\nend"
         );
     }
 

@@ -243,9 +243,14 @@ struct Shared {
     claim: Option<Arc<Claim>>,
 }
 
-/// Admits every recipient not already queued, at most
-/// `admissions_per_request` at once; returns the addresses and outcomes
-/// in request order.
+/// Bytes of rendered messages one request has in admission at once, on
+/// top of the count bound (`admissions_per_request`): with `max_requests`
+/// at 16, at most 128MB of messages wait for their commit.
+const BYTES_PER_REQUEST: usize = 8 << 20;
+
+/// Renders every recipient not already queued and admits it, at most
+/// `admissions_per_request` (and `BYTES_PER_REQUEST`) at once; returns the
+/// addresses and outcomes in request order.
 async fn admit_all(
     api: &Arc<Api>,
     conn: &ConnInfo,
@@ -268,22 +273,42 @@ async fn admit_all(
     });
     let emails: Vec<String> = request.recipients.iter().map(|r| r.email.clone()).collect();
     let mut outcomes: Vec<Option<Outcome>> = (0..emails.len()).map(|_| None).collect();
-    let mut running = JoinSet::new();
+    let mut running: JoinSet<(usize, usize, Outcome)> = JoinSet::new();
+    // Bytes of the running admissions' messages (a failed task's are
+    // never given back: the bound only gets stricter).
+    let mut bytes = 0;
     for (index, recipient) in request.recipients.into_iter().enumerate() {
         if queued.contains(&index) {
             outcomes[index] = Some(Outcome::Queued);
             continue;
         }
-        while running.len() >= api.settings.admissions_per_request {
-            if let Some(Ok((i, outcome))) = running.join_next().await {
+        let data = match message(&shared, &recipient) {
+            Ok(data) => data,
+            Err(why) => {
+                outcomes[index] = Some(Outcome::Failed(why));
+                continue;
+            }
+        };
+        while running.len() >= api.settings.admissions_per_request
+            || (!running.is_empty() && bytes + data.len() > BYTES_PER_REQUEST)
+        {
+            if let Some(Ok((i, size, outcome))) = running.join_next().await {
                 outcomes[i] = Some(outcome);
+                bytes -= size;
             }
         }
-        let shared = shared.clone();
-        running.spawn(async move { (index, admit_one(&shared, index, recipient).await) });
+        let (shared, size) = (shared.clone(), data.len());
+        bytes += size;
+        running.spawn(async move {
+            (
+                index,
+                size,
+                admit_one(&shared, index, recipient, data).await,
+            )
+        });
     }
     while let Some(joined) = running.join_next().await {
-        if let Ok((i, outcome)) = joined {
+        if let Ok((i, _, outcome)) = joined {
             outcomes[i] = Some(outcome);
         }
     }
@@ -294,19 +319,22 @@ async fn admit_all(
     (emails, outcomes)
 }
 
-async fn admit_one(shared: &Shared, index: usize, recipient: Recipient) -> Outcome {
-    let data = match shared.compiled.render(&recipient, &shared.globals) {
-        Ok(data) => data,
-        Err(why) => return Outcome::Failed(why),
-    };
+/// The recipient's message, rendered, with the control headers, within
+/// `max_message_size`.
+fn message(shared: &Shared, recipient: &Recipient) -> Result<Vec<u8>, String> {
+    let data = shared.compiled.render(recipient, &shared.globals)?;
     let data = crate::amqp_in::message::with_control_headers(data, &shared.control);
     let max = shared.api.max_message_size;
     if data.len() as u64 > max {
-        return Outcome::Failed(format!(
+        return Err(format!(
             "the message is {} bytes, more than {max} (smtp_in.max_message_size)",
             data.len()
         ));
     }
+    Ok(data)
+}
+
+async fn admit_one(shared: &Shared, index: usize, recipient: Recipient, data: Vec<u8>) -> Outcome {
     let envelope = Envelope {
         mail_from: shared.sender.clone(),
         recipients: vec![recipient.email],
