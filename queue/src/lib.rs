@@ -30,7 +30,6 @@ mod error;
 mod free_space;
 mod id;
 mod idempotency;
-mod linger;
 mod message;
 pub mod metrics;
 mod quarantine;

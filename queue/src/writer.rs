@@ -26,7 +26,6 @@ use crate::delivered::{self, DeliveredWrite};
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
 use crate::idempotency::{self, IdempotencyRequest};
-use crate::linger::{self, Linger};
 use crate::message::{Claimed, Outcome};
 use crate::quarantine::{self, CorruptRecipient, Damaged};
 use crate::select::{ClaimCursor, ClaimFilter, QueueAction};
@@ -223,8 +222,6 @@ pub(crate) struct Writer {
     retry_reopen_at: Instant,
     /// Where filtered claims go on walking the schedule past its head.
     claim_cursor: ClaimCursor,
-    /// Whether a small batch waits for company (see `linger`).
-    linger: Linger,
 }
 
 impl Writer {
@@ -241,7 +238,6 @@ impl Writer {
             ids,
             retry_reopen_at: Instant::now(),
             claim_cursor: None,
-            linger: Linger::default(),
         }
     }
 
@@ -279,34 +275,17 @@ impl Writer {
         }
     }
 
-    /// Takes what is already waiting, up to `max_batch` requests in all; a
-    /// small durable batch while requests flow waits up to `linger::LINGER`
-    /// for a few more, so that they share the fdatasync.
+    /// Takes what is already waiting, up to `max_batch` requests in all.
     fn gather(&self, first: Request) -> Batch {
         let mut batch = Batch::default();
         batch.push(first);
-        self.take_waiting(&mut batch);
-        let durable = self.settings.durable && batch.writes.needs_durability();
-        let Some(deadline) = self.linger.deadline(batch.len(), durable, Instant::now()) else {
-            return batch;
-        };
-        while batch.len() < linger::ENOUGH.min(self.settings.max_batch) {
-            match self.requests.recv_deadline(deadline) {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-            self.take_waiting(&mut batch);
-        }
-        batch
-    }
-
-    fn take_waiting(&self, batch: &mut Batch) {
         while batch.len() < self.settings.max_batch {
             match self.requests.try_recv() {
                 Ok(request) => batch.push(request),
                 Err(_) => break,
             }
         }
+        batch
     }
 
     fn process(&mut self, batch: Batch) {
@@ -332,7 +311,6 @@ impl Writer {
         let batch_len = writes.len() as u64;
         let started = Instant::now();
         let result = self.apply_and_commit(&mut writes);
-        self.linger.committed(Instant::now());
         // Released before the completions run, so a caller that saw its
         // insert complete also sees its bytes gone from the queue.
         self.shared.release_pending(writes.pending_bytes());
