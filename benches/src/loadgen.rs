@@ -54,6 +54,9 @@ pub struct LoadgenConfig {
     pub starttls: bool,
     pub pipelining: bool,
     pub keep_going: bool,
+    /// Each message on a fresh connection (connect, greeting, EHLO, the
+    /// transaction, QUIT, close), as a PHP mailer or a cron script sends.
+    pub connection_per_message: bool,
     pub timeout: Duration,
 }
 
@@ -74,6 +77,7 @@ impl Default for LoadgenConfig {
             starttls: false,
             pipelining: true,
             keep_going: false,
+            connection_per_message: false,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -347,6 +351,13 @@ async fn worker(shared: Arc<Shared>) -> Vec<u32> {
             }
             Err(err) => Err(err),
         };
+        if settled.is_ok()
+            && shared.config.connection_per_message
+            && let Some(active) = client.take()
+        {
+            // QUIT waits for the 221; dropping the session closes the socket.
+            active.quit().await;
+        }
         if let Err(err) = settled {
             client = None;
             if !shared.connection_lost(&err) {

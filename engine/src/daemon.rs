@@ -18,7 +18,6 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sendengine_queue::{Spool, SpoolConfig};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -333,9 +332,8 @@ impl Daemon {
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();
         for addr in &config.smtp_in.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen {
+            let listener =
+                crate::smtp::listener::bind(*addr).map_err(|source| StartError::Listen {
                     addr: *addr,
                     source,
                 })?;

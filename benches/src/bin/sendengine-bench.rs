@@ -7,6 +7,9 @@
 //! node of a fleet (issue #17); `--tenant` gives standalone the same tenant.
 //! `--http` compares recipients/s injected over the HTTP API (requests of
 //! `--http-rcpts` personalised recipients) with the same messages over SMTP.
+//! `--connection-per-message` runs each repetition twice, on reused
+//! connections and then with a fresh connection per message, and prints the
+//! daemon's CPU per message of both and their ratio (issue #20).
 //!
 //! Exit code 0 on success, 1 when a run failed, 2 on bad arguments.
 
@@ -30,7 +33,7 @@ const USAGE: &str = "usage: sendengine-bench [--messages N (20000)] [--warmup N 
     [--backlog [--crash]] [--min-free-gib G (10)] [--perf FILE] [--dir DIR (/var/tmp/sendengine-bench)]
     [--bin-dir DIR (beside this program)] [--keep]
     [--tenant] [--cluster-database postgres://USER@HOST:PORT/DB [--cluster-redis redis://HOST:PORT]]
-    [--http [--http-rcpts R (1000)] [--http-connections C (4)]]";
+    [--http [--http-rcpts R (1000)] [--http-connections C (4)]] [--connection-per-message]";
 
 /// Most repetitions.
 const MAX_REPS: usize = 20;
@@ -53,6 +56,9 @@ struct Options {
     keep: bool,
     /// `--http`: the HTTP-against-SMTP comparison instead of one scenario.
     http: Option<HttpSide>,
+    /// `--connection-per-message`: reused connections against a connection
+    /// per message, side by side in each repetition.
+    connection_compare: bool,
 }
 
 fn main() -> ExitCode {
@@ -109,6 +115,9 @@ fn run(options: &Options) -> Result<(), Box<dyn Error>> {
         print_backlog(&options.scenario, &result);
         return Ok(());
     }
+    if options.connection_compare {
+        return run_connection_compare(options);
+    }
     let mut reps = Vec::new();
     for rep in 1..=options.reps {
         let rep_options = RepOptions {
@@ -149,6 +158,54 @@ fn run(options: &Options) -> Result<(), Box<dyn Error>> {
         let peer = peer_run.run()?;
         print_ratios(test, &reps, &peer);
     }
+    Ok(())
+}
+
+/// Each repetition on reused connections, then with a connection per
+/// message (the warm-up too), so both see the same machine load; `--perf`
+/// records the first connection-per-message run.
+fn run_connection_compare(options: &Options) -> Result<(), Box<dyn Error>> {
+    let reused = Scenario {
+        connection_per_message: false,
+        ..options.scenario.clone()
+    };
+    let per_message = Scenario {
+        connection_per_message: true,
+        ..options.scenario.clone()
+    };
+    let (mut reused_reps, mut per_message_reps) = (Vec::new(), Vec::new());
+    for rep in 1..=options.reps {
+        for (label, scenario, reps) in [
+            ("reused", &reused, &mut reused_reps),
+            ("conn/msg", &per_message, &mut per_message_reps),
+        ] {
+            let rep_options = RepOptions {
+                perf_data: options
+                    .perf
+                    .clone()
+                    .filter(|_| rep == 1 && scenario.connection_per_message),
+                keep: options.keep,
+            };
+            let dir = options.dir.join(format!("rep-{rep}-{}", reps.len()));
+            let result = run_rep(&options.bins, scenario, &dir, &rep_options)?;
+            println!("rep {rep} {label}: {}", result.line());
+            reps.push(result);
+        }
+    }
+    println!("reused connections:");
+    print_summary(&reused, &reused_reps);
+    println!("a connection per message:");
+    print_summary(&per_message, &per_message_reps);
+    let ratios: Vec<f64> = per_message_reps
+        .iter()
+        .zip(&reused_reps)
+        .map(|(p, r)| p.cpu_ms_per_msg / r.cpu_ms_per_msg)
+        .collect();
+    println!(
+        "  {:<22} {}",
+        "CPU conn/msg ÷ reused",
+        Spread::of(&ratios).map_or("-".to_string(), |s| s.to_string())
+    );
     Ok(())
 }
 
@@ -312,6 +369,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
             ready_queue_size: None,
             tenant: false,
             cluster: None,
+            connection_per_message: false,
         },
         reps: 3,
         peer: false,
@@ -325,6 +383,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
         bins: Binaries::beside_self(),
         keep: false,
         http: None,
+        connection_compare: false,
     };
     let scenario = &mut options.scenario;
     let mut cluster_redis = None;
@@ -399,6 +458,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
                     .connections = connections;
             }
             "--tenant" => scenario.tenant = true,
+            "--connection-per-message" => options.connection_compare = true,
             "--cluster-database" => {
                 scenario.tenant = true;
                 scenario.cluster = Some(ClusterTarget {

@@ -14,7 +14,8 @@ use sendengine_benches::loadgen::{LoadgenConfig, run};
 const USAGE: &str = "usage: sendengine-loadgen --server HOST:PORT --messages N [--connections C (10)]
     [--size BODY_BYTES (10240)] [--rcpts R (1)] [--from ADDR (loadgen@example.com)]
     [--to-domain D (example.net)] [--ids-file FILE] [--acks-file FILE] [--rate MSGS_PER_S (0 = unlimited)]
-    [--auth USER:PASS] [--starttls] [--no-pipelining] [--keep-going] [--timeout SECS (60)] [--json]";
+    [--auth USER:PASS] [--starttls] [--no-pipelining] [--keep-going] [--connection-per-message]
+    [--timeout SECS (60)] [--json]";
 
 /// Most recipients per message the generator will send.
 const MAX_RCPTS: usize = 1000;
@@ -78,6 +79,7 @@ fn parse_args(mut args: Args) -> Result<Option<(LoadgenConfig, bool)>, Box<dyn E
             "--starttls" => config.starttls = true,
             "--no-pipelining" => config.pipelining = false,
             "--keep-going" => config.keep_going = true,
+            "--connection-per-message" => config.connection_per_message = true,
             "--timeout" => config.timeout = parse_timeout(args.parsed(&flag)?)?,
             "--json" => json = true,
             "--help" | "-h" => return Ok(None),

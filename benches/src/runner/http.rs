@@ -93,6 +93,7 @@ fn smtp_rate(bins: &Binaries, scenario: &Scenario, dir: &Path) -> Result<f64, Ru
         rcpts: 1,
         rate: 0.0,
         acks_file: None,
+        connection_per_message: scenario.connection_per_message,
     };
     let summary = Loadgen::start(bins, &injection)?.finish()?;
     if summary.acked != scenario.messages {

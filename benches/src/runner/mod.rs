@@ -93,6 +93,8 @@ pub struct Scenario {
     pub tenant: bool,
     /// Run the daemon as one node of a fleet (`[cluster]`).
     pub cluster: Option<ClusterTarget>,
+    /// The load generator opens a connection per message (issue #20).
+    pub connection_per_message: bool,
 }
 
 /// The load generator's options for the measured injection of `scenario`.
@@ -105,6 +107,7 @@ fn injection_for(scenario: &Scenario, server: std::net::SocketAddr) -> Injection
         rcpts: scenario.rcpts,
         rate: scenario.rate,
         acks_file: None,
+        connection_per_message: scenario.connection_per_message,
     }
 }
 
@@ -132,8 +135,13 @@ impl Scenario {
             (None, true) => ", tenant with daily limit, standalone".to_string(),
             (None, false) => String::new(),
         };
+        let connections = if self.connection_per_message {
+            "a connection per message"
+        } else {
+            "reused connections"
+        };
         format!(
-            "{} msgs (+{} warm-up), body {} B, {} rcpt/msg, {} injection conns, DKIM {}, {}, rate {}{mode}",
+            "{} msgs (+{} warm-up), body {} B, {} rcpt/msg, {} injection conns ({connections}), DKIM {}, {}, rate {}{mode}",
             self.messages,
             self.warmup,
             self.size,

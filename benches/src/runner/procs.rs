@@ -252,6 +252,8 @@ pub struct Injection {
     pub rcpts: usize,
     pub rate: f64,
     pub acks_file: Option<PathBuf>,
+    /// A fresh connection per message (`--connection-per-message`).
+    pub connection_per_message: bool,
 }
 
 /// What the load generator reported (its --json summary).
@@ -292,6 +294,9 @@ impl Loadgen {
             .arg("--json");
         if let Some(path) = &injection.acks_file {
             command.arg("--acks-file").arg(path);
+        }
+        if injection.connection_per_message {
+            command.arg("--connection-per-message");
         }
         let child = command
             .stdout(Stdio::piped())

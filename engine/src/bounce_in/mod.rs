@@ -91,7 +91,7 @@ impl BounceContext {
 pub async fn bind(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, (SocketAddr, std::io::Error)> {
     let mut listeners = Vec::with_capacity(addrs.len());
     for &addr in addrs {
-        let listener = TcpListener::bind(addr).await.map_err(|e| (addr, e))?;
+        let listener = crate::smtp::listener::bind(addr).map_err(|e| (addr, e))?;
         if let Ok(local) = listener.local_addr() {
             log::info!("bounce listener on {local}");
         }

@@ -73,6 +73,12 @@ impl Connection {
         self.out.extend_from_slice(bytes);
     }
 
+    /// Lets `write` append to the pending output (no copy through a
+    /// temporary buffer).
+    pub fn queue_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.out);
+    }
+
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
@@ -100,16 +106,10 @@ impl Connection {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + READ_CHUNK, 0);
-        let n = match self.stream.read(&mut self.buf[len..]).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.buf.truncate(len);
-                return Err(e);
-            }
-        };
-        self.buf.truncate(len + n);
+        // Reads into the spare capacity: zeroing READ_CHUNK bytes before
+        // every read (resize) cost a memset per command line.
+        self.buf.reserve(READ_CHUNK);
+        let n = self.stream.read_buf(&mut self.buf).await?;
         Ok(n > 0)
     }
 

@@ -24,7 +24,7 @@ use super::budget::DataBudget;
 use super::command::{self, Command, MailParams};
 use super::connection::{Connection, Line, Stream};
 use super::listener::PerIpConnections;
-use super::reply::ehlo_reply;
+use super::reply::write_ehlo_reply;
 use super::sasl::Authenticator;
 use crate::metrics::Refusal;
 use crate::values::Reply;
@@ -179,7 +179,7 @@ impl<P: Policy> Session<P> {
         peer: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) -> Session<P> {
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listening socket (`listener::bind`).
         Session {
             ctx,
             client: Client {
@@ -204,8 +204,16 @@ impl<P: Policy> Session<P> {
     /// Runs the session to its end; I/O errors and timeouts just end it.
     pub async fn run(mut self) {
         let basics = self.ctx.basics();
-        let greeting = format!("220 {} {}\r\n", basics.hostname, basics.texts.banner);
-        self.conn().queue_raw(greeting.as_bytes());
+        let conn = self.conn.as_mut().expect("connection present");
+        for part in [
+            "220 ",
+            basics.hostname.as_str(),
+            " ",
+            basics.texts.banner,
+            "\r\n",
+        ] {
+            conn.queue_raw(part.as_bytes());
+        }
         let _ = self.serve().await;
         if self.conn.is_some() {
             let _ = self.send().await;
@@ -374,20 +382,24 @@ impl<P: Policy> Session<P> {
         }
         self.tx = None;
         self.client.helo = Some(name);
-        let host = self.ctx.basics().hostname.clone();
         if !extended {
+            let host = self.ctx.basics().hostname.clone();
             return self.reply(Reply::new(250, "2.0.0", host));
         }
-        let mut extra = Vec::new();
-        if self.ctx.tls().is_some() && !self.client.tls {
-            extra.push("STARTTLS");
-        }
-        if self.auth_allowed() {
-            extra.push("AUTH PLAIN LOGIN");
-        }
-        let max_size = self.limits().max_message_size;
-        let text = ehlo_reply(&host, self.client.peer.ip(), max_size, &extra);
-        self.conn().queue_raw(&text);
+        let starttls = (self.ctx.tls().is_some() && !self.client.tls).then_some("STARTTLS");
+        let auth = self.auth_allowed().then_some("AUTH PLAIN LOGIN");
+        let extra: Vec<&str> = starttls.into_iter().chain(auth).collect();
+        let basics = self.ctx.basics();
+        let conn = self.conn.as_mut().expect("connection present");
+        conn.queue_with(|out| {
+            write_ehlo_reply(
+                out,
+                &basics.hostname,
+                self.client.peer.ip(),
+                basics.limits.max_message_size,
+                &extra,
+            );
+        });
         Flow::Continue
     }
 
