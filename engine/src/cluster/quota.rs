@@ -61,7 +61,7 @@ pub const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// The largest block one lease takes.
 pub const MAX_BLOCK: u64 = 500;
 /// How long spends that nobody waits for gather before they are recorded
-/// (well within what a lease's cap allows at full speed).
+/// (cut short when a key's unrecorded spending passes half its cap).
 const SPEND_LINGER: Duration = Duration::from_millis(20);
 /// How often expired leases (of killed nodes) are looked for.
 const RECLAIM_EVERY: Duration = Duration::from_secs(1);
@@ -444,11 +444,13 @@ impl Inner {
             return;
         }
         let now = Instant::now();
-        self.state_mut(|s| {
+        let half_full = self.state_mut(|s| {
+            let mut half_full = false;
             for part in &parts {
                 let held = s.entry(part.key.clone()).or_default();
                 if unrecorded && part.limited {
                     held.last_used = Some(now);
+                    half_full |= held.unrecorded * 2 >= held.cap;
                     if !stored {
                         held.unrecorded = held.unrecorded.saturating_sub(part.amount);
                         held.untake(part.amount, part.epoch);
@@ -457,12 +459,15 @@ impl Inner {
                     held.settle(part, stored, now);
                 }
             }
+            half_full
         });
-        if stored && parts.iter().any(|p| p.limited) {
-            self.spends.push(match unrecorded {
-                true => Pending::committed(&parts),
-                false => Pending::confirmed(&parts),
-            });
+        if !stored || !parts.iter().any(|p| p.limited) {
+            return;
+        }
+        match (unrecorded, half_full) {
+            (true, true) => self.spends.push_urgent(Pending::committed(&parts)),
+            (true, false) => self.spends.push(Pending::committed(&parts)),
+            (false, _) => self.spends.push(Pending::confirmed(&parts)),
         }
     }
 

@@ -106,6 +106,9 @@ impl Pending {
 #[derive(Default)]
 pub struct SpendQueue {
     pending: Mutex<Vec<Pending>>,
+    /// A key's unrecorded spending passed half its cap: flush now, before
+    /// admissions must wait for the record.
+    urgent: std::sync::atomic::AtomicBool,
     pub wake: Notify,
 }
 
@@ -124,12 +127,23 @@ impl SpendQueue {
 
     /// Whether an admission waits for the next flush.
     pub fn has_waiting(&self) -> bool {
-        self.lock()
-            .iter()
-            .any(|p| matches!(p.kind, Kind::Waiting(_)))
+        self.urgent.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .lock()
+                .iter()
+                .any(|p| matches!(p.kind, Kind::Waiting(_)))
+    }
+
+    /// Pushes a committed spend that should not linger.
+    pub fn push_urgent(&self, pending: Pending) {
+        self.urgent
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.push(pending);
     }
 
     pub fn take(&self) -> Vec<Pending> {
+        self.urgent
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         std::mem::take(&mut *self.lock())
     }
 
