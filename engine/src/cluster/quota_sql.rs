@@ -76,24 +76,27 @@ impl Key {
     }
 }
 
-/// The spool's window of a key's `window` code (the inverse of [`key_of`]).
+/// The windows in the order of their codes in `quota_usage.quota_window`
+/// (0 daily, 1 monthly, 2 rolling 30-day, 3 lifetime): one table both
+/// ways, [`key_of`] and [`window_of`].
+const WINDOW_CODES: [Window; 4] = [
+    Window::Day,
+    Window::Month,
+    Window::Rolling30Days,
+    Window::Lifetime,
+];
+
+/// The spool's window of a key's `window` code.
 pub fn window_of(code: i16) -> Window {
-    match code {
-        0 => Window::Day,
-        1 => Window::Month,
-        2 => Window::Rolling30Days,
-        _ => Window::Lifetime,
-    }
+    WINDOW_CODES[usize::try_from(code).unwrap_or(3).min(3)]
 }
 
 /// The counter key and first summed period of `q` at `now_ms`.
 pub fn key_of(q: &Quota, now_ms: u64) -> (Key, i32) {
-    let window = match q.window {
-        Window::Day => 0,
-        Window::Month => 1,
-        Window::Rolling30Days => 2,
-        Window::Lifetime => 3,
-    };
+    let window = WINDOW_CODES
+        .iter()
+        .position(|w| *w == q.window)
+        .unwrap_or(3) as i16;
     let buckets = q.window.buckets(now_ms);
     let key = Key {
         name: q.name.clone(),
@@ -515,6 +518,13 @@ mod tests {
         assert_eq!((rolling.period - first, rolling.window), (29, 2));
         let (life, _) = key_of(&q(Window::Lifetime), now);
         assert_eq!(life.period, 0);
+        for (key, window) in [
+            (&day, Window::Day),
+            (&rolling, Window::Rolling30Days),
+            (&life, Window::Lifetime),
+        ] {
+            assert_eq!(window_of(key.window), window, "codes go both ways");
+        }
         assert_eq!(Key::from_payload(&day.payload()), Some(day));
     }
 
