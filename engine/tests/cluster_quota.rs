@@ -4,7 +4,8 @@
 //! the limit once its lease expires and another node takes the rest; the
 //! database unreachable means 451 4.3.0 for users with a limit (never a
 //! 5xx, never a recipient over), and recovery without a restart; spends
-//! recorded after their commit survive a SIGKILL (the limbo).
+//! recorded after their commit survive a SIGKILL (the limbo); far from the
+//! limit, the next lease is taken ahead and admissions do not wait for it.
 
 mod support;
 
@@ -412,4 +413,30 @@ fn spends_recorded_after_the_commit_survive_a_sigkill() {
         (rows.trim() == "0").then_some(())
     });
     assert_eq!(used(), accepted, "exactly what was acknowledged");
+}
+
+#[test]
+fn far_from_the_limit_the_next_lease_is_taken_before_admissions_need_it() {
+    let Some(place) = FleetPlace::new("quota_ahead", false) else {
+        return;
+    };
+    let sink = Sink::start(&[]);
+    let metrics_port = support::free_port();
+    let lines = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        place.node_config("a")
+    );
+    let a = node(&lines, &sink, 1_000_000);
+    // 1,600 recipients, blocks of 500 (the largest): at least four grants.
+    let (accepted, refused) = inject(a.addr, "ahead", 1_600, 4);
+    assert_eq!((accepted, refused.len()), (1_600, 0), "{refused:?}");
+    let text = support::scrape_metrics(metrics_port);
+    let leases = support::metric_sum(&text, "sendengine_cluster_quota_leases_total", &[]);
+    let waits = support::metric_sum(&text, "sendengine_cluster_quota_lease_waits_total", &[]);
+    assert!(leases >= 4.0, "blocks leased: {leases}");
+    assert!(
+        waits <= 2.0,
+        "only the first lease (and at most one slow lease ahead) is waited for: \
+         {waits} waits for {leases} leases"
+    );
 }

@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -327,19 +326,6 @@ fn connections_of(log: &[Delivered], node: &str, from: u64, to: u64) -> usize {
         .unwrap_or(0)
 }
 
-fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
@@ -431,7 +417,7 @@ fn three_nodes_share_a_servers_rate_and_connections_through_a_redis_outage() {
     }
     assert_near("the fleet's rate without Redis", total, RATE, 0.15);
     for port in &metrics_ports {
-        let text = scrape(*port);
+        let text = support::scrape_metrics(*port);
         assert_eq!(
             sample(&text, "sendengine_cluster_redis_up"),
             Some(0.0),
@@ -466,7 +452,10 @@ fn three_nodes_share_a_servers_rate_and_connections_through_a_redis_outage() {
     );
     for port in &metrics_ports {
         assert_eq!(
-            sample(&scrape(*port), "sendengine_cluster_redis_up"),
+            sample(
+                &support::scrape_metrics(*port),
+                "sendengine_cluster_redis_up"
+            ),
             Some(1.0)
         );
     }

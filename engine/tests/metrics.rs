@@ -13,7 +13,10 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_send, smtplib_try, wait_for};
+use support::{
+    Daemon, DaemonConfig, Sink, ctl, free_port, metric_sum, scrape_metrics, smtplib_send,
+    smtplib_try, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -73,18 +76,18 @@ fn counters_match_a_known_workload() {
     daemon.wait_events("transient_failure", 2, LONG);
     // The queue gauges are refreshed every few seconds.
     let text = wait_for(LONG, "the deferred gauge", || {
-        let text = scrape(metrics_port);
-        let deferred = sum(
+        let text = scrape_metrics(metrics_port);
+        let deferred = metric_sum(
             &text,
             "sendengine_queue_recipients",
             &[("state", "deferred")],
         );
-        let sessions = sum(&text, "sendengine_smtp_sessions_open", &[]);
+        let sessions = metric_sum(&text, "sendengine_smtp_sessions_open", &[]);
         (deferred == 2.0 && sessions == 0.0).then_some(text)
     });
 
     let recipients = |outcome| {
-        sum(
+        metric_sum(
             &text,
             "sendengine_recipients_total",
             &[("outcome", outcome)],
@@ -101,12 +104,21 @@ fn counters_match_a_known_workload() {
         ("channel", "marketing"),
         ("outcome", "delivered"),
     ];
-    assert_eq!(sum(&text, "sendengine_recipients_total", &delivered), 100.0);
-    assert_eq!(sum(&text, "sendengine_messages_received_total", &[]), 5.0);
+    assert_eq!(
+        metric_sum(&text, "sendengine_recipients_total", &delivered),
+        100.0
+    );
+    assert_eq!(
+        metric_sum(&text, "sendengine_messages_received_total", &[]),
+        5.0
+    );
     let bad_mailbox = [("route", "test-sink"), ("category", "bad-mailbox")];
-    assert_eq!(sum(&text, "sendengine_bounces_total", &bad_mailbox), 3.0);
+    assert_eq!(
+        metric_sum(&text, "sendengine_bounces_total", &bad_mailbox),
+        3.0
+    );
     let refusals = |reason| {
-        sum(
+        metric_sum(
             &text,
             "sendengine_injection_refusals_total",
             &[("reason", reason)],
@@ -114,14 +126,20 @@ fn counters_match_a_known_workload() {
     };
     assert_eq!(refusals("unknown_channel"), 1.0);
     assert_eq!(refusals("all_suppressed"), 1.0);
-    assert_eq!(sum(&text, "sendengine_injection_refusals_total", &[]), 2.0);
-    assert_eq!(sum(&text, "sendengine_smtp_sessions_total", &[]), 7.0);
+    assert_eq!(
+        metric_sum(&text, "sendengine_injection_refusals_total", &[]),
+        2.0
+    );
+    assert_eq!(
+        metric_sum(&text, "sendengine_smtp_sessions_total", &[]),
+        7.0
+    );
 
-    let count = |name| sum(&text, name, &[]);
+    let count = |name| metric_sum(&text, name, &[]);
     assert_eq!(count("sendengine_delivery_latency_seconds_count"), 100.0);
     let transactions = [("route", "test-sink")];
     assert_eq!(
-        sum(
+        metric_sum(
             &text,
             "sendengine_smtp_transaction_seconds_count",
             &transactions
@@ -154,9 +172,12 @@ fn counters_match_a_known_workload() {
         "only the deferred are left"
     );
     assert!(count("sendengine_spool_size_bytes") > 0.0);
-    assert_eq!(sum(&text, "sendengine_connections_max", &transactions), 5.0);
     assert_eq!(
-        sum(&text, "sendengine_ready_queue_depth", &transactions),
+        metric_sum(&text, "sendengine_connections_max", &transactions),
+        5.0
+    );
+    assert_eq!(
+        metric_sum(&text, "sendengine_ready_queue_depth", &transactions),
         0.0
     );
     assert!(text.contains("# HELP sendengine_events_dropped_total"));
@@ -175,9 +196,9 @@ fn counters_match_a_known_workload() {
     assert_eq!(ids.len(), 2, "{rows}");
     ctl(&daemon, &["queue", "bounce", "--id", ids[0]]);
     ctl(&daemon, &["queue", "delete", "--id", ids[1]]);
-    let text = scrape(metrics_port);
+    let text = scrape_metrics(metrics_port);
     let recipients = |outcome| {
-        sum(
+        metric_sum(
             &text,
             "sendengine_recipients_total",
             &[("outcome", outcome)],
@@ -186,7 +207,10 @@ fn counters_match_a_known_workload() {
     assert_eq!(recipients("bounced"), 4.0);
     assert_eq!(recipients("deleted"), 1.0);
     let by_operator = [("route", "test-sink"), ("category", "admin")];
-    assert_eq!(sum(&text, "sendengine_bounces_total", &by_operator), 1.0);
+    assert_eq!(
+        metric_sum(&text, "sendengine_bounces_total", &by_operator),
+        1.0
+    );
 }
 
 #[test]
@@ -213,21 +237,21 @@ fn tenant_labels_appear_only_when_enabled() {
     daemon.wait_events("delivery", 1, LONG);
     daemon.wait_events("bounce", 1, LONG);
 
-    let text = scrape(metrics_port);
+    let text = scrape_metrics(metrics_port);
     let acme = |outcome| {
         let labels = [("route", "s"), ("tenant", "acme"), ("outcome", outcome)];
-        sum(&text, "sendengine_recipients_total", &labels)
+        metric_sum(&text, "sendengine_recipients_total", &labels)
     };
     assert_eq!(acme("received"), 2.0);
     assert_eq!(acme("delivered"), 1.0);
     assert_eq!(acme("bounced"), 1.0);
     let received = [("tenant", "acme"), ("channel", "marketing")];
     assert_eq!(
-        sum(&text, "sendengine_messages_received_total", &received),
+        metric_sum(&text, "sendengine_messages_received_total", &received),
         1.0
     );
     assert_eq!(
-        sum(&text, "sendengine_bounces_total", &[("tenant", "acme")]),
+        metric_sum(&text, "sendengine_bounces_total", &[("tenant", "acme")]),
         1.0
     );
     assert!(!text.contains('@'), "no address in the metrics:\n{text}");
@@ -433,44 +457,6 @@ fn try_scrape(port: u16) -> Option<String> {
     let response = exchange(port, b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     let (head, body) = response.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
-/// `GET /metrics` over plain HTTP/1.0; returns the body.
-fn scrape(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    stream.set_read_timeout(Some(LONG)).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    body.to_owned()
-}
-
-/// The sum of the samples of `name` whose labels include all of `labels`.
-fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let wanted = series_name == name
-                && labels.iter().all(|(k, v)| {
-                    series_labels
-                        .split(',')
-                        .any(|l| l == format!("{k}=\"{v}\""))
-                });
-            wanted.then(|| value.parse::<f64>().expect("a number"))
-        })
-        .sum()
 }
 
 /// TCP sockets in LISTEN state that the process holds, from /proc.

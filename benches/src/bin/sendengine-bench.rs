@@ -127,6 +127,10 @@ fn run(options: &Options) -> Result<(), Box<dyn Error>> {
         let dir = options.dir.join(format!("rep-{rep}"));
         let result = run_rep(&options.bins, &options.scenario, &dir, &rep_options)?;
         println!("rep {rep}: {}", result.line());
+        println!(
+            "rep {rep} counters: {}",
+            result.counters_line(options.scenario.messages)
+        );
         reps.push(result);
     }
     print_summary(&options.scenario, &reps);
@@ -189,6 +193,10 @@ fn run_connection_compare(options: &Options) -> Result<(), Box<dyn Error>> {
             let dir = options.dir.join(format!("rep-{rep}-{}", reps.len()));
             let result = run_rep(&options.bins, scenario, &dir, &rep_options)?;
             println!("rep {rep} {label}: {}", result.line());
+            println!(
+                "rep {rep} {label} counters: {}",
+                result.counters_line(options.scenario.messages)
+            );
             reps.push(result);
         }
     }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod peer;
 pub mod proc;
 pub mod procs;
+pub mod scrape;
 pub mod sinkwatch;
 pub mod stats;
 
@@ -171,6 +172,9 @@ pub struct RepResult {
     pub load_after: [f64; 3],
     /// The `dkim` field of the first reception event (proof of signing).
     pub dkim_event: Option<String>,
+    /// The daemon's counters that grew during the measured run
+    /// (`scrape::COUNTERS`).
+    pub counters: Vec<(String, f64)>,
 }
 
 impl RepResult {
@@ -190,6 +194,36 @@ impl RepResult {
             self.load_after[0],
             self.dkim_event.as_deref().unwrap_or("-")
         )
+    }
+
+    /// The counters of the run, per message: what the CPU was spent on
+    /// (spool commits, the cluster ledger's trips to PostgreSQL).
+    pub fn counters_line(&self, messages: u64) -> String {
+        let per_message = |v: f64| v / messages.max(1) as f64;
+        let commits = self
+            .counters
+            .iter()
+            .find(|(k, _)| k == "sendengine_spool_commit_seconds_count")
+            .map_or(0.0, |(_, v)| *v);
+        let mut line = format!(
+            "msgs per spool commit {:.2}",
+            if commits > 0.0 {
+                messages as f64 / commits
+            } else {
+                0.0
+            }
+        );
+        for (name, value) in &self.counters {
+            let short = name.trim_start_matches("sendengine_");
+            if !short.starts_with("spool_commit") {
+                let _ = write!(
+                    line,
+                    ", {short} {value:.0} ({:.3}/msg)",
+                    per_message(*value)
+                );
+            }
+        }
+        line
     }
 }
 
@@ -339,7 +373,9 @@ fn measure_rep(
     let dir = fresh_dir(dir)?;
     let mut sink = Sink::start(bins, 0, &dir.join("sink.jsonl"))?;
     let config = dir.join("config.toml");
-    let text = daemon_config(scenario, &dir, sink.port, "5s", cluster);
+    let mut text = daemon_config(scenario, &dir, sink.port, "5s", cluster);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], procs::unused_port()?));
+    let _ = write!(text, "\n[metrics]\nlisten = \"{metrics}\"\n");
     write_file(&config, &text)?;
     let mut daemon = Daemon::start(bins, &config, &dir.join("daemon.log"))?;
     let mut watch = SinkWatch::open(&sink.log, true)?;
@@ -362,6 +398,7 @@ fn measure_rep(
         ..injection_for(scenario, daemon.addr)
     };
     let load_before = proc::load_average();
+    let counters_before = scrape::Counters::scrape(metrics);
     let cpu_before = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);
     let mut perf = match &options.perf_data {
         Some(path) => Some(start_perf(daemon.pid, path)?),
@@ -376,6 +413,7 @@ fn measure_rep(
         Some((&mut generator, scenario.messages)),
     )?;
     let cpu_after = proc::cpu_seconds(daemon.pid).unwrap_or(0.0);
+    let counters = scrape::Counters::scrape(metrics).since(&counters_before);
     let load_after = proc::load_average();
     if let Some(perf) = perf.as_mut() {
         stop_perf(perf);
@@ -406,6 +444,7 @@ fn measure_rep(
         load_after,
         dkim_event: first_reception_dkim(&dir.join("events.jsonl")),
         injection: injection_summary,
+        counters,
     };
     if !options.keep {
         let _ = std::fs::remove_dir_all(&dir);

@@ -70,6 +70,10 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 pub const METRIC_UNAVAILABLE: &str = "sendengine_cluster_quota_unavailable_total";
 /// Lease transactions that granted blocks.
 pub const METRIC_LEASES: &str = "sendengine_cluster_quota_leases_total";
+pub use super::quota_spend::{METRIC_SPEND_FLUSHES, METRIC_SPENDS};
+/// Admissions that waited for a lease transaction (far from every limit,
+/// the next block is leased ahead and this stays near 0).
+pub const METRIC_LEASE_WAITS: &str = "sendengine_cluster_quota_lease_waits_total";
 
 /// The block to lease when `need` more is wanted and the fleet has used
 /// `used` of `limit`: none if it does not fit; else a share of what is left
@@ -92,6 +96,16 @@ struct Want {
     window: Window,
     limit: u64,
     amount: u64,
+}
+
+/// What `try_take` took for one message.
+struct Taken {
+    parts: Vec<Part>,
+    /// The spend may be recorded after the commit (every limited key has
+    /// room under its cap, and the database answered last time).
+    unrecorded: bool,
+    /// Keys whose lease runs low: lease the next block now.
+    ahead: Vec<Ask>,
 }
 
 /// What this node's spool counted of a quota in one bucket of a window:
@@ -252,15 +266,17 @@ impl Inner {
         let deadline = Instant::now() + RESERVE_WAIT;
         loop {
             let asks = match self.try_take(wants) {
-                Ok((parts, true)) => {
+                Ok(taken) if taken.unrecorded => {
+                    self.lease_ahead(taken.ahead);
                     return Ok(Reservation {
                         inner: self.clone(),
-                        parts,
+                        parts: taken.parts,
                         unrecorded: true,
                     });
                 }
-                Ok((parts, false)) => match self.record(&parts).await {
+                Ok(Taken { parts, ahead, .. }) => match self.record(&parts).await {
                     Spent::Recorded => {
+                        self.lease_ahead(ahead);
                         return Ok(Reservation {
                             inner: self.clone(),
                             parts,
@@ -275,6 +291,7 @@ impl Inner {
                 },
                 Err(asks) => asks,
             };
+            metrics::counter!(METRIC_LEASE_WAITS).increment(1);
             match self.lease(&asks).await {
                 Ok(None) => continue,
                 Ok(Some((key, used, others))) => {
@@ -304,7 +321,7 @@ impl Inner {
             return Spent::Recorded;
         }
         let (pending, answer) = Pending::waiting(parts);
-        self.spends.push(pending);
+        self.spends.push_now(pending);
         answer.await.unwrap_or(Spent::Failed)
     }
 
@@ -322,6 +339,7 @@ impl Inner {
             self.failed(batch);
             return;
         };
+        spend::count(&batch);
         let result = sql::spend(client, &self.node, &sums).await;
         match self.outcome(&mut conn, result) {
             Ok(found) => self.state_mut(|s| spend::applied(s, batch, &sums, &found)),
@@ -340,10 +358,8 @@ impl Inner {
     }
 
     /// Takes every limited want from the local leases, or takes nothing and
-    /// returns what must be leased first. The flag: the spend may be
-    /// recorded after the commit (every limited key has room under its
-    /// cap, and the database answered last time).
-    fn try_take(&self, wants: &[Want]) -> Result<(Vec<Part>, bool), Vec<Ask>> {
+    /// returns what must be leased first.
+    fn try_take(&self, wants: &[Want]) -> Result<Taken, Vec<Ask>> {
         let now = Instant::now();
         let database_up = self.health.is_up();
         self.state_mut(|state| {
@@ -371,6 +387,7 @@ impl Inner {
                         .get(&w.key)
                         .is_some_and(|h| h.room_unrecorded(w.amount))
                 });
+            let mut ahead = Vec::new();
             let parts = wants
                 .iter()
                 .map(|w| {
@@ -378,11 +395,44 @@ impl Inner {
                     if unrecorded && w.limit > 0 {
                         held.unrecorded += w.amount;
                     }
-                    held.take(&w.key, w.amount, w.limit > 0, now)
+                    let part = held.take(&w.key, w.amount, w.limit > 0, now);
+                    if w.limit > 0
+                        && let Some(need) = held.lease_ahead()
+                    {
+                        ahead.push(Ask {
+                            key: w.key.clone(),
+                            first: w.first,
+                            limit: w.limit,
+                            need,
+                        });
+                    }
+                    part
                 })
                 .collect();
-            Ok((parts, unrecorded))
+            Ok(Taken {
+                parts,
+                unrecorded,
+                ahead,
+            })
         })
+    }
+
+    /// Leases the next blocks in the background, before the current ones
+    /// run out, so that admissions far from a limit never wait for a lease
+    /// transaction (`Held::lease_ahead` says when).
+    fn lease_ahead(self: &Arc<Self>, asks: Vec<Ask>) {
+        if asks.is_empty() {
+            return;
+        }
+        // Refused or failed, the key is not leased ahead again until its
+        // next grant: admissions then lease when they need to, as near a
+        // limit.
+        let inner = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.lease(&asks).await {
+                log::debug!("cluster quota: no lease ahead: {e}");
+            }
+        });
     }
 
     /// Leases the asks; Ok(None) when granted, Ok(Some((key, used, held by
@@ -391,8 +441,20 @@ impl Inner {
         let started = Instant::now();
         let live = self.fleet.live_nodes();
         let mut conn = self.conn().await?;
+        // Another admission (or a lease ahead) may have leased these keys
+        // while this one waited for the connection.
+        let now = Instant::now();
+        let asks: Vec<Ask> = self.state_mut(|s| {
+            asks.iter()
+                .filter(|a| s.get(&a.key).map_or(0, |h| h.usable(now)) < a.need)
+                .cloned()
+                .collect()
+        });
+        if asks.is_empty() {
+            return Ok(None);
+        }
         let client = conn.client.as_mut().ok_or(DbError::Closed)?;
-        let result = sql::lease(client, &self.node, asks, |need, limit, used| {
+        let result = sql::lease(client, &self.node, &asks, |need, limit, used| {
             lease_size(need, limit, used, live)
         })
         .await;
@@ -465,7 +527,7 @@ impl Inner {
             return;
         }
         match (unrecorded, half_full) {
-            (true, true) => self.spends.push_urgent(Pending::committed(&parts)),
+            (true, true) => self.spends.push_now(Pending::committed(&parts)),
             (true, false) => self.spends.push(Pending::committed(&parts)),
             (false, _) => self.spends.push(Pending::confirmed(&parts)),
         }
@@ -617,7 +679,7 @@ async fn flush_spends(inner: std::sync::Weak<Inner>) {
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), ledger.spends.wake.notified()).await;
         let linger_until = Instant::now() + SPEND_LINGER;
-        while !ledger.spends.has_waiting() {
+        while !ledger.spends.is_due() {
             let left = linger_until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;

@@ -23,12 +23,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{Notify, oneshot};
 
 use super::quota_sql::{Key, SpendSum};
 use super::quota_state::{Held, Part};
+
+/// Messages' spends of limited quotas sent to PostgreSQL, by when:
+/// `before_commit` (admission waited for the record) or `after_commit` (it
+/// did not).
+pub const METRIC_SPENDS: &str = "sendengine_cluster_quota_spends_total";
+/// Statements that recorded a batch of spends.
+pub const METRIC_SPEND_FLUSHES: &str = "sendengine_cluster_quota_spend_flushes_total";
 
 /// What became of one message's spends.
 #[derive(Debug, PartialEq, Eq)]
@@ -103,19 +111,42 @@ impl Pending {
 /// The spends waiting for the next flush. Bounded: a waiting spend by the
 /// admissions in flight, a committed one by the leases' caps, a
 /// confirmation by the messages committed since the last flush.
+///
+/// The flush task is woken only when it has something new to do: the
+/// first spend of a batch (which starts the linger), and the first spend
+/// that must not linger (an admission waits, or a key passed half its
+/// cap). At full speed a spend arrives with every message; waking the
+/// task for each would cost a thread wake-up per message.
 #[derive(Default)]
 pub struct SpendQueue {
     pending: Mutex<Vec<Pending>>,
-    /// A key's unrecorded spending passed half its cap: flush now, before
-    /// admissions must wait for the record.
-    urgent: std::sync::atomic::AtomicBool,
+    /// The batch must go now: an admission waits for it, or a key's
+    /// unrecorded spending passed half its cap.
+    now: AtomicBool,
     pub wake: Notify,
 }
 
 impl SpendQueue {
+    /// A spend that may linger for company (recorded after its commit, or
+    /// a confirmation).
     pub fn push(&self, pending: Pending) {
+        let first = {
+            let mut queue = self.lock();
+            queue.push(pending);
+            queue.len() == 1
+        };
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// A spend an admission waits for, or a committed one past half its
+    /// key's cap: the flush ends its linger.
+    pub fn push_now(&self, pending: Pending) {
         self.lock().push(pending);
-        self.wake.notify_one();
+        if !self.now.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
     }
 
     /// Puts back spends that must still be recorded (the flush failed).
@@ -125,31 +156,35 @@ impl SpendQueue {
         }
     }
 
-    /// Whether an admission waits for the next flush.
-    pub fn has_waiting(&self) -> bool {
-        self.urgent.load(std::sync::atomic::Ordering::Relaxed)
-            || self
-                .lock()
-                .iter()
-                .any(|p| matches!(p.kind, Kind::Waiting(_)))
-    }
-
-    /// Pushes a committed spend that should not linger.
-    pub fn push_urgent(&self, pending: Pending) {
-        self.urgent
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.push(pending);
+    /// Whether the batch must go without lingering.
+    pub fn is_due(&self) -> bool {
+        self.now.load(Ordering::Acquire)
     }
 
     pub fn take(&self) -> Vec<Pending> {
-        self.urgent
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.now.store(false, Ordering::Release);
         std::mem::take(&mut *self.lock())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Counts a batch about to be sent (`METRIC_SPENDS`, `METRIC_SPEND_FLUSHES`):
+/// once per statement, not per message.
+pub fn count(batch: &[Pending]) {
+    let before = batch
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Waiting(_)))
+        .count();
+    let after = batch
+        .iter()
+        .filter(|p| matches!(p.kind, Kind::Committed))
+        .count();
+    metrics::counter!(METRIC_SPEND_FLUSHES).increment(1);
+    metrics::counter!(METRIC_SPENDS, "when" => "before_commit").increment(before as u64);
+    metrics::counter!(METRIC_SPENDS, "when" => "after_commit").increment(after as u64);
 }
 
 /// Before the statement, with the connection held (no lease or give-back

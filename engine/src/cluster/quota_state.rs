@@ -55,6 +55,8 @@ pub struct Held {
     pub notified: Option<Instant>,
     /// Shutting down: give everything back.
     pub closing: bool,
+    /// A lease ahead of need was asked for since the last grant.
+    pub leasing_ahead: bool,
 }
 
 /// One message's share of one key; a limited one is recorded as spent in
@@ -84,6 +86,21 @@ impl Held {
         } else {
             0
         }
+    }
+
+    /// After a take: how much to lease now, ahead of need, if this lease
+    /// runs low. Only far from the limit (a large lease, `cap > 0`): near
+    /// it a node leases exactly what a message needs, when it needs it.
+    /// Low is under the cap (a quarter of the block): at full speed that
+    /// leaves the lease transaction a few milliseconds before admissions
+    /// would have to wait for it.
+    pub fn lease_ahead(&mut self) -> Option<u64> {
+        let low = self.cap > 0 && self.available < self.cap && !self.closing;
+        if !low || self.leasing_ahead {
+            return None;
+        }
+        self.leasing_ahead = true;
+        Some(self.cap)
     }
 
     /// Takes `amount` (checked `usable` by the caller when `limited`).
@@ -135,6 +152,7 @@ impl Held {
             self.orphan();
         }
         self.cap = cap;
+        self.leasing_ahead = false;
         self.available += block;
         self.row = true;
         self.usable_until = Some(until);
@@ -342,6 +360,36 @@ mod tests {
         let fix = work[1].applied(&mut state, Some(0), now);
         assert!(matches!(fix, Some(Work::Forget { .. })));
         assert!(!state[&key()].row);
+    }
+
+    #[test]
+    fn a_large_lease_is_renewed_ahead_once_per_grant_and_a_small_one_never() {
+        let now = Instant::now();
+        let until = now + Duration::from_secs(5);
+        let mut held = Held::default();
+        held.granted(500, 500, 125, until);
+        held.take(&key(), 375, true, now);
+        assert_eq!(held.lease_ahead(), None, "a quarter left is not low yet");
+        held.take(&key(), 1, true, now);
+        assert_eq!(
+            held.lease_ahead(),
+            Some(125),
+            "under a quarter: lease ahead"
+        );
+        held.take(&key(), 1, true, now);
+        assert_eq!(held.lease_ahead(), None, "asked once until the next grant");
+        held.granted(500, 1000, 125, until);
+        held.take(&key(), 500, true, now);
+        assert_eq!(held.lease_ahead(), Some(125), "the next grant re-arms it");
+
+        let mut near_the_limit = Held::default();
+        near_the_limit.granted(5, 5, 0, until);
+        near_the_limit.take(&key(), 5, true, now);
+        assert_eq!(
+            near_the_limit.lease_ahead(),
+            None,
+            "near a limit a node leases only what a message needs"
+        );
     }
 
     #[test]
