@@ -45,6 +45,7 @@ use super::postgres::{Database, DbError, Notice, listen};
 use super::quota_health::Health;
 pub use super::quota_health::METRIC_UP;
 use super::quota_spend::{self as spend, Pending, SpendQueue, Spent};
+pub use super::quota_spend::{METRIC_SPEND_FLUSHES, METRIC_SPENDS};
 use super::quota_sql::{
     self as sql, Ask, Key, LEASE_MARGIN_SECS, LEASE_TTL_SECS, Leased, key_of, window_of,
 };
@@ -70,9 +71,9 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 pub const METRIC_UNAVAILABLE: &str = "sendengine_cluster_quota_unavailable_total";
 /// Lease transactions that granted blocks.
 pub const METRIC_LEASES: &str = "sendengine_cluster_quota_leases_total";
-pub use super::quota_spend::{METRIC_SPEND_FLUSHES, METRIC_SPENDS};
-/// Admissions that waited for a lease transaction (far from every limit,
-/// the next block is leased ahead and this stays near 0).
+/// Times an admission waited for a lease transaction (a retry near a
+/// limit counts again); far from every limit the next block is leased
+/// ahead and this stays near 0.
 pub const METRIC_LEASE_WAITS: &str = "sendengine_cluster_quota_lease_waits_total";
 
 /// The block to lease when `need` more is wanted and the fleet has used
