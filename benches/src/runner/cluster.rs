@@ -91,6 +91,13 @@ impl ClusterRun {
         self.psql(&format!("CREATE DATABASE {}", self.database_name))
     }
 
+    /// Writes PostgreSQL's dirty buffers to disk (the database just created
+    /// and the daemon's schema), so that it does not happen during the
+    /// measured run and slow the spool's fdatasync.
+    pub fn checkpoint(&self) -> Result<(), RunError> {
+        self.psql("CHECKPOINT")
+    }
+
     /// Drops the repetition's database, even with the daemon's connections
     /// still closing.
     pub fn drop_database(&self) -> Result<(), RunError> {

@@ -363,6 +363,28 @@ pub fn run_rep(
     result
 }
 
+/// Before the measured run: what the setup wrote (a new PostgreSQL
+/// database, the warm-up's spool pages, the last repetition's files) goes
+/// to disk first, so the kernel's write-back does not compete with the
+/// spool's fdatasync while it is measured. A cluster repetition created a
+/// database moments ago: without this its copy was written back during the
+/// run, and standalone runs did not pay for it.
+fn settle_disk(cluster: Option<&ClusterRun>) -> Result<(), RunError> {
+    if let Some(cluster) = cluster {
+        cluster.checkpoint()?;
+    }
+    let status = Command::new("sync")
+        .status()
+        .map_err(|source| RunError::Io {
+            what: "cannot run sync".into(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(RunError::Failed(format!("sync failed: {status}")));
+    }
+    Ok(())
+}
+
 fn measure_rep(
     bins: &Binaries,
     scenario: &Scenario,
@@ -391,6 +413,7 @@ fn measure_rep(
         wait_for_recipients(&mut watch, target, Some((&mut generator, scenario.warmup)))?;
         watch.reset();
     }
+    settle_disk(cluster)?;
 
     let acks_path = dir.join("acks.txt");
     let injection = Injection {

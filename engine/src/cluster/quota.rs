@@ -41,7 +41,7 @@ use sendengine_queue::{Quota, QuotaExceeded, Standing, Window};
 use tokio::sync::Notify;
 
 use super::FleetView;
-use super::postgres::{Database, DbError, Notice, listen};
+use super::postgres::{Database, DbError, Notice, Prepared, listen};
 use super::quota_health::Health;
 pub use super::quota_health::METRIC_UP;
 use super::quota_spend::{self as spend, Pending, SpendQueue, Spent};
@@ -136,6 +136,8 @@ struct Inner {
 #[derive(Default)]
 struct Conn {
     client: Option<tokio_postgres::Client>,
+    /// Statements prepared on `client`.
+    prepared: Prepared,
     /// Schema created.
     ready: bool,
     /// The previous run's leases settled (once per run, not per connection).
@@ -336,12 +338,15 @@ impl Inner {
         if sums.is_empty() {
             return;
         }
-        let Some(client) = conn.client.as_ref() else {
+        let Conn {
+            client, prepared, ..
+        } = &mut *conn;
+        let Some(client) = client.as_ref() else {
             self.failed(batch);
             return;
         };
         spend::count(&batch);
-        let result = sql::spend(client, &self.node, &sums).await;
+        let result = sql::spend(client, prepared, &self.node, &sums).await;
         match self.outcome(&mut conn, result) {
             Ok(found) => self.state_mut(|s| spend::applied(s, batch, &sums, &found)),
             Err(e) => {
@@ -513,7 +518,7 @@ impl Inner {
                 let held = s.entry(part.key.clone()).or_default();
                 if unrecorded && part.limited {
                     held.last_used = Some(now);
-                    half_full |= held.unrecorded * 2 >= held.cap;
+                    half_full |= held.flush_due();
                     if !stored {
                         held.unrecorded = held.unrecorded.saturating_sub(part.amount);
                         held.untake(part.amount, part.epoch);
@@ -545,6 +550,7 @@ impl Inner {
         }
         if conn.client.as_ref().is_none_or(|c| c.is_closed()) {
             conn.ready = false;
+            conn.prepared.clear();
             let opened = super::postgres::connect(&self.url).await;
             conn.client = Some(self.outcome(&mut conn, opened)?);
         }
@@ -583,6 +589,7 @@ impl Inner {
             Ok(_) => self.health.ok(),
             Err(e) => {
                 conn.client = None;
+                conn.prepared.clear();
                 self.health.failed(e);
             }
         }

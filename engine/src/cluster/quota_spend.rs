@@ -99,6 +99,15 @@ impl Pending {
         }
     }
 
+    /// The flush that was recording this committed spend ended.
+    fn not_recording(&self, state: &mut HashMap<Key, Held>) {
+        for (key, amount, _) in &self.parts {
+            if let Some(held) = state.get_mut(key) {
+                held.recording = held.recording.saturating_sub(*amount);
+            }
+        }
+    }
+
     fn untake(&self, state: &mut HashMap<Key, Held>) {
         for (key, amount, epoch) in &self.parts {
             if let Some(held) = state.get_mut(key) {
@@ -215,6 +224,7 @@ pub fn prepare(
                 Kind::Committed => {
                     sum.lease += amount;
                     sum.committed += amount;
+                    state.entry(key.clone()).or_default().recording += amount;
                 }
                 Kind::Confirmed => sum.confirmed += amount,
             }
@@ -233,6 +243,7 @@ pub fn failed(state: &mut HashMap<Key, Held>, batch: Vec<Pending>) -> Vec<Pendin
             pending.untake(state);
             pending.answer(Spent::Failed);
         } else {
+            pending.not_recording(state);
             again.push(pending);
         }
     }
@@ -260,6 +271,7 @@ pub fn applied(
         match pending.kind {
             Kind::Confirmed => {}
             Kind::Committed => {
+                pending.not_recording(state);
                 for (key, amount, epoch) in &pending.parts {
                     let held = state.entry(key.clone()).or_default();
                     held.unrecorded = held.unrecorded.saturating_sub(*amount);
@@ -340,6 +352,42 @@ mod tests {
         let user = &state[&key("user:a")];
         assert_eq!((user.available, user.reserved, user.released), (5, 0, 2));
         assert!(!state[&key("group:g")].row, "orphaned");
+    }
+
+    /// What a flush in flight records no longer makes the next flush due:
+    /// otherwise every commit during a flush starts another one at once.
+    #[test]
+    fn spends_in_flight_do_not_make_the_next_flush_due() {
+        let now = Instant::now();
+        let mut state: HashMap<Key, Held> = HashMap::new();
+        let held = state.entry(key("user:a")).or_default();
+        held.granted(100, 100, 20, now + Duration::from_secs(5));
+        let committed = |state: &mut HashMap<Key, Held>, n| {
+            let held = state.get_mut(&key("user:a")).unwrap();
+            let part = held.take(&key("user:a"), n, true, now);
+            held.unrecorded += n;
+            Pending::committed(&[part])
+        };
+        let first = committed(&mut state, 10);
+        assert!(
+            state[&key("user:a")].flush_due(),
+            "half the cap, unrecorded"
+        );
+        let (in_flight, sums) = prepare(&mut state, vec![first], now);
+        assert!(!state[&key("user:a")].flush_due(), "all of it in flight");
+        let second = committed(&mut state, 9);
+        assert!(!state[&key("user:a")].flush_due(), "9 of 20 not yet sent");
+        let failed_again = failed(&mut state, in_flight);
+        assert!(
+            state[&key("user:a")].flush_due(),
+            "the failed flush's spends are unrecorded and not in flight again"
+        );
+        let (in_flight, sums_again) = prepare(&mut state, failed_again, now);
+        assert_eq!(sums, sums_again);
+        applied(&mut state, in_flight, &sums, &[key("user:a")]);
+        let held = &state[&key("user:a")];
+        assert_eq!((held.unrecorded, held.recording), (9, 0));
+        drop(second);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use sendengine_queue::{Quota, Window};
 use tokio_postgres::Client;
 
-use super::postgres::{DbError, timed};
+use super::postgres::{DbError, Prepared, timed};
 
 /// How long a lease lives in PostgreSQL without being renewed. A node stops
 /// spending a lease [`LEASE_MARGIN_SECS`] before this, by its own clock
@@ -259,6 +259,7 @@ pub struct SpendSum {
 /// (a missing one expired and was reclaimed: nothing was spent from it).
 pub async fn spend(
     client: &Client,
+    prepared: &mut Prepared,
     node: &str,
     spends: &[(Key, SpendSum)],
 ) -> Result<Vec<Key>, DbError> {
@@ -268,22 +269,9 @@ pub async fn spend(
     let lease: Vec<i64> = spends.iter().map(|(_, s)| i(s.lease)).collect();
     let committed: Vec<i64> = spends.iter().map(|(_, s)| i(s.committed)).collect();
     let confirmed: Vec<i64> = spends.iter().map(|(_, s)| i(s.confirmed)).collect();
+    let statement = prepared.get(client, SPEND).await?;
     let rows = timed(client.query(
-        "WITH v AS (SELECT * FROM unnest($2::text[], $3::int2[], $4::int4[], $5::int8[], \
-             $6::int8[], $7::int8[]) AS v(name, w, p, lease, committed, confirmed)), \
-         l AS (UPDATE quota_leases q SET amount = q.amount - v.lease FROM v \
-           WHERE v.lease > 0 AND q.node = $1 AND q.name = v.name AND q.quota_window = v.w \
-           AND q.period = v.p RETURNING q.name, q.quota_window, q.period), \
-         c AS (INSERT INTO quota_usage (name, quota_window, period, used) \
-           SELECT name, w, p, committed FROM v WHERE committed > 0 AND NOT EXISTS \
-             (SELECT 1 FROM l WHERE l.name = v.name AND l.quota_window = v.w AND l.period = v.p) \
-           ON CONFLICT (name, quota_window, period) \
-           DO UPDATE SET used = quota_usage.used + EXCLUDED.used), \
-         t AS (INSERT INTO quota_node_spent (node, name, quota_window, period, spent) \
-           SELECT $1, name, w, p, committed + confirmed FROM v WHERE committed + confirmed > 0 \
-           ON CONFLICT (node, name, quota_window, period) \
-           DO UPDATE SET spent = quota_node_spent.spent + EXCLUDED.spent) \
-         SELECT name, quota_window, period FROM l",
+        &statement,
         &[
             &node, &names, &windows, &periods, &lease, &committed, &confirmed,
         ],
@@ -298,6 +286,24 @@ pub async fn spend(
         })
         .collect())
 }
+
+/// The statement of [`spend`], prepared once per connection: a busy node
+/// runs it hundreds of times a second.
+const SPEND: &str = "WITH v AS (SELECT * FROM unnest($2::text[], $3::int2[], $4::int4[], $5::int8[], \
+         $6::int8[], $7::int8[]) AS v(name, w, p, lease, committed, confirmed)), \
+     l AS (UPDATE quota_leases q SET amount = q.amount - v.lease FROM v \
+       WHERE v.lease > 0 AND q.node = $1 AND q.name = v.name AND q.quota_window = v.w \
+       AND q.period = v.p RETURNING q.name, q.quota_window, q.period), \
+     c AS (INSERT INTO quota_usage (name, quota_window, period, used) \
+       SELECT name, w, p, committed FROM v WHERE committed > 0 AND NOT EXISTS \
+         (SELECT 1 FROM l WHERE l.name = v.name AND l.quota_window = v.w AND l.period = v.p) \
+       ON CONFLICT (name, quota_window, period) \
+       DO UPDATE SET used = quota_usage.used + EXCLUDED.used), \
+     t AS (INSERT INTO quota_node_spent (node, name, quota_window, period, spent) \
+       SELECT $1, name, w, p, committed + confirmed FROM v WHERE committed + confirmed > 0 \
+       ON CONFLICT (node, name, quota_window, period) \
+       DO UPDATE SET spent = quota_node_spent.spent + EXCLUDED.spent) \
+     SELECT name, quota_window, period FROM l";
 
 /// Gives back `give_back` of this node's lease of `key` and renews the
 /// lease. Returns the lease's amount after, or None if the lease is gone

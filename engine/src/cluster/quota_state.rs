@@ -36,6 +36,8 @@ pub struct Held {
     /// Taken by messages whose spend is recorded after their commit, not
     /// yet recorded (any epoch); at most `cap`.
     pub unrecorded: u64,
+    /// Of `unrecorded`, what the spend flush in flight is recording.
+    pub recording: u64,
     /// How much of this node's lease row may be spent unrecorded.
     pub cap: u64,
     /// To add to the fleet's usage directly (unlimited quotas).
@@ -72,6 +74,14 @@ pub struct Part {
 impl Held {
     fn tracked(&self) -> u64 {
         self.available + self.reserved
+    }
+
+    /// Whether the unrecorded spending that no flush is recording yet has
+    /// passed half the cap: the next flush must not linger. What is in
+    /// flight does not count, or every commit made during a flush would
+    /// start another one at once for a handful of messages.
+    pub fn flush_due(&self) -> bool {
+        (self.unrecorded - self.recording.min(self.unrecorded)) * 2 >= self.cap
     }
 
     /// Whether `amount` more may be spent before it is recorded.
