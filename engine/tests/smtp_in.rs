@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -234,6 +234,64 @@ fn pipelined_transaction_gets_all_replies() {
     c.send(b"Subject: piped\r\n\r\nx\r\n.\r\nQUIT\r\n");
     assert!(c.reply().starts_with("250"));
     assert!(c.reply().starts_with("221"));
+}
+
+/// A connection per message, as PHP mailers and cron scripts send: every
+/// session ends with QUIT, and its 221 arrives whole, followed by a clean
+/// end of stream (the server's FIN travels with the 221). Python's smtplib
+/// checks the reply to each QUIT; a raw client checks the bytes and that
+/// the stream ends without a reset, also when QUIT is pipelined.
+#[test]
+fn every_connection_ends_with_its_221_then_a_clean_end() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    if !support::python3_missing("smtplib, a connection per message") {
+        let script = r#"
+import smtplib, sys
+host, port = sys.argv[1], int(sys.argv[2])
+for i in range(20):
+    s = smtplib.SMTP(host, port, timeout=30)
+    s.sendmail("a@example.com", ["b@example.net"], "Subject: %d\r\n\r\nHello.\r\n" % i)
+    code, text = s.quit()
+    print(code, text.decode())
+"#;
+        let args = [daemon.addr.ip().to_string(), daemon.addr.port().to_string()];
+        let out = support::python(script, &args).expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            stdout.lines().filter(|l| *l == "221 2.0.0 Bye").count(),
+            20,
+            "{stdout}"
+        );
+        sink.wait_messages(20, Duration::from_secs(60));
+    }
+    // QUIT after the EHLO reply; then EHLO, NOOP and QUIT in one write.
+    let mut c = Client::connect(daemon.addr);
+    assert!(c.cmd("EHLO client.test").starts_with("250 "));
+    c.send(b"QUIT\r\n");
+    assert_eq!(read_to_clean_end(c), "221 2.0.0 Bye\r\n");
+    let mut c = Client::connect(daemon.addr);
+    c.send(b"EHLO client.test\r\nNOOP\r\nQUIT\r\n");
+    let rest = read_to_clean_end(c);
+    assert!(rest.starts_with("250-"), "{rest:?}");
+    assert!(
+        rest.ends_with("\r\n250 2.0.0 OK\r\n221 2.0.0 Bye\r\n"),
+        "{rest:?}"
+    );
+}
+
+/// Everything the server still sends; fails on a reset.
+fn read_to_clean_end(mut c: Client) -> String {
+    let mut rest = String::new();
+    c.reader
+        .read_to_string(&mut rest)
+        .expect("the replies, then the end of stream (not a reset)");
+    rest
 }
 
 #[test]

@@ -216,7 +216,7 @@ impl<P: Policy> Session<P> {
         }
         let _ = self.serve().await;
         if self.conn.is_some() {
-            let _ = self.send().await;
+            let _ = self.send_last().await;
         }
     }
 
@@ -230,23 +230,21 @@ impl<P: Policy> Session<P> {
         &self.ctx.basics().limits
     }
 
-    /// Writes the queued replies under the command timeout and the shutdown
-    /// signal: a client that does not read cannot hold its slot.
+    /// Writes the queued replies (see `bounded_write`).
     pub(super) async fn send(&mut self) -> io::Result<()> {
         let timeout = self.limits().command_timeout;
-        let mut shutdown = self.shutdown.clone();
+        let shutdown = self.shutdown.clone();
         let conn = self.conn.as_mut().expect("connection present");
-        tokio::select! {
-            // A reply that fits in the socket buffer goes out even at shutdown.
-            biased;
-            written = tokio::time::timeout(timeout, conn.flush()) => match written {
-                Ok(result) => result,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read its replies")),
-            },
-            _ = shutdown.wait_for(|stop| *stop) => {
-                Err(io::Error::new(io::ErrorKind::Interrupted, "shutdown while writing"))
-            }
-        }
+        bounded_write(conn.flush(), timeout, shutdown).await
+    }
+
+    /// Writes the last replies (221, or a 421) and ends the stream, under
+    /// the same bounds as `send`.
+    async fn send_last(&mut self) -> io::Result<()> {
+        let timeout = self.limits().command_timeout;
+        let shutdown = self.shutdown.clone();
+        let conn = self.conn.as_mut().expect("connection present");
+        bounded_write(conn.finish(), timeout, shutdown).await
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -479,6 +477,26 @@ impl<P: Policy> Session<P> {
                 Ok(Flow::Continue)
             }
             _ => Ok(Flow::Close),
+        }
+    }
+}
+
+/// Runs a write of replies under the command timeout and the shutdown
+/// signal: a client that does not read cannot hold its slot.
+async fn bounded_write(
+    write: impl Future<Output = io::Result<()>>,
+    timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    tokio::select! {
+        // A reply that fits in the socket buffer goes out even at shutdown.
+        biased;
+        written = tokio::time::timeout(timeout, write) => match written {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read its replies")),
+        },
+        _ = shutdown.wait_for(|stop| *stop) => {
+            Err(io::Error::new(io::ErrorKind::Interrupted, "shutdown while writing"))
         }
     }
 }
