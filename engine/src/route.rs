@@ -82,6 +82,7 @@ impl Router {
             verp_secret: Arc::new(settings.verp_secret),
             fleet: settings.fleet,
             verp_node: settings.verp_node,
+            schedule_wake: Arc::new(tokio::sync::Notify::new()),
         };
         let snapshot = tenancy.snapshot();
         let routes = snapshot
@@ -165,6 +166,12 @@ impl Router {
     /// The recorder every route writes outcomes with.
     pub fn recorder(&self) -> &Recorder {
         &self.ctx.recorder
+    }
+
+    /// Wakes the scheduler: a ready queue fell to half full, or recipients
+    /// were made due now. A wake while it is awake is kept for its next sleep.
+    pub fn schedule_wake(&self) -> &tokio::sync::Notify {
+        &self.ctx.schedule_wake
     }
 
     /// Queues a job where its group and channel say.

@@ -10,7 +10,10 @@
 //! no job holds once their lease runs out, drops idle direct-delivery
 //! sites, and claims nothing while delivery is paused because outcomes
 //! cannot be written. When the spool has emptied it is compacted, giving
-//! disk space back after a burst.
+//! disk space back after a burst. It is woken before its sleep is over
+//! when a route's ready queue falls to half full (a backlog drains as
+//! fast as the workers go, not a queue's capacity per sleep) and when an
+//! operator's action makes recipients due now (`Router::schedule_wake`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,6 +66,7 @@ pub async fn run(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = engine.router.schedule_wake().notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }

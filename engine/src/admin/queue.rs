@@ -265,6 +265,7 @@ pub(crate) fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<V
     };
     let (mut matched, mut changed, mut in_flight_skipped) = (0u64, 0u64, 0u64);
     let reaches_ready = matches!(action, QueueAction::Suspend | QueueAction::Remove);
+    let wakes_scheduler = matches!(action, QueueAction::Flush | QueueAction::Resume);
     if reaches_ready {
         let pulled = act_on_ready(engine, action, verb, filter)?;
         changed += pulled;
@@ -280,6 +281,11 @@ pub(crate) fn act(engine: &Engine, verb: &str, filter: &QueueFilter) -> Result<V
             .spool
             .queue_action(action, keys)
             .map_err(|e| AdminError::internal(format!("changing the queue: {e}")))?;
+        if wakes_scheduler && results.iter().any(|&did| did) {
+            // Due now: delivery starts with this page, not after the
+            // scheduler's sleep or the whole walk.
+            engine.router.schedule_wake().notify_one();
+        }
         for (r, did) in page.iter().zip(results) {
             if did {
                 changed += 1;

@@ -66,6 +66,8 @@ pub struct RouteContext {
     pub fleet: Option<Arc<FleetThrottles>>,
     /// `[cluster]`: tags name this node (once its number is known).
     pub verp_node: Option<Arc<crate::cluster::delivered::SharedDelivered>>,
+    /// Wakes the scheduler before its sleep is over (see `schedule.rs`).
+    pub schedule_wake: Arc<tokio::sync::Notify>,
 }
 
 /// The local part of VERP return paths: `bounces+TAG@domain`.
@@ -126,7 +128,7 @@ impl Route {
             },
             max_connections: server.max_connections,
             max_messages_per_connection: server.max_messages_per_connection,
-            ready: ReadyQueue::new(ctx.ready_capacity),
+            ready: ReadyQueue::waking(ctx.ready_capacity, ctx.schedule_wake.clone()),
             stats: RouteStats::default(),
             throttle: ServerLimits::new(server, ctx.fleet.as_ref()),
             workers: AtomicUsize::new(0),

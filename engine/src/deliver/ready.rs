@@ -63,6 +63,11 @@ pub struct ReadyQueue {
     jobs: Mutex<Inner>,
     notify: Notify,
     capacity: usize,
+    /// Told when a lane falls to half its capacity: the scheduler, which
+    /// sleeps while the queue is full, claims more at once instead of at
+    /// its next round (half a second: a backlog would drain at no more
+    /// than two capacities a second).
+    room_freed: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -173,10 +178,18 @@ fn take_from(
 
 impl ReadyQueue {
     pub fn new(capacity: usize) -> ReadyQueue {
+        ReadyQueue::waking(capacity, Arc::new(Notify::new()))
+    }
+
+    /// A queue that tells `room_freed` when a lane falls to half its
+    /// capacity (only then: not on every job taken, which would wake the
+    /// scheduler for every message at full load).
+    pub fn waking(capacity: usize, room_freed: Arc<Notify>) -> ReadyQueue {
         ReadyQueue {
             jobs: Mutex::new(Inner::default()),
             notify: Notify::new(),
             capacity,
+            room_freed,
         }
     }
 
@@ -288,7 +301,15 @@ impl ReadyQueue {
 
     /// Takes the next job, if any, without waiting.
     pub fn try_pop(&self) -> Option<Job> {
-        self.inner().pop()
+        let mut inner = self.inner();
+        let job = inner.pop()?;
+        let lane = inner.lane(job.is_priority());
+        let half_full = lane.queued + lane.reserved == self.capacity / 2;
+        drop(inner);
+        if half_full {
+            self.room_freed.notify_one();
+        }
+        Some(job)
     }
 
     /// Waits at most `idle` for a job to be queued; false on timeout.
@@ -370,6 +391,32 @@ mod tests {
         assert_eq!(q.room(false), 0);
         q.cancel_reservation(false);
         assert_eq!(q.room(false), 1);
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_is_woken_once_when_a_lane_falls_to_half_full() {
+        let wake = Arc::new(Notify::new());
+        let q = ReadyQueue::waking(4, wake.clone());
+        let woken = || async {
+            let wait = tokio::time::timeout(Duration::from_millis(20), wake.notified());
+            wait.await.is_ok()
+        };
+        for id in 0..4 {
+            q.try_push(job(id, "marketing", "a")).unwrap();
+        }
+        q.try_push(job(9, "transactional", "")).unwrap();
+        q.try_pop().unwrap();
+        assert!(
+            !woken().await,
+            "the priority lane (1 of 4) did not fall to half"
+        );
+        q.try_pop().unwrap();
+        assert!(!woken().await, "3 of 4 left: not yet");
+        q.try_pop().unwrap();
+        assert!(woken().await, "2 of 4 left: half full");
+        q.try_pop().unwrap();
+        q.try_pop().unwrap();
+        assert!(!woken().await, "below half: no wake per job taken");
     }
 
     #[test]
