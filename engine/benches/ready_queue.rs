@@ -25,7 +25,7 @@ fn job(id: u64, channel: &str, campaign: &str) -> Job {
                 campaign: campaign.into(),
                 ..MessageMeta::default()
             },
-            body: Arc::from(&b"Subject: x\r\n\r\nbody\r\n"[..]),
+            body: Arc::new(b"Subject: x\r\n\r\nbody\r\n".to_vec()),
         }),
         header_message_id: format!("<{id}@example.com>"),
         rcpts: vec![(0, 0)],

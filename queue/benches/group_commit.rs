@@ -19,7 +19,7 @@ fn message(body: &[u8]) -> NewMessage {
     NewMessage {
         mail_from: "news@example.com".into(),
         recipients: vec!["reader@example.net".into()],
-        body: body.to_vec(),
+        body: body.to_vec().into(),
         meta: MessageMeta {
             channel: "marketing".into(),
             route: "relay".into(),

@@ -58,7 +58,7 @@ fn sample(thread_no: usize, i: usize) -> NewMessage {
     NewMessage {
         mail_from: "bench@example.com".into(),
         recipients: vec![format!("rcpt{i}@example.net")],
-        body,
+        body: body.into(),
         meta: MessageMeta {
             tenant: "bench".into(),
             ..MessageMeta::default()

@@ -190,7 +190,7 @@ mod tests {
         let msg = NewMessage {
             mail_from: "a@example.com".into(),
             recipients: vec!["b@example.net".into()],
-            body: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+            body: b"Subject: x\r\n\r\nhi\r\n".to_vec().into(),
             meta: MessageMeta::default(),
             quotas: Vec::new(),
             tracking: None,

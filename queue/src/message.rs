@@ -36,12 +36,18 @@ pub struct MessageMeta {
     pub metadata: String,
 }
 
+/// A message's wire bytes (CRLF, not dot-stuffed), shared: admission hands
+/// the same bytes to the spool and to the message's first delivery, and a
+/// `Vec` becomes one without a copy (an `Arc<[u8]>` would copy 10 KB per
+/// message).
+pub(crate) type Body = Arc<Vec<u8>>;
+
 /// A message to spool: envelope plus the final wire bytes (CRLF, not dot-stuffed).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct NewMessage {
     pub mail_from: String,
     pub recipients: Vec<String>,
-    pub body: Vec<u8>,
+    pub body: Body,
     pub meta: MessageMeta,
     /// Limits checked and counted in the insert's own transaction.
     pub quotas: Vec<crate::quota::Quota>,
@@ -60,7 +66,7 @@ pub struct StoredMessage {
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub meta: MessageMeta,
-    pub body: Arc<[u8]>,
+    pub body: Body,
 }
 
 /// A recipient handed to the delivery side by [`crate::Spool::claim_due`].
@@ -153,7 +159,7 @@ mod tests {
         NewMessage {
             mail_from: "a@example.com".into(),
             recipients: vec!["b@example.net".into()],
-            body: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+            body: b"Subject: x\r\n\r\nhi\r\n".to_vec().into(),
             meta: MessageMeta::default(),
             quotas: Vec::new(),
             tracking: None,

@@ -214,7 +214,7 @@ mod tests {
         NewMessage {
             mail_from: "app@example.com".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
-            body: b"Subject: x\r\n\r\nhi\r\n".to_vec(),
+            body: b"Subject: x\r\n\r\nhi\r\n".to_vec().into(),
             meta: MessageMeta {
                 tenant: "acme".into(),
                 campaign: "spring".into(),

@@ -84,7 +84,7 @@ fn insert(recipients: usize) -> (Request, mpsc::Receiver<Result<MessageId, Spool
         recipients: (0..recipients)
             .map(|i| format!("r{i}@example.net"))
             .collect(),
-        body: b"Subject: x\r\n\r\nhello\r\n".to_vec(),
+        body: b"Subject: x\r\n\r\nhello\r\n".to_vec().into(),
         meta: MessageMeta::default(),
         quotas: Vec::new(),
         tracking: None,

@@ -69,9 +69,10 @@ fn insert_then_load_roundtrips_binary_bodies() {
     let dir = tempdir().unwrap();
     let spool = open(dir.path());
     let mut msg = message(1, 3, 0);
-    msg.body =
+    let mut bytes =
         b"Subject: 8bit\r\n\r\n.leading dot\r\n\x00\xff\xfe caf\xc3\xa9\r\n\r\n.\r\n".to_vec();
-    msg.body.extend(body(7, 20_000));
+    bytes.extend(body(7, 20_000));
+    msg.body = bytes.into();
 
     let id = spool.insert_blocking(msg.clone(), false).unwrap();
     assert_stored(&spool, id, &msg);

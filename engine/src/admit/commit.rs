@@ -100,7 +100,8 @@ pub(super) async fn write(
         ),
         None => None,
     };
-    let body: Arc<[u8]> = message.body.as_slice().into();
+    // Shared with the spool, not copied: the first delivery reads the same bytes.
+    let body = message.body.clone();
     let (mail_from, recipients, meta) = (
         message.mail_from.clone(),
         message.recipients.clone(),

@@ -158,7 +158,7 @@ fn decide(
         message: NewMessage {
             mail_from,
             recipients: split.kept,
-            body,
+            body: body.into(),
             meta: MessageMeta {
                 tenant: tenant.name.unwrap_or_default(),
                 group: tenant.group.name.clone(),

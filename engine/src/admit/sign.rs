@@ -27,7 +27,7 @@ pub(super) async fn sign(snapshot: &Tenancy, admitted: &mut Admitted) -> String 
     .await;
     match signed {
         Ok((Ok(signed), _, signers)) => {
-            admitted.message.body = signed;
+            admitted.message.body = signed.into();
             let selectors: Vec<&str> = signers.iter().map(|s| s.selector()).collect();
             format!("signed d={domain} s={}", selectors.join(","))
         }

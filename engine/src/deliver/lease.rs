@@ -175,7 +175,7 @@ mod tests {
             mail_from: String::new(),
             recipients: vec!["r@example.net".into(); 4],
             meta: MessageMeta::default(),
-            body: Arc::from(&b""[..]),
+            body: Default::default(),
         });
         job_for(message, rcpts.iter().map(|&r| (r, 0)).collect())
     }

@@ -359,7 +359,7 @@ mod tests {
                     campaign: campaign.into(),
                     ..MessageMeta::default()
                 },
-                body: Arc::from(&b""[..]),
+                body: Default::default(),
             }),
             header_message_id: String::new(),
             rcpts: vec![(0, 0), (1, 0)],

@@ -488,7 +488,7 @@ mod tests {
         let msg = NewMessage {
             mail_from: "a@example.com".into(),
             recipients: vec!["b@example.net".into()],
-            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
             meta: MessageMeta {
                 received_at_ms: now_ms(),
                 ..MessageMeta::default()
@@ -568,7 +568,7 @@ mod tests {
         let msg = NewMessage {
             mail_from: "a@example.com".into(),
             recipients: vec!["b@example.net".into(), "c@example.net".into()],
-            body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
             meta: MessageMeta::default(),
             quotas: Vec::new(),
             tracking: None,

@@ -308,7 +308,7 @@ mod tests {
                 NewMessage {
                     mail_from: "a@example.com".into(),
                     recipients: vec!["b@example.net".into()],
-                    body: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                    body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
                     meta: MessageMeta::default(),
                     quotas: Vec::new(),
                     idempotency: None,

@@ -52,7 +52,7 @@ pub(crate) fn load(db: &Database, id: MessageId) -> Result<Option<StoredMessage>
         mail_from: envelope.mail_from,
         recipients: envelope.recipients,
         meta: envelope.meta,
-        body: Arc::from(body.value()),
+        body: Arc::new(body.value().to_vec()),
     }))
 }
 

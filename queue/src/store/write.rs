@@ -25,7 +25,7 @@ use crate::tracking::EncodedTracking;
 #[derive(Debug)]
 pub(crate) struct EncodedMessage {
     envelope: Vec<u8>,
-    body: Vec<u8>,
+    body: crate::message::Body,
     recipient_count: u32,
     quotas: Vec<Quota>,
     /// The tracked-links row written with the message, if any.

@@ -41,7 +41,7 @@ pub fn message(seed: u64, recipients: usize, body_len: usize) -> NewMessage {
         recipients: (0..recipients)
             .map(|i| format!("rcpt{i}-{seed}@example.net"))
             .collect(),
-        body: body(seed, body_len),
+        body: body(seed, body_len).into(),
         meta: MessageMeta {
             tenant: "acme".into(),
             group: "newsletters".into(),
