@@ -367,8 +367,8 @@ pub fn run_rep(
 /// database, the warm-up's spool pages, the last repetition's files) goes
 /// to disk first, so the kernel's write-back does not compete with the
 /// spool's fdatasync while it is measured. A cluster repetition created a
-/// database moments ago: without this its copy was written back during the
-/// run, and standalone runs did not pay for it.
+/// database moments ago, which a standalone one does not pay for. (Not
+/// shown to move the figures: a precaution for a fair comparison.)
 fn settle_disk(cluster: Option<&ClusterRun>) -> Result<(), RunError> {
     if let Some(cluster) = cluster {
         cluster.checkpoint()?;

@@ -224,7 +224,9 @@ pub fn prepare(
                 Kind::Committed => {
                     sum.lease += amount;
                     sum.committed += amount;
-                    state.entry(key.clone()).or_default().recording += amount;
+                    if let Some(held) = state.get_mut(key) {
+                        held.recording += amount;
+                    }
                 }
                 Kind::Confirmed => sum.confirmed += amount,
             }
@@ -375,7 +377,7 @@ mod tests {
         );
         let (in_flight, sums) = prepare(&mut state, vec![first], now);
         assert!(!state[&key("user:a")].flush_due(), "all of it in flight");
-        let second = committed(&mut state, 9);
+        let _second = committed(&mut state, 9);
         assert!(!state[&key("user:a")].flush_due(), "9 of 20 not yet sent");
         let failed_again = failed(&mut state, in_flight);
         assert!(
@@ -387,7 +389,6 @@ mod tests {
         applied(&mut state, in_flight, &sums, &[key("user:a")]);
         let held = &state[&key("user:a")];
         assert_eq!((held.unrecorded, held.recording), (9, 0));
-        drop(second);
     }
 
     #[test]
