@@ -1,11 +1,13 @@
 //! The cluster's database plumbing against a real PostgreSQL: schema
-//! creation by several nodes at once, and LISTEN/NOTIFY as change notices.
+//! creation by several nodes at once, LISTEN/NOTIFY as change notices, and
+//! a statement repeated when its connection dies under it.
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use sendengine::cluster::postgres::{Database, Notice, listen};
+use sendengine::cluster::postgres::{Database, Notice, listen, timed};
 use tokio::sync::mpsc;
 
 async fn next(rx: &mut mpsc::Receiver<Notice>) -> Notice {
@@ -82,4 +84,48 @@ async fn listen_reconnects_after_its_connection_is_killed() {
         ),
     );
     assert_eq!(next(&mut rx).await, Notice::Resync, "re-listened");
+}
+
+/// A statement that meets a connection PostgreSQL has just ended (a
+/// restart, a terminated backend) runs again on a new one, once: the first
+/// `fleet status` after a database restart answers instead of failing.
+/// A statement that fails for any other reason is not repeated.
+#[tokio::test]
+async fn a_read_whose_connection_dies_under_it_runs_again_on_a_new_one() {
+    let Some(url) = support::services::fresh_database("pg_repeat") else {
+        return;
+    };
+    let db = Database::new(&url);
+    let calls = AtomicUsize::new(0);
+    let pid = db
+        .repeatable(|client| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                // The first run's backend ends under it, as in a restart.
+                let sql = if first {
+                    "SELECT pg_terminate_backend(pg_backend_pid())::int4"
+                } else {
+                    "SELECT pg_backend_pid()"
+                };
+                Ok(timed(client.query_one(sql, &[])).await?.get::<_, i32>(0))
+            }
+        })
+        .await
+        .expect("the read runs again on a new connection");
+    assert!(pid > 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    calls.store(0, Ordering::SeqCst);
+    let wrong = db
+        .repeatable(|client| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move { timed(client.query_one("SELECT * FROM no_such_table", &[])).await }
+        })
+        .await;
+    assert!(wrong.is_err());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "an SQL error is not repeated"
+    );
 }

@@ -127,12 +127,15 @@ pub async fn results(
 ) -> Result<Vec<NodeResult>, DbError> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let client = db.client().await?;
-        let rows = timed(client.query(
-            "SELECT node, result::text FROM fleet_action_results WHERE id = $1",
-            &[&id],
-        ))
-        .await?;
+        let rows = db
+            .repeatable(|client| async move {
+                timed(client.query(
+                    "SELECT node, result::text FROM fleet_action_results WHERE id = $1",
+                    &[&id],
+                ))
+                .await
+            })
+            .await?;
         let answered: Vec<(String, Value)> = rows
             .iter()
             .map(|r| {
@@ -224,16 +227,20 @@ where
 }
 
 async fn pending(db: &Database, node: &str) -> Result<Vec<FleetAction>, DbError> {
-    let client = db.client().await?;
-    let rows = timed(client.query(
-        "SELECT a.id, a.action, a.selector::text, a.issued_by,
-                (extract(epoch FROM a.issued_at) * 1000)::int8
-         FROM fleet_actions a
-         WHERE NOT EXISTS (SELECT 1 FROM fleet_action_results r WHERE r.id = a.id AND r.node = $1)
-         ORDER BY a.id LIMIT $2",
-        &[&node, &BATCH],
-    ))
-    .await?;
+    let rows = db
+        .repeatable(|client| async move {
+            timed(client.query(
+                "SELECT a.id, a.action, a.selector::text, a.issued_by,
+                        (extract(epoch FROM a.issued_at) * 1000)::int8
+                 FROM fleet_actions a
+                 WHERE NOT EXISTS (SELECT 1 FROM fleet_action_results r \
+                                   WHERE r.id = a.id AND r.node = $1)
+                 ORDER BY a.id LIMIT $2",
+                &[&node, &BATCH],
+            ))
+            .await
+        })
+        .await?;
     Ok(rows
         .iter()
         .map(|r| {

@@ -218,13 +218,16 @@ async fn write(db: &Database, me: &Identity, sample: &Sample) -> Result<bool, Db
 
 /// Nodes seen alive, this one included.
 async fn count_live(db: &Database) -> Result<usize, DbError> {
-    let client = db.client().await?;
-    let row = timed(client.query_one(
-        "SELECT count(*) FROM nodes WHERE state = 'running' \
-         AND last_seen >= now() - make_interval(secs => $1)",
-        &[&(LIVE_WINDOW_SECS as f64)],
-    ))
-    .await?;
+    let row = db
+        .repeatable(|client| async move {
+            timed(client.query_one(
+                "SELECT count(*) FROM nodes WHERE state = 'running' \
+                 AND last_seen >= now() - make_interval(secs => $1)",
+                &[&(LIVE_WINDOW_SECS as f64)],
+            ))
+            .await
+        })
+        .await?;
     Ok(row.get::<_, i64>(0).max(0) as usize)
 }
 
@@ -249,18 +252,26 @@ const SELECT_ROWS: &str = "SELECT name, host, pid, version,
 
 /// Every node (`all`) or the live ones, by name.
 pub async fn read(db: &Database, all: bool) -> Result<Vec<NodeRow>, DbError> {
-    let client = db.client().await?;
     let sql = format!(
         "SELECT * FROM ({SELECT_ROWS}) r WHERE $2::bool OR r.shown_state = 'live' ORDER BY r.name"
     );
-    let rows = timed(client.query(&sql, &[&(LIVE_WINDOW_SECS as f64), &all])).await?;
+    let sql = sql.as_str();
+    let rows = db
+        .repeatable(|client| async move {
+            timed(client.query(sql, &[&(LIVE_WINDOW_SECS as f64), &all])).await
+        })
+        .await?;
     Ok(rows.iter().map(node_row).collect())
 }
 
 async fn read_row(db: &Database, name: &str) -> Result<Option<NodeRow>, DbError> {
-    let client = db.client().await?;
     let sql = format!("{SELECT_ROWS} WHERE name = $2");
-    let row = timed(client.query_opt(&sql, &[&(LIVE_WINDOW_SECS as f64), &name])).await?;
+    let sql = sql.as_str();
+    let row = db
+        .repeatable(|client| async move {
+            timed(client.query_opt(sql, &[&(LIVE_WINDOW_SECS as f64), &name])).await
+        })
+        .await?;
     Ok(row.as_ref().map(node_row))
 }
 

@@ -96,12 +96,16 @@ pub async fn put(db: &Database, node: &str, seen: i64, rows: &[ObjectRow]) -> Re
 /// Rows newer than `since` (tombstones as `body: None`), oldest first,
 /// with the highest version among them.
 async fn read(db: &Database, since: i64) -> Result<(Vec<ObjectRow>, i64), DbError> {
-    let client = db.client().await?;
-    let rows = timed(client.query(
-        "SELECT kind, name, body, deleted, version FROM objects WHERE version > $1 ORDER BY version",
-        &[&since],
-    ))
-    .await?;
+    let rows = db
+        .repeatable(|client| async move {
+            timed(client.query(
+                "SELECT kind, name, body, deleted, version FROM objects \
+                 WHERE version > $1 ORDER BY version",
+                &[&since],
+            ))
+            .await
+        })
+        .await?;
     let latest = rows
         .iter()
         .map(|r| r.get::<_, i64>(4))

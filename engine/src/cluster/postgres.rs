@@ -30,6 +30,24 @@ pub enum DbError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+impl DbError {
+    /// True when the connection died under the call (PostgreSQL restarted,
+    /// the backend was terminated): a new connection may well succeed.
+    fn connection_lost(&self) -> bool {
+        match self {
+            DbError::Closed => true,
+            DbError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_some_and(|code| {
+                        *code == tokio_postgres::error::SqlState::ADMIN_SHUTDOWN
+                            || *code == tokio_postgres::error::SqlState::CRASH_SHUTDOWN
+                    })
+            }
+            DbError::Timeout(_) => false,
+        }
+    }
+}
+
 /// Runs `f` with [`QUERY_TIMEOUT`].
 pub async fn timed<T, E>(f: impl Future<Output = Result<T, E>>) -> Result<T, DbError>
 where
@@ -110,17 +128,50 @@ impl Database {
         Ok(client)
     }
 
+    /// Runs `call`, a statement safe to repeat (a read, an upsert), and runs
+    /// it once more on a new connection if the open one turns out to have
+    /// died under it. The connection's task notices a dead socket only when
+    /// it next reads, so without this the first call after a PostgreSQL
+    /// restart fails although the database is back, and `sendctl fleet
+    /// status` would say "try again" to an operator checking on the restart.
+    pub async fn repeatable<T, F, Fut>(&self, call: F) -> Result<T, DbError>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        let client = self.client().await?;
+        match call(client.clone()).await {
+            Err(e) if e.connection_lost() => {
+                self.forget(&client).await;
+                call(self.client().await?).await
+            }
+            other => other,
+        }
+    }
+
+    /// Drops `dead` from the slot (if another call has not replaced it yet),
+    /// so that the next call connects anew.
+    async fn forget(&self, dead: &Arc<Client>) {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, dead)) {
+            *slot = None;
+        }
+    }
+
     /// Creates tables and indexes with `sql` (idempotent statements, such as
     /// `CREATE TABLE IF NOT EXISTS`) under an advisory lock, so that nodes
     /// starting at once do not race on the catalog.
     pub async fn migrate(&self, sql: &str) -> Result<(), DbError> {
-        let client = self.client().await?;
         let batch = format!("BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {sql}; COMMIT;");
-        let result = timed(client.batch_execute(&batch)).await;
-        if result.is_err() {
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
-        result
+        let batch = batch.as_str();
+        self.repeatable(|client| async move {
+            let result = timed(client.batch_execute(batch)).await;
+            if result.is_err() {
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            result
+        })
+        .await
     }
 }
 

@@ -253,13 +253,16 @@ struct Row {
 }
 
 async fn read(db: &Database, since: i64) -> Result<Vec<Row>, DbError> {
-    let client = db.client().await?;
-    let rows = timed(client.query(
-        "SELECT tenant, address, reason, source, deleted, version, node FROM suppressions \
-         WHERE version > $1 ORDER BY version LIMIT $2",
-        &[&since, &PAGE],
-    ))
-    .await?;
+    let rows = db
+        .repeatable(|client| async move {
+            timed(client.query(
+                "SELECT tenant, address, reason, source, deleted, version, node FROM suppressions \
+                 WHERE version > $1 ORDER BY version LIMIT $2",
+                &[&since, &PAGE],
+            ))
+            .await
+        })
+        .await?;
     Ok(rows
         .iter()
         .map(|r| Row {
