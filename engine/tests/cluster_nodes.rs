@@ -327,6 +327,9 @@ fn nodes_come_back_by_themselves_after_their_database_connections_are_cut() {
         ),
     );
     let cut = Instant::now();
+    // An operator's change right after the restart is not refused: the
+    // statement runs again on a new connection.
+    ctl(&a, &["suppression", "add", "cut@example.net"]);
     // Both rows move again (written after the cut), with no restart.
     wait_for(LONG, "both heartbeats written after the cut", || {
         let s = fleet_status(&b, false);

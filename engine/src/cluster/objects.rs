@@ -76,15 +76,21 @@ pub enum Put {
 
 /// Writes `rows` as one version, if the fleet is still at version `seen`.
 pub async fn put(db: &Database, node: &str, seen: i64, rows: &[ObjectRow]) -> Result<Put, DbError> {
-    let client = db.client().await?;
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     let bodies: Vec<Option<&[u8]>> = rows.iter().map(|r| r.body.as_deref()).collect();
-    let row = timed(client.query_one(
-        "SELECT put_objects($1, $2, $3, $4, $5)",
-        &[&seen, &kinds, &names, &bodies, &node],
-    ))
-    .await?;
+    let (kinds, names, bodies) = (&kinds, &names, &bodies);
+    // Repeatable: the write is conditional on `seen`, so a repeat of one
+    // that did commit (its reply lost with the connection) is Stale.
+    let row = db
+        .repeatable(|client| async move {
+            timed(client.query_one(
+                "SELECT put_objects($1, $2, $3, $4, $5)",
+                &[&seen, kinds, names, bodies, &node],
+            ))
+            .await
+        })
+        .await?;
     let version: i64 = row.get(0);
     Ok(if version > 0 {
         Put::Committed(version)

@@ -138,12 +138,18 @@ pub async fn put(db: &Database, node: &str, entries: &[Entry]) -> Result<i64, Db
     let reasons = column(|e| &e.reason);
     let sources = column(|e| &e.source);
     let removes: Vec<bool> = entries.iter().map(|e| e.remove).collect();
-    let client = db.client().await?;
-    let row = timed(client.query_one(
-        "SELECT put_suppressions($1, $2, $3, $4, $5, $6)",
-        &[&tenants, &addresses, &reasons, &sources, &removes, &node],
-    ))
-    .await?;
+    let (tenants, addresses, reasons, sources, removes) =
+        (&tenants, &addresses, &reasons, &sources, &removes);
+    // Repeatable: writing the same entries again leaves the same list.
+    let row = db
+        .repeatable(|client| async move {
+            timed(client.query_one(
+                "SELECT put_suppressions($1, $2, $3, $4, $5, $6)",
+                &[tenants, addresses, reasons, sources, removes, &node],
+            ))
+            .await
+        })
+        .await?;
     Ok(row.get(0))
 }
 
