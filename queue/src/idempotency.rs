@@ -94,6 +94,23 @@ pub(crate) fn apply(
     Ok(removed)
 }
 
+/// Removes the rows under `keys` inside the writer's transaction: the marks
+/// of messages taken back after their commit (see `writer.rs`).
+pub(crate) fn remove<'a>(
+    txn: &WriteTransaction,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<(), SpoolError> {
+    let mut keys = keys.into_iter().peekable();
+    if keys.peek().is_none() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(IDEMPOTENCY)?;
+    for key in keys {
+        table.remove(key)?;
+    }
+    Ok(())
+}
+
 /// The row stored under `key`, unless it expired before `now_ms`.
 pub(crate) fn get(
     db: &Database,

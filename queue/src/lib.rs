@@ -13,6 +13,9 @@
 //! Webhook backlogs (events waiting to be posted) live there too, see
 //! `backlog.rs`, and so do the daily report counters (`daily.rs`).
 //!
+//! Message bodies are kept apart, in append-only segment files
+//! (`segments/mod.rs`), written and synced in the same group commit.
+//!
 //! Start with [`Spool::open`]; the table layout is described in `store/mod.rs`.
 
 // A `pub` item this crate does not export is crate-private and says so
@@ -22,7 +25,9 @@
 #![warn(unreachable_pub)]
 
 mod backlog;
+mod batch;
 mod codec;
+mod compact;
 mod config;
 mod daily;
 mod delivered;
@@ -34,6 +39,7 @@ mod message;
 pub mod metrics;
 mod quarantine;
 mod quota;
+mod segments;
 mod select;
 mod spool;
 mod store;

@@ -21,6 +21,7 @@ use crate::id::{IdGenerator, MessageId};
 use crate::idempotency::{self, IdempotencyRequest, IdempotencyRow};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::quarantine::{self, Damaged, QuarantinedRow};
+use crate::segments::{SegmentAppender, SegmentFiles};
 use crate::select::{ClaimFilter, MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
@@ -42,7 +43,7 @@ pub struct SpoolStats {
     pub recipients: u64,
     pub scheduled: u64,
     pub claimed: u64,
-    /// Size of the database file.
+    /// Size of the database file and of the bodies' segment files.
     pub file_bytes: u64,
     /// Write transactions committed since open (one per group commit).
     pub commits: u64,
@@ -96,10 +97,15 @@ impl Spool {
             .map_err(|err| open_error(format!("cannot create the spool directory: {err}")))?;
         let db = store::open_database(&path, cfg.cache_bytes)
             .map_err(|err| open_error(err.to_string()))?;
-        let recovered = store::recover(&db, now_ms())?;
+        let segments = SegmentFiles::open(&cfg.dir)
+            .map_err(|err| open_error(format!("cannot open the segment folder: {err}")))?;
+        let segments = Arc::new(segments);
+        let recovered = store::recover(&db, &segments, now_ms())?;
         quarantine::report(&recovered.quarantined);
+        let appender = SegmentAppender::open(Arc::clone(&segments), store::live_segments(&db)?)
+            .map_err(|err| open_error(format!("cannot open the segment files: {err}")))?;
 
-        let shared = Arc::new(Shared::new(path.clone(), db));
+        let shared = Arc::new(Shared::new(path.clone(), db, segments));
         let (sender, receiver) = channel::unbounded();
         let settings = WriterSettings {
             max_batch: cfg.max_batch.max(1),
@@ -113,6 +119,7 @@ impl Spool {
             receiver,
             settings,
             IdGenerator::new(recovered.id_floor),
+            appender,
         );
         let handle = thread::Builder::new()
             .name("spool-writer".into())
@@ -676,7 +683,8 @@ impl Spool {
     /// missing) is `Corrupt`, and is moved to the quarantine in the next
     /// commit, so no claim meets it again.
     pub fn load(&self, id: MessageId) -> Result<Option<StoredMessage>, SpoolError> {
-        let loaded = self.inner.shared.read(|db| store::load(db, id));
+        let segments = &self.inner.shared.segments;
+        let loaded = self.inner.shared.read(|db| store::load(db, segments, id));
         if let Err(SpoolError::Corrupt(reason)) = &loaded {
             let reason = reason.clone();
             self.quarantine_later(Damaged {
@@ -695,7 +703,8 @@ impl Spool {
             .map_err(|err| {
                 SpoolError::Storage(format!("cannot stat {}: {err}", shared.path.display()))
             })?
-            .len();
+            .len()
+            + shared.segments.bytes();
         Ok(SpoolStats {
             messages: counts.messages,
             recipients: counts.recipients,
@@ -719,7 +728,9 @@ impl Spool {
         self.inner.shared.read(|db| quarantine::list(db, limit))
     }
 
-    /// Gives free space in the file back to the filesystem. Runs on the
+    /// Gives free space back to the filesystem: copies the live bodies of
+    /// mostly-empty segment files to a new one (then deletes them), and
+    /// compacts the database file. Runs on the
     /// writer thread between batches and blocks every write while it runs, so
     /// call it when idle. `Ok(false)`: nothing to do, or skipped because
     /// requests were waiting.

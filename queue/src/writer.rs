@@ -20,16 +20,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use redb::Database;
 
-use crate::backlog::{self, BacklogRequest, BacklogWritten};
-use crate::daily::{self, DailyRequest};
-use crate::delivered::{self, DeliveredWrite};
+use crate::backlog::BacklogRequest;
+use crate::batch::{Batch, Prepared, Results, Writes, take_back_unsynced, write_batch};
+use crate::daily::DailyRequest;
+use crate::delivered::DeliveredWrite;
 use crate::error::SpoolError;
 use crate::id::{IdGenerator, MessageId};
-use crate::idempotency::{self, IdempotencyRequest};
+use crate::idempotency::IdempotencyRequest;
 use crate::message::{Claimed, Outcome};
-use crate::quarantine::{self, CorruptRecipient, Damaged};
+use crate::quarantine::{self, Damaged};
+use crate::segments::{SegmentAppender, SegmentFiles};
 use crate::select::{ClaimCursor, ClaimFilter, QueueAction};
-use crate::store::{self, EncodedMessage, WriteTables};
+use crate::store::{self, EncodedMessage};
 pub(crate) use ObjectRequest as ObjectWrite;
 
 /// Called once with the result of a request.
@@ -143,6 +145,8 @@ pub(crate) enum DbState {
 /// What the writer thread and the `Spool` handles share.
 pub(crate) struct Shared {
     pub(crate) path: PathBuf,
+    /// The message bodies' files (read by `load`, written by the writer).
+    pub(crate) segments: Arc<SegmentFiles>,
     /// Readers hold the read lock for one read transaction; the writer holds
     /// it for one batch, and takes the write lock only to compact or reopen
     /// (both need the database to itself).
@@ -155,9 +159,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(path: PathBuf, db: Database) -> Self {
+    pub(crate) fn new(path: PathBuf, db: Database, segments: Arc<SegmentFiles>) -> Self {
         Shared {
             path,
+            segments,
             db: RwLock::new(DbState::Open(db)),
             commits: AtomicU64::new(0),
             last_batch: AtomicU64::new(0),
@@ -218,6 +223,8 @@ pub(crate) struct Writer {
     requests: Receiver<Request>,
     settings: WriterSettings,
     ids: IdGenerator,
+    /// Appends the bodies of new messages to segment files.
+    appender: SegmentAppender,
     /// When to try reopening the database again while it is unavailable.
     retry_reopen_at: Instant,
     /// Where filtered claims go on walking the schedule past its head.
@@ -230,12 +237,14 @@ impl Writer {
         requests: Receiver<Request>,
         settings: WriterSettings,
         ids: IdGenerator,
+        appender: SegmentAppender,
     ) -> Self {
         Writer {
             shared,
             requests,
             settings,
             ids,
+            appender,
             retry_reopen_at: Instant::now(),
             claim_cursor: None,
         }
@@ -342,7 +351,42 @@ impl Writer {
             DbState::Unavailable(reason) => return Err(unavailable(reason)),
             DbState::Closed => return Err(SpoolError::Closed),
         };
-        let result = write_batch(db, durable, &mut self.ids, &mut self.claim_cursor, writes);
+        let now = now_ms();
+        let ids: Vec<MessageId> = writes
+            .inserts
+            .iter()
+            .map(|_| self.ids.next_id(now))
+            .collect();
+        let bodies = (writes.inserts.iter().zip(&ids))
+            .map(|(insert, &id)| (id, insert.msg.body.as_slice(), insert.msg.body_crc));
+        let appended = match self.appender.append(bodies, durable) {
+            Ok(appended) => appended,
+            Err(err) => {
+                let err = SpoolError::Storage(format!("cannot write a segment file: {err}"));
+                drop(state);
+                self.reopen(&err);
+                return Err(err);
+            }
+        };
+        let prepared = Prepared {
+            now,
+            ids: &ids,
+            bodies: &appended,
+            id_high_water: self.ids.high_water(),
+            durable,
+            sync_enabled: self.settings.durable,
+        };
+        let segments = &shared.segments;
+        let result = write_batch(db, segments, &prepared, &mut self.claim_cursor, writes);
+        // Always collected, even when the commit failed: one sync at a time.
+        let synced = self.appender.wait_synced();
+        let result = result.map(|mut results| {
+            if let Err(err) = synced {
+                take_back_unsynced(db, segments, writes, &mut results, &err);
+            }
+            self.appender.committed(&results.usage);
+            results
+        });
         drop(state);
         if let Err(err) = &result
             && err.is_storage()
@@ -356,7 +400,7 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let mut state = shared.db.write().unwrap_or_else(PoisonError::into_inner);
         let result = match &mut *state {
-            DbState::Open(db) => compact_database(db),
+            DbState::Open(db) => crate::compact::compact(db, &shared.segments, &mut self.appender),
             DbState::Unavailable(reason) => return Err(unavailable(reason)),
             DbState::Closed => return Err(SpoolError::Closed),
         };
@@ -434,116 +478,6 @@ impl Writer {
     }
 }
 
-/// Applies a whole batch in one write transaction and commits it.
-fn write_batch(
-    db: &Database,
-    durable: bool,
-    ids: &mut IdGenerator,
-    claim_cursor: &mut ClaimCursor,
-    writes: &mut Writes,
-) -> Result<Results, SpoolError> {
-    let txn = store::begin_write(db, durable)?;
-    let results = {
-        let mut tables = WriteTables::open(&txn)?;
-        let now = now_ms();
-        let mut inserted = Vec::with_capacity(writes.inserts.len());
-        for insert in &writes.inserts {
-            if let Some(tracking) = &insert.msg.tracking
-                && tracking.collides(&txn)?
-            {
-                inserted.push(Err(SpoolError::TrackingKeyTaken));
-                continue;
-            }
-            if let Err(refusal) = tables.count_quotas(&insert.msg, now)? {
-                inserted.push(Err(SpoolError::QuotaExceeded(refusal)));
-                continue;
-            }
-            let id = ids.next_id(now);
-            tables.insert_message(id, &insert.msg, insert.claimed, now)?;
-            if let Some(tracking) = &insert.msg.tracking {
-                tracking.write(&txn, id, now)?;
-            }
-            inserted.push(Ok(id));
-        }
-        let marks = writes.inserts.iter().zip(&inserted);
-        let marks = marks.filter(|(_, result)| result.is_ok());
-        idempotency::put(&txn, marks.filter_map(|(i, _)| i.msg.idempotency.as_ref()))?;
-        if inserted.iter().any(Result::is_ok) {
-            tables.store_id_floor(ids.high_water())?;
-        }
-        for outcome in writes.records.iter().flat_map(|record| &record.outcomes) {
-            tables.apply(outcome, now)?;
-        }
-        for record in &writes.records {
-            delivered::apply(&txn, &record.index, now)?;
-        }
-        let mut objects = Vec::with_capacity(writes.objects.len());
-        for o in &writes.objects {
-            objects.push(tables.put_object(&o.kind, &o.name, o.value.as_deref())?);
-        }
-        let mut suppressed = Vec::with_capacity(writes.suppressions.len());
-        for s in &writes.suppressions {
-            let entry = s
-                .entry
-                .as_ref()
-                .map(|(reason, source)| (now, reason.as_str(), source.as_str()));
-            suppressed.push(tables.put_suppression(&s.tenant, &s.address, entry)?);
-        }
-        let mut acted = Vec::with_capacity(writes.actions.len());
-        for request in &writes.actions {
-            let mut changed = Vec::with_capacity(request.keys.len());
-            for &(id, rcpt) in &request.keys {
-                let returned = request.returned;
-                changed.push(tables.apply_action(request.action, id, rcpt, now, returned)?);
-            }
-            acted.push(changed);
-        }
-        let mut backlogged = Vec::with_capacity(writes.backlogs.len());
-        for request in &writes.backlogs {
-            backlogged.push(backlog::apply(&txn, request)?);
-        }
-        for request in &writes.dailies {
-            daily::apply(&txn, request)?;
-        }
-        let mut idempotent = Vec::with_capacity(writes.idempotency.len());
-        for request in &writes.idempotency {
-            idempotent.push(idempotency::apply(&txn, request)?);
-        }
-        for q in &writes.quarantines {
-            let Damaged { id, rcpt, reason } = &q.damaged;
-            match rcpt {
-                None => tables.quarantine_undeliverable(*id, reason, now)?,
-                Some(rcpt) => tables.recheck_recipient(*id, *rcpt)?,
-            }
-        }
-        let mut claimed = Vec::with_capacity(writes.claims.len());
-        for claim in &mut writes.claims {
-            let accept = claim.accept.as_mut();
-            claimed.push(tables.claim_due(claim.now_ms, claim.limit, accept, claim_cursor)?);
-        }
-        Results {
-            inserted,
-            objects,
-            suppressed,
-            acted,
-            backlogged,
-            idempotent,
-            claimed,
-            quarantined: tables.take_quarantined(),
-        }
-    };
-    txn.commit()?;
-    Ok(results)
-}
-
-fn compact_database(db: &mut Database) -> Result<bool, SpoolError> {
-    let compacted = db.compact()?;
-    // Compaction's own commits do not record the allocator state; one empty
-    // quick-repair commit does, so a crash after it still reopens quickly.
-    store::begin_write(db, true)?.commit()?;
-    Ok(compacted)
-}
-
 fn unavailable(reason: &str) -> SpoolError {
     SpoolError::Storage(format!(
         "the spool database is unavailable ({reason}); the writer keeps retrying to reopen it"
@@ -552,177 +486,8 @@ fn unavailable(reason: &str) -> SpoolError {
 
 /// Calls a completion. A panicking callback must not take the writer thread,
 /// and with it every later request, down.
-fn complete<T>(done: Completion<T>, result: Result<T, SpoolError>) {
+pub(crate) fn complete<T>(done: Completion<T>, result: Result<T, SpoolError>) {
     let _ = panic::catch_unwind(AssertUnwindSafe(move || done(result)));
-}
-
-/// The requests taken from the channel in one go.
-#[derive(Default)]
-struct Batch {
-    writes: Writes,
-    compactions: Vec<Completion<bool>>,
-}
-
-impl Batch {
-    fn push(&mut self, request: Request) {
-        match request {
-            Request::Insert(insert) => self.writes.inserts.push(insert),
-            Request::Record(record) => self.writes.records.push(record),
-            Request::Claim(claim) => self.writes.claims.push(claim),
-            Request::Object(object) => self.writes.objects.push(object),
-            Request::Suppress(s) => self.writes.suppressions.push(s),
-            Request::Action(action) => self.writes.actions.push(action),
-            Request::Backlog(b) => self.writes.backlogs.push(b),
-            Request::Daily(d) => self.writes.dailies.push(d),
-            Request::Idempotency(i) => self.writes.idempotency.push(i),
-            Request::Quarantine(q) => self.writes.quarantines.push(q),
-            Request::Compact(done) => self.compactions.push(done),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.writes.len() + self.compactions.len()
-    }
-}
-
-/// The requests of one write transaction, grouped by kind. Inserts are
-/// applied first, then outcomes, then claims, so a claim in the same batch
-/// can already see what the others scheduled.
-#[derive(Default)]
-struct Writes {
-    inserts: Vec<InsertRequest>,
-    records: Vec<RecordRequest>,
-    objects: Vec<ObjectRequest>,
-    suppressions: Vec<SuppressRequest>,
-    actions: Vec<ActionRequest>,
-    backlogs: Vec<BacklogRequest>,
-    dailies: Vec<DailyRequest>,
-    idempotency: Vec<IdempotencyRequest>,
-    quarantines: Vec<QuarantineRequest>,
-    claims: Vec<ClaimRequest>,
-}
-
-/// What a committed batch hands back, in the order of `Writes`. An insert
-/// refused by a quota fails alone; the rest of the batch commits. A
-/// recipient row that cannot be decoded fails nothing: it is quarantined
-/// and the request that met it sees the recipient as gone.
-struct Results {
-    inserted: Vec<Result<MessageId, SpoolError>>,
-    objects: Vec<bool>,
-    suppressed: Vec<bool>,
-    acted: Vec<Vec<bool>>,
-    backlogged: Vec<BacklogWritten>,
-    /// Expired idempotency rows removed, per request.
-    idempotent: Vec<u64>,
-    claimed: Vec<Vec<Claimed>>,
-    /// Rows the batch met that could not be decoded and moved aside.
-    quarantined: Vec<CorruptRecipient>,
-}
-
-impl Writes {
-    fn len(&self) -> usize {
-        self.inserts.len()
-            + self.records.len()
-            + self.objects.len()
-            + self.suppressions.len()
-            + self.actions.len()
-            + self.backlogs.len()
-            + self.dailies.len()
-            + self.idempotency.len()
-            + self.quarantines.len()
-            + self.claims.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pending_bytes(&self) -> usize {
-        self.inserts
-            .iter()
-            .map(|insert| insert.msg.size_bytes())
-            .sum()
-    }
-
-    /// Claims alone need no fdatasync: if they are lost in a crash, recovery
-    /// would have scheduled those recipients again anyway.
-    fn needs_durability(&self) -> bool {
-        !self.inserts.is_empty()
-            || !self.records.is_empty()
-            || !self.objects.is_empty()
-            || !self.suppressions.is_empty()
-            || !self.actions.is_empty()
-            || !self.backlogs.is_empty()
-            || !self.dailies.is_empty()
-            || !self.idempotency.is_empty()
-            || !self.quarantines.is_empty()
-    }
-
-    fn complete(self, results: Results) {
-        for (insert, id) in self.inserts.into_iter().zip(results.inserted) {
-            complete(insert.done, id);
-        }
-        for record in self.records {
-            complete(record.done, Ok(()));
-        }
-        for (object, existed) in self.objects.into_iter().zip(results.objects) {
-            complete(object.done, Ok(existed));
-        }
-        for (s, existed) in self.suppressions.into_iter().zip(results.suppressed) {
-            complete(s.done, Ok(existed));
-        }
-        for (action, changed) in self.actions.into_iter().zip(results.acted) {
-            complete(action.done, Ok(changed));
-        }
-        for (b, written) in self.backlogs.into_iter().zip(results.backlogged) {
-            complete(b.done, Ok(written));
-        }
-        for d in self.dailies {
-            complete(d.done, Ok(()));
-        }
-        for (i, removed) in self.idempotency.into_iter().zip(results.idempotent) {
-            complete(i.done, Ok(removed));
-        }
-        for q in self.quarantines {
-            complete(q.done, Ok(()));
-        }
-        for (claim, claimed) in self.claims.into_iter().zip(results.claimed) {
-            complete(claim.done, Ok(claimed));
-        }
-    }
-
-    fn fail(self, err: SpoolError) {
-        for insert in self.inserts {
-            complete(insert.done, Err(err.clone()));
-        }
-        for record in self.records {
-            complete(record.done, Err(err.clone()));
-        }
-        for object in self.objects {
-            complete(object.done, Err(err.clone()));
-        }
-        for s in self.suppressions {
-            complete(s.done, Err(err.clone()));
-        }
-        for action in self.actions {
-            complete(action.done, Err(err.clone()));
-        }
-        for b in self.backlogs {
-            complete(b.done, Err(err.clone()));
-        }
-        for d in self.dailies {
-            complete(d.done, Err(err.clone()));
-        }
-        for i in self.idempotency {
-            complete(i.done, Err(err.clone()));
-        }
-        for q in self.quarantines {
-            complete(q.done, Err(err.clone()));
-        }
-        for claim in self.claims {
-            complete(claim.done, Err(err.clone()));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,10 @@ impl Harness {
         let path = dir.path().join("spool.redb");
         let cache_bytes = 4 * 1024 * 1024;
         let db = store::open_database(&path, cache_bytes).unwrap();
-        let recovered = store::recover(&db, now_ms()).unwrap();
+        let segments = Arc::new(SegmentFiles::open(dir.path()).unwrap());
+        let recovered = store::recover(&db, &segments, now_ms()).unwrap();
+        let live = store::live_segments(&db).unwrap();
+        let appender = SegmentAppender::open(Arc::clone(&segments), live).unwrap();
         let (requests, receiver) = channel::unbounded();
         let settings = WriterSettings {
             max_batch: 1024,
@@ -30,10 +33,11 @@ impl Harness {
             fail_commits: None,
         };
         let writer = Writer::new(
-            Arc::new(Shared::new(path, db)),
+            Arc::new(Shared::new(path, db, segments)),
             receiver,
             settings,
             IdGenerator::new(recovered.id_floor),
+            appender,
         );
         Harness {
             writer,
@@ -191,7 +195,7 @@ fn a_corrupt_row_fails_no_request_of_its_commit_and_is_quarantined_once() {
     assert!(
         h.writer
             .shared
-            .read(|db| store::load(db, y_id))
+            .read(|db| store::load(db, &h.writer.shared.segments, y_id))
             .unwrap()
             .is_none()
     );

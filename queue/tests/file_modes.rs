@@ -1,5 +1,5 @@
-//! The spool holds every queued message and the stored secrets: its file
-//! must be 0600 and its directory 0700 whatever the umask the daemon was
+//! The spool holds every queued message and the stored secrets: its files
+//! (database and segments) must be 0600 and its directories 0700 whatever the umask the daemon was
 //! started with (outside systemd it is usually 022).
 //!
 //! One test in its own binary: the umask belongs to the whole process.
@@ -37,6 +37,18 @@ fn the_spool_is_private_whatever_the_umask() {
         let file = dir.join("spool.redb");
         assert_eq!(mode(&file), 0o600, "spool file under umask {umask:03o}");
         assert_eq!(mode(&dir), 0o700, "spool directory under umask {umask:03o}");
+        // The bodies' segment files too.
+        let segments = dir.join("segments");
+        assert_eq!(mode(&segments), 0o700, "segments under umask {umask:03o}");
+        for segment in fs::read_dir(&segments).unwrap() {
+            let path = segment.unwrap().path();
+            assert_eq!(
+                mode(&path),
+                0o600,
+                "{} under umask {umask:03o}",
+                path.display()
+            );
+        }
         spool.shutdown();
         drop(spool);
 

@@ -6,8 +6,12 @@
 //!
 //! Data model (keys are ordered, values are `codec` records):
 //! - `messages`: id -> envelope (mail from, recipient addresses, meta).
-//! - `bodies`: id -> wire bytes. Apart from the envelope so that recipient
-//!   state changes never rewrite a body.
+//! - `body_refs`: id -> (segment, offset, length): where the body is in the
+//!   segment files (see `segments/mod.rs` and `bodies.rs`).
+//! - `segment_usage`: segment -> (live bodies, live bytes): a segment file
+//!   is deleted once the commit that removes its last body is durable.
+//! - `bodies`: id -> wire bytes: bodies of spools written before segment
+//!   files, read and removed as their messages leave; nothing new goes in.
 //! - `recipients`: (id, rcpt index) -> attempts, next attempt time, claimed.
 //!   A row exists while the recipient is unfinished. A message leaves the spool
 //!   (with its body) when a range lookup finds no row left for it; a counter in
@@ -34,12 +38,14 @@
 //! A row that cannot be decoded is quarantined (row and schedule entry gone)
 //! by whichever write meets it first, so no request fails on it.
 
+mod bodies;
 mod query;
 mod recovery;
 mod repair;
 mod write;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{
     Database, DatabaseError, Durability, Key, ReadOnlyTable, ReadTransaction, Table,
@@ -48,7 +54,9 @@ use redb::{
 
 use crate::error::SpoolError;
 use crate::quarantine::{CorruptRecipient, QuarantineTable};
+use crate::segments::SegmentFiles;
 
+pub(crate) use bodies::{bodies_in, live_segments, segment_usage};
 pub(crate) use query::{
     counts, load, next_due_ms, objects, queue_counts, queue_page, suppressed, suppression,
     suppressions, usage, usage_in,
@@ -91,13 +99,22 @@ pub(crate) struct WriteTables<'txn> {
     objects: Table<'txn, (&'static str, &'static str), &'static [u8]>,
     suppressions: Table<'txn, (&'static str, &'static str), (u64, &'static str, &'static str)>,
     quarantine: QuarantineTable<'txn>,
+    body_refs: Table<'txn, u64, (u32, u64, u32)>,
+    segment_usage: Table<'txn, u32, (u64, u64)>,
     /// Rows this transaction quarantined, reported once it commits.
     quarantined: Vec<CorruptRecipient>,
+    /// Live bodies and bytes per segment this transaction added or removed.
+    usage_changes: bodies::UsageChanges,
+    /// To read a body the transaction quarantines or checks.
+    segments: Arc<SegmentFiles>,
 }
 
 impl<'txn> WriteTables<'txn> {
     /// Opens (and on first use creates) every table.
-    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Self, SpoolError> {
+    pub(crate) fn open(
+        txn: &'txn WriteTransaction,
+        segments: &Arc<SegmentFiles>,
+    ) -> Result<Self, SpoolError> {
         Ok(WriteTables {
             messages: txn.open_table(MESSAGES)?,
             bodies: txn.open_table(BODIES)?,
@@ -109,7 +126,11 @@ impl<'txn> WriteTables<'txn> {
             objects: txn.open_table(OBJECTS)?,
             suppressions: txn.open_table(SUPPRESSIONS)?,
             quarantine: QuarantineTable::open(txn)?,
+            body_refs: txn.open_table(bodies::BODY_REFS)?,
+            segment_usage: txn.open_table(bodies::SEGMENT_USAGE)?,
             quarantined: Vec::new(),
+            usage_changes: Default::default(),
+            segments: Arc::clone(segments),
         })
     }
 
@@ -174,6 +195,14 @@ pub(crate) fn begin_write(db: &Database, durable: bool) -> Result<WriteTransacti
     txn.set_durability(durability)?;
     txn.set_quick_repair(durable);
     Ok(txn)
+}
+
+/// Makes a transaction begun without durability durable after all (it
+/// turned out to free segment files, which are deleted after it).
+pub(crate) fn make_durable(txn: &mut WriteTransaction) -> Result<(), SpoolError> {
+    txn.set_durability(Durability::Immediate)?;
+    txn.set_quick_repair(true);
+    Ok(())
 }
 
 /// Test hook: replaces the stored value of a recipient row with `value`,

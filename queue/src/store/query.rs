@@ -3,10 +3,10 @@
 //! never write: damaged rows they meet are returned for the writer to
 //! quarantine.
 
-use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
+use super::bodies::{BODY_REFS, to_ref};
 use super::{
     BODIES, COUNTERS, LAST_REPLIES, MESSAGES, OBJECTS, QUARANTINED_COUNTER, RECIPIENTS, SCHEDULE,
     SUPPRESSIONS, USAGE, open_if_created,
@@ -17,6 +17,7 @@ use crate::id::MessageId;
 use crate::message::StoredMessage;
 use crate::quarantine::Damaged;
 use crate::quota::{Standing, Window};
+use crate::segments::{ReadError, SegmentFiles};
 use crate::select::{
     QueueCounts, QueueFilter, QueuePage, QueuedRecipient, RecipientStatus, SUSPENDED_DUE,
 };
@@ -31,8 +32,13 @@ pub(crate) struct Counts {
     pub(crate) quarantined: u64,
 }
 
-/// Reads one message with its body.
-pub(crate) fn load(db: &Database, id: MessageId) -> Result<Option<StoredMessage>, SpoolError> {
+/// Reads one message with its body: from its segment file, or from the
+/// `bodies` table of a spool written before segments.
+pub(crate) fn load(
+    db: &Database,
+    segments: &SegmentFiles,
+    id: MessageId,
+) -> Result<Option<StoredMessage>, SpoolError> {
     let txn = db.begin_read()?;
     let messages = txn.open_table(MESSAGES)?;
     let Some(envelope) = messages.get(id)? else {
@@ -41,19 +47,56 @@ pub(crate) fn load(db: &Database, id: MessageId) -> Result<Option<StoredMessage>
     let envelope = decode_envelope(envelope.value()).map_err(|DecodeError(reason)| {
         SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
     })?;
-    let bodies = txn.open_table(BODIES)?;
-    let Some(body) = bodies.get(id)? else {
-        return Err(SpoolError::Corrupt(format!(
-            "message {id:016x} has no body"
-        )));
+    let body_ref = match open_if_created(&txn, BODY_REFS)? {
+        Some(refs) => refs.get(id)?.map(|v| to_ref(v.value())),
+        None => None,
+    };
+    let body: Vec<u8> = match body_ref {
+        Some(at) => match segments.read(id, at) {
+            Ok(body) => body,
+            // The message left meanwhile and its segment was emptied or deleted.
+            Err(ReadError::Missing | ReadError::Damaged(_)) if !still_there(db, id)? => {
+                return Ok(None);
+            }
+            Err(ReadError::Damaged(reason)) => {
+                return Err(SpoolError::Corrupt(format!("message {id:016x}: {reason}")));
+            }
+            Err(ReadError::Missing) => {
+                return Err(SpoolError::Corrupt(format!(
+                    "message {id:016x}: its segment file {} is missing",
+                    at.segment
+                )));
+            }
+            Err(ReadError::Io(err)) => {
+                return Err(SpoolError::Storage(format!(
+                    "cannot read the body of message {id:016x} from segment {}: {err}",
+                    at.segment
+                )));
+            }
+        },
+        None => {
+            let old = open_if_created(&txn, BODIES)?;
+            let Some(body) = old.as_ref().map(|t| t.get(id)).transpose()?.flatten() else {
+                return Err(SpoolError::Corrupt(format!(
+                    "message {id:016x} has no body"
+                )));
+            };
+            body.value().to_vec()
+        }
     };
     Ok(Some(StoredMessage {
         id,
         mail_from: envelope.mail_from,
         recipients: envelope.recipients,
         meta: envelope.meta,
-        body: Arc::new(body.value().to_vec()),
+        body: body.into(),
     }))
+}
+
+/// Whether message `id` is still in the spool, in a transaction begun now.
+fn still_there(db: &Database, id: MessageId) -> Result<bool, SpoolError> {
+    let txn = db.begin_read()?;
+    Ok(txn.open_table(MESSAGES)?.get(id)?.is_some())
 }
 
 /// Due time of the earliest scheduled recipient.

@@ -1,6 +1,8 @@
 //! What runs once when the spool opens: recipients claimed by the previous
-//! process are scheduled again, undecodable rows quarantined, and the next
-//! message id found.
+//! process are scheduled again, undecodable rows quarantined, the bodies of
+//! the last commit checked (see `bodies.rs`), and the next message id found.
+
+use std::sync::Arc;
 
 use redb::{Database, ReadableTable};
 
@@ -9,6 +11,7 @@ use crate::codec::{DecodeError, RecipientState};
 use crate::error::SpoolError;
 use crate::id::MessageId;
 use crate::quarantine::CorruptRecipient;
+use crate::segments::SegmentFiles;
 
 /// What [`recover`] found.
 #[derive(Clone, Debug)]
@@ -24,12 +27,21 @@ pub(crate) struct Recovered {
 /// Runs once when the spool opens, before any other write: creates missing
 /// tables and schedules again the recipients the previous process held in
 /// memory. Committed durably, so a second crash starts from the same state.
-pub(crate) fn recover(db: &Database, now_ms: u64) -> Result<Recovered, SpoolError> {
+pub(crate) fn recover(
+    db: &Database,
+    segments: &Arc<SegmentFiles>,
+    now_ms: u64,
+) -> Result<Recovered, SpoolError> {
     let txn = begin_write(db, true)?;
     let recovered = {
-        let mut tables = WriteTables::open(&txn)?;
+        let mut tables = WriteTables::open(&txn, segments)?;
+        // Each one is logged there; they are counted with the quarantined.
+        tables.check_unsynced_bodies(now_ms)?;
+        let unclaimed = tables.unclaim_all(now_ms)?;
+        // Applied in this commit; the appender reads the live counts after it.
+        tables.flush_usage()?;
         Recovered {
-            unclaimed: tables.unclaim_all(now_ms)?,
+            unclaimed,
             id_floor: tables.id_floor()?,
             quarantined: tables.take_quarantined(),
         }

@@ -89,9 +89,9 @@ impl WriteTables<'_> {
             self.quarantine
                 .put(MESSAGES_TABLE, (id, 0), now_ms, reason, envelope.value())?;
         }
-        if let Some(body) = self.bodies.remove(id)? {
+        if let Some(body) = self.remove_body_for_quarantine(id)? {
             self.quarantine
-                .put(BODIES_TABLE, (id, 0), now_ms, reason, body.value())?;
+                .put(BODIES_TABLE, (id, 0), now_ms, reason, &body)?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use crate::id::MessageId;
 use crate::message::{Claimed, NewMessage, Outcome};
 use crate::quarantine::CorruptRecipient;
 use crate::quota::{Quota, QuotaExceeded, Window};
+use crate::segments::BodyRef;
 use crate::select::{
     ClaimCandidate, ClaimCursor, ClaimFilter, HEAD_CLAIM_SCAN, QueueAction, ROTATING_CLAIM_SCAN,
     SUSPENDED_DUE, ScheduleKey,
@@ -25,7 +26,9 @@ use crate::tracking::EncodedTracking;
 #[derive(Debug)]
 pub(crate) struct EncodedMessage {
     envelope: Vec<u8>,
-    body: crate::message::Body,
+    pub(crate) body: crate::message::Body,
+    /// CRC-32 of `body`, for its segment record.
+    pub(crate) body_crc: u32,
     recipient_count: u32,
     quotas: Vec<Quota>,
     /// The tracked-links row written with the message, if any.
@@ -50,6 +53,7 @@ impl EncodedMessage {
         Ok(EncodedMessage {
             tracking,
             envelope: encode_envelope(&msg.mail_from, &msg.recipients, &msg.meta),
+            body_crc: crate::segments::checksum(&msg.body),
             body: msg.body,
             recipient_count,
             quotas: msg.quotas,
@@ -69,16 +73,18 @@ impl EncodedMessage {
 }
 
 impl WriteTables<'_> {
-    /// Stores a new message; its recipients are claimed by the caller or due now.
+    /// Stores a new message whose body was appended at `body`; its
+    /// recipients are claimed by the caller or due now.
     pub(crate) fn insert_message(
         &mut self,
         id: MessageId,
         msg: &EncodedMessage,
+        body: BodyRef,
         claimed: bool,
         now_ms: u64,
     ) -> Result<(), SpoolError> {
         self.messages.insert(id, msg.envelope.as_slice())?;
-        self.bodies.insert(id, msg.body.as_slice())?;
+        self.put_body_ref(id, body)?;
         let state = RecipientState {
             attempts: 0,
             next_attempt_ms: now_ms,
@@ -372,7 +378,7 @@ impl WriteTables<'_> {
         self.last_replies.remove((id, rcpt))?;
         if !self.has_recipients(id)? {
             self.messages.remove(id)?;
-            self.bodies.remove(id)?;
+            self.remove_body(id)?;
         }
         Ok(())
     }
