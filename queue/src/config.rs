@@ -27,6 +27,12 @@ pub struct SpoolConfig {
     /// Test hook: while set to `true` every batch fails with
     /// `SpoolError::Storage("injected fault")` and nothing of it is applied.
     pub fail_commits: Option<Arc<AtomicBool>>,
+    /// Test hook: while set to `true` the fdatasync of the segment files
+    /// of every batch with new bodies is reported failed (after it ran),
+    /// once redb's commit has succeeded. No real file system makes that
+    /// one call fail on demand (a full or read-only disk fails the write
+    /// before it), and this path must still never acknowledge a message.
+    pub fail_segment_syncs: Option<Arc<AtomicBool>>,
     /// Free bytes on the spool's filesystem that inserts leave alone, so
     /// the records of deliveries and bounces always have room; 0 = none.
     pub min_free_bytes: u64,
@@ -51,6 +57,7 @@ impl SpoolConfig {
             max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
             reopen_delay: DEFAULT_REOPEN_DELAY,
             fail_commits: None,
+            fail_segment_syncs: None,
             min_free_bytes: 0,
         }
     }

@@ -113,6 +113,7 @@ impl Spool {
             cache_bytes: cfg.cache_bytes,
             reopen_delay: cfg.reopen_delay,
             fail_commits: cfg.fail_commits.clone(),
+            fail_segment_syncs: cfg.fail_segment_syncs.clone(),
         };
         let writer = Writer::new(
             Arc::clone(&shared),

@@ -198,6 +198,7 @@ pub(crate) struct WriterSettings {
     pub(crate) cache_bytes: usize,
     pub(crate) reopen_delay: Duration,
     pub(crate) fail_commits: Option<Arc<AtomicBool>>,
+    pub(crate) fail_segment_syncs: Option<Arc<AtomicBool>>,
 }
 
 thread_local! {
@@ -380,6 +381,12 @@ impl Writer {
         let result = write_batch(db, segments, &prepared, &mut self.claim_cursor, writes);
         // Always collected, even when the commit failed: one sync at a time.
         let synced = self.appender.wait_synced();
+        let synced = match synced {
+            Ok(()) if durable && !appended.refs.is_empty() && self.sync_fault_injected() => {
+                Err(std::io::Error::other("injected fdatasync fault"))
+            }
+            synced => synced,
+        };
         let result = result.map(|mut results| {
             if let Err(err) = synced {
                 take_back_unsynced(db, segments, writes, &mut results, &err);
@@ -415,6 +422,11 @@ impl Writer {
 
     fn fault_injected(&self) -> bool {
         let flag = self.settings.fail_commits.as_ref();
+        flag.is_some_and(|flag| flag.load(Ordering::SeqCst))
+    }
+
+    fn sync_fault_injected(&self) -> bool {
+        let flag = self.settings.fail_segment_syncs.as_ref();
         flag.is_some_and(|flag| flag.load(Ordering::SeqCst))
     }
 

@@ -31,6 +31,7 @@ impl Harness {
             cache_bytes,
             reopen_delay: Duration::from_millis(10),
             fail_commits: None,
+            fail_segment_syncs: None,
         };
         let writer = Writer::new(
             Arc::new(Shared::new(path, db, segments)),

@@ -1,18 +1,22 @@
 //! Bodies in segment files, through the spool's API on real files: where
 //! the bytes go and leave, a body that never reached the disk (a crash
 //! between redb's commit and the segment's fdatasync) quarantined at open,
-//! a body damaged later quarantined when loaded, and a spool written in the
-//! earlier layout (bodies inside redb) still delivered after the upgrade.
+//! a body damaged later quarantined when loaded, a segment fdatasync that
+//! fails after redb's commit (never acknowledged, taken back), and a spool
+//! written in the earlier layout (bodies inside redb) still delivered after
+//! the upgrade.
 
 mod common;
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{assert_stored, insert_async, message, open, wait};
+use common::{assert_stored, config, insert_async, message, open, wait};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use sendengine_queue::{MessageId, Outcome};
+use sendengine_queue::{MessageId, Outcome, Spool, SpoolError};
 use tempfile::tempdir;
 
 const BODY_BYTES: usize = 10_000;
@@ -130,6 +134,67 @@ fn a_body_of_the_last_commit_that_never_reached_the_disk_is_quarantined_at_open(
     assert_eq!((stats.messages, stats.recipients), (5, 5));
     for (seed, &id) in early.iter().enumerate() {
         assert_stored(&spool, id, &message(seed as u64, 1, BODY_BYTES));
+    }
+}
+
+/// The segment's fdatasync fails after redb committed the batch (the hook
+/// reports the sync failed: no real file system fails that one call on
+/// demand, a full disk fails the write first, see `disk_full.rs`). None of
+/// the batch's messages may be acknowledged or delivered, now or after a
+/// restart, and the spool goes on taking mail once the sync works again.
+#[test]
+fn a_failed_segment_sync_after_the_commit_acknowledges_and_delivers_nothing() {
+    let dir = tempdir().unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let mut cfg = config(dir.path());
+    cfg.fail_segment_syncs = Some(Arc::clone(&fail));
+    let spool = Spool::open(cfg.clone()).unwrap();
+    let before = insert_many(&spool, 0..3);
+
+    fail.store(true, Ordering::SeqCst);
+    let pending: Vec<_> = (10..14)
+        .map(|seed| insert_async(&spool, message(seed, 2, BODY_BYTES), false))
+        .collect();
+    for rx in &pending {
+        match wait(rx) {
+            Err(SpoolError::Storage(reason)) => {
+                assert!(reason.contains("fdatasync"), "{reason}");
+            }
+            other => panic!("an insert whose body was not synced answered {other:?}"),
+        }
+    }
+    fail.store(false, Ordering::SeqCst);
+    let stats = spool.stats().unwrap();
+    assert_eq!((stats.messages, stats.recipients), (3, 3));
+    let rows = spool.quarantined(100).unwrap();
+    let taken_back: Vec<_> = rows.iter().filter(|r| r.table == "messages").collect();
+    assert_eq!(taken_back.len(), 4, "{rows:?}");
+    assert!(taken_back.iter().all(|r| r.reason.contains("fdatasync")));
+    assert!(taken_back.iter().all(|r| !before.contains(&r.id)));
+    assert_eq!(rows.iter().filter(|r| r.table == "recipients").count(), 8);
+
+    let after = insert_many(&spool, 20..22);
+    let due = |spool: &Spool| {
+        let mut ids: Vec<MessageId> = spool
+            .claim_due(u64::MAX / 2, 100)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut expected: Vec<MessageId> = before.iter().chain(&after).copied().collect();
+    expected.sort();
+    assert_eq!(due(&spool), expected, "only acknowledged messages are due");
+    spool.shutdown();
+    drop(spool);
+
+    // A restart schedules the claims again: still only those.
+    let spool = Spool::open(cfg).unwrap();
+    assert_eq!(due(&spool), expected);
+    for (seed, &id) in (0..).zip(&before) {
+        assert_stored(&spool, id, &message(seed, 1, BODY_BYTES));
     }
 }
 
