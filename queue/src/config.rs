@@ -38,15 +38,18 @@ pub struct SpoolConfig {
     pub min_free_bytes: u64,
 }
 
-/// 64 MiB of page cache keeps the hot part of a busy queue (the schedule and
-/// recipient tables) in memory without competing with the rest of the daemon.
-const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// 16 MiB of page cache holds the hot part of a busy queue (the head of
+/// the schedule, the rows of the messages in flight); bodies are not in
+/// redb. 64 MiB cost ~45 MiB of RSS after a restart with a million queued
+/// (recovery and `queue flush` walk every row through the cache) and
+/// nothing measurable in CPU at full load (BENCHMARKS.md, goal 4).
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_BATCH: usize = 1024;
 const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 const DEFAULT_REOPEN_DELAY: Duration = Duration::from_millis(500);
 
 impl SpoolConfig {
-    /// Defaults: 64 MiB cache, batches of at most 1024 requests, durable
+    /// Defaults: 16 MiB cache, batches of at most 1024 requests, durable
     /// commits, 256 MiB of queued inserts, reopen retried every 500 ms.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SpoolConfig {

@@ -321,7 +321,7 @@ impl RawConfig {
             dir: self.spool.dir,
             cache_bytes: match &self.spool.cache_size {
                 Some(s) => keyed("spool.cache_size", parse_size(s))?,
-                None => 64 << 20,
+                None => sendengine_queue::DEFAULT_CACHE_BYTES as u64,
             },
             sync: self.spool.sync.unwrap_or(true),
             min_free_bytes: match &self.spool.min_free_space {
