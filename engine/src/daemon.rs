@@ -682,6 +682,7 @@ async fn open_spool(config: &Config) -> Result<Spool, StartError> {
     spool_config.cache_bytes = config.spool.cache_bytes as usize;
     spool_config.durable = config.spool.sync;
     spool_config.min_free_bytes = config.spool.min_free_bytes;
+    spool_config.segment_bodies_from = config.spool.segment_bodies_from;
     let dir = config.spool.dir.display().to_string();
     tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await

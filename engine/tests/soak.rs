@@ -171,6 +171,9 @@ fn sigkill_soak_loses_no_acknowledged_message() {
     let mut sink = FlakySink::start();
     let mut config = DaemonConfig::new(sink.port);
     config.listen_port = free_port();
+    // The queue hovers around this while the sink fails: the kills meet
+    // bodies in the database, in segment files, and batches of both.
+    config.extra_spool = "segment_bodies_from = 20\n".into();
     let mut daemon = Daemon::start(config);
     let ids_file = daemon.dir.path().join("acked-ids.txt");
     let loadgen = start_loadgen(&daemon, &ids_file, kills * MESSAGES_PER_KILL);

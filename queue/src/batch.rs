@@ -50,8 +50,9 @@ pub(crate) fn write_batch(
         let mut tables = WriteTables::open(&txn, segments)?;
         let now = prepared.now;
         let mut inserted = Vec::with_capacity(writes.inserts.len());
-        let placed = prepared.ids.iter().zip(&prepared.bodies.refs);
-        for (insert, (&id, &body)) in writes.inserts.iter().zip(placed) {
+        for (i, (insert, &id)) in writes.inserts.iter().zip(prepared.ids).enumerate() {
+            // No segment place: the body goes into the database.
+            let body = prepared.bodies.refs.get(i).copied();
             if let Some(tracking) = &insert.msg.tracking
                 && tracking.collides(&txn)?
             {
@@ -130,6 +131,7 @@ pub(crate) fn write_batch(
         let frees_space = tables.frees_segment_space();
         let results = Results {
             usage: tables.flush_usage()?,
+            messages: tables.message_count()?,
             inserted,
             objects,
             suppressed,
@@ -263,6 +265,8 @@ pub(crate) struct Results {
     pub(crate) quarantined: Vec<CorruptRecipient>,
     /// Change of live bodies per segment, for the appender.
     pub(crate) usage: Vec<(u32, i64)>,
+    /// Messages in the spool after the batch.
+    pub(crate) messages: u64,
 }
 
 impl Writes {

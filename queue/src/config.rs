@@ -36,6 +36,9 @@ pub struct SpoolConfig {
     /// Free bytes on the spool's filesystem that inserts leave alone, so
     /// the records of deliveries and bounces always have room; 0 = none.
     pub min_free_bytes: u64,
+    /// Bodies go to segment files while at least this many messages are
+    /// queued, and into the database below it (see `segments/mod.rs`).
+    pub segment_bodies_from: u64,
 }
 
 /// 16 MiB of page cache holds the hot part of a busy queue (the head of
@@ -45,6 +48,9 @@ pub struct SpoolConfig {
 /// nothing measurable in CPU at full load (BENCHMARKS.md, goal 4).
 pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_MAX_BATCH: usize = 1024;
+/// A queue this short costs ~165 MB of database file with its bodies
+/// inside; a longer one moves new bodies to segment files.
+pub const DEFAULT_SEGMENT_BODIES_FROM: u64 = 10_000;
 const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 const DEFAULT_REOPEN_DELAY: Duration = Duration::from_millis(500);
 
@@ -62,6 +68,7 @@ impl SpoolConfig {
             fail_commits: None,
             fail_segment_syncs: None,
             min_free_bytes: 0,
+            segment_bodies_from: DEFAULT_SEGMENT_BODIES_FROM,
         }
     }
 }

@@ -48,7 +48,7 @@ mod tracking;
 mod writer;
 
 pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
-pub use config::{DEFAULT_CACHE_BYTES, SpoolConfig};
+pub use config::{DEFAULT_CACHE_BYTES, DEFAULT_SEGMENT_BODIES_FROM, SpoolConfig};
 pub use daily::DailyRow;
 pub use delivered::Delivered;
 pub use error::SpoolError;

@@ -114,6 +114,7 @@ impl Spool {
             reopen_delay: cfg.reopen_delay,
             fail_commits: cfg.fail_commits.clone(),
             fail_segment_syncs: cfg.fail_segment_syncs.clone(),
+            segment_bodies_from: cfg.segment_bodies_from,
         };
         let writer = Writer::new(
             Arc::clone(&shared),
@@ -121,6 +122,7 @@ impl Spool {
             settings,
             IdGenerator::new(recovered.id_floor),
             appender,
+            recovered.messages,
         );
         let handle = thread::Builder::new()
             .name("spool-writer".into())

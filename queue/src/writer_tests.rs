@@ -32,6 +32,7 @@ impl Harness {
             reopen_delay: Duration::from_millis(10),
             fail_commits: None,
             fail_segment_syncs: None,
+            segment_bodies_from: 0,
         };
         let writer = Writer::new(
             Arc::new(Shared::new(path, db, segments)),
@@ -39,6 +40,7 @@ impl Harness {
             settings,
             IdGenerator::new(recovered.id_floor),
             appender,
+            recovered.messages,
         );
         Harness {
             writer,

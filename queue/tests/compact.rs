@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_stored, insert_async, message, open, wait};
+use common::{assert_stored, insert_async, message, open_in_segments, wait};
 use sendengine_queue::Outcome;
 use tempfile::tempdir;
 
@@ -15,7 +15,7 @@ const KEEP_EVERY: u64 = 100;
 #[test]
 fn compact_shrinks_the_file_after_messages_leave() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     let pending: Vec<_> = (0..MESSAGES)
         .map(|seed| insert_async(&spool, message(seed, 1, BODY_BYTES), true))
         .collect();
@@ -52,7 +52,7 @@ fn compact_shrinks_the_file_after_messages_leave() {
     spool.insert_blocking(message(1, 1, 100), false).unwrap();
     spool.shutdown();
     assert_eq!(
-        open(dir.path()).stats().unwrap().messages,
+        open_in_segments(dir.path()).stats().unwrap().messages,
         MESSAGES / KEEP_EVERY + 1
     );
 }

@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::open;
+use common::open_in_segments;
 use tempfile::tempdir;
 
 fn mode(path: &Path) -> u32 {
@@ -30,7 +30,7 @@ fn the_spool_is_private_whatever_the_umask() {
         set_umask(umask);
         let top = tempdir().unwrap();
         let dir = top.path().join("var").join("spool");
-        let spool = open(&dir);
+        let spool = open_in_segments(&dir);
         spool
             .insert_blocking(common::message(1, 1, 100), false)
             .unwrap();
@@ -54,7 +54,7 @@ fn the_spool_is_private_whatever_the_umask() {
 
         // A file an earlier version left world-readable is tightened on open.
         fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-        let spool = open(&dir);
+        let spool = open_in_segments(&dir);
         assert_eq!(mode(&file), 0o600, "reopened under umask {umask:03o}");
         assert_eq!(spool.stats().unwrap().messages, 1);
     }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{assert_stored, config, insert_async, message, open, wait};
+use common::{assert_stored, config_in_segments, insert_async, message, open_in_segments, wait};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use sendengine_queue::{MessageId, Outcome, Spool, SpoolError};
 use tempfile::tempdir;
@@ -69,7 +69,7 @@ fn damage_body(dir: &Path, id: MessageId) {
 #[test]
 fn bodies_take_their_size_in_segments_and_leave_with_their_messages() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     let ids = insert_many(&spool, 0..600);
     let redb_bytes = fs::metadata(dir.path().join("spool.redb")).unwrap().len();
     let segments: u64 = segment_files(dir.path()).iter().map(|f| f.1).sum();
@@ -102,17 +102,69 @@ fn bodies_take_their_size_in_segments_and_leave_with_their_messages() {
     let more = insert_many(&spool, 1_000..1_003);
     spool.shutdown();
     drop(spool);
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     for (seed, &id) in (1_000..).zip(&more) {
         assert_stored(&spool, id, &message(seed, 1, BODY_BYTES));
     }
     assert_eq!(segment_files(dir.path()).len(), 1);
 }
 
+/// How many bodies are in the database's own table and in segments.
+fn bodies_by_place(dir: &Path) -> (u64, u64) {
+    let db = Database::create(dir.join("spool.redb")).unwrap();
+    let txn = db.begin_read().unwrap();
+    let count = |table: redb::ReadOnlyTable<u64, _>| table.iter().unwrap().count() as u64;
+    let inside = txn.open_table(BODIES).map(count).unwrap_or(0);
+    let refs: redb::ReadOnlyTable<u64, (u32, u64, u32)> = txn.open_table(BODY_REFS).unwrap();
+    (inside, refs.iter().unwrap().count() as u64)
+}
+
+/// A short queue keeps its bodies in the database (no segment file to
+/// fdatasync beside it); from `segment_bodies_from` queued messages on, new
+/// bodies go to segment files. Both kinds read back, survive a restart and
+/// leave with their messages.
+#[test]
+fn bodies_go_to_segments_once_the_queue_is_long() {
+    let dir = tempdir().unwrap();
+    let mut cfg = config_in_segments(dir.path());
+    cfg.segment_bodies_from = 50;
+    let spool = Spool::open(cfg.clone()).unwrap();
+    let short: Vec<MessageId> = (0..40)
+        .flat_map(|seed| insert_many(&spool, seed..seed + 1))
+        .collect();
+    assert!(
+        segment_files(dir.path()).iter().all(|f| f.1 == 0),
+        "{:?}",
+        segment_files(dir.path())
+    );
+    let long = insert_many(&spool, 40..200);
+    spool.shutdown();
+    drop(spool);
+    let (inside, in_segments) = bodies_by_place(dir.path());
+    assert!(
+        (40..60).contains(&inside),
+        "{inside} bodies in the database"
+    );
+    assert_eq!(inside + in_segments, 200);
+
+    let spool = Spool::open(cfg).unwrap();
+    for (seed, &id) in (0..).zip(short.iter().chain(&long)) {
+        assert_stored(&spool, id, &message(seed, 1, BODY_BYTES));
+    }
+    let done = short.iter().chain(&long);
+    let done = done.map(|&id| Outcome::Done { id, rcpt: 0 }).collect();
+    spool.record_blocking(done).unwrap();
+    spool.shutdown();
+    drop(spool);
+    assert_eq!(bodies_by_place(dir.path()), (0, 0));
+    let left: u64 = segment_files(dir.path()).iter().map(|f| f.1).sum();
+    assert_eq!(left, 0, "the emptied segments gave their space back");
+}
+
 #[test]
 fn a_body_of_the_last_commit_that_never_reached_the_disk_is_quarantined_at_open() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     let early = insert_many(&spool, 0..5);
     let last = spool
         .insert_blocking(message(5, 2, BODY_BYTES), false)
@@ -123,7 +175,7 @@ fn a_body_of_the_last_commit_that_never_reached_the_disk_is_quarantined_at_open(
     // fdatasync: the record of the last commit is not what was written.
     damage_body(dir.path(), last);
 
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     assert!(spool.load(last).unwrap().is_none(), "never delivered");
     let rows = spool.quarantined(100).unwrap();
     let moved: Vec<_> = rows.iter().map(|r| (r.table.as_str(), r.id)).collect();
@@ -146,7 +198,7 @@ fn a_body_of_the_last_commit_that_never_reached_the_disk_is_quarantined_at_open(
 fn a_failed_segment_sync_after_the_commit_acknowledges_and_delivers_nothing() {
     let dir = tempdir().unwrap();
     let fail = Arc::new(AtomicBool::new(false));
-    let mut cfg = config(dir.path());
+    let mut cfg = config_in_segments(dir.path());
     cfg.fail_segment_syncs = Some(Arc::clone(&fail));
     let spool = Spool::open(cfg.clone()).unwrap();
     let before = insert_many(&spool, 0..3);
@@ -201,14 +253,14 @@ fn a_failed_segment_sync_after_the_commit_acknowledges_and_delivers_nothing() {
 #[test]
 fn a_body_damaged_later_is_quarantined_when_loaded_never_delivered() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     let ids = insert_many(&spool, 0..3);
     insert_many(&spool, 3..4);
     spool.shutdown();
     drop(spool);
     damage_body(dir.path(), ids[1]);
 
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     assert_eq!(
         spool.stats().unwrap().messages,
         4,
@@ -255,13 +307,13 @@ fn to_earlier_layout(dir: &Path) {
 #[test]
 fn a_spool_in_the_earlier_layout_still_delivers_after_the_upgrade() {
     let dir = tempdir().unwrap();
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     let old = insert_many(&spool, 0..20);
     spool.shutdown();
     drop(spool);
     to_earlier_layout(dir.path());
 
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     for (seed, &id) in old.iter().enumerate() {
         assert_stored(&spool, id, &message(seed as u64, 1, BODY_BYTES));
     }
@@ -281,7 +333,7 @@ fn a_spool_in_the_earlier_layout_still_delivers_after_the_upgrade() {
         let txn = db.begin_read().unwrap();
         assert_eq!(txn.open_table(BODIES).unwrap().iter().unwrap().count(), 0);
     }
-    let spool = open(dir.path());
+    let spool = open_in_segments(dir.path());
     assert_eq!(spool.stats().unwrap().messages, 10);
     for (seed, &id) in (100..).zip(&new) {
         assert_stored(&spool, id, &message(seed, 1, BODY_BYTES));

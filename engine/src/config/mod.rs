@@ -142,6 +142,7 @@ struct RawSpool {
     cache_size: Option<String>,
     sync: Option<bool>,
     min_free_space: Option<String>,
+    segment_bodies_from: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +329,10 @@ impl RawConfig {
                 Some(s) => keyed("spool.min_free_space", parse_size(s))?,
                 None => smtp_in.max_message_size.saturating_mul(2),
             },
+            segment_bodies_from: self
+                .spool
+                .segment_bodies_from
+                .unwrap_or(sendengine_queue::DEFAULT_SEGMENT_BODIES_FROM),
         };
         let delivery = self.delivery.validate()?;
         let metrics = MetricsSection {

@@ -86,6 +86,9 @@ pub struct SpoolSection {
     /// Free space injection leaves alone so delivery records always fit
     /// (451 4.3.0 below it); default twice `smtp_in.max_message_size`.
     pub min_free_bytes: u64,
+    /// Queued messages from which new bodies go to segment files instead
+    /// of the database (`SpoolConfig::segment_bodies_from`).
+    pub segment_bodies_from: u64,
 }
 
 #[derive(Debug, Clone)]

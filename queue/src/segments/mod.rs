@@ -19,8 +19,14 @@
 //! - Reading (`SegmentFiles::read`): on the caller's thread, through a cache
 //!   of open files, checking the record.
 //!
-//! Spools written before segments (bodies in redb's `bodies` table) are
-//! still read and freed the old way.
+//! - Where a body goes: into redb's `bodies` table while fewer than
+//!   `SpoolConfig::segment_bodies_from` messages are queued (default
+//!   10,000), into a segment from there on. A short queue costs little disk
+//!   either way, and a segment's fdatasync beside redb's two was ~5% of the
+//!   CPU per message at full load (BENCHMARKS.md); a long queue is where
+//!   bodies inside redb cost disk, memory and restart time. Each message's
+//!   body is read and freed from where it is, so a spool written before
+//!   segments existed is read the same way.
 
 mod append;
 mod record;

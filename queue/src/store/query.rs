@@ -3,7 +3,6 @@
 //! never write: damaged rows they meet are returned for the writer to
 //! quarantine.
 
-
 use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 
 use super::bodies::{BODY_REFS, to_ref};

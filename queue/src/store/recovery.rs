@@ -22,6 +22,8 @@ pub(crate) struct Recovered {
     pub(crate) unclaimed: u64,
     /// Rows that could not be decoded, moved to the quarantine.
     pub(crate) quarantined: Vec<CorruptRecipient>,
+    /// Messages in the spool.
+    pub(crate) messages: u64,
 }
 
 /// Runs once when the spool opens, before any other write: creates missing
@@ -44,6 +46,7 @@ pub(crate) fn recover(
             unclaimed,
             id_floor: tables.id_floor()?,
             quarantined: tables.take_quarantined(),
+            messages: tables.message_count()?,
         }
     };
     txn.commit()?;

@@ -73,18 +73,24 @@ impl EncodedMessage {
 }
 
 impl WriteTables<'_> {
-    /// Stores a new message whose body was appended at `body`; its
-    /// recipients are claimed by the caller or due now.
+    /// Stores a new message whose body was appended at `body` (or, with
+    /// none, goes into the database here); its recipients are claimed by
+    /// the caller or due now.
     pub(crate) fn insert_message(
         &mut self,
         id: MessageId,
         msg: &EncodedMessage,
-        body: BodyRef,
+        body: Option<BodyRef>,
         claimed: bool,
         now_ms: u64,
     ) -> Result<(), SpoolError> {
         self.messages.insert(id, msg.envelope.as_slice())?;
-        self.put_body_ref(id, body)?;
+        match body {
+            Some(at) => self.put_body_ref(id, at)?,
+            None => {
+                self.bodies.insert(id, msg.body.as_slice())?;
+            }
+        }
         let state = RecipientState {
             attempts: 0,
             next_attempt_ms: now_ms,
@@ -308,6 +314,11 @@ impl WriteTables<'_> {
             .map_err(|DecodeError(reason)| {
                 SpoolError::Corrupt(format!("message {id:016x}: {reason}"))
             })
+    }
+
+    /// Messages in the spool (redb keeps a table's length: no walk).
+    pub(crate) fn message_count(&self) -> Result<u64, SpoolError> {
+        Ok(redb::ReadableTableMetadata::len(&self.messages)?)
     }
 
     pub(crate) fn store_id_floor(&mut self, floor: MessageId) -> Result<(), SpoolError> {

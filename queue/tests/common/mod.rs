@@ -70,6 +70,17 @@ pub fn open(dir: &Path) -> Spool {
     Spool::open(config(dir)).expect("open spool")
 }
 
+/// [`config`] with every body in segment files, however short the queue.
+pub fn config_in_segments(dir: &Path) -> SpoolConfig {
+    let mut cfg = config(dir);
+    cfg.segment_bodies_from = 0;
+    cfg
+}
+
+pub fn open_in_segments(dir: &Path) -> Spool {
+    Spool::open(config_in_segments(dir)).expect("open spool")
+}
+
 /// Starts an insert and returns where its result will arrive.
 pub fn insert_async(
     spool: &Spool,
