@@ -13,8 +13,9 @@
 //! Webhook backlogs (events waiting to be posted) live there too, see
 //! `backlog.rs`, and so do the daily report counters (`daily.rs`).
 //!
-//! Message bodies are kept apart, in append-only segment files
-//! (`segments/mod.rs`), written and synced in the same group commit.
+//! The bodies of a long queue are kept apart, in append-only segment files
+//! (`segments/mod.rs`), written and synced in the same group commit; those
+//! of a short one stay in the database (`SpoolConfig::segment_bodies_from`).
 //!
 //! Start with [`Spool::open`]; the table layout is described in `store/mod.rs`.
 

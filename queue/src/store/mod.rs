@@ -10,8 +10,10 @@
 //!   segment files (see `segments/mod.rs` and `bodies.rs`).
 //! - `segment_usage`: segment -> (live bodies, live bytes): a segment file
 //!   is deleted once the commit that removes its last body is durable.
-//! - `bodies`: id -> wire bytes: bodies of spools written before segment
-//!   files, read and removed as their messages leave; nothing new goes in.
+//! - `bodies`: id -> wire bytes: the bodies written while the queue was
+//!   short (`SpoolConfig::segment_bodies_from`), and those of spools
+//!   written before segment files; a message has a row here or in
+//!   `body_refs`, never both.
 //! - `recipients`: (id, rcpt index) -> attempts, next attempt time, claimed.
 //!   A row exists while the recipient is unfinished. A message leaves the spool
 //!   (with its body) when a range lookup finds no row left for it; a counter in
