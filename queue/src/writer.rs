@@ -365,7 +365,7 @@ impl Writer {
             .map(|_| self.ids.next_id(now))
             .collect();
         // A short queue keeps its bodies in the database: no segment file to
-        // fdatasync beside redb's, which is ~5% of the CPU per message at
+        // fdatasync beside redb's, which is ~6% of the CPU per message at
         // full load. A long one keeps the database small.
         let queued = self.queued + writes.inserts.len() as u64;
         let in_segments = queued >= self.settings.segment_bodies_from;

@@ -22,7 +22,7 @@
 //! - Where a body goes: into redb's `bodies` table while fewer than
 //!   `SpoolConfig::segment_bodies_from` messages are queued (default
 //!   10,000), into a segment from there on. A short queue costs little disk
-//!   either way, and a segment's fdatasync beside redb's two was ~5% of the
+//!   either way, and a segment's fdatasync beside redb's two was ~6% of the
 //!   CPU per message at full load (BENCHMARKS.md); a long queue is where
 //!   bodies inside redb cost disk, memory and restart time. Each message's
 //!   body is read and freed from where it is, so a spool written before
