@@ -294,6 +294,11 @@ impl Writes {
             .sum()
     }
 
+    /// Delivery outcomes and nothing else (see `SpoolConfig::outcome_linger`).
+    pub(crate) fn only_outcomes(&self) -> bool {
+        !self.records.is_empty() && self.len() == self.records.len()
+    }
+
     /// Claims alone need no fdatasync: if they are lost in a crash, recovery
     /// would have scheduled those recipients again anyway.
     pub(crate) fn needs_durability(&self) -> bool {

@@ -39,6 +39,10 @@ pub struct SpoolConfig {
     /// Bodies go to segment files while at least this many messages are
     /// queued, and into the database below it (see `segments/mod.rs`).
     pub segment_bodies_from: u64,
+    /// How long a batch of delivery outcomes alone waits for a request
+    /// somebody waits on before it commits by itself (see
+    /// `DEFAULT_OUTCOME_LINGER`).
+    pub outcome_linger: Duration,
 }
 
 /// 16 MiB of page cache holds the hot part of a busy queue (the head of
@@ -53,10 +57,19 @@ const DEFAULT_MAX_BATCH: usize = 1024;
 pub const DEFAULT_SEGMENT_BODIES_FROM: u64 = 10_000;
 const DEFAULT_MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 const DEFAULT_REOPEN_DELAY: Duration = Duration::from_millis(500);
+/// Nobody waits for an outcome's commit but its events and its claims'
+/// release, and a crash before it only sends a second copy, so outcomes
+/// ride on the next acknowledged insert's fdatasync instead of paying one
+/// of their own: with a connection per message a fifth of the commits
+/// were outcomes alone (BENCHMARKS.md, issue 20, session 11). The wait
+/// ends at the first other request, which would otherwise have queued
+/// behind the outcomes' commit.
+pub(crate) const DEFAULT_OUTCOME_LINGER: Duration = Duration::from_millis(5);
 
 impl SpoolConfig {
     /// Defaults: 16 MiB cache, batches of at most 1024 requests, durable
-    /// commits, 256 MiB of queued inserts, reopen retried every 500 ms.
+    /// commits, 256 MiB of queued inserts, reopen retried every 500 ms,
+    /// outcomes alone wait 5 ms for company.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         SpoolConfig {
             dir: dir.into(),
@@ -69,6 +82,7 @@ impl SpoolConfig {
             fail_segment_syncs: None,
             min_free_bytes: 0,
             segment_bodies_from: DEFAULT_SEGMENT_BODIES_FROM,
+            outcome_linger: DEFAULT_OUTCOME_LINGER,
         }
     }
 }

@@ -115,6 +115,7 @@ impl Spool {
             fail_commits: cfg.fail_commits.clone(),
             fail_segment_syncs: cfg.fail_segment_syncs.clone(),
             segment_bodies_from: cfg.segment_bodies_from,
+            outcome_linger: cfg.outcome_linger,
         };
         let writer = Writer::new(
             Arc::clone(&shared),

@@ -200,6 +200,7 @@ pub(crate) struct WriterSettings {
     pub(crate) fail_commits: Option<Arc<AtomicBool>>,
     pub(crate) fail_segment_syncs: Option<Arc<AtomicBool>>,
     pub(crate) segment_bodies_from: u64,
+    pub(crate) outcome_linger: Duration,
 }
 
 thread_local! {
@@ -291,17 +292,34 @@ impl Writer {
         }
     }
 
-    /// Takes what is already waiting, up to `max_batch` requests in all.
+    /// Takes what is already waiting, up to `max_batch` requests in all. A
+    /// batch of delivery outcomes alone then waits up to `outcome_linger`
+    /// for anything else (`config::DEFAULT_OUTCOME_LINGER` says why).
     fn gather(&self, first: Request) -> Batch {
         let mut batch = Batch::default();
         batch.push(first);
+        self.take_waiting(&mut batch);
+        let deadline = Instant::now() + self.settings.outcome_linger;
+        while batch.writes.only_outcomes() && batch.len() < self.settings.max_batch {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match self.requests.recv_timeout(wait) {
+                Ok(request) => {
+                    batch.push(request);
+                    self.take_waiting(&mut batch);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    fn take_waiting(&self, batch: &mut Batch) {
         while batch.len() < self.settings.max_batch {
             match self.requests.try_recv() {
                 Ok(request) => batch.push(request),
                 Err(_) => break,
             }
         }
-        batch
     }
 
     fn process(&mut self, batch: Batch) {

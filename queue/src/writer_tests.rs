@@ -16,6 +16,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::lingering(Duration::ZERO)
+    }
+
+    /// A writer whose batches of outcomes alone wait `outcome_linger`.
+    fn lingering(outcome_linger: Duration) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.redb");
         let cache_bytes = 4 * 1024 * 1024;
@@ -33,6 +38,7 @@ impl Harness {
             fail_commits: None,
             fail_segment_syncs: None,
             segment_bodies_from: 0,
+            outcome_linger,
         };
         let writer = Writer::new(
             Arc::new(Shared::new(path, db, segments)),
@@ -215,4 +221,84 @@ fn a_corrupt_row_fails_no_request_of_its_commit_and_is_quarantined_once() {
         assert_eq!(keys(&again.recv().unwrap().unwrap()), vec![(id, 0)]);
     }
     assert_eq!(h.stats(), (2, 0), "(quarantined, failed batches)");
+}
+
+/// Inserts a message of one recipient and claims it: the key an outcome
+/// can be recorded for.
+fn claimed_key(h: &mut Harness) -> (MessageId, u32) {
+    let (x, x_id) = insert(1);
+    h.one_commit(vec![x]);
+    let id = x_id.recv().unwrap().unwrap();
+    let (c, claimed) = claim();
+    h.one_commit(vec![c]);
+    assert_eq!(keys(&claimed.recv().unwrap().unwrap()), vec![(id, 0)]);
+    (id, 0)
+}
+
+#[test]
+fn outcomes_alone_wait_for_an_insert_and_share_its_commit() {
+    let mut h = Harness::lingering(Duration::from_secs(30));
+    let (id, rcpt) = claimed_key(&mut h);
+    let (r, recorded) = record(Outcome::Done { id, rcpt });
+    h.requests.send(r).unwrap();
+    let (x, inserted) = insert(1);
+    let late = h.requests.clone();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        late.send(x).unwrap();
+    });
+    let started = Instant::now();
+    let first = h.writer.next_request().unwrap();
+    let batch = h.writer.gather(first);
+    let waited = started.elapsed();
+    sender.join().unwrap();
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "the insert ended the wait: {waited:?}"
+    );
+    assert_eq!(
+        (batch.writes.records.len(), batch.writes.inserts.len()),
+        (1, 1)
+    );
+    let commits = h.writer.shared.commits.load(Ordering::Relaxed);
+    h.writer.process(batch);
+    assert_eq!(h.writer.shared.commits.load(Ordering::Relaxed), commits + 1);
+    recorded.recv().unwrap().unwrap();
+    inserted.recv().unwrap().unwrap();
+}
+
+#[test]
+fn outcomes_alone_commit_by_themselves_once_the_linger_is_over() {
+    let mut h = Harness::lingering(Duration::from_millis(200));
+    let (id, rcpt) = claimed_key(&mut h);
+    let (r, recorded) = record(Outcome::Done { id, rcpt });
+    h.requests.send(r).unwrap();
+    let started = Instant::now();
+    let first = h.writer.next_request().unwrap();
+    let batch = h.writer.gather(first);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(batch.len(), 1);
+    h.writer.process(batch);
+    recorded.recv().unwrap().unwrap();
+}
+
+#[test]
+fn inserts_and_claims_never_linger() {
+    let mut h = Harness::lingering(Duration::from_secs(30));
+    let (id, rcpt) = claimed_key(&mut h);
+    for (request, with_outcome) in [(insert(1).0, false), (claim().0, true)] {
+        if with_outcome {
+            // Outcomes in company of a claim: the delivery side waits for it.
+            h.requests
+                .send(record(Outcome::Done { id, rcpt }).0)
+                .unwrap();
+        }
+        h.requests.send(request).unwrap();
+        let started = Instant::now();
+        let first = h.writer.next_request().unwrap();
+        let batch = h.writer.gather(first);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        h.writer.process(batch);
+    }
 }
