@@ -295,8 +295,12 @@ impl Writes {
     }
 
     /// Delivery outcomes and nothing else (see `SpoolConfig::outcome_linger`).
+    /// Bounce reports marked as acted on (records without outcomes) are
+    /// waited for by the bounce intake, so they do not wait.
     pub(crate) fn only_outcomes(&self) -> bool {
-        !self.records.is_empty() && self.len() == self.records.len()
+        !self.records.is_empty()
+            && self.len() == self.records.len()
+            && self.records.iter().all(|r| !r.outcomes.is_empty())
     }
 
     /// Claims alone need no fdatasync: if they are lost in a crash, recovery

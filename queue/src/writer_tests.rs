@@ -284,10 +284,16 @@ fn outcomes_alone_commit_by_themselves_once_the_linger_is_over() {
 }
 
 #[test]
-fn inserts_and_claims_never_linger() {
+fn inserts_claims_and_bounce_marks_never_linger() {
     let mut h = Harness::lingering(Duration::from_secs(30));
     let (id, rcpt) = claimed_key(&mut h);
-    for (request, with_outcome) in [(insert(1).0, false), (claim().0, true)] {
+    let (report_done, _reported) = reply();
+    let report = Request::Record(RecordRequest {
+        outcomes: Vec::new(),
+        index: DeliveredWrite::reports(&[(id, rcpt, "a report")]),
+        done: report_done,
+    });
+    for (request, with_outcome) in [(insert(1).0, false), (claim().0, true), (report, false)] {
         if with_outcome {
             // Outcomes in company of a claim: the delivery side waits for it.
             h.requests
