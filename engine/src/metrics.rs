@@ -226,7 +226,11 @@ fn describe() {
         "Unfinished recipients in the spool by state: queued (due), deferred, suspended, in_flight"
     );
     describe_gauge!(QUEUE_MESSAGES, Unit::Count, "Messages in the spool");
-    describe_gauge!(SPOOL_SIZE, Unit::Bytes, "Size of the spool database file");
+    describe_gauge!(
+        SPOOL_SIZE,
+        Unit::Bytes,
+        "Size of the spool's files: databases and body segments"
+    );
     describe_gauge!(READY_DEPTH, Unit::Count, "Jobs in a route's ready queue");
     describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Delivery connections open");
     describe_gauge!(CONNECTIONS_MAX, Unit::Count, "Delivery connection limit");

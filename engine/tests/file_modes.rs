@@ -71,22 +71,21 @@ fn the_spool_and_the_event_log_are_private_whatever_the_umask() {
 
         let mut daemon = Daemon::start(DaemonConfig::new(free_port()));
         let dir = daemon.dir.path().to_owned();
-        assert_eq!(
-            mode(&dir.join("spool/spool.redb")),
-            0o600,
-            "umask {umask:03o}"
-        );
+        for file in ["spool/spool.redb", "spool/archive.redb"] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}, umask {umask:03o}");
+        }
         assert_eq!(mode(&dir.join("spool")), 0o700, "umask {umask:03o}");
         assert_eq!(mode(&dir.join("events.jsonl")), 0o640, "umask {umask:03o}");
         assert!(daemon.stop().success());
 
         // Files an earlier version left 0644 are tightened at the next start.
-        for file in ["spool/spool.redb", "events.jsonl"] {
+        for file in ["spool/spool.redb", "spool/archive.redb", "events.jsonl"] {
             let path = dir.join(file);
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         }
         daemon.restart();
         assert_eq!(mode(&dir.join("spool/spool.redb")), 0o600);
+        assert_eq!(mode(&dir.join("spool/archive.redb")), 0o600);
         assert_eq!(mode(&dir.join("events.jsonl")), 0o640);
     }
     set_umask(0o022);

@@ -19,8 +19,8 @@ use crate::segments::{Appended, SegmentFiles};
 use crate::select::ClaimCursor;
 use crate::store::{self, WriteTables};
 use crate::writer::{
-    ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectRequest, QuarantineRequest,
-    RecordRequest, Request, SuppressRequest, complete, now_ms,
+    ActionRequest, ClaimRequest, Completion, ForgetRequest, InsertRequest, ObjectRequest,
+    QuarantineRequest, RecordRequest, Request, SuppressRequest, complete, now_ms,
 };
 
 /// What the writer prepared before the transaction: the time, the id of
@@ -33,6 +33,11 @@ pub(crate) struct Prepared<'a> {
     pub(crate) id_high_water: MessageId,
     /// Commit with fdatasync.
     pub(crate) durable: bool,
+    /// A durable commit also records redb's allocator state.
+    pub(crate) quick_repair: bool,
+    /// The reception time of the archive's oldest delivered row, when a
+    /// request marks bounce reports (`delivered::apply`).
+    pub(crate) archived_oldest_ms: Option<u64>,
     /// The spool syncs at all (`SpoolConfig::durable`).
     pub(crate) sync_enabled: bool,
 }
@@ -45,7 +50,7 @@ pub(crate) fn write_batch(
     claim_cursor: &mut ClaimCursor,
     writes: &mut Writes,
 ) -> Result<Results, SpoolError> {
-    let mut txn = store::begin_write(db, prepared.durable)?;
+    let mut txn = store::begin_write(db, prepared.durable, prepared.quick_repair)?;
     let (results, frees_space) = {
         let mut tables = WriteTables::open(&txn, segments)?;
         let now = prepared.now;
@@ -82,7 +87,10 @@ pub(crate) fn write_batch(
             tables.apply(outcome, now)?;
         }
         for record in &writes.records {
-            delivered::apply(&txn, &record.index, now)?;
+            delivered::apply(&txn, &record.index, now, prepared.archived_oldest_ms)?;
+        }
+        for forget in &writes.forgets {
+            delivered::forget(&txn, &forget.keys)?;
         }
         let mut objects = Vec::with_capacity(writes.objects.len());
         for o in &writes.objects {
@@ -145,7 +153,7 @@ pub(crate) fn write_batch(
     };
     if frees_space && !prepared.durable && prepared.sync_enabled {
         // Segment files are deleted after this commit: it must survive a crash.
-        store::make_durable(&mut txn)?;
+        store::make_durable(&mut txn, prepared.quick_repair)?;
     }
     txn.commit()?;
     Ok(results)
@@ -174,7 +182,7 @@ pub(crate) fn take_back_unsynced(
         })
         .collect();
     let taken_back = (|| -> Result<Vec<(u32, i64)>, SpoolError> {
-        let txn = store::begin_write(db, true)?;
+        let txn = store::begin_write(db, true, true)?;
         let usage = {
             let mut tables = WriteTables::open(&txn, segments)?;
             for &(id, _) in &inserted {
@@ -222,6 +230,7 @@ impl Batch {
             Request::Daily(d) => self.writes.dailies.push(d),
             Request::Idempotency(i) => self.writes.idempotency.push(i),
             Request::Quarantine(q) => self.writes.quarantines.push(q),
+            Request::Forget(f) => self.writes.forgets.push(f),
             Request::Compact(done) => self.compactions.push(done),
         }
     }
@@ -246,6 +255,7 @@ pub(crate) struct Writes {
     pub(crate) idempotency: Vec<IdempotencyRequest>,
     pub(crate) quarantines: Vec<QuarantineRequest>,
     pub(crate) claims: Vec<ClaimRequest>,
+    pub(crate) forgets: Vec<ForgetRequest>,
 }
 
 /// What a committed batch hands back, in the order of `Writes`. An insert
@@ -281,6 +291,7 @@ impl Writes {
             + self.idempotency.len()
             + self.quarantines.len()
             + self.claims.len()
+            + self.forgets.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -348,6 +359,9 @@ impl Writes {
         for (claim, claimed) in self.claims.into_iter().zip(results.claimed) {
             complete(claim.done, Ok(claimed));
         }
+        for f in self.forgets {
+            complete(f.done, Ok(()));
+        }
     }
 
     pub(crate) fn fail(self, err: SpoolError) {
@@ -380,6 +394,9 @@ impl Writes {
         }
         for claim in self.claims {
             complete(claim.done, Err(err.clone()));
+        }
+        for f in self.forgets {
+            complete(f.done, Err(err.clone()));
         }
     }
 }

@@ -38,7 +38,7 @@ fn compact_database(db: &mut Database) -> Result<bool, SpoolError> {
     let compacted = db.compact()?;
     // Compaction's own commits do not record the allocator state; one empty
     // quick-repair commit does, so a crash after it still reopens quickly.
-    store::begin_write(db, true)?.commit()?;
+    store::begin_write(db, true, true)?.commit()?;
     Ok(compacted)
 }
 
@@ -118,7 +118,7 @@ fn move_bodies(
     appender
         .wait_synced()
         .map_err(|e| storage("syncing the copies", e))?;
-    let txn = store::begin_write(db, true)?;
+    let txn = store::begin_write(db, true, true)?;
     let usage = {
         let mut tables = WriteTables::open(&txn, segments)?;
         for ((id, from, _), &to) in copies.iter().zip(&appended.refs) {

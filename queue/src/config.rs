@@ -43,6 +43,9 @@ pub struct SpoolConfig {
     /// somebody waits on before it commits by itself (see
     /// `DEFAULT_OUTCOME_LINGER`).
     pub outcome_linger: Duration,
+    /// How often the delivered index's new rows move from `spool.redb`
+    /// to `archive.redb` (see `archive.rs`).
+    pub archive_every: Duration,
 }
 
 /// 16 MiB of page cache holds the hot part of a busy queue (the head of
@@ -83,6 +86,7 @@ impl SpoolConfig {
             min_free_bytes: 0,
             segment_bodies_from: DEFAULT_SEGMENT_BODIES_FROM,
             outcome_linger: DEFAULT_OUTCOME_LINGER,
+            archive_every: Duration::from_secs(1),
         }
     }
 }

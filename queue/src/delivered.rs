@@ -3,12 +3,15 @@
 //!
 //! One table, (message id, recipient index) -> a compact record, written
 //! by the same group commit that records the recipient's final outcome
-//! (delivered, bounced or expired), so it costs no fsync of its own.
-//! Message ids start with their reception time, so the oldest rows are
-//! the first keys: each write also deletes up to [`PRUNE_PER_ROW`] rows
-//! per row it adds whose message is older than the retention. Pruning so
-//! keeps pace with twice the delivery rate without a timer or a commit of
-//! its own; when nothing is delivered nothing grows either.
+//! (delivered, bounced or expired), so it costs no fsync of its own. That
+//! table in `spool.redb` is a journal: the archiver moves its rows to the
+//! same table in `archive.redb` about once a second (`archive.rs`), and
+//! lookups read both. Message ids start with their reception time, so the
+//! oldest rows are the first keys: each write, here and in the archive,
+//! also deletes up to [`PRUNE_PER_ROW`] rows per row it adds whose message
+//! is older than the retention. Pruning so keeps pace with twice the
+//! delivery rate without a timer; when nothing is delivered nothing grows
+//! either.
 //!
 //! Beside it, the `reported` table remembers which bounce reports were
 //! already turned into events, so that the same DSN sent again (a
@@ -27,7 +30,7 @@ use crate::id::{MessageId, id_timestamp_ms};
 use crate::store::open_if_created;
 
 /// (message id, recipient index) -> [`Delivered`] encoded (see `encode`).
-const DELIVERED: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("delivered");
+pub(crate) const DELIVERED: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("delivered");
 /// (message id, recipient index, report key) -> time ms of the first report.
 const REPORTED: TableDefinition<(u64, u32, &str), u64> = TableDefinition::new("reported");
 
@@ -74,7 +77,24 @@ pub(crate) struct DeliveredWrite {
     reports: Vec<(MessageId, u32, String)>,
 }
 
+/// One encoded row on its way from the journal to the archive.
+pub(crate) struct JournalRow {
+    pub(crate) id: MessageId,
+    pub(crate) rcpt: u32,
+    pub(crate) value: Vec<u8>,
+}
+
 impl DeliveredWrite {
+    /// The retention this write prunes by, if it writes rows.
+    pub(crate) fn retain_ms(&self) -> Option<u64> {
+        (!self.rows.is_empty()).then_some(self.retain_ms)
+    }
+
+    /// Whether this write marks bounce reports.
+    pub(crate) fn has_reports(&self) -> bool {
+        !self.reports.is_empty()
+    }
+
     pub(crate) fn new(rows: &[Delivered], retain: Duration) -> DeliveredWrite {
         DeliveredWrite {
             rows: rows.iter().map(|d| (d.id, d.rcpt, encode(d))).collect(),
@@ -95,14 +115,85 @@ impl DeliveredWrite {
     }
 }
 
-/// Writes the rows and prunes expired ones, inside the writer's transaction.
+/// Writes the rows and prunes expired ones, inside the writer's
+/// transaction. `archived_oldest_ms`: the reception time of the oldest
+/// row in the archive, if it has any.
 pub(crate) fn apply(
     txn: &WriteTransaction,
     write: &DeliveredWrite,
     now_ms: u64,
+    archived_oldest_ms: Option<u64>,
 ) -> Result<(), SpoolError> {
     apply_rows(txn, write, now_ms)?;
-    apply_reports(txn, &write.reports, now_ms)
+    apply_reports(txn, &write.reports, now_ms, archived_oldest_ms)
+}
+
+/// The first `max` rows of the journal, oldest messages first.
+pub(crate) fn journal_head(db: &Database, max: usize) -> Result<Vec<JournalRow>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, DELIVERED)? else {
+        return Ok(Vec::new());
+    };
+    let mut rows = Vec::new();
+    for entry in table.iter()?.take(max) {
+        let (key, value) = entry?;
+        let (id, rcpt) = key.value();
+        rows.push(JournalRow {
+            id,
+            rcpt,
+            value: value.value().to_vec(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Rows in a `delivered` table: the journal's, or the archive's.
+pub(crate) fn journal_len(db: &Database) -> Result<u64, SpoolError> {
+    use redb::ReadableTableMetadata;
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, DELIVERED)? else {
+        return Ok(0);
+    };
+    Ok(table.len()?)
+}
+
+/// The reception time of the oldest row's message, if there is a row.
+pub(crate) fn oldest_ms(db: &Database) -> Result<Option<u64>, SpoolError> {
+    let txn = db.begin_read()?;
+    let Some(table) = open_if_created(&txn, DELIVERED)? else {
+        return Ok(None);
+    };
+    Ok(table
+        .first()?
+        .map(|(key, _)| id_timestamp_ms(key.value().0)))
+}
+
+/// Writes moved rows into the archive's table and prunes as many expired
+/// ones per row as a journal write does.
+pub(crate) fn archive_rows(
+    txn: &WriteTransaction,
+    rows: &[JournalRow],
+    cutoff_ms: u64,
+) -> Result<(), SpoolError> {
+    let mut table = txn.open_table(DELIVERED)?;
+    for row in rows {
+        table.insert((row.id, row.rcpt), row.value.as_slice())?;
+    }
+    pop_older(
+        &mut table,
+        rows.len().saturating_mul(PRUNE_PER_ROW),
+        cutoff_ms,
+        |key| key.0,
+    )
+}
+
+/// Deletes rows the archive holds from the journal.
+pub(crate) fn forget(txn: &WriteTransaction, keys: &[(MessageId, u32)]) -> Result<(), SpoolError> {
+    let mut table = txn.open_table(DELIVERED)?;
+    for key in keys {
+        table.remove(key)?;
+    }
+    Ok(())
 }
 
 fn apply_rows(
@@ -153,14 +244,19 @@ fn apply_reports(
     txn: &WriteTransaction,
     reports: &[(MessageId, u32, String)],
     now_ms: u64,
+    archived_oldest_ms: Option<u64>,
 ) -> Result<(), SpoolError> {
     if reports.is_empty() {
         return Ok(());
     }
-    let oldest_row_ms = txn
+    let journal_oldest_ms = txn
         .open_table(DELIVERED)?
         .first()?
         .map(|(key, _)| id_timestamp_ms(key.value().0));
+    let oldest_row_ms = match (archived_oldest_ms, journal_oldest_ms) {
+        (Some(a), Some(j)) => Some(a.min(j)),
+        (a, j) => a.or(j),
+    };
     let mut table = txn.open_table(REPORTED)?;
     for (id, rcpt, key) in reports {
         let known = table
@@ -236,17 +332,6 @@ pub(crate) fn of_message(db: &Database, id: MessageId) -> Result<Vec<Delivered>,
         })?);
     }
     Ok(rows)
-}
-
-/// Rows in the index (for tests).
-#[cfg(test)]
-pub(crate) fn len(db: &Database) -> Result<u64, SpoolError> {
-    use redb::ReadableTableMetadata;
-    let txn = db.begin_read()?;
-    let Some(table) = open_if_created(&txn, DELIVERED)? else {
-        return Ok(0);
-    };
-    Ok(table.len()?)
 }
 
 /// Layout: version (1), time ms (8, LE), then tenant, group, channel,
@@ -388,10 +473,17 @@ mod tests {
         rx.recv().unwrap().unwrap();
     }
 
+    /// A spool whose archiver waits an hour: the test moves the journal.
+    fn open_unmoved(dir: &std::path::Path) -> crate::Spool {
+        let mut cfg = crate::SpoolConfig::new(dir);
+        cfg.archive_every = Duration::from_secs(3600);
+        crate::Spool::open(cfg).unwrap()
+    }
+
     #[test]
     fn rows_are_found_survive_a_reopen_and_expired_ones_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        let spool = open_unmoved(dir.path());
         let now = crate::writer::now_ms();
         let day_ms = 86_400_000;
         // Three rows of messages received 40 days ago, one of today.
@@ -402,7 +494,19 @@ mod tests {
             })
             .collect();
         record(&spool, &old, Duration::from_secs(60 * 86_400));
-        assert_eq!(spool.delivered_len().unwrap(), 3, "within 60 days: kept");
+        assert_eq!(
+            spool.delivered_len().unwrap(),
+            (3, 0),
+            "within 60 days: kept"
+        );
+        assert_eq!(spool.delivered(old[0].id, 3).unwrap(), Some(old[0].clone()));
+        spool.archive_now().unwrap();
+        assert_eq!(
+            spool.delivered_len().unwrap(),
+            (0, 3),
+            "moved to the archive"
+        );
+        assert_eq!(spool.delivered(old[0].id, 3).unwrap(), Some(old[0].clone()));
         let fresh = Delivered {
             id: now << 20,
             ..row()
@@ -412,17 +516,99 @@ mod tests {
             std::slice::from_ref(&fresh),
             Duration::from_secs(30 * 86_400),
         );
-        // One row written: at most PRUNE_PER_ROW expired rows go with it.
-        assert_eq!(spool.delivered_len().unwrap(), 4 - PRUNE_PER_ROW as u64);
+        assert_eq!(spool.delivered_len().unwrap(), (1, 3));
+        // One row moved: at most PRUNE_PER_ROW expired rows go with it.
+        spool.archive_now().unwrap();
+        assert_eq!(
+            spool.delivered_len().unwrap(),
+            (0, 4 - PRUNE_PER_ROW as u64)
+        );
         assert_eq!(spool.delivered(old[0].id, 3).unwrap(), None);
         assert_eq!(spool.delivered(fresh.id, 3).unwrap(), Some(fresh.clone()));
         assert_eq!(spool.delivered(fresh.id, 4).unwrap(), None);
         spool.shutdown();
         drop(spool);
 
-        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        let spool = open_unmoved(dir.path());
         assert_eq!(spool.delivered(fresh.id, 3).unwrap(), Some(fresh));
         spool.shutdown();
+    }
+
+    #[test]
+    fn a_message_s_rows_are_read_from_the_journal_and_the_archive_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open_unmoved(dir.path());
+        let id = crate::writer::now_ms() << 20;
+        let rows: Vec<Delivered> = (0..3).map(|rcpt| Delivered { id, rcpt, ..row() }).collect();
+        let retain = Duration::from_secs(86_400);
+        record(&spool, &rows[..2], retain);
+        spool.archive_now().unwrap();
+        // Recipient 1 again, as after a crash between the archive's commit
+        // and the journal's forgetting; recipient 2 only in the journal.
+        record(&spool, &rows[1..], retain);
+        assert_eq!(spool.delivered_len().unwrap(), (2, 2));
+        assert_eq!(spool.delivered_rows(id).unwrap(), rows);
+        spool.archive_now().unwrap();
+        assert_eq!(spool.delivered_len().unwrap(), (0, 3));
+        assert_eq!(spool.delivered_rows(id).unwrap(), rows);
+        spool.shutdown();
+    }
+
+    /// A journal longer than one move's chunk (a spool written before the
+    /// archive) goes over in several archive commits at one move.
+    #[test]
+    fn a_long_journal_moves_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open_unmoved(dir.path());
+        let now = crate::writer::now_ms();
+        let rows = 25_000u64;
+        for batch in 0..rows / 1000 {
+            let chunk: Vec<Delivered> = (0..1000)
+                .map(|i| Delivered {
+                    id: (now << 20) + batch * 1000 + i,
+                    ..row()
+                })
+                .collect();
+            record(&spool, &chunk, Duration::from_secs(86_400));
+        }
+        assert_eq!(spool.delivered_len().unwrap(), (rows, 0));
+        spool.archive_now().unwrap();
+        assert_eq!(spool.delivered_len().unwrap(), (0, rows));
+        assert!(spool.journals_short());
+        let last = (now << 20) + rows - 1;
+        assert_eq!(spool.delivered(last, 3).unwrap().map(|d| d.id), Some(last));
+        spool.shutdown();
+    }
+
+    #[test]
+    fn the_archiver_moves_the_journal_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::SpoolConfig::new(dir.path());
+        cfg.archive_every = Duration::from_millis(20);
+        let spool = crate::Spool::open(cfg).unwrap();
+        assert!(!spool.journals_short(), "unknown until the first move");
+        let fresh = Delivered {
+            id: crate::writer::now_ms() << 20,
+            ..row()
+        };
+        record(
+            &spool,
+            std::slice::from_ref(&fresh),
+            Duration::from_secs(86_400),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while spool.delivered_len().unwrap() != (0, 1) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{:?}",
+                spool.delivered_len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(spool.journals_short());
+        assert_eq!(spool.delivered(fresh.id, fresh.rcpt).unwrap(), Some(fresh));
+        spool.shutdown();
+        assert!(dir.path().join(crate::archive::ARCHIVE_FILE_NAME).exists());
     }
 
     /// Prints the file growth per row (the figure in the README); no
@@ -430,7 +616,7 @@ mod tests {
     #[test]
     fn cost_per_row_on_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        let spool = open_unmoved(dir.path());
         let rows = 20_000u64;
         let before = spool.stats().unwrap().file_bytes;
         let now = crate::writer::now_ms();
@@ -497,7 +683,7 @@ mod tests {
     #[test]
     fn report_marks_older_than_the_oldest_delivered_row_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = crate::Spool::open(crate::SpoolConfig::new(dir.path())).unwrap();
+        let spool = open_unmoved(dir.path());
         let now = crate::writer::now_ms();
         let old = (now - 40 * 86_400_000) << 20;
         spool
@@ -508,6 +694,8 @@ mod tests {
             ..row()
         };
         record(&spool, &[fresh], Duration::from_secs(30 * 86_400));
+        // The oldest row is in the archive, none in the journal.
+        spool.archive_now().unwrap();
         spool
             .mark_reported(&[(now << 20, 3, "bounce|5.1.1|b@x")])
             .unwrap();

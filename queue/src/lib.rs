@@ -25,6 +25,7 @@
 // are `pub` by habit.
 #![warn(unreachable_pub)]
 
+mod archive;
 mod backlog;
 mod batch;
 mod codec;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crossbeam::channel::{self, Sender};
 
+use crate::archive::{ARCHIVE_FILE_NAME, Archive, Journal};
 use crate::backlog::{self, BacklogEntry, BacklogRequest, BacklogWritten};
 use crate::config::SpoolConfig;
 use crate::daily::{self, DailyRequest, DailyRow};
@@ -27,13 +28,16 @@ use crate::store::{self, EncodedMessage};
 use crate::suppress::{self, Suppression};
 use crate::tracking::{TrackedMessage, TrackingKey};
 use crate::writer::{
-    ActionRequest, ClaimRequest, Completion, InsertRequest, ObjectWrite, QuarantineRequest,
-    RecordRequest, Request, Shared, SuppressRequest, Writer, WriterSettings, now_ms,
-    on_writer_thread,
+    ActionRequest, ClaimRequest, Completion, ForgetRequest, InsertRequest, ObjectWrite,
+    QuarantineRequest, RecordRequest, Request, Shared, SuppressRequest, Writer, WriterSettings,
+    now_ms, on_writer_thread,
 };
 
 /// Name of the database file inside `SpoolConfig::dir`.
 const DB_FILE_NAME: &str = "spool.redb";
+
+/// The writer's channel, shared by every handle and the archiver.
+type Requests = Arc<RwLock<Option<Sender<Request>>>>;
 
 /// A snapshot of the spool's size and of the writer's work.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -43,7 +47,8 @@ pub struct SpoolStats {
     pub recipients: u64,
     pub scheduled: u64,
     pub claimed: u64,
-    /// Size of the database file and of the bodies' segment files.
+    /// Size of the database files (`spool.redb`, `archive.redb`) and of
+    /// the bodies' segment files.
     pub file_bytes: u64,
     /// Write transactions committed since open (one per group commit).
     pub commits: u64,
@@ -71,8 +76,11 @@ pub struct Spool {
 struct Inner {
     shared: Arc<Shared>,
     /// `None` once shut down: new requests are answered `Closed` at once.
-    requests: RwLock<Option<Sender<Request>>>,
+    requests: Requests,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The archiver thread (`archive.rs`) and what stops it: dropping the
+    /// sender.
+    archiver: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     max_pending_bytes: usize,
     recovered_claims: u64,
     free_space: FreeSpaceGuard,
@@ -105,7 +113,9 @@ impl Spool {
         let appender = SegmentAppender::open(Arc::clone(&segments), store::live_segments(&db)?)
             .map_err(|err| open_error(format!("cannot open the segment files: {err}")))?;
 
-        let shared = Arc::new(Shared::new(path.clone(), db, segments));
+        let archive_path = cfg.dir.join(ARCHIVE_FILE_NAME);
+        let archive = Arc::new(Archive::open(&archive_path, cfg.cache_bytes)?);
+        let shared = Arc::new(Shared::new(path.clone(), db, segments, archive));
         let (sender, receiver) = channel::unbounded();
         let settings = WriterSettings {
             max_batch: cfg.max_batch.max(1),
@@ -129,12 +139,16 @@ impl Spool {
             .name("spool-writer".into())
             .spawn(move || writer.run())
             .map_err(|err| open_error(format!("cannot start the writer thread: {err}")))?;
+        let requests: Requests = Arc::new(RwLock::new(Some(sender)));
+        let archiver = start_archiver(&shared, &requests, cfg.archive_every)
+            .map_err(|err| open_error(format!("cannot start the archiver thread: {err}")))?;
 
         Ok(Spool {
             inner: Arc::new(Inner {
                 shared,
-                requests: RwLock::new(Some(sender)),
+                requests,
                 writer: Mutex::new(Some(handle)),
+                archiver: Mutex::new(Some(archiver)),
                 max_pending_bytes: cfg.max_pending_bytes,
                 recovered_claims: recovered.unclaimed,
                 free_space: FreeSpaceGuard::new(cfg.dir.clone()),
@@ -203,15 +217,29 @@ impl Spool {
         self.inner.shared.read(|db| crate::tracking::get(db, key))
     }
 
-    /// The delivered-index row of a recipient, unless never written or pruned.
+    /// The delivered-index row of a recipient, unless never written or
+    /// pruned: in the journal, else in the archive (`archive.rs`).
     pub fn delivered(&self, id: MessageId, rcpt: u32) -> Result<Option<Delivered>, SpoolError> {
-        self.inner.shared.read(|db| delivered::get(db, id, rcpt))
+        let shared = &self.inner.shared;
+        match shared.read(|db| delivered::get(db, id, rcpt))? {
+            Some(row) => Ok(Some(row)),
+            None => shared.archive.read(|db| delivered::get(db, id, rcpt)),
+        }
     }
 
     /// The delivered-index rows of every finished recipient of a message
     /// (those not pruned yet), for the history of a message that left.
     pub fn delivered_rows(&self, id: MessageId) -> Result<Vec<Delivered>, SpoolError> {
-        self.inner.shared.read(|db| delivered::of_message(db, id))
+        let shared = &self.inner.shared;
+        let mut rows = shared.archive.read(|db| delivered::of_message(db, id))?;
+        // A row moved but not yet forgotten is in both: the same row.
+        for row in shared.read(|db| delivered::of_message(db, id))? {
+            if !rows.iter().any(|known| known.rcpt == row.rcpt) {
+                rows.push(row);
+            }
+        }
+        rows.sort_by_key(|row| row.rcpt);
+        Ok(rows)
     }
 
     /// Whether a bounce report (`key`: what makes two reports the same,
@@ -240,10 +268,28 @@ impl Spool {
         self.inner.shared.read(crate::tracking::len).unwrap()
     }
 
-    /// Rows in the delivered index.
+    /// Rows in the delivered index: (journal, archive).
     #[cfg(test)]
-    pub(crate) fn delivered_len(&self) -> Result<u64, SpoolError> {
-        self.inner.shared.read(delivered::len)
+    pub(crate) fn delivered_len(&self) -> Result<(u64, u64), SpoolError> {
+        let shared = &self.inner.shared;
+        let journal = shared.read(delivered::journal_len)?;
+        Ok((journal, shared.archive.read(delivered::journal_len)?))
+    }
+
+    /// Whether the journals were short at the archiver's last move.
+    #[cfg(test)]
+    pub(crate) fn journals_short(&self) -> bool {
+        self.inner.shared.archive.journals_short()
+    }
+
+    /// Moves the journal to the archive now, as the archiver does.
+    #[cfg(test)]
+    pub(crate) fn archive_now(&self) -> Result<(), SpoolError> {
+        let journal = SpoolJournal {
+            shared: Arc::clone(&self.inner.shared),
+            requests: Arc::clone(&self.inner.requests),
+        };
+        crate::archive::move_journal(&self.inner.shared.archive, &journal)
     }
 
     /// Claims up to `limit` recipients due at `now_ms`, earliest first. They
@@ -708,6 +754,7 @@ impl Spool {
                 SpoolError::Storage(format!("cannot stat {}: {err}", shared.path.display()))
             })?
             .len()
+            + shared.archive.file_bytes()?
             + shared.segments.bytes();
         Ok(SpoolStats {
             messages: counts.messages,
@@ -829,8 +876,72 @@ impl Spool {
     }
 }
 
+/// Starts the thread that moves the delivered index's journal to the
+/// archive every `every`.
+fn start_archiver(
+    shared: &Arc<Shared>,
+    requests: &Requests,
+    every: Duration,
+) -> std::io::Result<(Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = channel::bounded(0);
+    let journal = SpoolJournal {
+        shared: Arc::clone(shared),
+        requests: Arc::clone(requests),
+    };
+    let archive = Arc::clone(&shared.archive);
+    let handle = thread::Builder::new()
+        .name("spool-archiver".into())
+        .spawn(move || crate::archive::run(archive, journal, every, stopped))?;
+    Ok((stop, handle))
+}
+
+/// The archiver's view of the spool.
+struct SpoolJournal {
+    shared: Arc<Shared>,
+    requests: Requests,
+}
+
+impl Journal for SpoolJournal {
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&redb::Database) -> Result<T, SpoolError>,
+    ) -> Result<T, SpoolError> {
+        self.shared.read(read)
+    }
+
+    fn forget(&self, keys: Vec<(MessageId, u32)>) -> Option<Result<(), SpoolError>> {
+        let (reply, result) = channel::bounded(1);
+        let done: Completion<()> = Box::new(move |outcome| {
+            let _ = reply.send(outcome);
+        });
+        let request = Request::Forget(ForgetRequest { keys, done });
+        {
+            let sender = self.requests.read().unwrap_or_else(PoisonError::into_inner);
+            sender.as_ref()?.send(request).ok()?;
+        }
+        result.recv().ok()
+    }
+
+    fn tracked_rows(&self) -> Result<u64, SpoolError> {
+        self.shared.read(crate::tracking::len)
+    }
+}
+
 impl Inner {
     fn shutdown(&self) {
+        // The archiver first: its last move may still ask the writer to
+        // forget rows.
+        let archiver = self
+            .archiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some((stop, handle)) = archiver {
+            drop(stop);
+            if !on_writer_thread() {
+                let _ = handle.join();
+            }
+        }
         // Dropping the only sender ends the writer once the queue is drained.
         drop(
             self.requests

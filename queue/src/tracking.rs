@@ -165,8 +165,7 @@ pub(crate) fn get(db: &Database, key: TrackingKey) -> Result<Option<TrackedMessa
     })
 }
 
-/// Rows in the table (for tests).
-#[cfg(test)]
+/// Rows in the table.
 pub(crate) fn len(db: &Database) -> Result<u64, SpoolError> {
     use redb::ReadableTableMetadata;
     let txn = db.begin_read()?;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use redb::Database;
 
+use crate::archive::Archive;
 use crate::backlog::BacklogRequest;
 use crate::batch::{Batch, Prepared, Results, Writes, take_back_unsynced, write_batch};
 use crate::daily::DailyRequest;
@@ -105,7 +106,16 @@ pub(crate) enum Request {
     Daily(DailyRequest),
     Idempotency(IdempotencyRequest),
     Quarantine(QuarantineRequest),
+    Forget(ForgetRequest),
     Compact(Completion<bool>),
+}
+
+/// Deletes delivered-index rows from the journal once the archive holds
+/// them (`archive.rs`). Needs no fdatasync of its own: lost in a crash,
+/// the rows are moved again.
+pub(crate) struct ForgetRequest {
+    pub(crate) keys: Vec<(MessageId, u32)>,
+    pub(crate) done: Completion<()>,
 }
 
 impl Request {
@@ -129,6 +139,7 @@ impl Request {
             Request::Daily(r) => complete(r.done, Err(err)),
             Request::Idempotency(r) => complete(r.done, Err(err)),
             Request::Quarantine(r) => complete(r.done, Err(err)),
+            Request::Forget(r) => complete(r.done, Err(err)),
             Request::Compact(done) => complete(done, Err(err)),
         }
     }
@@ -145,6 +156,8 @@ pub(crate) enum DbState {
 /// What the writer thread and the `Spool` handles share.
 pub(crate) struct Shared {
     pub(crate) path: PathBuf,
+    /// Where the delivered index's rows go after their commit here.
+    pub(crate) archive: Arc<Archive>,
     /// The message bodies' files (read by `load`, written by the writer).
     pub(crate) segments: Arc<SegmentFiles>,
     /// Readers hold the read lock for one read transaction; the writer holds
@@ -159,9 +172,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(path: PathBuf, db: Database, segments: Arc<SegmentFiles>) -> Self {
+    pub(crate) fn new(
+        path: PathBuf,
+        db: Database,
+        segments: Arc<SegmentFiles>,
+        archive: Arc<Archive>,
+    ) -> Self {
         Shared {
             path,
+            archive,
             segments,
             db: RwLock::new(DbState::Open(db)),
             commits: AtomicU64::new(0),
@@ -266,6 +285,7 @@ impl Writer {
             let batch = self.gather(first);
             self.process(batch);
         }
+        self.shared.archive.close();
         *self
             .shared
             .db
@@ -399,13 +419,16 @@ impl Writer {
                 return Err(err);
             }
         };
+        let archived_oldest_ms = self.archived_oldest_ms(writes);
         let prepared = Prepared {
             now,
             ids: &ids,
             bodies: &appended,
             id_high_water: self.ids.high_water(),
             durable,
+            quick_repair: self.quick_repair(queued),
             sync_enabled: self.settings.durable,
+            archived_oldest_ms,
         };
         let segments = &shared.segments;
         let result = write_batch(db, segments, &prepared, &mut self.claim_cursor, writes);
@@ -432,6 +455,35 @@ impl Writer {
             self.reopen(err);
         }
         result
+    }
+
+    /// Whether a durable commit records redb's allocator state, so that the
+    /// open after a crash need not walk the whole file. It costs ~10% of
+    /// the CPU per message at full load (a second fdatasync and the
+    /// snapshot), so only a long queue pays it, or journals not yet moved
+    /// to the archive: otherwise the file holds little more than a short
+    /// queue, and its repair is quick anyway.
+    fn quick_repair(&self, queued: u64) -> bool {
+        queued >= self.settings.segment_bodies_from || !self.shared.archive.journals_short()
+    }
+
+    /// For the pruning of bounce-report marks (`delivered::apply`), only
+    /// when a request marks some; also takes the retention the rows are
+    /// written with, for the archive's pruning.
+    fn archived_oldest_ms(&self, writes: &Writes) -> Option<u64> {
+        let archive = &self.shared.archive;
+        for record in &writes.records {
+            if let Some(retain_ms) = record.index.retain_ms() {
+                archive.set_delivered_retain_ms(retain_ms);
+            }
+        }
+        if !writes.records.iter().any(|r| r.index.has_reports()) {
+            return None;
+        }
+        archive.read(crate::delivered::oldest_ms).unwrap_or_else(|err| {
+            log::warn!("spool: cannot read the archive's oldest row ({err}); bounce-report marks are not pruned in this commit");
+            Some(0)
+        })
     }
 
     fn compact(&mut self) -> Result<bool, SpoolError> {

@@ -29,6 +29,8 @@ impl Harness {
         let recovered = store::recover(&db, &segments, now_ms()).unwrap();
         let live = store::live_segments(&db).unwrap();
         let appender = SegmentAppender::open(Arc::clone(&segments), live).unwrap();
+        let archive_path = dir.path().join(crate::archive::ARCHIVE_FILE_NAME);
+        let archive = Arc::new(Archive::open(&archive_path, cache_bytes).unwrap());
         let (requests, receiver) = channel::unbounded();
         let settings = WriterSettings {
             max_batch: 1024,
@@ -41,7 +43,7 @@ impl Harness {
             outcome_linger,
         };
         let writer = Writer::new(
-            Arc::new(Shared::new(path, db, segments)),
+            Arc::new(Shared::new(path, db, segments, archive)),
             receiver,
             settings,
             IdGenerator::new(recovered.id_floor),

@@ -26,7 +26,8 @@
 //!   tenant "" is the global list (see `suppress.rs`).
 //! - `delivered`: (id, rcpt) -> tenant, group, channel, campaign, address,
 //!   Message-ID, route, time: finished recipients, for tying bounces that
-//!   arrive later (see `delivered.rs`; written and pruned there).
+//!   arrive later (see `delivered.rs`; written and pruned there). A
+//!   journal: the archiver moves its rows to `archive.redb` (`archive.rs`).
 //! - `webhook_backlog`: (sink, seq) -> event JSON; read and written only by
 //!   `backlog.rs`.
 //! - `daily_counters`: (UTC day, tenant) -> the engine's tally bytes for
@@ -184,10 +185,15 @@ pub(crate) fn open_if_created<K: Key + 'static, V: Value + 'static>(
     }
 }
 
-/// Starts a write transaction. Durable ones fdatasync on commit and record
-/// redb's allocator state (quick repair), so reopening after a crash does not
-/// walk the whole file. Non-durable ones skip both: a crash rolls them back.
-pub(crate) fn begin_write(db: &Database, durable: bool) -> Result<WriteTransaction, SpoolError> {
+/// Starts a write transaction. Durable ones fdatasync on commit, and with
+/// `quick_repair` record redb's allocator state, so reopening after a crash
+/// does not walk the whole file (`Writer::quick_repair` says when).
+/// Non-durable ones skip both: a crash rolls them back.
+pub(crate) fn begin_write(
+    db: &Database,
+    durable: bool,
+    quick_repair: bool,
+) -> Result<WriteTransaction, SpoolError> {
     let mut txn = db.begin_write()?;
     let durability = if durable {
         Durability::Immediate
@@ -195,15 +201,18 @@ pub(crate) fn begin_write(db: &Database, durable: bool) -> Result<WriteTransacti
         Durability::None
     };
     txn.set_durability(durability)?;
-    txn.set_quick_repair(durable);
+    txn.set_quick_repair(durable && quick_repair);
     Ok(txn)
 }
 
 /// Makes a transaction begun without durability durable after all (it
 /// turned out to free segment files, which are deleted after it).
-pub(crate) fn make_durable(txn: &mut WriteTransaction) -> Result<(), SpoolError> {
+pub(crate) fn make_durable(
+    txn: &mut WriteTransaction,
+    quick_repair: bool,
+) -> Result<(), SpoolError> {
     txn.set_durability(Durability::Immediate)?;
-    txn.set_quick_repair(true);
+    txn.set_quick_repair(quick_repair);
     Ok(())
 }
 
@@ -215,7 +224,7 @@ pub(crate) fn overwrite_recipient_row(
     (id, rcpt): (crate::id::MessageId, u32),
     value: &[u8],
 ) -> Result<(), SpoolError> {
-    let txn = begin_write(db, true)?;
+    let txn = begin_write(db, true, true)?;
     txn.open_table(RECIPIENTS)?.insert((id, rcpt), value)?;
     txn.commit()?;
     Ok(())

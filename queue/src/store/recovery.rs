@@ -34,7 +34,7 @@ pub(crate) fn recover(
     segments: &Arc<SegmentFiles>,
     now_ms: u64,
 ) -> Result<Recovered, SpoolError> {
-    let txn = begin_write(db, true)?;
+    let txn = begin_write(db, true, true)?;
     let recovered = {
         let mut tables = WriteTables::open(&txn, segments)?;
         // Each one is logged there; they are counted with the quarantined.
