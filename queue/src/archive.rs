@@ -34,6 +34,10 @@ use crate::store;
 pub(crate) const ARCHIVE_FILE_NAME: &str = "archive.redb";
 /// Rows moved per archive commit.
 const MOVE_CHUNK: usize = 10_000;
+/// redb's page cache for the archive: its writes append at the end of the
+/// index and prune its front, and a lookup (a bounce) is rare, so a small
+/// cache does; it keeps the daemon's memory within goal 4's bound.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// While the journals hold fewer rows than this, a crash's full repair of
 /// `spool.redb` reads little beyond the queue (~200 bytes a row).
 pub(crate) const SHORT_JOURNAL_ROWS: u64 = 50_000;
@@ -51,8 +55,8 @@ pub(crate) struct Archive {
 }
 
 impl Archive {
-    pub(crate) fn open(path: &std::path::Path, cache_bytes: usize) -> Result<Archive, SpoolError> {
-        let db = store::open_database(path, cache_bytes).map_err(|err| SpoolError::Open {
+    pub(crate) fn open(path: &std::path::Path) -> Result<Archive, SpoolError> {
+        let db = store::open_database(path, CACHE_BYTES).map_err(|err| SpoolError::Open {
             path: path.to_path_buf(),
             reason: err.to_string(),
         })?;

@@ -114,7 +114,7 @@ impl Spool {
             .map_err(|err| open_error(format!("cannot open the segment files: {err}")))?;
 
         let archive_path = cfg.dir.join(ARCHIVE_FILE_NAME);
-        let archive = Arc::new(Archive::open(&archive_path, cfg.cache_bytes)?);
+        let archive = Arc::new(Archive::open(&archive_path)?);
         let shared = Arc::new(Shared::new(path.clone(), db, segments, archive));
         let (sender, receiver) = channel::unbounded();
         let settings = WriterSettings {

@@ -30,7 +30,7 @@ impl Harness {
         let live = store::live_segments(&db).unwrap();
         let appender = SegmentAppender::open(Arc::clone(&segments), live).unwrap();
         let archive_path = dir.path().join(crate::archive::ARCHIVE_FILE_NAME);
-        let archive = Arc::new(Archive::open(&archive_path, cache_bytes).unwrap());
+        let archive = Arc::new(Archive::open(&archive_path).unwrap());
         let (requests, receiver) = channel::unbounded();
         let settings = WriterSettings {
             max_batch: 1024,
