@@ -167,8 +167,18 @@ pub(crate) fn run(
 }
 
 /// Moves the whole journal, a chunk per archive commit, then records
-/// whether the journals are short.
+/// whether the journals are short. A failed move counts them long: the
+/// journal may grow until the archive takes rows again, and commits
+/// record the snapshot meanwhile.
 pub(crate) fn move_journal(archive: &Archive, journal: &impl Journal) -> Result<(), SpoolError> {
+    let moved = move_all(archive, journal);
+    if moved.is_err() {
+        archive.journals_short.store(false, Ordering::Relaxed);
+    }
+    moved
+}
+
+fn move_all(archive: &Archive, journal: &impl Journal) -> Result<(), SpoolError> {
     loop {
         let rows = journal.read(|db| delivered::journal_head(db, MOVE_CHUNK))?;
         if rows.is_empty() {

@@ -581,6 +581,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_move_counts_the_journals_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut cfg = crate::SpoolConfig::new(dir.path());
+        cfg.archive_every = Duration::from_secs(3600);
+        cfg.fail_commits = Some(fail.clone());
+        let spool = crate::Spool::open(cfg).unwrap();
+        let fresh = Delivered {
+            id: crate::writer::now_ms() << 20,
+            ..row()
+        };
+        record(
+            &spool,
+            std::slice::from_ref(&fresh),
+            Duration::from_secs(86_400),
+        );
+        spool.archive_now().unwrap();
+        assert!(spool.journals_short());
+        record(
+            &spool,
+            &[Delivered { rcpt: 4, ..fresh }],
+            Duration::from_secs(86_400),
+        );
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(spool.archive_now().is_err(), "the journal's forget fails");
+        assert!(!spool.journals_short());
+        fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        spool.archive_now().unwrap();
+        assert!(spool.journals_short());
+        assert_eq!(spool.delivered_len().unwrap(), (0, 2));
+        spool.shutdown();
+    }
+
+    #[test]
     fn the_archiver_moves_the_journal_by_itself() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = crate::SpoolConfig::new(dir.path());
