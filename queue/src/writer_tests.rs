@@ -245,11 +245,11 @@ fn outcomes_alone_wait_for_an_insert_and_share_its_commit() {
     h.requests.send(r).unwrap();
     let (x, inserted) = insert(1);
     let late = h.requests.clone();
+    let started = Instant::now();
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
         late.send(x).unwrap();
     });
-    let started = Instant::now();
     let first = h.writer.next_request().unwrap();
     let batch = h.writer.gather(first);
     let waited = started.elapsed();
