@@ -40,7 +40,7 @@ const MOVE_CHUNK: usize = 10_000;
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// While the journals hold fewer rows than this, a crash's full repair of
 /// `spool.redb` reads little beyond the queue (~200 bytes a row).
-pub(crate) const SHORT_JOURNAL_ROWS: u64 = 50_000;
+const SHORT_JOURNAL_ROWS: u64 = 50_000;
 
 pub(crate) struct Archive {
     path: std::path::PathBuf,

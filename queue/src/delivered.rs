@@ -473,6 +473,14 @@ mod tests {
         rx.recv().unwrap().unwrap();
     }
 
+    /// Writes rows `make(0..count)`, a thousand per commit, kept a day.
+    fn record_in_thousands(spool: &crate::Spool, count: u64, make: impl Fn(u64) -> Delivered) {
+        for batch in 0..count / 1000 {
+            let chunk: Vec<Delivered> = (0..1000).map(|i| make(batch * 1000 + i)).collect();
+            record(spool, &chunk, Duration::from_secs(86_400));
+        }
+    }
+
     /// A spool whose archiver waits an hour: the test moves the journal.
     fn open_unmoved(dir: &std::path::Path) -> crate::Spool {
         let mut cfg = crate::SpoolConfig::new(dir);
@@ -563,15 +571,10 @@ mod tests {
         let spool = open_unmoved(dir.path());
         let now = crate::writer::now_ms();
         let rows = 25_000u64;
-        for batch in 0..rows / 1000 {
-            let chunk: Vec<Delivered> = (0..1000)
-                .map(|i| Delivered {
-                    id: (now << 20) + batch * 1000 + i,
-                    ..row()
-                })
-                .collect();
-            record(&spool, &chunk, Duration::from_secs(86_400));
-        }
+        record_in_thousands(&spool, rows, |n| Delivered {
+            id: (now << 20) + n,
+            ..row()
+        });
         assert_eq!(spool.delivered_len().unwrap(), (rows, 0));
         spool.archive_now().unwrap();
         assert_eq!(spool.delivered_len().unwrap(), (0, rows));
@@ -654,18 +657,13 @@ mod tests {
         let rows = 20_000u64;
         let before = spool.stats().unwrap().file_bytes;
         let now = crate::writer::now_ms();
-        for batch in 0..(rows / 1000) {
-            let chunk: Vec<Delivered> = (0..1000)
-                .map(|i| Delivered {
-                    id: (now << 20) + batch * 1000 + i,
-                    rcpt: 0,
-                    recipient: format!("user{i}@example.net"),
-                    header_message_id: format!("<{batch}.{i}.1700000000@mail.example.com>"),
-                    ..row()
-                })
-                .collect();
-            record(&spool, &chunk, Duration::from_secs(86_400));
-        }
+        record_in_thousands(&spool, rows, |n| Delivered {
+            id: (now << 20) + n,
+            rcpt: 0,
+            recipient: format!("user{}@example.net", n % 1000),
+            header_message_id: format!("<{}.{}.1700000000@mail.example.com>", n / 1000, n % 1000),
+            ..row()
+        });
         spool.compact().unwrap();
         let after = spool.stats().unwrap().file_bytes;
         let per_row = after.saturating_sub(before) / rows;

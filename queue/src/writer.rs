@@ -419,6 +419,7 @@ impl Writer {
                 return Err(err);
             }
         };
+        self.note_delivered_retention(writes);
         let archived_oldest_ms = self.archived_oldest_ms(writes);
         let prepared = Prepared {
             now,
@@ -467,16 +468,18 @@ impl Writer {
         queued >= self.settings.segment_bodies_from || !self.shared.archive.journals_short()
     }
 
+    /// The archive prunes by the retention the rows are written with.
+    fn note_delivered_retention(&self, writes: &Writes) {
+        let mut retained = writes.records.iter().filter_map(|r| r.index.retain_ms());
+        if let Some(retain_ms) = retained.next_back() {
+            self.shared.archive.set_delivered_retain_ms(retain_ms);
+        }
+    }
+
     /// For the pruning of bounce-report marks (`delivered::apply`), only
-    /// when a request marks some; also takes the retention the rows are
-    /// written with, for the archive's pruning.
+    /// when a request marks some.
     fn archived_oldest_ms(&self, writes: &Writes) -> Option<u64> {
         let archive = &self.shared.archive;
-        for record in &writes.records {
-            if let Some(retain_ms) = record.index.retain_ms() {
-                archive.set_delivered_retain_ms(retain_ms);
-            }
-        }
         if !writes.records.iter().any(|r| r.index.has_reports()) {
             return None;
         }
