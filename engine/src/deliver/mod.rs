@@ -405,6 +405,11 @@ async fn worker(route: Arc<Route>) {
         // The job is taken only once the rate limit lets it go, so that a
         // transactional message queued meanwhile goes first.
         route.throttle.acquire().await;
+        // The wait for the rate can be long, and the lease lost meanwhile:
+        // the connection then carries nothing more (the job stays queued).
+        if close_if_lease_lost(&lease, &mut pooled).await {
+            continue;
+        }
         let Some(job) = route.ready.try_pop() else {
             continue;
         };
@@ -412,13 +417,7 @@ async fn worker(route: Arc<Route>) {
         let in_flight = InFlight::start(&route.stats, &job);
         pooled = route.deliver(job, pooled.take()).await;
         drop(in_flight);
-        // A lease given up (over this node's share, or lost in Redis)
-        // ends its connection.
-        if lease.as_ref().is_some_and(ConnectionLease::is_lost)
-            && let Some(p) = pooled.take()
-        {
-            p.connection.quit().await;
-        }
+        close_if_lease_lost(&lease, &mut pooled).await;
     }
     if let Some(pooled) = pooled {
         pooled.connection.quit().await;
@@ -429,6 +428,18 @@ async fn worker(route: Arc<Route>) {
     if !route.ready.is_empty() {
         route.start_worker_if_needed();
     }
+}
+
+/// Ends the connection of a lease given up (over this node's share, or
+/// lost in Redis); true when the lease was lost, connection or not.
+async fn close_if_lease_lost(lease: &Option<ConnectionLease>, pooled: &mut Option<Pooled>) -> bool {
+    if !lease.as_ref().is_some_and(ConnectionLease::is_lost) {
+        return false;
+    }
+    if let Some(p) = pooled.take() {
+        p.connection.quit().await;
+    }
+    true
 }
 
 /// A worker's open connection and the transactions it has carried.
