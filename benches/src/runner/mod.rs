@@ -200,18 +200,22 @@ impl RepResult {
     /// (spool commits, the cluster ledger's trips to PostgreSQL).
     pub fn counters_line(&self, messages: u64) -> String {
         let per_message = |v: f64| v / messages.max(1) as f64;
-        let commits = self
-            .counters
-            .iter()
-            .find(|(k, _)| k == "sendengine_spool_commit_seconds_count")
-            .map_or(0.0, |(_, v)| *v);
+        let counter = |name: &str| {
+            self.counters
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or(0.0, |(_, v)| *v)
+        };
+        let commits = counter("sendengine_spool_commit_seconds_count");
+        let committing = counter("sendengine_spool_commit_seconds_sum");
         let mut line = format!(
-            "msgs per spool commit {:.2}",
+            "msgs per spool commit {:.2}, spool writer committing {:.0}% of the run",
             if commits > 0.0 {
                 messages as f64 / commits
             } else {
                 0.0
-            }
+            },
+            100.0 * committing / self.e2e_s.max(f64::EPSILON)
         );
         for (name, value) in &self.counters {
             let short = name.trim_start_matches("sendengine_");

@@ -10,8 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 /// The counters a repetition reports (sums over every label set).
-pub const COUNTERS: [&str; 6] = [
+pub const COUNTERS: [&str; 7] = [
     "sendengine_spool_commit_seconds_count",
+    "sendengine_spool_commit_seconds_sum",
     "sendengine_cluster_quota_leases_total",
     "sendengine_cluster_quota_lease_waits_total",
     "sendengine_cluster_quota_spends_total",
@@ -91,6 +92,7 @@ mod tests {
         let after = Counters::parse(
             "sendengine_spool_commit_seconds_count 110\n\
              sendengine_spool_commit_seconds_sum 3.5\n\
+             sendengine_unlisted_total 7\n\
              sendengine_cluster_quota_spends_total{when=\"after_commit\"} 25\n\
              sendengine_cluster_quota_spends_total{when=\"before_commit\"} 4\n",
         );
@@ -102,6 +104,7 @@ mod tests {
             get("sendengine_cluster_quota_spends_total{when=\"before_commit\"}"),
             Some(4.0)
         );
-        assert_eq!(get("sendengine_spool_commit_seconds_sum"), None);
+        assert_eq!(get("sendengine_spool_commit_seconds_sum"), Some(3.5));
+        assert_eq!(get("sendengine_unlisted_total"), None);
     }
 }
