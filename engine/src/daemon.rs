@@ -683,6 +683,7 @@ async fn open_spool(config: &Config) -> Result<Spool, StartError> {
     spool_config.durable = config.spool.sync;
     spool_config.min_free_bytes = config.spool.min_free_bytes;
     spool_config.segment_bodies_from = config.spool.segment_bodies_from;
+    spool_config.commit_delay = config.spool.commit_delay;
     let dir = config.spool.dir.display().to_string();
     tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await

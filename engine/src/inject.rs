@@ -124,6 +124,10 @@ impl Policy for ServerContext {
         Some(crate::metrics::smtp_session())
     }
 
+    fn client_presence(&self) -> Option<sendengine_queue::ClientPresence> {
+        Some(self.engine.spool.client_connected())
+    }
+
     fn rcpt(&self, client: &Client, tx: &Transaction<String>, to: String) -> Result<String, Reply> {
         if client.auth_user.is_none() && !self.in_relay_networks(client.peer.ip()) {
             crate::metrics::injection_refused(Refusal::RelayDenied);

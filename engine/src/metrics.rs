@@ -160,7 +160,7 @@ async fn upkeep_loop(handle: PrometheusHandle, mut shutdown: watch::Receiver<boo
 }
 
 fn builder() -> Result<PrometheusBuilder, MetricsError> {
-    let histograms: [(&str, &[f64]); 5] = [
+    let histograms: [(&str, &[f64]); 6] = [
         (DELIVERY_LATENCY, &DELIVERY_LATENCY_BUCKETS),
         (TRANSACTION_TIME, &TRANSACTION_TIME_BUCKETS),
         (DKIM_SIGN_TIME, &DKIM_SIGN_TIME_BUCKETS),
@@ -171,6 +171,10 @@ fn builder() -> Result<PrometheusBuilder, MetricsError> {
         (
             sendengine_queue::metrics::COMMIT_BATCH_SIZE,
             &sendengine_queue::metrics::COMMIT_BATCH_SIZE_BUCKETS,
+        ),
+        (
+            sendengine_queue::metrics::COMMIT_WAIT_SECONDS,
+            &sendengine_queue::metrics::COMMIT_WAIT_SECONDS_BUCKETS,
         ),
     ];
     let mut builder = PrometheusBuilder::new();

@@ -213,6 +213,54 @@ fn counters_match_a_known_workload() {
     );
 }
 
+/// A lone client's message is committed at once; with other clients
+/// connected (idle here) its commit waits a moment for theirs, and says so
+/// in `sendengine_spool_commit_wait_seconds`.
+#[test]
+fn a_commit_waits_for_other_connected_clients_only() {
+    let sink = Sink::start(&[]);
+    let metrics_port = free_port();
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+    let daemon = Daemon::start(config);
+    let waits = || {
+        metric_sum(
+            &scrape_metrics(metrics_port),
+            "sendengine_spool_commit_wait_seconds_count",
+            &[],
+        )
+    };
+
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["a@example.net"],
+        "<alone@t>",
+    );
+    daemon.wait_events("delivery", 1, LONG);
+    assert_eq!(waits(), 0.0, "a lone client never waits");
+
+    let idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let stream = TcpStream::connect(daemon.addr).unwrap();
+            stream.set_read_timeout(Some(LONG)).unwrap();
+            let mut greeting = String::new();
+            BufReader::new(&stream).read_line(&mut greeting).unwrap();
+            assert!(greeting.starts_with("220 "), "{greeting}");
+            stream
+        })
+        .collect();
+    smtplib_send(
+        daemon.addr,
+        "app@example.com",
+        &["b@example.net"],
+        "<crowd@t>",
+    );
+    daemon.wait_events("delivery", 2, LONG);
+    assert!(waits() >= 1.0, "the commit waited for the idle clients");
+    drop(idle);
+}
+
 #[test]
 fn without_a_metrics_address_nothing_listens() {
     let sink = Sink::start(&[]);

@@ -305,6 +305,11 @@ impl Writes {
             .sum()
     }
 
+    /// When the batch's oldest insert was handed to the writer.
+    pub(crate) fn oldest_insert(&self) -> Option<std::time::Instant> {
+        self.inserts.iter().map(|insert| insert.submitted).min()
+    }
+
     /// Delivery outcomes and nothing else (see `SpoolConfig::outcome_linger`).
     /// Bounce reports marked as acted on (records without outcomes) are
     /// waited for by the bounce intake, so they do not wait.

@@ -43,6 +43,9 @@ pub struct SpoolConfig {
     /// somebody waits on before it commits by itself (see
     /// `DEFAULT_OUTCOME_LINGER`).
     pub outcome_linger: Duration,
+    /// How long an insert's commit waits at most for the other connected
+    /// clients' inserts (see `clients.rs`); zero commits at once.
+    pub commit_delay: Duration,
     /// How often the delivered index's new rows move from `spool.redb`
     /// to `archive.redb` (see `archive.rs`).
     pub archive_every: Duration,
@@ -68,6 +71,9 @@ const DEFAULT_REOPEN_DELAY: Duration = Duration::from_millis(500);
 /// ends at the first other request, which would otherwise have queued
 /// behind the outcomes' commit.
 pub(crate) const DEFAULT_OUTCOME_LINGER: Duration = Duration::from_millis(5);
+/// At a steady half load this took a commit from 2.4 to 6.8 messages and
+/// 14% off the CPU per message; a 250 waits at most this much longer.
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(1);
 
 impl SpoolConfig {
     /// Defaults: 16 MiB cache, batches of at most 1024 requests, durable
@@ -86,6 +92,7 @@ impl SpoolConfig {
             min_free_bytes: 0,
             segment_bodies_from: DEFAULT_SEGMENT_BODIES_FROM,
             outcome_linger: DEFAULT_OUTCOME_LINGER,
+            commit_delay: DEFAULT_COMMIT_DELAY,
             archive_every: Duration::from_secs(1),
         }
     }

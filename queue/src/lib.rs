@@ -28,6 +28,7 @@
 mod archive;
 mod backlog;
 mod batch;
+mod clients;
 mod codec;
 mod compact;
 mod config;
@@ -50,7 +51,10 @@ mod tracking;
 mod writer;
 
 pub use backlog::{BacklogEntry, BacklogWritten, MAX_SINK_NAME_BYTES};
-pub use config::{DEFAULT_CACHE_BYTES, DEFAULT_SEGMENT_BODIES_FROM, SpoolConfig};
+pub use clients::ClientPresence;
+pub use config::{
+    DEFAULT_CACHE_BYTES, DEFAULT_COMMIT_DELAY, DEFAULT_SEGMENT_BODIES_FROM, SpoolConfig,
+};
 pub use daily::DailyRow;
 pub use delivered::Delivered;
 pub use error::SpoolError;

@@ -7,12 +7,13 @@ use std::os::unix::fs::DirBuilderExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Sender};
 
 use crate::archive::{ARCHIVE_FILE_NAME, Archive, Journal};
 use crate::backlog::{self, BacklogEntry, BacklogRequest, BacklogWritten};
+use crate::clients::ClientPresence;
 use crate::config::SpoolConfig;
 use crate::daily::{self, DailyRequest, DailyRow};
 use crate::delivered::{self, Delivered, DeliveredWrite};
@@ -126,6 +127,7 @@ impl Spool {
             fail_segment_syncs: cfg.fail_segment_syncs.clone(),
             segment_bodies_from: cfg.segment_bodies_from,
             outcome_linger: cfg.outcome_linger,
+            commit_delay: cfg.commit_delay,
         };
         let writer = Writer::new(
             Arc::clone(&shared),
@@ -157,6 +159,14 @@ impl Spool {
         })
     }
 
+    /// Counts an injecting client (an SMTP session) as connected until the
+    /// returned presence is dropped: while some connected client has no
+    /// insert in a commit, the commit waits up to `SpoolConfig::commit_delay`
+    /// for it (`clients.rs`).
+    pub fn client_connected(&self) -> ClientPresence {
+        ClientPresence::new(Arc::clone(&self.inner.shared))
+    }
+
     /// Spools a message. `done` runs on the writer thread after the durable
     /// commit, with the new id; keep it cheap (send on a channel). Errors found
     /// before queueing (invalid message, `Busy`, `Closed`) call `done` on this
@@ -180,7 +190,12 @@ impl Spool {
         if let Err(err) = self.reserve_pending(msg.size_bytes()) {
             return done(Err(err));
         }
-        self.submit(Request::Insert(InsertRequest { msg, claimed, done }));
+        self.submit(Request::Insert(InsertRequest {
+            msg,
+            claimed,
+            done,
+            submitted: Instant::now(),
+        }));
     }
 
     /// Records delivery outcomes; `done` runs on the writer thread after the
@@ -858,6 +873,7 @@ impl Spool {
     }
 
     fn submit(&self, request: Request) {
+        let insert = matches!(request, Request::Insert(_));
         let unsent = {
             let sender = self
                 .inner
@@ -869,9 +885,13 @@ impl Spool {
                 None => Some(request),
             }
         };
-        if let Some(request) = unsent {
-            self.inner.shared.release_pending(request.pending_bytes());
-            request.fail(SpoolError::Closed);
+        match unsent {
+            Some(request) => {
+                self.inner.shared.release_pending(request.pending_bytes());
+                request.fail(SpoolError::Closed);
+            }
+            None if insert => self.inner.shared.arrivals.sent(),
+            None => {}
         }
     }
 }

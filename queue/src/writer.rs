@@ -23,6 +23,7 @@ use redb::Database;
 use crate::archive::Archive;
 use crate::backlog::BacklogRequest;
 use crate::batch::{Batch, Prepared, Results, Writes, take_back_unsynced, write_batch};
+use crate::clients::{self, InsertArrivals};
 use crate::daily::DailyRequest;
 use crate::delivered::DeliveredWrite;
 use crate::error::SpoolError;
@@ -42,6 +43,8 @@ pub(crate) struct InsertRequest {
     pub(crate) msg: EncodedMessage,
     pub(crate) claimed: bool,
     pub(crate) done: Completion<MessageId>,
+    /// When it was handed to the writer: the commit delay counts from it.
+    pub(crate) submitted: Instant,
 }
 
 pub(crate) struct RecordRequest {
@@ -169,6 +172,10 @@ pub(crate) struct Shared {
     pub(crate) failed_batches: AtomicU64,
     pub(crate) reopens: AtomicU64,
     pub(crate) pending_bytes: AtomicUsize,
+    /// Injecting clients connected now (`clients.rs`).
+    pub(crate) connected_clients: AtomicUsize,
+    /// Inserts sent to the writer, for its wait for them (`clients.rs`).
+    pub(crate) arrivals: InsertArrivals,
 }
 
 impl Shared {
@@ -188,6 +195,8 @@ impl Shared {
             failed_batches: AtomicU64::new(0),
             reopens: AtomicU64::new(0),
             pending_bytes: AtomicUsize::new(0),
+            connected_clients: AtomicUsize::new(0),
+            arrivals: InsertArrivals::default(),
         }
     }
 
@@ -220,6 +229,7 @@ pub(crate) struct WriterSettings {
     pub(crate) fail_segment_syncs: Option<Arc<AtomicBool>>,
     pub(crate) segment_bodies_from: u64,
     pub(crate) outcome_linger: Duration,
+    pub(crate) commit_delay: Duration,
 }
 
 thread_local! {
@@ -254,6 +264,9 @@ pub(crate) struct Writer {
     /// Messages in the spool after the last commit: whether new bodies go
     /// to segment files (`WriterSettings::segment_bodies_from`).
     queued: u64,
+    /// Inserts taken from the channel so far (`InsertArrivals` counts the
+    /// ones sent).
+    inserts_taken: u64,
 }
 
 impl Writer {
@@ -274,6 +287,7 @@ impl Writer {
             retry_reopen_at: Instant::now(),
             claim_cursor: None,
             queued,
+            inserts_taken: 0,
         }
     }
 
@@ -312,31 +326,64 @@ impl Writer {
         }
     }
 
-    /// Takes what is already waiting, up to `max_batch` requests in all. A
-    /// batch of delivery outcomes alone then waits up to `outcome_linger`
-    /// for anything else (`config::DEFAULT_OUTCOME_LINGER` says why).
-    fn gather(&self, first: Request) -> Batch {
+    /// Takes what is already waiting, up to `max_batch` requests in all,
+    /// then waits for more while the batch may: delivery outcomes alone
+    /// wait `outcome_linger` for anything else (`DEFAULT_OUTCOME_LINGER`
+    /// says why); inserts wait for other connected clients' up to
+    /// `commit_delay` after the oldest of them came (`clients.rs` says why).
+    fn gather(&mut self, first: Request) -> Batch {
+        let gathered_at = Instant::now();
         let mut batch = Batch::default();
-        batch.push(first);
+        self.push(&mut batch, first);
         self.take_waiting(&mut batch);
-        let deadline = Instant::now() + self.settings.outcome_linger;
-        while batch.writes.only_outcomes() && batch.len() < self.settings.max_batch {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.requests.recv_timeout(wait) {
-                Ok(request) => {
-                    batch.push(request);
-                    self.take_waiting(&mut batch);
+        while batch.len() < self.settings.max_batch {
+            if batch.writes.only_outcomes() {
+                let until = gathered_at + self.settings.outcome_linger;
+                let wait = until.saturating_duration_since(Instant::now());
+                match self.requests.recv_timeout(wait) {
+                    Ok(request) => self.push(&mut batch, request),
+                    Err(_) => break,
                 }
-                Err(_) => break,
+            } else {
+                let Some((more, until)) = self.inserts_to_wait_for(&batch) else {
+                    break;
+                };
+                let slept_from = Instant::now();
+                let arrivals = &self.shared.arrivals;
+                arrivals.sleep_until_sent(self.inserts_taken + more, until);
+                crate::metrics::commit_waited(slept_from.elapsed());
+                if Instant::now() >= until {
+                    self.take_waiting(&mut batch);
+                    break;
+                }
             }
+            self.take_waiting(&mut batch);
         }
         batch
     }
 
-    fn take_waiting(&self, batch: &mut Batch) {
+    /// How many more inserts the batch waits for, and until when; None to
+    /// commit now.
+    fn inserts_to_wait_for(&self, batch: &Batch) -> Option<(u64, Instant)> {
+        let oldest = batch.writes.oldest_insert()?;
+        let until = oldest + self.settings.commit_delay;
+        let clients = self.shared.connected_clients.load(Ordering::Acquire);
+        let wanted = clients::inserts_wanted(clients);
+        let have = batch.writes.inserts.len();
+        (have < wanted && Instant::now() < until).then(|| ((wanted - have) as u64, until))
+    }
+
+    fn push(&mut self, batch: &mut Batch, request: Request) {
+        if matches!(request, Request::Insert(_)) {
+            self.inserts_taken += 1;
+        }
+        batch.push(request);
+    }
+
+    fn take_waiting(&mut self, batch: &mut Batch) {
         while batch.len() < self.settings.max_batch {
             match self.requests.try_recv() {
-                Ok(request) => batch.push(request),
+                Ok(request) => self.push(batch, request),
                 Err(_) => break,
             }
         }

@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use crossbeam::channel::{self, Sender};
 
 use super::*;
+use crate::clients::ClientPresence;
 use crate::message::{MessageMeta, NewMessage};
 
 struct Harness {
@@ -21,6 +22,16 @@ impl Harness {
 
     /// A writer whose batches of outcomes alone wait `outcome_linger`.
     fn lingering(outcome_linger: Duration) -> Harness {
+        Harness::with_waits(outcome_linger, Duration::ZERO)
+    }
+
+    /// A writer whose inserts wait up to `commit_delay` for the other
+    /// connected clients'.
+    fn delaying(commit_delay: Duration) -> Harness {
+        Harness::with_waits(Duration::ZERO, commit_delay)
+    }
+
+    fn with_waits(outcome_linger: Duration, commit_delay: Duration) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.redb");
         let cache_bytes = 4 * 1024 * 1024;
@@ -41,6 +52,7 @@ impl Harness {
             fail_segment_syncs: None,
             segment_bodies_from: 0,
             outcome_linger,
+            commit_delay,
         };
         let writer = Writer::new(
             Arc::new(Shared::new(path, db, segments, archive)),
@@ -55,6 +67,38 @@ impl Harness {
             requests,
             _dir: dir,
         }
+    }
+
+    /// `n` connected clients, until the presences are dropped.
+    fn clients(&self, n: usize) -> Vec<ClientPresence> {
+        (0..n)
+            .map(|_| ClientPresence::new(Arc::clone(&self.writer.shared)))
+            .collect()
+    }
+
+    /// Sends a request to the writer as `Spool` does, inserts counted.
+    fn send(&self, request: Request) {
+        (self.sender())(request);
+    }
+
+    /// What sends as [`Harness::send`] from another thread.
+    fn sender(&self) -> impl Fn(Request) + Send + 'static {
+        let (requests, shared) = (self.requests.clone(), Arc::clone(&self.writer.shared));
+        move |request| {
+            let insert = matches!(request, Request::Insert(_));
+            requests.send(request).unwrap();
+            if insert {
+                shared.arrivals.sent();
+            }
+        }
+    }
+
+    /// Gathers one batch from what was sent, and how long that took.
+    fn gather_timed(&mut self) -> (Batch, Duration) {
+        let started = Instant::now();
+        let first = self.writer.next_request().unwrap();
+        let batch = self.writer.gather(first);
+        (batch, started.elapsed())
     }
 
     /// Applies `requests` in one group commit.
@@ -94,6 +138,13 @@ fn reply<T: Send + 'static>() -> (Completion<T>, mpsc::Receiver<Result<T, SpoolE
 }
 
 fn insert(recipients: usize) -> (Request, mpsc::Receiver<Result<MessageId, SpoolError>>) {
+    insert_submitted(recipients, Instant::now())
+}
+
+fn insert_submitted(
+    recipients: usize,
+    submitted: Instant,
+) -> (Request, mpsc::Receiver<Result<MessageId, SpoolError>>) {
     let msg = NewMessage {
         mail_from: "sender@example.com".into(),
         recipients: (0..recipients)
@@ -111,6 +162,7 @@ fn insert(recipients: usize) -> (Request, mpsc::Receiver<Result<MessageId, Spool
         msg,
         claimed: false,
         done,
+        submitted,
     });
     (request, rx)
 }
@@ -309,4 +361,71 @@ fn inserts_claims_and_bounce_marks_never_linger() {
         assert!(started.elapsed() < Duration::from_secs(10));
         h.writer.process(batch);
     }
+}
+
+#[test]
+fn an_insert_waits_for_the_other_connected_clients_insert() {
+    let mut h = Harness::delaying(Duration::from_secs(30));
+    let _clients = h.clients(4);
+    let (x, x_id) = insert(1);
+    h.send(x);
+    let late = h.sender();
+    let (y, y_id) = insert(1);
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        late(y);
+    });
+    let (batch, waited) = h.gather_timed();
+    sender.join().unwrap();
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(
+        waited < Duration::from_secs(20),
+        "half of the clients in: no more wait: {waited:?}"
+    );
+    assert_eq!(batch.writes.inserts.len(), 2);
+    h.writer.process(batch);
+    x_id.recv().unwrap().unwrap();
+    y_id.recv().unwrap().unwrap();
+}
+
+#[test]
+fn a_lone_client_and_clients_that_are_not_sessions_never_wait() {
+    let mut h = Harness::delaying(Duration::from_secs(30));
+    for clients in [2, 1, 0] {
+        let _present = h.clients(clients);
+        let (x, x_id) = insert(1);
+        h.send(x);
+        let (batch, waited) = h.gather_timed();
+        assert!(waited < Duration::from_secs(10), "{clients}: {waited:?}");
+        h.writer.process(batch);
+        x_id.recv().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn the_wait_ends_commit_delay_after_the_oldest_insert_came() {
+    let mut h = Harness::delaying(Duration::from_millis(200));
+    let _clients = h.clients(5);
+    let (x, x_id) = insert(1);
+    h.send(x);
+    let (batch, waited) = h.gather_timed();
+    assert!(waited >= Duration::from_millis(190), "{waited:?}");
+    assert_eq!(batch.len(), 1);
+    h.writer.process(batch);
+    x_id.recv().unwrap().unwrap();
+
+    // One that already waited that long behind another commit goes at once.
+    let mut h = Harness::delaying(Duration::from_secs(30));
+    let _clients = h.clients(10);
+    let long_ago = Instant::now() - Duration::from_secs(31);
+    let (x, x_id) = insert_submitted(1, long_ago);
+    let (y, y_id) = insert(1);
+    h.send(x);
+    h.send(y);
+    let (batch, waited) = h.gather_timed();
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    assert_eq!(batch.writes.inserts.len(), 2);
+    h.writer.process(batch);
+    x_id.recv().unwrap().unwrap();
+    y_id.recv().unwrap().unwrap();
 }

@@ -143,6 +143,7 @@ struct RawSpool {
     sync: Option<bool>,
     min_free_space: Option<String>,
     segment_bodies_from: Option<u64>,
+    commit_delay: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +334,7 @@ impl RawConfig {
                 .spool
                 .segment_bodies_from
                 .unwrap_or(sendengine_queue::DEFAULT_SEGMENT_BODIES_FROM),
+            commit_delay: commit_delay(self.spool.commit_delay.as_ref())?,
         };
         let delivery = self.delivery.validate()?;
         let metrics = MetricsSection {
@@ -440,6 +442,25 @@ fn idle_commands(section: &str, value: Option<u32>) -> Result<u32, String> {
         0 => Err(format!("{section}.max_idle_commands: must be at least 1")),
         n => Ok(n),
     }
+}
+
+/// The most `spool.commit_delay` may be: every 250 may wait that long.
+const MAX_COMMIT_DELAY: Duration = Duration::from_millis(50);
+
+/// `spool.commit_delay`: `0ms` turns the wait off.
+fn commit_delay(value: Option<&String>) -> Result<Duration, String> {
+    let delay = duration_or(
+        "spool.commit_delay",
+        value,
+        sendengine_queue::DEFAULT_COMMIT_DELAY,
+    )?;
+    if delay > MAX_COMMIT_DELAY {
+        return Err(format!(
+            "spool.commit_delay: at most {}ms: every 250 may wait that long for the other clients' messages",
+            MAX_COMMIT_DELAY.as_millis()
+        ));
+    }
+    Ok(delay)
 }
 
 /// `max_data_in_flight`: room for at least one message of the largest size.
@@ -754,6 +775,25 @@ mod tests {
         let typo = EXAMPLE.replace("[smtp_in]", "[smtp_in]\nmax_mesage_size = 1");
         let e = Config::parse(&typo).unwrap_err().to_string();
         assert!(e.contains("max_mesage_size"), "{e}");
+    }
+
+    #[test]
+    fn commit_delay_has_a_default_a_unit_and_a_ceiling() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.spool.commit_delay, sendengine_queue::DEFAULT_COMMIT_DELAY);
+        let with = |value: &str| {
+            let text = EXAMPLE.replace(
+                "dir = \"var/spool\"",
+                &format!("dir = \"var/spool\"\ncommit_delay = \"{value}\""),
+            );
+            Config::parse(&text).map(|c| c.spool.commit_delay)
+        };
+        assert_eq!(with("0ms").unwrap(), Duration::ZERO);
+        assert_eq!(with("50ms").unwrap(), Duration::from_millis(50));
+        for bad in ["51ms", "2"] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("spool.commit_delay"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct SpoolSection {
     /// Queued messages from which new bodies go to segment files instead
     /// of the database (`SpoolConfig::segment_bodies_from`).
     pub segment_bodies_from: u64,
+    /// How long a commit waits at most for the inserts of the other
+    /// connected SMTP clients (`SpoolConfig::commit_delay`).
+    pub commit_delay: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -133,6 +133,12 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
+    /// Counts the session among the spool's connected clients, whose
+    /// inserts a commit waits a little for, until dropped.
+    fn client_presence(&self) -> Option<sendengine_queue::ClientPresence> {
+        None
+    }
+
     /// Checks a sender after the session's own checks (order, SIZE).
     fn mail(&self, _client: &Client, _from: &str, _params: &MailParams) -> Result<(), Reply> {
         Ok(())
@@ -196,9 +202,15 @@ impl<P: Policy> Session<P> {
         }
     }
 
-    /// The session in the listener's metrics, until dropped.
-    pub fn count_open(&self) -> Option<crate::metrics::SmtpSession> {
-        self.ctx.count_session()
+    /// The session in the listener's metrics and among the spool's
+    /// connected clients, until dropped.
+    pub fn count_open(
+        &self,
+    ) -> (
+        Option<crate::metrics::SmtpSession>,
+        Option<sendengine_queue::ClientPresence>,
+    ) {
+        (self.ctx.count_session(), self.ctx.client_presence())
     }
 
     /// Runs the session to its end; I/O errors and timeouts just end it.
