@@ -234,6 +234,14 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
         ("example.net", RecordData::mx(10, "mx.example.net")),
         ("mx.example.net", RecordData::A(Ipv4Addr::LOCALHOST)),
         ("nullmx.example", RecordData::NullMx),
+        // The preferred MX has nobody listening: the test goes on to the next.
+        ("example.org", RecordData::mx(10, "mx1.example.org")),
+        ("example.org", RecordData::mx(20, "mx2.example.org")),
+        (
+            "mx1.example.org",
+            RecordData::A(Ipv4Addr::new(127, 0, 0, 2)),
+        ),
+        ("mx2.example.org", RecordData::A(Ipv4Addr::LOCALHOST)),
     ]);
     let mut config = DaemonConfig::new(good.addr.port());
     config.extra_top = format!(
@@ -281,6 +289,40 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
         "{lookup}"
     );
     good.wait_messages(1, LONG);
+    let (status, fallback) = ctl_any(
+        &daemon,
+        &["server", "test", "direct", "--to", "someone@example.org"],
+    );
+    assert_eq!(
+        (status, &fallback["failed_step"]),
+        (Some(0), &json!(null)),
+        "{fallback}"
+    );
+    let steps: Vec<(&str, bool)> = fallback["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap(), s["ok"].as_bool().unwrap()))
+        .take(4)
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("MX lookup", true),
+            ("connect", false),
+            ("MX lookup", true),
+            ("connect", true)
+        ],
+        "{fallback}"
+    );
+    assert!(
+        fallback["steps"][2]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("MX 20 mx2.example.org"),
+        "{fallback}"
+    );
+    good.wait_messages(2, LONG);
     let (status, nullmx) = ctl_any(
         &daemon,
         &["server", "test", "direct", "--to", "a@nullmx.example"],

@@ -11,8 +11,9 @@
 //!
 //! Two more targets: a definition not saved yet (`server`, what
 //! `sendctl server test --file F.json` sends), and `direct`, the MX path:
-//! the preferred MX host of the `to` address's domain, reached as direct
-//! delivery reaches it. Neither result is stored.
+//! the MX hosts of the `to` address's domain in order of preference,
+//! reached as direct delivery reaches them, the next one tried while a
+//! host cannot be connected to. Neither result is stored.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use tokio::net::TcpStream;
 
 use super::protocol::{AdminError, Args};
 use super::{AdminContext, blocking};
-use crate::dns::{MxLookup, Resolver};
+use crate::dns::{MxHost, MxLookup, Resolver};
 use crate::smtp::client::{
     Credentials, Encryption, MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine, tls_handshake,
 };
@@ -101,8 +102,9 @@ async fn test_definition(definition: &Value, plan: &Plan) -> Result<ServerTest, 
     Ok(test_server(&server, plan).await)
 }
 
-/// The MX path: the recipient domain's preferred MX host, as direct
-/// delivery reaches it (`[direct] port`, opportunistic STARTTLS).
+/// The MX path (`[direct] port`, opportunistic STARTTLS): each MX host in
+/// order of preference, its lookup a step, until one could be connected
+/// to; what that host answered is the result.
 async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest, AdminError> {
     let Some(domain) = plan.to.as_deref().and_then(|to| to.rsplit_once('@')) else {
         return Err(AdminError::bad_args(
@@ -111,52 +113,83 @@ async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest,
     };
     let mut server = ctx.engine.router.direct_server(domain.1);
     let started = Instant::now();
-    let found = mx_address(&ctx.engine.resolver, domain.1).await;
     let lookup = |ok, reply: String| ServerTestStep {
         step: "MX lookup".into(),
         ok,
         reply,
         millis: started.elapsed().as_millis() as u64,
     };
-    let (host, note) = match found {
-        Ok(found) => found,
-        Err(why) => {
-            return Ok(ServerTest {
-                ok: false,
-                time: rfc3339(now_ms()),
-                failed_step: Some("MX lookup".into()),
-                steps: vec![lookup(false, why)],
-            });
-        }
+    let hosts = match mx_hosts(&ctx.engine.resolver, domain.1).await {
+        Ok(hosts) => hosts,
+        Err(why) => return Ok(failed_lookup(vec![lookup(false, why)])),
     };
-    server.host = host;
-    let mut result = test_server(&server, plan).await;
-    result.steps.insert(0, lookup(true, note));
-    Ok(result)
+    let mut steps = Vec::new();
+    let mut last = None;
+    for host in hosts.iter().take(MAX_MX_TRIED) {
+        let (address, note) = match mx_address(&ctx.engine.resolver, domain.1, host).await {
+            Ok(found) => found,
+            Err(why) => {
+                steps.push(lookup(false, why));
+                continue;
+            }
+        };
+        steps.push(lookup(true, note));
+        server.host = address;
+        let mut result = test_server(&server, plan).await;
+        let unreachable = result.failed_step.as_deref() == Some("connect");
+        steps.append(&mut result.steps);
+        last = Some(result);
+        if !unreachable {
+            break;
+        }
+    }
+    Ok(match last {
+        Some(result) => ServerTest { steps, ..result },
+        None => failed_lookup(steps),
+    })
 }
 
-/// The first address of the preferred MX host of `domain`, and what was
-/// found, said for the operator.
-async fn mx_address(resolver: &Resolver, domain: &str) -> Result<(String, String), String> {
-    let hosts = match resolver.mx(domain).await {
-        Ok(MxLookup::Hosts(hosts)) => hosts,
-        Ok(MxLookup::NullMx) => return Err(format!("{domain} accepts no mail (null MX)")),
-        Err(e) => return Err(e.to_string()),
-    };
-    let Some(first) = hosts.first() else {
-        return Err(format!("{domain} has no MX host"));
-    };
-    let addresses = resolver
-        .addresses(&first.exchange)
-        .await
-        .map_err(|e| e.to_string())?;
-    let Some(address) = addresses.first() else {
-        return Err(format!("{} has no address", first.exchange));
-    };
-    let kind = if first.implicit {
+/// MX hosts `server test direct` tries at most, as direct delivery would
+/// try a few before it defers.
+const MAX_MX_TRIED: usize = 5;
+
+fn failed_lookup(steps: Vec<ServerTestStep>) -> ServerTest {
+    ServerTest {
+        ok: false,
+        time: rfc3339(now_ms()),
+        failed_step: Some("MX lookup".into()),
+        steps,
+    }
+}
+
+/// The MX hosts of `domain`, most preferred first.
+async fn mx_hosts(resolver: &Resolver, domain: &str) -> Result<Vec<MxHost>, String> {
+    match resolver.mx(domain).await {
+        Ok(MxLookup::Hosts(hosts)) if hosts.is_empty() => Err(format!("{domain} has no MX host")),
+        Ok(MxLookup::Hosts(hosts)) => Ok(hosts),
+        Ok(MxLookup::NullMx) => Err(format!("{domain} accepts no mail (null MX)")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The first address of MX `host`, and what was found, said for the
+/// operator.
+async fn mx_address(
+    resolver: &Resolver,
+    domain: &str,
+    host: &MxHost,
+) -> Result<(String, String), String> {
+    let kind = if host.implicit {
         "no MX, the domain's own address".to_owned()
     } else {
-        format!("MX {} {}", first.preference, first.exchange)
+        format!("MX {} {}", host.preference, host.exchange)
+    };
+    let addresses = resolver
+        .addresses(&host.exchange)
+        .await
+        .map_err(|e| format!("{domain}: {kind}: {e}"))?;
+    let Some(address) = addresses.first() else {
+        return Err(format!("{domain}: {kind}: no address"));
     };
     Ok((address.to_string(), format!("{domain}: {kind} ({address})")))
 }
