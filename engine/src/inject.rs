@@ -124,8 +124,9 @@ impl Policy for ServerContext {
         Some(crate::metrics::smtp_session())
     }
 
-    fn client_presence(&self) -> Option<sendengine_queue::ClientPresence> {
-        Some(self.engine.spool.client_connected())
+    fn client_presence(&self, client: &Client) -> Option<sendengine_queue::ClientPresence> {
+        let may_send = client.auth_user.is_some() || self.in_relay_networks(client.peer.ip());
+        may_send.then(|| self.engine.spool.client_connected())
     }
 
     fn rcpt(&self, client: &Client, tx: &Transaction<String>, to: String) -> Result<String, Reply> {

@@ -214,13 +214,15 @@ fn counters_match_a_known_workload() {
 }
 
 /// A lone client's message is committed at once; with other clients
-/// connected (idle here) its commit waits a moment for theirs, and says so
-/// in `sendengine_spool_commit_wait_seconds`.
+/// connected (idle here) that may send, its commit waits a moment for
+/// theirs, and says so in `sendengine_spool_commit_wait_seconds`. Clients
+/// that may not send (outside the relay networks, no AUTH) do not count.
 #[test]
 fn a_commit_waits_for_other_connected_clients_only() {
     let sink = Sink::start(&[]);
     let metrics_port = free_port();
     let mut config = DaemonConfig::new(sink.addr.port());
+    config.relay_networks = vec!["127.0.0.1/32".into()];
     config.extra_top = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
     let daemon = Daemon::start(config);
     let waits = || {
@@ -231,6 +233,7 @@ fn a_commit_waits_for_other_connected_clients_only() {
         )
     };
 
+    let strangers = idle_clients_from("127.0.0.2", daemon.addr);
     smtplib_send(
         daemon.addr,
         "app@example.com",
@@ -239,17 +242,9 @@ fn a_commit_waits_for_other_connected_clients_only() {
     );
     daemon.wait_events("delivery", 1, LONG);
     assert_eq!(waits(), 0.0, "a lone client never waits");
+    drop(strangers);
 
-    let idle: Vec<TcpStream> = (0..3)
-        .map(|_| {
-            let stream = TcpStream::connect(daemon.addr).unwrap();
-            stream.set_read_timeout(Some(LONG)).unwrap();
-            let mut greeting = String::new();
-            BufReader::new(&stream).read_line(&mut greeting).unwrap();
-            assert!(greeting.starts_with("220 "), "{greeting}");
-            stream
-        })
-        .collect();
+    let idle = idle_clients_from("127.0.0.1", daemon.addr);
     smtplib_send(
         daemon.addr,
         "app@example.com",
@@ -259,6 +254,29 @@ fn a_commit_waits_for_other_connected_clients_only() {
     daemon.wait_events("delivery", 2, LONG);
     assert!(waits() >= 1.0, "the commit waited for the idle clients");
     drop(idle);
+}
+
+/// Three connections from `local`, greeted and left idle.
+fn idle_clients_from(local: &str, daemon: std::net::SocketAddr) -> Vec<TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    (0..3)
+        .map(|_| {
+            let stream = runtime.block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+                socket.connect(daemon).await.unwrap().into_std().unwrap()
+            });
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(LONG)).unwrap();
+            let mut greeting = String::new();
+            BufReader::new(&stream).read_line(&mut greeting).unwrap();
+            assert!(greeting.starts_with("220 "), "{greeting}");
+            stream
+        })
+        .collect()
 }
 
 #[test]

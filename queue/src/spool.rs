@@ -159,8 +159,8 @@ impl Spool {
         })
     }
 
-    /// Counts an injecting client (an SMTP session) as connected until the
-    /// returned presence is dropped: while some connected client has no
+    /// Counts an injecting client (an SMTP session that may send) as
+    /// connected until the returned presence is dropped: while some connected client has no
     /// insert in a commit, the commit waits up to `SpoolConfig::commit_delay`
     /// for it (`clients.rs`).
     pub fn client_connected(&self) -> ClientPresence {

@@ -103,6 +103,7 @@ impl<P: Policy> Session<P> {
         if auth.verify(user.clone(), password).await {
             drop(attempt);
             self.client.auth_user = Some(user);
+            self.update_presence();
             return Ok(self.reply(Reply::new(235, "2.7.0", "Authentication successful")));
         }
         let blocked = attempt.failed();

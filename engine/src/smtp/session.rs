@@ -133,9 +133,10 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
-    /// Counts the session among the spool's connected clients, whose
-    /// inserts a commit waits a little for, until dropped.
-    fn client_presence(&self) -> Option<sendengine_queue::ClientPresence> {
+    /// Counts a client that may send mail (now: after AUTH, or from a
+    /// network that needs none) among the spool's connected clients, whose
+    /// messages a commit waits a little for, until dropped.
+    fn client_presence(&self, _client: &Client) -> Option<sendengine_queue::ClientPresence> {
         None
     }
 
@@ -176,6 +177,8 @@ pub struct Session<P: Policy> {
     errors: u32,
     idle_commands: u32,
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Among the spool's connected clients while it may send.
+    presence: Option<sendengine_queue::ClientPresence>,
 }
 
 impl<P: Policy> Session<P> {
@@ -199,18 +202,22 @@ impl<P: Policy> Session<P> {
             errors: 0,
             idle_commands: 0,
             shutdown,
+            presence: None,
         }
     }
 
-    /// The session in the listener's metrics and among the spool's
-    /// connected clients, until dropped.
-    pub fn count_open(
-        &self,
-    ) -> (
-        Option<crate::metrics::SmtpSession>,
-        Option<sendengine_queue::ClientPresence>,
-    ) {
-        (self.ctx.count_session(), self.ctx.client_presence())
+    /// The session in the listener's metrics, until dropped.
+    pub fn count_open(&self) -> Option<crate::metrics::SmtpSession> {
+        self.ctx.count_session()
+    }
+
+    /// Counts the client among the spool's connected clients once it may
+    /// send (`Policy::client_presence`); called again whenever that may
+    /// have changed (AUTH, STARTTLS).
+    pub(super) fn update_presence(&mut self) {
+        if self.presence.is_none() {
+            self.presence = self.ctx.client_presence(&self.client);
+        }
     }
 
     /// Runs the session to its end; I/O errors and timeouts just end it.
@@ -226,6 +233,7 @@ impl<P: Policy> Session<P> {
         ] {
             conn.queue_raw(part.as_bytes());
         }
+        self.update_presence();
         let _ = self.serve().await;
         if self.conn.is_some() {
             let _ = self.send_last().await;
@@ -486,6 +494,8 @@ impl<P: Policy> Session<P> {
                 self.client.auth_user = None;
                 self.client.tls = true;
                 self.tx = None;
+                self.presence = None;
+                self.update_presence();
                 Ok(Flow::Continue)
             }
             _ => Ok(Flow::Close),
