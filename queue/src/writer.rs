@@ -345,6 +345,7 @@ impl Writer {
                     Err(_) => break,
                 }
             } else {
+                // Past `until` the next round finds nothing to wait for.
                 let Some((more, until)) = self.inserts_to_wait_for(&batch) else {
                     break;
                 };
@@ -352,10 +353,6 @@ impl Writer {
                 let arrivals = &self.shared.arrivals;
                 arrivals.sleep_until_sent(self.inserts_taken + more, until);
                 crate::metrics::commit_waited(slept_from.elapsed());
-                if Instant::now() >= until {
-                    self.take_waiting(&mut batch);
-                    break;
-                }
             }
             self.take_waiting(&mut batch);
         }
