@@ -71,8 +71,9 @@ const DEFAULT_REOPEN_DELAY: Duration = Duration::from_millis(500);
 /// ends at the first other request, which would otherwise have queued
 /// behind the outcomes' commit.
 pub(crate) const DEFAULT_OUTCOME_LINGER: Duration = Duration::from_millis(5);
-/// At a steady half load this took a commit from 2.4 to 6.8 messages and
-/// 14% off the CPU per message; a 250 waits at most this much longer.
+/// At half of peak this took a commit from 3.0 to 7.9 messages and 20% off
+/// the CPU per message (BENCHMARKS.md, issue 20, session 12); a 250 waits
+/// at most this much longer.
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(1);
 
 impl SpoolConfig {
