@@ -125,12 +125,12 @@ impl Policy for ServerContext {
     }
 
     fn client_presence(&self, client: &Client) -> Option<sendengine_queue::ClientPresence> {
-        let may_send = client.auth_user.is_some() || self.in_relay_networks(client.peer.ip());
-        may_send.then(|| self.engine.spool.client_connected())
+        self.may_send(client)
+            .then(|| self.engine.spool.client_connected())
     }
 
     fn rcpt(&self, client: &Client, tx: &Transaction<String>, to: String) -> Result<String, Reply> {
-        if client.auth_user.is_none() && !self.in_relay_networks(client.peer.ip()) {
+        if !self.may_send(client) {
             crate::metrics::injection_refused(Refusal::RelayDenied);
             return Err(Reply::new(
                 554,
@@ -180,6 +180,12 @@ impl ServerContext {
             auth_limiter: self.authenticator.limiter.clone(),
             guards: self.basics.guards.clone(),
         }
+    }
+
+    /// Whether `client` may send mail: authenticated, or from a relay
+    /// network (no open relay).
+    fn may_send(&self, client: &Client) -> bool {
+        client.auth_user.is_some() || self.in_relay_networks(client.peer.ip())
     }
 
     fn in_relay_networks(&self, ip: IpAddr) -> bool {

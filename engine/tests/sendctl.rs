@@ -242,6 +242,10 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
             RecordData::A(Ipv4Addr::new(127, 0, 0, 2)),
         ),
         ("mx2.example.org", RecordData::A(Ipv4Addr::LOCALHOST)),
+        // One MX host, its first address down: the test goes on to the second.
+        ("two.example", RecordData::mx(10, "mx.two.example")),
+        ("mx.two.example", RecordData::A(Ipv4Addr::new(127, 0, 0, 2))),
+        ("mx.two.example", RecordData::A(Ipv4Addr::LOCALHOST)),
     ]);
     let mut config = DaemonConfig::new(good.addr.port());
     config.extra_top = format!(
@@ -289,40 +293,37 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
         "{lookup}"
     );
     good.wait_messages(1, LONG);
-    let (status, fallback) = ctl_any(
-        &daemon,
-        &["server", "test", "direct", "--to", "someone@example.org"],
-    );
-    assert_eq!(
-        (status, &fallback["failed_step"]),
-        (Some(0), &json!(null)),
-        "{fallback}"
-    );
-    let steps: Vec<(&str, bool)> = fallback["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["step"].as_str().unwrap(), s["ok"].as_bool().unwrap()))
-        .take(4)
-        .collect();
-    assert_eq!(
-        steps,
-        [
-            ("MX lookup", true),
-            ("connect", false),
-            ("MX lookup", true),
-            ("connect", true)
-        ],
-        "{fallback}"
-    );
-    assert!(
-        fallback["steps"][2]["reply"]
-            .as_str()
+    for (to, second) in [
+        ("someone@example.org", "MX 20 mx2.example.org (127.0.0.1)"),
+        ("someone@two.example", "MX 10 mx.two.example (127.0.0.1)"),
+    ] {
+        let (status, fallback) = ctl_any(&daemon, &["server", "test", "direct", "--to", to]);
+        assert_eq!(
+            (status, &fallback["failed_step"]),
+            (Some(0), &json!(null)),
+            "{fallback}"
+        );
+        let steps: Vec<(&str, bool)> = fallback["steps"]
+            .as_array()
             .unwrap()
-            .contains("MX 20 mx2.example.org"),
-        "{fallback}"
-    );
-    good.wait_messages(2, LONG);
+            .iter()
+            .map(|s| (s["step"].as_str().unwrap(), s["ok"].as_bool().unwrap()))
+            .take(4)
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("MX lookup", true),
+                ("connect", false),
+                ("MX lookup", true),
+                ("connect", true)
+            ],
+            "{fallback}"
+        );
+        let reply = fallback["steps"][2]["reply"].as_str().unwrap();
+        assert!(reply.contains(second), "{fallback}");
+    }
+    good.wait_messages(3, LONG);
     let (status, nullmx) = ctl_any(
         &daemon,
         &["server", "test", "direct", "--to", "a@nullmx.example"],

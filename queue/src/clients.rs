@@ -10,9 +10,10 @@
 //! fdatasync runs the other half's messages are received, so the CPU and
 //! the disk keep working side by side (waiting for every client made the
 //! whole fleet of clients one wave, and cost 19% of the throughput at full
-//! load). A lone client, or two, never wait. At full load the oldest insert
-//! has usually waited that long behind the commit before, so little
-//! changes.
+//! load). A lone client, or two, never wait. At full load batches reach
+//! half by themselves or their oldest insert has already waited behind the
+//! commit before, so the waits are short (there it measured 5–9% less CPU
+//! per message, not a loss: BENCHMARKS.md, issue 20, session 12).
 //!
 //! The waiting writer is woken once, by the insert that completes its
 //! half, not by each: a wake-up per message cost as much CPU as the

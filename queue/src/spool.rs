@@ -159,9 +159,9 @@ impl Spool {
     }
 
     /// Counts an injecting client (an SMTP session that may send) as
-    /// connected until the returned presence is dropped: while some connected client has no
-    /// insert in a commit, the commit waits up to `SpoolConfig::commit_delay`
-    /// for it (`clients.rs`).
+    /// connected until the returned presence is dropped: a commit holding
+    /// inserts from fewer than half of the connected clients waits up to
+    /// `SpoolConfig::commit_delay` for more (`clients.rs`).
     pub fn client_connected(&self) -> ClientPresence {
         ClientPresence::new(Arc::clone(&self.inner.shared))
     }

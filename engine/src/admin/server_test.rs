@@ -11,9 +11,9 @@
 //!
 //! Two more targets: a definition not saved yet (`server`, what
 //! `sendctl server test --file F.json` sends), and `direct`, the MX path:
-//! the MX hosts of the `to` address's domain in order of preference,
-//! reached as direct delivery reaches them, the next one tried while a
-//! host cannot be connected to. Neither result is stored.
+//! the addresses of the MX hosts of the `to` address's domain in order of
+//! preference, reached as direct delivery reaches them, the next one tried
+//! while one cannot be connected to. Neither result is stored.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,9 +102,9 @@ async fn test_definition(definition: &Value, plan: &Plan) -> Result<ServerTest, 
     Ok(test_server(&server, plan).await)
 }
 
-/// The MX path (`[direct] port`, opportunistic STARTTLS): each MX host in
-/// order of preference, its lookup a step, until one could be connected
-/// to; what that host answered is the result.
+/// The MX path (`[direct] port`, opportunistic STARTTLS): the addresses
+/// of the MX hosts in order of preference, as delivery tries them, until
+/// one could be connected to; what that one answered is the result.
 async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest, AdminError> {
     let Some(domain) = plan.to.as_deref().and_then(|to| to.rsplit_once('@')) else {
         return Err(AdminError::bad_args(
@@ -124,22 +124,22 @@ async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest,
         Err(why) => return Ok(failed_lookup(vec![lookup(false, why)])),
     };
     let mut steps = Vec::new();
+    let mut candidates = Vec::new();
+    for host in &hosts {
+        match mx_addresses(&ctx.engine.resolver, domain.1, host).await {
+            Ok(found) => candidates.extend(found),
+            Err(why) => steps.push(lookup(false, why)),
+        }
+    }
     let mut last = None;
-    for host in hosts.iter().take(MAX_MX_TRIED) {
-        let (address, note) = match mx_address(&ctx.engine.resolver, domain.1, host).await {
-            Ok(found) => found,
-            Err(why) => {
-                steps.push(lookup(false, why));
-                continue;
-            }
-        };
+    for (address, note) in candidates.into_iter().take(MAX_ADDRESSES_TRIED) {
         steps.push(lookup(true, note));
         server.host = address;
         let mut result = test_server(&server, plan).await;
-        let unreachable = result.failed_step.as_deref() == Some("connect");
         steps.append(&mut result.steps);
+        let reached = result.failed_step.as_deref() != Some("connect");
         last = Some(result);
-        if !unreachable {
+        if reached {
             break;
         }
     }
@@ -149,9 +149,10 @@ async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest,
     })
 }
 
-/// MX hosts `server test direct` tries at most, as direct delivery would
-/// try a few before it defers.
-const MAX_MX_TRIED: usize = 5;
+/// Delivery tries every address of every MX host; the test stops after
+/// this many that could not be connected to, so that `sendctl` answers
+/// within a few connect timeouts.
+const MAX_ADDRESSES_TRIED: usize = 5;
 
 fn failed_lookup(steps: Vec<ServerTestStep>) -> ServerTest {
     ServerTest {
@@ -172,13 +173,13 @@ async fn mx_hosts(resolver: &Resolver, domain: &str) -> Result<Vec<MxHost>, Stri
     }
 }
 
-/// The first address of MX `host`, and what was found, said for the
+/// The addresses of MX `host`, each with what was found, said for the
 /// operator.
-async fn mx_address(
+async fn mx_addresses(
     resolver: &Resolver,
     domain: &str,
     host: &MxHost,
-) -> Result<(String, String), String> {
+) -> Result<Vec<(String, String)>, String> {
     let kind = if host.implicit {
         "no MX, the domain's own address".to_owned()
     } else {
@@ -188,10 +189,13 @@ async fn mx_address(
         .addresses(&host.exchange)
         .await
         .map_err(|e| format!("{domain}: {kind}: {e}"))?;
-    let Some(address) = addresses.first() else {
+    if addresses.is_empty() {
         return Err(format!("{domain}: {kind}: no address"));
-    };
-    Ok((address.to_string(), format!("{domain}: {kind} ({address})")))
+    }
+    Ok(addresses
+        .iter()
+        .map(|address| (address.to_string(), format!("{domain}: {kind} ({address})")))
+        .collect())
 }
 
 /// Keeps the result on the stored server (its sealed password untouched).
