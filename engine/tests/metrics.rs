@@ -223,6 +223,9 @@ fn a_commit_waits_for_other_connected_clients_only() {
     let metrics_port = free_port();
     let mut config = DaemonConfig::new(sink.addr.port());
     config.relay_networks = vec!["127.0.0.1/32".into()];
+    // The longest delay: the wait must not be over before the writer, slow
+    // under a loaded suite, even takes the message.
+    config.extra_spool = "commit_delay = \"50ms\"\n".into();
     config.extra_top = format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
     let daemon = Daemon::start(config);
     let waits = || {
