@@ -62,6 +62,8 @@ pub enum StartError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("cannot start the DKIM signing threads: {0}")]
+    Signing(std::io::Error),
 }
 
 /// `[cluster] redis`: the fleet-wide throttles of delivery servers.
@@ -328,6 +330,8 @@ impl Daemon {
             resolver,
             cluster,
             tracking: tracker,
+            signing: crate::admit::SigningPool::start(crate::config::available_cpus())
+                .map_err(StartError::Signing)?,
         });
         let tls = tls_acceptor(&config)?;
         let mut listeners = Vec::new();

@@ -50,6 +50,8 @@ pub struct Engine {
     pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
     /// `[tracking]`: links and opens are tracked; none, nothing is rewritten.
     pub(crate) tracking: Option<Arc<crate::tracking::Tracker>>,
+    /// The DKIM signing threads.
+    pub(crate) signing: crate::admit::SigningPool,
 }
 
 impl Engine {

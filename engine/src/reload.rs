@@ -96,6 +96,9 @@ const RESTART: &[(&str, Read)] = &[
     ("direct", |c| show(&c.direct)),
     ("tracking", |c| show(&c.tracking)),
     ("http_in", |c| show(&c.http_in)),
+    ("runtime.worker_threads", |c| {
+        show(&c.runtime.worker_threads)
+    }),
     (
         "declared objects (delivery_server, user_group, user, ...: use sendctl)",
         |c| show(&c.seeds),

@@ -281,6 +281,18 @@ fn sendctl_exit_codes_tables_and_json() {
 }
 
 #[test]
+fn runtime_worker_threads_sizes_the_async_runtime() {
+    let sink = Sink::start(&[]);
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = "[runtime]\nworker_threads = 3".into();
+    let daemon = Daemon::start(config);
+    let status = ctl(&daemon, &["status"]);
+    assert_eq!(status["threads"]["async_workers"], 3, "{status}");
+    let text = String::from_utf8_lossy(&sendctl(&daemon, &["status"]).stdout).into_owned();
+    assert!(text.contains("threads.async_workers: 3"), "{text}");
+}
+
+#[test]
 fn status_shows_listeners_queue_and_routes() {
     let sink = Sink::start(&[]);
     let mut daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
@@ -291,6 +303,10 @@ fn status_shows_listeners_queue_and_routes() {
     assert!(status["uptime_seconds"].is_u64());
     assert!(status["spool_bytes"].as_u64().unwrap() > 0);
     assert!(status["memory_rss_bytes"].as_u64().unwrap() > 0);
+    let cpus = std::thread::available_parallelism().unwrap().get() as u64;
+    let threads = &status["threads"];
+    assert_eq!(threads["async_workers"], (cpus - 1).max(1), "{status}");
+    assert_eq!(threads["dkim_signers"], cpus, "{status}");
     for key in ["queued", "deferred", "suspended", "in_flight"] {
         assert!(status["queue"][key].is_u64(), "{key}: {status}");
     }

@@ -4,7 +4,7 @@
 //! connections against the maximum, the ready queue length, the jobs in
 //! flight and the recipients delivered in the last minute; the active
 //! campaigns (with mail in flight or in a ready queue), the spool's size
-//! and the process's resident memory (VmRSS).
+//! and the process's resident memory (VmRSS), and its threads.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,6 +48,10 @@ pub async fn status(ctx: &Arc<AdminContext>) -> Result<Value, AdminError> {
         "active_campaigns": active_campaigns(&all),
         "spool_bytes": stats.file_bytes,
         "memory_rss_bytes": resident_bytes(),
+        "threads": {
+            "async_workers": tokio::runtime::Handle::current().metrics().num_workers(),
+            "dkim_signers": ctx.engine.signing.threads(),
+        },
     }))
 }
 

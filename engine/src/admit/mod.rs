@@ -30,11 +30,14 @@ mod decorate;
 pub(crate) mod limits;
 mod return_path;
 mod sign;
+mod signing_pool;
 mod suppress;
 mod tenant;
 mod track;
 
 use sendengine_queue::{IdempotencyRow, MessageMeta, NewMessage};
+
+pub use signing_pool::SigningPool;
 
 use crate::engine::{Engine, Envelope};
 use crate::tenancy::{DeliveryServer, Tenancy, UserGroup};
@@ -89,7 +92,7 @@ pub async fn admit_with(
     if admitted.message.recipients.is_empty() {
         return suppress::refuse_all(&engine.events, &admitted);
     }
-    let dkim = sign::sign(&snapshot, &mut admitted).await;
+    let dkim = sign::sign(engine, &snapshot, &mut admitted).await;
     let handoff = Handoff::reserve(engine, &snapshot, &admitted.message.meta);
     let (job, id) = match commit::write(engine, admitted, handoff.claims()).await {
         Ok(committed) => committed,

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime.worker_threads)
         .enable_all()
         .build()
     {

@@ -10,12 +10,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod http_in;
+mod runtime;
 mod sections;
 mod tracking;
 mod values;
 
 pub use crate::values::{parse_duration, parse_size};
 pub use http_in::{HttpInSettings, RawHttpIn};
+pub use runtime::{RuntimeSection, available_cpus};
 pub use sections::*;
 pub use tracking::TrackingSection;
 pub use values::IpNetwork;
@@ -59,6 +61,8 @@ pub struct Config {
     pub dns: DnsSection,
     pub direct: DirectSection,
     pub log: LogSection,
+    /// `[runtime]`: the async runtime's threads.
+    pub runtime: RuntimeSection,
     pub bounce_in: BounceInSection,
     pub suppression: SuppressionSection,
     /// `[cluster]`: none, a standalone node (see `cluster`).
@@ -109,6 +113,8 @@ struct RawConfig {
     direct: RawDirect,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    runtime: runtime::RawRuntime,
     #[serde(default)]
     bounce_in: RawBounceIn,
     #[serde(default)]
@@ -395,6 +401,7 @@ impl RawConfig {
             log: LogSection {
                 filter: self.log.filter,
             },
+            runtime: self.runtime.check()?,
             dns: DnsSection {
                 nameservers,
                 verify_interval: duration_or(

@@ -245,6 +245,8 @@ fn status(result: &Value) -> String {
     }
     out.push_str(&key_values(&result["queue"], "queue"));
     out.push('\n');
+    out.push_str(&key_values(&result["threads"], "threads"));
+    out.push('\n');
     out.push_str(&table(
         &result["routes"],
         &[
