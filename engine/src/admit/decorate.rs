@@ -35,13 +35,21 @@ pub(super) fn decoration(
     decoration
 }
 
+/// A message after the transforms.
+pub(super) struct Transformed {
+    pub body: Vec<u8>,
+    /// Whether its From field may differ from the one it came with: an
+    /// enforced From, or header fields re-encoded for 7-bit transport.
+    pub from_rewritten: bool,
+}
+
 /// The group's and server's transforms, then the re-encoding for relays
 /// without 8BITMIME (`transform::seven_bit`): what is signed and spooled.
 pub(super) fn transformed(
     body: Vec<u8>,
     decoration: &Decoration,
     envelope: &Envelope,
-) -> Result<Vec<u8>, Reply> {
+) -> Result<Transformed, Reply> {
     let refuse = |e: transform::TransformError| {
         crate::metrics::injection_refused(Refusal::Content);
         Reply::new(
@@ -60,7 +68,17 @@ pub(super) fn transformed(
     // UTF-8 addresses need SMTPUTF8 anyway: their header stays UTF-8.
     let utf8_envelope =
         !envelope.mail_from.is_ascii() || envelope.recipients.iter().any(|r| !r.is_ascii());
-    Ok(transform::seven_bit(&body, utf8_envelope)
-        .map_err(refuse)?
-        .unwrap_or(body))
+    let enforced_from = decoration.from.as_deref().is_some_and(|f| !f.is_empty());
+    Ok(
+        match transform::seven_bit(&body, utf8_envelope).map_err(refuse)? {
+            Some(encoded) => Transformed {
+                body: encoded,
+                from_rewritten: true,
+            },
+            None => Transformed {
+                body,
+                from_rewritten: enforced_from,
+            },
+        },
+    )
 }

@@ -146,17 +146,22 @@ fn decide(
     let decoration = decorate::decoration(primary, &tenant, &engine.x_mailer);
     let (mail_from, return_path_domain) =
         return_path::return_path(snapshot, primary, &tenant, envelope, from_domain.as_deref());
-    let body = decorate::transformed(edited.body, &decoration, envelope)?;
+    let transformed = decorate::transformed(edited.body, &decoration, envelope)?;
     let (body, tracking) = track::track(
         engine.tracking.as_deref(),
         primary,
         tenant.group,
-        body,
+        transformed.body,
         &edited.message_id,
         now,
     );
-    // After every rewrite: the domain of the From that leaves signs.
-    let signing_domain = transform::from_domain(&body);
+    // The domain of the From that leaves signs; tracking leaves the
+    // header alone, so only the transforms can have changed it.
+    let signing_domain = if transformed.from_rewritten {
+        transform::from_domain(&body)
+    } else {
+        from_domain.clone()
+    };
     Ok(Admitted {
         message: NewMessage {
             mail_from,
