@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::config::MetricsSection;
 use crate::events::{Event, EventKind};
 
+mod handles;
 mod http;
 mod tracking;
 
@@ -324,17 +325,17 @@ pub fn message_received(meta: &MessageMeta, recipients: usize) {
     if !enabled() {
         return;
     }
-    let labels = labels(&meta.route, &meta.channel, &meta.tenant);
-    ::metrics::counter!(MESSAGES_RECEIVED, labels.clone()).increment(1);
-    ::metrics::counter!(RECIPIENTS, with(labels, "outcome", "received"))
+    let labels = MessageLabels::new(&meta.route, &meta.channel, &meta.tenant);
+    handles::counter(MESSAGES_RECEIVED, labels.pairs()).increment(1);
+    handles::counter(RECIPIENTS, labels.with("outcome", "received").pairs())
         .increment(recipients as u64);
 }
 
 /// Admission left `recipients` out because they are suppressed.
 pub fn recipients_suppressed(meta: &MessageMeta, recipients: usize) {
     if recipients > 0 && enabled() {
-        let labels = labels(&meta.route, &meta.channel, &meta.tenant);
-        ::metrics::counter!(RECIPIENTS, with(labels, "outcome", "suppressed"))
+        let labels = MessageLabels::new(&meta.route, &meta.channel, &meta.tenant);
+        handles::counter(RECIPIENTS, labels.with("outcome", "suppressed").pairs())
             .increment(recipients as u64);
     }
 }
@@ -357,17 +358,17 @@ pub fn outcomes(events: &[Event]) {
         };
         let route = event.route.as_deref().unwrap_or_default();
         let tenant = event.tenant.as_deref().unwrap_or_default();
-        let labels = labels(route, &event.channel, tenant);
+        let labels = MessageLabels::new(route, &event.channel, tenant);
         if event.kind == EventKind::Bounce {
             let category = bounce_category(event.bounce_class.as_deref());
-            ::metrics::counter!(BOUNCES, with(labels.clone(), "category", category)).increment(1);
+            handles::counter(BOUNCES, labels.with("category", category).pairs()).increment(1);
         }
         if event.kind == EventKind::Delivery {
             let channel = channel_label(&event.channel);
-            ::metrics::histogram!(DELIVERY_LATENCY, "channel" => channel)
+            handles::histogram(DELIVERY_LATENCY, &[("channel", channel)])
                 .record(event.queue_time_ms as f64 / 1000.0);
         }
-        ::metrics::counter!(RECIPIENTS, with(labels, "outcome", outcome)).increment(1);
+        handles::counter(RECIPIENTS, labels.with("outcome", outcome).pairs()).increment(1);
     }
 }
 
@@ -391,7 +392,7 @@ pub fn transaction_time(route: &str, started: Instant) {
     if !enabled() {
         return;
     }
-    ::metrics::histogram!(TRANSACTION_TIME, "route" => route_label(route))
+    handles::histogram(TRANSACTION_TIME, &[("route", route_name(route))])
         .record(started.elapsed().as_secs_f64());
 }
 
@@ -407,27 +408,45 @@ pub fn events_dropped(n: u64) {
 
 // ---- labels ---------------------------------------------------------------
 
-type Labels = Vec<::metrics::Label>;
-
-fn labels(route: &str, channel: &str, tenant: &str) -> Labels {
-    let mut labels = vec![
-        ::metrics::Label::new("route", route_label(route)),
-        ::metrics::Label::new("channel", channel_label(channel)),
-    ];
-    if TENANT_LABELS.load(Ordering::Relaxed) {
-        labels.push(::metrics::Label::new("tenant", tenant.to_owned()));
-    }
-    labels
+/// The labels of a message's counts: route, channel [, tenant], and one
+/// more of the count's own.
+#[derive(Clone, Copy)]
+struct MessageLabels<'a> {
+    pairs: [(&'static str, &'a str); 4],
+    len: usize,
 }
 
-fn with(mut labels: Labels, key: &'static str, value: &'static str) -> Labels {
-    labels.push(::metrics::Label::new(key, value));
-    labels
+impl<'a> MessageLabels<'a> {
+    fn new(route: &'a str, channel: &'a str, tenant: &'a str) -> MessageLabels<'a> {
+        let mut labels = MessageLabels {
+            pairs: [
+                ("route", route_name(route)),
+                ("channel", channel_label(channel)),
+                ("", ""),
+                ("", ""),
+            ],
+            len: 2,
+        };
+        if TENANT_LABELS.load(Ordering::Relaxed) {
+            labels = labels.with("tenant", tenant);
+        }
+        labels
+    }
+
+    fn with(mut self, key: &'static str, value: &'a str) -> MessageLabels<'a> {
+        self.pairs[self.len] = (key, value);
+        self.len += 1;
+        self
+    }
+
+    fn pairs(&self) -> &[(&'static str, &'a str)] {
+        &self.pairs[..self.len]
+    }
 }
 
 /// Relay routes by name; the sites of direct delivery (and mail admitted
 /// for direct delivery, which has no route name yet) as `direct`.
-fn route_label(route: &str) -> ::metrics::SharedString {
+fn route_name(route: &str) -> &str {
     let direct = crate::tenancy::DIRECT;
     if route.is_empty()
         || route == direct
@@ -435,9 +454,9 @@ fn route_label(route: &str) -> ::metrics::SharedString {
             .strip_prefix(direct)
             .is_some_and(|rest| rest.starts_with(':'))
     {
-        ::metrics::SharedString::const_str(DIRECT_LABEL)
+        DIRECT_LABEL
     } else {
-        ::metrics::SharedString::from(route.to_owned())
+        route
     }
 }
 
@@ -493,9 +512,7 @@ pub fn set_route_gauges<'a>(
     // (ready, open, max) by label: direct sites add up under one label.
     let mut live: HashMap<String, (usize, usize, usize)> = HashMap::new();
     for route in routes {
-        let entry = live
-            .entry(route_label(route.name).into_owned())
-            .or_default();
+        let entry = live.entry(route_name(route.name).to_owned()).or_default();
         entry.0 += route.ready;
         entry.1 += route.open_connections;
         entry.2 += route.max_connections;
@@ -517,11 +534,11 @@ mod tests {
 
     #[test]
     fn direct_sites_share_one_route_label() {
-        assert_eq!(&*route_label("direct:example.net"), "direct");
-        assert_eq!(&*route_label("direct"), "direct");
-        assert_eq!(&*route_label(""), "direct");
-        assert_eq!(&*route_label("relay-1"), "relay-1");
-        assert_eq!(&*route_label("directory"), "directory");
+        assert_eq!(route_name("direct:example.net"), "direct");
+        assert_eq!(route_name("direct"), "direct");
+        assert_eq!(route_name(""), "direct");
+        assert_eq!(route_name("relay-1"), "relay-1");
+        assert_eq!(route_name("directory"), "directory");
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub fn tracking_hit(event: &Event) {
     if super::enabled() {
         let route = event.route.as_deref().unwrap_or_default();
         let tenant = event.tenant.as_deref().unwrap_or_default();
-        let labels = super::with(super::labels(route, &event.channel, tenant), "kind", kind);
-        ::metrics::counter!(TRACKING_HITS, labels).increment(1);
+        let labels = super::MessageLabels::new(route, &event.channel, tenant).with("kind", kind);
+        super::handles::counter(TRACKING_HITS, labels.pairs()).increment(1);
     }
 }
 
