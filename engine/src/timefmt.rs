@@ -53,12 +53,32 @@ fn parts(ms: u64) -> Parts {
 }
 
 /// `2026-11-21T10:30:00.123Z`
+///
+/// Every event carries one or two: written digit by digit, as `format!`
+/// cost more than the date arithmetic.
 pub fn rfc3339(ms: u64) -> String {
     let p = parts(ms);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        p.year, p.month, p.day, p.hour, p.min, p.sec, p.millis
-    )
+    if !(0..=9999).contains(&p.year) {
+        return format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            p.year, p.month, p.day, p.hour, p.min, p.sec, p.millis
+        );
+    }
+    let mut out = String::with_capacity(24);
+    let mut digits = |value: u64, width: u32, after: char| {
+        for power in (0..width).rev() {
+            out.push(char::from(b'0' + (value / 10u64.pow(power) % 10) as u8));
+        }
+        out.push(after);
+    };
+    digits(p.year as u64, 4, '-');
+    digits(u64::from(p.month), 2, '-');
+    digits(u64::from(p.day), 2, 'T');
+    digits(p.hour, 2, ':');
+    digits(p.min, 2, ':');
+    digits(p.sec, 2, '.');
+    digits(p.millis, 3, 'Z');
+    out
 }
 
 /// `Sat, 21 Nov 2026 10:30:00 +0000`
@@ -212,6 +232,8 @@ mod tests {
         assert_eq!(rfc3339(t), "2026-11-21T10:30:00.123Z");
         assert_eq!(rfc5322(t), "Sat, 21 Nov 2026 10:30:00 +0000");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
     }
 
     #[test]

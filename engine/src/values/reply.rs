@@ -22,12 +22,20 @@ impl Reply {
 
     /// Appends the reply in wire form. Multi-line texts (separated by `\n`)
     /// become `code-` continuation lines, each carrying the enhanced code.
+    ///
+    /// Written byte by byte: one reply or more per message, and `format!`
+    /// per line showed in profiles.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let lines: Vec<&str> = self.text.split('\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            let line = format!("{}{}{} {}\r\n", self.code, sep, self.enhanced, line);
+        let code = self.code.min(999);
+        let digits = [code / 100, code / 10 % 10, code % 10].map(|d| b'0' + d as u8);
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            out.extend_from_slice(&digits);
+            out.push(if lines.peek().is_some() { b'-' } else { b' ' });
+            out.extend_from_slice(self.enhanced.as_bytes());
+            out.push(b' ');
             out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
     }
 
@@ -51,5 +59,7 @@ mod tests {
         let mut out = Vec::new();
         Reply::new(421, "4.3.2", "Too busy\nTry later").write_to(&mut out);
         assert_eq!(out, b"421-4.3.2 Too busy\r\n421 4.3.2 Try later\r\n");
+        Reply::new(250, "2.0.0", "Queued as 1").write_to(&mut out);
+        assert!(out.ends_with(b"\r\n250 2.0.0 Queued as 1\r\n"));
     }
 }
