@@ -330,7 +330,7 @@ impl Daemon {
             resolver,
             cluster,
             tracking: tracker,
-            signing: crate::admit::SigningPool::start(crate::config::available_cpus())
+            signing: crate::signing_pool::SigningPool::start(crate::config::available_cpus())
                 .map_err(StartError::Signing)?,
         });
         let tls = tls_acceptor(&config)?;

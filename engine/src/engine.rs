@@ -51,7 +51,7 @@ pub struct Engine {
     /// `[tracking]`: links and opens are tracked; none, nothing is rewritten.
     pub(crate) tracking: Option<Arc<crate::tracking::Tracker>>,
     /// The DKIM signing threads.
-    pub(crate) signing: crate::admit::SigningPool,
+    pub(crate) signing: crate::signing_pool::SigningPool,
 }
 
 impl Engine {

@@ -30,6 +30,7 @@ pub mod reload;
 pub mod route;
 pub mod schedule;
 pub mod secrets;
+pub mod signing_pool;
 pub mod smtp;
 pub mod systemd;
 pub mod tenancy;

@@ -30,14 +30,11 @@ mod decorate;
 pub(crate) mod limits;
 mod return_path;
 mod sign;
-mod signing_pool;
 mod suppress;
 mod tenant;
 mod track;
 
 use sendengine_queue::{IdempotencyRow, MessageMeta, NewMessage};
-
-pub use signing_pool::SigningPool;
 
 use crate::engine::{Engine, Envelope};
 use crate::tenancy::{DeliveryServer, Tenancy, UserGroup};

@@ -6,7 +6,7 @@
 //! log. On two cores a second async worker measured 5% more CPU per message
 //! for the same throughput (BENCHMARKS.md, issue 20): its wake-ups and work
 //! stealing cost more than the core it adds while the writer needs that core.
-//! DKIM signing has threads of its own (`admit::signing_pool`), one per CPU.
+//! DKIM signing has threads of its own (`signing_pool`), one per CPU.
 
 use serde::Deserialize;
 
