@@ -5,6 +5,7 @@
 //! Every config is built with the aws-lc-rs provider explicitly, so the
 //! project never depends on `ring`.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -19,6 +20,8 @@ pub enum TlsSetupError {
     Certificate(#[from] rcgen::Error),
     #[error("cannot build the TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("cannot write the certificate: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -36,6 +39,16 @@ pub fn self_signed_server_config() -> Result<ServerConfig, TlsSetupError> {
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)?;
     Ok(config)
+}
+
+/// Writes a fresh self-signed certificate for "localhost" and 127.0.0.1
+/// and its key as PEM files, for a daemon's `tls_cert` and `tls_key`.
+pub fn write_self_signed_pem(cert: &Path, key: &Path) -> Result<(), TlsSetupError> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    std::fs::write(cert, certified.cert.pem())?;
+    std::fs::write(key, certified.key_pair.serialize_pem())?;
+    Ok(())
 }
 
 /// A client config that checks handshake signatures but trusts any certificate.
@@ -119,5 +132,16 @@ mod tests {
         tls.read_to_end(&mut received).await.unwrap();
         assert_eq!(received, b"hello");
         server.await.unwrap();
+    }
+
+    #[test]
+    fn the_written_certificate_and_key_are_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        write_self_signed_pem(&cert, &key).unwrap();
+        let cert = std::fs::read_to_string(cert).unwrap();
+        let key = std::fs::read_to_string(key).unwrap();
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
     }
 }

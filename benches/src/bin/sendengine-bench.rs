@@ -33,7 +33,8 @@ const USAGE: &str = "usage: sendengine-bench [--messages N (20000)] [--warmup N 
     [--backlog [--crash]] [--min-free-gib G (10)] [--perf FILE] [--dir DIR (/var/tmp/sendengine-bench)]
     [--bin-dir DIR (beside this program)] [--keep]
     [--tenant] [--cluster-database postgres://USER@HOST:PORT/DB [--cluster-redis redis://HOST:PORT]]
-    [--http [--http-rcpts R (1000)] [--http-connections C (4)]] [--connection-per-message]";
+    [--http [--http-rcpts R (1000)] [--http-connections C (4)]] [--connection-per-message]
+    [--starttls]";
 
 /// Most repetitions.
 const MAX_REPS: usize = 20;
@@ -378,6 +379,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
             tenant: false,
             cluster: None,
             connection_per_message: false,
+            starttls: false,
         },
         reps: 3,
         peer: false,
@@ -467,6 +469,7 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
             }
             "--tenant" => scenario.tenant = true,
             "--connection-per-message" => options.connection_compare = true,
+            "--starttls" => scenario.starttls = true,
             "--cluster-database" => {
                 scenario.tenant = true;
                 scenario.cluster = Some(ClusterTarget {
@@ -481,6 +484,14 @@ fn parse_args(mut args: Args) -> Result<Option<Options>, Box<dyn Error>> {
     }
     check_cluster(&mut options, cluster_redis)?;
     check_ranges(&options)?;
+    if options.scenario.starttls && (options.backlog || options.http.is_some() || options.peer) {
+        return Err(bad(
+            "--starttls",
+            "with --backlog, --http or --peer",
+            "STARTTLS is measured in plain repetitions and --connection-per-message only",
+        )
+        .into());
+    }
     Ok(Some(options))
 }
 

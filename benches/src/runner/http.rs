@@ -94,6 +94,7 @@ fn smtp_rate(bins: &Binaries, scenario: &Scenario, dir: &Path) -> Result<f64, Ru
         rate: 0.0,
         acks_file: None,
         connection_per_message: scenario.connection_per_message,
+        starttls: false,
     };
     let summary = Loadgen::start(bins, &injection)?.finish()?;
     if summary.acked != scenario.messages {

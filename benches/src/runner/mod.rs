@@ -96,6 +96,8 @@ pub struct Scenario {
     pub cluster: Option<ClusterTarget>,
     /// The load generator opens a connection per message (issue #20).
     pub connection_per_message: bool,
+    /// The load generator starts TLS on each connection (STARTTLS).
+    pub starttls: bool,
 }
 
 /// The load generator's options for the measured injection of `scenario`.
@@ -109,6 +111,7 @@ fn injection_for(scenario: &Scenario, server: std::net::SocketAddr) -> Injection
         rate: scenario.rate,
         acks_file: None,
         connection_per_message: scenario.connection_per_message,
+        starttls: scenario.starttls,
     }
 }
 
@@ -136,10 +139,11 @@ impl Scenario {
             (None, true) => ", tenant with daily limit, standalone".to_string(),
             (None, false) => String::new(),
         };
-        let connections = if self.connection_per_message {
-            "a connection per message"
-        } else {
-            "reused connections"
+        let connections = match (self.connection_per_message, self.starttls) {
+            (true, false) => "a connection per message",
+            (true, true) => "a connection per message, STARTTLS",
+            (false, false) => "reused connections",
+            (false, true) => "reused connections, STARTTLS",
         };
         format!(
             "{} msgs (+{} warm-up), body {} B, {} rcpt/msg, {} injection conns ({connections}), DKIM {}, {}, rate {}{mode}",
@@ -237,6 +241,11 @@ pub fn unix_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Where a STARTTLS scenario's certificate and key are, in `dir`.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("tls-cert.pem"), dir.join("tls-key.pem"))
+}
+
 /// The daemon's configuration for a scenario in `dir`, relaying to the sink
 /// at `sink_port`; `retry` is the retry schedule's single step; `cluster`
 /// the repetition's place in the fleet's services.
@@ -257,6 +266,16 @@ pub fn daemon_config(
     } else {
         (String::new(), String::new())
     };
+    let tls = if scenario.starttls {
+        let (cert, key) = tls_files(dir);
+        format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        )
+    } else {
+        String::new()
+    };
     let mut text = format!(
         r#"hostname = "bench.invalid"
 [spool]
@@ -267,6 +286,7 @@ listen = ["127.0.0.1:0"]
 relay_networks = ["127.0.0.0/8"]
 {default_user}
 max_message_size = "25MB"
+{tls}
 [delivery]
 retry_schedule = ["{retry}"]
 {ready_queue}
@@ -399,6 +419,11 @@ fn measure_rep(
     let dir = fresh_dir(dir)?;
     let mut sink = Sink::start(bins, 0, &dir.join("sink.jsonl"))?;
     let config = dir.join("config.toml");
+    if scenario.starttls {
+        let (cert, key) = tls_files(&dir);
+        crate::tls::write_self_signed_pem(&cert, &key)
+            .map_err(|e| RunError::Failed(format!("STARTTLS: {e}")))?;
+    }
     let mut text = daemon_config(scenario, &dir, sink.port, "5s", cluster);
     let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], procs::unused_port()?));
     let _ = write!(text, "\n[metrics]\nlisten = \"{metrics}\"\n");
@@ -614,4 +639,48 @@ pub(crate) fn start_perf(pid: u32, output: &Path) -> Result<Child, RunError> {
 pub(crate) fn stop_perf(perf: &mut Child) {
     procs::signal(perf.id(), "-INT");
     let _ = perf.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(starttls: bool) -> Scenario {
+        Scenario {
+            messages: 10,
+            warmup: 0,
+            connections: 1,
+            size: 100,
+            rcpts: 1,
+            dkim: Dkim::Off,
+            sync: true,
+            rate: 0.0,
+            delivery_connections: 1,
+            ready_queue_size: None,
+            tenant: false,
+            cluster: None,
+            connection_per_message: false,
+            starttls,
+        }
+    }
+
+    #[test]
+    fn a_starttls_scenario_gives_the_daemon_a_certificate_in_smtp_in() {
+        let dir = Path::new("/var/tmp/bench-rep");
+        let text = daemon_config(&scenario(true), dir, 2526, "5s", None);
+        let smtp_in = text.find("[smtp_in]").unwrap();
+        let next = smtp_in + text[smtp_in..].find("\n[").unwrap();
+        let section = &text[smtp_in..next];
+        assert!(
+            section.contains("tls_cert = \"/var/tmp/bench-rep/tls-cert.pem\""),
+            "{text}"
+        );
+        assert!(
+            section.contains("tls_key = \"/var/tmp/bench-rep/tls-key.pem\""),
+            "{text}"
+        );
+        let plain = daemon_config(&scenario(false), dir, 2526, "5s", None);
+        assert!(!plain.contains("tls_cert"), "{plain}");
+        assert!(injection_for(&scenario(true), "127.0.0.1:1".parse().unwrap()).starttls);
+    }
 }

@@ -254,6 +254,8 @@ pub struct Injection {
     pub acks_file: Option<PathBuf>,
     /// A fresh connection per message (`--connection-per-message`).
     pub connection_per_message: bool,
+    /// STARTTLS on each connection (`--starttls`).
+    pub starttls: bool,
 }
 
 /// What the load generator reported (its --json summary).
@@ -297,6 +299,9 @@ impl Loadgen {
         }
         if injection.connection_per_message {
             command.arg("--connection-per-message");
+        }
+        if injection.starttls {
+            command.arg("--starttls");
         }
         let child = command
             .stdout(Stdio::piped())
