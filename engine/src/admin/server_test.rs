@@ -124,23 +124,32 @@ async fn test_direct(ctx: &Arc<AdminContext>, plan: &Plan) -> Result<ServerTest,
         Err(why) => return Ok(failed_lookup(vec![lookup(false, why)])),
     };
     let mut steps = Vec::new();
-    let mut candidates = Vec::new();
-    for host in &hosts {
-        match mx_addresses(&ctx.engine.resolver, domain.1, host).await {
-            Ok(found) => candidates.extend(found),
-            Err(why) => steps.push(lookup(false, why)),
-        }
-    }
-    let mut last = None;
-    for (address, note) in candidates.into_iter().take(MAX_ADDRESSES_TRIED) {
-        steps.push(lookup(true, note));
-        server.host = address;
-        let mut result = test_server(&server, plan).await;
-        steps.append(&mut result.steps);
-        let reached = result.failed_step.as_deref() != Some("connect");
-        last = Some(result);
-        if reached {
-            break;
+    let mut last: Option<ServerTest> = None;
+    let mut tried = 0;
+    // A host's addresses are looked up only when the hosts before it
+    // could not be connected to, as delivery does.
+    'hosts: for host in &hosts {
+        let found = match mx_addresses(&ctx.engine.resolver, domain.1, host).await {
+            Ok(found) => found,
+            Err(why) => {
+                steps.push(lookup(false, why));
+                continue;
+            }
+        };
+        for (address, note) in found {
+            if tried == MAX_ADDRESSES_TRIED {
+                break 'hosts;
+            }
+            tried += 1;
+            steps.push(lookup(true, note));
+            server.host = address;
+            let mut result = test_server(&server, plan).await;
+            steps.append(&mut result.steps);
+            let reached = result.failed_step.as_deref() != Some("connect");
+            last = Some(result);
+            if reached {
+                break 'hosts;
+            }
         }
     }
     Ok(match last {
