@@ -3,9 +3,9 @@
 //!
 //! The default leaves one CPU to the threads of their own: the spool writer
 //! (redb, fdatasync: ~40% of the daemon's CPU at full load) and the event
-//! log. On two cores a second async worker measured 5% more CPU per message
-//! for the same throughput (BENCHMARKS.md, issue 20): its wake-ups and work
-//! stealing cost more than the core it adds while the writer needs that core.
+//! log. On two cores a second async worker measured 8% more CPU per message
+//! and 4% fewer messages a second (BENCHMARKS.md, issue 20, session 13): it
+//! competes for the core the writer needs.
 //! DKIM signing has threads of its own (`signing_pool`), one per CPU.
 
 use serde::Deserialize;
