@@ -28,10 +28,14 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
+/// A fresh self-signed certificate for "localhost" and 127.0.0.1, with its key.
+fn self_signed() -> Result<rcgen::CertifiedKey, rcgen::Error> {
+    rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+}
+
 /// A server config with a fresh self-signed certificate for "localhost" and 127.0.0.1.
 pub fn self_signed_server_config() -> Result<ServerConfig, TlsSetupError> {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let certified = self_signed()?;
     let cert = certified.cert.der().clone();
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
     let config = ServerConfig::builder_with_provider(provider())
@@ -44,8 +48,7 @@ pub fn self_signed_server_config() -> Result<ServerConfig, TlsSetupError> {
 /// Writes a fresh self-signed certificate for "localhost" and 127.0.0.1
 /// and its key as PEM files, for a daemon's `tls_cert` and `tls_key`.
 pub fn write_self_signed_pem(cert: &Path, key: &Path) -> Result<(), TlsSetupError> {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let certified = self_signed()?;
     std::fs::write(cert, certified.cert.pem())?;
     std::fs::write(key, certified.key_pair.serialize_pem())?;
     Ok(())
