@@ -626,6 +626,111 @@ fn a_421_to_the_first_command_of_a_reused_connection_costs_a_reconnect_not_an_at
     assert_eq!(fake.connections(), 3);
 }
 
+/// A daemon with one connection to `fake` and `count` one-recipient
+/// messages queued for it while its first greeting is held back; returns
+/// the daemon and the Message-IDs.
+fn queued_behind_one_connection(fake: &FakeServer, count: usize) -> (Daemon, Vec<String>) {
+    let config = format!(
+        "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n\
+         [[delivery_server]]\nname = \"relay\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         timeout = \"10s\"\nmax_connections = 1\n",
+        fake.port
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    let ids: Vec<String> = (0..count)
+        .map(|n| format!("<piped{n}@faults.test>"))
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        let rcpt = format!("r{n}@example.net");
+        smtplib_send(daemon.addr, "a@example.com", &[&rcpt], id);
+    }
+    (daemon, ids)
+}
+
+/// (recipient, attempt) of every delivery event, by recipient.
+fn deliveries(daemon: &Daemon) -> Vec<(String, u64)> {
+    let mut seen: Vec<(String, u64)> = daemon
+        .events_of("delivery")
+        .iter()
+        .map(|e| {
+            let rcpt = e["recipient"].as_str().unwrap_or("").to_owned();
+            (rcpt, e["attempt"].as_u64().unwrap_or(0))
+        })
+        .collect();
+    seen.sort();
+    seen
+}
+
+#[test]
+fn queued_mail_to_a_pipelining_relay_sends_each_envelope_behind_the_last_dot() {
+    let fake = FakeServer::start_pipelining(Quirk::Plain);
+    let (daemon, ids) = queued_behind_one_connection(&fake, 4);
+    daemon.wait_events("delivery", 4, LONG);
+    assert_queue_drains(&daemon);
+    assert_eq!(
+        fake.pipelined(),
+        3,
+        "every envelope after the first went out before the reply to the dot before it"
+    );
+    let expected: Vec<(String, u64)> = (0..4).map(|n| (format!("r{n}@example.net"), 1)).collect();
+    assert_eq!(deliveries(&daemon), expected);
+    let mut received = fake.message_ids();
+    received.sort();
+    assert_eq!(received, ids, "one copy of each");
+    assert_eq!(fake.connections(), 1);
+    assert!(daemon.events_of("transient_failure").is_empty());
+}
+
+#[test]
+fn a_pipelining_relay_that_refuses_a_second_message_per_connection_costs_reconnects_not_attempts() {
+    // The envelope behind the first dot gets 421: nothing of that message
+    // was taken, so it goes again on a fresh connection at once.
+    let fake = FakeServer::start_pipelining(Quirk::OneTransactionPerConnection);
+    let (daemon, ids) = queued_behind_one_connection(&fake, 3);
+    daemon.wait_events("delivery", 3, LONG);
+    assert_queue_drains(&daemon);
+    let expected: Vec<(String, u64)> = (0..3).map(|n| (format!("r{n}@example.net"), 1)).collect();
+    assert_eq!(deliveries(&daemon), expected);
+    assert!(daemon.events_of("transient_failure").is_empty());
+    let mut received = fake.message_ids();
+    received.sort();
+    assert_eq!(received, ids, "one copy of each");
+    assert_eq!(fake.connections(), 3);
+    assert!(
+        fake.pipelined() >= 1,
+        "the second envelope went behind the dot"
+    );
+    assert!(route_available(&daemon, "relay"));
+}
+
+#[test]
+fn a_connection_lost_before_a_final_reply_defers_that_message_and_the_next_goes_on_a_fresh_one() {
+    let fake = FakeServer::start_pipelining(Quirk::DropAfterSecondDot);
+    let (daemon, ids) = queued_behind_one_connection(&fake, 3);
+    daemon.wait_events("delivery", 3, LONG);
+    assert_queue_drains(&daemon);
+    let delivered_at_once = [("delivery".to_owned(), 1, 250)];
+    assert_eq!(history(&daemon, "r0@example.net"), delivered_at_once);
+    // The second message's fate is unknown, so it waits for its retry (the
+    // server here had not taken it); the third, whose envelope was not
+    // answered, is untouched: a fresh connection, no attempt counted.
+    assert_eq!(
+        history(&daemon, "r1@example.net"),
+        [
+            ("transient_failure".to_owned(), 1, 451),
+            ("delivery".to_owned(), 2, 250)
+        ]
+    );
+    assert_eq!(history(&daemon, "r2@example.net"), delivered_at_once);
+    let mut received = fake.message_ids();
+    received.sort();
+    assert_eq!(received, ids, "one copy of each");
+    assert!(
+        route_available(&daemon, "relay"),
+        "a used connection's loss says nothing of the server"
+    );
+}
+
 #[test]
 fn after_a_relay_restart_queue_flush_delivers_at_once() {
     let port = free_port();
@@ -770,6 +875,10 @@ enum Quirk {
     /// Takes one message per connection, then answers the next MAIL with
     /// 421 and closes: a relay that restarted or shed the connection.
     OneTransactionPerConnection,
+    /// On the first connection, closes without a reply once the second
+    /// message's dot and the next command have come in: the final reply of
+    /// that message is lost, and the next command was never answered.
+    DropAfterSecondDot,
     /// Answers the final dot only after this long (content scanning).
     SlowFinalReply(Duration),
     /// Answers every connection with 421 and closes it.
@@ -790,6 +899,14 @@ enum Quirk {
 /// How long `Quirk::IdleClose` keeps a silent connection open.
 const IDLE_CLOSE: Duration = Duration::from_secs(2);
 
+/// How long a pipelining server holds its first greeting, so that every
+/// message of a test is queued before the first transaction starts.
+const GREETING_HOLD: Duration = Duration::from_millis(1500);
+
+/// How long a pipelining server waits after a dot for the next command
+/// before answering the dot: a client that pipelines sent it already.
+const PIPELINED_WITHIN: Duration = Duration::from_millis(300);
+
 /// Pause of the slow reader between two reads.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -799,22 +916,36 @@ struct FakeServer {
     port: u16,
     received: Arc<Mutex<Vec<String>>>,
     connections: Arc<AtomicUsize>,
+    /// With PIPELINING offered: the commands that arrived behind a dot
+    /// before the server answered it.
+    pipelined: Option<Arc<AtomicUsize>>,
 }
 
 impl FakeServer {
     fn start(quirk: Quirk) -> FakeServer {
+        FakeServer::start_with(quirk, None)
+    }
+
+    /// Offers PIPELINING (RFC 2920) and counts the envelopes a client sent
+    /// behind a message's dot without waiting for the reply to it.
+    fn start_pipelining(quirk: Quirk) -> FakeServer {
+        FakeServer::start_with(quirk, Some(Arc::new(AtomicUsize::new(0))))
+    }
+
+    fn start_with(quirk: Quirk, pipelined: Option<Arc<AtomicUsize>>) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (seen, count) = (received.clone(), connections.clone());
+        let (seen, count, behind) = (received.clone(), connections.clone(), pipelined.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let first = count.fetch_add(1, Ordering::SeqCst) == 0;
                 let seen = seen.clone();
+                let behind = behind.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, quirk, first, &seen);
+                    let _ = serve(stream, quirk, first, &seen, behind.as_deref());
                 });
             }
         });
@@ -822,7 +953,13 @@ impl FakeServer {
             port,
             received,
             connections,
+            pipelined,
         }
+    }
+
+    fn pipelined(&self) -> usize {
+        let counter = self.pipelined.as_ref().expect("a pipelining server");
+        counter.load(Ordering::SeqCst)
     }
 
     fn message_ids(&self) -> Vec<String> {
@@ -839,6 +976,7 @@ fn serve(
     quirk: Quirk,
     first: bool,
     received: &Mutex<Vec<String>>,
+    pipelined: Option<&AtomicUsize>,
 ) -> std::io::Result<()> {
     let mut out = stream.try_clone()?;
     let mut input = BufReader::with_capacity(4096, stream);
@@ -854,8 +992,10 @@ fn serve(
         }
         _ => {}
     }
-    if matches!(quirk, Quirk::IdleClose) {
-        input.get_ref().set_read_timeout(Some(IDLE_CLOSE))?;
+    let read_timeout = matches!(quirk, Quirk::IdleClose).then_some(IDLE_CLOSE);
+    input.get_ref().set_read_timeout(read_timeout)?;
+    if pipelined.is_some() && first {
+        std::thread::sleep(GREETING_HOLD);
     }
     out.write_all(b"220 fake.test ESMTP\r\n")?;
     let mut line = String::new();
@@ -871,6 +1011,9 @@ fn serve(
         match verb {
             "EHLO" if matches!(quirk, Quirk::BrokenStartTls) => {
                 out.write_all(b"250-fake.test\r\n250 STARTTLS\r\n")?
+            }
+            "EHLO" if pipelined.is_some() => {
+                out.write_all(b"250-fake.test\r\n250 PIPELINING\r\n")?
             }
             "EHLO" | "HELO" => out.write_all(b"250 fake.test\r\n")?,
             "STARTTLS" => {
@@ -893,6 +1036,15 @@ fn serve(
                     _ => None,
                 };
                 let id = read_body(&mut input, pace)?;
+                if let Some(counter) = pipelined
+                    && next_command_came(&mut input, read_timeout)?
+                {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                if matches!(quirk, Quirk::DropAfterSecondDot) && first && transactions == 1 {
+                    next_command_came(&mut input, read_timeout)?;
+                    return Ok(());
+                }
                 if let Quirk::SlowFinalReply(scanning) = quirk {
                     std::thread::sleep(scanning);
                 }
@@ -904,6 +1056,22 @@ fn serve(
             _ => out.write_all(b"502 5.5.1 not here\r\n")?,
         }
     }
+}
+
+/// Whether the client's next command comes within `PIPELINED_WITHIN`, before
+/// the server has said anything: only a client that pipelines sends it then.
+/// `usual` is the read timeout to go back to.
+fn next_command_came(
+    input: &mut BufReader<TcpStream>,
+    usual: Option<Duration>,
+) -> std::io::Result<bool> {
+    if !input.buffer().is_empty() {
+        return Ok(true);
+    }
+    input.get_ref().set_read_timeout(Some(PIPELINED_WITHIN))?;
+    let came = input.fill_buf().is_ok_and(|bytes| !bytes.is_empty());
+    input.get_ref().set_read_timeout(usual)?;
+    Ok(came)
 }
 
 /// Reads a body up to the lone dot and returns its Message-ID. With `pace`,

@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use sendengine::smtp::client::{
-    ClientSettings, Connection, Credentials, Encryption, Envelope, Phase, Reply, SessionError,
-    Timeouts, TlsState,
+    ClientSettings, Connection, Credentials, Encryption, Envelope, Phase, Reply, Sent,
+    SessionError, Timeouts, TlsState,
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -1018,6 +1018,99 @@ async fn a_connection_the_server_closed_while_idle_is_seen_before_reuse() {
     assert!(closed.closed_by_server());
     assert!(!open.closed_by_server());
     open.quit().await;
+}
+
+/// Plays one message whose dot is answered only once the next envelope
+/// has come in behind it (the test fails by timeout if the client waits).
+async fn answer_the_dot_behind_the_next_envelope(peer: &mut scripted::Peer) {
+    peer.expect("MAIL FROM:<a@example.com>").await;
+    peer.expect("RCPT TO:<x@example.net>").await;
+    peer.expect("DATA").await;
+    peer.write("250 ok\r\n250 ok\r\n354 go ahead\r\n").await;
+    while peer.read_line().await != "." {}
+    peer.expect("MAIL FROM:<b@example.com>").await;
+    peer.expect("RCPT TO:<y@example.net>").await;
+    peer.expect("DATA").await;
+    peer.write("250 first queued\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n")
+        .await;
+    while peer.read_line().await != "." {}
+    peer.write("250 second queued\r\n").await;
+}
+
+#[tokio::test]
+async fn the_next_envelope_goes_out_behind_a_message_whose_final_reply_is_unread() {
+    let port = scripted::serve(1, |_, mut peer| async move {
+        peer.write("220 scripted\r\n").await;
+        peer.expect("EHLO").await;
+        peer.write("250-scripted\r\n250 PIPELINING\r\n").await;
+        answer_the_dot_behind_the_next_envelope(&mut peer).await;
+        peer.expect("QUIT").await;
+        peer.write("221 bye\r\n").await;
+    })
+    .await;
+    let mut connection = connect(&settings(port, Encryption::None)).await;
+    let (first_body, second_body) = (message("p1", "one\r\n"), message("p2", "two\r\n"));
+    let first = Envelope {
+        mail_from: "a@example.com",
+        recipients: &["x@example.net"],
+    };
+    let second = Envelope {
+        mail_from: "b@example.com",
+        recipients: &["y@example.net"],
+    };
+    let opened = connection.open(&first, &first_body).await.unwrap();
+    let Sent::AwaitingFinal(awaiting) = connection
+        .proceed(opened, &first, &first_body, true)
+        .await
+        .unwrap()
+    else {
+        panic!("a pipelining server leaves the final reply to read later");
+    };
+    let next = connection.open(&second, &second_body).await.unwrap();
+    let replies = connection.finish(awaiting).await.unwrap();
+    assert_eq!(replies[0].to_string(), "250 first queued");
+    let Sent::Done(replies) = connection
+        .proceed(next, &second, &second_body, false)
+        .await
+        .unwrap()
+    else {
+        panic!("without leave_final the transaction is done");
+    };
+    assert_eq!(replies[0].to_string(), "250 second queued");
+    connection.quit().await;
+}
+
+#[tokio::test]
+async fn without_pipelining_the_final_reply_is_read_at_once() {
+    let port = scripted::serve(1, |_, mut peer| async move {
+        peer.write("220 scripted\r\n").await;
+        peer.expect("EHLO").await;
+        peer.write("250 scripted\r\n").await;
+        peer.expect("MAIL").await;
+        peer.write("250 ok\r\n").await;
+        peer.expect("RCPT").await;
+        peer.write("250 ok\r\n").await;
+        peer.expect("DATA").await;
+        peer.write("354 go ahead\r\n").await;
+        while peer.read_line().await != "." {}
+        peer.write("250 queued\r\n").await;
+        peer.expect("QUIT").await;
+        peer.write("221 bye\r\n").await;
+    })
+    .await;
+    let mut connection = connect(&settings(port, Encryption::None)).await;
+    let body = message("l1", "lockstep\r\n");
+    let envelope = Envelope {
+        mail_from: "a@example.com",
+        recipients: &["x@example.net"],
+    };
+    let opened = connection.open(&envelope, &body).await.unwrap();
+    let sent = connection.proceed(opened, &envelope, &body, true).await;
+    let Ok(Sent::Done(replies)) = sent else {
+        panic!("RFC 2920: only a server that offers PIPELINING gets commands behind the dot");
+    };
+    assert_eq!(replies[0].to_string(), "250 queued");
+    connection.quit().await;
 }
 
 #[tokio::test]

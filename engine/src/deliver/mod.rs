@@ -11,6 +11,7 @@
 //! there is one. A pooled connection the server closed while it was idle
 //! costs a reconnect, not an attempt (see `Route::deliver`).
 
+mod connection_run;
 mod fleet_throttle;
 mod lease;
 mod ready;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use connection_run::{InHand, Pooled};
 pub use fleet_throttle::{FleetSettings, FleetThrottles, RateGrant};
 pub use lease::{CLAIM_LEASE, Hold, Leases};
 pub use ready::{Job, ReadyQueue, Refused, is_priority_channel};
@@ -34,9 +36,7 @@ pub use throttle::Throttle;
 use tokio::sync::mpsc;
 pub use unrecorded::{PAUSED_GAUGE, UNRECORDED_GAUGE, Unrecorded};
 
-use crate::smtp::client::{
-    ClientSettings, Connection, ContentNeeds, Envelope, Reply, SessionError, TlsState,
-};
+use crate::smtp::client::{ClientSettings, Connection, Reply, SessionError, TlsState};
 use crate::tenancy::DeliveryServer;
 use crate::timefmt::now_ms;
 
@@ -348,19 +348,25 @@ impl Route {
             remote_host,
             unsupported: None,
         });
-        for mut queued in self.ready.drain() {
-            queued.tried.push(self.name.clone());
-            let error = SessionError::Protocol {
-                phase: crate::smtp::client::Phase::Connect,
-                message: format!("delivery server {} is down", self.name),
-            };
-            let _ = self.ctx.failover.send(Failover {
-                job: queued,
-                error,
-                remote_host: None,
-                unsupported: None,
-            });
+        for queued in self.ready.drain() {
+            self.pass_on_while_down(queued);
         }
+    }
+
+    /// A job this route will not try while it is down goes to the router,
+    /// for the group's next server.
+    fn pass_on_while_down(&self, mut job: Job) {
+        job.tried.push(self.name.clone());
+        let error = SessionError::Protocol {
+            phase: crate::smtp::client::Phase::Connect,
+            message: format!("delivery server {} is down", self.name),
+        };
+        let _ = self.ctx.failover.send(Failover {
+            job,
+            error,
+            remote_host: None,
+            unsupported: None,
+        });
     }
 
     fn attempt_context(
@@ -413,10 +419,9 @@ async fn worker(route: Arc<Route>) {
         let Some(job) = route.ready.try_pop() else {
             continue;
         };
-        // Every path of `deliver` hands the job on before this is dropped.
-        let in_flight = InFlight::start(&route.stats, &job);
-        pooled = route.deliver(job, pooled.take()).await;
-        drop(in_flight);
+        // Every path of `deliver` hands the job on before it is dropped.
+        let hand = InHand::start(&route.stats, job);
+        pooled = route.deliver(hand, pooled.take(), &lease).await;
         close_if_lease_lost(&lease, &mut pooled).await;
     }
     if let Some(pooled) = pooled {
@@ -440,171 +445,6 @@ async fn close_if_lease_lost(lease: &Option<ConnectionLease>, pooled: &mut Optio
         p.connection.quit().await;
     }
     true
-}
-
-/// A worker's open connection and the transactions it has carried.
-struct Pooled {
-    connection: Connection,
-    transactions: usize,
-}
-
-impl Route {
-    /// Delivers one job, on the pooled connection when the server has not
-    /// closed it meanwhile, and returns the connection to keep, if any.
-    ///
-    /// Relays close idle connections (Postfix after a few seconds) and
-    /// restart; that is no failure of theirs. So a pooled connection the
-    /// server closed is dropped before use, and one that turns out closed at
-    /// the first command (I/O error or 421 to MAIL) costs one reconnect:
-    /// the job goes again on a fresh connection, with no attempt counted and
-    /// no circuit breaker. Only failures of fresh connections mark the route
-    /// down.
-    async fn deliver(&self, job: Job, pooled: Option<Pooled>) -> Option<Pooled> {
-        let pooled = pooled.and_then(|mut p| (!p.connection.closed_by_server()).then_some(p));
-        let reused = pooled.is_some();
-        let mut current = match pooled {
-            Some(pooled) => pooled,
-            None => self.fresh_connection(&job).await?,
-        };
-        let error = match self.transaction(&mut current, &job).await {
-            Ok(()) => return self.keep(current).await,
-            Err(error) => error,
-        };
-        let remote = Some(current.connection.remote().to_owned());
-        if !reused {
-            self.connection_failed(job, error, remote);
-            return None;
-        }
-        if !error.closed_while_idle() {
-            // The server worked a moment ago: this says nothing about its
-            // health, so the route stays up and the recipients wait.
-            let at = self.attempt_context(remote, None);
-            self.ctx.recorder.session_failed(&job, &error, &at);
-            return None;
-        }
-        log::debug!(
-            "route {}: pooled connection to {} was closed by the server ({error}); reconnecting",
-            self.name,
-            current.connection.remote()
-        );
-        let mut fresh = self.fresh_connection(&job).await?;
-        match self.transaction(&mut fresh, &job).await {
-            Ok(()) => self.keep(fresh).await,
-            Err(error) => {
-                let remote = Some(fresh.connection.remote().to_owned());
-                self.connection_failed(job, error, remote);
-                None
-            }
-        }
-    }
-
-    /// A new connection; when there is none to be had the job is handed on
-    /// (failover, deferral or bounce) and None returned.
-    async fn fresh_connection(&self, job: &Job) -> Option<Pooled> {
-        match self.connect().await {
-            Ok(connection) => Some(Pooled {
-                connection,
-                transactions: 0,
-            }),
-            Err(ConnectFailure::Session(e)) => {
-                self.connection_failed(job.clone(), e, None);
-                None
-            }
-            Err(ConnectFailure::Permanent(reply)) => {
-                let replies = vec![reply; job.rcpts.len()];
-                let at = self.attempt_context(None, None);
-                self.ctx.recorder.replies(job, &replies, &at);
-                None
-            }
-        }
-    }
-
-    /// The connection back to the pool, or closed once it has carried
-    /// `max_messages_per_connection` transactions.
-    async fn keep(&self, pooled: Pooled) -> Option<Pooled> {
-        if pooled.transactions >= self.max_messages_per_connection {
-            pooled.connection.quit().await;
-            return None;
-        }
-        Some(pooled)
-    }
-
-    /// One transaction for the job; its outcome is recorded unless the
-    /// connection failed (then the caller decides). A message this server
-    /// cannot carry (8-bit, UTF-8) goes nowhere near the wire.
-    async fn transaction(&self, pooled: &mut Pooled, job: &Job) -> Result<(), SessionError> {
-        let connection = &mut pooled.connection;
-        let remote = Some(connection.remote().to_owned());
-        let node = self.ctx.verp_node.as_ref().and_then(|n| n.node());
-        let sender = mail_from(job, &self.ctx.verp_secret, node);
-        let rcpts = recipients(job);
-        let envelope = Envelope {
-            mail_from: &sender,
-            recipients: &rcpts,
-        };
-        let needs = ContentNeeds::of(&envelope, &job.message.body);
-        if let Some(refusal) = connection.content_refusal(&needs) {
-            self.content_not_supported(job.clone(), refusal, remote);
-            return Ok(());
-        }
-        let started = std::time::Instant::now();
-        let result = connection.send(&envelope, &job.message.body).await;
-        crate::metrics::transaction_time(&self.name, started);
-        let replies = result?;
-        self.mark_up();
-        let at = self.attempt_context(remote, Some(tls_label(&connection.tls())));
-        self.ctx.recorder.replies(job, &replies, &at);
-        self.stats
-            .delivered(replies.iter().filter(|r| r.is_positive()).count());
-        pooled.transactions += 1;
-        Ok(())
-    }
-
-    /// The server lacks an extension the message needs: the next server of
-    /// the group may have it; without one the recipients bounce with
-    /// `refusal`. The route stays up: it is fine for other mail.
-    fn content_not_supported(&self, mut job: Job, refusal: Reply, remote_host: Option<String>) {
-        if self.mx.is_some() {
-            let replies = vec![refusal; job.rcpts.len()];
-            let at = self.attempt_context(remote_host, None);
-            self.ctx.recorder.replies(&job, &replies, &at);
-            return;
-        }
-        job.tried.push(self.name.clone());
-        let _ = self.ctx.failover.send(Failover {
-            job,
-            error: SessionError::Rejected {
-                phase: crate::smtp::client::Phase::Mail,
-                reply: refusal.clone(),
-            },
-            remote_host,
-            unsupported: Some(refusal),
-        });
-    }
-}
-
-/// Counts a job as in flight from when a worker takes it until it is
-/// dropped, which is once the job's outcome went to the recorder or to
-/// failover (or the worker ended).
-struct InFlight<'a> {
-    stats: &'a RouteStats,
-    message: Arc<sendengine_queue::StoredMessage>,
-}
-
-impl<'a> InFlight<'a> {
-    fn start(stats: &'a RouteStats, job: &Job) -> InFlight<'a> {
-        stats.started(&job.message.meta.campaign);
-        InFlight {
-            stats,
-            message: job.message.clone(),
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.stats.finished(&self.message.meta.campaign);
-    }
 }
 
 /// With VERP the envelope sender differs per recipient, so each recipient

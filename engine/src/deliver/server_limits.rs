@@ -185,6 +185,23 @@ impl ServerLimits {
         }
     }
 
+    /// Takes one message's place only if it is free now, without waiting
+    /// or asking Redis (in a fleet, only from the block in hand): a worker
+    /// with a final reply still to read asks this before taking the next job
+    /// at once, and otherwise goes the waiting way of `acquire`.
+    pub fn try_acquire(&self) -> bool {
+        if self.local.is_unlimited() {
+            return true;
+        }
+        match &self.fleet {
+            None => self.local.try_take(Instant::now()).is_ok(),
+            Some(fleet) => fleet
+                .prepaid
+                .try_lock()
+                .is_ok_and(|mut prepaid| prepaid.spend(Instant::now())),
+        }
+    }
+
     /// Waits for a place among the server's connections across the fleet
     /// while `wanted()` (the route has work); None standalone, where the
     /// route's worker count is the cap.

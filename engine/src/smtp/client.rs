@@ -1,7 +1,8 @@
 //! The outbound SMTP client: one [`Connection`] to a relay or MX, set up with
 //! greeting, EHLO, STARTTLS (required or opportunistic) or implicit TLS, and
 //! AUTH, then reused for many transactions. A transaction pipelines MAIL, RCPT
-//! and DATA when the server allows it and returns one [`Reply`] per recipient,
+//! and DATA when the server allows it (and may write them behind the previous
+//! message's end of data) and returns one [`Reply`] per recipient,
 //! so a refused recipient never costs the others their delivery. Every wait on
 //! the server has its own phase timeout. `SessionError` is for failures that
 //! make the connection unusable; the caller defers and drops the connection.
@@ -23,6 +24,7 @@ pub use reply::{MAX_REPLY_LINE, MAX_REPLY_LINES, Reply, ReplyLine};
 /// The client's TLS handshake (aws-lc-rs; webpki roots, or any certificate
 /// when `verify` is false); `server test` uses it step by step.
 pub use tls::handshake as tls_handshake;
+pub use transaction::{AwaitingFinal, Opened, Sent};
 
 use transport::Transport;
 

@@ -2,6 +2,10 @@
 //! DATA, the dot-stuffed body, and the final reply, with one reply per
 //! recipient as the result. With PIPELINING (RFC 2920) the envelope goes out
 //! in groups and the replies are read back in order; without it, in lockstep.
+//! A caller with the next message at hand can leave the final reply unread
+//! (`proceed` with `leave_final`) and `open` the next transaction, whose
+//! envelope then leaves in the same write as the end of the message before
+//! (RFC 2920 3.1); `finish` reads that final reply.
 //! A refused recipient keeps its own RCPT reply; the others still get the
 //! message (partial acceptance). Recipients put off with 452 (too many
 //! recipients) get a transaction of their own right after, on the same
@@ -106,6 +110,39 @@ impl EnvelopeReplies {
     }
 }
 
+/// A transaction whose first group of envelope commands has been written
+/// and whose replies are not read yet: [`Connection::proceed`] goes on.
+pub struct Opened {
+    state: Opening,
+}
+
+enum Opening {
+    /// Nothing was sent: every recipient was decided locally.
+    Decided(Vec<Reply>),
+    Sent {
+        plan: Vec<Command>,
+        mail_command: String,
+        /// Recipients decided so far (bad syntax), by index.
+        outcomes: Vec<Option<Reply>>,
+    },
+}
+
+/// A transaction whose message went out up to its end of data and whose
+/// final reply is not read yet: [`Connection::finish`] reads it.
+pub struct AwaitingFinal {
+    /// Recipients decided before the body (refused RCPT, bad syntax).
+    outcomes: Vec<Option<Reply>>,
+}
+
+/// How [`Connection::proceed`] left the transaction.
+pub enum Sent {
+    /// One reply per recipient, in input order.
+    Done(Vec<Reply>),
+    /// The message is written (perhaps still in the write buffer); its
+    /// final reply is to be read.
+    AwaitingFinal(AwaitingFinal),
+}
+
 impl Connection {
     /// One transaction. Returns one Reply per recipient in input order: the
     /// reply that decided that recipient (MAIL's reply if MAIL failed, the RCPT
@@ -119,26 +156,90 @@ impl Connection {
         envelope: &Envelope<'_>,
         body: &[u8],
     ) -> Result<Vec<Reply>, SessionError> {
+        let opened = self.open(envelope, body).await?;
+        match self.proceed(opened, envelope, body, false).await? {
+            Sent::Done(replies) => Ok(replies),
+            Sent::AwaitingFinal(awaiting) => self.finish(awaiting).await,
+        }
+    }
+
+    /// Starts a transaction: decides what needs no round trip and writes the
+    /// first group of envelope commands (the whole envelope when pipelining)
+    /// without reading a reply. The end of a message left in the write
+    /// buffer ([`Sent::AwaitingFinal`]) leaves in the same write, so its
+    /// final reply and this envelope's replies come back together: RFC 2920
+    /// 3.1 lets message content open a pipelined group. Read that final
+    /// reply ([`Connection::finish`]) before calling `proceed` on this one.
+    pub async fn open(
+        &mut self,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+    ) -> Result<Opened, SessionError> {
+        self.check_usable()?;
+        let result = self.open_transaction(envelope, body).await;
+        self.note_failure(result)
+    }
+
+    /// Reads the envelope replies of an opened transaction, sends the rest
+    /// of the envelope and the body. With `leave_final` and a server that
+    /// pipelines, the final reply is left unread ([`Sent::AwaitingFinal`])
+    /// so the next transaction's envelope can follow the body at once; the
+    /// end of the body may then still sit in the write buffer.
+    pub async fn proceed(
+        &mut self,
+        opened: Opened,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+        leave_final: bool,
+    ) -> Result<Sent, SessionError> {
+        self.check_usable()?;
+        let result = self
+            .proceed_transactions(opened, envelope, body, leave_final)
+            .await;
+        self.note_failure(result)
+    }
+
+    /// Sends what is left of the message and reads its final reply: one
+    /// Reply per recipient, as `send` returns them.
+    pub async fn finish(&mut self, awaiting: AwaitingFinal) -> Result<Vec<Reply>, SessionError> {
+        self.check_usable()?;
+        let result = self.read_final(awaiting.outcomes).await;
+        self.note_failure(result)
+    }
+
+    fn check_usable(&self) -> Result<(), SessionError> {
         if self.broken {
             return Err(SessionError::Protocol {
                 phase: Phase::Mail,
                 message: "the connection failed earlier and must be dropped".to_string(),
             });
         }
-        let result = self.transactions(envelope, body).await;
-        self.broken = result.is_err();
+        Ok(())
+    }
+
+    /// After a failure the session state is unknown: nothing more is sent.
+    fn note_failure<T>(&mut self, result: Result<T, SessionError>) -> Result<T, SessionError> {
+        self.broken |= result.is_err();
         result
     }
 
-    /// One transaction, then more on the same connection for the recipients
-    /// the server put off with 452 (too many recipients, RFC 5321
+    /// The opened transaction, then more on the same connection for the
+    /// recipients the server put off with 452 (too many recipients, RFC 5321
     /// 4.5.3.1.10), as long as each round decides somebody.
-    async fn transactions(
+    async fn proceed_transactions(
         &mut self,
+        opened: Opened,
         envelope: &Envelope<'_>,
         body: &[u8],
-    ) -> Result<Vec<Reply>, SessionError> {
-        let mut replies = self.transaction(envelope, body).await?;
+        leave_final: bool,
+    ) -> Result<Sent, SessionError> {
+        let mut replies = match self
+            .proceed_one(opened, envelope, body, leave_final)
+            .await?
+        {
+            Sent::Done(replies) => replies,
+            awaiting => return Ok(awaiting),
+        };
         let mut pending = replies.len();
         for _ in 1..MAX_TRANSACTIONS_PER_SEND {
             let put_off: Vec<usize> = (0..replies.len())
@@ -156,24 +257,30 @@ impl Connection {
                 mail_from: envelope.mail_from,
                 recipients: &recipients,
             };
-            let more = self.transaction(&rest, body).await?;
+            let opened = self.open_transaction(&rest, body).await?;
+            let Sent::Done(more) = self.proceed_one(opened, &rest, body, false).await? else {
+                return Err(unexpected_state("a final reply was left unread"));
+            };
             for (index, reply) in put_off.into_iter().zip(more) {
                 replies[index] = reply;
             }
         }
-        Ok(replies)
+        Ok(Sent::Done(replies))
     }
 
-    async fn transaction(
+    async fn open_transaction(
         &mut self,
         envelope: &Envelope<'_>,
         body: &[u8],
-    ) -> Result<Vec<Reply>, SessionError> {
+    ) -> Result<Opened, SessionError> {
+        let decided = |replies| Opened {
+            state: Opening::Decided(replies),
+        };
         let needs = ContentNeeds::of(envelope, body);
         if let Some(refusal) = self.refuse_locally(envelope, body, &needs) {
-            return Ok(vec![refusal; envelope.recipients.len()]);
+            return Ok(decided(vec![refusal; envelope.recipients.len()]));
         }
-        let mut outcomes: Vec<Option<Reply>> = envelope
+        let outcomes: Vec<Option<Reply>> = envelope
             .recipients
             .iter()
             .map(|recipient| check_address(recipient, "5.1.3", "recipient").err())
@@ -183,21 +290,71 @@ impl Connection {
             .map(Command::Rcpt)
             .collect();
         if recipients_to_send.is_empty() {
-            return Ok(outcomes.into_iter().flatten().collect());
+            return Ok(decided(outcomes.into_iter().flatten().collect()));
         }
         let plan: Vec<Command> = iter::once(Command::Mail)
             .chain(recipients_to_send)
             .chain(iter::once(Command::Data))
             .collect();
         let mail_command = self.mail_command(envelope, body, &needs);
+        if let Some(first) = plan.chunks(self.group_size()).next() {
+            self.send_group(first, &mail_command, envelope).await?;
+        }
+        Ok(Opened {
+            state: Opening::Sent {
+                plan,
+                mail_command,
+                outcomes,
+            },
+        })
+    }
+
+    /// One transaction after `open_transaction`: the final reply is left
+    /// unread only when asked, the server pipelines, and no recipient was
+    /// put off (those need another transaction once this one is over).
+    async fn proceed_one(
+        &mut self,
+        opened: Opened,
+        envelope: &Envelope<'_>,
+        body: &[u8],
+        leave_final: bool,
+    ) -> Result<Sent, SessionError> {
+        let (plan, mail_command, mut outcomes) = match opened.state {
+            Opening::Decided(replies) => return Ok(Sent::Done(replies)),
+            Opening::Sent {
+                plan,
+                mail_command,
+                outcomes,
+            } => (plan, mail_command, outcomes),
+        };
         let replies = self
             .exchange_envelope(&plan, envelope, &mail_command, &mut outcomes)
             .await?;
-        let decided = self.conclude(replies, body).await?;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| outcome.unwrap_or_else(|| decided.clone()))
-            .collect())
+        let put_off = outcomes
+            .iter()
+            .flatten()
+            .any(|reply| reply.code == TOO_MANY_RECIPIENTS);
+        let leave_final = leave_final && self.capabilities.pipelining && !put_off;
+        match self.conclude(replies, body).await? {
+            Concluded::Decided(reply) => Ok(Sent::Done(decide(outcomes, reply))),
+            Concluded::BodyWritten if leave_final => {
+                Ok(Sent::AwaitingFinal(AwaitingFinal { outcomes }))
+            }
+            Concluded::BodyWritten => self.read_final(outcomes).await.map(Sent::Done),
+        }
+    }
+
+    /// Flushes the end of the message and reads the reply to its dot.
+    async fn read_final(
+        &mut self,
+        outcomes: Vec<Option<Reply>>,
+    ) -> Result<Vec<Reply>, SessionError> {
+        self.transport
+            .flush(Phase::Body, self.timeouts.data_block)
+            .await?;
+        let phase = Phase::DataEnd;
+        let reply = expect_completion(phase, self.read(phase).await?)?;
+        Ok(decide(outcomes, reply))
     }
 
     /// Refusals that apply to the whole message and need no server round trip.
@@ -238,8 +395,31 @@ impl Connection {
         command
     }
 
-    /// Sends the plan group by group (the whole envelope at once when
-    /// pipelining, one command at a time otherwise) and reads every reply.
+    fn group_size(&self) -> usize {
+        if self.capabilities.pipelining {
+            MAX_PIPELINE_GROUP
+        } else {
+            1
+        }
+    }
+
+    async fn send_group(
+        &mut self,
+        group: &[Command],
+        mail_command: &str,
+        envelope: &Envelope<'_>,
+    ) -> Result<(), SessionError> {
+        let text = command_lines(group, mail_command, envelope);
+        let phase = group.first().map_or(Phase::Mail, |first| first.phase());
+        let after = self.timeouts.for_phase(phase);
+        self.transport
+            .send_all(phase, after, &[text.as_bytes()])
+            .await
+    }
+
+    /// Reads the replies to the plan group by group (the whole envelope at
+    /// once when pipelining, one command at a time otherwise), sending each
+    /// group after the first (`open_transaction` sent that one).
     async fn exchange_envelope(
         &mut self,
         plan: &[Command],
@@ -247,25 +427,17 @@ impl Connection {
         mail_command: &str,
         outcomes: &mut [Option<Reply>],
     ) -> Result<EnvelopeReplies, SessionError> {
-        let group_size = if self.capabilities.pipelining {
-            MAX_PIPELINE_GROUP
-        } else {
-            1
-        };
         let mut replies = EnvelopeReplies::default();
-        for group in plan.chunks(group_size) {
-            if group
-                .first()
-                .is_some_and(|&first| replies.stop_before(first))
-            {
-                break;
+        for (index, group) in plan.chunks(self.group_size()).enumerate() {
+            if index > 0 {
+                if group
+                    .first()
+                    .is_some_and(|&first| replies.stop_before(first))
+                {
+                    break;
+                }
+                self.send_group(group, mail_command, envelope).await?;
             }
-            let text = command_lines(group, mail_command, envelope);
-            let phase = group.first().map_or(Phase::Mail, |first| first.phase());
-            let after = self.timeouts.for_phase(phase);
-            self.transport
-                .send_all(phase, after, &[text.as_bytes()])
-                .await?;
             for &command in group {
                 let reply = self.read(command.phase()).await?;
                 replies.record(command, reply, outcomes)?;
@@ -274,13 +446,13 @@ impl Connection {
         Ok(replies)
     }
 
-    /// Finishes the transaction after the envelope and returns the reply that
-    /// decides every recipient not refused on its own.
+    /// Finishes the envelope: either a reply decides every recipient not
+    /// refused on its own, or the body is written (and its dot with it).
     async fn conclude(
         &mut self,
         replies: EnvelopeReplies,
         body: &[u8],
-    ) -> Result<Reply, SessionError> {
+    ) -> Result<Concluded, SessionError> {
         let data_started = replies.data_started();
         let EnvelopeReplies {
             mail,
@@ -299,21 +471,19 @@ impl Connection {
             }
             // With MAIL accepted, every recipient was refused by its own RCPT
             // reply, so this reply decides no one.
-            return Ok(mail);
+            return Ok(Concluded::Decided(mail));
         }
         let Some(data) = data else {
             return Err(unexpected_state("DATA was not sent"));
         };
         if data.code != START_MAIL_INPUT {
             self.reset().await?;
-            return Ok(data);
+            return Ok(Concluded::Decided(data));
         }
         self.transport
-            .send_body(Phase::Body, self.timeouts.data_block, body)
+            .write_body(Phase::Body, self.timeouts.data_block, body)
             .await?;
-        let phase = Phase::DataEnd;
-        let reply = self.read(phase).await?;
-        expect_completion(phase, reply)
+        Ok(Concluded::BodyWritten)
     }
 
     /// The server said 354 though no recipient is valid (possible when
@@ -339,6 +509,23 @@ impl Connection {
             })
         }
     }
+}
+
+/// Where the envelope left the transaction.
+enum Concluded {
+    /// No body was sent: this reply decides every recipient still open.
+    Decided(Reply),
+    /// The body and its dot are written; the final reply is to be read.
+    BodyWritten,
+}
+
+/// Each recipient's reply: its own where one decided it early, else the
+/// reply that decided the transaction.
+fn decide(outcomes: Vec<Option<Reply>>, decided: Reply) -> Vec<Reply> {
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or_else(|| decided.clone()))
+        .collect()
 }
 
 /// The command lines of one group, each ending in CRLF, for a single write.

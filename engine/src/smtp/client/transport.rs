@@ -80,11 +80,13 @@ impl Transport {
     }
 
     /// Writes the message body dot-stuffed, then the end-of-data marker, and
-    /// flushes once. `after` bounds each block of `BODY_BLOCK` bytes, not the
-    /// whole body (RFC 5321 4.5.3.2.5: the data timeout is per TCP send), so a
-    /// slow reader that keeps reading gets a large message, and one that stops
+    /// leaves the tail in the write buffer: the next write (the next
+    /// envelope, RFC 2920 3.1) or [`Transport::flush`] takes it along.
+    /// `after` bounds each block of `BODY_BLOCK` bytes, not the whole body
+    /// (RFC 5321 4.5.3.2.5: the data timeout is per TCP send), so a slow
+    /// reader that keeps reading gets a large message, and one that stops
     /// reading times out.
-    pub async fn send_body(
+    pub async fn write_body(
         &mut self,
         phase: Phase,
         after: Duration,
@@ -95,12 +97,12 @@ impl Transport {
                 within(phase, after, self.io.write_all(block)).await?;
             }
         }
-        let io = &mut self.io;
-        within(phase, after, async {
-            io.write_all(data_terminator(body)).await?;
-            io.flush().await
-        })
-        .await
+        within(phase, after, self.io.write_all(data_terminator(body))).await
+    }
+
+    /// Sends whatever the write buffer holds.
+    pub async fn flush(&mut self, phase: Phase, after: Duration) -> Result<(), SessionError> {
+        within(phase, after, self.io.flush()).await
     }
 
     /// Writes one command line (CRLF added) and flushes it.
