@@ -732,6 +732,84 @@ fn a_connection_lost_before_a_final_reply_defers_that_message_and_the_next_goes_
 }
 
 #[test]
+fn a_burst_after_a_flush_goes_over_a_few_pipelined_connections_not_one_each() {
+    let port = free_port();
+    let config = format!(
+        "{SMTP_IN}[delivery]\nretry_schedule = [\"1h\"]\n\
+         [[delivery_server]]\nname = \"relay\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         timeout = \"10s\"\nmax_connections = 20\n"
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    let count = 24;
+    for n in 0..count {
+        let rcpt = format!("r{n}@example.net");
+        smtplib_send(
+            daemon.addr,
+            "a@example.com",
+            &[&rcpt],
+            &format!("<burst{n}@faults.test>"),
+        );
+    }
+    daemon.wait_events("transient_failure", count, LONG);
+    // The relay is back: the flush hands the whole backlog to the route
+    // at once, as a scheduler round does with a campaign.
+    let sink = Sink::start_on(port, &[]);
+    ctl(&daemon, &["queue", "flush"]);
+    let received = sink.wait_messages(count, LONG);
+    let connections: std::collections::HashSet<String> = received
+        .iter()
+        .map(|m| m["peer"].as_str().unwrap_or("").to_owned())
+        .collect();
+    // Each busy connection takes the next jobs behind its dot; a worker
+    // per job would have opened one connection each (up to 20).
+    assert!(
+        connections.len() <= count / 3,
+        "{} connections for {count} messages queued at once",
+        connections.len()
+    );
+    assert_queue_drains(&daemon);
+}
+
+#[test]
+fn a_message_queued_behind_a_slow_transaction_gets_a_connection_of_its_own() {
+    let scanning = Duration::from_secs(4);
+    let fake = FakeServer::start(Quirk::SlowFinalReply(scanning));
+    let daemon = Daemon::start(relay_config(fake.port, "10s", ""));
+    smtplib_send(
+        daemon.addr,
+        "a@example.com",
+        &["a@example.net"],
+        "<slow0@faults.test>",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    smtplib_send(
+        daemon.addr,
+        "a@example.com",
+        &["b@example.net"],
+        "<slow1@faults.test>",
+    );
+    let delivered = daemon.wait_events("delivery", 2, LONG);
+    let at = |e: &Value| e["time"].as_str().unwrap_or("").to_owned();
+    let (first, second) = (at(&delivered[0]), at(&delivered[1]));
+    // Waiting for the first transaction would put the second a whole
+    // `scanning` after the first; its own connection, half a second.
+    let gap = (rfc3339_ms(&second) - rfc3339_ms(&first)).rem_euclid(86_400_000);
+    assert!(gap < 2_000, "the second came {gap} ms after the first");
+    assert_eq!(fake.connections(), 2);
+    assert!(daemon.events_of("transient_failure").is_empty());
+}
+
+/// Milliseconds of an event's RFC 3339 time within its day, enough for gaps
+/// of seconds in a test.
+fn rfc3339_ms(time: &str) -> i64 {
+    let clock = time.split('T').nth(1).unwrap_or("");
+    let mut parts = clock.trim_end_matches('Z').split(':');
+    let mut next = || parts.next().unwrap_or("0").parse::<f64>().unwrap_or(0.0);
+    let (hours, minutes, seconds) = (next(), next(), next());
+    (((hours * 60.0 + minutes) * 60.0 + seconds) * 1000.0) as i64
+}
+
+#[test]
 fn after_a_relay_restart_queue_flush_delivers_at_once() {
     let port = free_port();
     let sink = Sink::start_on(port, &[]);

@@ -20,13 +20,20 @@
 //!   final reply is lost, its recipients wait for a retry, as they would in
 //!   lockstep.
 
-use std::time::Instant;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::server_limits::ConnectionLease;
 use super::{ConnectFailure, Job, Route, RouteStats, mail_from, recipients, tls_label};
 use crate::smtp::client::{
     AwaitingFinal, Connection, ContentNeeds, Envelope, Opened, Reply, Sent, SessionError,
 };
+
+/// How long a worker waits on the server before the jobs queued behind it
+/// may wake another worker: longer than a transaction with a relay nearby
+/// takes, short against a slow server's.
+const PATIENCE: Duration = Duration::from_millis(10);
 
 /// A worker's open connection and the transactions it has carried.
 pub(super) struct Pooled {
@@ -86,7 +93,7 @@ impl Route {
     /// the first command costs one reconnect (see the module's comment).
     /// Only failures of fresh connections mark the route down.
     pub(super) async fn deliver(
-        &self,
+        self: &Arc<Self>,
         hand: InHand<'_>,
         pooled: Option<Pooled>,
         lease: &Option<ConnectionLease>,
@@ -97,10 +104,10 @@ impl Route {
             let reused = pooled.is_some();
             let mut current = match pooled.take() {
                 Some(pooled) => pooled,
-                None => self.fresh_connection(&hand.job).await?,
+                None => self.patiently(self.fresh_connection(&hand.job)).await?,
             };
             match self.run(&mut current, hand, reused, lease).await {
-                RunEnd::Keep => return self.keep(current).await,
+                RunEnd::Keep => return self.patiently(self.keep(current)).await,
                 RunEnd::Dropped => return None,
                 // The failure of the job before may have marked the route
                 // down: then this one goes the way of the queued jobs.
@@ -124,7 +131,7 @@ impl Route {
     /// once, that job with its envelope behind the end of the message
     /// before. `reused`: the connection carried a transaction before.
     async fn run<'a>(
-        &self,
+        self: &Arc<Self>,
         current: &mut Pooled,
         first: InHand<'a>,
         reused: bool,
@@ -165,7 +172,7 @@ impl Route {
                 continue;
             };
             let sent = current.connection.proceed(opened, &envelope, body, true);
-            match sent.await {
+            match self.patiently(sent).await {
                 Ok(Sent::Done(replies)) => self.answered(current, &hand.job, &replies, started),
                 Ok(Sent::AwaitingFinal(awaiting)) => {
                     waiting = Some(Unanswered {
@@ -215,16 +222,34 @@ impl Route {
         connection.open(envelope, &job.message.body).await.map(Some)
     }
 
+    /// Awaits `work`, a wait on the server. Once it has taken `PATIENCE`
+    /// this worker stops counting as one about to take the next job, so a
+    /// queued job gets another worker (and connection) rather than waiting
+    /// on a slow server.
+    async fn patiently<T>(self: &Arc<Self>, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        tokio::select! {
+            biased;
+            done = &mut work => return done,
+            () = tokio::time::sleep(PATIENCE) => {}
+        }
+        self.ready.leave();
+        self.start_worker_if_needed();
+        let done = work.await;
+        self.ready.rejoin();
+        done
+    }
+
     /// Reads and records the final reply of a message; false when the
     /// connection failed instead (the job was handed on).
-    async fn finish(&self, current: &mut Pooled, before: Unanswered<'_>) -> bool {
+    async fn finish(self: &Arc<Self>, current: &mut Pooled, before: Unanswered<'_>) -> bool {
         let Unanswered {
             hand,
             awaiting,
             started,
             used,
         } = before;
-        match current.connection.finish(awaiting).await {
+        match self.patiently(current.connection.finish(awaiting)).await {
             Ok(replies) => {
                 self.answered(current, &hand.job, &replies, started);
                 true

@@ -101,7 +101,6 @@ pub struct Route {
     pub stats: RouteStats,
     throttle: ServerLimits,
     workers: AtomicUsize,
-    idle_workers: AtomicUsize,
     stopping: AtomicBool,
     /// Wall-clock ms until which the server counts as down (0 = up).
     down_until_ms: AtomicU64,
@@ -132,7 +131,6 @@ impl Route {
             stats: RouteStats::default(),
             throttle: ServerLimits::new(server, ctx.fleet.as_ref()),
             workers: AtomicUsize::new(0),
-            idle_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             probe_started_ms: AtomicU64::new(0),
@@ -313,8 +311,11 @@ impl Route {
         self.workers.load(Ordering::Relaxed)
     }
 
+    /// Starts a worker when the queued jobs call for one more than the
+    /// running ones will take (see `ready/takers.rs`) and the route has
+    /// fewer than `max_connections`.
     fn start_worker_if_needed(self: &Arc<Self>) {
-        if self.stopping.load(Ordering::Relaxed) || self.idle_workers.load(Ordering::Acquire) > 0 {
+        if self.stopping.load(Ordering::Relaxed) || !self.ready.claim_new_worker() {
             return;
         }
         let started = self
@@ -325,6 +326,8 @@ impl Route {
             .is_ok();
         if started {
             tokio::spawn(worker(self.clone()));
+        } else {
+            self.ready.leave();
         }
     }
 
@@ -389,13 +392,15 @@ async fn worker(route: Arc<Route>) {
     let mut pooled: Option<Pooled> = None;
     // In a fleet, held while a connection is (about to be) open.
     let mut lease = None;
+    let parking = Arc::new(tokio::sync::Notify::new());
     loop {
         if pooled.is_none() {
             lease = None;
         }
-        route.idle_workers.fetch_add(1, Ordering::AcqRel);
-        let has_work = route.ready.wait_for_job(route.ctx.idle_timeout).await;
-        route.idle_workers.fetch_sub(1, Ordering::AcqRel);
+        let has_work = route
+            .ready
+            .wait_for_job(route.ctx.idle_timeout, &parking)
+            .await;
         if !has_work || route.stopping.load(Ordering::Relaxed) {
             break;
         }
@@ -424,15 +429,14 @@ async fn worker(route: Arc<Route>) {
         pooled = route.deliver(hand, pooled.take(), &lease).await;
         close_if_lease_lost(&lease, &mut pooled).await;
     }
+    route.ready.leave();
     if let Some(pooled) = pooled {
         pooled.connection.quit().await;
     }
     drop(lease);
     route.workers.fetch_sub(1, Ordering::AcqRel);
     // A job may have arrived while this worker was leaving.
-    if !route.ready.is_empty() {
-        route.start_worker_if_needed();
-    }
+    route.start_worker_if_needed();
 }
 
 /// Ends the connection of a lease given up (over this node's share, or

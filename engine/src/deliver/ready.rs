@@ -13,6 +13,9 @@
 //! transactional and autoresponder mail go in the priority lane, which has
 //! room of its own and is always served first; marketing mail waits in one
 //! queue per campaign, served in turn.
+//!
+//! The queue also knows which of the route's workers will take its jobs
+//! (`takers`), so that a push wakes a worker only when one is wanted.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +26,10 @@ use sendengine_queue::StoredMessage;
 use tokio::sync::Notify;
 
 use super::lease::Hold;
+
+mod takers;
+
+use takers::Takers;
 
 /// One message with the recipients to try in one transaction.
 #[derive(Debug, Clone)]
@@ -61,7 +68,6 @@ pub fn is_priority_channel(channel: &str) -> bool {
 
 pub struct ReadyQueue {
     jobs: Mutex<Inner>,
-    notify: Notify,
     capacity: usize,
     /// Told when a lane falls to half its capacity: the scheduler, which
     /// sleeps while the queue is full, claims more at once instead of at
@@ -86,6 +92,9 @@ struct Inner {
     bulk_lane: Lane,
     /// Set when the route is retired; every push is refused from then on.
     closed: bool,
+    /// Under the same lock as the jobs, so a worker cannot park just as a
+    /// push counts on it.
+    takers: Takers,
 }
 
 impl Inner {
@@ -187,7 +196,6 @@ impl ReadyQueue {
     pub fn waking(capacity: usize, room_freed: Arc<Notify>) -> ReadyQueue {
         ReadyQueue {
             jobs: Mutex::new(Inner::default()),
-            notify: Notify::new(),
             capacity,
             room_freed,
         }
@@ -226,8 +234,8 @@ impl ReadyQueue {
             return Err(Refused::Closed(job));
         }
         inner.push(job);
-        drop(inner);
-        self.notify.notify_one();
+        let queued = inner.len();
+        inner.takers.wake_if_wanted(queued);
         Ok(())
     }
 
@@ -243,8 +251,8 @@ impl ReadyQueue {
             return Err(Refused::Full(job));
         }
         inner.push(job);
-        drop(inner);
-        self.notify.notify_one();
+        let queued = inner.len();
+        inner.takers.wake_if_wanted(queued);
         Ok(())
     }
 
@@ -312,20 +320,51 @@ impl ReadyQueue {
         Some(job)
     }
 
-    /// Waits at most `idle` for a job to be queued; false on timeout.
-    pub async fn wait_for_job(&self, idle: Duration) -> bool {
+    /// Parks `worker` until a push wants it, for at most `idle`; true when a
+    /// job waits, false on timeout with the queue empty. The worker counts
+    /// as active again when this returns.
+    pub async fn wait_for_job(&self, idle: Duration, worker: &Arc<Notify>) -> bool {
         let deadline = tokio::time::Instant::now() + idle;
         loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.is_empty() {
-                return true;
+            {
+                let mut inner = self.inner();
+                if inner.len() > 0 {
+                    return true;
+                }
+                inner.takers.park(worker);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return !self.is_empty();
+            if tokio::time::timeout_at(deadline, worker.notified())
+                .await
+                .is_err()
+            {
+                let mut inner = self.inner();
+                inner.takers.unpark(worker);
+                return inner.len() > 0;
             }
         }
+    }
+
+    /// Counts in a new worker when the queued jobs call for one more and
+    /// no parked worker is left to wake; false when none is needed. The
+    /// caller starts it, or calls `leave` when it may not.
+    pub fn claim_new_worker(&self) -> bool {
+        let mut inner = self.inner();
+        let queued = inner.len();
+        inner.takers.claim_new(queued)
+    }
+
+    /// An active worker ends, or stops counting while it waits on a slow
+    /// server (then `rejoin` when it is back); a parked one is woken if the
+    /// queued jobs now call for it.
+    pub fn leave(&self) {
+        let mut inner = self.inner();
+        inner.takers.leave();
+        let queued = inner.len();
+        inner.takers.wake_if_wanted(queued);
+    }
+
+    pub fn rejoin(&self) {
+        self.inner().takers.rejoin();
     }
 
     /// Empties the queue (failover); the jobs stay claimed in the spool.
@@ -417,6 +456,91 @@ mod tests {
         q.try_pop().unwrap();
         q.try_pop().unwrap();
         assert!(!woken().await, "below half: no wake per job taken");
+    }
+
+    /// Whether `worker`, parked, was woken within a moment.
+    async fn was_woken(worker: &Arc<Notify>) -> bool {
+        let wait = tokio::time::timeout(Duration::from_millis(20), worker.notified());
+        wait.await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_parked_worker_only_when_the_active_ones_have_enough() {
+        let q = Arc::new(ReadyQueue::new(100));
+        assert!(!q.claim_new_worker(), "nothing queued: no worker");
+        q.try_push(job(0, "marketing", "a")).unwrap();
+        assert!(q.claim_new_worker(), "a job and no worker: one is wanted");
+        assert!(!q.claim_new_worker(), "one active worker takes it");
+        let first = q.try_pop().unwrap();
+        assert_eq!(first.message.id, 0);
+        // A second worker, then parked: the first is busy (still active).
+        q.try_push(job(1, "marketing", "a")).unwrap();
+        for id in 2..=(takers::QUEUED_PER_WORKER as u64) {
+            q.try_push(job(id, "marketing", "a")).unwrap();
+            assert!(
+                !q.claim_new_worker(),
+                "{id} queued: the busy worker takes them"
+            );
+        }
+        q.try_push(job(99, "marketing", "a")).unwrap();
+        assert!(
+            q.claim_new_worker(),
+            "one more than it takes: a second worker"
+        );
+        let parked = Arc::new(Notify::new());
+        while q.try_pop().is_some() {}
+        let waiting = {
+            let (q, parked) = (q.clone(), parked.clone());
+            tokio::spawn(async move { q.wait_for_job(Duration::from_secs(30), &parked).await })
+        };
+        tokio::task::yield_now().await;
+        while q.inner().takers.counts() != (1, 1) {
+            tokio::task::yield_now().await;
+        }
+        for id in 0..takers::QUEUED_PER_WORKER as u64 {
+            q.try_push(job(100 + id, "marketing", "a")).unwrap();
+        }
+        assert_eq!(
+            q.inner().takers.counts(),
+            (1, 1),
+            "the active worker will take these"
+        );
+        q.try_push(job(200, "marketing", "a")).unwrap();
+        assert!(
+            waiting.await.unwrap(),
+            "one job too many wakes the parked worker"
+        );
+        assert_eq!(q.inner().takers.counts(), (2, 0));
+    }
+
+    #[tokio::test]
+    async fn the_worker_parked_last_is_woken_first_and_a_resigned_one_lets_another_take_over() {
+        let q = ReadyQueue::new(100);
+        let (early, late) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        {
+            let mut inner = q.inner();
+            for _ in 0..3 {
+                inner.takers.rejoin();
+            }
+            inner.takers.park(&early);
+            inner.takers.park(&late);
+        }
+        // One active worker, busy with a slow server: it resigns.
+        q.leave();
+        assert!(!was_woken(&late).await, "nothing queued yet");
+        q.try_push(job(1, "transactional", "")).unwrap();
+        assert!(
+            was_woken(&late).await,
+            "the job does not wait on the slow server"
+        );
+        assert!(!was_woken(&early).await, "the surplus worker stays parked");
+        assert_eq!(q.inner().takers.counts(), (1, 1));
+        q.inner().takers.unpark(&early);
+        assert_eq!(
+            q.inner().takers.counts(),
+            (2, 0),
+            "a timed-out park counts active again"
+        );
     }
 
     #[test]
