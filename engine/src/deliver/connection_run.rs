@@ -155,10 +155,14 @@ impl Route {
             // back ahead of this envelope's replies.
             let opened = match (opened, waiting.take()) {
                 (Err(error), Some(before)) => {
+                    crate::metrics::transaction_time(&self.name, before.started);
                     self.unanswered_failed(current, before.hand, error, before.used);
                     return RunEnd::Again(hand);
                 }
-                (Err(error), None) => return self.failed(current, hand, error, used),
+                (Err(error), None) => {
+                    crate::metrics::transaction_time(&self.name, started);
+                    return self.failed(current, hand, error, used);
+                }
                 (Ok(opened), Some(before)) => {
                     if !self.finish(current, before).await {
                         return RunEnd::Again(hand);
@@ -182,7 +186,10 @@ impl Route {
                         used,
                     });
                 }
-                Err(error) => return self.failed(current, hand, error, used),
+                Err(error) => {
+                    crate::metrics::transaction_time(&self.name, started);
+                    return self.failed(current, hand, error, used);
+                }
             }
             used = true;
             if waiting.is_some() {
@@ -255,6 +262,7 @@ impl Route {
                 true
             }
             Err(error) => {
+                crate::metrics::transaction_time(&self.name, started);
                 self.unanswered_failed(current, hand, error, used);
                 false
             }
