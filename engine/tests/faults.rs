@@ -647,6 +647,23 @@ fn queued_behind_one_connection(fake: &FakeServer, count: usize) -> (Daemon, Vec
     (daemon, ids)
 }
 
+/// Waits until every message is delivered and the queue is empty, and
+/// checks that `fake` took one copy of each.
+fn all_delivered_once(daemon: &Daemon, fake: &FakeServer, ids: &[String]) {
+    daemon.wait_events("delivery", ids.len(), LONG);
+    assert_queue_drains(daemon);
+    let mut received = fake.message_ids();
+    received.sort();
+    assert_eq!(received, ids, "one copy of each");
+}
+
+/// What `deliveries` shows when each of `count` recipients went at once.
+fn first_attempts(count: usize) -> Vec<(String, u64)> {
+    (0..count)
+        .map(|n| (format!("r{n}@example.net"), 1))
+        .collect()
+}
+
 /// (recipient, attempt) of every delivery event, by recipient.
 fn deliveries(daemon: &Daemon) -> Vec<(String, u64)> {
     let mut seen: Vec<(String, u64)> = daemon
@@ -665,18 +682,13 @@ fn deliveries(daemon: &Daemon) -> Vec<(String, u64)> {
 fn queued_mail_to_a_pipelining_relay_sends_each_envelope_behind_the_last_dot() {
     let fake = FakeServer::start_pipelining(Quirk::Plain);
     let (daemon, ids) = queued_behind_one_connection(&fake, 4);
-    daemon.wait_events("delivery", 4, LONG);
-    assert_queue_drains(&daemon);
+    all_delivered_once(&daemon, &fake, &ids);
     assert_eq!(
         fake.pipelined(),
         3,
         "every envelope after the first went out before the reply to the dot before it"
     );
-    let expected: Vec<(String, u64)> = (0..4).map(|n| (format!("r{n}@example.net"), 1)).collect();
-    assert_eq!(deliveries(&daemon), expected);
-    let mut received = fake.message_ids();
-    received.sort();
-    assert_eq!(received, ids, "one copy of each");
+    assert_eq!(deliveries(&daemon), first_attempts(4));
     assert_eq!(fake.connections(), 1);
     assert!(daemon.events_of("transient_failure").is_empty());
 }
@@ -687,14 +699,9 @@ fn a_pipelining_relay_that_refuses_a_second_message_per_connection_costs_reconne
     // was taken, so it goes again on a fresh connection at once.
     let fake = FakeServer::start_pipelining(Quirk::OneTransactionPerConnection);
     let (daemon, ids) = queued_behind_one_connection(&fake, 3);
-    daemon.wait_events("delivery", 3, LONG);
-    assert_queue_drains(&daemon);
-    let expected: Vec<(String, u64)> = (0..3).map(|n| (format!("r{n}@example.net"), 1)).collect();
-    assert_eq!(deliveries(&daemon), expected);
+    all_delivered_once(&daemon, &fake, &ids);
+    assert_eq!(deliveries(&daemon), first_attempts(3));
     assert!(daemon.events_of("transient_failure").is_empty());
-    let mut received = fake.message_ids();
-    received.sort();
-    assert_eq!(received, ids, "one copy of each");
     assert_eq!(fake.connections(), 3);
     assert!(
         fake.pipelined() >= 1,
@@ -707,8 +714,7 @@ fn a_pipelining_relay_that_refuses_a_second_message_per_connection_costs_reconne
 fn a_connection_lost_before_a_final_reply_defers_that_message_and_the_next_goes_on_a_fresh_one() {
     let fake = FakeServer::start_pipelining(Quirk::DropAfterSecondDot);
     let (daemon, ids) = queued_behind_one_connection(&fake, 3);
-    daemon.wait_events("delivery", 3, LONG);
-    assert_queue_drains(&daemon);
+    all_delivered_once(&daemon, &fake, &ids);
     let delivered_at_once = [("delivery".to_owned(), 1, 250)];
     assert_eq!(history(&daemon, "r0@example.net"), delivered_at_once);
     // The second message's fate is unknown, so it waits for its retry (the
@@ -722,9 +728,6 @@ fn a_connection_lost_before_a_final_reply_defers_that_message_and_the_next_goes_
         ]
     );
     assert_eq!(history(&daemon, "r2@example.net"), delivered_at_once);
-    let mut received = fake.message_ids();
-    received.sort();
-    assert_eq!(received, ids, "one copy of each");
     assert!(
         route_available(&daemon, "relay"),
         "a used connection's loss says nothing of the server"
