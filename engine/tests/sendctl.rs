@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::dns_server::{DnsServer, RecordData};
-use support::{Daemon, DaemonConfig, Sink, ctl, sendctl, sendctl_in};
+use support::{Daemon, DaemonConfig, Sink, ctl, sendctl, sendctl_in, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -393,6 +393,25 @@ fn queue_views_show_last_replies_counts_and_a_departed_messages_history() {
         "{summary}"
     );
     assert!(!summary.contains("by_campaign"), "{summary}");
+
+    // The log rotates (as logrotate does: move, then SIGHUP): the history
+    // and `log --message` read the rotated file too.
+    std::fs::rename(
+        daemon.events_path(),
+        daemon.dir.path().join("events.jsonl.1"),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    wait_for(LONG, "the event log reopened", || {
+        daemon.events_path().exists().then_some(())
+    });
+    let logged = ctl(&daemon, &["log", "--message", &id.to_uppercase()]);
+    let events = logged["events"].as_array().unwrap();
+    assert!(
+        events.len() >= 3 && events.iter().all(|e| e["message_id"] == id.as_str()),
+        "{logged}"
+    );
+    stderr_has(&sendctl(&daemon, &["log", "--message", "12"]), "message");
 
     // Gone from the queue: its history instead of not_found.
     ctl(&daemon, &["queue", "delete", "--id", &id]);

@@ -31,6 +31,7 @@ pub const LOG_FIELDS: &[&str] = &[
     "tenant",
     "campaign",
     "route",
+    "message",
     "since",
 ];
 

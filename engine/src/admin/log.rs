@@ -30,7 +30,7 @@ const CONCURRENT_READS: usize = 2;
 static READS: Semaphore = Semaphore::const_new(CONCURRENT_READS);
 
 /// `log {limit, before | after, type, recipient, sender, tenant, campaign,
-/// route, since}`.
+/// route, message, since}`.
 pub async fn read(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, AdminError> {
     let path = ctx.events_path.clone().ok_or_else(|| {
         AdminError::new(
@@ -91,6 +91,7 @@ fn filter_spec(args: &Args) -> Result<FilterSpec, AdminError> {
         tenant: text("tenant")?,
         campaign: text("campaign")?,
         route: text("route")?,
+        message: text("message")?,
         since: text("since")?,
     })
 }

@@ -1,5 +1,5 @@
 //! Which event log lines `sendctl log` wants: by type, recipient, sender,
-//! tenant, campaign, route and time.
+//! tenant, campaign, route, message and time.
 //!
 //! A scan over a gigabyte of JSON lines must not parse every line. Each
 //! filter therefore also gives a byte pattern that a matching line must
@@ -42,6 +42,8 @@ pub struct FilterSpec {
     pub tenant: Option<String>,
     pub campaign: Option<String>,
     pub route: Option<String>,
+    /// A message's queue id as `sendctl` shows it (16 hex digits).
+    pub message: Option<String>,
     /// An RFC 3339 time, or a duration back from `now_ms` (`1h`, `30m`).
     pub since: Option<String>,
 }
@@ -63,6 +65,8 @@ struct Fields<'a> {
     campaign: Option<Cow<'a, str>>,
     #[serde(borrow)]
     route: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message_id: Option<Cow<'a, str>>,
 }
 
 /// An address filter: the whole address, or `@domain`; ASCII case ignored.
@@ -90,6 +94,7 @@ pub struct LogFilter {
     tenant: Option<String>,
     campaign: Option<String>,
     route: Option<String>,
+    message: Option<String>,
     /// Events at or after this time (the log's RFC 3339 form, which sorts
     /// as text).
     since: Option<String>,
@@ -112,6 +117,7 @@ impl LogFilter {
             tenant: given(&spec.tenant).map(str::to_owned),
             campaign: given(&spec.campaign).map(str::to_owned),
             route: given(&spec.route).map(str::to_owned),
+            message: given(&spec.message).map(message_id).transpose()?,
             since: since_ms.map(crate::timefmt::rfc3339),
             since_floor: since_ms.map(|ms| {
                 let floor = ms.saturating_sub(SINCE_SLACK_MS);
@@ -191,6 +197,7 @@ impl LogFilter {
             && same(&self.tenant, &f.tenant)
             && same(&self.campaign, &f.campaign)
             && same(&self.route, &f.route)
+            && same(&self.message, &f.message_id)
             && self.since.as_deref().is_none_or(|s| f.time.as_ref() >= s)
     }
 
@@ -206,7 +213,7 @@ impl LogFilter {
         for address in [&self.recipient, &self.sender].into_iter().flatten() {
             sets.push((vec![format!("{}\"", json_text(&address.0))], true));
         }
-        for value in [&self.tenant, &self.campaign, &self.route]
+        for value in [&self.tenant, &self.campaign, &self.route, &self.message]
             .into_iter()
             .flatten()
         {
@@ -229,6 +236,17 @@ impl LogFilter {
 /// A filter's value, trimmed; `None` when absent or empty.
 fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// A queue id as `sendctl` shows it, in the form the log writes it.
+fn message_id(text: &str) -> Result<String, FilterError> {
+    let id = sendengine_queue::parse_id(&text.to_ascii_lowercase()).ok_or_else(|| FilterError {
+        field: "message",
+        message: format!(
+            "`{text}` is not a queue id (16 hex digits, as `sendctl queue list` shows)"
+        ),
+    })?;
+    Ok(sendengine_queue::format_id(id))
 }
 
 /// A string as it appears between the quotes in serde_json's output.
@@ -366,6 +384,42 @@ mod tests {
         assert!(f.file_before_since(NOW - 3_600_000));
         assert!(!f.file_before_since(NOW - 1_800_000));
         assert!(!filter(FilterSpec::default()).line_before_since(at("1999").as_bytes()));
+    }
+
+    #[test]
+    fn message_selects_one_messages_events_whatever_the_case_given() {
+        let of = |id: &str| {
+            let mut event = crate::events::test_event(
+                EventKind::Delivery,
+                "bob@example.net",
+                "2026-11-21T10:00:00.000Z",
+            );
+            event.message_id = id.into();
+            serde_json::to_string(&event).unwrap()
+        };
+        let f = filter(FilterSpec {
+            message: Some("00019A2B3C4D5E6F".into()),
+            ..FilterSpec::default()
+        });
+        assert!(hit(&f, &of("00019a2b3c4d5e6f")));
+        assert!(!hit(&f, &of("00019a2b3c4d5e70")));
+        // The id elsewhere on the line (a header Message-ID) is not the field.
+        let mut event = crate::events::test_event(
+            EventKind::Delivery,
+            "bob@example.net",
+            "2026-11-21T10:00:00.000Z",
+        );
+        event.header_message_id = "<00019a2b3c4d5e6f@example.net>".into();
+        assert!(!hit(&f, &serde_json::to_string(&event).unwrap()));
+        let e = LogFilter::new(
+            &FilterSpec {
+                message: Some("42".into()),
+                ..FilterSpec::default()
+            },
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "message", "{e}");
     }
 
     #[test]
