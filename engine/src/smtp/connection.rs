@@ -15,6 +15,8 @@ pub use super::stream::Stream;
 use crate::values::Reply;
 
 const READ_CHUNK: usize = 16 * 1024;
+/// Room for the next read below which the buffer grows by `READ_CHUNK`.
+const MIN_READ_ROOM: usize = READ_CHUNK / 4;
 
 /// What `read_line` found.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct Connection {
     stream: Stream,
     buf: Vec<u8>,
     start: usize,
+    /// The last read took all the room the buffer had.
+    read_filled_room: bool,
     out: Vec<u8>,
 }
 
@@ -55,6 +59,7 @@ impl Connection {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
             start: 0,
+            read_filled_room: false,
             out: Vec::with_capacity(1024),
         }
     }
@@ -143,19 +148,36 @@ impl Connection {
     }
 
     /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
+    ///
+    /// The buffer grows only when a read filled all its room (the client
+    /// sends faster than we read: bigger reads save calls). The bytes
+    /// left over by a read that ended inside a line move to the front
+    /// instead: growing whenever a read ended inside a line doubled the
+    /// buffer of nearly every connection whose message came in two reads,
+    /// a copy and a large allocation to free that a connection per
+    /// message paid each time.
     async fn fill(&mut self) -> io::Result<bool> {
-        if self.start > 0 && self.start == self.buf.len() {
+        if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
-        } else if self.start > READ_CHUNK {
+        } else if self.start > READ_CHUNK || self.room() < MIN_READ_ROOM {
             self.buf.drain(..self.start);
             self.start = 0;
         }
         // Reads into the spare capacity: zeroing READ_CHUNK bytes before
         // every read (resize) cost a memset per command line.
-        self.buf.reserve(READ_CHUNK);
+        if self.room() < MIN_READ_ROOM || self.read_filled_room {
+            self.buf.reserve(READ_CHUNK);
+        }
+        let room = self.room();
         let n = self.stream.read_buf(&mut self.buf).await?;
+        self.read_filled_room = n == room;
         Ok(n > 0)
+    }
+
+    /// Spare capacity of the read buffer: what the next read may take.
+    fn room(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
     }
 
     /// Reads one line of at most `max` bytes (line ending included).
@@ -413,6 +435,59 @@ fn unstuff(line: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connection on loopback and the client's end of it.
+    async fn connected() -> (tokio::net::TcpStream, Connection) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, Connection::new(Stream::Plain(server)))
+    }
+
+    /// `n` bytes of 100-byte command lines.
+    fn lines(n: usize) -> Vec<u8> {
+        let mut line = b"x".repeat(98);
+        line.extend_from_slice(b"\r\n");
+        line.repeat(n / 100)
+    }
+
+    #[tokio::test]
+    async fn a_line_cut_by_a_read_moves_to_the_front_and_a_burst_grows_the_buffer() {
+        let (mut client, mut conn) = connected().await;
+        // Most of the buffer, ending inside a line; the rest comes later.
+        let mut first = lines(READ_CHUNK - 1200);
+        first.extend_from_slice(b"the start of a line ");
+        client.write_all(&first).await.unwrap();
+        for _ in 0..(READ_CHUNK - 1200) / 100 {
+            assert!(matches!(
+                conn.read_line(1000).await.unwrap(),
+                Line::Complete(_)
+            ));
+        }
+        client.write_all(b"and its end\r\n").await.unwrap();
+        let line = conn.read_line(1000).await.unwrap();
+        assert_eq!(
+            line,
+            Line::Complete(b"the start of a line and its end".to_vec())
+        );
+        assert_eq!(conn.buf.capacity(), READ_CHUNK, "grew for a cut line");
+
+        // A client that sends faster than one buffer's worth per read.
+        let burst = tokio::spawn(async move {
+            client.write_all(&lines(8 * READ_CHUNK)).await.unwrap();
+            client
+        });
+        for _ in 0..8 * READ_CHUNK / 100 {
+            assert!(matches!(
+                conn.read_line(1000).await.unwrap(),
+                Line::Complete(_)
+            ));
+        }
+        burst.await.unwrap();
+        assert!(conn.buf.capacity() > READ_CHUNK, "never grew for a burst");
+    }
 
     fn data(input: &[u8], max: u64) -> (Option<Vec<u8>>, usize, bool) {
         let mut r = DataReader::new(max);
