@@ -169,7 +169,10 @@ impl Policy for ServerContext {
                 auth_user: client.auth_user,
             },
         };
-        crate::admit::admit(&self.engine, envelope, body).await
+        // Boxed: admission's state is most of a session's future, and a
+        // session future is moved whole when its connection's task is
+        // spawned; on the heap it is made once per message instead.
+        Box::pin(crate::admit::admit(&self.engine, envelope, body)).await
     }
 }
 
