@@ -9,6 +9,7 @@
 
 mod body;
 mod capabilities;
+mod commands;
 mod content;
 mod reply;
 mod session;

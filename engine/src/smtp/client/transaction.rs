@@ -13,17 +13,14 @@
 
 use std::iter;
 
+use super::commands::{
+    Command, EnvelopeReplies, START_MAIL_INPUT, check_address, command_lines, expect_completion,
+};
 use super::{Connection, ContentNeeds, Envelope, Phase, Reply, SessionError};
 
 /// Commands per pipelined group. Bounded so that a server answering a long
 /// group cannot fill its send buffer while we are still writing (deadlock).
 const MAX_PIPELINE_GROUP: usize = 100;
-
-/// Longest address we put in a command (RFC 5321 4.5.3.1.3: 256 octets path).
-const MAX_ADDRESS_LEN: usize = 256;
-
-/// The reply that tells the server sent "go ahead" to DATA.
-const START_MAIL_INPUT: u16 = 354;
 
 /// The RCPT reply of a server that takes no more recipients in this
 /// transaction; the rest go in the next one.
@@ -32,83 +29,6 @@ const TOO_MANY_RECIPIENTS: u16 = 452;
 /// Transactions one `send` may run for a server that takes few recipients
 /// at a time, before the rest are left to a later retry.
 const MAX_TRANSACTIONS_PER_SEND: usize = 100;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Command {
-    Mail,
-    /// RCPT for the recipient at this index of the envelope.
-    Rcpt(usize),
-    Data,
-}
-
-impl Command {
-    fn phase(self) -> Phase {
-        match self {
-            Command::Mail => Phase::Mail,
-            Command::Rcpt(_) => Phase::Rcpt,
-            Command::Data => Phase::Data,
-        }
-    }
-}
-
-/// The replies to the envelope commands, as they come back.
-#[derive(Default)]
-struct EnvelopeReplies {
-    mail: Option<Reply>,
-    /// Recipients whose RCPT was accepted, by index.
-    accepted: Vec<usize>,
-    data: Option<Reply>,
-}
-
-impl EnvelopeReplies {
-    fn mail_refused(&self) -> bool {
-        self.mail.as_ref().is_some_and(|reply| !reply.is_positive())
-    }
-
-    fn data_started(&self) -> bool {
-        self.data
-            .as_ref()
-            .is_some_and(|reply| reply.code == START_MAIL_INPUT)
-    }
-
-    /// Whether sending `next` is pointless: MAIL was refused, or DATA would
-    /// follow no accepted recipient. Only matters between groups (lockstep).
-    fn stop_before(&self, next: Command) -> bool {
-        self.mail_refused() || (next == Command::Data && self.accepted.is_empty())
-    }
-
-    /// Files one reply; refused recipients get their reply in `outcomes`.
-    fn record(
-        &mut self,
-        command: Command,
-        reply: Reply,
-        outcomes: &mut [Option<Reply>],
-    ) -> Result<(), SessionError> {
-        match command {
-            Command::Mail => self.mail = Some(expect_completion(Phase::Mail, reply)?),
-            Command::Rcpt(index) => {
-                let reply = expect_completion(Phase::Rcpt, reply)?;
-                // After a refused MAIL the RCPT replies (503s) say nothing about
-                // the recipients; MAIL's reply will decide them.
-                if reply.is_positive() {
-                    self.accepted.push(index);
-                } else if !self.mail_refused()
-                    && let Some(outcome) = outcomes.get_mut(index)
-                {
-                    *outcome = Some(reply);
-                }
-            }
-            Command::Data => {
-                if reply.code != START_MAIL_INPUT && !reply.is_transient() && !reply.is_permanent()
-                {
-                    return Err(unexpected(Phase::Data, &reply));
-                }
-                self.data = Some(reply);
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A transaction whose first group of envelope commands has been written
 /// and whose replies are not read yet: [`Connection::proceed`] goes on.
@@ -526,50 +446,6 @@ fn decide(outcomes: Vec<Option<Reply>>, decided: Reply) -> Vec<Reply> {
         .into_iter()
         .map(|outcome| outcome.unwrap_or_else(|| decided.clone()))
         .collect()
-}
-
-/// The command lines of one group, each ending in CRLF, for a single write.
-fn command_lines(group: &[Command], mail_command: &str, envelope: &Envelope<'_>) -> String {
-    let mut text = String::new();
-    for &command in group {
-        match command {
-            Command::Mail => text.push_str(mail_command),
-            Command::Rcpt(index) => {
-                let recipient = envelope.recipients.get(index).copied().unwrap_or_default();
-                text.push_str(&format!("RCPT TO:<{recipient}>"));
-            }
-            Command::Data => text.push_str("DATA"),
-        }
-        text.push_str("\r\n");
-    }
-    text
-}
-
-/// Addresses go into command lines verbatim, so anything that could end the
-/// line or the angle brackets early is refused here rather than sent.
-fn check_address(address: &str, enhanced: &str, role: &str) -> Result<(), Reply> {
-    let bad_char = |c: char| c.is_ascii_control() || c == '<' || c == '>';
-    if address.is_empty() || address.len() > MAX_ADDRESS_LEN || address.contains(bad_char) {
-        let text = format!("bad {role} address syntax (refused by the sending client)");
-        return Err(Reply::local(501, enhanced, text));
-    }
-    Ok(())
-}
-
-/// Replies to MAIL, RCPT and the final dot must be 2xx, 4xx or 5xx.
-fn expect_completion(phase: Phase, reply: Reply) -> Result<Reply, SessionError> {
-    if reply.is_positive() || reply.is_transient() || reply.is_permanent() {
-        Ok(reply)
-    } else {
-        Err(unexpected(phase, &reply))
-    }
-}
-
-fn unexpected(phase: Phase, reply: &Reply) -> SessionError {
-    SessionError::Protocol {
-        phase,
-        message: format!("unexpected reply {reply}"),
-    }
 }
 
 fn unexpected_state(message: &str) -> SessionError {
