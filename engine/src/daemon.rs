@@ -5,9 +5,9 @@
 //! start the scheduler and the accept loops; then tell systemd we are
 //! ready. Stop (SIGTERM or SIGINT): new connections get 421, sessions
 //! finish what they are doing (a session in DATA gets its commit and its
-//! reply), deliveries in flight finish, all within `[delivery]
-//! shutdown_grace`; then the listeners close and the spool and the event
-//! log are closed. Whatever was claimed but not delivered is rescheduled by
+//! reply), deliveries in flight finish and every delivery connection ends
+//! with QUIT, all within `[delivery] shutdown_grace`; then the listeners
+//! close and the spool and the event log are closed. Whatever was claimed but not delivered is rescheduled by
 //! the spool's recovery at the next start. Reload (SIGHUP): see `reload`.
 
 use std::collections::HashSet;
@@ -33,6 +33,9 @@ use crate::tenancy::TenancyStore;
 
 /// How often the end of the drain is checked for at shutdown.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How long a stopping daemon waits, at most, for its delivery connections'
+/// replies to QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -518,6 +521,10 @@ impl Daemon {
                 grace.as_secs()
             );
         }
+        // Delivery connections say QUIT, as a polite client does; a server
+        // slow to answer is not waited for past the grace or `QUIT_WAIT`.
+        let quit_by = deadline.min(tokio::time::Instant::now() + QUIT_WAIT);
+        wait_for_connections(&self.engine.router, quit_by).await;
         let _ = self.closed.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -596,6 +603,18 @@ async fn wait_for_deliveries(
         let in_flight: usize = router.all().iter().map(|r| r.stats.in_flight()).sum();
         if in_flight == 0 || tokio::time::Instant::now() >= deadline {
             return in_flight;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Waits until the routes' workers have closed their connections (each
+/// after QUIT) or `deadline` passes.
+async fn wait_for_connections(router: &crate::route::Router, deadline: tokio::time::Instant) {
+    loop {
+        let open: usize = router.all().iter().map(|r| r.open_connections()).sum();
+        if open == 0 || tokio::time::Instant::now() >= deadline {
+            return;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }

@@ -694,6 +694,21 @@ fn queued_mail_to_a_pipelining_relay_sends_each_envelope_behind_the_last_dot() {
 }
 
 #[test]
+fn a_stopping_daemon_says_quit_on_its_idle_delivery_connections() {
+    let fake = FakeServer::start(Quirk::Plain);
+    let (mut daemon, ids) = queued_behind_one_connection(&fake, 2);
+    all_delivered_once(&daemon, &fake, &ids);
+    assert_eq!(fake.quits(), 0, "the connection is kept for more mail");
+    assert!(daemon.stop().success());
+    // The idle worker is woken at the stop instead of sleeping out its
+    // idle timeout while the daemon exits under it.
+    wait_for(LONG, "QUIT from the stopped daemon", || {
+        (fake.quits() == 1).then_some(())
+    });
+    assert_eq!(fake.connections(), 1);
+}
+
+#[test]
 fn a_pipelining_relay_that_refuses_a_second_message_per_connection_costs_reconnects_not_attempts() {
     // The envelope behind the first dot gets 421: nothing of that message
     // was taken, so it goes again on a fresh connection at once.
@@ -997,6 +1012,8 @@ struct FakeServer {
     port: u16,
     received: Arc<Mutex<Vec<String>>>,
     connections: Arc<AtomicUsize>,
+    /// Connections that ended with QUIT.
+    quits: Arc<AtomicUsize>,
     /// With PIPELINING offered: the commands that arrived behind a dot
     /// before the server answered it.
     pipelined: Option<Arc<AtomicUsize>>,
@@ -1018,15 +1035,23 @@ impl FakeServer {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
+        let quits = Arc::new(AtomicUsize::new(0));
         let (seen, count, behind) = (received.clone(), connections.clone(), pipelined.clone());
+        let quit_count = quits.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 let first = count.fetch_add(1, Ordering::SeqCst) == 0;
                 let seen = seen.clone();
                 let behind = behind.clone();
+                let quit_count = quit_count.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, quirk, first, &seen, behind.as_deref());
+                    let counters = Counters {
+                        received: &seen,
+                        pipelined: behind.as_deref(),
+                        quits: &quit_count,
+                    };
+                    let _ = serve(stream, quirk, first, &counters);
                 });
             }
         });
@@ -1034,6 +1059,7 @@ impl FakeServer {
             port,
             received,
             connections,
+            quits,
             pipelined,
         }
     }
@@ -1050,15 +1076,29 @@ impl FakeServer {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    fn quits(&self) -> usize {
+        self.quits.load(Ordering::SeqCst)
+    }
 }
 
-fn serve(
-    stream: TcpStream,
-    quirk: Quirk,
-    first: bool,
-    received: &Mutex<Vec<String>>,
-    pipelined: Option<&AtomicUsize>,
-) -> std::io::Result<()> {
+/// What the scripted server's connections record.
+struct Counters<'a> {
+    /// The Message-ID of each message accepted.
+    received: &'a Mutex<Vec<String>>,
+    /// With PIPELINING offered: commands that came behind a dot.
+    pipelined: Option<&'a AtomicUsize>,
+    /// Connections that ended with QUIT.
+    quits: &'a AtomicUsize,
+}
+
+fn serve(stream: TcpStream, quirk: Quirk, first: bool, counters: &Counters) -> std::io::Result<()> {
+    let Counters {
+        received,
+        pipelined,
+        quits,
+    } = counters;
+    let pipelined = *pipelined;
     let mut out = stream.try_clone()?;
     let mut input = BufReader::with_capacity(4096, stream);
     match quirk {
@@ -1133,7 +1173,10 @@ fn serve(
                 transactions += 1;
                 out.write_all(b"250 2.0.0 queued\r\n")?;
             }
-            "QUIT" => return out.write_all(b"221 2.0.0 bye\r\n"),
+            "QUIT" => {
+                quits.fetch_add(1, Ordering::SeqCst);
+                return out.write_all(b"221 2.0.0 bye\r\n");
+            }
             _ => out.write_all(b"502 5.5.1 not here\r\n")?,
         }
     }

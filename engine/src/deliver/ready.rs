@@ -321,8 +321,8 @@ impl ReadyQueue {
     }
 
     /// Parks `worker` until a push wants it, for at most `idle`; true when a
-    /// job waits, false on timeout with the queue empty. The worker counts
-    /// as active again when this returns.
+    /// job waits, false on timeout with the queue empty or once the queue is
+    /// closed. The worker counts as active again when this returns.
     pub async fn wait_for_job(&self, idle: Duration, worker: &Arc<Notify>) -> bool {
         let deadline = tokio::time::Instant::now() + idle;
         loop {
@@ -330,6 +330,9 @@ impl ReadyQueue {
                 let mut inner = self.inner();
                 if inner.len() > 0 {
                     return true;
+                }
+                if inner.closed {
+                    return false;
                 }
                 inner.takers.park(worker);
             }
@@ -373,11 +376,13 @@ impl ReadyQueue {
         std::iter::from_fn(|| inner.pop()).collect()
     }
 
-    /// Closes the queue for good (the route is retired) and returns what
-    /// waited in it; a push from now on is refused with `Closed`.
+    /// Closes the queue for good (the route is retired, or the daemon stops)
+    /// and returns what waited in it; a push from now on is refused with
+    /// `Closed`. Parked workers are woken to close their connections.
     pub fn close(&self) -> Vec<Job> {
         let mut inner = self.inner();
         inner.closed = true;
+        inner.takers.wake_all();
         std::iter::from_fn(|| inner.pop()).collect()
     }
 }

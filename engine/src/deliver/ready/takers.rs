@@ -72,6 +72,15 @@ impl Takers {
         }
     }
 
+    /// Wakes every parked worker (the queue closed: each says goodbye to
+    /// its server instead of idling out).
+    pub fn wake_all(&mut self) {
+        for worker in self.parked.drain(..) {
+            self.active += 1;
+            worker.notify_one();
+        }
+    }
+
     /// An active worker ends, or resigns while it waits on a slow server.
     pub fn leave(&mut self) {
         self.active = self.active.saturating_sub(1);
