@@ -10,8 +10,8 @@
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::error::SpoolError;
+use crate::requests::Completion;
 use crate::store::open_if_created;
-use crate::writer::Completion;
 
 /// (sink name, sequence number) -> one event, as JSON.
 const BACKLOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_backlog");

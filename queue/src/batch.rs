@@ -15,13 +15,14 @@ use crate::id::MessageId;
 use crate::idempotency::{self, IdempotencyRequest};
 use crate::message::Claimed;
 use crate::quarantine::{CorruptRecipient, Damaged};
+use crate::requests::{
+    ActionRequest, ClaimRequest, Completion, ForgetRequest, InsertRequest, ObjectRequest,
+    QuarantineRequest, RecordRequest, Request, SuppressRequest, complete,
+};
 use crate::segments::{Appended, SegmentFiles};
 use crate::select::ClaimCursor;
 use crate::store::{self, WriteTables};
-use crate::writer::{
-    ActionRequest, ClaimRequest, Completion, ForgetRequest, InsertRequest, ObjectRequest,
-    QuarantineRequest, RecordRequest, Request, SuppressRequest, complete, now_ms,
-};
+use crate::writer::now_ms;
 
 /// What the writer prepared before the transaction: the time, the id of
 /// each insert and where its body was appended.

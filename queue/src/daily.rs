@@ -11,8 +11,8 @@
 use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
 use crate::error::SpoolError;
+use crate::requests::Completion;
 use crate::store::open_if_created;
-use crate::writer::Completion;
 
 /// (UTC day number, tenant; "" for mail without one) -> tally bytes.
 const DAILY: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("daily_counters");

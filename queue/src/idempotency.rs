@@ -13,8 +13,8 @@
 use redb::{Database, ReadableDatabase, TableDefinition, WriteTransaction};
 
 use crate::error::SpoolError;
+use crate::requests::Completion;
 use crate::store::open_if_created;
-use crate::writer::Completion;
 
 /// key -> (expires at, ms since the epoch; payload).
 const IDEMPOTENCY: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("idempotency");

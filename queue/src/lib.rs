@@ -42,6 +42,7 @@ mod message;
 pub mod metrics;
 mod quarantine;
 mod quota;
+mod requests;
 mod segments;
 mod select;
 mod spool;

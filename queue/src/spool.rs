@@ -22,14 +22,15 @@ use crate::free_space::FreeSpaceGuard;
 use crate::id::{IdGenerator, MessageId};
 use crate::message::{Claimed, NewMessage, Outcome, StoredMessage};
 use crate::quarantine::{self, Damaged, QuarantinedRow};
+use crate::requests::{
+    ActionRequest, ClaimRequest, Completion, ForgetRequest, InsertRequest, QuarantineRequest,
+    RecordRequest, Request,
+};
 use crate::segments::{SegmentAppender, SegmentFiles};
 use crate::select::{ClaimFilter, MAX_PAGE, QueueAction, QueueCounts, QueueFilter, QueuePage};
 use crate::store::{self, EncodedMessage};
 use crate::tracking::{TrackedMessage, TrackingKey};
-use crate::writer::{
-    ActionRequest, ClaimRequest, Completion, ForgetRequest, InsertRequest, QuarantineRequest,
-    RecordRequest, Request, Shared, Writer, WriterSettings, now_ms, on_writer_thread,
-};
+use crate::writer::{Shared, Writer, WriterSettings, now_ms, on_writer_thread};
 
 mod side_tables;
 

@@ -7,7 +7,10 @@ use crossbeam::channel::{self, Sender};
 
 use super::*;
 use crate::clients::ClientPresence;
-use crate::message::{MessageMeta, NewMessage};
+use crate::delivered::DeliveredWrite;
+use crate::message::{Claimed, MessageMeta, NewMessage, Outcome};
+use crate::requests::{ClaimRequest, Completion, InsertRequest, RecordRequest};
+use crate::store::EncodedMessage;
 
 struct Harness {
     writer: Writer,

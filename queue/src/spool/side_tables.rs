@@ -8,10 +8,10 @@ use crate::backlog::{self, BacklogEntry, BacklogRequest, BacklogWritten};
 use crate::daily::{self, DailyRequest, DailyRow};
 use crate::error::SpoolError;
 use crate::idempotency::{self, IdempotencyRequest, IdempotencyRow};
+use crate::requests::{ObjectWrite, Request, SuppressRequest};
 use crate::select::MAX_PAGE;
 use crate::store;
 use crate::suppress::{self, Suppression};
-use crate::writer::{ObjectWrite, Request, SuppressRequest};
 
 impl Spool {
     /// Stores a configuration object (durably); returns whether it replaced one.
