@@ -548,6 +548,30 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn closing_the_queue_wakes_every_parked_worker_to_leave() {
+        let q = Arc::new(ReadyQueue::new(100));
+        assert!(q.try_push(job(1, "marketing", "a")).is_ok());
+        assert!(q.claim_new_worker());
+        assert!(q.try_pop().is_some());
+        q.inner().takers.rejoin();
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, parked) = (q.clone(), Arc::new(Notify::new()));
+                tokio::spawn(async move { q.wait_for_job(Duration::from_secs(30), &parked).await })
+            })
+            .collect();
+        while q.inner().takers.counts() != (0, 2) {
+            tokio::task::yield_now().await;
+        }
+        assert!(q.close().is_empty());
+        for worker in waiting {
+            let ended = tokio::time::timeout(Duration::from_secs(5), worker).await;
+            assert!(!ended.expect("woken, not left to idle out").unwrap());
+        }
+        assert_eq!(q.inner().takers.counts(), (2, 0), "each leaves in turn");
+    }
+
     #[test]
     fn a_push_past_the_capacity_is_refused() {
         let q = ReadyQueue::new(2);
