@@ -10,7 +10,8 @@
 //! most `MAX_HISTORY_EVENTS` events are kept (the latest) and at most
 //! `MAX_HISTORY_SCAN_BYTES` of the log are looked at; a history cut short
 //! by the second says so (`history_complete: false`). An operator
-//! command, run off the async workers.
+//! command, run off the async workers and counted among `sendctl log`'s
+//! readers (`log::read_permit`).
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -3,9 +3,10 @@
 //! The daemon reads, not `sendctl`: it knows the path and the rotation,
 //! the files may be readable only by its user and group (0640), and a
 //! follower polls it with a cursor. Each request reads off the async
-//! workers, at most `CONCURRENT_READS` at once (more wait their turn), and
-//! scans at most `MAX_SCAN_BYTES`: a filter that matches nothing in a
-//! gigabyte answers in a few steps, each with a cursor to go on from.
+//! workers, at most `CONCURRENT_READS` at once together with `queue
+//! inspect`'s histories (more wait their turn), and scans at most
+//! `MAX_SCAN_BYTES`: a filter that matches nothing in a gigabyte answers
+//! in a few steps, each with a cursor to go on from.
 
 use std::sync::Arc;
 
@@ -53,10 +54,7 @@ pub async fn read(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, Adm
     }
     let filter = LogFilter::new(&filter_spec(args)?, crate::timefmt::now_ms())
         .map_err(|e| AdminError::bad_args(e.to_string()))?;
-    let permit = READS
-        .acquire()
-        .await
-        .map_err(|e| AdminError::internal(format!("the log readers' semaphore: {e}")))?;
+    let permit = read_permit().await?;
     blocking(move || {
         let _permit = permit;
         let query = Query {
@@ -71,6 +69,15 @@ pub async fn read(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, Adm
         page.map(describe).map_err(read_error)
     })
     .await
+}
+
+/// A place among the readers of the event log (`sendctl log`, and the
+/// history of `queue inspect`), held while one reads.
+pub(super) async fn read_permit() -> Result<tokio::sync::SemaphorePermit<'static>, AdminError> {
+    READS
+        .acquire()
+        .await
+        .map_err(|e| AdminError::internal(format!("the log readers' semaphore: {e}")))
 }
 
 fn cursor(args: &Args, field: &str) -> Result<Option<Cursor>, AdminError> {

@@ -63,7 +63,13 @@ pub async fn handle(
             let id = parse_id(text).ok_or_else(|| {
                 AdminError::bad_args(format!("id: `{text}` is not a queue id (16 hex digits)"))
             })?;
-            blocking(move || inspect(&engine, id)).await
+            // A departed message's history reads the event log.
+            let permit = super::log::read_permit().await?;
+            blocking(move || {
+                let _permit = permit;
+                inspect(&engine, id)
+            })
+            .await
         }
         "flush" | "suspend" | "resume" | "delete" | "bounce" => {
             let filter = filter_from(args)?;
