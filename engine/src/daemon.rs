@@ -7,8 +7,9 @@
 //! finish what they are doing (a session in DATA gets its commit and its
 //! reply), deliveries in flight finish and every delivery connection ends
 //! with QUIT, all within `[delivery] shutdown_grace`; then the listeners
-//! close and the spool and the event log are closed. Whatever was claimed but not delivered is rescheduled by
-//! the spool's recovery at the next start. Reload (SIGHUP): see `reload`.
+//! close and the spool and the event log are closed. Whatever was claimed
+//! but not delivered is rescheduled by the spool's recovery at the next
+//! start. Reload (SIGHUP): see `reload`.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -513,7 +514,8 @@ impl Daemon {
         if let Some(cluster) = &self.engine.cluster {
             cluster.quota.shutdown().await;
         }
-        let in_flight = wait_for_deliveries(&self.engine.router, deadline).await;
+        let in_flight =
+            wait_for_routes(&self.engine.router, deadline, |r| r.stats.in_flight()).await;
         if in_flight > 0 {
             log::warn!(
                 "{in_flight} deliveries still in flight after the shutdown grace of {}s: \
@@ -524,7 +526,7 @@ impl Daemon {
         // Delivery connections say QUIT, as a polite client does; a server
         // slow to answer is not waited for past the grace or `QUIT_WAIT`.
         let quit_by = deadline.min(tokio::time::Instant::now() + QUIT_WAIT);
-        wait_for_connections(&self.engine.router, quit_by).await;
+        wait_for_routes(&self.engine.router, quit_by, |r| r.open_connections()).await;
         let _ = self.closed.send(true);
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -593,28 +595,17 @@ impl Daemon {
     }
 }
 
-/// Waits until no delivery is in flight or `deadline` passes; returns how
-/// many were still in flight.
-async fn wait_for_deliveries(
+/// Waits until `count` (deliveries in flight, open connections) is zero
+/// over every route, or `deadline` passes; returns what was left.
+async fn wait_for_routes(
     router: &crate::route::Router,
     deadline: tokio::time::Instant,
+    count: impl Fn(&crate::deliver::Route) -> usize,
 ) -> usize {
     loop {
-        let in_flight: usize = router.all().iter().map(|r| r.stats.in_flight()).sum();
-        if in_flight == 0 || tokio::time::Instant::now() >= deadline {
-            return in_flight;
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-}
-
-/// Waits until the routes' workers have closed their connections (each
-/// after QUIT) or `deadline` passes.
-async fn wait_for_connections(router: &crate::route::Router, deadline: tokio::time::Instant) {
-    loop {
-        let open: usize = router.all().iter().map(|r| r.open_connections()).sum();
-        if open == 0 || tokio::time::Instant::now() >= deadline {
-            return;
+        let left: usize = router.all().iter().map(|r| count(r)).sum();
+        if left == 0 || tokio::time::Instant::now() >= deadline {
+            return left;
         }
         tokio::time::sleep(DRAIN_POLL).await;
     }

@@ -9,9 +9,9 @@
 //! asks for a new one, only when the queued jobs outnumber what the active
 //! workers are counted on to take (`QUEUED_PER_WORKER` each).
 //!
-//! A worker that waits on a slow server stops counting (`leave`, then `rejoin`) after a
-//! short patience, so a job never waits long behind a slow transaction while
-//! the route could open another connection. Parked workers are woken last
+//! A worker that waits on a slow server stops counting after a short
+//! patience (`leave`, then `rejoin`), so a job never waits long behind a
+//! slow transaction while the route could open another connection. Parked workers are woken last
 //! parked, first woken: the surplus stays parked, times out and closes its
 //! connection, and the route keeps the connections its load needs.
 
