@@ -277,7 +277,7 @@ impl Route {
         let room = current.transactions + 1 < self.max_messages_per_connection;
         let go = room
             && !self.stopping.load(std::sync::atomic::Ordering::Relaxed)
-            && !self.ctx.recorder.unrecorded.is_paused()
+            && self.ctx.recorder.unrecorded.may_start()
             && !lease.as_ref().is_some_and(ConnectionLease::is_lost)
             && !self.ready.is_empty()
             && self.throttle.try_acquire();

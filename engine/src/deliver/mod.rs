@@ -404,7 +404,8 @@ async fn worker(route: Arc<Route>) {
         if !has_work || route.stopping.load(Ordering::Relaxed) {
             break;
         }
-        // No new transaction while delivered outcomes wait to be written.
+        // No new transaction while delivered outcomes wait to be written
+        // (refused, or too many not committed yet).
         route.ctx.recorder.unrecorded.wait_until_recording().await;
         if pooled.is_none() {
             let wanted = || !route.ready.is_empty() && !route.stopping.load(Ordering::Relaxed);

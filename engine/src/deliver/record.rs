@@ -224,15 +224,19 @@ impl Recorder {
         // The spool encodes them at once; the originals stay for a retry.
         let outcomes = written.outcomes.clone();
         let rows = written.delivered.clone();
+        let committing = self.unrecorded.committing();
         self.spool.record_with_index(
             outcomes,
             &rows,
             self.index_retain,
-            Box::new(move |result| match result {
-                Ok(()) => recorder.written(written),
-                // Shutting down: recovery reschedules them at the next start.
-                Err(SpoolError::Closed) => {}
-                Err(e) => recorder.hold_back(written, Some(&e), runtime),
+            Box::new(move |result| {
+                drop(committing);
+                match result {
+                    Ok(()) => recorder.written(written),
+                    // Shutting down: recovery reschedules them at the next start.
+                    Err(SpoolError::Closed) => {}
+                    Err(e) => recorder.hold_back(written, Some(&e), runtime),
+                }
             }),
         );
     }
@@ -485,33 +489,9 @@ mod tests {
         let mut config = SpoolConfig::new(dir.path());
         config.fail_commits = Some(fail.clone());
         let spool = Spool::open(config).unwrap();
-        let msg = NewMessage {
-            mail_from: "a@example.com".into(),
-            recipients: vec!["b@example.net".into()],
-            body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
-            meta: MessageMeta {
-                received_at_ms: now_ms(),
-                ..MessageMeta::default()
-            },
-            quotas: Vec::new(),
-            tracking: None,
-            idempotency: None,
-        };
-        let id = spool.insert_blocking(msg, true).unwrap();
+        let id = spool.insert_blocking(one_recipient(), true).unwrap();
         let stored = Arc::new(spool.load(id).unwrap().unwrap());
-        let recorder = Recorder {
-            spool: spool.clone(),
-            events: EventLog::disabled(),
-            retry: SharedRetry::new(RetryPolicy {
-                schedule: vec![Duration::from_secs(60)],
-                max_age: Duration::from_secs(3600),
-            }),
-            auto_suppress: true,
-            index_retain: Duration::from_secs(86_400),
-            leases: Leases::new(super::super::lease::CLAIM_LEASE),
-            unrecorded: Arc::default(),
-            fleet_index: None,
-        };
+        let recorder = recorder_for(&spool);
         let job = job_for(stored, vec![(0, 0)]);
         let at = AttemptContext {
             route: "r",
@@ -559,6 +539,83 @@ mod tests {
         spool.shutdown();
     }
 
+    /// Outcomes a lagging spool has not committed yet hold new
+    /// transactions back once `MAX_COMMITTING` of them wait, so a crash
+    /// can only send that many again; they go on once one is written.
+    #[tokio::test]
+    async fn outcomes_waiting_for_a_stalled_writer_hold_new_transactions_back() {
+        use super::super::unrecorded::MAX_COMMITTING;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig::new(dir.path())).unwrap();
+        let id = spool.insert_blocking(one_recipient(), true).unwrap();
+        let stored = Arc::new(spool.load(id).unwrap().unwrap());
+        let recorder = recorder_for(&spool);
+        let at = AttemptContext {
+            route: "r",
+            remote_host: None,
+            tls: None,
+        };
+        // The writer runs a request's callback on its own thread: this
+        // one keeps it from committing anything else until released.
+        let (release, stalled) = std::sync::mpsc::channel::<()>();
+        spool.record(
+            Vec::new(),
+            Box::new(move |_| {
+                let _ = stalled.recv();
+            }),
+        );
+        let job = job_for(stored, vec![(0, 0)]);
+        for _ in 1..MAX_COMMITTING {
+            recorder.replies(&job, &[reply(451)], &at);
+        }
+        assert!(recorder.unrecorded.may_start(), "one below the bound");
+        recorder.replies(&job, &[reply(451)], &at);
+        assert!(!recorder.unrecorded.may_start(), "at the bound");
+        assert!(!recorder.unrecorded.is_paused(), "a lag is no refusal");
+        let waiter = recorder.unrecorded.clone();
+        let resumed = tokio::spawn(async move { waiter.wait_until_recording().await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!resumed.is_finished(), "workers wait for the writer");
+
+        release.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), resumed)
+            .await
+            .expect("a transaction may start once outcomes are committed")
+            .unwrap();
+        spool.shutdown();
+    }
+
+    fn one_recipient() -> NewMessage {
+        NewMessage {
+            mail_from: "a@example.com".into(),
+            recipients: vec!["b@example.net".into()],
+            body: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
+            meta: MessageMeta {
+                received_at_ms: now_ms(),
+                ..MessageMeta::default()
+            },
+            quotas: Vec::new(),
+            tracking: None,
+            idempotency: None,
+        }
+    }
+
+    fn recorder_for(spool: &Spool) -> Recorder {
+        Recorder {
+            spool: spool.clone(),
+            events: EventLog::disabled(),
+            retry: SharedRetry::new(RetryPolicy {
+                schedule: vec![Duration::from_secs(60)],
+                max_age: Duration::from_secs(3600),
+            }),
+            auto_suppress: true,
+            index_retain: Duration::from_secs(86_400),
+            leases: Leases::new(super::super::lease::CLAIM_LEASE),
+            unrecorded: Arc::default(),
+            fleet_index: None,
+        }
+    }
+
     /// A claim no job holds any more comes back once its lease runs out;
     /// one a job still holds does not.
     #[tokio::test]
@@ -578,17 +635,10 @@ mod tests {
         let claimed = spool.claim_due(now_ms() + 1_000, 10).unwrap();
         assert_eq!(claimed.len(), 2);
         let recorder = Recorder {
-            spool: spool.clone(),
-            events: EventLog::disabled(),
-            retry: SharedRetry::new(RetryPolicy {
-                schedule: vec![Duration::from_secs(60)],
-                max_age: Duration::from_secs(3600),
-            }),
             auto_suppress: false,
             index_retain: Duration::from_secs(60),
             leases: Leases::new(Duration::ZERO),
-            unrecorded: Arc::default(),
-            fleet_index: None,
+            ..recorder_for(&spool)
         };
         let stored = Arc::new(spool.load(id).unwrap().unwrap());
         let held = recorder
