@@ -103,9 +103,13 @@ pub fn free_port() -> u16 {
         .expect("bind a free port")
 }
 
+/// The complete lines of a JSON-lines file another process is appending
+/// to: a last line without its newline is still being written.
 fn read_json_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
@@ -559,6 +563,15 @@ with smtplib.SMTP(host, port, timeout=30) as s:
 // ---- sendctl ------------------------------------------------------------------
 
 /// Runs the real `sendctl` against the daemon's admin socket.
+/// The row of route `name` in `sendctl status`'s answer.
+pub fn status_route(status: &Value, name: &str) -> Value {
+    let routes = status["routes"].as_array().expect("routes");
+    let found = routes.iter().find(|r| r["name"] == name);
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("no route {name}: {status}"))
+}
+
 pub fn sendctl_in(daemon: &Daemon, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     use std::io::Write as _;
     let mut child = Command::new(env!("CARGO_BIN_EXE_sendctl"))
