@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, Sink, ctl, free_port, sendctl, sendctl_in, wait_for};
+use support::{
+    Daemon, DaemonConfig, Sink, ctl, free_port, sendctl, sendctl_in, status_route, wait_for,
+};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -740,14 +742,6 @@ fn server_test_stops_at_a_certificate_it_cannot_verify() {
 }
 
 /// The route of `status` named `name`.
-fn status_route(status: &Value, name: &str) -> Value {
-    let routes = status["routes"].as_array().expect("routes");
-    let found = routes.iter().find(|r| r["name"] == name);
-    found
-        .cloned()
-        .unwrap_or_else(|| panic!("no route {name}: {status}"))
-}
-
 #[test]
 fn status_shows_jobs_in_flight_queued_campaigns_and_recent_deliveries() {
     // The sink never answers RCPT for "held": its transaction stays in

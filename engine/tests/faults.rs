@@ -12,11 +12,11 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_send, wait_for};
+use support::{Daemon, DaemonConfig, Sink, ctl, free_port, smtplib_send, status_route, wait_for};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -627,8 +627,9 @@ fn a_421_to_the_first_command_of_a_reused_connection_costs_a_reconnect_not_an_at
 }
 
 /// A daemon with one connection to `fake` and `count` one-recipient
-/// messages queued for it while its first greeting is held back; returns
-/// the daemon and the Message-IDs.
+/// messages for it; a pipelining `fake` holds its first greeting until
+/// every message is queued for that connection. Returns the daemon and
+/// the Message-IDs.
 fn queued_behind_one_connection(fake: &FakeServer, count: usize) -> (Daemon, Vec<String>) {
     let config = format!(
         "{SMTP_IN}[delivery]\nretry_schedule = [\"1s\"]\nfailover_backoff = \"1s\"\n\
@@ -643,6 +644,14 @@ fn queued_behind_one_connection(fake: &FakeServer, count: usize) -> (Daemon, Vec
     for (n, id) in ids.iter().enumerate() {
         let rcpt = format!("r{n}@example.net");
         smtplib_send(daemon.addr, "a@example.com", &[&rcpt], id);
+    }
+    if fake.pipelined.is_some() {
+        wait_for(LONG, "every message queued for the relay", || {
+            let route = status_route(&ctl(&daemon, &["status"]), "relay");
+            let taken = route["in_flight"].as_u64()? + route["ready"].as_u64()?;
+            (taken == count as u64).then_some(())
+        });
+        fake.greeting.open();
     }
     (daemon, ids)
 }
@@ -995,13 +1004,36 @@ enum Quirk {
 /// How long `Quirk::IdleClose` keeps a silent connection open.
 const IDLE_CLOSE: Duration = Duration::from_secs(2);
 
-/// How long a pipelining server holds its first greeting, so that every
-/// message of a test is queued before the first transaction starts.
-const GREETING_HOLD: Duration = Duration::from_millis(1500);
+/// How long a pipelining server holds its first greeting at most, waiting
+/// for the test to open it (`Gate::open`).
+const GREETING_HOLD: Duration = Duration::from_secs(60);
+
+/// Holds a pipelining server's first greeting until the test has queued
+/// every message, so that the first transaction has others behind it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let open = self.open.lock().unwrap();
+        let _ = self
+            .opened
+            .wait_timeout_while(open, GREETING_HOLD, |open| !*open)
+            .unwrap();
+    }
+}
 
 /// How long a pipelining server waits after a dot for the next command
 /// before answering the dot: a client that pipelines sent it already.
-const PIPELINED_WITHIN: Duration = Duration::from_millis(300);
+const PIPELINED_WITHIN: Duration = Duration::from_secs(1);
 
 /// Pause of the slow reader between two reads.
 const TICK: Duration = Duration::from_millis(20);
@@ -1017,6 +1049,8 @@ struct FakeServer {
     /// With PIPELINING offered: the commands that arrived behind a dot
     /// before the server answered it.
     pipelined: Option<Arc<AtomicUsize>>,
+    /// Held closed for a pipelining server's first connection.
+    greeting: Arc<Gate>,
 }
 
 impl FakeServer {
@@ -1038,6 +1072,8 @@ impl FakeServer {
         let quits = Arc::new(AtomicUsize::new(0));
         let (seen, count, behind) = (received.clone(), connections.clone(), pipelined.clone());
         let quit_count = quits.clone();
+        let greeting = Arc::new(Gate::default());
+        let gate = greeting.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
@@ -1045,11 +1081,13 @@ impl FakeServer {
                 let seen = seen.clone();
                 let behind = behind.clone();
                 let quit_count = quit_count.clone();
+                let gate = gate.clone();
                 std::thread::spawn(move || {
                     let counters = Counters {
                         received: &seen,
                         pipelined: behind.as_deref(),
                         quits: &quit_count,
+                        greeting: &gate,
                     };
                     let _ = serve(stream, quirk, first, &counters);
                 });
@@ -1061,6 +1099,7 @@ impl FakeServer {
             connections,
             quits,
             pipelined,
+            greeting,
         }
     }
 
@@ -1090,6 +1129,7 @@ struct Counters<'a> {
     pipelined: Option<&'a AtomicUsize>,
     /// Connections that ended with QUIT.
     quits: &'a AtomicUsize,
+    greeting: &'a Gate,
 }
 
 fn serve(stream: TcpStream, quirk: Quirk, first: bool, counters: &Counters) -> std::io::Result<()> {
@@ -1097,6 +1137,7 @@ fn serve(stream: TcpStream, quirk: Quirk, first: bool, counters: &Counters) -> s
         received,
         pipelined,
         quits,
+        greeting,
     } = counters;
     let pipelined = *pipelined;
     let mut out = stream.try_clone()?;
@@ -1116,7 +1157,7 @@ fn serve(stream: TcpStream, quirk: Quirk, first: bool, counters: &Counters) -> s
     let read_timeout = matches!(quirk, Quirk::IdleClose).then_some(IDLE_CLOSE);
     input.get_ref().set_read_timeout(read_timeout)?;
     if pipelined.is_some() && first {
-        std::thread::sleep(GREETING_HOLD);
+        greeting.wait();
     }
     out.write_all(b"220 fake.test ESMTP\r\n")?;
     let mut line = String::new();
