@@ -47,12 +47,8 @@ impl RawCluster {
                 self.database
             ));
         }
-        if let Some(redis) = &self.redis
-            && !(redis.starts_with("redis://") || redis.starts_with("rediss://"))
-        {
-            return Err(format!(
-                "[cluster] redis = {redis:?}: expected a URL such as \"redis://127.0.0.1:6379\""
-            ));
+        if let Some(redis) = &self.redis {
+            check_redis_url(redis)?;
         }
         Ok(ClusterSettings {
             node,
@@ -61,6 +57,23 @@ impl RawCluster {
             redis_prefix: self.redis_prefix.unwrap_or_else(|| "sendengine:".into()),
         })
     }
+}
+
+/// The redis client is built without TLS (no `rediss://`): refused here,
+/// rather than by every connection attempt once the node runs.
+fn check_redis_url(redis: &str) -> Result<(), String> {
+    if redis.starts_with("rediss://") {
+        return Err(format!(
+            "[cluster] redis = {redis:?}: this build cannot reach Redis over TLS; \
+             use \"redis://\" on a private network, or a local TLS tunnel (stunnel) to the server"
+        ));
+    }
+    if !redis.starts_with("redis://") {
+        return Err(format!(
+            "[cluster] redis = {redis:?}: expected a URL such as \"redis://127.0.0.1:6379\""
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -101,5 +114,9 @@ mod tests {
             .check()
             .unwrap_err();
         assert!(e.contains("redis"), "{e}");
+        let e = raw("a", "postgres://h/db", Some("rediss://r:6380"))
+            .check()
+            .unwrap_err();
+        assert!(e.contains("cannot reach Redis over TLS"), "{e}");
     }
 }
