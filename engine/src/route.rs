@@ -421,10 +421,23 @@ impl Router {
     /// Room left on the route named by `route_name_for` (a site not made
     /// yet has a whole queue's room).
     pub fn room_of(&self, name: &str, priority: bool) -> usize {
+        self.route_named(name)
+            .map_or(self.ctx.ready_capacity, |r| r.ready.room(priority))
+    }
+
+    /// Whether the workers' takes from that lane will wake the scheduler
+    /// (`ReadyQueue::wakes_when_taken`); a site not made yet has none.
+    pub fn lane_wakes_scheduler(&self, name: &str, priority: bool) -> bool {
+        self.route_named(name)
+            .is_some_and(|r| r.ready.wakes_when_taken(priority))
+    }
+
+    /// The route or direct-delivery site a name of `route_name_for` names.
+    fn route_named(&self, name: &str) -> Option<Arc<Route>> {
         let site = name
             .strip_prefix(DIRECT)
             .and_then(|rest| rest.strip_prefix(':'));
-        let route = match site {
+        match site {
             Some(domain) => self
                 .sites
                 .read()
@@ -432,8 +445,7 @@ impl Router {
                 .get(domain)
                 .cloned(),
             None => self.route(name),
-        };
-        route.map_or(self.ctx.ready_capacity, |r| r.ready.room(priority))
+        }
     }
 
     /// Drops direct-delivery sites with nothing queued and no connection;

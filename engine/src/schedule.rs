@@ -14,8 +14,13 @@
 //! when a route's ready queue falls to half full (a backlog drains as
 //! fast as the workers go, not a queue's capacity per sleep) and when an
 //! operator's action makes recipients due now (`Router::schedule_wake`).
+//! That wake comes only from above half: a lane that was full when the
+//! claim measured its room but is at half or below once the claim is
+//! queued (the workers drained it meanwhile) would never send it, so the
+//! scheduler claims again at once instead of sleeping.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +92,8 @@ fn give_back_unheld(router: &Router) {
 
 /// What a round of claiming found.
 enum Claim {
-    /// The whole batch: more may be due right now.
+    /// The whole batch, or due recipients left out on a lane that is at
+    /// half or below by now: claim again at once.
     Full,
     /// Less than a batch, and nothing due was left out for lack of room.
     Some,
@@ -99,7 +105,7 @@ enum Claim {
 async fn claim(engine: &Arc<Engine>, errors: &mut ErrorLog) -> Claim {
     let spool = engine.spool.clone();
     let room = RouteRoom::new(engine.router.clone(), engine.tenancy.snapshot());
-    let refused = room.refused.clone();
+    let full_lanes = room.full_lanes.clone();
     let leases = engine.router.leases().clone();
     let loaded = tokio::task::spawn_blocking(move || {
         let claimed = spool.claim_due_where(now_ms(), CLAIM_BATCH, room.into_filter())?;
@@ -107,11 +113,12 @@ async fn claim(engine: &Arc<Engine>, errors: &mut ErrorLog) -> Claim {
         Ok::<_, SpoolError>((count, load_jobs(&spool, &leases, claimed)))
     })
     .await;
-    let blocked = refused.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    let full_lanes = std::mem::take(&mut *full_lanes.lock().unwrap_or_else(|p| p.into_inner()));
+    let blocked = !full_lanes.is_empty();
     match loaded {
         Ok(Ok((count, jobs))) => {
             jobs.into_iter().for_each(|job| engine.router.dispatch(job));
-            if count == CLAIM_BATCH {
+            if count == CLAIM_BATCH || (blocked && !will_wake(&engine.router, &full_lanes)) {
                 Claim::Full
             } else if blocked {
                 Claim::Blocked
@@ -183,14 +190,26 @@ fn load_jobs(spool: &Spool, leases: &Leases, claimed: Vec<Claimed>) -> Vec<Job> 
     jobs
 }
 
+/// Whether every lane that refused recipients is still over half full,
+/// so that the workers' next takes will wake the scheduler.
+fn will_wake(router: &Router, full_lanes: &[LaneKey]) -> bool {
+    full_lanes
+        .iter()
+        .all(|(name, priority)| router.lane_wakes_scheduler(name, *priority))
+}
+
+/// A route and lane (priority or not).
+type LaneKey = (String, bool);
+
 /// Room per route and lane for one claim: the claim filter takes a due
 /// recipient only while its route has room left.
 struct RouteRoom {
     router: Arc<Router>,
     snapshot: Arc<crate::tenancy::Tenancy>,
-    left: HashMap<(String, bool), usize>,
-    /// Due recipients left out for lack of room.
-    refused: Arc<std::sync::atomic::AtomicUsize>,
+    /// Places left, and whether a recipient was refused for want of one.
+    left: HashMap<LaneKey, (usize, bool)>,
+    /// The lanes that left due recipients out for lack of room.
+    full_lanes: Arc<std::sync::Mutex<Vec<LaneKey>>>,
 }
 
 impl RouteRoom {
@@ -199,7 +218,7 @@ impl RouteRoom {
             router,
             snapshot,
             left: HashMap::new(),
-            refused: Arc::default(),
+            full_lanes: Arc::default(),
         }
     }
 
@@ -215,18 +234,24 @@ impl RouteRoom {
             return true;
         };
         let priority = is_priority_channel(&meta.channel);
-        let router = &self.router;
-        let left = self
-            .left
-            .entry((name, priority))
-            .or_insert_with_key(|(name, priority)| router.room_of(name, *priority));
-        if *left == 0 {
-            self.refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return false;
+        let mut lane = match self.left.entry((name, priority)) {
+            Entry::Occupied(lane) => lane,
+            Entry::Vacant(lane) => {
+                let (name, priority) = lane.key();
+                let room = self.router.room_of(name, *priority);
+                lane.insert_entry((room, false))
+            }
+        };
+        let (left, refused_before) = lane.get_mut();
+        if *left > 0 {
+            *left -= 1;
+            return true;
         }
-        *left -= 1;
-        true
+        if !std::mem::replace(refused_before, true) {
+            let mut full = self.full_lanes.lock().unwrap_or_else(|p| p.into_inner());
+            full.push(lane.key().clone());
+        }
+        false
     }
 
     fn into_filter(mut self) -> ClaimFilter {

@@ -279,6 +279,20 @@ impl ReadyQueue {
         self.capacity
     }
 
+    /// Whether taking jobs from the lane will tell `room_freed` (see
+    /// `waking`): only while it is over half full, as the tell comes when
+    /// a take brings it down to half. A closed queue says yes: it wants
+    /// nothing more.
+    pub fn wakes_when_taken(&self, priority: bool) -> bool {
+        let capacity = self.capacity;
+        let mut inner = self.inner();
+        if inner.closed {
+            return true;
+        }
+        let lane = inner.lane(priority);
+        lane.queued + lane.reserved > capacity / 2
+    }
+
     /// Takes the recipients `pick` chooses out of the queue (an operator's
     /// action reaches them there), as jobs of their own.
     pub fn take_matching(&self, mut pick: impl FnMut(&Job, u32) -> bool) -> Vec<Job> {
@@ -449,6 +463,7 @@ mod tests {
             q.try_push(job(id, "marketing", "a")).unwrap();
         }
         q.try_push(job(9, "transactional", "")).unwrap();
+        assert!(q.wakes_when_taken(false) && !q.wakes_when_taken(true));
         q.try_pop().unwrap();
         assert!(
             !woken().await,
@@ -456,11 +471,30 @@ mod tests {
         );
         q.try_pop().unwrap();
         assert!(!woken().await, "3 of 4 left: not yet");
+        assert!(q.wakes_when_taken(false));
         q.try_pop().unwrap();
         assert!(woken().await, "2 of 4 left: half full");
+        assert!(!q.wakes_when_taken(false), "the wake has come");
         q.try_pop().unwrap();
         q.try_pop().unwrap();
         assert!(!woken().await, "below half: no wake per job taken");
+    }
+
+    /// A lane at half or below never wakes the scheduler as it drains,
+    /// and says so: the scheduler must not sleep on it (`schedule.rs`).
+    #[tokio::test]
+    async fn a_lane_at_half_or_below_says_its_takes_will_not_wake_the_scheduler() {
+        let wake = Arc::new(Notify::new());
+        let q = ReadyQueue::waking(4, wake.clone());
+        for id in 0..2 {
+            q.try_push(job(id, "marketing", "a")).unwrap();
+        }
+        assert!(!q.wakes_when_taken(false));
+        while q.try_pop().is_some() {}
+        let wait = tokio::time::timeout(Duration::from_millis(20), wake.notified());
+        assert!(wait.await.is_err(), "drained from half: no wake");
+        q.close();
+        assert!(q.wakes_when_taken(false), "closed: nothing to wait for");
     }
 
     /// Whether `worker`, parked, was woken within a moment.
