@@ -172,7 +172,8 @@ async fn report_status(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>)
 }
 
 /// Sets the gauges that are read rather than counted (queue sizes, spool
-/// file size, per-route depth and connections) every
+/// file size, per-route depth and connections, outcomes waiting for their
+/// commit) every
 /// `metrics::REFRESH_INTERVAL`. It lives here, not in `metrics`, because
 /// it reads the `Engine`, and `metrics` sits below it.
 async fn refresh_gauges(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
@@ -189,6 +190,8 @@ async fn refresh_gauges(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>
             }),
             routes_before,
         );
+        let committing = engine.router.recorder().unrecorded.committing_now();
+        ::metrics::gauge!(crate::deliver::COMMITTING_GAUGE).set(committing as f64);
         tokio::select! {
             _ = tokio::time::sleep(crate::metrics::REFRESH_INTERVAL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,

@@ -180,6 +180,11 @@ fn counters_match_a_known_workload() {
         metric_sum(&text, "sendengine_ready_queue_depth", &transactions),
         0.0
     );
+    assert!(
+        text.lines()
+            .any(|l| l == "sendengine_outcomes_committing 0"),
+        "the outcomes waiting for their commit, all written:\n{text}"
+    );
     assert!(text.contains("# HELP sendengine_events_dropped_total"));
     assert!(!text.contains('@'), "no address in the metrics:\n{text}");
     assert!(!text.contains("tenant="), "no tenant label unless enabled");

@@ -34,7 +34,7 @@ use server_limits::{ConnectionLease, ServerLimits};
 pub use stats::RouteStats;
 pub use throttle::Throttle;
 use tokio::sync::mpsc;
-pub use unrecorded::{PAUSED_GAUGE, UNRECORDED_GAUGE, Unrecorded};
+pub use unrecorded::{COMMITTING_GAUGE, PAUSED_GAUGE, UNRECORDED_GAUGE, Unrecorded};
 
 use crate::smtp::client::{ClientSettings, Connection, Reply, SessionError, TlsState};
 use crate::tenancy::DeliveryServer;

@@ -28,7 +28,7 @@
 //! then sends again at most that many, plus one message per connection
 //! whose final reply was not read yet. Unlike the pause this is no error:
 //! nothing is logged, and the gauge `sendengine_outcomes_committing` shows
-//! the count.
+//! the count (read with the other gauges every few seconds).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,7 @@ pub const MAX_COMMITTING: usize = 1024;
 
 pub const PAUSED_GAUGE: &str = "sendengine_delivery_paused";
 pub const UNRECORDED_GAUGE: &str = "sendengine_outcomes_unrecorded";
-const COMMITTING_GAUGE: &str = "sendengine_outcomes_committing";
+pub const COMMITTING_GAUGE: &str = "sendengine_outcomes_committing";
 
 #[derive(Default)]
 pub struct Unrecorded {
@@ -133,9 +133,15 @@ impl Unrecorded {
     /// guard is dropped (committed, refused and held back, where the pause
     /// takes over, or dropped by a closed spool).
     pub(super) fn committing(self: &Arc<Self>) -> Committing {
-        let now = self.committing.fetch_add(1, Ordering::AcqRel) + 1;
-        ::metrics::gauge!(COMMITTING_GAUGE).set(now as f64);
+        self.committing.fetch_add(1, Ordering::AcqRel);
         Committing(self.clone())
+    }
+
+    /// Transactions whose outcomes wait for their commit now; read into
+    /// `COMMITTING_GAUGE` with the other gauges (`daemon::refresh_gauges`),
+    /// not set per transaction.
+    pub fn committing_now(&self) -> usize {
+        self.committing.load(Ordering::Acquire)
     }
 
     fn set_gauges(&self, outcomes: usize) {
@@ -151,7 +157,6 @@ impl Drop for Committing {
     fn drop(&mut self) {
         let unrecorded = &self.0;
         let before = unrecorded.committing.fetch_sub(1, Ordering::AcqRel);
-        ::metrics::gauge!(COMMITTING_GAUGE).set((before - 1) as f64);
         if before == MAX_COMMITTING {
             unrecorded.resumed.notify_waiters();
         }

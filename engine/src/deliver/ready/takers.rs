@@ -11,9 +11,10 @@
 //!
 //! A worker that waits on a slow server stops counting after a short
 //! patience (`leave`, then `rejoin`), so a job never waits long behind a
-//! slow transaction while the route could open another connection. Parked workers are woken last
-//! parked, first woken: the surplus stays parked, times out and closes its
-//! connection, and the route keeps the connections its load needs.
+//! slow transaction while the route could open another connection. Parked
+//! workers are woken last parked, first woken: the surplus stays parked,
+//! times out and closes its connection, and the route keeps the
+//! connections its load needs.
 
 use std::sync::Arc;
 
