@@ -8,34 +8,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Daemon, DaemonConfig, Sink, ctl, free_port, sendctl, wait_for};
-
-/// POSTs a body file with urllib; prints `{"status", "headers", "body"}`.
-const CLIENT: &str = r#"
-import json, ssl, sys, urllib.request, urllib.error
-url, token, path, extra = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-headers = {"Content-Type": "application/json", **extra}
-if token:
-    headers["Authorization"] = "Bearer " + token
-data = open(path, "rb").read() if path else None
-request = urllib.request.Request(url, data=data, method="POST" if path else "GET", headers=headers)
-try:
-    # The tests' certificates are self-signed.
-    r = urllib.request.urlopen(request, timeout=120, context=ssl._create_unverified_context())
-    status, got, body = r.status, r.headers, r.read()
-except urllib.error.HTTPError as e:
-    status, got, body = e.code, e.headers, e.read()
-except Exception as e:  # no HTTP answer at all (refused, reset, not HTTP)
-    print(json.dumps({"status": 0, "headers": {}, "body": str(e)}))
-    sys.exit(0)
-print(json.dumps({"status": status, "headers": {k.lower(): v for k, v in got.items()},
-                  "body": json.loads(body) if body else None}))
-"#;
+use support::http_api::{Api, CLIENT, recipients, sink_on};
+use support::{ctl, sendctl, wait_for};
 
 /// KumoMTA's documentation, "Template Substitution", as it is.
 const KUMO_TEMPLATE_EXAMPLE: &str = r#"{
@@ -92,101 +70,6 @@ const KUMO_CURL_EXAMPLE: &str = r#"
  "content": "Subject: hello\n\nHello there",
  "recipients": [{"email": "recipient@example.com"}]
 }"#;
-
-struct Api {
-    daemon: Daemon,
-    url: String,
-    token: String,
-    sink: Option<Sink>,
-    sink_port: u16,
-    store: PathBuf,
-    _store_dir: tempfile::TempDir,
-}
-
-impl Api {
-    /// A daemon with `[http_in]` (plus `http_extra` lines), the user
-    /// `app` (plus `objects`) and an API key for it; the sink started
-    /// unless `sink_down`.
-    fn start(http_extra: &str, objects: &str, sink_down: bool) -> Option<Api> {
-        if support::python3_missing("the HTTP client of these tests") {
-            return None;
-        }
-        let store_dir = tempfile::tempdir().unwrap();
-        let store = store_dir.path().to_owned();
-        let sink_port = free_port();
-        let sink = (!sink_down).then(|| sink_on(sink_port, &store));
-        let http_port = free_port();
-        let mut config = DaemonConfig::new(sink_port);
-        config.relay_networks.clear();
-        config.extra_server = format!(
-            "[http_in]\nlisten = [\"127.0.0.1:{http_port}\"]\n{http_extra}\n[[user]]\nname = \"app\"\npassword = \"secret\"\n{objects}"
-        );
-        let daemon = Daemon::start(config);
-        let scheme = if http_extra.contains("tls_cert") {
-            "https"
-        } else {
-            "http"
-        };
-        let key = ctl(&daemon, &["user", "api-key", "create", "app"]);
-        let token = key["token"].as_str().expect("a token").to_owned();
-        Some(Api {
-            daemon,
-            url: format!("{scheme}://127.0.0.1:{http_port}"),
-            token,
-            sink,
-            sink_port,
-            store,
-            _store_dir: store_dir,
-        })
-    }
-
-    fn post(&self, body: &str) -> Value {
-        self.post_as(&self.token, body, json!({}))
-    }
-
-    fn post_as(&self, token: &str, body: &str, headers: Value) -> Value {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("body.json");
-        std::fs::write(&path, body).unwrap();
-        let out = Command::new("python3")
-            .args(["-c", CLIENT, &format!("{}/api/inject/v1", self.url), token])
-            .arg(&path)
-            .arg(headers.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// The messages the sink stored, once there are `n`.
-    fn delivered(&self, n: usize) -> Vec<(Vec<String>, String)> {
-        let sink = self.sink.as_ref().expect("the sink runs");
-        let lines = sink.wait_messages(n, Duration::from_secs(30));
-        lines
-            .iter()
-            .map(|l| {
-                let rcpts = l["rcpts"].as_array().unwrap().iter();
-                let rcpts = rcpts.map(|r| r.as_str().unwrap().to_owned()).collect();
-                let eml = self.store.join(format!("{}.eml", l["seq"]));
-                (rcpts, std::fs::read_to_string(eml).unwrap_or_default())
-            })
-            .collect()
-    }
-}
-
-fn sink_on(port: u16, store: &Path) -> Sink {
-    Sink::start_on(port, &["--store-dir", store.to_str().unwrap()])
-}
-
-fn recipients(n: usize) -> Vec<Value> {
-    (0..n)
-        .map(|i| json!({"email": format!("r{i}@example.net"), "substitutions": {"i": i}}))
-        .collect()
-}
 
 #[test]
 fn kumomta_bodies_templates_attachments_and_metadata() {

@@ -9,6 +9,7 @@
 
 pub mod delivered;
 pub mod fleet_actions;
+pub mod idempotency;
 pub mod nodes;
 pub mod objects;
 pub mod postgres;
@@ -37,6 +38,8 @@ pub struct Cluster {
     pub fleet: Arc<FleetView>,
     /// Sending quotas, exact across the fleet (`quota`).
     pub quota: quota::QuotaLedger,
+    /// HTTP idempotency keys across the fleet (`idempotency`).
+    pub idempotency_keys: idempotency::FleetKeys,
 }
 
 impl Cluster {
@@ -56,6 +59,7 @@ impl Cluster {
             db,
             settings,
             fleet,
+            idempotency_keys: idempotency::FleetKeys::default(),
         }
     }
 }

@@ -28,6 +28,10 @@ pub enum DbError {
     Closed,
     #[error("the cluster database: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// Rows that kept changing under a read-then-write (other nodes' writes
+    /// racing it); the call may be tried again.
+    #[error("the cluster database: {0}")]
+    Unsettled(&'static str),
 }
 
 impl DbError {
@@ -43,7 +47,7 @@ impl DbError {
                             || *code == tokio_postgres::error::SqlState::CRASH_SHUTDOWN
                     })
             }
-            DbError::Timeout(_) => false,
+            DbError::Timeout(_) | DbError::Unsettled(_) => false,
         }
     }
 }

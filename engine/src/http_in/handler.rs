@@ -35,7 +35,9 @@ use super::idempotency::{Claim, Known};
 use super::listener::ConnInfo;
 use super::request::{self, InjectRequest, Recipient};
 use crate::admit::{Extras, admit_with};
+use crate::cluster::idempotency::Holder;
 use crate::engine::{ClientInfo, Envelope};
+use crate::timefmt::now_ms;
 use crate::values::Reply;
 
 /// Seconds a client waits after a 503 for local trouble.
@@ -109,10 +111,15 @@ async fn answer(
     };
     drop(body);
     let queued = match &claim {
-        Some(claim) => match known(api, claim).await? {
-            Known::Answered(stored) => return Ok(json_response(StatusCode::OK, stored)),
-            Known::Partial(queued) => queued,
-        },
+        Some(claim) => {
+            if let Some(stored) = fleet_answer(api, claim).await? {
+                return Ok(json_response(StatusCode::OK, stored));
+            }
+            match known(api, claim).await? {
+                Known::Answered(stored) => return Ok(json_response(StatusCode::OK, stored)),
+                Known::Partial(queued) => queued,
+            }
+        }
         None => Default::default(),
     };
     let content = std::mem::replace(&mut request.content, request::Content::Raw(String::new()));
@@ -218,6 +225,46 @@ fn idempotency_key(
                 "must have 1 to {} visible ASCII characters",
                 request::MAX_IDEMPOTENCY_KEY
             ),
+        )),
+    }
+}
+
+/// With `[cluster]`: takes the key in the fleet's record, or returns the
+/// answer another node stored for it; an error when another node holds
+/// the key unanswered, or for another request (`cluster::idempotency`).
+/// None: this node holds the key, and its spool knows the rest.
+async fn fleet_answer(api: &Api, claim: &Claim) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(cluster) = &api.engine.cluster else {
+        return Ok(None);
+    };
+    let node = &cluster.settings.node;
+    let holder = cluster
+        .idempotency_keys
+        .take(&cluster.db, node, &claim.fleet_key(), now_ms())
+        .await
+        .map_err(|e| {
+            ApiError::busy(
+                format!(
+                    "the fleet's idempotency records cannot be read now ({e}): retry after \
+                     Retry-After with the same key, or send without a key"
+                ),
+                RETRY_AFTER_BUSY,
+            )
+        })?;
+    match holder {
+        Holder::ThisNode => Ok(None),
+        Holder::Answered(stored) => Ok(Some(stored)),
+        Holder::OtherRequest => Err(ApiError::conflict(
+            "sendengine.idempotency_key",
+            "this key was used for a different request: use a new key for a new request",
+        )),
+        Holder::OtherNode(holder) => Err(ApiError::busy(
+            format!(
+                "node `{holder}` took the first try of this key and has not answered it (it is \
+                 being answered, or was cut short): retry after Retry-After with the same key; \
+                 only `{holder}` can finish it without queuing a recipient twice"
+            ),
+            RETRY_AFTER_BUSY,
         )),
     }
 }
@@ -428,7 +475,7 @@ async fn respond(
     }
     let body = serde_json::to_vec(&answer).unwrap_or_default();
     if let Some(claim) = claim {
-        store_answer(api, claim.answer(&body)).await;
+        store_answer(api, claim, &body).await;
     }
     Ok(json_response(StatusCode::OK, body))
 }
@@ -451,18 +498,36 @@ fn retry_later(status: StatusCode, why: &str, answer: &InjectResponse, seconds: 
     response
 }
 
-/// Writes the answer under the key. A failure is logged, not answered:
-/// every queued message has its mark, so a retry still queues nothing twice.
-async fn store_answer(api: &Api, row: sendengine_queue::IdempotencyRow) {
+/// Writes the answer under the key, in the spool and then in the fleet's
+/// record. A failure is logged, not answered: every queued message has its
+/// mark, so a retry still queues nothing twice (another node answers 503
+/// until the key expires, where the fleet's record has no answer).
+async fn store_answer(api: &Api, claim: &Claim, body: &[u8]) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     api.engine.spool.idempotency_put(
-        vec![row],
+        vec![claim.answer(body)],
         Box::new(move |result| {
             let _ = tx.send(result);
         }),
     );
     if let Ok(Err(e)) = rx.await {
         log::warn!("http_in: the answer of an idempotent request could not be stored: {e}");
+    }
+    if let Some(cluster) = &api.engine.cluster {
+        let keys = &cluster.idempotency_keys;
+        let stored = keys
+            .answered(
+                &cluster.db,
+                &cluster.settings.node,
+                &claim.fleet_key(),
+                body,
+            )
+            .await;
+        if let Err(e) = stored {
+            log::warn!(
+                "http_in: the answer of an idempotent request could not be stored for the fleet: {e}"
+            );
+        }
     }
 }
 

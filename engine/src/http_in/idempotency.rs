@@ -14,6 +14,10 @@
 //! request is a client bug and gets 409, never a silent mix. Two requests
 //! with the same key at once: the second gets 409 (retry after the first).
 //! Rows expire after `http_in.idempotency_ttl`.
+//!
+//! With `[cluster]` the key is also taken in the fleet's record first
+//! (`cluster::idempotency`), so that a retry reaching another node neither
+//! queues the message again nor loses the answer.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -22,6 +26,8 @@ use std::time::Duration;
 use sendengine_queue::{IdempotencyRow, Spool};
 
 use super::error::ApiError;
+use crate::cluster::Cluster;
+use crate::cluster::idempotency::FleetKey;
 use crate::timefmt::now_ms;
 
 /// How often expired rows are removed.
@@ -33,6 +39,8 @@ pub struct InFlight(Mutex<HashSet<String>>);
 
 /// One request's key, held while it is answered.
 pub struct Claim {
+    tenant: String,
+    key: String,
     prefix: String,
     fingerprint: String,
     expires_ms: u64,
@@ -66,11 +74,23 @@ impl Claim {
             ));
         }
         Ok(Claim {
+            tenant: tenant.to_owned(),
+            key: key.to_owned(),
             prefix,
             fingerprint: fingerprint(body),
             expires_ms: now_ms().saturating_add(ttl.as_millis() as u64),
             in_flight: in_flight.clone(),
         })
+    }
+
+    /// The key as the fleet's record knows it (`cluster::idempotency`).
+    pub fn fleet_key(&self) -> FleetKey<'_> {
+        FleetKey {
+            tenant: &self.tenant,
+            key: &self.key,
+            fingerprint: &self.fingerprint,
+            expires_ms: self.expires_ms,
+        }
     }
 
     /// What earlier tries of this key did (a read of the spool: blocking).
@@ -160,8 +180,14 @@ fn fingerprint(body: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Removes expired rows every `EXPIRY_INTERVAL` until shutdown.
-pub async fn expire(spool: Spool, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+/// Removes expired rows every `EXPIRY_INTERVAL` until shutdown: this
+/// node's, and with `[cluster]` the fleet's (every node may; the delete is
+/// the same from any of them).
+pub async fn expire(
+    spool: Spool,
+    cluster: Option<Arc<Cluster>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
@@ -173,6 +199,18 @@ pub async fn expire(spool: Spool, mut shutdown: tokio::sync::watch::Receiver<boo
             Ok(Ok(n)) if n > 0 => log::debug!("http_in: {n} expired idempotency records removed"),
             Ok(Err(e)) => log::warn!("http_in: removing expired idempotency records failed: {e}"),
             _ => {}
+        }
+        if let Some(cluster) = &cluster {
+            let keys = &cluster.idempotency_keys;
+            match keys.expire(&cluster.db, now_ms()).await {
+                Ok(n) if n > 0 => {
+                    log::debug!("http_in: {n} expired fleet idempotency rows removed")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    log::warn!("http_in: removing expired fleet idempotency rows failed: {e}")
+                }
+            }
         }
     }
 }

@@ -93,6 +93,7 @@ pub fn start(
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut tasks = vec![tokio::spawn(idempotency::expire(
         engine.spool.clone(),
+        engine.cluster.clone(),
         shutdown.clone(),
     ))];
     for listener in listeners {

@@ -517,6 +517,7 @@ fn smtplib_run(
 pub mod bounces;
 pub mod dns_server;
 pub mod fleet;
+pub mod http_api;
 
 #[path = "../../../test-support/peers.rs"]
 mod peers;
@@ -599,7 +600,11 @@ pub fn sendctl(daemon: &Daemon, args: &[&str]) -> std::process::Output {
 pub fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
     all.extend_from_slice(args);
-    let out = sendctl(daemon, &all);
+    ctl_result(args, sendctl(daemon, &all))
+}
+
+/// The result of `sendctl --json args`, which must have succeeded.
+pub fn ctl_result(args: &[&str], out: std::process::Output) -> Value {
     assert!(
         out.status.success(),
         "sendctl {args:?} failed: {}",
