@@ -1,7 +1,8 @@
 //! Nodes know each other (#17): three real daemons on one PostgreSQL.
 //! `sendctl fleet status` lists them with their figures, drops a node
 //! stopped with SIGTERM at once and one killed with SIGKILL after the
-//! liveness window; a second node under a name in use refuses to start;
+//! liveness window, and forgets a node that is not live on request; a
+//! second node under a name in use refuses to start;
 //! a fleet queue action issued on one node holds and releases a
 //! campaign's mail on the others.
 
@@ -105,6 +106,25 @@ fn fleet_status_lists_the_nodes_then_loses_stopped_and_killed_ones() {
     assert_eq!(names(&all), ["a", "b", "c"]);
     assert_eq!(state_of(&all, "b"), "lost");
     assert_eq!(state_of(&all, "a"), "live");
+
+    // The operator drops the rows of nodes that are gone for good, never a
+    // live one's.
+    assert_eq!(ctl(&a, &["fleet", "forget", "c"])["was"], "stopped");
+    assert_eq!(ctl(&a, &["fleet", "forget", "b"])["was"], "lost");
+    assert_eq!(names(&fleet_status(&a, true)), ["a"]);
+    for (name, code) in [("a", "node_live"), ("b", "not_found")] {
+        let out = sendctl(&a, &["--json", "fleet", "forget", name]);
+        assert!(!out.status.success(), "forget {name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(code), "forget {name}: {err}");
+    }
+    assert_eq!(names(&fleet_status(&a, true)), ["a"]);
+    // A forgotten node that runs again is listed again.
+    let c = node(&place, "c", port);
+    wait_for(LONG, "c live again", || {
+        (names(&fleet_status(&a, false)) == ["a", "c"]).then_some(())
+    });
+    drop(c);
 }
 
 #[test]

@@ -357,6 +357,12 @@ pub const COMMANDS: &[CommandInfo] = &[
         "cluster mode: live nodes (--all: stopped and lost ones too)",
     ),
     cmd(
+        "fleet.forget",
+        NAME,
+        BY_NAME,
+        "drop a stopped or lost node's row from fleet status (it comes back if the node runs again)",
+    ),
+    cmd(
         "fleet.queue.suspend",
         None,
         FLEET_SELECTOR,

@@ -44,13 +44,14 @@ pub async fn handle(
     })?;
     match verb.split_once('.') {
         None if verb == "status" => status(&cluster, args).await,
+        None if verb == "forget" => forget(&cluster, args).await,
         Some(("queue", action)) if ACTIONS.contains(&action) => {
             queue_action(&cluster, action, args).await
         }
         _ => Err(AdminError::new(
             "unknown_command",
             format!(
-                "`fleet.{verb}` is not a command; fleet takes status, \
+                "`fleet.{verb}` is not a command; fleet takes status, forget, \
                  queue.suspend, queue.resume, queue.bounce, queue.delete"
             ),
         )),
@@ -62,6 +63,29 @@ fn unavailable(e: DbError) -> AdminError {
         "cluster_unavailable",
         format!("{e}; try again when the cluster database answers"),
     )
+}
+
+/// Removes a node that is not live from the `nodes` table. Its number
+/// (`node_numbers`) stays: its VERP tags must still tie bounces.
+async fn forget(cluster: &Cluster, args: &Args<'_>) -> Result<Value, AdminError> {
+    let name = args.str("name")?;
+    match nodes::forget(&cluster.db, name)
+        .await
+        .map_err(unavailable)?
+    {
+        nodes::Forgotten::Removed(state) => Ok(json!({ "name": name, "was": state })),
+        nodes::Forgotten::Live => Err(AdminError::new(
+            "node_live",
+            format!(
+                "node `{name}` is live (it wrote its row within the last {}s): stop it first; \
+                 a running node writes its row again every second",
+                nodes::LIVE_WINDOW_SECS
+            ),
+        )),
+        nodes::Forgotten::Unknown => Err(AdminError::not_found(format!(
+            "no node is named `{name}`: `sendctl fleet status --all` lists them"
+        ))),
+    }
 }
 
 async fn status(cluster: &Cluster, args: &Args<'_>) -> Result<Value, AdminError> {

@@ -293,6 +293,40 @@ fn node_row(row: &tokio_postgres::Row) -> NodeRow {
     }
 }
 
+/// What `forget` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Forgotten {
+    /// The row is gone; it was `stopped` or `lost`.
+    Removed(String),
+    /// The node is live: its row stays.
+    Live,
+    /// No row has that name.
+    Unknown,
+}
+
+/// Deletes node `name`'s row unless the node is live. A node that runs
+/// again writes a new row with its next heartbeat.
+pub async fn forget(db: &Database, name: &str) -> Result<Forgotten, DbError> {
+    let sql = format!(
+        "DELETE FROM nodes n USING ({SELECT_ROWS}) r \
+         WHERE n.name = $2 AND r.name = n.name AND r.shown_state <> 'live' \
+         RETURNING r.shown_state"
+    );
+    let sql = sql.as_str();
+    let removed = db
+        .repeatable(|client| async move {
+            timed(client.query_opt(sql, &[&(LIVE_WINDOW_SECS as f64), &name])).await
+        })
+        .await?;
+    if let Some(row) = removed {
+        return Ok(Forgotten::Removed(row.get(0)));
+    }
+    Ok(match read_row(db, name).await? {
+        Some(_) => Forgotten::Live,
+        None => Forgotten::Unknown,
+    })
+}
+
 /// Marks the row stopped (graceful shutdown), if it is still this node's.
 async fn mark_stopped(db: &Database, me: &Identity) -> Result<(), DbError> {
     let client = db.client().await?;
