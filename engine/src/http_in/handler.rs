@@ -254,10 +254,7 @@ async fn fleet_answer(api: &Api, claim: &Claim) -> Result<Option<Vec<u8>>, ApiEr
     match holder {
         Holder::ThisNode => Ok(None),
         Holder::Answered(stored) => Ok(Some(stored)),
-        Holder::OtherRequest => Err(ApiError::conflict(
-            "sendengine.idempotency_key",
-            "this key was used for a different request: use a new key for a new request",
-        )),
+        Holder::OtherRequest => Err(super::idempotency::other_request()),
         Holder::OtherNode(holder) => Err(ApiError::busy(
             format!(
                 "node `{holder}` took the first try of this key and has not answered it (it is \

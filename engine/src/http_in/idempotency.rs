@@ -152,11 +152,16 @@ impl Claim {
         if fingerprint == self.fingerprint.as_bytes() {
             return Ok(());
         }
-        Err(ApiError::conflict(
-            "sendengine.idempotency_key",
-            "this key was used for a different request: use a new key for a new request",
-        ))
+        Err(other_request())
     }
+}
+
+/// 409 for a key used with another request body.
+pub fn other_request() -> ApiError {
+    ApiError::conflict(
+        "sendengine.idempotency_key",
+        "this key was used for a different request: use a new key for a new request",
+    )
 }
 
 impl Drop for Claim {
