@@ -2,13 +2,17 @@
 //! real PostgreSQL, one sink, Python's `urllib` as the client. A retry that
 //! a load balancer sends to the other node gets the first answer back and
 //! queues nothing twice; another request under the same key is 409 there
-//! too; a key that another node took and has not answered is 503 with
-//! Retry-After, naming that node.
+//! too; a key that another node holds is 503 with Retry-After, naming
+//! that node; a try that ended with a 429 lets the key go to any node. And
+//! the fleet's record itself: what a try without a final answer queued is
+//! handed to the next node that takes the key.
 
 mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sendengine::cluster::idempotency::{FleetKey, FleetKeys, Holder};
+use sendengine::cluster::postgres::Database;
 use serde_json::json;
 use support::fleet::FleetPlace;
 use support::http_api::{Api, recipients};
@@ -32,10 +36,13 @@ fn a_retry_that_reaches_another_node_gets_the_first_answer_and_queues_nothing_tw
         return;
     };
     let sink_port = free_port();
-    let Some(a) = Api::start_in(&place.node_config("a"), "", "", sink_port, true) else {
+    // A fleet-wide daily limit of 7 recipients for the tests' user.
+    let group = "[[user_group]]\nname = \"default\"\nmarketing = [\"test-sink\"]\n\
+        transactional = [\"test-sink\"]\nautoresponder = [\"test-sink\"]\ndaily_limit = 7\n";
+    let Some(a) = Api::start_in(&place.node_config("a"), "", group, sink_port, true) else {
         return;
     };
-    let Some(b) = Api::start_in(&place.node_config("b"), "", "", sink_port, false) else {
+    let Some(b) = Api::start_in(&place.node_config("b"), "", group, sink_port, false) else {
         return;
     };
 
@@ -73,7 +80,8 @@ fn a_retry_that_reaches_another_node_gets_the_first_answer_and_queues_nothing_tw
     services::psql(
         db,
         &format!(
-            "INSERT INTO http_idempotency VALUES ('app', 'order-3', '{}', 'c', NULL, {})",
+            "INSERT INTO http_idempotency (tenant, key, fingerprint, node, expires_ms) \
+             VALUES ('app', 'order-3', '{}', 'c', {})",
             fingerprint(&held),
             expires.as_millis()
         ),
@@ -92,8 +100,80 @@ fn a_retry_that_reaches_another_node_gets_the_first_answer_and_queues_nothing_tw
     let taken = b.post(&held);
     assert_eq!(taken["body"]["success_count"], 2, "{taken}");
 
+    // A try that ended without a final answer lets the key go: here a 429
+    // on A, nothing queued (7 of 7 used); the retry on B is
+    // served (another 429), not turned away as held by A.
+    let over = request("order-4", 2);
+    let limited = a.post(&over);
+    assert_eq!(limited["status"], 429, "{limited}");
+    let retried = b.post(&over);
+    assert_eq!(retried["status"], 429, "{retried}");
+    assert_eq!(retried["body"]["success_count"], 0, "{retried}");
+
     let delivered = a.delivered(7);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.messages().len(), 7, "nothing was queued twice");
     assert_eq!(delivered.len(), 7);
+}
+
+/// The record's rules, straight against PostgreSQL.
+#[tokio::test]
+async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
+    let Some(url) = services::fresh_database("http_idem_record") else {
+        return;
+    };
+    let db = Database::new(&url);
+    let keys = FleetKeys::default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let key = |fingerprint| FleetKey {
+        tenant: "acme",
+        key: "k",
+        fingerprint,
+        expires_ms: now + 60_000,
+    };
+    let take = |node: &'static str, fingerprint: &'static str| {
+        let (db, keys) = (&db, &keys);
+        async move { keys.take(db, node, &key(fingerprint), now).await.unwrap() }
+    };
+    let nothing = std::collections::HashSet::new;
+
+    assert_eq!(take("a", "f").await, Holder::ThisNode(nothing()));
+    assert_eq!(
+        take("a", "f").await,
+        Holder::ThisNode(nothing()),
+        "a retry on a"
+    );
+    assert_eq!(take("b", "f").await, Holder::OtherNode("a".into()));
+    assert_eq!(take("b", "g").await, Holder::OtherRequest);
+    // a's try ends with recipients 0 and 2 queued: b takes the key with them.
+    keys.release(&db, "a", &key("f"), &[0, 2]).await.unwrap();
+    assert_eq!(
+        take("b", "g").await,
+        Holder::OtherRequest,
+        "not for another body"
+    );
+    assert_eq!(
+        take("b", "f").await,
+        Holder::ThisNode(std::collections::HashSet::from([0, 2]))
+    );
+    assert_eq!(take("a", "f").await, Holder::OtherNode("b".into()));
+    // Only the holder lets go or answers.
+    keys.release(&db, "a", &key("f"), &[]).await.unwrap();
+    assert_eq!(take("a", "f").await, Holder::OtherNode("b".into()));
+    keys.answered(&db, "b", &key("f"), b"{}").await.unwrap();
+    assert_eq!(take("a", "f").await, Holder::Answered(b"{}".to_vec()));
+    // An expired row is taken over afresh, whatever it held; expiry
+    // deletes it.
+    let later = now + 120_000;
+    let fresh = FleetKey {
+        expires_ms: later + 60_000,
+        ..key("g")
+    };
+    let taken = keys.take(&db, "c", &fresh, later).await.unwrap();
+    assert_eq!(taken, Holder::ThisNode(nothing()));
+    assert_eq!(keys.expire(&db, later).await.unwrap(), 0);
+    assert_eq!(keys.expire(&db, later + 60_001).await.unwrap(), 1);
 }

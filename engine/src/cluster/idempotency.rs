@@ -4,23 +4,29 @@
 //! retry exact on that node, also after a kill -9. Behind a load balancer
 //! a retry may reach another node, which would know nothing of the key and
 //! queue every recipient again. So with `[cluster]` each key also has one
-//! row in PostgreSQL (table `http_idempotency`, by tenant and key): which
-//! node took it first, the request's fingerprint, and the final answer once
+//! row in PostgreSQL (table `http_idempotency`, by tenant and key): the
+//! request's fingerprint, the node answering it now, the recipients queued
+//! by tries that ended without a final answer, and the final answer once
 //! there is one.
 //!
-//! - The node that took the key answers its retries from its spool, as a
-//!   standalone node does.
+//! - A node takes the key for one try. Its retries on that node are exact
+//!   from its spool, as on a standalone node, and the row adds what other
+//!   nodes queued before.
+//! - A try that ends without a final answer (429, 503) writes the
+//!   recipients queued so far (all on disk by then) and lets the key go:
+//!   the retry may then reach any node, which queues only the others.
 //! - Another node returns the stored answer if there is one, 409 for
-//!   another request under the same key, and otherwise 503: the first try
-//!   is still being answered, or was cut short (a crash, a 429 or 503 for
-//!   part of the recipients), and only the node that holds its queued
-//!   messages can finish it without sending any of them twice.
+//!   another request under the same key, and 503 while a node holds the
+//!   key: its try is still running, or was cut short by a crash, and only
+//!   that node knows which recipients its spool holds (it finishes the
+//!   request when a retry reaches it, or the key expires).
 //! - PostgreSQL out of reach: 503. A key is a promise that nothing is
 //!   queued twice, which one node alone cannot keep for the fleet.
 //!
 //! Rows expire with `http_in.idempotency_ttl`; an expired row is taken over
 //! as if it were not there.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::postgres::{Database, DbError, timed};
@@ -29,22 +35,26 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS http_idempotency (
     tenant text NOT NULL,
     key text NOT NULL,
     fingerprint text NOT NULL,
-    node text NOT NULL,
+    node text,
     answer bytea,
+    partial int4[] NOT NULL DEFAULT '{}',
     expires_ms bigint NOT NULL,
     PRIMARY KEY (tenant, key)
 )";
 
-/// Takes the key when it is free or expired; returns a row only then.
+/// Takes the key when it is free, expired, or let go by a try without a
+/// final answer; returns a row (the recipients queued before) only then.
 const TAKE: &str = "INSERT INTO http_idempotency AS t \
      (tenant, key, fingerprint, node, answer, expires_ms) VALUES ($1, $2, $3, $4, NULL, $5) \
      ON CONFLICT (tenant, key) DO UPDATE \
-     SET fingerprint = EXCLUDED.fingerprint, node = EXCLUDED.node, answer = NULL, \
-         expires_ms = EXCLUDED.expires_ms \
+     SET node = EXCLUDED.node, fingerprint = EXCLUDED.fingerprint, answer = NULL, \
+         partial = CASE WHEN t.expires_ms < $6 THEN '{}'::int4[] ELSE t.partial END, \
+         expires_ms = greatest(t.expires_ms, EXCLUDED.expires_ms) \
      WHERE t.expires_ms < $6 \
-     RETURNING node";
+        OR (t.node IS NULL AND t.answer IS NULL AND t.fingerprint = EXCLUDED.fingerprint) \
+     RETURNING partial";
 
-const READ: &str = "SELECT fingerprint, node, answer FROM http_idempotency \
+const READ: &str = "SELECT fingerprint, node, answer, partial FROM http_idempotency \
      WHERE tenant = $1 AND key = $2 AND expires_ms >= $3";
 
 const ANSWER: &str = "UPDATE http_idempotency SET answer = $4 \
@@ -53,6 +63,9 @@ const ANSWER: &str = "UPDATE http_idempotency SET answer = $4 \
 /// A retry on the holding node keeps the row as long as the spool's marks
 /// it writes now.
 const REFRESH: &str = "UPDATE http_idempotency SET expires_ms = greatest(expires_ms, $4) \
+     WHERE tenant = $1 AND key = $2 AND node = $3";
+
+const RELEASE: &str = "UPDATE http_idempotency SET node = NULL, partial = $4 \
      WHERE tenant = $1 AND key = $2 AND node = $3";
 
 const EXPIRE: &str = "DELETE FROM http_idempotency WHERE expires_ms < $1";
@@ -68,12 +81,12 @@ pub struct FleetKey<'a> {
 /// What the fleet's row says of a key.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Holder {
-    /// This node took the key (now or on an earlier try): its spool knows
-    /// the rest.
-    ThisNode,
+    /// This node holds the key: its spool knows what it queued for it, and
+    /// these recipients (by index) were queued by tries elsewhere.
+    ThisNode(HashSet<usize>),
     /// Answered, by whichever node: this body, again.
     Answered(Vec<u8>),
-    /// Taken by another node and not answered.
+    /// Another node holds the key and has not answered.
     OtherNode(String),
     /// The key was used for a request with another body.
     OtherRequest,
@@ -116,28 +129,30 @@ impl FleetKeys {
                     .await
                 })
                 .await?;
-            if taken.is_some() {
-                return Ok(Holder::ThisNode);
+            if let Some(row) = taken {
+                return Ok(Holder::ThisNode(indices(row.get(0))));
             }
             let row = db
                 .repeatable(|client| async move {
                     timed(client.query_opt(READ, &[&key.tenant, &key.key, &now])).await
                 })
                 .await?;
-            if let Some(row) = row {
-                let fingerprint: String = row.get(0);
-                let holder: String = row.get(1);
-                let answer: Option<Vec<u8>> = row.get(2);
-                let holder = decide(key, node, &fingerprint, holder, answer);
-                if holder == Holder::ThisNode {
-                    db.repeatable(|client| async move {
-                        timed(client.execute(REFRESH, &[&key.tenant, &key.key, &node, &expires]))
-                            .await
-                    })
-                    .await?;
-                }
-                return Ok(holder);
+            let Some(row) = row else { continue };
+            let fingerprint: String = row.get(0);
+            let holder: Option<String> = row.get(1);
+            let answer: Option<Vec<u8>> = row.get(2);
+            let partial = indices(row.get(3));
+            let Some(holder) = decide(key, node, &fingerprint, holder, answer, partial) else {
+                // Let go between the two statements: the next round takes it.
+                continue;
+            };
+            if matches!(holder, Holder::ThisNode(_)) {
+                db.repeatable(|client| async move {
+                    timed(client.execute(REFRESH, &[&key.tenant, &key.key, &node, &expires])).await
+                })
+                .await?;
             }
+            return Ok(holder);
         }
         Err(DbError::Unsettled(
             "the idempotency key's row kept changing under three reads",
@@ -154,6 +169,24 @@ impl FleetKeys {
     ) -> Result<(), DbError> {
         db.repeatable(|client| async move {
             timed(client.execute(ANSWER, &[&key.tenant, &key.key, &node, &answer])).await
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Lets go of a key this node holds after a try without a final answer,
+    /// with every recipient queued for it so far (`queued`, on disk).
+    pub async fn release(
+        &self,
+        db: &Database,
+        node: &str,
+        key: &FleetKey<'_>,
+        queued: &[usize],
+    ) -> Result<(), DbError> {
+        let partial: Vec<i32> = queued.iter().map(|&i| i as i32).collect();
+        let partial = &partial;
+        db.repeatable(|client| async move {
+            timed(client.execute(RELEASE, &[&key.tenant, &key.key, &node, partial])).await
         })
         .await
         .map(|_| ())
@@ -176,22 +209,33 @@ impl FleetKeys {
     }
 }
 
+/// What a row someone else wrote means for this try; None when nobody
+/// holds it (it was let go after `TAKE` ran).
 fn decide(
     key: &FleetKey<'_>,
     node: &str,
     fingerprint: &str,
-    holder: String,
+    holder: Option<String>,
     answer: Option<Vec<u8>>,
-) -> Holder {
+    partial: HashSet<usize>,
+) -> Option<Holder> {
     if fingerprint != key.fingerprint {
-        Holder::OtherRequest
-    } else if let Some(answer) = answer {
-        Holder::Answered(answer)
-    } else if holder == node {
-        Holder::ThisNode
-    } else {
-        Holder::OtherNode(holder)
+        return Some(Holder::OtherRequest);
     }
+    if let Some(answer) = answer {
+        return Some(Holder::Answered(answer));
+    }
+    Some(match holder? {
+        holder if holder == node => Holder::ThisNode(partial),
+        holder => Holder::OtherNode(holder),
+    })
+}
+
+fn indices(partial: Vec<i32>) -> HashSet<usize> {
+    partial
+        .into_iter()
+        .filter_map(|i| usize::try_from(i).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -210,18 +254,25 @@ mod tests {
     #[test]
     fn another_body_is_refused_before_an_answer_is_given_back() {
         let k = key("f1");
+        let none = HashSet::new;
+        let answered = Some(b"{}".to_vec());
+        let a = || Some("a".to_owned());
         assert_eq!(
-            decide(&k, "a", "f2", "a".into(), Some(b"{}".to_vec())),
-            Holder::OtherRequest
+            decide(&k, "a", "f2", a(), answered.clone(), none()),
+            Some(Holder::OtherRequest)
         );
         assert_eq!(
-            decide(&k, "b", "f1", "a".into(), Some(b"{}".to_vec())),
-            Holder::Answered(b"{}".to_vec())
+            decide(&k, "b", "f1", a(), answered, none()),
+            Some(Holder::Answered(b"{}".to_vec()))
         );
-        assert_eq!(decide(&k, "a", "f1", "a".into(), None), Holder::ThisNode);
         assert_eq!(
-            decide(&k, "b", "f1", "a".into(), None),
-            Holder::OtherNode("a".into())
+            decide(&k, "a", "f1", a(), None, HashSet::from([1])),
+            Some(Holder::ThisNode(HashSet::from([1])))
         );
+        assert_eq!(
+            decide(&k, "b", "f1", a(), None, none()),
+            Some(Holder::OtherNode("a".into()))
+        );
+        assert_eq!(decide(&k, "b", "f1", None, None, none()), None);
     }
 }

@@ -112,12 +112,13 @@ async fn answer(
     drop(body);
     let queued = match &claim {
         Some(claim) => {
-            if let Some(stored) = fleet_answer(api, claim).await? {
-                return Ok(json_response(StatusCode::OK, stored));
-            }
-            match known(api, claim).await? {
+            let elsewhere = match fleet_known(api, claim).await? {
                 Known::Answered(stored) => return Ok(json_response(StatusCode::OK, stored)),
                 Known::Partial(queued) => queued,
+            };
+            match known(api, claim).await? {
+                Known::Answered(stored) => return Ok(json_response(StatusCode::OK, stored)),
+                Known::Partial(queued) => queued.union(&elsewhere).copied().collect(),
             }
         }
         None => Default::default(),
@@ -229,13 +230,13 @@ fn idempotency_key(
     }
 }
 
-/// With `[cluster]`: takes the key in the fleet's record, or returns the
-/// answer another node stored for it; an error when another node holds
-/// the key unanswered, or for another request (`cluster::idempotency`).
-/// None: this node holds the key, and its spool knows the rest.
-async fn fleet_answer(api: &Api, claim: &Claim) -> Result<Option<Vec<u8>>, ApiError> {
+/// With `[cluster]`: takes the key in the fleet's record for this try
+/// (`cluster::idempotency`): the answer another node stored, or the
+/// recipients tries on other nodes queued; an error when another node
+/// holds the key, or for another request. Standalone: nothing known.
+async fn fleet_known(api: &Api, claim: &Claim) -> Result<Known, ApiError> {
     let Some(cluster) = &api.engine.cluster else {
-        return Ok(None);
+        return Ok(Known::Partial(Default::default()));
     };
     let node = &cluster.settings.node;
     let holder = cluster
@@ -252,17 +253,37 @@ async fn fleet_answer(api: &Api, claim: &Claim) -> Result<Option<Vec<u8>>, ApiEr
             )
         })?;
     match holder {
-        Holder::ThisNode => Ok(None),
-        Holder::Answered(stored) => Ok(Some(stored)),
+        Holder::ThisNode(elsewhere) => Ok(Known::Partial(elsewhere)),
+        Holder::Answered(stored) => Ok(Known::Answered(stored)),
         Holder::OtherRequest => Err(super::idempotency::other_request()),
         Holder::OtherNode(holder) => Err(ApiError::busy(
             format!(
-                "node `{holder}` took the first try of this key and has not answered it (it is \
-                 being answered, or was cut short): retry after Retry-After with the same key; \
-                 only `{holder}` can finish it without queuing a recipient twice"
+                "node `{holder}` is answering this key, or its try was cut short there: retry \
+                 after Retry-After with the same key; only `{holder}` can finish it without \
+                 queuing a recipient twice"
             ),
             RETRY_AFTER_BUSY,
         )),
+    }
+}
+
+/// With `[cluster]`, after a try without a final answer: lets the key go
+/// with the recipients queued so far, so that a retry on any node queues
+/// only the others. A failure leaves the key held here (logged).
+async fn release_key(api: &Api, claim: &Claim, queued: &[usize]) {
+    let Some(cluster) = &api.engine.cluster else {
+        return;
+    };
+    let keys = &cluster.idempotency_keys;
+    let node = &cluster.settings.node;
+    if let Err(e) = keys
+        .release(&cluster.db, node, &claim.fleet_key(), queued)
+        .await
+    {
+        log::warn!(
+            "http_in: an idempotency key could not be let go for the fleet (retries on other \
+             nodes get 503 until one reaches this node): {e}"
+        );
     }
 }
 
@@ -438,6 +459,10 @@ async fn respond(
         failed_recipients: Vec::new(),
         errors: Vec::new(),
     };
+    let queued: Vec<usize> = (outcomes.iter().enumerate())
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Queued))
+        .map(|(index, _)| index)
+        .collect();
     let (mut busy, mut limited) = (None, None);
     for (email, outcome) in emails.iter().zip(outcomes) {
         let why = match outcome {
@@ -454,21 +479,30 @@ async fn respond(
         answer.errors.push(format!("{email}: {why}"));
     }
     super::count_recipients(answer.success_count, answer.fail_count);
-    if let Some(why) = busy {
-        return Ok(retry_later(
+    // A try without a final answer: the retry queues only the others.
+    let retry = if let Some(why) = busy {
+        Some(retry_later(
             StatusCode::SERVICE_UNAVAILABLE,
             &why,
             &answer,
             RETRY_AFTER_BUSY,
-        ));
-    }
-    if let Some(why) = limited.filter(|_| answer.success_count == 0) {
-        return Ok(retry_later(
-            StatusCode::TOO_MANY_REQUESTS,
-            &why,
-            &answer,
-            RETRY_AFTER_LIMIT,
-        ));
+        ))
+    } else {
+        let none_queued = limited.filter(|_| answer.success_count == 0);
+        none_queued.map(|why| {
+            retry_later(
+                StatusCode::TOO_MANY_REQUESTS,
+                &why,
+                &answer,
+                RETRY_AFTER_LIMIT,
+            )
+        })
+    };
+    if let Some(response) = retry {
+        if let Some(claim) = claim {
+            release_key(api, claim, &queued).await;
+        }
+        return Ok(response);
     }
     let body = serde_json::to_vec(&answer).unwrap_or_default();
     if let Some(claim) = claim {
