@@ -5,7 +5,9 @@
 //! too; a key that another node holds is 503 with Retry-After, naming
 //! that node; a try that ended with a 429 lets the key go to any node. And
 //! the fleet's record itself: what a try without a final answer queued is
-//! handed to the next node that takes the key.
+//! handed to the next node that takes the key; a node killed in the middle
+//! of a request lets its key go when it is back, and the retry on the
+//! other node queues only the rest.
 
 mod support;
 
@@ -15,8 +17,8 @@ use sendengine::cluster::idempotency::{FleetKey, FleetKeys, Holder};
 use sendengine::cluster::postgres::Database;
 use serde_json::json;
 use support::fleet::FleetPlace;
-use support::http_api::{Api, recipients};
-use support::{free_port, services};
+use support::http_api::{Api, recipients, sink_on};
+use support::{free_port, services, wait_for};
 
 fn request(key: &str, n: usize) -> String {
     json!({"envelope_sender": "a@example.com", "content": "Subject: s\n\nhi {{ i }}\n",
@@ -176,4 +178,48 @@ async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
     assert_eq!(taken, Holder::ThisNode(nothing()));
     assert_eq!(keys.expire(&db, later).await.unwrap(), 0);
     assert_eq!(keys.expire(&db, later + 60_001).await.unwrap(), 1);
+}
+
+#[test]
+fn a_node_killed_mid_request_lets_the_key_go_when_back_and_the_other_node_finishes_it() {
+    let Some(place) = FleetPlace::new("http_idem_kill", false) else {
+        return;
+    };
+    let sink_port = free_port();
+    // No sink yet: nothing is delivered before the kill, so a copy in the
+    // sink later is a recipient queued twice.
+    let Some(mut a) = Api::start_in(&place.node_config("a"), "", "", sink_port, false) else {
+        return;
+    };
+    let Some(b) = Api::start_in(&place.node_config("b"), "", "", sink_port, false) else {
+        return;
+    };
+    let n = 3000;
+    let body = request("batch-9", n);
+    let answered = a.post_and_kill_mid_request(&body);
+    assert_ne!(answered["status"], 200, "the kill came first: {answered}");
+
+    // While a is down, b cannot know what a queued.
+    let held = b.post(&body);
+    assert_eq!(held["status"], 503, "{held}");
+
+    a.sink = Some(sink_on(sink_port, &a.store));
+    a.daemon.restart();
+    let retry = wait_for(Duration::from_secs(30), "the key let go by a", || {
+        let r = b.post(&body);
+        (r["status"] != 503).then_some(r)
+    });
+    assert_eq!(retry["status"], 200, "{retry}");
+    assert_eq!(retry["body"]["success_count"], n, "{retry}");
+    a.delivered(n);
+    std::thread::sleep(Duration::from_millis(1500));
+    let all = a.sink.as_ref().unwrap().messages();
+    let mut rcpts: Vec<&str> = all
+        .iter()
+        .map(|m| m["rcpts"][0].as_str().unwrap())
+        .collect();
+    rcpts.sort_unstable();
+    rcpts.dedup();
+    assert_eq!(rcpts.len(), n, "every recipient arrived");
+    assert_eq!(all.len(), n, "and none twice");
 }

@@ -8,12 +8,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::http_api::{Api, CLIENT, recipients, sink_on};
-use support::{ctl, sendctl, wait_for};
+use support::{ctl, sendctl};
 
 /// KumoMTA's documentation, "Template Substitution", as it is.
 const KUMO_TEMPLATE_EXAMPLE: &str = r#"{
@@ -346,28 +346,7 @@ fn kill_9_mid_request_then_the_same_key_queues_only_the_rest() {
     let body = json!({"envelope_sender": "a@example.com", "content": "Subject: s\n\nhi {{ i }}\n",
                       "recipients": recipients(n), "sendengine": {"idempotency_key": "batch-7"}})
     .to_string();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("body.json");
-    std::fs::write(&path, &body).unwrap();
-    let client: Child = Command::new("python3")
-        .args([
-            "-c",
-            CLIENT,
-            &format!("{}/api/inject/v1", api.url),
-            &api.token,
-        ])
-        .arg(&path)
-        .arg("{}")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Killed once some of the request is on disk, long before all of it.
-    wait_for(Duration::from_secs(30), "receptions", || {
-        (api.daemon.events_of("reception").len() >= 10).then_some(())
-    });
-    api.daemon.kill9();
-    let answered = client.wait_with_output().unwrap();
-    let answered: Value = serde_json::from_slice(&answered.stdout).unwrap();
+    let answered = api.post_and_kill_mid_request(&body);
     assert_ne!(
         answered["status"], 200,
         "the kill came before the answer: {answered}"

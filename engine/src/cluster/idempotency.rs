@@ -18,8 +18,10 @@
 //! - Another node returns the stored answer if there is one, 409 for
 //!   another request under the same key, and 503 while a node holds the
 //!   key: its try is still running, or was cut short by a crash, and only
-//!   that node knows which recipients its spool holds (it finishes the
-//!   request when a retry reaches it, or the key expires).
+//!   that node knows which recipients its spool holds. A node that starts
+//!   again lets go of such keys with what its spool holds
+//!   (`http_in::idempotency::release_held`); one that never comes back
+//!   holds them until they expire.
 //! - PostgreSQL out of reach: 503. A key is a promise that nothing is
 //!   queued twice, which one node alone cannot keep for the fleet.
 //!
@@ -68,6 +70,9 @@ const REFRESH: &str = "UPDATE http_idempotency SET expires_ms = greatest(expires
 const RELEASE: &str = "UPDATE http_idempotency SET node = NULL, partial = $4 \
      WHERE tenant = $1 AND key = $2 AND node = $3";
 
+const HELD: &str = "SELECT tenant, key, fingerprint, partial, expires_ms FROM http_idempotency \
+     WHERE node = $1 AND answer IS NULL AND expires_ms >= $2";
+
 const EXPIRE: &str = "DELETE FROM http_idempotency WHERE expires_ms < $1";
 
 /// One request's key, as the fleet sees it.
@@ -90,6 +95,16 @@ pub enum Holder {
     OtherNode(String),
     /// The key was used for a request with another body.
     OtherRequest,
+}
+
+/// A key this node holds unanswered.
+pub struct HeldKey {
+    pub tenant: String,
+    pub key: String,
+    pub fingerprint: String,
+    /// Recipients queued by tries on other nodes.
+    pub partial: HashSet<usize>,
+    pub expires_ms: u64,
 }
 
 /// The fleet's idempotency records, through the cluster's database.
@@ -190,6 +205,30 @@ impl FleetKeys {
         })
         .await
         .map(|_| ())
+    }
+
+    /// The keys `node` holds unanswered at `now_ms`.
+    pub async fn held(
+        &self,
+        db: &Database,
+        node: &str,
+        now_ms: u64,
+    ) -> Result<Vec<HeldKey>, DbError> {
+        self.migrate(db).await?;
+        let now = now_ms as i64;
+        let rows = db
+            .repeatable(|client| async move { timed(client.query(HELD, &[&node, &now])).await })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| HeldKey {
+                tenant: row.get(0),
+                key: row.get(1),
+                fingerprint: row.get(2),
+                partial: indices(row.get(3)),
+                expires_ms: row.get::<_, i64>(4).max(0) as u64,
+            })
+            .collect())
     }
 
     /// Deletes the rows expired at `now_ms`; how many went.

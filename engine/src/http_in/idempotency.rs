@@ -32,6 +32,8 @@ use crate::timefmt::now_ms;
 
 /// How often expired rows are removed.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(600);
+/// Pause between tries to read the keys held here after a start.
+const RELEASE_RETRY: Duration = Duration::from_secs(5);
 
 /// The keys of requests being answered now, across connections.
 #[derive(Default)]
@@ -65,6 +67,18 @@ impl Claim {
         body: &[u8],
         ttl: Duration,
     ) -> Result<Claim, ApiError> {
+        let expires_ms = now_ms().saturating_add(ttl.as_millis() as u64);
+        Claim::of_fingerprint(in_flight, tenant, key, fingerprint(body), expires_ms)
+    }
+
+    /// `take` for a request known by its fingerprint only.
+    fn of_fingerprint(
+        in_flight: &Arc<InFlight>,
+        tenant: &str,
+        key: &str,
+        fingerprint: String,
+        expires_ms: u64,
+    ) -> Result<Claim, ApiError> {
         let prefix = format!("http\0{tenant}\0{key}\0");
         let mut held = in_flight.0.lock().unwrap_or_else(|p| p.into_inner());
         if !held.insert(prefix.clone()) {
@@ -77,8 +91,8 @@ impl Claim {
             tenant: tenant.to_owned(),
             key: key.to_owned(),
             prefix,
-            fingerprint: fingerprint(body),
-            expires_ms: now_ms().saturating_add(ttl.as_millis() as u64),
+            fingerprint,
+            expires_ms,
             in_flight: in_flight.clone(),
         })
     }
@@ -216,6 +230,69 @@ pub async fn expire(
                     log::warn!("http_in: removing expired fleet idempotency rows failed: {e}")
                 }
             }
+        }
+    }
+}
+
+/// With `[cluster]`, at start: lets go of the keys the fleet's record says
+/// this node holds, which only a try cut short by a crash leaves held. Each
+/// goes with what this node's spool says it queued for it (or its answer,
+/// where the answer reached the spool but not the fleet), so that a retry
+/// reaching any node finishes the request. A key a request here took
+/// meanwhile is left to that request. PostgreSQL out of reach: tried again
+/// every `RELEASE_RETRY` until it answers.
+pub async fn release_held(
+    spool: Spool,
+    cluster: Arc<Cluster>,
+    in_flight: Arc<InFlight>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let node = &cluster.settings.node;
+    let keys = &cluster.idempotency_keys;
+    let held = loop {
+        match keys.held(&cluster.db, node, now_ms()).await {
+            Ok(held) => break held,
+            Err(e) => log::warn!("http_in: reading the idempotency keys held here failed: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RELEASE_RETRY) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    };
+    for row in held {
+        let claim = Claim::of_fingerprint(
+            &in_flight,
+            &row.tenant,
+            &row.key,
+            row.fingerprint.clone(),
+            row.expires_ms,
+        );
+        let Ok(claim) = claim else { continue };
+        let claim = Arc::new(claim);
+        let (spool, reading) = (spool.clone(), claim.clone());
+        let known = tokio::task::spawn_blocking(move || reading.known(&spool)).await;
+        let fleet_key = claim.fleet_key();
+        let done = match known {
+            Ok(Ok(Known::Answered(answer))) => {
+                keys.answered(&cluster.db, node, &fleet_key, &answer).await
+            }
+            Ok(Ok(Known::Partial(queued))) => {
+                let mut all: Vec<usize> = queued.union(&row.partial).copied().collect();
+                all.sort_unstable();
+                keys.release(&cluster.db, node, &fleet_key, &all).await
+            }
+            _ => continue,
+        };
+        match done {
+            Ok(()) => log::info!(
+                "http_in: idempotency key `{}` of `{}`, cut short here, is free for a retry on any node",
+                row.key,
+                row.tenant
+            ),
+            Err(e) => log::warn!(
+                "http_in: letting go of idempotency key `{}` failed: {e}",
+                row.key
+            ),
         }
     }
 }

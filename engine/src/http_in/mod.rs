@@ -89,13 +89,21 @@ pub fn start(
         .route("/api/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(api);
+        .with_state(api.clone());
     let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut tasks = vec![tokio::spawn(idempotency::expire(
         engine.spool.clone(),
         engine.cluster.clone(),
         shutdown.clone(),
     ))];
+    if let Some(cluster) = &engine.cluster {
+        tasks.push(tokio::spawn(idempotency::release_held(
+            engine.spool.clone(),
+            cluster.clone(),
+            api.in_flight.clone(),
+            shutdown.clone(),
+        )));
+    }
     for listener in listeners {
         if let Ok(addr) = listener.local_addr() {
             log::info!(

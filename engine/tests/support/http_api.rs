@@ -2,8 +2,9 @@
 //! API key, a sink, and Python's `urllib` to post requests (`http_in.rs`,
 //! `cluster_http.rs`).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -111,6 +112,43 @@ impl Api {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Posts `body` and kills the daemon with SIGKILL once some of the
+    /// request is on disk (10 receptions), long before all of it; returns
+    /// what the client got (no answer: status 0).
+    pub fn post_and_kill_mid_request(&mut self, body: &str) -> Value {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("body.json");
+        std::fs::write(&path, body).unwrap();
+        let mut client = Command::new("python3")
+            .args([
+                "-c",
+                CLIENT,
+                &format!("{}/api/inject/v1", self.url),
+                &self.token,
+            ])
+            .arg(&path)
+            .arg("{}")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(Duration::from_secs(30), "receptions", || {
+            if client.try_wait().unwrap().is_some() {
+                let mut out = String::new();
+                client
+                    .stdout
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut out)
+                    .unwrap();
+                panic!("the request was answered before the kill: {out}");
+            }
+            (self.daemon.events_of("reception").len() >= 10).then_some(())
+        });
+        self.daemon.kill9();
+        let answered = client.wait_with_output().unwrap();
+        serde_json::from_slice(&answered.stdout).unwrap()
     }
 
     /// The messages the sink stored, once there are `n`.
