@@ -260,41 +260,61 @@ pub async fn release_held(
         }
     };
     for row in held {
-        let claim = Claim::of_fingerprint(
+        // A request here that took the key meanwhile keeps it.
+        let Ok(claim) = Claim::of_fingerprint(
             &in_flight,
             &row.tenant,
             &row.key,
             row.fingerprint.clone(),
             row.expires_ms,
-        );
-        let Ok(claim) = claim else { continue };
-        let claim = Arc::new(claim);
-        let (spool, reading) = (spool.clone(), claim.clone());
-        let known = tokio::task::spawn_blocking(move || reading.known(&spool)).await;
-        let fleet_key = claim.fleet_key();
-        let done = match known {
-            Ok(Ok(Known::Answered(answer))) => {
-                keys.answered(&cluster.db, node, &fleet_key, &answer).await
-            }
-            Ok(Ok(Known::Partial(queued))) => {
-                let mut all: Vec<usize> = queued.union(&row.partial).copied().collect();
-                all.sort_unstable();
-                keys.release(&cluster.db, node, &fleet_key, &all).await
-            }
-            _ => continue,
+        ) else {
+            continue;
         };
-        match done {
+        match release_one(&spool, &cluster, Arc::new(claim), &row.partial).await {
             Ok(()) => log::info!(
-                "http_in: idempotency key `{}` of `{}`, cut short here, is free for a retry on any node",
+                "http_in: idempotency key `{}` of `{}`, cut short here by a stop, is settled \
+                 for the fleet: a retry on any node finishes it",
                 row.key,
                 row.tenant
             ),
-            Err(e) => log::warn!(
-                "http_in: letting go of idempotency key `{}` failed: {e}",
-                row.key
+            Err(why) => log::warn!(
+                "http_in: idempotency key `{}` of `{}` stays held here ({why}): only a retry \
+                 on this node finishes it",
+                row.key,
+                row.tenant
             ),
         }
     }
+}
+
+/// Stores the answer the spool holds for `claim`, or lets the key go with
+/// the recipients the spool marked and those queued elsewhere before.
+async fn release_one(
+    spool: &Spool,
+    cluster: &Cluster,
+    claim: Arc<Claim>,
+    elsewhere: &HashSet<usize>,
+) -> Result<(), String> {
+    let (spool, reading) = (spool.clone(), claim.clone());
+    let known = tokio::task::spawn_blocking(move || reading.known(&spool))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.message)?;
+    let (db, node, keys) = (
+        &cluster.db,
+        &cluster.settings.node,
+        &cluster.idempotency_keys,
+    );
+    let key = claim.fleet_key();
+    let done = match known {
+        Known::Answered(answer) => keys.answered(db, node, &key, &answer).await,
+        Known::Partial(queued) => {
+            let mut all: Vec<usize> = queued.union(elsewhere).copied().collect();
+            all.sort_unstable();
+            keys.release(db, node, &key, &all).await
+        }
+    };
+    done.map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
