@@ -183,6 +183,18 @@ fn keys_malformed_requests_and_bounds() {
     assert_eq!(api.post_as(token, ok, json!({}))["status"], 401);
     let user = ctl(&api.daemon, &["user", "get", "app"]);
     assert!(!user.to_string().contains("hash"), "{user}");
+    // Keys created at the same moment are all kept: each is added to the
+    // keys as they are, not to a list read before another was added.
+    let create: Vec<String> = ["user", "api-key", "create", "app"]
+        .map(String::from)
+        .into();
+    let created = support::ctl_at_once(&api.daemon, &vec![create; 8]);
+    let tokens = created.iter().map(|key| key["token"].as_str().unwrap());
+    let listed = ctl(&api.daemon, &["user", "api-key", "list", "app"]);
+    assert_eq!(listed.as_array().unwrap().len(), 9, "{listed}");
+    for token in tokens {
+        assert_eq!(api.post_as(token, ok, json!({}))["status"], 200);
+    }
     assert!(
         !sendctl(&api.daemon, &["user", "api-key", "revoke", "app"])
             .status

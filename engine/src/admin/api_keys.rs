@@ -19,7 +19,9 @@ pub async fn handle(
     args: &Args<'_>,
 ) -> Result<Value, AdminError> {
     let user = args.str("name")?.to_owned();
-    let mut keys = stored_keys(ctx, &user)?;
+    // The checks here give the clear refusals; the change itself is staged
+    // on the objects as they are when it is made (`Change::AddApiKey`).
+    let keys = stored_keys(ctx, &user)?;
     let engine = ctx.engine.clone();
     match verb {
         "api_key.list" => Ok(Value::Array(keys.iter().map(shown).collect())),
@@ -36,21 +38,20 @@ pub async fn handle(
             let mut answer = shown(&new.key);
             answer["token"] = new.token.into();
             answer["user"] = user.clone().into();
-            keys.push(new.key);
-            blocking(move || apply(&engine, Change::SetApiKeys { user, keys })).await?;
+            let key = new.key;
+            blocking(move || apply(&engine, Change::AddApiKey { user, key })).await?;
             Ok(answer)
         }
         "api_key.revoke" => {
             let id = args.str("id")?.to_owned();
-            let before = keys.len();
-            keys.retain(|k| k.id != id);
-            if keys.len() == before {
+            if !keys.iter().any(|k| k.id == id) {
                 return Err(AdminError::not_found(format!(
                     "user `{user}` has no API key `{id}` (see: sendctl user api-key list {user})"
                 )));
             }
-            blocking(move || apply(&engine, Change::SetApiKeys { user, keys })).await?;
-            Ok(json!({ "revoked": id }))
+            let revoked = json!({ "revoked": id });
+            blocking(move || apply(&engine, Change::RevokeApiKey { user, id })).await?;
+            Ok(revoked)
         }
         _ => Err(AdminError::new(
             "unknown_command",

@@ -15,7 +15,7 @@ use super::objects::apply;
 use super::protocol::{AdminError, Args};
 use super::{AdminContext, blocking};
 use crate::tenancy::Change;
-use crate::tenancy::dkim::{DkimDomain, StoredKey};
+use crate::tenancy::dkim::{DkimDomain, KeyEdit, StoredKey};
 
 pub async fn handle(
     ctx: &Arc<AdminContext>,
@@ -111,18 +111,23 @@ async fn add_key(
         None => sendengine_dkim::default_selector(std::time::SystemTime::now()),
     };
     let active = !matches!(args.opt_str("inactive")?, Some("true" | "yes" | "1"));
-    let mut keys = current(ctx, &domain);
-    if keys.keys.iter().any(|k| k.selector == selector) {
+    // The checks here give the clear refusals; the edit itself is made on
+    // the keys as they are when it is applied (`Change::EditDkim`).
+    if current(ctx, &domain)
+        .keys
+        .iter()
+        .any(|k| k.selector == selector)
+    {
         return Err(AdminError::bad_args(format!(
             "selector: `{selector}` already has a key for {domain}; retire it first or pick another"
         )));
     }
-    keys.keys.push(StoredKey {
+    let key = StoredKey {
         selector,
         private_key: pem,
         active,
-    });
-    store(ctx, keys).await?;
+    };
+    edit(ctx, &domain, KeyEdit::Add(key)).await?;
     get(ctx, &domain)
 }
 
@@ -133,18 +138,21 @@ async fn change_key(
 ) -> Result<Value, AdminError> {
     let domain = domain_arg(args)?;
     let selector = args.str("selector")?.to_owned();
-    let mut keys = current(ctx, &domain);
-    let Some(index) = keys.keys.iter().position(|k| k.selector == selector) else {
+    if !current(ctx, &domain)
+        .keys
+        .iter()
+        .any(|k| k.selector == selector)
+    {
         return Err(AdminError::not_found(format!(
             "{domain} has no key with selector `{selector}`"
         )));
-    };
-    if verb == "activate" {
-        keys.keys[index].active = true;
-    } else {
-        keys.keys.remove(index);
     }
-    store(ctx, keys).await?;
+    let change = if verb == "activate" {
+        KeyEdit::Activate(selector)
+    } else {
+        KeyEdit::Retire(selector)
+    };
+    edit(ctx, &domain, change).await?;
     get(ctx, &domain).or_else(|_| Ok(json!({"domain": domain, "keys": []})))
 }
 
@@ -161,7 +169,8 @@ fn current(ctx: &AdminContext, domain: &str) -> DkimDomain {
         })
 }
 
-async fn store(ctx: &Arc<AdminContext>, keys: DkimDomain) -> Result<(), AdminError> {
+async fn edit(ctx: &Arc<AdminContext>, domain: &str, edit: KeyEdit) -> Result<(), AdminError> {
     let engine = ctx.engine.clone();
-    blocking(move || apply(&engine, Change::PutDkim(keys))).await
+    let domain = domain.to_owned();
+    blocking(move || apply(&engine, Change::EditDkim { domain, edit })).await
 }

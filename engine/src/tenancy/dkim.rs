@@ -34,6 +34,45 @@ pub struct StoredKey {
     pub active: bool,
 }
 
+/// One change to a domain's DKIM keys.
+#[derive(Clone, Debug)]
+pub enum KeyEdit {
+    /// A new key, refused when its selector is taken.
+    Add(StoredKey),
+    /// The key with this selector signs from now on.
+    Activate(String),
+    /// The key with this selector is removed.
+    Retire(String),
+}
+
+impl KeyEdit {
+    /// Makes the edit on `keys`; a refusal says why. "no such object" for a
+    /// selector the domain does not have (the admin socket's not_found).
+    pub fn apply(self, keys: &mut DkimDomain) -> Result<(), String> {
+        let position = |selector: &str| keys.keys.iter().position(|k| k.selector == selector);
+        match self {
+            KeyEdit::Add(key) => {
+                if position(&key.selector).is_some() {
+                    return Err(format!(
+                        "selector `{}` already has a key: retire it first or pick another",
+                        key.selector
+                    ));
+                }
+                keys.keys.push(key);
+            }
+            KeyEdit::Activate(selector) => {
+                let index = position(&selector).ok_or("no such object")?;
+                keys.keys[index].active = true;
+            }
+            KeyEdit::Retire(selector) => {
+                let index = position(&selector).ok_or("no such object")?;
+                keys.keys.remove(index);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn yes() -> bool {
     true
 }

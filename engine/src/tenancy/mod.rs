@@ -157,16 +157,31 @@ pub enum Change {
     DeleteGroup(String),
     PutUser(User),
     DeleteUser(String),
-    /// Replaces a user's API keys (`sendctl user api-key`).
-    SetApiKeys {
+    /// Adds an API key to a user's (`sendctl user api-key create`). A change
+    /// of one key, not of the list: it is staged on the objects as they are
+    /// under the change lock, so a key added meanwhile (on this node, or
+    /// replicated from another) is never written over.
+    AddApiKey {
         user: String,
-        keys: Vec<api_keys::ApiKey>,
+        key: api_keys::ApiKey,
+    },
+    /// Removes one of a user's API keys (`sendctl user api-key revoke`).
+    RevokeApiKey {
+        user: String,
+        id: String,
     },
     PutTemplate(DnsTemplate),
     DeleteTemplate(String),
     PutDomain(SenderDomain),
     DeleteDomain(String),
     PutDkim(dkim::DkimDomain),
+    /// One edit of a domain's DKIM keys (`sendctl dkim generate|import|
+    /// activate|retire`), staged on the keys as they are under the change
+    /// lock, as `AddApiKey` is.
+    EditDkim {
+        domain: String,
+        edit: dkim::KeyEdit,
+    },
     DeleteDkim(String),
 }
 
@@ -366,7 +381,7 @@ impl TenancyStore {
             Change::PutUser(mut user) => {
                 let old = objects.users.get(&user.name);
                 let old_hash = old.and_then(|u| u.password_hash.clone());
-                // Keys change only through `SetApiKeys`: a put (or a seed
+                // Keys change only through `AddApiKey` and `RevokeApiKey`: a put (or a seed
                 // at start) keeps them.
                 user.api_keys = old.map(|u| u.api_keys.clone()).unwrap_or_default();
                 user.password_hash = match user.password.take() {
@@ -389,12 +404,34 @@ impl TenancyStore {
                     .ok_or_else(|| missing(USER, &name))?;
                 (USER, name, None)
             }
-            Change::SetApiKeys { user, keys } => {
+            Change::AddApiKey { user, key } => {
                 let stored = objects
                     .users
                     .get_mut(&user)
                     .ok_or_else(|| missing(USER, &user))?;
-                stored.api_keys = keys;
+                if stored.api_keys.len() >= api_keys::MAX_KEYS_PER_USER {
+                    return Err(TenancyError::Invalid {
+                        kind: USER,
+                        name: user,
+                        message: format!(
+                            "it has {} API keys already: revoke one first",
+                            api_keys::MAX_KEYS_PER_USER
+                        ),
+                    });
+                }
+                stored.api_keys.push(key);
+                (USER, user, json(&*stored))
+            }
+            Change::RevokeApiKey { user, id } => {
+                let stored = objects
+                    .users
+                    .get_mut(&user)
+                    .ok_or_else(|| missing(USER, &user))?;
+                let before = stored.api_keys.len();
+                stored.api_keys.retain(|k| k.id != id);
+                if stored.api_keys.len() == before {
+                    return Err(missing("API key", &id));
+                }
                 (USER, user, json(&*stored))
             }
             Change::PutTemplate(template) => {
@@ -426,6 +463,23 @@ impl TenancyStore {
                 let keys = keys.sealed(&self.secrets);
                 let out = (DKIM, keys.domain.clone(), json(&keys));
                 objects.dkim.insert(keys.domain.clone(), keys);
+                out
+            }
+            Change::EditDkim { domain, edit } => {
+                let domain = domain.to_ascii_lowercase();
+                let mut keys = (objects.dkim.get(&domain).cloned()).unwrap_or(dkim::DkimDomain {
+                    domain: domain.clone(),
+                    keys: Vec::new(),
+                });
+                edit.apply(&mut keys)
+                    .map_err(|message| TenancyError::Invalid {
+                        kind: DKIM,
+                        name: domain.clone(),
+                        message,
+                    })?;
+                let keys = keys.sealed(&self.secrets);
+                let out = (DKIM, domain.clone(), json(&keys));
+                objects.dkim.insert(domain, keys);
                 out
             }
             Change::DeleteDkim(name) => {

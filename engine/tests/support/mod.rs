@@ -603,6 +603,34 @@ pub fn ctl(daemon: &Daemon, args: &[&str]) -> Value {
     ctl_result(args, sendctl(daemon, &all))
 }
 
+/// `sendctl --json` once for each of `runs`, all processes at once; their
+/// results in order (each must succeed).
+pub fn ctl_at_once(daemon: &Daemon, runs: &[Vec<String>]) -> Vec<Value> {
+    let children: Vec<_> = runs
+        .iter()
+        .map(|args| {
+            Command::new(env!("CARGO_BIN_EXE_sendctl"))
+                .arg("--socket")
+                .arg(daemon.admin_socket())
+                .arg("--json")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run sendctl")
+        })
+        .collect();
+    let outputs = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("sendctl"));
+    (outputs.zip(runs))
+        .map(|(out, args)| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ctl_result(&args, out)
+        })
+        .collect()
+}
+
 /// The result of `sendctl --json args`, which must have succeeded.
 pub fn ctl_result(args: &[&str], out: std::process::Output) -> Value {
     assert!(
