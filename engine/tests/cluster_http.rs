@@ -124,8 +124,8 @@ async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
     let Some(url) = services::fresh_database("http_idem_record") else {
         return;
     };
-    let db = Database::new(&url);
-    let keys = FleetKeys::default();
+    let db = std::sync::Arc::new(Database::new(&url));
+    let [a, b, c] = ["a", "b", "c"].map(|node| FleetKeys::new(db.clone(), node));
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -137,8 +137,12 @@ async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
         expires_ms: now + 60_000,
     };
     let take = |node: &'static str, fingerprint: &'static str| {
-        let (db, keys) = (&db, &keys);
-        async move { keys.take(db, node, &key(fingerprint), now).await.unwrap() }
+        let keys = match node {
+            "a" => &a,
+            "b" => &b,
+            _ => &c,
+        };
+        async move { keys.take(&key(fingerprint), now).await.unwrap() }
     };
     let nothing = std::collections::HashSet::new;
 
@@ -151,7 +155,7 @@ async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
     assert_eq!(take("b", "f").await, Holder::OtherNode("a".into()));
     assert_eq!(take("b", "g").await, Holder::OtherRequest);
     // a's try ends with recipients 0 and 2 queued: b takes the key with them.
-    keys.release(&db, "a", &key("f"), &[0, 2]).await.unwrap();
+    a.release(&key("f"), &[0, 2]).await.unwrap();
     assert_eq!(
         take("b", "g").await,
         Holder::OtherRequest,
@@ -163,9 +167,9 @@ async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
     );
     assert_eq!(take("a", "f").await, Holder::OtherNode("b".into()));
     // Only the holder lets go or answers.
-    keys.release(&db, "a", &key("f"), &[]).await.unwrap();
+    a.release(&key("f"), &[]).await.unwrap();
     assert_eq!(take("a", "f").await, Holder::OtherNode("b".into()));
-    keys.answered(&db, "b", &key("f"), b"{}").await.unwrap();
+    b.answered(&key("f"), b"{}").await.unwrap();
     assert_eq!(take("a", "f").await, Holder::Answered(b"{}".to_vec()));
     // An expired row is taken over afresh, whatever it held; expiry
     // deletes it.
@@ -174,10 +178,10 @@ async fn the_record_hands_a_try_s_queued_recipients_to_the_next_node() {
         expires_ms: later + 60_000,
         ..key("g")
     };
-    let taken = keys.take(&db, "c", &fresh, later).await.unwrap();
+    let taken = c.take(&fresh, later).await.unwrap();
     assert_eq!(taken, Holder::ThisNode(nothing()));
-    assert_eq!(keys.expire(&db, later).await.unwrap(), 0);
-    assert_eq!(keys.expire(&db, later + 60_001).await.unwrap(), 1);
+    assert_eq!(c.expire(later).await.unwrap(), 0);
+    assert_eq!(c.expire(later + 60_001).await.unwrap(), 1);
 }
 
 #[test]

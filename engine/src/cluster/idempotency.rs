@@ -29,6 +29,7 @@
 //! as if it were not there.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::postgres::{Database, DbError, timed};
@@ -107,22 +108,27 @@ pub struct HeldKey {
     pub expires_ms: u64,
 }
 
-/// The fleet's idempotency records, through the cluster's database.
-#[derive(Default)]
+/// This node's view of the fleet's idempotency records.
 pub struct FleetKeys {
+    db: Arc<Database>,
+    /// This node's `[cluster] node` name: the holder it writes and reads.
+    node: String,
     migrated: AtomicBool,
 }
 
 impl FleetKeys {
-    /// Takes `key` for `node`, or says who holds it.
-    pub async fn take(
-        &self,
-        db: &Database,
-        node: &str,
-        key: &FleetKey<'_>,
-        now_ms: u64,
-    ) -> Result<Holder, DbError> {
-        self.migrate(db).await?;
+    pub fn new(db: Arc<Database>, node: &str) -> FleetKeys {
+        FleetKeys {
+            db,
+            node: node.to_owned(),
+            migrated: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes `key` for this node, or says who holds it.
+    pub async fn take(&self, key: &FleetKey<'_>, now_ms: u64) -> Result<Holder, DbError> {
+        self.migrate().await?;
+        let (db, node) = (&*self.db, self.node.as_str());
         let expires = key.expires_ms as i64;
         let now = now_ms as i64;
         // A row deleted by the expiry between the two statements makes the
@@ -175,48 +181,35 @@ impl FleetKeys {
     }
 
     /// Stores the final answer of a key this node holds.
-    pub async fn answered(
-        &self,
-        db: &Database,
-        node: &str,
-        key: &FleetKey<'_>,
-        answer: &[u8],
-    ) -> Result<(), DbError> {
-        db.repeatable(|client| async move {
-            timed(client.execute(ANSWER, &[&key.tenant, &key.key, &node, &answer])).await
-        })
-        .await
-        .map(|_| ())
+    pub async fn answered(&self, key: &FleetKey<'_>, answer: &[u8]) -> Result<(), DbError> {
+        let node = self.node.as_str();
+        self.db
+            .repeatable(|client| async move {
+                timed(client.execute(ANSWER, &[&key.tenant, &key.key, &node, &answer])).await
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Lets go of a key this node holds after a try without a final answer,
     /// with every recipient queued for it so far (`queued`, on disk).
-    pub async fn release(
-        &self,
-        db: &Database,
-        node: &str,
-        key: &FleetKey<'_>,
-        queued: &[usize],
-    ) -> Result<(), DbError> {
+    pub async fn release(&self, key: &FleetKey<'_>, queued: &[usize]) -> Result<(), DbError> {
         let partial: Vec<i32> = queued.iter().map(|&i| i as i32).collect();
-        let partial = &partial;
-        db.repeatable(|client| async move {
-            timed(client.execute(RELEASE, &[&key.tenant, &key.key, &node, partial])).await
-        })
-        .await
-        .map(|_| ())
+        let (partial, node) = (&partial, self.node.as_str());
+        self.db
+            .repeatable(|client| async move {
+                timed(client.execute(RELEASE, &[&key.tenant, &key.key, &node, partial])).await
+            })
+            .await
+            .map(|_| ())
     }
 
-    /// The keys `node` holds unanswered at `now_ms`.
-    pub async fn held(
-        &self,
-        db: &Database,
-        node: &str,
-        now_ms: u64,
-    ) -> Result<Vec<HeldKey>, DbError> {
-        self.migrate(db).await?;
-        let now = now_ms as i64;
-        let rows = db
+    /// The keys this node holds unanswered at `now_ms`.
+    pub async fn held(&self, now_ms: u64) -> Result<Vec<HeldKey>, DbError> {
+        self.migrate().await?;
+        let (now, node) = (now_ms as i64, self.node.as_str());
+        let rows = self
+            .db
             .repeatable(|client| async move { timed(client.query(HELD, &[&node, &now])).await })
             .await?;
         Ok(rows
@@ -232,16 +225,17 @@ impl FleetKeys {
     }
 
     /// Deletes the rows expired at `now_ms`; how many went.
-    pub async fn expire(&self, db: &Database, now_ms: u64) -> Result<u64, DbError> {
-        self.migrate(db).await?;
+    pub async fn expire(&self, now_ms: u64) -> Result<u64, DbError> {
+        self.migrate().await?;
         let now = now_ms as i64;
-        db.repeatable(|client| async move { timed(client.execute(EXPIRE, &[&now])).await })
+        self.db
+            .repeatable(|client| async move { timed(client.execute(EXPIRE, &[&now])).await })
             .await
     }
 
-    async fn migrate(&self, db: &Database) -> Result<(), DbError> {
+    async fn migrate(&self) -> Result<(), DbError> {
         if !self.migrated.load(Ordering::Acquire) {
-            db.migrate(SCHEMA).await?;
+            self.db.migrate(SCHEMA).await?;
             self.migrated.store(true, Ordering::Release);
         }
         Ok(())

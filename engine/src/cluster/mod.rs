@@ -49,6 +49,7 @@ impl Cluster {
     pub fn new(settings: ClusterSettings, spool_counts: quota::SpoolCounts) -> Cluster {
         let db = Arc::new(Database::new(&settings.database));
         let fleet = Arc::new(FleetView::default());
+        let idempotency_keys = idempotency::FleetKeys::new(db.clone(), &settings.node);
         Cluster {
             quota: quota::QuotaLedger::start(
                 &settings.node,
@@ -59,7 +60,7 @@ impl Cluster {
             db,
             settings,
             fleet,
-            idempotency_keys: idempotency::FleetKeys::default(),
+            idempotency_keys,
         }
     }
 }

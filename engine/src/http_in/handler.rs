@@ -238,10 +238,9 @@ async fn fleet_known(api: &Api, claim: &Claim) -> Result<Known, ApiError> {
     let Some(cluster) = &api.engine.cluster else {
         return Ok(Known::Partial(Default::default()));
     };
-    let node = &cluster.settings.node;
     let holder = cluster
         .idempotency_keys
-        .take(&cluster.db, node, &claim.fleet_key(), now_ms())
+        .take(&claim.fleet_key(), now_ms())
         .await
         .map_err(|e| {
             ApiError::busy(
@@ -275,11 +274,7 @@ async fn release_key(api: &Api, claim: &Claim, queued: &[usize]) {
         return;
     };
     let keys = &cluster.idempotency_keys;
-    let node = &cluster.settings.node;
-    if let Err(e) = keys
-        .release(&cluster.db, node, &claim.fleet_key(), queued)
-        .await
-    {
+    if let Err(e) = keys.release(&claim.fleet_key(), queued).await {
         log::warn!(
             "http_in: an idempotency key could not be let go for the fleet (retries on other \
              nodes get 503 until one reaches this node): {e}"
@@ -531,8 +526,9 @@ fn retry_later(status: StatusCode, why: &str, answer: &InjectResponse, seconds: 
 
 /// Writes the answer under the key, in the spool and then in the fleet's
 /// record. A failure is logged, not answered: every queued message has its
-/// mark, so a retry still queues nothing twice (another node answers 503
-/// until the key expires, where the fleet's record has no answer).
+/// mark, so a retry still queues nothing twice (where only the fleet's
+/// record missed the answer, other nodes answer 503 until a retry reaches
+/// this node, this node starts again, or the key expires).
 async fn store_answer(api: &Api, claim: &Claim, body: &[u8]) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     api.engine.spool.idempotency_put(
@@ -545,16 +541,8 @@ async fn store_answer(api: &Api, claim: &Claim, body: &[u8]) {
         log::warn!("http_in: the answer of an idempotent request could not be stored: {e}");
     }
     if let Some(cluster) = &api.engine.cluster {
-        let keys = &cluster.idempotency_keys;
-        let stored = keys
-            .answered(
-                &cluster.db,
-                &cluster.settings.node,
-                &claim.fleet_key(),
-                body,
-            )
-            .await;
-        if let Err(e) = stored {
+        let key = claim.fleet_key();
+        if let Err(e) = cluster.idempotency_keys.answered(&key, body).await {
             log::warn!(
                 "http_in: the answer of an idempotent request could not be stored for the fleet: {e}"
             );

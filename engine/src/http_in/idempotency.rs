@@ -27,7 +27,7 @@ use sendengine_queue::{IdempotencyRow, Spool};
 
 use super::error::ApiError;
 use crate::cluster::Cluster;
-use crate::cluster::idempotency::FleetKey;
+use crate::cluster::idempotency::{FleetKey, FleetKeys};
 use crate::timefmt::now_ms;
 
 /// How often expired rows are removed.
@@ -220,8 +220,7 @@ pub async fn expire(
             _ => {}
         }
         if let Some(cluster) = &cluster {
-            let keys = &cluster.idempotency_keys;
-            match keys.expire(&cluster.db, now_ms()).await {
+            match cluster.idempotency_keys.expire(now_ms()).await {
                 Ok(n) if n > 0 => {
                     log::debug!("http_in: {n} expired fleet idempotency rows removed")
                 }
@@ -247,10 +246,9 @@ pub async fn release_held(
     in_flight: Arc<InFlight>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let node = &cluster.settings.node;
     let keys = &cluster.idempotency_keys;
     let held = loop {
-        match keys.held(&cluster.db, node, now_ms()).await {
+        match keys.held(now_ms()).await {
             Ok(held) => break held,
             Err(e) => log::warn!("http_in: reading the idempotency keys held here failed: {e}"),
         }
@@ -270,7 +268,7 @@ pub async fn release_held(
         ) else {
             continue;
         };
-        match release_one(&spool, &cluster, Arc::new(claim), &row.partial).await {
+        match release_one(&spool, keys, Arc::new(claim), &row.partial).await {
             Ok(()) => log::info!(
                 "http_in: idempotency key `{}` of `{}`, cut short here by a stop, is settled \
                  for the fleet: a retry on any node finishes it",
@@ -291,7 +289,7 @@ pub async fn release_held(
 /// the recipients the spool marked and those queued elsewhere before.
 async fn release_one(
     spool: &Spool,
-    cluster: &Cluster,
+    keys: &FleetKeys,
     claim: Arc<Claim>,
     elsewhere: &HashSet<usize>,
 ) -> Result<(), String> {
@@ -300,18 +298,13 @@ async fn release_one(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.message)?;
-    let (db, node, keys) = (
-        &cluster.db,
-        &cluster.settings.node,
-        &cluster.idempotency_keys,
-    );
     let key = claim.fleet_key();
     let done = match known {
-        Known::Answered(answer) => keys.answered(db, node, &key, &answer).await,
+        Known::Answered(answer) => keys.answered(&key, &answer).await,
         Known::Partial(queued) => {
             let mut all: Vec<usize> = queued.union(elsewhere).copied().collect();
             all.sort_unstable();
-            keys.release(db, node, &key, &all).await
+            keys.release(&key, &all).await
         }
     };
     done.map_err(|e| e.to_string())
