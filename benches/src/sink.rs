@@ -158,6 +158,9 @@ struct LogLine<'a> {
     /// were ever open at once (connection limits are checked with these).
     sessions: u64,
     peak_sessions: u64,
+    /// When the sink accepted the message's connection: a client that
+    /// restarts cannot carry a message over a connection opened before.
+    connected_us: u64,
 }
 
 impl Sink {
@@ -223,6 +226,7 @@ impl Sink {
     async fn handle_connection(self: Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
         // Replies are small and latency-bound; Nagle would hold them back.
         let _ = tcp.set_nodelay(true);
+        let connected_us = unix_micros();
         let open = self.sessions.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_sessions.fetch_max(open, Ordering::SeqCst);
         let _open = OpenSession(&self.sessions);
@@ -240,6 +244,7 @@ impl Sink {
             conn: SmtpConn::new(stream, Some(IDLE_TIMEOUT)),
             sink: Arc::clone(&self),
             peer,
+            connected_us,
             tls,
             refused: false,
             greeted: false,
@@ -311,6 +316,7 @@ struct Session {
     conn: SmtpConn,
     sink: Arc<Sink>,
     peer: SocketAddr,
+    connected_us: u64,
     tls: bool,
     /// The greeting was refused with a 5xx: only QUIT is served.
     refused: bool,
@@ -569,6 +575,7 @@ impl Session {
             peer: self.peer,
             sessions: self.sink.sessions.load(Ordering::SeqCst),
             peak_sessions: self.sink.peak_sessions.load(Ordering::SeqCst),
+            connected_us: self.connected_us,
         };
         let recorded = self.sink.record(&entry, &self.message);
         self.reset_transaction();
