@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::domains::DomainStatus;
 use crate::engine::Engine;
-use crate::tenancy::Change;
+use crate::tenancy::{Change, TenancyError};
 use crate::timefmt::now_ms;
 
 pub async fn run(engine: Arc<Engine>, every: Duration, mut shutdown: watch::Receiver<bool>) {
@@ -42,12 +42,22 @@ pub async fn verify_pending(engine: &Engine) -> usize {
         if checked.status == domain.status && checked.checks == domain.checks {
             continue;
         }
-        if let Err(e) = engine.change(Change::PutDomain(checked.clone())) {
-            log::warn!(
-                "could not store the verification of {}: {e}",
-                checked.domain
-            );
-            continue;
+        let change = Change::VerifiedDomain {
+            seen: domain.clone(),
+            verified: checked.clone(),
+        };
+        match engine.change(change) {
+            Ok(()) => {}
+            // Put, moved or deleted during the lookups (by an operator or
+            // another node): the next round checks it as it is now.
+            Err(TenancyError::Changed { .. }) => continue,
+            Err(e) => {
+                log::warn!(
+                    "could not store the verification of {}: {e}",
+                    checked.domain
+                );
+                continue;
+            }
         }
         if checked.status != domain.status {
             changed += 1;

@@ -658,64 +658,6 @@ time.sleep(120)
 }
 
 #[test]
-fn domains_from_a_pushed_template_show_their_records_and_verify() {
-    use support::dns_server::{DnsServer, RecordData};
-    let sink = Sink::start(&[]);
-    let dns = DnsServer::start(Vec::<(&str, RecordData)>::new());
-    let mut config = DaemonConfig::new(sink.addr.port());
-    config.extra_top = format!("[dns]\n{}\n", dns.nameservers_line());
-    let daemon = Daemon::start(config);
-
-    let dir = tempfile::tempdir().unwrap();
-    let template = dir.path().join("template.json");
-    let records = json!({"name": "basic", "records": [
-        {"kind": "TXT", "name": "_SenderDomain_", "value": "v=spf1 include:esp.test -all"},
-    ]});
-    std::fs::write(&template, records.to_string()).unwrap();
-    ctl(
-        &daemon,
-        &["template", "put", "--file", template.to_str().unwrap()],
-    );
-    let group = json!({"name": "g", "marketing": ["test-sink"], "transactional": ["test-sink"],
-        "autoresponder": ["test-sink"], "dns_template": "basic"});
-    let put = sendctl_in(&daemon, &["group", "put"], Some(&group.to_string()));
-    assert!(
-        put.status.success(),
-        "{}",
-        String::from_utf8_lossy(&put.stderr)
-    );
-    ctl(&daemon, &["user", "put", "--name", "alice", "--group", "g"]);
-
-    let created = ctl(
-        &daemon,
-        &["domain", "put", "Customer.Example", "--owner", "alice"],
-    );
-    assert_eq!(created["status"], "pending", "{created}");
-    let zone = sendctl(&daemon, &["domain", "records", "customer.example"]);
-    assert_eq!(
-        String::from_utf8_lossy(&zone.stdout),
-        "customer.example.\t3600\tIN\tTXT\t\"v=spf1 include:esp.test -all\"\n"
-    );
-    let missing = ctl(&daemon, &["domain", "verify", "customer.example"]);
-    assert_eq!(missing["status"], "failed", "{missing}");
-
-    dns.add([(
-        "customer.example",
-        RecordData::txt(&["v=spf1 include:esp.test -all"]),
-    )]);
-    let verified = ctl(&daemon, &["domain", "verify", "customer.example"]);
-    assert_eq!(verified["status"], "enabled", "{verified}");
-    let listed = ctl(&daemon, &["domain", "list"]);
-    assert_eq!(listed[0]["status"], "enabled", "the result is stored");
-
-    // A template in use by a group cannot go; an unused domain can.
-    let refused = sendctl(&daemon, &["template", "delete", "basic"]);
-    assert_eq!(refused.status.code(), Some(1));
-    ctl(&daemon, &["domain", "delete", "customer.example"]);
-    assert_eq!(ctl(&daemon, &["domain", "list"]), json!([]));
-}
-
-#[test]
 fn server_test_stops_at_a_certificate_it_cannot_verify() {
     let sink = Sink::start(&["--tls", "starttls"]);
     let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));

@@ -1,6 +1,8 @@
 //! Sender domains end to end: records generated from a template that uses
 //! every placeholder, published on a real DNS server on loopback, verified
-//! by the resolver; a wrong, missing or unresolvable record is named.
+//! by the resolver; a wrong, missing or unresolvable record is named. Then
+//! through the daemon: `sendctl domain` and the background verifier, and
+//! what an operator changes while a verification waits for DNS.
 
 mod support;
 
@@ -9,7 +11,12 @@ use sendengine::domains::{
     DnsTemplate, DomainRecord, DomainSettings, DomainStatus, RecordKind, SenderDomain,
     TemplateRecord, domain_hash, generate_records, mail_from_domain, verify,
 };
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
 use support::dns_server::{DnsServer, RecordData};
+use support::{Daemon, DaemonConfig, Sink, ctl, sendctl, sendctl_in, wait_for};
 
 const SECRET: &[u8] = b"test secret for domain hashes";
 const NOW_MS: u64 = 1_700_000_000_000;
@@ -337,4 +344,164 @@ async fn verification_names_exactly_the_failing_record() {
         "{}",
         domain.failure_summary()
     );
+}
+
+// ---- through the daemon -----------------------------------------------------------
+
+const SPF: &str = "v=spf1 include:esp.test -all";
+
+/// A daemon resolving with `dns`, with a template of one TXT record in
+/// use by group `g`, and its users `alice` and `bob`.
+fn daemon_with_a_template(dns: &DnsServer, dns_settings: &str) -> (Sink, Daemon) {
+    let sink = Sink::start(&[]);
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_top = format!("[dns]\n{}\n{dns_settings}\n", dns.nameservers_line());
+    let daemon = Daemon::start(config);
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("template.json");
+    let records = json!({"name": "basic", "records": [
+        {"kind": "TXT", "name": "_SenderDomain_", "value": SPF},
+    ]});
+    std::fs::write(&template, records.to_string()).unwrap();
+    ctl(
+        &daemon,
+        &["template", "put", "--file", template.to_str().unwrap()],
+    );
+    let group = json!({"name": "g", "marketing": ["test-sink"], "transactional": ["test-sink"],
+        "autoresponder": ["test-sink"], "dns_template": "basic"});
+    let put = sendctl_in(&daemon, &["group", "put"], Some(&group.to_string()));
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    for user in ["alice", "bob"] {
+        ctl(&daemon, &["user", "put", "--name", user, "--group", "g"]);
+    }
+    (sink, daemon)
+}
+
+/// Waits until the nameserver has been asked about `name` more than
+/// `before` times: a verification has read the domain and is waiting.
+fn wait_for_lookup(dns: &DnsServer, name: &str, before: usize) {
+    wait_for(Duration::from_secs(20), "a lookup of the domain", || {
+        let asked = dns.queries().iter().filter(|(n, _)| n == name).count();
+        (asked > before).then_some(())
+    });
+}
+
+fn lookups_of(dns: &DnsServer, name: &str) -> usize {
+    dns.queries().iter().filter(|(n, _)| n == name).count()
+}
+
+#[test]
+fn domains_from_a_pushed_template_show_their_records_and_verify() {
+    let dns = DnsServer::start(Vec::<(&str, RecordData)>::new());
+    let (_sink, daemon) = daemon_with_a_template(&dns, "");
+
+    let created = ctl(
+        &daemon,
+        &["domain", "put", "Customer.Example", "--owner", "alice"],
+    );
+    assert_eq!(created["status"], "pending", "{created}");
+    let zone = sendctl(&daemon, &["domain", "records", "customer.example"]);
+    assert_eq!(
+        String::from_utf8_lossy(&zone.stdout),
+        format!("customer.example.\t3600\tIN\tTXT\t\"{SPF}\"\n")
+    );
+    let missing = ctl(&daemon, &["domain", "verify", "customer.example"]);
+    assert_eq!(missing["status"], "failed", "{missing}");
+
+    dns.add([("customer.example", RecordData::txt(&[SPF]))]);
+    let verified = ctl(&daemon, &["domain", "verify", "customer.example"]);
+    assert_eq!(verified["status"], "enabled", "{verified}");
+    let listed = ctl(&daemon, &["domain", "list"]);
+    assert_eq!(listed[0]["status"], "enabled", "the result is stored");
+
+    // A template in use by a group cannot go; an unused domain can.
+    let refused = sendctl(&daemon, &["template", "delete", "basic"]);
+    assert_eq!(refused.status.code(), Some(1));
+    ctl(&daemon, &["domain", "delete", "customer.example"]);
+    assert_eq!(ctl(&daemon, &["domain", "list"]), json!([]));
+}
+
+/// `sendctl domain verify` started now, still waiting for its answer.
+fn verify_in_background(daemon: &Daemon, domain: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .arg("--socket")
+        .arg(daemon.admin_socket())
+        .args(["domain", "verify", domain])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sendctl")
+}
+
+#[test]
+fn a_domain_moved_or_deleted_while_sendctl_verifies_it_stays_so() {
+    let dns = DnsServer::start([("customer.example", RecordData::txt(&[SPF]))]);
+    let (_sink, daemon) = daemon_with_a_template(&dns, "");
+    ctl(
+        &daemon,
+        &["domain", "put", "customer.example", "--owner", "alice"],
+    );
+    dns.set_delay(Duration::from_secs(2));
+
+    // Moved to bob while alice's records are looked up (and found): the
+    // verification of alice's domain is not stored over bob's.
+    let before = lookups_of(&dns, "customer.example");
+    let verify = verify_in_background(&daemon, "customer.example");
+    wait_for_lookup(&dns, "customer.example", before);
+    let moved = ctl(
+        &daemon,
+        &["domain", "put", "customer.example", "--owner", "bob"],
+    );
+    assert_eq!(moved["owner"], "bob", "{moved}");
+    let refused = verify.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("changed while its records were looked up")
+            && stderr.contains("sendctl domain verify customer.example"),
+        "{stderr}"
+    );
+    let listed = ctl(&daemon, &["domain", "list"]);
+    assert_eq!(listed[0]["owner"], "bob", "{listed}");
+    assert_eq!(listed[0]["status"], "pending", "{listed}");
+
+    // Deleted meanwhile: it does not come back.
+    let before = lookups_of(&dns, "customer.example");
+    let verify = verify_in_background(&daemon, "customer.example");
+    wait_for_lookup(&dns, "customer.example", before);
+    ctl(&daemon, &["domain", "delete", "customer.example"]);
+    let refused = verify.wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(ctl(&daemon, &["domain", "list"]), json!([]));
+
+    // Left alone, the same verification is stored.
+    dns.set_delay(Duration::ZERO);
+    ctl(
+        &daemon,
+        &["domain", "put", "customer.example", "--owner", "bob"],
+    );
+    let verified = ctl(&daemon, &["domain", "verify", "customer.example"]);
+    assert_eq!(verified["status"], "enabled", "{verified}");
+    assert_eq!(ctl(&daemon, &["domain", "list"])[0]["status"], "enabled");
+}
+
+#[test]
+fn a_domain_deleted_while_the_background_verifier_checks_it_stays_deleted() {
+    let dns = DnsServer::start([("customer.example", RecordData::txt(&[SPF]))]);
+    dns.set_delay(Duration::from_secs(1));
+    let (_sink, daemon) = daemon_with_a_template(&dns, "verify_interval = \"200ms\"");
+    let before = lookups_of(&dns, "customer.example");
+    ctl(
+        &daemon,
+        &["domain", "put", "customer.example", "--owner", "alice"],
+    );
+    wait_for_lookup(&dns, "customer.example", before);
+    ctl(&daemon, &["domain", "delete", "customer.example"]);
+    // Past the lookup under way and a few more rounds.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ctl(&daemon, &["domain", "list"]), json!([]));
 }

@@ -356,6 +356,7 @@ pub fn apply(engine: &Engine, change: Change) -> Result<(), AdminError> {
         }
         TenancyError::Invalid { .. } => AdminError::new("invalid", e.to_string()),
         TenancyError::Cluster(_) => AdminError::new("cluster_unavailable", e.to_string()),
+        TenancyError::Changed { .. } => AdminError::new("conflict", format!("{e}: try again")),
         _ => AdminError::internal(e.to_string()),
     })
 }
@@ -364,14 +365,27 @@ pub fn apply(engine: &Engine, change: Change) -> Result<(), AdminError> {
 pub async fn verify_domain(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, AdminError> {
     let name = args.str("domain")?.to_ascii_lowercase();
     let engine = ctx.engine.clone();
-    let Some(mut domain) = engine.tenancy.snapshot().domains.get(&name).cloned() else {
+    let Some(seen) = engine.tenancy.snapshot().domains.get(&name).cloned() else {
         return Err(AdminError::not_found(format!(
             "no domain is called `{name}`"
         )));
     };
-    crate::domains::verify(&engine.resolver, &mut domain, crate::timefmt::now_ms()).await;
-    let shown = serde_json::to_value(&domain).unwrap_or(Value::Null);
-    blocking(move || apply(&engine, Change::PutDomain(domain))).await?;
+    let mut verified = seen.clone();
+    crate::domains::verify(&engine.resolver, &mut verified, crate::timefmt::now_ms()).await;
+    let shown = serde_json::to_value(&verified).unwrap_or(Value::Null);
+    let change = Change::VerifiedDomain { seen, verified };
+    blocking(move || apply(&engine, change))
+        .await
+        .map_err(|e| match e.code {
+            "conflict" => AdminError::new(
+                "conflict",
+                format!(
+                    "domain `{name}` changed while its records were looked up, and this \
+                     verification was not stored: run `sendctl domain verify {name}` again"
+                ),
+            ),
+            _ => e,
+        })?;
     Ok(shown)
 }
 

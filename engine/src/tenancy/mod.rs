@@ -50,6 +50,10 @@ pub enum TenancyError {
     /// Cluster mode: the fleet did not take the change (nothing changed).
     #[error("{0}")]
     Cluster(String),
+    /// The object changed after the change was prepared from it (nothing
+    /// changed): prepare it again from the object as it is now.
+    #[error("{kind} `{name}` changed meanwhile")]
+    Changed { kind: &'static str, name: String },
 }
 
 /// What `config.toml` declares.
@@ -173,6 +177,14 @@ pub enum Change {
     PutTemplate(DnsTemplate),
     DeleteTemplate(String),
     PutDomain(SenderDomain),
+    /// A domain as DNS verification left it (`domains::verify`), stored
+    /// only if the domain is still `seen`, as the lookups began: they take
+    /// seconds, and a domain put again, moved to another owner or deleted
+    /// meanwhile must not come back as it was.
+    VerifiedDomain {
+        seen: SenderDomain,
+        verified: SenderDomain,
+    },
     DeleteDomain(String),
     PutDkim(dkim::DkimDomain),
     /// One edit of a domain's DKIM keys (`sendctl dkim generate|import|
@@ -449,6 +461,17 @@ impl TenancyStore {
             Change::PutDomain(domain) => {
                 let out = (DOMAIN, domain.domain.clone(), json(&domain));
                 objects.domains.insert(domain.domain.clone(), domain);
+                out
+            }
+            Change::VerifiedDomain { seen, verified } => {
+                if objects.domains.get(&seen.domain) != Some(&seen) {
+                    return Err(TenancyError::Changed {
+                        kind: DOMAIN,
+                        name: seen.domain,
+                    });
+                }
+                let out = (DOMAIN, seen.domain.clone(), json(&verified));
+                objects.domains.insert(seen.domain, verified);
                 out
             }
             Change::DeleteDomain(name) => {

@@ -90,6 +90,8 @@ struct Shared {
     zone: Mutex<Zone>,
     queries: Mutex<Vec<(String, RecordType)>>,
     tcp_queries: AtomicUsize,
+    /// How long each UDP answer waits before it goes out.
+    delay: Mutex<Duration>,
     stop: AtomicBool,
 }
 
@@ -108,6 +110,7 @@ impl DnsServer {
             zone: Mutex::new(normalise_zone(zone)),
             queries: Mutex::new(Vec::new()),
             tcp_queries: AtomicUsize::new(0),
+            delay: Mutex::new(Duration::ZERO),
             stop: AtomicBool::new(false),
         });
         let (udp, tcp) = bind_same_port();
@@ -139,6 +142,12 @@ impl DnsServer {
             .lock()
             .expect("zone lock")
             .extend(normalise_zone(records));
+    }
+
+    /// Holds every later UDP answer back this long, one at a time: a slow
+    /// nameserver, for what may happen while a lookup waits.
+    pub fn set_delay(&self, delay: Duration) {
+        *self.shared.delay.lock().expect("delay lock") = delay;
     }
 
     /// The questions asked so far: (name without trailing dot, type).
@@ -213,6 +222,7 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared) {
             .map_or(CLASSIC_UDP_SIZE, |edns| usize::from(edns.max_payload()))
             .max(CLASSIC_UDP_SIZE);
         let response = answer(&query, shared);
+        std::thread::sleep(*shared.delay.lock().expect("delay lock"));
         let Ok(mut bytes) = response.to_vec() else {
             continue;
         };
