@@ -2,6 +2,8 @@
 //! - ready queues are bounded per route (issue 14.7): a slow route's
 //!   backlog waits in the spool, not in memory, and `queue suspend`
 //!   reaches what waits in the ready queue;
+//! - a rate limit counts only mail that went: a worker that waited for a
+//!   place and found its job taken by another gives the place back;
 //! - a disk filled by another process pauses delivery (issue 15.1): at
 //!   most one copy per recipient while outcomes cannot be written, one
 //!   log line per interval, and every outcome recorded once space returns.
@@ -63,6 +65,30 @@ fn inject(daemon: &Daemon, n: usize, size: usize, campaign: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// 12 messages at once on a route paced at 2 a second and limited to 14
+/// an hour: up to three workers wait for places, and at the end of the
+/// burst those that find the queue empty give theirs back, so the last
+/// two of the hour's 14 go at once instead of 257 s later.
+#[test]
+fn places_the_rate_gave_for_jobs_another_worker_took_are_given_back() {
+    let sink = Sink::start(&[]);
+    let mut config = DaemonConfig::new(sink.addr.port());
+    config.extra_server = "rate_per_second = 2\nrate_per_hour = 14\n".into();
+    let daemon = Daemon::start(config);
+
+    let result = inject(&daemon, 12, 1_000, "burst");
+    assert!(result.starts_with("failed 0 "), "{result}");
+    sink.wait_messages(12, Duration::from_secs(60));
+    // The workers still waiting for a place get one now, and find nothing.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let started = Instant::now();
+    let result = inject(&daemon, 2, 1_000, "after");
+    assert!(result.starts_with("failed 0 "), "{result}");
+    sink.wait_messages(14, Duration::from_secs(20));
+    eprintln!("the hour's last two went in {:?}", started.elapsed());
 }
 
 /// One slow route (1 message/s) among idle ones, `ready_queue_size = 10`,

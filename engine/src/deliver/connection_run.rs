@@ -281,7 +281,7 @@ impl Route {
             && !lease.as_ref().is_some_and(ConnectionLease::is_lost)
             && !self.ready.is_empty()
             && self.throttle.try_acquire();
-        if go { self.ready.try_pop() } else { None }
+        if go { self.pop_with_paid_place() } else { None }
     }
 
     /// Records the replies of a transaction the server answered.

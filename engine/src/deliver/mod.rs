@@ -331,6 +331,16 @@ impl Route {
         }
     }
 
+    /// The next job, for the message place the rate limits gave; the place
+    /// goes back when another worker took the job meanwhile.
+    fn pop_with_paid_place(&self) -> Option<Job> {
+        let job = self.ready.try_pop();
+        if job.is_none() {
+            self.throttle.give_back();
+        }
+        job
+    }
+
     /// Stops taking new jobs; running transactions finish. Returns the
     /// jobs that were waiting (still claimed in the spool); a push from
     /// now on is refused, so the caller routes those jobs again.
@@ -422,7 +432,7 @@ async fn worker(route: Arc<Route>) {
         if close_if_lease_lost(&lease, &mut pooled).await {
             continue;
         }
-        let Some(job) = route.ready.try_pop() else {
+        let Some(job) = route.pop_with_paid_place() else {
             continue;
         };
         // Every path of `deliver` hands the job on before it is dropped.

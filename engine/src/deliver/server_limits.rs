@@ -185,6 +185,26 @@ impl ServerLimits {
         }
     }
 
+    /// Gives back a place `acquire` or `try_acquire` took for a job that
+    /// another worker popped first, so that the limits (above all a daily
+    /// one) count only mail that went. In a fleet, to the block in hand
+    /// while it is valid; a place from Redis's fallback share stays spent.
+    pub fn give_back(&self) {
+        if self.local.is_unlimited() {
+            return;
+        }
+        match &self.fleet {
+            None => self.local.give_back(),
+            Some(fleet) => {
+                if let Ok(mut prepaid) = fleet.prepaid.try_lock()
+                    && Instant::now() < prepaid.until
+                {
+                    prepaid.left += 1;
+                }
+            }
+        }
+    }
+
     /// Takes one message's place only if it is free now, without waiting
     /// or asking Redis (in a fleet, only from the block in hand): a worker
     /// with a final reply still to read asks this before taking the next job

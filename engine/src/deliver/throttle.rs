@@ -104,6 +104,16 @@ impl Throttle {
         Ok(())
     }
 
+    /// Gives back a place taken but not used: the next message goes as if
+    /// it had never been taken (`try_take` counts from `max(tat, now)`, so
+    /// one interval back is exact).
+    pub fn give_back(&self) {
+        let mut tat = self.tat.lock().unwrap_or_else(|p| p.into_inner());
+        for (limit, t) in self.limits.iter().zip(tat.iter_mut()) {
+            *t = t.checked_sub(limit.interval).unwrap_or(*t);
+        }
+    }
+
     /// Waits until one more message may go.
     pub async fn acquire(&self) {
         if self.is_unlimited() {
@@ -133,6 +143,26 @@ mod tests {
         );
         assert!(t.try_take(start + Duration::from_millis(100)).is_ok());
         assert!(t.try_take(start + Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn a_place_given_back_is_taken_again_and_no_more() {
+        let t = Throttle::new(None, None, Some(3));
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(t.try_take(start).is_ok());
+        }
+        assert!(t.try_take(start).is_err(), "the day's three are spent");
+        t.give_back();
+        assert!(t.try_take(start).is_ok(), "the place given back");
+        assert!(t.try_take(start).is_err(), "one place, not more");
+        // Given back after a quiet spell, it is no better than never taken.
+        let quiet = Throttle::new(Some(1.0), None, None);
+        let later = Instant::now() + Duration::from_secs(10);
+        assert!(quiet.try_take(later).is_ok());
+        quiet.give_back();
+        assert!(quiet.try_take(later).is_ok());
+        assert!(quiet.try_take(later).is_err());
     }
 
     #[test]
