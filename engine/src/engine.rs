@@ -27,6 +27,17 @@ pub struct Envelope {
     pub(crate) mail_from: String,
     pub(crate) recipients: Vec<String>,
     pub(crate) client: ClientInfo,
+    /// The transaction is an SMTPUTF8 one (RFC 6531): asked for on MAIL
+    /// over SMTP, or UTF-8 in an address given another way.
+    pub(crate) smtputf8: bool,
+}
+
+impl Envelope {
+    /// Whether an address of the envelope is UTF-8: the transaction is
+    /// SMTPUTF8 whatever door it came through.
+    pub(crate) fn has_utf8_address(mail_from: &str, recipients: &[String]) -> bool {
+        !mail_from.is_ascii() || recipients.iter().any(|r| !r.is_ascii())
+    }
 }
 
 /// Shared by every SMTP session, admission, the scheduler, the delivery

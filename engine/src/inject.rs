@@ -160,6 +160,7 @@ impl Policy for ServerContext {
 
     async fn deliver(&self, client: Client, tx: Transaction<String>, body: Vec<u8>) -> Reply {
         let envelope = Envelope {
+            smtputf8: tx.params.smtputf8,
             mail_from: tx.mail_from,
             recipients: tx.rcpts,
             client: ClientInfo {

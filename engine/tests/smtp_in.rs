@@ -51,6 +51,16 @@ impl Client {
         self.send(format!("{line}\r\n").as_bytes());
         self.reply()
     }
+
+    /// EHLO, one transaction from a@example.com to b@example.net, DATA:
+    /// the message's bytes go next.
+    fn start_data(&mut self) {
+        self.cmd("EHLO client.test");
+        self.cmd("MAIL FROM:<a@example.com>");
+        self.cmd("RCPT TO:<b@example.net>");
+        let go = self.cmd("DATA");
+        assert!(go.starts_with("354"), "{go}");
+    }
 }
 
 fn assert_reply(reply: &str, code: &str, enhanced: &str) {
@@ -185,7 +195,7 @@ fn relay_is_refused_outside_relay_networks_unless_authenticated() {
 }
 
 #[test]
-fn auth_login_over_loopback() {
+fn auth_login_and_plain_over_loopback() {
     let sink = Sink::start(&[]);
     let mut cfg = DaemonConfig::new(sink.addr.port());
     cfg.extra_top = "[[user]]\nname = \"app\"\npassword = \"s3cret\"\n".into();
@@ -196,6 +206,84 @@ fn auth_login_over_loopback() {
     assert_eq!(c.cmd("YXBw"), "334 UGFzc3dvcmQ6");
     assert!(c.cmd("czNjcmV0").starts_with("235"));
     assert_reply(&c.cmd("AUTH LOGIN"), "503", "5.5.1");
+
+    // PLAIN refuses to act as another identity (RFC 4616 section 2).
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    // other\0app\0s3cret: app's password, to act as `other`.
+    let refused = c.cmd("AUTH PLAIN b3RoZXIAYXBwAHMzY3JldA==");
+    assert_reply(&refused, "535", "5.7.8");
+    assert!(refused.contains("authorization identity"), "{refused}");
+    // app\0app\0s3cret: the user itself, as RFC 4616 allows.
+    assert!(
+        c.cmd("AUTH PLAIN YXBwAGFwcABzM2NyZXQ=")
+            .starts_with("235 2.7.0")
+    );
+}
+
+#[test]
+fn addresses_rfc_5321_does_not_allow_are_refused_at_rcpt() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@example.com>");
+    for bad in [
+        "b@@example.net",
+        ".b@example.net",
+        "b..c@example.net",
+        "b(comment)@example.net",
+        "user@[300.1.1.1]",
+    ] {
+        assert_reply(&c.cmd(&format!("RCPT TO:<{bad}>")), "501", "5.1.3");
+    }
+    assert!(
+        c.cmd("RCPT TO:<\"john doe\"@example.net>")
+            .starts_with("250")
+    );
+    assert!(c.cmd("RCPT TO:<user@[127.0.0.1]>").starts_with("250"));
+    c.cmd("RSET");
+    assert_reply(&c.cmd("MAIL FROM:<a..b@example.com>"), "501", "5.1.3");
+}
+
+#[test]
+fn refusals_quote_the_client_back_in_printable_ascii_only() {
+    let sink = Sink::start(&[]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.send(b"FO\rO\x1b[2J bar\r\n");
+    let mut raw = Vec::new();
+    c.reader.read_until(b'\n', &mut raw).unwrap();
+    let line = &raw[..raw.len() - 2];
+    assert!(
+        line.iter()
+            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)),
+        "{:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_reply(&String::from_utf8_lossy(line), "500", "5.5.1");
+    assert!(c.cmd("NOOP").starts_with("250"), "the session goes on");
+}
+
+#[test]
+fn text_where_the_header_should_be_is_relayed_as_body() {
+    let store = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&["--store-dir", store.path().to_str().unwrap()]);
+    let daemon = small_daemon(&sink);
+    let mut c = Client::connect(daemon.addr);
+    c.start_data();
+    c.send(b"Hello world\r\nsecond line\r\n\r\nthird\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    let got = sink.wait_messages(1, Duration::from_secs(60));
+    let seq = got[0]["seq"].as_u64().unwrap();
+    let text = std::fs::read_to_string(store.path().join(format!("{seq}.eml"))).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an empty line");
+    assert!(!head.contains("Hello"), "{text}");
+    assert!(head.contains("Message-ID: <"), "{text}");
+    assert!(
+        body.starts_with("Hello world\r\nsecond line\r\n\r\nthird\r\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -203,10 +291,7 @@ fn smuggled_end_of_data_is_not_an_end() {
     let sink = Sink::start(&[]);
     let daemon = small_daemon(&sink);
     let mut c = Client::connect(daemon.addr);
-    c.cmd("EHLO client.test");
-    c.cmd("MAIL FROM:<a@example.com>");
-    c.cmd("RCPT TO:<b@example.net>");
-    c.cmd("DATA");
+    c.start_data();
     // A bare-LF "end" followed by a smuggled transaction, then the real end.
     c.send(b"Subject: smuggle\r\n\r\nbody\n.\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<x@example.net>\r\nDATA\r\n\r\n.\r\n");
     assert!(c.reply().starts_with("250"));

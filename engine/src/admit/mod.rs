@@ -34,6 +34,8 @@ mod suppress;
 mod tenant;
 mod track;
 
+pub(crate) use control::MAX_CONTROL_VALUE;
+
 use sendengine_queue::{IdempotencyRow, MessageMeta, NewMessage};
 
 use crate::engine::{Engine, Envelope};
@@ -122,11 +124,13 @@ fn decide(
             peer_ip: client.peer.ip().to_string(),
             tls: client.tls,
             authenticated: client.auth_user.is_some(),
+            smtputf8: envelope.smtputf8,
             time_ms: now,
         },
     );
     drop(data);
     let channel = control::channel_of(edited.control.channel.as_deref())?;
+    control::check_campaign(edited.control.campaign.as_deref())?;
     let split = suppress::split_recipients(
         &engine.spool,
         tenant.name.as_deref().unwrap_or_default(),

@@ -107,6 +107,7 @@ async fn admit(ctx: &Context, body: &[u8]) -> Reply {
         Err(reply) => return reply,
     };
     let envelope = Envelope {
+        smtputf8: Envelope::has_utf8_address(&injection.mail_from, &injection.recipients),
         mail_from: injection.mail_from,
         recipients: injection.recipients,
         client: ClientInfo {

@@ -16,7 +16,9 @@
 
 use serde::Deserialize;
 
+use crate::admit::MAX_CONTROL_VALUE;
 use crate::values::Reply;
+use crate::values::mailbox::is_mailbox;
 
 /// What the SMTP listener would bound: the same limits.
 #[derive(Debug, Clone, Copy)]
@@ -36,9 +38,6 @@ struct Wire {
     message: Option<String>,
     message_base64: Option<String>,
 }
-
-/// Longest `channel` / `campaign`: they become header fields and labels.
-const MAX_CONTROL_VALUE: usize = 255;
 
 /// A parsed injection: an envelope and the message bytes as DATA holds them.
 #[derive(Debug)]
@@ -109,7 +108,7 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Injection, Reply> {
 }
 
 fn check_envelope(mail_from: &str, recipients: &[String], limits: &Limits) -> Result<(), Reply> {
-    if !mail_from.is_empty() && !is_address(mail_from) {
+    if !mail_from.is_empty() && !is_mailbox(mail_from) {
         return Err(malformed(format!(
             "mail_from {mail_from:?} is not an address: write local@domain, or \"\" for a null sender"
         )));
@@ -128,26 +127,12 @@ fn check_envelope(mail_from: &str, recipients: &[String], limits: &Limits) -> Re
             ),
         ));
     }
-    if let Some(bad) = recipients.iter().find(|r| !is_address(r)) {
+    if let Some(bad) = recipients.iter().find(|r| !is_mailbox(r)) {
         return Err(malformed(format!(
             "recipient {bad:?} is not an address: write local@domain"
         )));
     }
     Ok(())
-}
-
-/// `local@domain`, as RCPT TO would take it: no spaces, brackets or
-/// control characters, at most 254 bytes.
-pub(crate) fn is_address(a: &str) -> bool {
-    let Some((local, domain)) = a.rsplit_once('@') else {
-        return false;
-    };
-    a.len() <= 254
-        && !local.is_empty()
-        && !domain.is_empty()
-        && !a
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>'))
 }
 
 /// The control headers at the end of the header section, so they win

@@ -395,9 +395,11 @@ fn message(shared: &Shared, recipient: &Recipient) -> Result<Vec<u8>, String> {
 }
 
 async fn admit_one(shared: &Shared, index: usize, recipient: Recipient, data: Vec<u8>) -> Outcome {
+    let recipients = vec![recipient.email];
     let envelope = Envelope {
+        smtputf8: Envelope::has_utf8_address(&shared.sender, &recipients),
         mail_from: shared.sender.clone(),
-        recipients: vec![recipient.email],
+        recipients,
         client: ClientInfo {
             peer: shared.conn.peer,
             helo: "http".into(),

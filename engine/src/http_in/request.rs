@@ -20,12 +20,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use crate::admit::MAX_CONTROL_VALUE;
+use crate::values::mailbox::is_mailbox;
 
 /// Longest idempotency key accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
-/// Longest channel or campaign name (the control headers' bound).
-const MAX_CONTROL_VALUE: usize = 200;
-
 /// A checked request.
 #[derive(Debug)]
 pub struct InjectRequest {
@@ -146,7 +145,7 @@ pub fn parse(body: &[u8], max_recipients: usize) -> Result<InjectRequest, ApiErr
         ));
     }
     let envelope_sender: String = required(&mut top, "envelope_sender")?;
-    if !envelope_sender.is_empty() && !is_address(&envelope_sender) {
+    if !envelope_sender.is_empty() && !is_mailbox(&envelope_sender) {
         return Err(ApiError::bad_request(
             "envelope_sender",
             format!("{envelope_sender:?} is not an address: write local@domain"),
@@ -205,7 +204,7 @@ fn recipients(list: Vec<Value>, max: usize) -> Result<Vec<Recipient>, ApiError> 
         .map(|(i, v)| {
             let field = format!("recipients[{i}]");
             let r: Recipient = typed(v, &field)?;
-            if !is_address(&r.email) {
+            if !is_mailbox(&r.email) {
                 return Err(ApiError::bad_request(
                     format!("{field}.email"),
                     format!("{:?} is not an address: write local@domain", r.email),
@@ -238,7 +237,7 @@ fn content(value: Option<Value>) -> Result<Content, ApiError> {
             }
             for (field, mailbox) in [("from", &built.from), ("reply_to", &built.reply_to)] {
                 if let Some(m) = mailbox
-                    && !is_address(&m.email)
+                    && !is_mailbox(&m.email)
                 {
                     return Err(ApiError::bad_request(
                         format!("content.{field}.email"),
@@ -275,11 +274,6 @@ fn check_extensions(ours: &Extensions) -> Result<(), ApiError> {
         }
     }
     Ok(())
-}
-
-/// `local@domain`, as RCPT TO would take it.
-fn is_address(a: &str) -> bool {
-    crate::amqp_in::message::is_address(a)
 }
 
 fn required<T: DeserializeOwned>(top: &mut Map<String, Value>, field: &str) -> Result<T, ApiError> {

@@ -4,11 +4,7 @@
 //! client can get wrong in a command comes back as a `Reply` ready to send,
 //! so the handler never has to invent error texts.
 
-use crate::values::Reply;
-
-/// Longest local part and whole address, RFC 5321 section 4.5.3.1.
-const MAX_LOCAL_PART: usize = 64;
-const MAX_ADDRESS: usize = 254;
+use crate::values::{Reply, mailbox};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -221,10 +217,6 @@ fn mailbox(path: &str, null_allowed: bool, utf8_allowed: bool) -> Result<String,
             Err(Reply::new(501, "5.1.3", "A recipient address is required"))
         };
     }
-    let bad = |why: &str| Reply::new(501, "5.1.3", format!("Bad address syntax: {why}"));
-    if path.len() > MAX_ADDRESS {
-        return Err(bad("longer than 254 characters"));
-    }
     if !utf8_allowed && !path.is_ascii() {
         return Err(Reply::new(
             553,
@@ -232,42 +224,9 @@ fn mailbox(path: &str, null_allowed: bool, utf8_allowed: bool) -> Result<String,
             "Non-ASCII address needs the SMTPUTF8 parameter",
         ));
     }
-    let at = path
-        .rfind('@')
-        .ok_or_else(|| bad("an address needs local-part@domain"))?;
-    let (local, domain) = (&path[..at], &path[at + 1..]);
-    if local.is_empty() || domain.is_empty() {
-        return Err(bad("an address needs local-part@domain"));
-    }
-    if local.len() > MAX_LOCAL_PART && !local.starts_with('"') {
-        return Err(bad("local part longer than 64 characters"));
-    }
-    if path
-        .chars()
-        .any(|c| c.is_control() || (c == ' ' && !local.starts_with('"')))
-    {
-        return Err(bad("spaces and control characters are not allowed"));
-    }
-    if !valid_domain(domain) {
-        return Err(bad(
-            "the domain is not a valid host name or address literal",
-        ));
-    }
+    mailbox::check(path, true)
+        .map_err(|why| Reply::new(501, "5.1.3", format!("Bad address syntax: {why}")))?;
     Ok(path.to_owned())
-}
-
-fn valid_domain(domain: &str) -> bool {
-    if domain.starts_with('[') {
-        return domain.ends_with(']');
-    }
-    domain.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
-    })
 }
 
 #[cfg(test)]

@@ -90,12 +90,23 @@ impl<P: Policy> Session<P> {
                 )));
             }
         };
-        let Some((user, password)) = credentials else {
-            return Ok(self.refuse(Reply::new(
-                501,
-                "5.5.2",
-                "Authentication cancelled or not valid base64",
-            )));
+        let (user, password) = match credentials {
+            Answer::Credentials(user, password) => (user, password),
+            Answer::Unreadable => {
+                return Ok(self.refuse(Reply::new(
+                    501,
+                    "5.5.2",
+                    "Authentication cancelled or not valid base64",
+                )));
+            }
+            Answer::OtherIdentity => {
+                return Ok(self.refuse(Reply::new(
+                    535,
+                    "5.7.8",
+                    "Authentication as one user to act as another is not supported: \
+                     leave the authorization identity empty",
+                )));
+            }
         };
         let Some(attempt) = auth.limiter.begin_attempt(ip).await else {
             return Ok(self.too_many_auth_failures(auth));
@@ -134,39 +145,24 @@ impl<P: Policy> Session<P> {
         Flow::Close
     }
 
-    async fn auth_plain(
-        &mut self,
-        initial: Option<String>,
-    ) -> io::Result<Option<(String, String)>> {
+    async fn auth_plain(&mut self, initial: Option<String>) -> io::Result<Answer> {
         let response = match initial {
             Some(r) => Some(r),
             None => self.challenge("").await?,
         };
-        let Some(decoded) = response.as_deref().and_then(decode_b64) else {
-            return Ok(None);
-        };
-        // authzid NUL authcid NUL password
-        let mut parts = decoded.split(|b| *b == 0);
-        let (_authz, user, pass) = (parts.next(), parts.next(), parts.next());
-        Ok(match (user, pass) {
-            (Some(u), Some(p)) => Some((
-                String::from_utf8_lossy(u).into_owned(),
-                String::from_utf8_lossy(p).into_owned(),
-            )),
-            _ => None,
-        })
+        Ok(response
+            .as_deref()
+            .and_then(decode_b64)
+            .map_or(Answer::Unreadable, |decoded| plain_answer(&decoded)))
     }
 
-    async fn auth_login(
-        &mut self,
-        initial: Option<String>,
-    ) -> io::Result<Option<(String, String)>> {
+    async fn auth_login(&mut self, initial: Option<String>) -> io::Result<Answer> {
         let user = match initial {
             Some(r) => Some(r),
             None => self.challenge("VXNlcm5hbWU6").await?,
         };
         let Some(user) = user.as_deref().and_then(decode_b64) else {
-            return Ok(None);
+            return Ok(Answer::Unreadable);
         };
         let Some(pass) = self
             .challenge("UGFzc3dvcmQ6")
@@ -174,12 +170,12 @@ impl<P: Policy> Session<P> {
             .as_deref()
             .and_then(decode_b64)
         else {
-            return Ok(None);
+            return Ok(Answer::Unreadable);
         };
-        Ok(Some((
+        Ok(Answer::Credentials(
             String::from_utf8_lossy(&user).into_owned(),
             String::from_utf8_lossy(&pass).into_owned(),
-        )))
+        ))
     }
 
     /// Sends a 334 challenge and reads the client's answer ("*" cancels).
@@ -198,8 +194,64 @@ impl<P: Policy> Session<P> {
     }
 }
 
+/// What the client answered to AUTH.
+enum Answer {
+    Credentials(String, String),
+    /// Cancelled, not base64, or not the mechanism's form.
+    Unreadable,
+    /// PLAIN with an authorization identity other than the user: RFC 4616
+    /// section 2 has the server refuse what it does not allow, and no
+    /// user may act as another here.
+    OtherIdentity,
+}
+
+/// PLAIN's `authzid NUL authcid NUL password`.
+fn plain_answer(decoded: &[u8]) -> Answer {
+    let mut parts = decoded.split(|b| *b == 0);
+    let (Some(authz), Some(user), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Answer::Unreadable;
+    };
+    if !authz.is_empty() && authz != user {
+        return Answer::OtherIdentity;
+    }
+    Answer::Credentials(
+        String::from_utf8_lossy(user).into_owned(),
+        String::from_utf8_lossy(pass).into_owned(),
+    )
+}
+
 fn decode_b64(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
         .decode(text.trim())
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credentials(decoded: &[u8]) -> Option<(String, String)> {
+        match plain_answer(decoded) {
+            Answer::Credentials(user, pass) => Some((user, pass)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_takes_an_empty_or_the_same_authorization_identity_only() {
+        let app = Some(("app".to_owned(), "secret".to_owned()));
+        assert_eq!(credentials(b"\0app\0secret"), app);
+        assert_eq!(credentials(b"app\0app\0secret"), app);
+        assert!(matches!(
+            plain_answer(b"other\0app\0secret"),
+            Answer::OtherIdentity
+        ));
+        assert!(matches!(plain_answer(b"app\0secret"), Answer::Unreadable));
+        assert!(matches!(
+            plain_answer(b"\0app\0sec\0ret"),
+            Answer::Unreadable
+        ));
+    }
 }

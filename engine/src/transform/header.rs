@@ -103,6 +103,45 @@ pub(crate) fn parse_header_block(data: &[u8], start: usize, end: usize) -> Heade
     }
 }
 
+/// Where the body of `data` starts without the empty line RFC 5322 puts
+/// before it: the first line, before any empty line, that neither opens a
+/// header field (a name of printable ASCII but `:`, maybe spaces, then
+/// `:`) nor continues one. None when the header section is well formed.
+/// A client that sends a message without a header section, or with text
+/// among its fields, means that text as body, and a receiver would
+/// otherwise read it as header (Postfix's cleanup ends the header there
+/// too).
+pub(crate) fn unseparated_body_start(data: &[u8]) -> Option<usize> {
+    let mut pos = 0;
+    let mut in_field = false;
+    while pos < data.len() {
+        let end = line_end(data, pos, data.len());
+        let line = &data[pos..end];
+        if line == b"\r\n" || line == b"\n" {
+            return None;
+        }
+        let continues = in_field && matches!(line[0], b' ' | b'\t');
+        if !continues && !opens_a_field(line) {
+            return Some(pos);
+        }
+        in_field = true;
+        pos = end;
+    }
+    None
+}
+
+fn opens_a_field(line: &[u8]) -> bool {
+    let name = line
+        .iter()
+        .take_while(|&&b| b.is_ascii_graphic() && b != b':')
+        .count();
+    let after = line[name..]
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .map(|i| line[name + i]);
+    name > 0 && after == Some(b':')
+}
+
 fn new_field(data: &[u8], start: usize, end: usize) -> Field {
     // A line without a colon is junk; it is kept as a nameless field.
     let colon = memchr::memchr(b':', &data[start..end]).map(|i| start + i);
@@ -130,6 +169,24 @@ mod tests {
         assert_eq!(header_value(msg, "subject").as_deref(), Some("a b"));
         assert_eq!(header_value(msg, "Message-ID").as_deref(), Some("<x@y>"));
         assert_eq!(header_value(msg, "To"), None);
+    }
+
+    #[test]
+    fn the_body_starts_at_the_first_line_that_is_no_header() {
+        let at = |m: &[u8]| unseparated_body_start(m);
+        assert_eq!(
+            at(b"Subject: a\r\n b\r\nX-A : c\r\n\r\nnot: a header\r\n"),
+            None
+        );
+        assert_eq!(at(b"Subject: a\r\n"), None);
+        assert_eq!(at(b"Hello world\r\n\r\nthird\r\n"), Some(0));
+        assert_eq!(
+            at(b"Subject: x\r\nthis is text\r\nFrom: a\r\n\r\nb"),
+            Some(12)
+        );
+        assert_eq!(at(b" folded first\r\nSubject: s\r\n\r\nb"), Some(0));
+        assert_eq!(at(b"Subject: x\r\n: no name\r\n"), Some(12));
+        assert_eq!(at(b"Subject: x\nbody line\n"), Some(11));
     }
 
     #[test]

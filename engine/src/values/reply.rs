@@ -34,7 +34,12 @@ impl Reply {
             out.push(if lines.peek().is_some() { b'-' } else { b' ' });
             out.extend_from_slice(self.enhanced.as_bytes());
             out.push(b' ');
-            out.extend_from_slice(line.as_bytes());
+            // RFC 5321 4.2: reply text is tab and printable ASCII. What a
+            // client sent and a refusal quotes back may be anything else.
+            out.extend(line.bytes().map(|b| match b {
+                b'\t' | b' '..=b'~' => b,
+                _ => b'?',
+            }));
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -53,6 +58,17 @@ impl std::fmt::Display for Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_client_sent_is_quoted_back_as_printable_ascii() {
+        let mut out = Vec::new();
+        let text = "Command `FO\rO\u{1b}[31m\0F\u{d6}O` not recognised";
+        Reply::new(500, "5.5.1", text).write_to(&mut out);
+        assert_eq!(
+            out,
+            b"500 5.5.1 Command `FO?O?[31m?F??O` not recognised\r\n"
+        );
+    }
 
     #[test]
     fn multi_line_replies() {
