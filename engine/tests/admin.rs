@@ -586,6 +586,19 @@ fn misspelled_flags_and_fields_are_refused_and_change_nothing() {
             br#"{"cmd": "server.put", "args": {"name": "n", "host": "h", "hots": "h"}}"#,
             "hots",
         ),
+        // Values no mail could use: an address or domain of bad syntax.
+        (
+            br#"{"cmd": "suppression.add", "args": {"address": "x"}}"#,
+            "not a mailbox",
+        ),
+        (
+            br#"{"cmd": "domain.put", "args": {"domain": "a..b", "owner": "u"}}"#,
+            "not a host name",
+        ),
+        (
+            br#"{"cmd": "server.test", "args": {"name": "test-sink", "to": "not-an-address"}}"#,
+            "not a mailbox",
+        ),
     ];
     for (request, hint) in raw {
         let response = exchange(&mut reader, &mut writer, request);

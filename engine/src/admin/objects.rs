@@ -289,6 +289,11 @@ pub async fn set_enabled(
 /// owner, otherwise a new one with records from the owner's template.
 fn domain_for_put(engine: &Engine, args: &Args<'_>) -> Result<SenderDomain, AdminError> {
     let domain = args.str("domain")?.to_ascii_lowercase();
+    if domain.starts_with('[') || !crate::values::mailbox::valid_domain(&domain) {
+        return Err(AdminError::bad_args(format!(
+            "domain: `{domain}` is not a host name (labels of letters, digits and `-`, joined by single dots)"
+        )));
+    }
     let owner = args.str("owner")?;
     if !engine.tenancy.snapshot().users.contains_key(owner) {
         return Err(AdminError::new(

@@ -33,6 +33,7 @@ use crate::smtp::stream::Stream;
 use crate::tenancy::model::{ServerTest, ServerTestStep};
 use crate::tenancy::{Change, DIRECT, DeliveryServer, DeliveryServerSpec, SECRET_PLACEHOLDER};
 use crate::timefmt::{now_ms, rfc3339};
+use crate::values::mailbox::is_mailbox;
 
 pub async fn run(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, AdminError> {
     let to = args.opt_str("to")?.map(str::to_owned);
@@ -40,6 +41,13 @@ pub async fn run(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, Admi
         .opt_str("from")?
         .map(str::to_owned)
         .unwrap_or_else(|| format!("postmaster@{}", ctx.engine.hostname));
+    for (field, address) in [("to", to.as_deref()), ("from", Some(from.as_str()))] {
+        if let Some(address) = address.filter(|a| !is_mailbox(a)) {
+            return Err(AdminError::bad_args(format!(
+                "{field}: `{address}` is not a mailbox: write local-part@domain"
+            )));
+        }
+    }
     let plan = Plan {
         helo: ctx.engine.hostname.clone(),
         from,

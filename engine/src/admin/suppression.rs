@@ -13,6 +13,7 @@ use super::protocol::{AdminError, Args};
 use super::{AdminContext, blocking};
 use crate::cluster::suppressions::Entry;
 use crate::timefmt::rfc3339;
+use crate::values::mailbox::is_mailbox;
 
 /// Entries listed when no `limit` is given.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -36,7 +37,12 @@ pub async fn handle(
             .await
         }
         "add" => {
-            let address = args.str("address")?.to_owned();
+            let address = args.str("address")?.trim().to_owned();
+            if !is_mailbox(&address) {
+                return Err(AdminError::bad_args(format!(
+                    "address: `{address}` is not a mailbox: write local-part@domain"
+                )));
+            }
             let reason = args.opt_str("reason")?.unwrap_or("manual").to_owned();
             fleet_first(ctx, Entry::add(&tenant, &address, &reason, "operator")).await?;
             blocking(move || {
