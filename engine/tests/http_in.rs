@@ -350,6 +350,70 @@ fn idempotency_keys_and_a_tiny_limit() {
 }
 
 #[test]
+fn an_idempotency_key_is_given_once_or_the_same_in_header_and_field() {
+    let Some(api) = Api::start("", "", false) else {
+        return;
+    };
+    let plain = json!({"envelope_sender": "a@example.com", "content": "Subject: s\n\nhi\n",
+                       "recipients": recipients(1)});
+    let mut both = plain.clone();
+    both["sendengine"] = json!({"idempotency_key": "k1"});
+    // The same key in the header and the field is one key: a retry gets
+    // the first answer.
+    let first = api.post_as(
+        &api.token,
+        &both.to_string(),
+        json!({"Idempotency-Key": "k1"}),
+    );
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(first["body"]["success_count"], 1, "{first}");
+    let again = api.post(&both.to_string());
+    assert_eq!(
+        again["body"], first["body"],
+        "a retry gets the first answer"
+    );
+
+    // A header and a field that disagree are refused, naming both keys:
+    // were one to win, a retry under the other would queue again.
+    let disagree = api.post_as(
+        &api.token,
+        &both.to_string(),
+        json!({"Idempotency-Key": "hk3"}),
+    );
+    assert_eq!(disagree["status"], 400, "{disagree}");
+    assert_eq!(disagree["body"]["error"]["field"], "Idempotency-Key");
+    let message = disagree["body"]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"hk3\"") && message.contains("\"k1\""),
+        "{message}"
+    );
+    // Two headers are refused: which key was meant cannot be known.
+    let two = json!([["Idempotency-Key", "d1"], ["Idempotency-Key", "d2"]]);
+    let twice = api.post_as(&api.token, &plain.to_string(), two);
+    assert_eq!(twice["status"], 400, "{twice}");
+    assert_eq!(twice["body"]["error"]["field"], "Idempotency-Key");
+    let message = twice["body"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("more than once"), "{message}");
+
+    // The refusals took no key: hk3 and d1 are still new.
+    for key in ["hk3", "d1"] {
+        let r = api.post_as(
+            &api.token,
+            &plain.to_string(),
+            json!({"Idempotency-Key": key}),
+        );
+        assert_eq!(r["body"]["success_count"], 1, "{key}: {r}");
+    }
+    api.delivered(3);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        api.sink.as_ref().unwrap().messages().len(),
+        3,
+        "only the accepted requests queued"
+    );
+}
+
+#[test]
 fn kill_9_mid_request_then_the_same_key_queues_only_the_rest() {
     let Some(mut api) = Api::start("", "", true) else {
         return;

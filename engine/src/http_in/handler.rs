@@ -207,17 +207,41 @@ fn is_length_limit(e: &axum::Error) -> bool {
     false
 }
 
-/// The key from the body, else from the `Idempotency-Key` header.
+/// The request's key: the body's `sendengine.idempotency_key` or the
+/// `Idempotency-Key` header. Both may be given only with the same value:
+/// were one to win silently, a client retrying with the other would not
+/// be recognised and its recipients would be queued twice.
 fn idempotency_key(
     request: &InjectRequest,
     headers: &HeaderMap,
 ) -> Result<Option<String>, ApiError> {
-    if let Some(key) = &request.ours.idempotency_key {
-        return Ok(Some(key.clone()));
+    let from_header = header_key(headers)?;
+    match (&request.ours.idempotency_key, from_header) {
+        (Some(body), Some(header)) if *body != header => Err(ApiError::bad_request(
+            "Idempotency-Key",
+            format!(
+                "the header says {header:?} but sendengine.idempotency_key says {body:?}: \
+                 give the key in one of them, or the same key in both"
+            ),
+        )),
+        (Some(body), _) => Ok(Some(body.clone())),
+        (None, header) => Ok(header),
     }
-    let Some(value) = headers.get("idempotency-key") else {
+}
+
+/// The `Idempotency-Key` header's value, if given. Given twice it is
+/// refused: which of the two keys the client meant cannot be known.
+fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key",
+            "the header is given more than once: send one Idempotency-Key header",
+        ));
+    }
     match value.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= request::MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_owned())),
         _ => Err(ApiError::bad_request(

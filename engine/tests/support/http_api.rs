@@ -12,13 +12,28 @@ use serde_json::{Value, json};
 use super::{Daemon, DaemonConfig, Sink, ctl_result, free_port, sendctl, wait_for};
 
 /// POSTs a body file with urllib; prints `{"status", "headers", "body"}`.
+/// The extra headers are an object, or a list of `[name, value]` pairs
+/// to send a header more than once (urllib keeps one value per name, so
+/// those go with http.client, over plain HTTP).
 pub const CLIENT: &str = r#"
-import json, ssl, sys, urllib.request, urllib.error
+import http.client, json, ssl, sys, urllib.parse, urllib.request, urllib.error
 url, token, path, extra = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-headers = {"Content-Type": "application/json", **extra}
+headers = {"Content-Type": "application/json", **({} if isinstance(extra, list) else extra)}
 if token:
     headers["Authorization"] = "Bearer " + token
 data = open(path, "rb").read() if path else None
+if isinstance(extra, list):
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    conn.putrequest("POST", parts.path)
+    for name, value in [*headers.items(), *extra, ("Content-Length", str(len(data)))]:
+        conn.putheader(name, value)
+    conn.endheaders(data)
+    r = conn.getresponse()
+    body = r.read()
+    print(json.dumps({"status": r.status, "headers": {k.lower(): v for k, v in r.getheaders()},
+                      "body": json.loads(body) if body else None}))
+    sys.exit(0)
 request = urllib.request.Request(url, data=data, method="POST" if path else "GET", headers=headers)
 try:
     # The tests' certificates are self-signed.
