@@ -137,6 +137,30 @@ fn malformed_requests_get_errors_and_the_connection_and_daemon_stay() {
             .contains("host"),
         "{missing}"
     );
+    // Values no connection could use are refused, naming the field, and
+    // nothing is stored.
+    let unusable: &[(&[u8], &str)] = &[
+        (br#"{"name": "x", "host": "h", "port": 0}"#, "port"),
+        (br#"{"name": "x", "host": "h", "timeout": "0s"}"#, "timeout"),
+        (br#"{"name": "x", "host": "h\r\nX-Evil: 1"}"#, "host"),
+        (br#"{"name": "x", "host": "h\u0000"}"#, "host"),
+        (br#"{"name": "x", "host": "relay example.com"}"#, "host"),
+    ];
+    for (args, field) in unusable {
+        let mut request = br#"{"cmd": "server.put", "args": "#.to_vec();
+        request.extend_from_slice(args);
+        request.push(b'}');
+        let response = exchange(&mut reader, &mut writer, &request);
+        assert_eq!(response["error"]["code"], "invalid", "{response}");
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{field}:")), "{message}");
+    }
+    let get = exchange(
+        &mut reader,
+        &mut writer,
+        br#"{"cmd": "server.get", "args": {"name": "x"}}"#,
+    );
+    assert_eq!(get["error"]["code"], "not_found", "{get}");
 
     let hello = exchange(&mut reader, &mut writer, br#"{"cmd": "hello"}"#);
     assert_eq!(hello["ok"], true);

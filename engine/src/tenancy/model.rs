@@ -190,8 +190,12 @@ impl DeliveryServerSpec {
                 "name: `{DIRECT}` is the built-in direct-to-MX route"
             ));
         }
-        if self.host.trim().is_empty() {
-            return Err("host: must not be empty".into());
+        let host = relay_host(&self.host)?;
+        if self.port == Some(0) {
+            return Err(
+                "port: must be 1 to 65535 (leave out for 25, or 465 with encryption = \"tls\")"
+                    .into(),
+            );
         }
         let encryption = match self.encryption.as_deref().unwrap_or("none") {
             "none" => Encryption::None,
@@ -213,6 +217,11 @@ impl DeliveryServerSpec {
             Some(t) => parse_duration(t).map_err(|e| format!("timeout: {e}"))?,
             None => Duration::from_secs(10),
         };
+        // A zero timeout ends every connection attempt at once: the server
+        // could never be reached, and each try would count as a failure.
+        if timeout.is_zero() {
+            return Err("timeout: must be longer than 0s (leave out for 10s)".into());
+        }
         if let Some(r) = self.rate_per_second
             && !(r > 0.0 && r.is_finite())
         {
@@ -225,7 +234,7 @@ impl DeliveryServerSpec {
         }
         Ok(DeliveryServer {
             name: self.name.clone(),
-            host: self.host.trim().to_owned(),
+            host: host.to_owned(),
             port: self.port.unwrap_or(default_port),
             encryption,
             timeout,
@@ -262,6 +271,24 @@ impl DeliveryServerSpec {
             enabled: self.enabled.unwrap_or(true),
         })
     }
+}
+
+/// A relay's host as connections use it: trimmed, and with no space or
+/// control character inside. Such a value cannot be a host name or an
+/// address, so no connection could reach it, and a CR/LF would be stored
+/// and shown as is.
+fn relay_host(host: &str) -> Result<&str, String> {
+    let trimmed = host.trim();
+    if trimmed.is_empty() {
+        return Err("host: must not be empty".into());
+    }
+    if host.chars().any(char::is_control) || trimmed.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "host: {host:?} has spaces or control characters: give a host name or IP address \
+             (e.g. \"smtp.example.com\")"
+        ));
+    }
+    Ok(trimmed)
 }
 
 /// A tracking domain as links carry it: a host name, optionally with a
@@ -539,6 +566,37 @@ mod tests {
         assert!(zero.contains("timeouts.rcpt"), "{zero}");
         let unknown = server("timeouts = { dot = \"1m\" }\n").unwrap_err();
         assert!(unknown.contains("dot"), "{unknown}");
+    }
+
+    #[test]
+    fn unusable_host_port_and_timeout_are_refused_naming_the_field() {
+        assert_eq!(server("").unwrap().port, 25);
+        let spaced = "name = \"relay\"\nhost = \" smtp.example.com \"\n";
+        let spec: DeliveryServerSpec = toml::from_str(spaced).unwrap();
+        assert_eq!(spec.validate(None).unwrap().host, "smtp.example.com");
+        for (extra, field) in [
+            ("port = 0\n", "port:"),
+            ("timeout = \"0s\"\n", "timeout:"),
+            ("timeout = \"0ms\"\n", "timeout:"),
+        ] {
+            let err = server(extra).unwrap_err();
+            assert!(err.starts_with(field), "{extra}: {err}");
+        }
+        for host in [
+            "smtp.example.com\r\nX-Injected: 1",
+            "smtp.example.com\n",
+            "smtp\u{0}.example.com",
+            "smtp\t.example.com",
+            "smtp example.com",
+            "smtp.example.com\u{a0}x",
+        ] {
+            let spec = DeliveryServerSpec {
+                host: host.into(),
+                ..toml::from_str(spaced).unwrap()
+            };
+            let err = spec.validate(None).unwrap_err();
+            assert!(err.starts_with("host:"), "{host:?}: {err}");
+        }
     }
 
     #[test]
