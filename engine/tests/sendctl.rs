@@ -70,6 +70,31 @@ fn help_nearest_commands_config_lookup_and_errors_in_cli_words() {
     let wrong = bare_sendctl(&["queue", "lst"], &[]);
     assert_eq!(wrong.status.code(), Some(2));
     stderr_has(&wrong, "did you mean `queue list`?");
+    // A help topic that names no command is refused as an unknown command
+    // is, not answered with the whole help.
+    for (args, hint) in [
+        (
+            &["help", "nope"][..],
+            "unknown help topic `nope` (a command starts with",
+        ),
+        (
+            &["help", "servr"],
+            "unknown help topic `servr`; did you mean `server`?",
+        ),
+        (&["queue", "lst", "--help"], "did you mean `queue list`?"),
+    ] {
+        let out = bare_sendctl(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        stderr_has(&out, hint);
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
+    // A global flag without its value is named, not taken for a missing
+    // command.
+    for flag in ["--socket", "--config"] {
+        let out = bare_sendctl(&[flag], &[]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        stderr_has(&out, &format!("{flag} needs a value"));
+    }
 
     let sink = Sink::start(&[]);
     let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
@@ -92,6 +117,16 @@ fn help_nearest_commands_config_lookup_and_errors_in_cli_words() {
     );
     assert_eq!(none.status.code(), Some(1));
     stderr_has(&none, "sets no [admin] socket");
+    // --socket and --config together: one would be ignored unread (here a
+    // configuration that does not exist), so neither is used.
+    let socket = daemon.admin_socket().display().to_string();
+    let both = bare_sendctl(
+        &["--socket", &socket, "--config", "/nonexistent", "status"],
+        &[],
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both.stdout));
+    stderr_has(&both, "--socket and --config both say which socket to use");
+    assert!(both.stdout.is_empty(), "{}", text(&both.stdout));
 
     // The daemon's refusals name what the operator typed.
     let bad_id = sendctl(&daemon, &["queue", "inspect", "zz"]);

@@ -8,7 +8,9 @@
 //! flag outside that set, a flag without its value, or a flag given twice
 //! is a usage error naming the flag (and the nearest valid one), never
 //! something to ignore: `queue suspend --campain x` must not suspend the
-//! whole queue. An unknown command is named with the nearest one.
+//! whole queue. An unknown command or help topic is named with the nearest
+//! one. `--socket` and `--config` are alternatives: given both, one would
+//! be ignored, so that is a usage error too.
 
 use std::io::{IsTerminal, Read};
 
@@ -17,6 +19,7 @@ use sendengine::admin::object_fields::{FieldKind, field_value, put_fields};
 use serde_json::{Map, Value, json};
 
 use crate::config_socket::SocketChoice;
+use crate::help;
 
 /// Largest object file or stdin read for `put` and `server test --file`.
 const MAX_OBJECT_BYTES: u64 = 1024 * 1024;
@@ -72,13 +75,23 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
     let (words, flags) = split(argv);
     if flags.iter().any(|f| f.name == "help") || words.first().is_some_and(|w| w == "help") {
         let skip = usize::from(words.first().is_some_and(|w| w == "help"));
+        let topic = words[skip..].to_vec();
+        if !help::is_topic(&topic) {
+            return Err(Usage(unknown_words("help topic", &topic, &help_topics())));
+        }
         return Ok(Invocation {
             socket: SocketChoice::default(),
             json: false,
-            command: Command::Help {
-                topic: words[skip..].to_vec(),
-            },
+            command: Command::Help { topic },
         });
+    }
+    // The global flags' values first: `sendctl --socket` has no command
+    // only because its value is missing, and must be told so.
+    for flag in flags
+        .iter()
+        .filter(|f| GLOBAL_FLAGS.contains(&f.name.as_str()))
+    {
+        value_given(flag)?;
     }
     let (spec, positional) = command_for(&words)?;
     let allowed = allowed_flags(&spec);
@@ -95,6 +108,16 @@ pub fn parse(argv: &[String]) -> Result<Invocation, Usage> {
             "config" => socket.config = flag.value,
             _ => fields.push(flag),
         }
+    }
+    if socket.socket.is_some() && socket.config.is_some() {
+        // Both name the socket, and --socket would win: the configuration
+        // would be ignored unread, even when it does not exist or names
+        // another socket. The usage has them as alternatives.
+        return Err(Usage(
+            "--socket and --config both say which socket to use: give one (--socket PATH, \
+             or --config FILE for that configuration's [admin] socket)"
+                .into(),
+        ));
     }
     let command = match spec {
         Spec::BounceParse => {
@@ -261,15 +284,38 @@ fn command_for(words: &[String]) -> Result<(Spec, Map<String, Value>), Usage> {
     Ok((spec, positional))
 }
 
-/// "unknown command", with the nearest command and what the known
-/// leading words take.
-fn unknown_command(words: &[String]) -> String {
-    let all: Vec<String> = COMMANDS
+/// Every command as typed (`queue list`), `bounce parse` included.
+pub fn command_words() -> Vec<String> {
+    COMMANDS
         .iter()
         .map(|c| words_of(c.cmd))
         .chain(["bounce parse".to_owned()])
+        .collect()
+}
+
+/// What `sendctl help` takes: every command and every run of its leading
+/// words (`queue`, `fleet queue`).
+fn help_topics() -> Vec<String> {
+    let mut topics: Vec<String> = command_words()
+        .iter()
+        .flat_map(|c| {
+            let words: Vec<&str> = c.split(' ').collect();
+            (1..=words.len()).map(move |n| words[..n].join(" "))
+        })
         .collect();
-    let candidates: Vec<&str> = all.iter().map(String::as_str).collect();
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+fn unknown_command(words: &[String]) -> String {
+    unknown_words("command", words, &command_words())
+}
+
+/// "unknown command" (or help topic) as typed, with the nearest of
+/// `candidates` and what the known leading words take.
+fn unknown_words(what: &str, words: &[String], candidates: &[String]) -> String {
+    let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
     // As many words as the candidate commands have, at most three.
     let typed = words[..words.len().min(3)].join(" ");
     let typed_short = words[..words.len().min(2)].join(" ");
@@ -277,8 +323,10 @@ fn unknown_command(words: &[String]) -> String {
         .or_else(|| nearest(&typed_short, &candidates))
         .map(|n| format!("; did you mean `{n}`?"))
         .unwrap_or_default();
-    let mut message = format!("unknown command `{typed}`{hint}");
-    // The longest known prefix of the words, and the words that may follow it.
+    let mut message = format!("unknown {what} `{typed}`{hint}");
+    // The longest known prefix of the words, and the words that may follow
+    // it; with none known, the words a command starts with.
+    let all = command_words();
     for depth in (1..=words.len().min(2)).rev() {
         let prefix = words[..depth].join(" ");
         let next: Vec<&str> = all
@@ -290,8 +338,14 @@ fn unknown_command(words: &[String]) -> String {
             let mut next = next;
             next.dedup();
             message.push_str(&format!(" (`{prefix}` takes {})", next.join("|")));
-            break;
+            return message;
         }
+    }
+    if hint.is_empty() {
+        let mut first: Vec<&str> = all.iter().filter_map(|c| c.split(' ').next()).collect();
+        first.sort_unstable();
+        first.dedup();
+        message.push_str(&format!(" (a command starts with {})", first.join("|")));
     }
     message
 }
@@ -355,17 +409,22 @@ fn check_flags(spec: &Spec, flags: &[Flag], allowed: &[&str]) -> Result<(), Usag
                 flag.typed
             )));
         }
-        let switch = SWITCHES.contains(&name);
-        match (&flag.value, switch) {
-            (None, false) => return Err(Usage(format!("{} needs a value", flag.typed))),
-            (Some(_), true) => return Err(Usage(format!("{} takes no value", flag.typed))),
-            _ => {}
-        }
+        value_given(flag)?;
         if flags[..i].iter().any(|f| f.name == flag.name) {
             return Err(Usage(format!("{} is given twice", flag.typed)));
         }
     }
     Ok(())
+}
+
+/// Refuses a flag that needs a value given without one, and a switch
+/// given one.
+fn value_given(flag: &Flag) -> Result<(), Usage> {
+    match (&flag.value, SWITCHES.contains(&flag.name.as_str())) {
+        (None, false) => Err(Usage(format!("{} needs a value", flag.typed))),
+        (Some(_), true) => Err(Usage(format!("{} takes no value", flag.typed))),
+        _ => Ok(()),
+    }
 }
 
 /// A flag's JSON value: numbers where the daemon wants numbers, `true`

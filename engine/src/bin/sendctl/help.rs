@@ -6,7 +6,7 @@
 use sendengine::admin::commands::{COMMANDS, CommandInfo, QUEUE_FILTERS, Takes};
 use sendengine::admin::object_fields::put_fields;
 
-use crate::args::{flag_spelling, words_of};
+use crate::args::{command_words, flag_spelling, words_of};
 
 const HEAD: &str = "usage: sendctl [--config FILE | --socket PATH] [--json] COMMAND [ARGS]
 
@@ -18,15 +18,28 @@ step failed; 2 on a usage error.
 
 const TAIL: &str = "Flags take a value (--campaign X or --campaign=X) except --json, --all and
 --help; a flag a command does not take is an error (exit 2), never ignored.
-The socket: --socket PATH, else the [admin] socket of --config FILE, else
+The socket: --socket PATH, else the [admin] socket of --config FILE (not
+both), else
 $SENDENGINE_SOCKET, else that of $SENDENGINE_CONFIG, else var/admin.sock
 when it exists, else that of /etc/sendengine/config.toml.";
+
+/// Whether `topic` starts the words of some command, so `text` has
+/// something to show for it (the parser refuses any other topic).
+pub fn is_topic(topic: &[String]) -> bool {
+    let topic = topic.join(" ");
+    command_words().iter().any(|words| covers(&topic, words))
+}
+
+/// Whether the help for `topic` shows the command `words`.
+fn covers(topic: &str, words: &str) -> bool {
+    topic.is_empty() || words.starts_with(topic)
+}
 
 /// The usage of every command whose words start with `topic`; every
 /// command for an empty topic (or one that matches none).
 pub fn text(topic: &[String]) -> String {
     let topic = topic.join(" ");
-    let wanted = |words: &str| topic.is_empty() || words.starts_with(topic.as_str());
+    let wanted = |words: &str| covers(&topic, words);
     let mut chosen: Vec<&CommandInfo> = COMMANDS
         .iter()
         .filter(|c| wanted(&words_of(c.cmd)))

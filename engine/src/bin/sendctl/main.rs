@@ -5,7 +5,8 @@
 //! prints the result: human tables by default, the raw JSON with
 //! `--json`. Exit code 0 on success, 1 when the daemon answered with an
 //! error, could not be reached, or a `server test` step failed; 2 on a
-//! usage error (an unknown command or flag, a flag without its value).
+//! usage error (an unknown command, help topic or flag, a flag without its
+//! value, `--socket` with `--config`).
 //! `sendctl help` prints the usage, made from the daemon's command table.
 
 mod args;
