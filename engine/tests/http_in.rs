@@ -394,6 +394,14 @@ fn an_idempotency_key_is_given_once_or_the_same_in_header_and_field() {
     assert_eq!(twice["body"]["error"]["field"], "Idempotency-Key");
     let message = twice["body"]["error"]["message"].as_str().unwrap();
     assert!(message.contains("more than once"), "{message}");
+    // A space in the header's key is not the visible ASCII it must be.
+    let spaced = api.post_as(
+        &api.token,
+        &plain.to_string(),
+        json!({"Idempotency-Key": "a b"}),
+    );
+    assert_eq!(spaced["status"], 400, "{spaced}");
+    assert_eq!(spaced["body"]["error"]["field"], "Idempotency-Key");
 
     // The refusals took no key: hk3 and d1 are still new.
     for key in ["hk3", "d1"] {

@@ -243,7 +243,13 @@ fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ));
     }
     match value.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= request::MAX_IDEMPOTENCY_KEY => Ok(Some(k.to_owned())),
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= request::MAX_IDEMPOTENCY_KEY
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k.to_owned()))
+        }
         _ => Err(ApiError::bad_request(
             "Idempotency-Key",
             format!(
