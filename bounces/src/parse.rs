@@ -725,7 +725,13 @@ fn classified_record(
     record.recipient = Some(address.to_string()).filter(|a| !a.is_empty());
     record.status = status;
     record.action = action.or_else(|| Some(if permanent { "failed" } else { "delayed" }.into()));
-    record.hard = record.category.is_some_and(Category::is_hard);
+    // A delay is not final (RFC 3464 2.3.3), whatever its status says: the
+    // address may still take the mail, so it is never suppressed for it.
+    let delayed = record
+        .action
+        .as_deref()
+        .is_some_and(|a| a.eq_ignore_ascii_case("delayed"));
+    record.hard = !delayed && record.category.is_some_and(Category::is_hard);
     record.permanent = permanent;
     record.diagnostic = diagnostic;
     if is_success(&record) {

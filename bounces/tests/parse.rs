@@ -79,6 +79,21 @@ fn rfc3464_dsn_gives_one_record_per_recipient() {
 }
 
 #[test]
+fn a_delay_is_never_hard_whatever_its_status() {
+    // An MTA that says "delayed" but gives a 5.1.1: not final (RFC 3464
+    // 2.3.3), so nothing a suppression may rest on.
+    let delayed = dsn("x").replace(
+        "Action: failed\r\nStatus: 5.1.1",
+        "Action: delayed\r\nStatus: 5.1.1",
+    );
+    let records = parse_message(delayed.as_bytes());
+    let jane = &records[0];
+    assert_eq!(jane.action.as_deref(), Some("delayed"));
+    assert_eq!(jane.category, Some(Category::BadMailbox));
+    assert!(!jane.hard, "{jane:?}");
+}
+
+#[test]
 fn json_record_has_exactly_the_issue_fields() {
     let tag = verp::encode(1, 0, SECRET);
     let records = parse_message(dsn(&tag).as_bytes());

@@ -195,8 +195,11 @@ impl DayTally {
         self.totals.add(event, first_of_message);
         // An asynchronous report's sender is our VERP return path, unique
         // per recipient: no use as a sender, and it would fill the table.
+        // So is that of the suppression it causes, which, like any
+        // suppression but a drop at admission, counts nothing anyway.
         let from_us = !matches!(event.kind, EventKind::AsyncBounce | EventKind::Complaint);
-        if from_us && !event.sender.is_empty() {
+        let counts = event.kind != EventKind::Suppression || dropped_at_admission(event);
+        if from_us && counts && !event.sender.is_empty() {
             let sender = event.sender.to_ascii_lowercase();
             self.senders.entry(&sender).add(event, first_of_message);
         }
@@ -283,6 +286,17 @@ pub(super) mod tests {
         assert_eq!(t.bounce_reasons.keys["bad-mailbox"].bounced_hard, 1);
         assert_eq!(t.routes.keys["relay"].delivered, 1);
         assert_eq!(t.campaigns.keys["spring"].received, 2);
+    }
+
+    #[test]
+    fn an_async_reports_suppression_makes_no_sender_row() {
+        let mut t = DayTally::default();
+        for kind in [EventKind::AsyncBounce, EventKind::Suppression] {
+            let mut report = event(kind, "gone@y.test");
+            report.sender = "bounces+TAG@bounce.example.com".into();
+            t.add(&report, false);
+        }
+        assert!(t.senders.keys.is_empty(), "{:?}", t.senders.keys);
     }
 
     #[test]
