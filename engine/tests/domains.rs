@@ -385,8 +385,7 @@ fn daemon_with_a_template(dns: &DnsServer, dns_settings: &str) -> (Sink, Daemon)
 /// `before` times: a verification has read the domain and is waiting.
 fn wait_for_lookup(dns: &DnsServer, name: &str, before: usize) {
     wait_for(Duration::from_secs(20), "a lookup of the domain", || {
-        let asked = dns.queries().iter().filter(|(n, _)| n == name).count();
-        (asked > before).then_some(())
+        (lookups_of(dns, name) > before).then_some(())
     });
 }
 
