@@ -41,6 +41,11 @@ pub struct Record {
     pub file: Option<String>,
     /// The failed (or complaining, or auto-replying) address.
     pub recipient: Option<String>,
+    /// A DSN's Original-Recipient when it is another Internet address than
+    /// `recipient` (the address the mail was sent to, before forwarding);
+    /// not part of the JSON record.
+    #[serde(skip)]
+    pub original_recipient: Option<String>,
     /// RFC 3463 status ("5.1.1"), when the email gives or implies one.
     pub status: Option<String>,
     /// DSN action: failed, delayed, delivered, relayed, expanded; for a
@@ -64,10 +69,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the record is about `address`: its recipient, or the
+    /// original recipient it was forwarded from (ASCII case ignored).
+    pub fn names(&self, address: &str) -> bool {
+        [&self.recipient, &self.original_recipient]
+            .into_iter()
+            .flatten()
+            .any(|a| a.eq_ignore_ascii_case(address))
+    }
+
     fn new(kind: Kind) -> Record {
         Record {
             file: None,
             recipient: None,
+            original_recipient: None,
             status: None,
             action: None,
             category: None,
@@ -593,6 +608,10 @@ fn dsn_record(
         recipient.action.clone(),
     );
     classify_from_whole_notice(&mut record, context);
+    record.original_recipient = recipient
+        .original_recipient
+        .clone()
+        .filter(|o| dsn::is_internet_address(o) && !o.eq_ignore_ascii_case(&address));
     record.remote_mta = recipient
         .remote_mta
         .clone()

@@ -1,6 +1,7 @@
 //! What one email received by the bounce listener becomes: events tied to
 //! the message, tenant, campaign and recipient it is about, and, for hard
-//! bounces and complaints, suppressions.
+//! bounces and complaints, suppressions. Which of its records act, and on
+//! which recipient of ours, is `choose.rs`.
 //!
 //! The VERP tag ties a report to (message id, recipient index), and in a
 //! fleet to the node that sent it: the one in the RCPT address (HMAC checked
@@ -24,7 +25,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use sendengine_bounces::{Kind, Record, verp};
+use sendengine_bounces::{Kind, Record};
 use sendengine_queue::{Delivered, MessageId, Spool, format_id, id_timestamp_ms};
 
 use crate::events::{BounceType, Event, EventKind, EventReply};
@@ -85,28 +86,21 @@ impl Intake {
     /// nothing is emitted, so a retry by the sender does not double events).
     pub fn process(&self, targets: &[Target], body: &[u8]) -> Result<Vec<Event>, IntakeError> {
         let records = sendengine_bounces::parse_message(body);
-        let mut reports: Vec<(Target, Record)> = Vec::new();
-        for record in records {
-            let kind = count_kind(&record);
-            if !matches!(kind, "bounce" | "complaint") {
-                continue;
-            }
-            let Some(target) = self.target_of(&record, targets) else {
-                count("untied");
-                continue;
-            };
-            keep_strongest(&mut reports, target, record);
-        }
+        let chosen = self.choose(records, targets)?;
         // Looked up before the lock: a fleet lookup may wait seconds.
         let mut resolved = Vec::new();
-        for (target, record) in reports.into_iter().take(MAX_REPORTS_PER_MESSAGE) {
+        for report in chosen.into_iter().take(MAX_REPORTS_PER_MESSAGE) {
+            let (target, record) = (report.target, report.record);
             let key = self.report_key(&target, &record);
-            if !self.already_reported(&target, &key)? {
-                let known = self.delivered(&target)?;
-                resolved.push((target, record, key, known));
-            } else {
+            if self.already_reported(&target, &key)? {
                 count("duplicate");
+                continue;
             }
+            let known = match report.known {
+                Some(known) => known,
+                None => self.delivered(&target)?,
+            };
+            resolved.push((target, record, key, known));
         }
         let _one_at_a_time = REPORTS_IN_PROGRESS
             .lock()
@@ -141,7 +135,7 @@ impl Intake {
             "bounce"
         });
         let suppress = self.auto_suppress
-            && (record.kind == Kind::Complaint || record.hard)
+            && (refuses_mail(record) || record.hard)
             && !event.recipient.is_empty();
         if !suppress {
             return Ok(vec![event]);
@@ -183,21 +177,6 @@ impl Intake {
         self.spool
             .mark_reported(&marks)
             .map_err(|e| IntakeError::new(format!("recording the reported bounces failed: {e}")))
-    }
-
-    /// The RCPT's tag (HMAC checked by the listener); when several RCPTs
-    /// carried tags, the one the report itself names. Without any, the
-    /// report's own tag if it is valid.
-    fn target_of(&self, record: &Record, targets: &[Target]) -> Option<Target> {
-        let own = record
-            .verp_tag
-            .as_deref()
-            .and_then(|tag| verp::decode(tag, &self.verp_secret).ok());
-        let Some(first) = targets.first() else {
-            return own.map(|t| Target::of(t, String::new()));
-        };
-        let named = own.and_then(|o| targets.iter().find(|t| t.tagged() == o));
-        Some(named.unwrap_or(first).clone())
     }
 
     /// Puts the event's recipient on its tenant's list (no tenant known:
@@ -256,45 +235,19 @@ fn report_key(record: &Record) -> String {
     format!("{kind}|{status}|{}", recipient.to_ascii_lowercase())
 }
 
-/// Keeps one report per (recipient of ours, kind): the hard one if any,
-/// else the first. A DSN often lists the same failure twice (text and
-/// delivery-status parts, or a retry history).
-fn keep_strongest(reports: &mut Vec<(Target, Record)>, target: Target, record: Record) {
-    let same = reports
-        .iter_mut()
-        .find(|(t, r)| t.tagged() == target.tagged() && r.kind == record.kind);
-    match same {
-        Some((_, kept)) if record.hard && !kept.hard => *kept = record,
-        Some(_) => {}
-        None => reports.push((target, record)),
-    }
-}
-
-/// The label a record is counted under; only `bounce` and `complaint` go on.
-fn count_kind(record: &Record) -> &'static str {
-    let label = match record.kind {
-        Kind::Complaint => "complaint",
-        Kind::AutoReply => "auto-reply",
-        Kind::NotBounce => "not-bounce",
-        // Success notices (RFC 3464 actions delivered, relayed, expanded).
-        Kind::Bounce if is_success(record.action.as_deref()) => "not-bounce",
-        Kind::Bounce => "bounce",
-    };
-    if !matches!(label, "bounce" | "complaint") {
-        count(label);
-    }
-    label
-}
-
-fn is_success(action: Option<&str>) -> bool {
-    action.is_some_and(|a| {
-        ["delivered", "relayed", "expanded"]
+/// Whether a complaint says its recipient wants no more mail: every
+/// feedback type but a report that a message is not spam (RFC 6430) and
+/// an authentication failure report (RFC 6591), which is about the
+/// sender's DKIM or SPF, not the recipient's wish.
+fn refuses_mail(record: &Record) -> bool {
+    let feedback_type = record.action.as_deref().unwrap_or("abuse");
+    record.kind == Kind::Complaint
+        && !["not-spam", "auth-failure"]
             .iter()
-            .any(|s| a.eq_ignore_ascii_case(s))
-    })
+            .any(|t| feedback_type.eq_ignore_ascii_case(t))
 }
 
-fn count(kind: &'static str) {
+pub(super) fn count(kind: &'static str) {
     ::metrics::counter!("sendengine_bounce_in_total", "kind" => kind).increment(1);
 }
 
@@ -369,25 +322,9 @@ fn bounce_reply(record: &Record) -> EventReply {
 
 #[cfg(test)]
 mod tests {
+    use super::super::choose::tests::record;
     use super::*;
-
-    fn record(kind: Kind, hard: bool) -> Record {
-        let mut r = sendengine_bounces::parse_message(b"Subject: hello\r\n\r\nhi\r\n")
-            .pop()
-            .unwrap();
-        r.kind = kind;
-        r.hard = hard;
-        r
-    }
-
-    fn target(rcpt: u32) -> Target {
-        Target {
-            node: None,
-            id: 7,
-            rcpt,
-            return_path: "bounces+x@example.com".into(),
-        }
-    }
+    use sendengine_bounces::verp;
 
     const SECRET: [u8; 32] = [7; 32];
 
@@ -422,6 +359,172 @@ Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
         }
     }
 
+    /// Puts recipient 0 of message `id` in the delivered index, as sent
+    /// to `recipient` for tenant acme's campaign spring.
+    fn index(intake: &Intake, id: MessageId, recipient: &str) {
+        let row = Delivered {
+            id,
+            rcpt: 0,
+            tenant: "acme".into(),
+            campaign: "spring".into(),
+            recipient: recipient.into(),
+            ..Delivered::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        intake.spool.record_with_index(
+            Vec::new(),
+            &[row],
+            std::time::Duration::from_secs(86_400),
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        rx.recv().unwrap().unwrap();
+    }
+
+    /// A DSN with one block per `(original, final, action, status)`.
+    fn dsn_of_blocks(blocks: &[Block]) -> Vec<u8> {
+        let mut report = String::from("Reporting-MTA: dns; mx.example.net\r\n");
+        for (original, last, action, status) in blocks {
+            report.push_str("\r\n");
+            if let Some(original) = original {
+                report.push_str(&format!("Original-Recipient: rfc822; {original}\r\n"));
+            }
+            let code = if status.starts_with('5') { 550 } else { 450 };
+            report.push_str(&format!(
+                "Final-Recipient: rfc822; {last}\r\nAction: {action}\r\nStatus: {status}\r\n\
+Diagnostic-Code: smtp; {code} {status} user unknown\r\n"
+            ));
+        }
+        format!(
+            "From: MAILER-DAEMON@mx.example.net\r\nSubject: Delivery Status Notification\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nA report on your message.\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\n{report}\r\n--b--\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn suppressed(intake: &Intake, address: &str) -> bool {
+        ["acme", ""]
+            .iter()
+            .any(|t| intake.spool.suppression(t, address).unwrap().is_some())
+    }
+
+    type Block<'a> = (Option<&'a str>, &'a str, &'a str, &'a str);
+
+    /// The events of a DSN of `blocks` about recipient 0 of message `id`,
+    /// indexed as sent to `sent_to` unless that is none (pruned).
+    fn report_on(
+        intake: &Intake,
+        id: MessageId,
+        sent_to: Option<&str>,
+        blocks: &[Block],
+    ) -> Vec<Event> {
+        if let Some(address) = sent_to {
+            index(intake, id, address);
+        }
+        intake
+            .process(&[tagged(id)], &dsn_of_blocks(blocks))
+            .unwrap()
+    }
+
+    #[test]
+    fn blocks_about_other_addresses_do_not_act_on_our_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = intake(dir.path());
+        let first = crate::timefmt::now_ms() << 20;
+        let alias = Some("alias@example.net");
+        // Our recipient's own block says delayed; a list member's failed.
+        let events = report_on(
+            &intake,
+            first,
+            Some("bob@example.net"),
+            &[
+                (None, "member@list.example", "failed", "5.1.1"),
+                (None, "Bob@Example.net", "delayed", "4.4.1"),
+            ],
+        );
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].bounce_type, Some(BounceType::Soft));
+        assert_eq!(events[0].recipient, "bob@example.net");
+        let nothing_for_us: [(Option<&str>, Vec<Block>); 3] = [
+            // Our recipient expanded to members, one of which failed.
+            (
+                Some("team@example.net"),
+                vec![
+                    (None, "team@example.net", "expanded", "2.0.0"),
+                    (None, "gone@example.org", "failed", "5.1.1"),
+                ],
+            ),
+            // Forwarded to two addresses, one failed: the alias still works.
+            (
+                alias,
+                vec![
+                    (alias, "one@example.org", "failed", "5.1.1"),
+                    (alias, "two@example.org", "delivered", "2.0.0"),
+                ],
+            ),
+            // Several addresses and ours no longer known: nothing to tie.
+            (
+                None,
+                vec![
+                    (None, "a@example.org", "failed", "5.1.1"),
+                    (None, "b@example.org", "failed", "5.1.1"),
+                ],
+            ),
+        ];
+        for (n, (sent_to, blocks)) in nothing_for_us.iter().enumerate() {
+            let events = report_on(&intake, first + 1 + n as u64, *sent_to, blocks);
+            assert!(events.is_empty(), "{sent_to:?}: {events:?}");
+        }
+        for address in [
+            "bob@example.net",
+            "member@list.example",
+            "team@example.net",
+            "gone@example.org",
+            "alias@example.net",
+            "one@example.org",
+            "a@example.org",
+        ] {
+            assert!(!suppressed(&intake, address), "{address} was suppressed");
+        }
+        intake.spool.shutdown();
+    }
+
+    #[test]
+    fn our_recipients_failure_acts_beside_other_blocks_and_through_one_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let intake = intake(dir.path());
+        let first = crate::timefmt::now_ms() << 20;
+        let events = report_on(
+            &intake,
+            first,
+            Some("bob@example.net"),
+            &[
+                (None, "other@example.org", "delivered", "2.0.0"),
+                (None, "bob@example.net", "failed", "5.1.1"),
+            ],
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].bounce_type, Some(BounceType::Hard));
+        assert!(suppressed(&intake, "bob@example.net"));
+        assert!(!suppressed(&intake, "other@example.org"));
+        // Forwarded once (Original-Recipient ours), beside a stray block.
+        let carol = Some("carol@example.net");
+        let events = report_on(
+            &intake,
+            first + 1,
+            carol,
+            &[
+                (None, "stray@example.org", "delayed", "4.4.1"),
+                (carol, "carol@forward.example", "failed", "5.1.1"),
+            ],
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].recipient, "carol@example.net");
+        assert!(suppressed(&intake, "carol@example.net"));
+        intake.spool.shutdown();
+    }
+
     #[test]
     fn a_bounce_for_an_unknown_message_keeps_its_id_and_has_no_tenant() {
         let dir = tempfile::tempdir().unwrap();
@@ -446,22 +549,7 @@ Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
         let dir = tempfile::tempdir().unwrap();
         let intake = intake(dir.path());
         let id = crate::timefmt::now_ms() << 20;
-        let row = Delivered {
-            id,
-            rcpt: 0,
-            tenant: "acme".into(),
-            campaign: "spring".into(),
-            recipient: "bob@example.net".into(),
-            ..Delivered::default()
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        intake.spool.record_with_index(
-            Vec::new(),
-            &[row],
-            std::time::Duration::from_secs(86_400),
-            Box::new(move |r| tx.send(r).unwrap()),
-        );
-        rx.recv().unwrap().unwrap();
+        index(&intake, id, "bob@example.net");
         // The report names a forwarding address; the event and the
         // suppression are about the address we sent to.
         let events = intake
@@ -571,15 +659,20 @@ Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
     }
 
     #[test]
-    fn one_report_per_recipient_and_kind_the_hard_one_wins() {
-        let mut kept = Vec::new();
-        keep_strongest(&mut kept, target(0), record(Kind::Bounce, false));
-        keep_strongest(&mut kept, target(0), record(Kind::Bounce, true));
-        keep_strongest(&mut kept, target(0), record(Kind::Bounce, false));
-        keep_strongest(&mut kept, target(1), record(Kind::Bounce, false));
-        keep_strongest(&mut kept, target(0), record(Kind::Complaint, false));
-        assert_eq!(kept.len(), 3);
-        assert!(kept[0].1.hard);
+    fn complaints_suppress_unless_not_spam_or_an_authentication_report() {
+        let mut r = record(Kind::Complaint, false);
+        for (feedback_type, suppresses) in [
+            (None, true),
+            (Some("abuse"), true),
+            (Some("opt-out"), true),
+            (Some("fraud"), true),
+            (Some("Not-Spam"), false),
+            (Some("auth-failure"), false),
+        ] {
+            r.action = feedback_type.map(str::to_owned);
+            assert_eq!(refuses_mail(&r), suppresses, "{feedback_type:?}");
+        }
+        assert!(!refuses_mail(&record(Kind::Bounce, true)));
     }
 
     #[test]
@@ -594,15 +687,5 @@ Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--b--\r\n"
         assert_eq!(bounce_reply(&r).code, 450);
         r.diagnostic = Some("999 odd".into());
         assert_eq!(bounce_reply(&r).code, 450);
-    }
-
-    #[test]
-    fn success_notices_and_auto_replies_are_not_bounces() {
-        let mut r = record(Kind::Bounce, false);
-        r.action = Some("Delivered".into());
-        assert_eq!(count_kind(&r), "not-bounce");
-        r.action = Some("failed".into());
-        assert_eq!(count_kind(&r), "bounce");
-        assert_eq!(count_kind(&record(Kind::AutoReply, false)), "auto-reply");
     }
 }

@@ -11,6 +11,7 @@
 //! (commands, limits, timeouts, DATA budget) is the injection server's
 //! core, `smtp::session`; this file is the policy.
 
+mod choose;
 pub mod intake;
 mod lookup;
 
