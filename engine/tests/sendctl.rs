@@ -372,6 +372,84 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
     stderr_has(&usage, "--to");
 }
 
+/// A relay that holds its greeting until `release` fires, then says yes
+/// to everything; each line it reads goes to `lines`.
+fn slow_relay(
+    listener: std::net::TcpListener,
+    release: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    use std::io::Write;
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        release.recv().unwrap();
+        let mut out = stream.try_clone().unwrap();
+        out.write_all(b"220 slow.example ESMTP\r\n").unwrap();
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            let reply: &[u8] = match line.to_ascii_uppercase().get(..4) {
+                Some("QUIT") => b"221 bye\r\n",
+                _ => b"250 ok\r\n",
+            };
+            if out.write_all(reply).is_err() || reply.starts_with(b"221") {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_server_test_result_is_kept_only_on_the_server_it_tested() {
+    let sink = Sink::start(&[]);
+    let daemon = Daemon::start(DaemonConfig::new(sink.addr.port()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let put = |max: &str| {
+        ctl(
+            &daemon,
+            &[
+                "server",
+                "put",
+                "--name",
+                "slow",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--max-connections",
+                max,
+            ],
+        )
+    };
+    put("2");
+    let (release, released) = std::sync::mpsc::channel();
+    let relay = slow_relay(listener, released);
+    let testing = Command::new(env!("CARGO_BIN_EXE_sendctl"))
+        .arg("--socket")
+        .arg(daemon.admin_socket())
+        .args(["--json", "server", "test", "slow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Put again while the test waits for the greeting: what it tested is
+    // no longer the server.
+    std::thread::sleep(Duration::from_millis(300));
+    put("3");
+    release.send(()).unwrap();
+    let out = testing.wait_with_output().unwrap();
+    relay.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["ok"], true, "{result}");
+    let got = ctl(&daemon, &["server", "get", "slow"]);
+    assert_eq!(got["max_connections"], 3, "{got}");
+    assert_eq!(
+        got["last_test"],
+        Value::Null,
+        "kept on a server it did not test: {got}"
+    );
+}
+
 #[test]
 fn queue_views_show_last_replies_counts_and_a_departed_messages_history() {
     let store = tempfile::tempdir().unwrap();

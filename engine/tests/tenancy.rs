@@ -347,6 +347,42 @@ fn return_paths_from_the_sender_domain_or_the_users_sender_info() {
     assert_eq!(got[0]["mail_from"], "owner@own.example");
 }
 
+#[test]
+fn mail_taken_while_the_groups_only_server_is_disabled_leaves_as_that_server_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(&["--store-dir", dir.path().to_str().unwrap()]);
+    let config = format!(
+        "{SMTP_IN}{}[[user_group]]\nname = \"g\"\nmarketing = [\"only\"]\ntransactional = [\"only\"]\nautoresponder = [\"only\"]\n[[user]]\nname = \"app\"\ngroup = \"g\"\n",
+        server(
+            "only",
+            sink.addr.port(),
+            "mail_from_domain = \"bounce.example.net\"\nenforced_from = \"News <news@brand.example>\"",
+        ),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    support::ctl(&daemon, &["server", "disable", "only"]);
+    assert_eq!(
+        send(&daemon, "app@example.com", &["a@example.net"], ""),
+        "250"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(sink.messages().is_empty());
+    support::ctl(&daemon, &["server", "enable", "only"]);
+    support::ctl(&daemon, &["queue", "flush"]);
+    let got = sink.wait_messages(1, LONG);
+    let mail_from = got[0]["mail_from"].as_str().unwrap();
+    assert!(
+        mail_from.starts_with("bounces+") && mail_from.ends_with("@bounce.example.net"),
+        "the server's VERP return path: {mail_from}"
+    );
+    let stored = dir.path().join(format!("{}.eml", got[0]["seq"]));
+    let body = String::from_utf8_lossy(&std::fs::read(stored).unwrap()).into_owned();
+    assert!(
+        body.contains("From: News <news@brand.example>"),
+        "the server's From: {body}"
+    );
+}
+
 /// Runs `sendengine --check-config` on `text`; returns (success, stderr).
 fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -276,10 +276,14 @@ pub async fn set_enabled(
     let name = args.str("name")?.to_owned();
     let engine = ctx.engine.clone();
     blocking(move || {
-        let mut spec = stored_server(&engine, &name)?
-            .ok_or_else(|| AdminError::not_found(format!("no server is called `{name}`")))?;
-        spec.enabled = Some(enabled);
-        apply(&engine, Change::PutServer(spec))?;
+        let change = Change::EnableServer {
+            name: name.clone(),
+            enabled,
+        };
+        apply(&engine, change).map_err(|e| match e.code {
+            "not_found" => AdminError::not_found(format!("no server is called `{name}`")),
+            _ => e,
+        })?;
         get(&engine, Kind::Server, &name)
     })
     .await

@@ -62,10 +62,15 @@ pub async fn run(ctx: &Arc<AdminContext>, args: &Args<'_>) -> Result<Value, Admi
         (Some(definition), None) => test_definition(definition, &plan).await?,
         (None, Some(DIRECT)) => test_direct(ctx, &plan).await?,
         (None, Some(name)) => {
-            let result = test_stored(ctx, name, &plan).await?;
             let engine = ctx.engine.clone();
-            let (name, stored) = (name.to_owned(), result.clone());
-            blocking(move || store_result(&engine, &name, stored)).await?;
+            let owned = name.to_owned();
+            let seen = blocking(move || super::objects::stored_server(&engine, &owned)).await?;
+            let result = test_stored(ctx, name, &plan).await?;
+            if let Some(seen) = seen {
+                let engine = ctx.engine.clone();
+                let stored = result.clone();
+                blocking(move || store_result(&engine, seen, stored)).await?;
+            }
             result
         }
         (None, None) => {
@@ -215,18 +220,24 @@ async fn mx_addresses(
         .collect())
 }
 
-/// Keeps the result on the stored server (its sealed password untouched).
+/// Keeps the result on the stored server (its sealed password untouched)
+/// if it is still the one tested; a server put again or deleted meanwhile
+/// keeps no result (the operator saw it, and tests the new one).
 fn store_result(
     engine: &crate::engine::Engine,
-    name: &str,
+    seen: DeliveryServerSpec,
     result: ServerTest,
 ) -> Result<(), AdminError> {
-    // A server deleted meanwhile: nothing to keep it on.
-    let Some(mut spec) = super::objects::stored_server(engine, name)? else {
-        return Ok(());
-    };
-    spec.last_test = Some(result);
-    super::objects::apply(engine, Change::PutServer(spec))
+    let name = seen.name.clone();
+    match super::objects::apply(engine, Change::ServerTested { seen, result }) {
+        Err(e) if e.code == "conflict" => {
+            log::info!(
+                "server `{name}` changed during `sendctl server test`: its result is not kept"
+            );
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// What to send.

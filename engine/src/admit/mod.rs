@@ -39,7 +39,7 @@ pub(crate) use control::MAX_CONTROL_VALUE;
 use sendengine_queue::{IdempotencyRow, MessageMeta, NewMessage};
 
 use crate::engine::{Engine, Envelope};
-use crate::tenancy::{DeliveryServer, Tenancy, UserGroup};
+use crate::tenancy::Tenancy;
 use crate::timefmt::now_ms;
 use crate::transform;
 use crate::values::Reply;
@@ -143,7 +143,7 @@ fn decide(
         from_domain.as_deref(),
         split.kept.len() as u64,
     )?;
-    let primary = primary_server(snapshot, tenant.group, channel);
+    let primary = snapshot.primary_server(tenant.group, channel);
     let decoration = decorate::decoration(primary, &tenant, &engine.x_mailer);
     let (mail_from, return_path_domain) =
         return_path::return_path(snapshot, primary, &tenant, envelope, from_domain.as_deref());
@@ -187,21 +187,4 @@ fn decide(
         signing_domain,
         suppressed: split.dropped,
     })
-}
-
-/// The first delivery server of the group's list for the channel. The
-/// route is known here only as that list, in failover order: the message
-/// is transformed and signed once, for the first server, and a failover
-/// server sends the same bytes, with the first server's From (see README,
-/// "From rewrites and DKIM").
-fn primary_server<'s>(
-    snapshot: &'s Tenancy,
-    group: &UserGroup,
-    channel: &str,
-) -> Option<&'s DeliveryServer> {
-    group
-        .servers_for(channel)
-        .first()
-        .and_then(|name| snapshot.server(name))
-        .map(|s| s.as_ref())
 }

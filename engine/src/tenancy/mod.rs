@@ -87,6 +87,9 @@ pub struct Tenancy {
     /// unused. The groups here list only enabled servers (the stored ones
     /// keep every allocation, see `allocation`).
     single_tenant_group: Option<Arc<UserGroup>>,
+    /// The groups as stored, disabled servers listed too (by name; the
+    /// single-tenant group as "default").
+    stored_groups: HashMap<String, Arc<UserGroup>>,
     /// API key id -> (user, hash of the secret).
     api_keys: HashMap<String, (String, String)>,
 }
@@ -119,6 +122,25 @@ impl Tenancy {
         self.single_tenant_group
             .as_ref()
             .or_else(|| self.groups.get(name))
+    }
+
+    /// The delivery server mail of `group` on `channel` is decided for at
+    /// admission (transforms, VERP domain, tracking): the first enabled one
+    /// its list names, if that is a server. The route is known at admission
+    /// only as that list, in failover order: the message is transformed and
+    /// signed once, and a failover server sends the same bytes, with the
+    /// first server's From (README, "From rewrites and DKIM"). While no
+    /// server of the list is enabled, the first one listed: the mail waits
+    /// for it, and leaves as that server sends once it is enabled again.
+    pub fn primary_server(&self, group: &UserGroup, channel: &str) -> Option<&DeliveryServer> {
+        let routed = group.servers_for(channel);
+        let list = match self.stored_groups.get(&group.name) {
+            Some(stored) if routed.is_empty() => stored.servers_for(channel),
+            _ => routed,
+        };
+        list.first()
+            .and_then(|name| self.server(name))
+            .map(|s| s.as_ref())
     }
 
     /// Enabled sender domains of `user`.
@@ -156,6 +178,20 @@ struct Objects {
 #[derive(Debug, Clone)]
 pub enum Change {
     PutServer(DeliveryServerSpec),
+    /// `sendctl server enable|disable`, staged on the server as it is
+    /// under the change lock, so that a put meanwhile is not written over.
+    EnableServer {
+        name: String,
+        enabled: bool,
+    },
+    /// What `sendctl server test` found, kept on the server only if it is
+    /// still `seen` (its last test aside), as the test began: a server put
+    /// again meanwhile (another host, port or password) was not what was
+    /// tested.
+    ServerTested {
+        seen: DeliveryServerSpec,
+        result: model::ServerTest,
+    },
     DeleteServer(String),
     PutGroup(UserGroup),
     DeleteGroup(String),
@@ -370,6 +406,30 @@ impl TenancyStore {
                 let out = (SERVER, spec.name.clone(), json(&spec));
                 objects.servers.insert(spec.name.clone(), spec);
                 out
+            }
+            Change::EnableServer { name, enabled } => {
+                let spec = objects
+                    .servers
+                    .get_mut(&name)
+                    .ok_or_else(|| missing(SERVER, &name))?;
+                spec.enabled = Some(enabled);
+                (SERVER, name, json(spec))
+            }
+            Change::ServerTested { seen, result } => {
+                let untested = |s: &DeliveryServerSpec| DeliveryServerSpec {
+                    last_test: None,
+                    ..s.clone()
+                };
+                let spec = objects
+                    .servers
+                    .get_mut(&seen.name)
+                    .filter(|now| untested(now) == untested(&seen))
+                    .ok_or_else(|| TenancyError::Changed {
+                        kind: SERVER,
+                        name: seen.name.clone(),
+                    })?;
+                spec.last_test = Some(result);
+                (SERVER, seen.name, json(spec))
             }
             Change::DeleteServer(name) => {
                 objects
@@ -633,9 +693,17 @@ impl TenancyStore {
             }
             let routed = group.with_servers_only(|s| s == DIRECT || enabled.iter().any(|e| e == s));
             tenancy.groups.insert(name.clone(), Arc::new(routed));
+            tenancy
+                .stored_groups
+                .insert(name.clone(), Arc::new(group.clone()));
         }
         if tenancy.groups.is_empty() {
             tenancy.single_tenant_group = Some(Arc::new(UserGroup::single_tenant(&enabled)));
+            let every: Vec<String> = tenancy.servers.iter().map(|s| s.name.clone()).collect();
+            let stored = UserGroup::single_tenant(&every);
+            tenancy
+                .stored_groups
+                .insert(stored.name.clone(), Arc::new(stored));
         }
         for (name, user) in &objects.users {
             user.validate()
