@@ -372,15 +372,17 @@ fn server_test_exit_status_unsaved_definitions_and_the_mx_path() {
     stderr_has(&usage, "--to");
 }
 
-/// A relay that holds its greeting until `release` fires, then says yes
-/// to everything; each line it reads goes to `lines`.
+/// A relay that says when a client connected (`connected`), holds its
+/// greeting until `release` fires, then says yes to everything.
 fn slow_relay(
     listener: std::net::TcpListener,
+    connected: std::sync::mpsc::Sender<()>,
     release: std::sync::mpsc::Receiver<()>,
 ) -> std::thread::JoinHandle<()> {
     use std::io::Write;
     std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
+        connected.send(()).unwrap();
         release.recv().unwrap();
         let mut out = stream.try_clone().unwrap();
         out.write_all(b"220 slow.example ESMTP\r\n").unwrap();
@@ -422,7 +424,8 @@ fn a_server_test_result_is_kept_only_on_the_server_it_tested() {
     };
     put("2");
     let (release, released) = std::sync::mpsc::channel();
-    let relay = slow_relay(listener, released);
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let relay = slow_relay(listener, connected_tx, released);
     let testing = Command::new(env!("CARGO_BIN_EXE_sendctl"))
         .arg("--socket")
         .arg(daemon.admin_socket())
@@ -433,7 +436,7 @@ fn a_server_test_result_is_kept_only_on_the_server_it_tested() {
         .unwrap();
     // Put again while the test waits for the greeting: what it tested is
     // no longer the server.
-    std::thread::sleep(Duration::from_millis(300));
+    connected.recv_timeout(LONG).unwrap();
     put("3");
     release.send(()).unwrap();
     let out = testing.wait_with_output().unwrap();
