@@ -71,6 +71,15 @@ struct Unanswered<'a> {
     used: bool,
 }
 
+/// Counts a worker that left its queue's takers in again when dropped.
+struct Rejoin<'a>(&'a super::ready::ReadyQueue);
+
+impl Drop for Rejoin<'_> {
+    fn drop(&mut self) {
+        self.0.rejoin();
+    }
+}
+
 /// How a run of transactions on one connection ended.
 enum RunEnd<'a> {
     /// Every job's outcome was recorded: the connection may be kept.
@@ -242,9 +251,10 @@ impl Route {
         }
         self.ready.leave();
         self.start_worker_if_needed();
-        let done = work.await;
-        self.ready.rejoin();
-        done
+        // Rejoins however the wait ends: a panic in it must not leave this
+        // worker uncounted (see `WorkerPlace`).
+        let _rejoin = Rejoin(&self.ready);
+        work.await
     }
 
     /// Reads and records the final reply of a message; false when the

@@ -399,6 +399,7 @@ impl Route {
 /// Takes jobs from the route's queue and delivers them over one
 /// connection at a time until idle.
 async fn worker(route: Arc<Route>) {
+    let place = WorkerPlace(route.clone());
     let mut pooled: Option<Pooled> = None;
     // In a fleet, held while a connection is (about to be) open.
     let mut lease = None;
@@ -445,9 +446,34 @@ async fn worker(route: Arc<Route>) {
         pooled.connection.quit().await;
     }
     drop(lease);
+    drop(place);
     route.workers.fetch_sub(1, Ordering::AcqRel);
     // A job may have arrived while this worker was leaving.
     route.start_worker_if_needed();
+}
+
+/// A worker's place in its route's counts, given back if the worker
+/// panics (a bug: its job waits for its claim's lease to run out). Left
+/// counted, the route would start fewer workers than its queue needs, and
+/// after `max_connections` panics none at all. The normal end gives it
+/// back itself, after closing its connection; a worker dropped unfinished
+/// by the runtime's shutdown has nothing to give back to.
+struct WorkerPlace(Arc<Route>);
+
+impl Drop for WorkerPlace {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let route = &self.0;
+        log::error!(
+            "route {}: a delivery worker panicked; its job goes again once its claim runs out",
+            route.name
+        );
+        route.ready.leave();
+        route.workers.fetch_sub(1, Ordering::AcqRel);
+        route.start_worker_if_needed();
+    }
 }
 
 /// Ends the connection of a lease given up (over this node's share, or
