@@ -24,4 +24,7 @@ pub mod verp;
 
 pub use category::{Category, Classification};
 pub use classify::{Classifier, RulesError, classify};
-pub use parse::{Kind, ParseError, Record, parse_file_records, parse_message, parse_message_with};
+pub use parse::{
+    Kind, ParseError, Record, is_complaint_type, parse_file_records, parse_message,
+    parse_message_with,
+};

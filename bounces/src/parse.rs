@@ -292,6 +292,16 @@ fn is_apple_unsubscribe(mail: &Mail) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
+/// Whether a feedback report of `feedback_type` is a complaint: the
+/// recipient wants no more of this mail. Every type is but a report that
+/// a message is not spam (RFC 6430) and an authentication failure report
+/// (RFC 6591), which is about the sender's DKIM or SPF.
+pub fn is_complaint_type(feedback_type: &str) -> bool {
+    !["not-spam", "auth-failure"]
+        .iter()
+        .any(|t| feedback_type.eq_ignore_ascii_case(t))
+}
+
 fn complaint_records(mail: &Mail, context: &Context) -> Vec<Record> {
     let report_text = {
         let report = mail.text_of(SectionKind::FeedbackReport);

@@ -235,16 +235,11 @@ fn report_key(record: &Record) -> String {
     format!("{kind}|{status}|{}", recipient.to_ascii_lowercase())
 }
 
-/// Whether a complaint says its recipient wants no more mail: every
-/// feedback type but a report that a message is not spam (RFC 6430) and
-/// an authentication failure report (RFC 6591), which is about the
-/// sender's DKIM or SPF, not the recipient's wish.
+/// Whether a complaint says its recipient wants no more mail (not a
+/// not-spam or an authentication failure report).
 fn refuses_mail(record: &Record) -> bool {
-    let feedback_type = record.action.as_deref().unwrap_or("abuse");
     record.kind == Kind::Complaint
-        && !["not-spam", "auth-failure"]
-            .iter()
-            .any(|t| feedback_type.eq_ignore_ascii_case(t))
+        && sendengine_bounces::is_complaint_type(record.action.as_deref().unwrap_or("abuse"))
 }
 
 pub(super) fn count(kind: &'static str) {

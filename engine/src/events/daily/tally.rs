@@ -86,10 +86,18 @@ impl Counts {
             },
             EventKind::Expiration => self.expired += 1,
             EventKind::Suppression if dropped_at_admission(event) => self.suppressed += 1,
-            EventKind::Complaint => self.complaints += 1,
+            // A not-spam or authentication failure report is no complaint.
+            EventKind::Complaint
+                if event
+                    .bounce_class
+                    .as_deref()
+                    .is_none_or(sendengine_bounces::is_complaint_type) =>
+            {
+                self.complaints += 1
+            }
             EventKind::Click => self.clicks += 1,
             EventKind::Open => self.opens += 1,
-            EventKind::Suppression | EventKind::AdminAction => {}
+            EventKind::Complaint | EventKind::Suppression | EventKind::AdminAction => {}
         }
     }
 
@@ -275,10 +283,16 @@ pub(super) mod tests {
         t.add(&dropped, false);
         // The suppression that follows a hard bounce is not a drop.
         t.add(&event(EventKind::Suppression, "b@y.test"), false);
+        for feedback_type in ["abuse", "not-spam", "auth-failure", "opt-out"] {
+            let mut report = event(EventKind::Complaint, "d@y.test");
+            report.bounce_class = Some(feedback_type.into());
+            t.add(&report, false);
+        }
 
         let c = &t.totals;
         assert_eq!((c.received, c.messages, c.delivered), (2, 1, 1));
         assert_eq!((c.bounced_hard, c.bounced_soft, c.suppressed), (1, 0, 1));
+        assert_eq!(c.complaints, 2, "abuse and opt-out");
         assert_eq!((c.bytes_in, c.bytes_out), (1000, 1000));
         assert_eq!(t.senders.keys["app@example.com"].received, 2);
         assert_eq!(t.recipient_domains.keys["y.test"].received, 1);
