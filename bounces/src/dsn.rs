@@ -194,7 +194,17 @@ fn push(report: &mut DsnReport, recipient: DsnRecipient) {
 /// "SMTP:user@example.com" and "smtp=user@example.com" lose their prefix.
 pub(crate) fn clean_address(value: &str) -> String {
     let value = strip_type(value);
-    let value = strip_exchange_prefix(value.trim().trim_start_matches('<'));
+    let value = value.trim();
+    // A display name before the address: "Name <user@example.com>".
+    let value = match (value.find('<'), value.rfind('>')) {
+        (Some(open), Some(close))
+            if open > 0 && close > open && value[open..close].contains('@') =>
+        {
+            &value[open + 1..close]
+        }
+        _ => value,
+    };
+    let value = strip_exchange_prefix(value.trim_start_matches('<'));
     let value = value.split(['>', ' ', '\t', ',']).next().unwrap_or("");
     // Quoted local parts ("a..b"@example.com) are reported unquoted.
     value
@@ -255,6 +265,13 @@ mod tests {
             "Bob@Example.org"
         );
         assert_eq!(clean_address("smtp=<bob@example.org>"), "bob@example.org");
+        // A display name, spaces and all, before the address.
+        assert_eq!(
+            clean_address("rfc822; undisclosed recipient <Bob@Example.org>"),
+            "Bob@Example.org"
+        );
+        // Brackets out of order are no display name (and no panic).
+        assert_eq!(clean_address("x>y <bob@example.org"), "x");
     }
 
     #[test]

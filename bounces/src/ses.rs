@@ -1,7 +1,21 @@
 //! Amazon SES notifications delivered by email through SNS: a JSON document
-//! ("notificationType": Bounce, Complaint or Delivery) instead of a DSN.
+//! ("notificationType": Bounce, Complaint or Delivery; "eventType" when it
+//! comes from a configuration set's event publishing) instead of a DSN.
+//! Pretty-printed or not, bare or as the escaped "Message" of an SNS
+//! envelope.
 
+use std::sync::LazyLock;
+
+use regex::Regex;
 use serde_json::Value;
+
+use crate::category::Category;
+
+/// Where the notification's JSON starts.
+static NOTIFICATION_START: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"\{\s*"(notificationType|eventType)"\s*:"#)
+        .unwrap_or_else(|e| panic!("notification regex: {e}"))
+});
 
 /// One recipient of an SES notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +27,11 @@ pub(crate) struct SesRecipient {
     pub diagnostic: Option<String>,
     pub remote_mta: Option<String>,
     pub feedback_type: Option<String>,
+    /// SES's verdict: Permanent (remove the address), Transient (it may
+    /// work later) or Undetermined, with its sub-type ("NoEmail",
+    /// "MailboxFull", ...).
+    pub bounce_type: Option<String>,
+    pub bounce_sub_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +43,7 @@ pub(crate) enum SesKind {
 
 /// The recipients of the SES notification in `text`, if it holds one.
 pub(crate) fn read_notification(text: &str) -> Vec<SesRecipient> {
-    let Some(start) = text.find("{\"notificationType\"") else {
+    let Some(start) = NOTIFICATION_START.find(text).map(|m| m.start()) else {
         return read_sns_envelope(text);
     };
     // SNS wraps long lines by inserting "!\n " into the JSON.
@@ -38,7 +57,7 @@ pub(crate) fn read_notification(text: &str) -> Vec<SesRecipient> {
 
 /// The notification as the escaped "Message" string of an SNS envelope.
 fn read_sns_envelope(text: &str) -> Vec<SesRecipient> {
-    if !text.contains("\\\"notificationType\\\"") {
+    if !text.contains("\\\"notificationType\\\"") && !text.contains("\\\"eventType\\\"") {
         return Vec::new();
     }
     let Some(start) = text.find('{') else {
@@ -57,7 +76,10 @@ fn read_sns_envelope(text: &str) -> Vec<SesRecipient> {
 }
 
 fn recipients_of(notification: &Value) -> Vec<SesRecipient> {
-    let (kind, section, list) = match notification["notificationType"].as_str() {
+    let kind_name = notification["notificationType"]
+        .as_str()
+        .or_else(|| notification["eventType"].as_str());
+    let (kind, section, list) = match kind_name {
         Some("Bounce") => (SesKind::Bounce, "bounce", "bouncedRecipients"),
         Some("Complaint") => (SesKind::Complaint, "complaint", "complainedRecipients"),
         Some("Delivery") => (SesKind::Delivery, "delivery", "recipients"),
@@ -86,9 +108,39 @@ fn recipients_of(notification: &Value) -> Vec<SesRecipient> {
                     .or_else(|| string(&body["smtpResponse"])),
                 remote_mta: string(&body["reportingMTA"]).or_else(|| string(&body["remoteMtaIp"])),
                 feedback_type: string(&body["complaintFeedbackType"]),
+                bounce_type: string(&body["bounceType"]),
+                bounce_sub_type: string(&body["bounceSubType"]),
             })
         })
         .collect()
+}
+
+/// What SES's `bounceType` says of a bounced address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SesVerdict {
+    /// Transient: it may work later; the sub-type's cause, if it names one.
+    Keep(Option<Category>),
+    /// Permanent: remove it (SES asks so).
+    Remove,
+}
+
+impl SesRecipient {
+    /// SES's verdict on the address; none when it is Undetermined, or an
+    /// unsubscribe (which says nothing of the mailbox).
+    pub(crate) fn verdict(&self) -> Option<SesVerdict> {
+        let sub_type = self.bounce_sub_type.as_deref().unwrap_or_default();
+        match self.bounce_type.as_deref()? {
+            "Transient" => Some(SesVerdict::Keep(match sub_type {
+                "MailboxFull" => Some(Category::QuotaIssues),
+                "MessageTooLarge" | "ContentRejected" | "AttachmentRejected" => {
+                    Some(Category::ContentRelated)
+                }
+                _ => None,
+            })),
+            "Permanent" if sub_type != "UnsubscribedRecipient" => Some(SesVerdict::Remove),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -83,20 +83,43 @@ pub(crate) struct TextRecipient {
 /// addresses known to be senders (lowercase).
 pub(crate) fn recipients_in_text(text: &str, excluded: &[String]) -> Vec<TextRecipient> {
     let lines: Vec<&str> = text.lines().collect();
+    let found = recipients_in_lines(&lines, excluded, false);
+    if found.is_empty() {
+        return recipients_in_lines(&lines, excluded, true);
+    }
+    found
+}
+
+/// Lines that quote the returned message's addressees in a summary of it
+/// ("Your message / To: list@example.org / Subject: ... / did not reach the
+/// following recipient(s): ..."): the To of a message sent to a list or to
+/// several people names more than the one that failed.
+static ADDRESSEE_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^[ \t>]*(to|cc|bcc)[ \t]*:").unwrap_or_else(|e| panic!("addressee regex: {e}"))
+});
+
+/// The addresses of `lines` that may be failed recipients; addressee
+/// lines only `with_addressees` (when nothing else names one).
+fn recipients_in_lines(
+    lines: &[&str],
+    excluded: &[String],
+    with_addressees: bool,
+) -> Vec<TextRecipient> {
     let mut found: Vec<TextRecipient> = Vec::new();
     for (index, line) in lines.iter().enumerate() {
-        if NOT_RECIPIENT_LINE.is_match(line) {
+        if NOT_RECIPIENT_LINE.is_match(line) || (!with_addressees && ADDRESSEE_LINE.is_match(line))
+        {
             continue;
         }
         for found_at in ADDRESS.find_iter(line) {
             let address = found_at.as_str().trim_matches(['.', '\'', '`', '=']);
             let address = crate::dsn::strip_exchange_prefix(address);
             if !is_recipient_candidate(address, excluded)
-                || is_offered_in_prose(&text_before(&lines, index, found_at.start()))
+                || is_offered_in_prose(&text_before(lines, index, found_at.start()))
             {
                 continue;
             }
-            let context = context_after(&lines, index, address);
+            let context = context_after(lines, index, address);
             if let Some(known) = found
                 .iter_mut()
                 .find(|r| r.address.eq_ignore_ascii_case(address))

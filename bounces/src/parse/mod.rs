@@ -8,6 +8,8 @@
 //! marked as automatic (RFC 3834) or titled like a vacation notice is an
 //! auto-reply; anything else is not a bounce. Exim marks its bounces
 //! `Auto-Submitted: auto-replied`, hence bounces before auto-replies.
+//! Complaints are read in `complaint.rs`, auto-replies in `auto_reply.rs`,
+//! bounces here.
 
 use std::path::Path;
 use std::sync::LazyLock;
@@ -20,9 +22,16 @@ use crate::classify::{Classifier, builtin_classifier, is_permanent};
 use crate::dsn::{self, DsnRecipient};
 use crate::fml;
 use crate::mail::{Mail, SectionKind, parse_header_block, split_header_body};
-use crate::ses::{self, SesKind, SesRecipient};
+use crate::ses::{self, SesKind, SesRecipient, SesVerdict};
 use crate::text::{self, MAX_DIAGNOSTIC_CHARS, TextRecipient};
 use crate::verp;
+
+mod auto_reply;
+mod complaint;
+
+use auto_reply::{auto_reply_record, is_auto_reply};
+pub use complaint::is_complaint_type;
+use complaint::{complaint_records, is_complaint};
 
 /// What kind of email it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -259,125 +268,6 @@ fn returned_headers(returned: &str) -> Vec<(String, String)> {
     parse_header_block(block)
 }
 
-// ---------------------------------------------------------------- complaints
-
-static FEEDBACK_TYPE_LINE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?im)^feedback-type:").unwrap_or_else(|e| panic!("{e}")));
-
-fn is_complaint(mail: &Mail) -> bool {
-    mail.content_type.contains("feedback-report")
-        || mail
-            .sections
-            .iter()
-            .any(|s| s.kind == SectionKind::FeedbackReport)
-        || is_hotmail_complaint(mail)
-        || is_apple_unsubscribe(mail)
-        || mail
-            .sections
-            .iter()
-            .any(|s| s.kind == SectionKind::Text && FEEDBACK_TYPE_LINE.is_match(&s.text))
-            && mail.content_type.starts_with("multipart/report")
-}
-
-fn is_hotmail_complaint(mail: &Mail) -> bool {
-    let from = mail.header("from").unwrap_or_default().to_ascii_lowercase();
-    from.contains("staff@hotmail.com")
-        || mail.sections.iter().any(|s| {
-            s.kind == SectionKind::Returned && s.text.contains("X-HmXmrOriginalRecipient:")
-        })
-}
-
-fn is_apple_unsubscribe(mail: &Mail) -> bool {
-    mail.header("x-apple-unsubscribe")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-}
-
-/// Whether a feedback report of `feedback_type` is a complaint: the
-/// recipient wants no more of this mail. Every type is but a report that
-/// a message is not spam (RFC 6430) and an authentication failure report
-/// (RFC 6591), which is about the sender's DKIM or SPF.
-pub fn is_complaint_type(feedback_type: &str) -> bool {
-    !["not-spam", "auth-failure"]
-        .iter()
-        .any(|t| feedback_type.eq_ignore_ascii_case(t))
-}
-
-fn complaint_records(mail: &Mail, context: &Context) -> Vec<Record> {
-    let report_text = {
-        let report = mail.text_of(SectionKind::FeedbackReport);
-        if report.trim().is_empty() {
-            context.own_text.clone()
-        } else {
-            report
-        }
-    };
-    let fields = dsn::fields(&report_text);
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let feedback_type = field("feedback-type")
-        .map(|t| t.to_ascii_lowercase())
-        .unwrap_or_else(|| {
-            if is_apple_unsubscribe(mail) {
-                "opt-out"
-            } else {
-                "abuse"
-            }
-            .to_string()
-        });
-    let mut recipients: Vec<String> = fields
-        .iter()
-        .filter(|(n, _)| n == "original-rcpt-to" || n == "removal-recipient")
-        .map(|(_, v)| dsn::clean_address(v))
-        .collect();
-    if recipients.is_empty() {
-        recipients = complaint_fallback_recipients(mail, context);
-    }
-    if recipients.is_empty() {
-        recipients.push(String::new());
-    }
-    let diagnostic = [
-        field("user-agent"),
-        field("source-ip").map(|ip| format!("source-ip {ip}")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect::<Vec<_>>()
-    .join("; ");
-    recipients
-        .into_iter()
-        .map(|address| {
-            let mut record = Record::new(Kind::Complaint);
-            record.recipient = (!address.is_empty()).then_some(address);
-            record.action = Some(feedback_type.clone());
-            record.diagnostic = (!diagnostic.is_empty()).then(|| diagnostic.clone());
-            record.remote_mta = field("reporting-mta").map(|m| dsn::strip_type(&m));
-            record
-        })
-        .collect()
-}
-
-/// Hotmail names the complainer in X-HmXmrOriginalRecipient; others leave
-/// the To of the returned message; Apple's notice comes from the user.
-fn complaint_fallback_recipients(mail: &Mail, context: &Context) -> Vec<String> {
-    if let Some(original) = context.returned_header("x-hmxmroriginalrecipient") {
-        return vec![dsn::clean_address(original)];
-    }
-    if let Some(to) = context.returned_header("to") {
-        let found = text::addresses(to);
-        if !found.is_empty() {
-            return found;
-        }
-    }
-    if is_apple_unsubscribe(mail) {
-        return mail.header("from").map(text::addresses).unwrap_or_default();
-    }
-    Vec::new()
-}
-
 // ------------------------------------------------------------------- bounces
 
 /// Senders and subjects of bounces from MTAs that do not send RFC 3464.
@@ -398,10 +288,26 @@ static BOUNCE_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
         r"returned to sender|undeliverable|nondeliverable|error sending|bounced|mail failure|delayed mail|",
         r"delivery delayed|unzustellbar|unable to deliver|no se puede entregar|non remis|",
         r"notice of delivery failure|message delivery|mail could not|delivery notification|",
-        r"rejected|failed|failure|error|returned|problem|エラー|未配達|配信失敗|送信できません"
+        r"エラー|未配達|配信失敗|送信できません"
     ))
     .unwrap_or_else(|e| panic!("{e}"))
 });
+
+/// Words of a bounce's subject that people use too ("Re: your payment
+/// failed"): they count only in a subject that is no reply or forward.
+static BOUNCE_SUBJECT_WORD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)rejected|failed|failure|error|returned|problem")
+        .unwrap_or_else(|e| panic!("{e}"))
+});
+
+static REPLY_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*(re|aw|sv|fwd?|wg|tr)\s*:").unwrap_or_else(|e| panic!("{e}"))
+});
+
+fn is_bounce_subject(subject: &str) -> bool {
+    BOUNCE_SUBJECT.is_match(subject)
+        || (BOUNCE_SUBJECT_WORD.is_match(subject) && !REPLY_SUBJECT.is_match(subject))
+}
 
 /// Sentences only a bounce writes, for notices whose sender and subject say
 /// nothing (KDDI's "Mail" from no-reply@).
@@ -419,7 +325,7 @@ fn looks_like_bounce(mail: &Mail, context: &Context) -> bool {
     let from = mail.header("from").unwrap_or_default();
     mail.content_type.contains("delivery-status")
         || mail.header("x-failed-recipients").is_some()
-        || BOUNCE_SUBJECT.is_match(subject)
+        || is_bounce_subject(subject)
         || (BOUNCE_SENDER.is_match(from) && !subject.to_ascii_lowercase().contains("notification"))
         || BOUNCE_BODY.is_match(&context.own_text)
 }
@@ -720,7 +626,7 @@ static GAVE_UP_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 static DELAY_WORDS: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)will (continue|keep) (trying|to try)|still (be )?trying|delivery (has been |is )?delayed|not yet been delivered|warning: message|will retry|temporar")
+    Regex::new(r"(?i)will (continue|keep) (trying|to try)|still (be )?trying|delivery (has been |is )?delayed|(has|have) been delayed|not yet been delivered|warning: message|will retry|will be retried|attempts will continue|temporar")
         .unwrap_or_else(|e| panic!("{e}"))
 });
 
@@ -796,54 +702,35 @@ fn ses_record(recipient: &SesRecipient, classifier: &Classifier) -> Record {
                 recipient.action.clone(),
             );
             record.remote_mta = recipient.remote_mta.clone();
+            if record.kind == Kind::Bounce {
+                apply_ses_verdict(&mut record, recipient.verdict());
+            }
             record
         }
     }
 }
 
-// -------------------------------------------------------------- auto-replies
-
-static AUTO_REPLY_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(concat!(
-        r"(?i)auto(matic)?[ -]?(reply|response|antwort|respons)|out of (the )?office|vacation|",
-        r"abwesenheit|absence|away from|on leave|fuera de la oficina|r[ée]ponse automatique|",
-        r"risposta automatica|automatisch|away until|holiday|自動応答|不在"
-    ))
-    .unwrap_or_else(|e| panic!("{e}"))
-});
-
-/// An auto-reply answers for a person's mailbox; a notice from the mail
-/// system's own (postmaster, mailer-daemon) that is no bounce we can read
-/// names nobody, so it is no auto-reply either.
-fn is_auto_reply(mail: &Mail) -> bool {
-    let from = mail.header("from").map(text::addresses).unwrap_or_default();
-    if from.first().is_some_and(|a| text::is_service_mailbox(a)) {
-        return false;
+/// SES's verdict on the address. Keep: never hard, and without a status
+/// of its own the sub-type names the cause. Remove without a status (none
+/// for an address on SES's suppression list, or when the receiver's reply
+/// was unclear): hard, a bad mailbox unless the words say which hard cause.
+fn apply_ses_verdict(record: &mut Record, verdict: Option<SesVerdict>) {
+    let unstated = record.status.is_none();
+    match verdict {
+        Some(SesVerdict::Keep(cause)) => {
+            record.hard = false;
+            if unstated {
+                record.permanent = false;
+                record.category = cause.or(record.category);
+            }
+        }
+        Some(SesVerdict::Remove) if unstated => {
+            record.permanent = true;
+            if !record.category.is_some_and(Category::is_hard) {
+                record.category = Some(Category::BadMailbox);
+            }
+            record.hard = true;
+        }
+        _ => {}
     }
-    let auto_submitted = mail
-        .header("auto-submitted")
-        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("no"));
-    let marked = [
-        "x-autoreply",
-        "x-autorespond",
-        "x-autoresponse",
-        "x-auto-response",
-    ]
-    .iter()
-    .any(|name| mail.header(name).is_some());
-    let precedence = mail
-        .header("precedence")
-        .is_some_and(|v| v.eq_ignore_ascii_case("auto_reply"));
-    auto_submitted || marked || precedence || AUTO_REPLY_SUBJECT.is_match(&mail.subject)
-}
-
-fn auto_reply_record(mail: &Mail) -> Record {
-    let mut record = Record::new(Kind::AutoReply);
-    record.recipient = mail
-        .header("from")
-        .map(text::addresses)
-        .and_then(|found| found.into_iter().next());
-    record.diagnostic =
-        Some(text::truncate(&mail.subject, MAX_DIAGNOSTIC_CHARS)).filter(|s| !s.is_empty());
-    record
 }
