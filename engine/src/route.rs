@@ -182,10 +182,10 @@ impl Router {
             Some(Target::Relay(route)) => self.queue_on(&route, job),
             Some(Target::Direct) => self.dispatch_direct(job),
             None => {
-                // Every server was tried: the recipients wait for a retry.
+                // The recipients wait for a retry.
                 let error = crate::smtp::client::SessionError::Protocol {
                     phase: crate::smtp::client::Phase::Connect,
-                    message: "no enabled delivery server of the group is reachable".into(),
+                    message: no_server_reason(&snapshot, &meta.group, &meta.channel),
                 };
                 let at = crate::deliver::AttemptContext {
                     route: &meta.route,
@@ -493,4 +493,18 @@ fn domain_of(address: &str) -> String {
         .next()
         .unwrap_or("")
         .to_ascii_lowercase()
+}
+
+/// Why mail of `group` on `channel` has nowhere to go, for the operator.
+fn no_server_reason(snapshot: &Tenancy, group: &str, channel: &str) -> String {
+    match snapshot.group(group) {
+        None => format!("user group `{group}` no longer exists: its mail has no delivery server"),
+        Some(g) if g.servers_for(channel).is_empty() => format!(
+            "no delivery server of group `{group}` is enabled for {channel} mail \
+             (sendctl server list; sendctl server enable NAME)"
+        ),
+        Some(_) => format!(
+            "no delivery server of group `{group}` for {channel} mail is reachable: each failed or is skipped after a failure"
+        ),
+    }
 }

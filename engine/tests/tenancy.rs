@@ -365,7 +365,13 @@ fn mail_taken_while_the_groups_only_server_is_disabled_leaves_as_that_server_sen
         send(&daemon, "app@example.com", &["a@example.net"], ""),
         "250"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // It waits, and the queue says why in the operator's words.
+    support::wait_for(LONG, "the reason in the queue", || {
+        let listed = support::ctl(&daemon, &["queue", "list"]).to_string();
+        listed
+            .contains("is enabled for marketing mail")
+            .then_some(())
+    });
     assert!(sink.messages().is_empty());
     support::ctl(&daemon, &["server", "enable", "only"]);
     support::ctl(&daemon, &["queue", "flush"]);
