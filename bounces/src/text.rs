@@ -45,11 +45,11 @@ static RETURNED_MARKER: LazyLock<Regex> = LazyLock::new(|| {
 /// failed recipient.
 static NOT_RECIPIENT_LINE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
-        r"(?i)(^|>>> )[ \t]*(from|sender|reply-to|return-path|received|message-id|references|",
+        r"(?i)(^|>>> )[ \t>*-]*(from|sender|reply-to|return-path|received|message-id|references|",
         r"in-reply-to|x-postfix-sender|envelope-from|original-mail-from|mail from|arrival-date|",
         r"reporting-mta|x-original-sender|errors-to|delivered-to|dkim-signature|list-|",
         r"authentication-results|x-sender|resent-from)|message-id|msgid|smtp\.mailfrom|header\.from|",
-        r"sent by|sender address|by mx|envelope sender"
+        r"sent by|sender address|by mx|envelope sender|authenticated sender|expanded from"
     ))
     .unwrap_or_else(|e| panic!("line regex: {e}"))
 });
@@ -95,7 +95,8 @@ pub(crate) fn recipients_in_text(text: &str, excluded: &[String]) -> Vec<TextRec
 /// following recipient(s): ..."): the To of a message sent to a list or to
 /// several people names more than the one that failed.
 static ADDRESSEE_LINE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)^[ \t>]*(to|cc|bcc)[ \t]*:").unwrap_or_else(|e| panic!("addressee regex: {e}"))
+    Regex::new(r"(?i)^[ \t>*-]*(to|cc|bcc|x-original-to)[ \t]*:")
+        .unwrap_or_else(|e| panic!("addressee regex: {e}"))
 });
 
 /// The addresses of `lines` that may be failed recipients; addressee
@@ -114,8 +115,10 @@ fn recipients_in_lines(
         for found_at in ADDRESS.find_iter(line) {
             let address = found_at.as_str().trim_matches(['.', '\'', '`', '=']);
             let address = crate::dsn::strip_exchange_prefix(address);
+            let before = text_before(lines, index, found_at.start());
             if !is_recipient_candidate(address, excluded)
-                || is_offered_in_prose(&text_before(lines, index, found_at.start()))
+                || is_offered_in_prose(&before)
+                || SENDER_WORDS.is_match(&before)
             {
                 continue;
             }
@@ -169,6 +172,13 @@ static OFFERING_WORDS: LazyLock<Regex> = LazyLock::new(|| {
         r"[^@\w]{0,4}(\w+[^@\w]{1,4}){0,3}[<(\x22']?$"
     ))
     .unwrap_or_else(|e| panic!("offering regex: {e}"))
+});
+
+/// Words that name the address after them as the sender: "not accepting
+/// mail from list@example.org", "messages from ...".
+static SENDER_WORDS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(mail|messages?|e-?mails?|sent|coming|originating) from:?\s*[<(\x22']?$")
+        .unwrap_or_else(|e| panic!("sender words regex: {e}"))
 });
 
 /// What precedes an address at `at` on line `index`: the start of its line,

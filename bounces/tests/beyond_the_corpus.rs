@@ -2,8 +2,9 @@
 //! on other bounce-handling projects' sample emails: old Exchange summaries
 //! that quote the message's To, a label read as a cause, display names in
 //! feedback reports, human replies with alarming subjects, Amazon SES's
-//! other notification forms, delay wording, other languages. Each email
-//! here is written for the test, in the shape those samples have.
+//! other notification forms, delay wording, other languages, Sendmail's
+//! stock "User unknown", senders named in the text, repeated blocks. Each
+//! email here is written for the test, in the shape those samples have.
 
 use sendengine_bounces::{Category, Kind, Record, parse_message};
 
@@ -205,4 +206,82 @@ fn hard_causes_in_other_languages() {
     // A route that does not exist is no mailbox that does not.
     let route = "From: MAILER-DAEMON@mx.example.org\nTo: news@example.com\nSubject: Mail delivery failed\nContent-Type: text/plain\n\n<ana@example.net>:\nNo existe ruta al servidor.\n";
     assert!(!only(route).hard);
+}
+
+#[test]
+fn sendmails_stated_reason_wins_over_its_stock_user_unknown() {
+    let email = "From: Mail Delivery Subsystem <MAILER-DAEMON@relay.example.net>
+To: news@example.com
+Subject: Returned mail: see transcript for details
+Content-Type: text/plain
+
+   ----- The following addresses had permanent fatal errors -----
+kai@example.com
+    (reason: 554 Message rejected (SPF fail) for policy reasons)
+    (expanded from: <kai@example.net>)
+
+   ----- Transcript of session follows -----
+... while talking to mx.example.com.:
+>>> DATA
+<<< 554 Message rejected (SPF fail) for policy reasons
+550 5.1.1 kai@example.com... User unknown
+";
+    let kai = only(email);
+    assert_eq!(kai.recipient.as_deref(), Some("kai@example.com"));
+    assert!(!kai.hard, "{kai:?}");
+    assert_ne!(kai.category, Some(Category::BadMailbox));
+    // When the stated reason is a bad mailbox, it still says so.
+    let unknown = email.replace(
+        "554 Message rejected (SPF fail) for policy reasons",
+        "550 5.1.1 <kai@example.com>... No such user",
+    );
+    assert!(only(&unknown).hard);
+}
+
+#[test]
+fn senders_named_in_the_text_are_no_recipients() {
+    let email = "From: postmaster@mx.example.org
+To: news@example.com
+Subject: Delivery failure
+Content-Type: text/plain
+
+Your mail to the following recipient could not be delivered because
+it is not accepting mail from news@example.com:
+    rio@example.org: 550 mailbox unavailable
+
+Original message details:
+ * From: news@example.com
+ * To: rio@example.org, desk@example.org
+> (Authenticated sender: agent@example.com)
+";
+    let rio = only(email);
+    assert_eq!(rio.recipient.as_deref(), Some("rio@example.org"));
+}
+
+#[test]
+fn more_ways_to_say_the_mailbox_does_not_exist() {
+    for reply in [
+        "550 5.7.1 No mailbox found",
+        "554 5.7.1 <ivo@example.net>: Recipient address rejected: Nonexistent user",
+        "554 Rcpt <ivo@example.net> does not exist",
+        "550 ivo@example.net is not an active address at this host",
+        "550 BAD_RECIPIENT",
+    ] {
+        let email = format!(
+            "From: MAILER-DAEMON@mx.example.org\nTo: news@example.com\nSubject: Undelivered Mail Returned to Sender\nContent-Type: text/plain\n\n<ivo@example.net>: host mx.example.net said: {reply}\n"
+        );
+        let ivo = only(&email);
+        assert_eq!(ivo.category, Some(Category::BadMailbox), "{reply}");
+        assert!(ivo.hard, "{reply}");
+    }
+}
+
+#[test]
+fn a_block_repeated_word_for_word_is_one_record() {
+    let block = "Final-Recipient: rfc822; joe@example.net\nAction: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 unknown user\n";
+    let email = format!(
+        "From: MAILER-DAEMON@mx.example.org\nTo: news@example.com\nSubject: Delivery Status Notification (Failure)\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nFailed.\n--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n\n{block}\n{block}\n{block}\n--B--\n"
+    );
+    let joe = only(&email);
+    assert_eq!(joe.recipient.as_deref(), Some("joe@example.net"));
 }

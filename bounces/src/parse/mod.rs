@@ -179,7 +179,15 @@ fn parse_at_depth(raw: &[u8], depth: usize, classifier: &Classifier) -> Vec<Reco
         // nothing on a 4.x.x either).
         record.hard &= record.permanent;
     }
-    records
+    // A report that repeats a recipient's block word for word (a retry
+    // history, a broken generator) reports it once.
+    let mut unique: Vec<Record> = Vec::with_capacity(records.len());
+    for record in records {
+        if !unique.contains(&record) {
+            unique.push(record);
+        }
+    }
+    unique
 }
 
 /// The bounce records of returned messages that are bounces themselves.
@@ -535,10 +543,33 @@ fn dsn_record(
     record
 }
 
+/// Sendmail's "(reason: 553 ...)": the remote server's own reply. Sendmail
+/// may follow it with its stock "550 5.1.1 ... User unknown" for any 55x,
+/// which says nothing of the mailbox.
+fn sendmail_reason(diagnostic: &str) -> Option<&str> {
+    let start = diagnostic.find("(reason: ")? + "(reason: ".len();
+    let mut depth = 0usize;
+    for (at, c) in diagnostic[start..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' if depth == 0 => {
+                let reason = diagnostic[start..start + at].trim();
+                return text::reply_code(reason).is_some().then_some(reason);
+            }
+            ')' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
 fn text_record(recipient: &TextRecipient, context: &Context) -> Record {
     let own_text = context.own_text.as_str();
-    let status = text::enhanced_status(&recipient.diagnostic);
-    let diagnostic = Some(recipient.diagnostic.clone()).filter(|d| !d.is_empty());
+    let diagnostic = sendmail_reason(&recipient.diagnostic)
+        .unwrap_or(&recipient.diagnostic)
+        .to_owned();
+    let status = text::enhanced_status(&diagnostic);
+    let diagnostic = Some(diagnostic).filter(|d| !d.is_empty());
     let mut record = classified_record(
         context.classifier,
         &recipient.address,
