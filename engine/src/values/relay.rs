@@ -60,8 +60,13 @@ pub struct Timeouts {
     pub data_block: Duration,
     /// The reply after the final dot.
     pub final_dot: Duration,
+    /// The reply to QUIT. Every outcome is recorded by then, and the
+    /// worker's wait holds a connection place: a few seconds, at most.
     pub quit: Duration,
 }
+
+/// The longest wait for the reply to QUIT.
+const QUIT_WAIT: Duration = Duration::from_secs(5);
 
 impl Timeouts {
     /// The same timeout for every phase.
@@ -77,7 +82,7 @@ impl Timeouts {
             data: timeout,
             data_block: timeout,
             final_dot: timeout,
-            quit: timeout,
+            quit: timeout.min(QUIT_WAIT),
         }
     }
 
@@ -144,7 +149,7 @@ impl Default for Timeouts {
             data: Duration::from_secs(2 * MINUTE),
             data_block: Duration::from_secs(3 * MINUTE),
             final_dot: Duration::from_secs(10 * MINUTE),
-            quit: Duration::from_secs(MINUTE),
+            quit: QUIT_WAIT,
         }
     }
 }

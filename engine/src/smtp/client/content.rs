@@ -1,6 +1,7 @@
 //! What a message needs from the server it goes to, decided from its actual
 //! bytes: 8-bit bytes in the body need 8BITMIME (RFC 6152); 8-bit bytes in
-//! the header, or a non-ASCII address, need SMTPUTF8 (RFC 6531, 6532).
+//! the header, or a non-ASCII address, need SMTPUTF8 (RFC 6531, 6532); its
+//! size must be within the server's SIZE (RFC 1870).
 //! Admission normally re-encodes 8-bit bodies before signing, so this is the
 //! last line of defence: a signed message cannot be converted any more, so
 //! a server that lacks what it needs gets nothing.
@@ -17,6 +18,8 @@ pub struct ContentNeeds {
     pub eight_bit_header: bool,
     /// A non-ASCII envelope address.
     pub utf8_address: bool,
+    /// The message's size in bytes.
+    pub size: usize,
 }
 
 impl ContentNeeds {
@@ -28,6 +31,7 @@ impl ContentNeeds {
         ContentNeeds {
             eight_bit_body: !body.is_ascii(),
             eight_bit_header: !header.is_ascii(),
+            size: message.len(),
             utf8_address: !envelope.mail_from.is_ascii()
                 || envelope.recipients.iter().any(|r| !r.is_ascii()),
         }
@@ -66,6 +70,16 @@ impl ContentNeeds {
                  body as quoted-printable or base64"
             );
             return Some(Reply::local(554, "5.6.3", text));
+        }
+        if let Some(limit) = capabilities.size_limit()
+            && self.size as u64 > limit
+        {
+            let text = format!(
+                "message of {} bytes exceeds the limit of {limit} bytes of the server {remote} \
+                 (SIZE, RFC 1870); send it through a server that takes it, or make it smaller",
+                self.size
+            );
+            return Some(Reply::local(552, "5.3.4", text));
         }
         None
     }

@@ -50,18 +50,15 @@ impl Reply {
     }
 
     /// Builds a reply from its parsed lines (see [`ReplyLine::parse`]).
-    /// Every line must carry the same code; continuation lines that repeat the
-    /// first line's enhanced code have it stripped so the text reads naturally.
+    /// Continuation lines that repeat the first line's enhanced code have it
+    /// stripped so the text reads naturally. The last line's code is the
+    /// reply's, as Postfix's client takes it, should a broken server change
+    /// codes within one reply (`250-queued` then `550 rejected`): refusing
+    /// the reply would send an accepted message again at every retry.
     pub fn from_lines(lines: &[ReplyLine<'_>]) -> Result<Reply, String> {
-        let Some(first) = lines.first() else {
+        let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
             return Err("empty reply".to_string());
         };
-        if let Some(other) = lines.iter().find(|line| line.code != first.code) {
-            return Err(format!(
-                "reply code changed from {} to {} within one reply",
-                first.code, other.code
-            ));
-        }
         let enhanced = split_enhanced(first.text).0;
         let texts: Vec<&str> = lines
             .iter()
@@ -71,8 +68,10 @@ impl Reply {
             })
             .collect();
         Ok(Reply {
-            code: first.code,
-            enhanced: enhanced.map(str::to_string),
+            code: last.code,
+            enhanced: enhanced
+                .filter(|e| e.starts_with(char::from(b'0' + (last.code / 100) as u8)))
+                .map(str::to_string),
             text: texts.join(" ").trim().to_string(),
         })
     }
@@ -229,8 +228,15 @@ mod tests {
         ] {
             assert!(ReplyLine::parse(line).is_err(), "{line:?}");
         }
-        assert!(parse(&["250-a", "251 b"]).is_err());
         assert!(Reply::from_lines(&[]).is_err());
+    }
+
+    #[test]
+    fn the_last_line_decides_a_reply_whose_code_changes() {
+        let reply = parse(&["250-2.0.0 queued", "550 5.7.1 rejected"]).unwrap();
+        assert_eq!((reply.code, reply.enhanced.as_deref()), (550, None));
+        let reply = parse(&["250-a", "251 b"]).unwrap();
+        assert_eq!(reply.code, 251);
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl Connection {
             let put_off: Vec<usize> = (0..replies.len())
                 .filter(|&index| replies[index].code == TOO_MANY_RECIPIENTS)
                 .collect();
-            if put_off.is_empty() || put_off.len() >= pending {
+            if put_off.is_empty() || put_off.len() >= pending || self.broken {
                 break;
             }
             pending = put_off.len();
@@ -197,7 +197,7 @@ impl Connection {
             state: Opening::Decided(replies),
         };
         let needs = ContentNeeds::of(envelope, body);
-        if let Some(refusal) = self.refuse_locally(envelope, body, &needs) {
+        if let Some(refusal) = self.refuse_locally(envelope, &needs) {
             return Ok(decided(vec![refusal; envelope.recipients.len()]));
         }
         let outcomes: Vec<Option<Reply>> = envelope
@@ -278,25 +278,11 @@ impl Connection {
     }
 
     /// Refusals that apply to the whole message and need no server round trip.
-    fn refuse_locally(
-        &self,
-        envelope: &Envelope<'_>,
-        body: &[u8],
-        needs: &ContentNeeds,
-    ) -> Option<Reply> {
+    fn refuse_locally(&self, envelope: &Envelope<'_>, needs: &ContentNeeds) -> Option<Reply> {
         if !envelope.mail_from.is_empty()
             && let Err(reply) = check_address(envelope.mail_from, "5.1.7", "sender")
         {
             return Some(reply);
-        }
-        if let Some(limit) = self.capabilities.size_limit()
-            && body.len() as u64 > limit
-        {
-            let text = format!(
-                "message of {} bytes exceeds the server's limit of {limit} bytes",
-                body.len()
-            );
-            return Some(Reply::local(552, "5.3.4", text));
         }
         self.content_refusal(needs)
     }
@@ -387,7 +373,7 @@ impl Connection {
                 self.end_empty_data().await?;
             }
             if mail.is_positive() {
-                self.reset().await?;
+                self.reset_or_drop().await;
             }
             // With MAIL accepted, every recipient was refused by its own RCPT
             // reply, so this reply decides no one.
@@ -397,13 +383,33 @@ impl Connection {
             return Err(unexpected_state("DATA was not sent"));
         };
         if data.code != START_MAIL_INPUT {
-            self.reset().await?;
+            self.reset_or_drop().await;
             return Ok(Concluded::Decided(data));
+        }
+        // Nothing is asked of the server now. Anything it sent already (a
+        // reply before the message) would be read as the message's final
+        // reply: the conversation is out of step, and the body stays here.
+        if self.transport.has_unsolicited_input() {
+            return Err(SessionError::Protocol {
+                phase: Phase::Data,
+                message: "the server sent more than its 354 before the message was sent \
+                          (a reply to nothing, or a close): the message was not sent"
+                    .to_string(),
+            });
         }
         self.transport
             .write_body(Phase::Body, self.timeouts.data_block, body)
             .await?;
         Ok(Concluded::BodyWritten)
+    }
+
+    /// RSET after replies that decided the transaction: those stand whatever
+    /// the RSET gets. A server that closes after a refusal (many do) fails
+    /// the RSET; the connection is then dropped, not the decisions.
+    async fn reset_or_drop(&mut self) {
+        if self.reset().await.is_err() {
+            self.broken = true;
+        }
     }
 
     /// The server said 354 though no recipient is valid (possible when

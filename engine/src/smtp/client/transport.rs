@@ -136,21 +136,24 @@ impl Transport {
         }
     }
 
+    /// The lines of one reply. Lines past [`MAX_REPLY_LINES`] are read and
+    /// dropped (an EHLO listing a thousand extensions is still a server we
+    /// can talk to); the phase's timeout bounds how long that may go on.
     async fn read_lines(&mut self, phase: Phase) -> Result<ReplyWithLines, SessionError> {
         let mut lines: Vec<String> = Vec::new();
         loop {
-            if lines.len() == MAX_REPLY_LINES {
-                return Err(protocol(
-                    phase,
-                    format!("reply has more than {MAX_REPLY_LINES} lines"),
-                ));
-            }
             self.read_line(phase).await?;
-            let line = String::from_utf8_lossy(&self.line).into_owned();
+            let line = printable(&self.line);
             let is_last = ReplyLine::parse(&line)
                 .map_err(|message| protocol(phase, message))?
                 .is_last;
-            lines.push(line);
+            if lines.len() < MAX_REPLY_LINES {
+                lines.push(line);
+            } else if is_last {
+                // The last line decides the reply: it takes the last place.
+                lines.pop();
+                lines.push(line);
+            }
             if is_last {
                 break;
             }
@@ -170,8 +173,9 @@ impl Transport {
     }
 
     /// Reads up to the next LF into `self.line`, without the CRLF (a bare LF is
-    /// accepted too). Refuses lines over [`MAX_REPLY_LINE`] instead of buffering
-    /// whatever a broken server sends.
+    /// accepted too). A line over [`MAX_REPLY_LINE`] keeps its start and the
+    /// rest is read and dropped: a 250 with a long text is still a 250, and
+    /// failing on it would send the message again at every retry.
     async fn read_line(&mut self, phase: Phase) -> Result<(), SessionError> {
         self.line.clear();
         loop {
@@ -189,20 +193,14 @@ impl Transport {
             }
             let newline = available.iter().position(|&b| b == b'\n');
             let taken = newline.map_or(available.len(), |index| index + 1);
-            self.line.extend_from_slice(&available[..taken]);
+            let room = MAX_REPLY_LINE.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&available[..taken.min(room)]);
             self.io.consume(taken);
-            if self.line.len() > MAX_REPLY_LINE {
-                return Err(protocol(
-                    phase,
-                    format!("reply line longer than {MAX_REPLY_LINE} bytes"),
-                ));
-            }
             if newline.is_some() {
                 break;
             }
         }
-        self.line.pop();
-        if self.line.last() == Some(&b'\r') {
+        while matches!(self.line.last(), Some(b'\n' | b'\r')) {
             self.line.pop();
         }
         Ok(())
@@ -247,6 +245,15 @@ impl Transport {
     pub async fn shutdown(&mut self, after: Duration) {
         let _ = tokio::time::timeout(after, self.io.shutdown()).await;
     }
+}
+
+/// A reply line as text with its control characters (but tab) shown as
+/// `?`: it goes into events, the queue's last replies and terminals.
+fn printable(line: &[u8]) -> String {
+    String::from_utf8_lossy(line)
+        .chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
 }
 
 fn protocol(phase: Phase, message: String) -> SessionError {
