@@ -357,6 +357,7 @@ impl Router {
                 error,
                 remote_host,
                 unsupported,
+                untried_until_ms,
             } = failover;
             let snapshot = self.tenancy.snapshot();
             let meta = &job.message.meta;
@@ -374,12 +375,13 @@ impl Router {
                         remote_host,
                         tls: None,
                     };
-                    match unsupported {
-                        Some(refusal) => {
+                    match (unsupported, untried_until_ms) {
+                        (Some(refusal), _) => {
                             let replies = vec![refusal; job.rcpts.len()];
                             self.ctx.recorder.replies(&job, &replies, &at);
                         }
-                        None => self.ctx.recorder.session_failed(&job, &error, &at),
+                        (None, Some(until)) => self.ctx.recorder.postpone(job, until, &error, &at),
+                        (None, None) => self.ctx.recorder.session_failed(&job, &error, &at),
                     }
                 }
             }

@@ -118,6 +118,43 @@ fn first_server_down_the_second_takes_over_and_traffic_returns() {
 }
 
 #[test]
+fn a_message_over_the_first_servers_size_goes_to_the_next() {
+    let small = Sink::start(&["--max-size", "2000"]);
+    let large = Sink::start(&[]);
+    let config = format!(
+        "{SMTP_IN}{}{}[[user_group]]\nname = \"default\"\nmarketing = [\"small\", \"large\"]\ntransactional = [\"small\"]\nautoresponder = [\"small\"]\n[[user]]\nname = \"app\"\n",
+        server("small", small.addr.port(), ""),
+        server("large", large.addr.port(), ""),
+    );
+    let daemon = Daemon::start(DaemonConfig::custom(&config));
+    let big = format!("X-Filler: {}|", "x".repeat(70)).repeat(60);
+    assert_eq!(
+        send(&daemon, "a@example.com", &["big@example.net"], &big),
+        "250"
+    );
+    let got = large.wait_messages(1, LONG);
+    assert_eq!(got[0]["rcpts"][0], "big@example.net");
+    // The small server stays up for what fits it.
+    assert_eq!(
+        send(&daemon, "a@example.com", &["small@example.net"], ""),
+        "250"
+    );
+    small.wait_messages(1, LONG);
+    // With no next server, the refusal names the limit.
+    let refused = format!("X-Channel: transactional|{big}");
+    assert_eq!(
+        send(&daemon, "a@example.com", &["t@example.net"], &refused),
+        "250"
+    );
+    let bounce = daemon.wait_events("bounce", 1, LONG);
+    let text = bounce[0]["reply"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(text.contains("limit of 2000 bytes"), "{text}");
+}
+
+#[test]
 fn daily_limit_refuses_queues_nothing_and_survives_a_restart() {
     let sink = Sink::start(&[]);
     let config = format!(

@@ -96,6 +96,13 @@ pub enum Outcome {
     },
     /// Not attempted (e.g. shutdown): due again now, attempts unchanged.
     Release { id: MessageId, rcpt: u32 },
+    /// Not attempted, and not to be before `until_ms` (its server is
+    /// down, its back-off runs): attempts unchanged.
+    Postponed {
+        id: MessageId,
+        rcpt: u32,
+        until_ms: u64,
+    },
 }
 
 impl NewMessage {

@@ -392,6 +392,7 @@ impl Route {
             },
             remote_host,
             unsupported: Some(refusal),
+            untried_until_ms: None,
         });
     }
 }

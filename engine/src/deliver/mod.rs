@@ -49,6 +49,9 @@ pub struct Failover {
     /// SMTPUTF8) rather than failing: the route stays up, and with no next
     /// server the recipients bounce with this reply.
     pub unsupported: Option<Reply>,
+    /// Set when the route did not try the job (it is down until then):
+    /// with no next server it waits that long, no attempt counted.
+    pub untried_until_ms: Option<u64>,
 }
 
 /// What every route needs from the daemon.
@@ -69,6 +72,10 @@ pub struct RouteContext {
     /// Wakes the scheduler before its sleep is over (see `schedule.rs`).
     pub schedule_wake: Arc<tokio::sync::Notify>,
 }
+
+/// How recent an answer on another connection must be for a failed new
+/// connection to leave the route up.
+const STILL_ANSWERING: Duration = Duration::from_secs(2);
 
 /// The local part of VERP return paths: `bounces+TAG@domain`.
 pub const VERP_LOCAL: &str = "bounces";
@@ -106,6 +113,8 @@ pub struct Route {
     down_until_ms: AtomicU64,
     /// Wall-clock ms when the probe of a half-open route started (0 = none).
     probe_started_ms: AtomicU64,
+    /// Wall-clock ms of the last transaction the server answered.
+    answered_ms: AtomicU64,
     /// Set for a direct-delivery site: connect to its MX hosts.
     mx: Option<MxTarget>,
     ctx: RouteContext,
@@ -134,6 +143,7 @@ impl Route {
             stopping: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             probe_started_ms: AtomicU64::new(0),
+            answered_ms: AtomicU64::new(0),
             mx: None,
             ctx,
         }
@@ -269,6 +279,7 @@ impl Route {
     }
 
     fn mark_up(&self) {
+        self.answered_ms.store(now_ms(), Ordering::Relaxed);
         if self.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
             log::info!("route {} is back: it takes mail again", self.name);
         }
@@ -350,9 +361,16 @@ impl Route {
     }
 
     /// The server failed at connection level: skip it for a while and give
-    /// the job, and all queued behind it, to the router.
+    /// the job, and all queued behind it, to the router. While another
+    /// connection of the route is being answered, the server is up (at its
+    /// connection limit, say): only this job goes on.
     fn fail_over(&self, job: Job, error: SessionError, remote_host: Option<String>) {
-        self.mark_down();
+        let others_answered = self.workers.load(Ordering::Acquire) > 1
+            && now_ms().saturating_sub(self.answered_ms.load(Ordering::Relaxed))
+                < STILL_ANSWERING.as_millis() as u64;
+        if !others_answered {
+            self.mark_down();
+        }
         let mut job = job;
         job.tried.push(self.name.clone());
         let _ = self.ctx.failover.send(Failover {
@@ -360,7 +378,11 @@ impl Route {
             error,
             remote_host,
             unsupported: None,
+            untried_until_ms: None,
         });
+        if others_answered {
+            return;
+        }
         for queued in self.ready.drain() {
             self.pass_on_while_down(queued);
         }
@@ -379,6 +401,7 @@ impl Route {
             error,
             remote_host: None,
             unsupported: None,
+            untried_until_ms: Some(self.down_until_ms.load(Ordering::Relaxed)),
         });
     }
 

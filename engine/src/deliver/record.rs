@@ -169,15 +169,30 @@ impl Recorder {
     /// attempt counted): its route had no room, or the job could not be
     /// queued anywhere. A failed write leaves them to their lease.
     pub fn release(&self, job: Job) {
+        self.give_back(job, |id, rcpt| Outcome::Release { id, rcpt });
+    }
+
+    /// A job its server never tried (the server is down, and the group
+    /// has no other): due again when the server's back-off ends, no
+    /// attempt counted, so a short outage does not push untried mail down
+    /// the retry schedule. Past `max_age` it expires as a try would.
+    pub fn postpone(&self, job: Job, until_ms: u64, error: &SessionError, at: &AttemptContext<'_>) {
+        let expires_at =
+            job.message.meta.received_at_ms + self.retry.get().max_age.as_millis() as u64;
+        if now_ms() >= expires_at {
+            return self.session_failed(&job, error, at);
+        }
+        let until_ms = until_ms.min(expires_at);
+        self.give_back(job, |id, rcpt| Outcome::Postponed { id, rcpt, until_ms });
+    }
+
+    fn give_back(&self, job: Job, outcome: impl Fn(MessageId, u32) -> Outcome) {
         let keys: Vec<(MessageId, u32)> = job
             .rcpts
             .iter()
             .map(|&(r, _)| (job.message.id, r))
             .collect();
-        let outcomes = keys
-            .iter()
-            .map(|&(id, rcpt)| Outcome::Release { id, rcpt })
-            .collect();
+        let outcomes = keys.iter().map(|&(id, rcpt)| outcome(id, rcpt)).collect();
         let leases = self.leases.clone();
         let hold = job.hold;
         self.spool.record(
@@ -248,7 +263,8 @@ impl Recorder {
         let keys = written.outcomes.iter().map(|o| match *o {
             Outcome::Done { id, rcpt }
             | Outcome::Deferred { id, rcpt, .. }
-            | Outcome::Release { id, rcpt } => (id, rcpt),
+            | Outcome::Release { id, rcpt }
+            | Outcome::Postponed { id, rcpt, .. } => (id, rcpt),
         });
         self.leases.finish(&written.hold, keys);
         if let Some(fleet) = &self.fleet_index {
@@ -661,6 +677,70 @@ mod tests {
         let rcpts: Vec<(u32, u32)> = again.iter().map(|c| (c.rcpt, c.attempts)).collect();
         assert_eq!(rcpts, vec![(1, 0)], "due again, no attempt counted");
         assert_eq!(held.rcpts.len(), 1);
+        spool.shutdown();
+    }
+
+    /// A job its down server never tried waits for the server's back-off
+    /// with no attempt counted; past max_age it expires instead.
+    #[tokio::test]
+    async fn an_untried_job_waits_for_the_back_off_uncounted() {
+        use crate::smtp::client::Phase;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolConfig::new(dir.path())).unwrap();
+        let id = spool.insert_blocking(one_recipient(), false).unwrap();
+        assert_eq!(spool.claim_due(now_ms() + 1_000, 10).unwrap().len(), 1);
+        let recorder = recorder_for(&spool);
+        let stored = Arc::new(spool.load(id).unwrap().unwrap());
+        let job = recorder
+            .leases
+            .take(job_for(stored.clone(), vec![(0, 3)]), now_ms())
+            .unwrap();
+        let error = SessionError::Protocol {
+            phase: Phase::Connect,
+            message: "delivery server relay is down".into(),
+        };
+        let at = AttemptContext {
+            route: "relay",
+            remote_host: None,
+            tls: None,
+        };
+        let until = now_ms() + 30_000;
+        recorder.postpone(job, until, &error, &at);
+        let spool_read = spool.clone();
+        let (now, due, later) = tokio::task::spawn_blocking(move || {
+            // A claim goes through the writer, after the postponement.
+            let now = spool_read.claim_due(now_ms() + 1_000, 10).unwrap();
+            let due = spool_read.next_due_ms().unwrap();
+            (now, due, spool_read.claim_due(until + 1, 10).unwrap())
+        })
+        .await
+        .unwrap();
+        assert!(now.is_empty(), "not due before the back-off ends");
+        assert_eq!(due, Some(until));
+        let claimed = later;
+        let attempts: Vec<u32> = claimed.iter().map(|c| c.attempts).collect();
+        assert_eq!(attempts, vec![0], "no attempt counted");
+
+        // Older than max_age (an hour here): it expires, as a try would.
+        let mut old = one_recipient();
+        old.meta.received_at_ms = now_ms() - 2 * 3_600_000;
+        let old_id = spool.insert_blocking(old, false).unwrap();
+        let claimed = spool.claim_due(now_ms() + 1_000, 10).unwrap();
+        assert!(claimed.iter().any(|c| c.id == old_id));
+        let stored = Arc::new(spool.load(old_id).unwrap().unwrap());
+        let job = recorder
+            .leases
+            .take(job_for(stored, vec![(0, 0)]), now_ms())
+            .unwrap();
+        recorder.postpone(job, now_ms() + 30_000, &error, &at);
+        let spool_read = spool.clone();
+        let left = tokio::task::spawn_blocking(move || {
+            spool_read.claim_due(now_ms(), 10).unwrap();
+            spool_read.load(old_id).unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(left.is_none(), "expired and gone");
         spool.shutdown();
     }
 }

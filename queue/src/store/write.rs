@@ -197,6 +197,9 @@ impl WriteTables<'_> {
                 Ok(())
             }
             Outcome::Release { id, rcpt } => self.release(id, rcpt, now_ms),
+            Outcome::Postponed { id, rcpt, until_ms } => {
+                self.release(id, rcpt, until_ms.max(now_ms))
+            }
         }
     }
 
