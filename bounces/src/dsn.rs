@@ -42,6 +42,8 @@ impl DsnRecipient {
 
 /// `local@domain.tld`: one `@`, a local part that is not a path, a pipe or
 /// a source route, a domain of dot-separated labels ending in letters.
+/// Internationalized domains count, in Unicode (`例子.example`, `.рф`) or
+/// in their ASCII form (`xn--p1ai`).
 pub(crate) fn is_internet_address(address: &str) -> bool {
     let Some((local, domain)) = address.rsplit_once('@') else {
         return false;
@@ -53,10 +55,11 @@ pub(crate) fn is_internet_address(address: &str) -> bool {
     let domain_ok = labels.len() >= 2
         && labels
             .iter()
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        && labels
-            .last()
-            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
+        && labels.last().is_some_and(|tld| {
+            (tld.chars().count() >= 2 && tld.chars().all(char::is_alphabetic))
+                || tld.to_ascii_lowercase().starts_with("xn--")
+        });
     local_ok && domain_ok
 }
 
@@ -245,6 +248,9 @@ mod tests {
             "a@example.org",
             "first.last+tag@mx.example.co.uk",
             "x=y@a-b.example",
+            "用户@例子.example",
+            "ivan@пример.рф",
+            "ivan@xn--e1afmkfd.xn--p1ai",
         ] {
             assert!(is_internet_address(good), "{good}");
         }

@@ -285,3 +285,56 @@ fn a_block_repeated_word_for_word_is_one_record() {
     let joe = only(&email);
     assert_eq!(joe.recipient.as_deref(), Some("joe@example.net"));
 }
+
+#[test]
+fn internationalized_domains_are_addresses() {
+    let email = "From: MAILER-DAEMON@mx.example.org
+To: news@example.com
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=global-delivery-status; boundary=\"G\"
+
+--G
+Content-Type: text/plain; charset=utf-8
+
+Your message could not be delivered.
+--G
+Content-Type: message/global-delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Final-Recipient: utf-8; 用户@例子.example
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+--G--
+";
+    let user = only(email);
+    assert_eq!(user.recipient.as_deref(), Some("用户@例子.example"));
+    assert!(user.hard);
+}
+
+#[test]
+fn auto_replies_titled_in_more_languages() {
+    for subject in [
+        "自动回复: 您的订单",
+        "Respuesta automática: su pedido",
+        "Resposta automática: pedido",
+        "Odpowiedź automatyczna: zamówienie",
+        "Автоматический ответ: заказ",
+        "Autosvar: order",
+        "Otomatik yanıt: sipariş",
+        "Automatická odpověď: objednávka",
+    ] {
+        let email = format!(
+            "From: mei@example.cn\nTo: news@example.com\nSubject: {subject}\nContent-Type: text/plain; charset=utf-8\n\nI am away.\n"
+        );
+        assert_eq!(only(&email).kind, Kind::AutoReply, "{subject}");
+    }
+}
+
+#[test]
+fn an_account_that_is_unavailable_is_a_bad_mailbox() {
+    let email = "From: MAILER-DAEMON@mx.example.org\nTo: news@example.com\nSubject: Mail delivery failed\nContent-Type: text/plain\n\n<old@example.net>: host mx.example.net said: 550 old@example.net...User account is unavailable\n";
+    assert!(only(email).hard);
+}

@@ -13,7 +13,10 @@ static AUTO_REPLY_SUBJECT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"(?i)auto(matic)?[ -]?(reply|response|antwort|respons)|out of (the )?office|vacation|",
         r"abwesenheit|absence|away from|on leave|fuera de la oficina|r[ée]ponse automatique|",
-        r"risposta automatica|automatisch|away until|holiday|自動応答|不在"
+        r"risposta automatica|automatisch|away until|holiday|自動応答|不在|自动回复|",
+        r"respuesta autom[aá]tica|resposta autom[aá]tica|odpowied[zź] automatyczna|",
+        r"автоматический ответ|автоответ|autosvar|otomatik yan[ıi]t|automatick[aá] odpov[eě][dď]|",
+        r"automatisch antwoord|autom[aá]tikus v[aá]lasz"
     ))
     .unwrap_or_else(|e| panic!("{e}"))
 });
