@@ -335,6 +335,8 @@ fn auto_replies_titled_in_more_languages() {
 
 #[test]
 fn an_account_that_is_unavailable_is_a_bad_mailbox() {
-    let email = "From: MAILER-DAEMON@mx.example.org\nTo: news@example.com\nSubject: Mail delivery failed\nContent-Type: text/plain\n\n<old@example.net>: host mx.example.net said: 550 old@example.net...User account is unavailable\n";
-    assert!(only(email).hard);
+    let email = "From: MAILER-DAEMON@mx.example.org\nTo: news@example.com\nSubject: Undelivered Mail Returned to Sender\nMIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nFailed.\n--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.org\n\nFinal-Recipient: rfc822; old@example.net\nAction: failed\nStatus: 5.0.0\nDiagnostic-Code: smtp; 550 old@example.net...User account is unavailable\n--B--\n";
+    let old = only(email);
+    assert_eq!(old.category, Some(Category::BadMailbox));
+    assert!(old.hard);
 }
