@@ -417,10 +417,11 @@ fn reply_line(reply: &EventReply) -> String {
 fn connection_failure_reply(error: &SessionError) -> EventReply {
     match error.reply() {
         Some(r) if r.is_transient() => event_reply(r),
-        Some(r) => EventReply {
+        // The error's text quotes the server's reply already.
+        Some(_) => EventReply {
             code: 451,
             enhanced: Some("4.4.0".into()),
-            text: format!("{error} ({r})"),
+            text: error.to_string(),
         },
         None => EventReply {
             code: 451,
@@ -486,6 +487,7 @@ mod tests {
             (451, Some("4.4.0"))
         );
         assert!(refused.text.contains("554 5.7.1 busy"), "{}", refused.text);
+        assert_eq!(refused.text.matches("busy").count(), 1, "{}", refused.text);
         let timeout = connection_failure_reply(&SessionError::Timeout {
             phase: Phase::Connect,
             after: Duration::from_secs(1),
