@@ -112,9 +112,13 @@ mod tests {
 
     #[test]
     fn finds_eight_bit_bytes_in_header_and_body_apart() {
+        let message = "Subject: x\r\n\r\nplain\r\n";
         assert_eq!(
-            needs("d@e.example", "Subject: x\r\n\r\nplain\r\n"),
-            ContentNeeds::default()
+            needs("d@e.example", message),
+            ContentNeeds {
+                size: message.len(),
+                ..ContentNeeds::default()
+            }
         );
         let body = needs("d@e.example", "Subject: x\r\n\r\ncaf\u{e9}\r\n");
         assert!(body.eight_bit_body && !body.eight_bit_header && !body.smtputf8());
