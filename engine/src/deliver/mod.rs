@@ -73,10 +73,6 @@ pub struct RouteContext {
     pub schedule_wake: Arc<tokio::sync::Notify>,
 }
 
-/// How recent an answer on another connection must be for a failed new
-/// connection to leave the route up.
-const STILL_ANSWERING: Duration = Duration::from_secs(2);
-
 /// The local part of VERP return paths: `bounces+TAG@domain`.
 pub const VERP_LOCAL: &str = "bounces";
 
@@ -113,8 +109,6 @@ pub struct Route {
     down_until_ms: AtomicU64,
     /// Wall-clock ms when the probe of a half-open route started (0 = none).
     probe_started_ms: AtomicU64,
-    /// Wall-clock ms of the last transaction the server answered.
-    answered_ms: AtomicU64,
     /// Set for a direct-delivery site: connect to its MX hosts.
     mx: Option<MxTarget>,
     ctx: RouteContext,
@@ -143,7 +137,6 @@ impl Route {
             stopping: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             probe_started_ms: AtomicU64::new(0),
-            answered_ms: AtomicU64::new(0),
             mx: None,
             ctx,
         }
@@ -279,7 +272,6 @@ impl Route {
     }
 
     fn mark_up(&self) {
-        self.answered_ms.store(now_ms(), Ordering::Relaxed);
         if self.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
             log::info!("route {} is back: it takes mail again", self.name);
         }
@@ -361,16 +353,9 @@ impl Route {
     }
 
     /// The server failed at connection level: skip it for a while and give
-    /// the job, and all queued behind it, to the router. While another
-    /// connection of the route is being answered, the server is up (at its
-    /// connection limit, say): only this job goes on.
+    /// the job, and all queued behind it, to the router.
     fn fail_over(&self, job: Job, error: SessionError, remote_host: Option<String>) {
-        let others_answered = self.workers.load(Ordering::Acquire) > 1
-            && now_ms().saturating_sub(self.answered_ms.load(Ordering::Relaxed))
-                < STILL_ANSWERING.as_millis() as u64;
-        if !others_answered {
-            self.mark_down();
-        }
+        self.mark_down();
         let mut job = job;
         job.tried.push(self.name.clone());
         let _ = self.ctx.failover.send(Failover {
@@ -380,9 +365,6 @@ impl Route {
             unsupported: None,
             untried_until_ms: None,
         });
-        if others_answered {
-            return;
-        }
         for queued in self.ready.drain() {
             self.pass_on_while_down(queued);
         }
