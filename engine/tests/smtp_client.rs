@@ -870,6 +870,51 @@ async fn a_reply_sent_before_the_message_stops_the_message() {
 }
 
 #[tokio::test]
+async fn authentication_required_at_mail_fails_the_session_not_the_recipients() {
+    let port = greeted("250 PIPELINING\r\n", |mut peer| async move {
+        peer.expect("MAIL").await;
+        peer.expect("RCPT").await;
+        peer.expect("DATA").await;
+        peer.write(
+            "530 5.7.0 Authentication required\r\n503 5.5.1 MAIL first\r\n503 5.5.1 MAIL first\r\n",
+        )
+        .await;
+        peer.read_line_or_eof().await;
+    })
+    .await;
+    let mut connection = connect(&settings(port, Encryption::None)).await;
+    let error = send_err(&mut connection, &["a@example.net"], b"x\r\n").await;
+    assert_eq!(error.phase(), Phase::Mail, "{error}");
+    assert_eq!(error.reply().map(|r| r.code), Some(530));
+}
+
+#[tokio::test]
+async fn an_odd_answer_to_opportunistic_starttls_falls_back_to_plain() {
+    let port = scripted::serve(2, |index, mut peer| async move {
+        peer.write("220 scripted ESMTP\r\n").await;
+        peer.expect("EHLO").await;
+        if index == 0 {
+            peer.write("250-scripted\r\n250 STARTTLS\r\n").await;
+            peer.expect("STARTTLS").await;
+            peer.write("250 2.0.0 sure\r\n").await;
+            peer.read_line_or_eof().await;
+        } else {
+            peer.write("250-scripted\r\n250 STARTTLS\r\n").await;
+            peer.expect("QUIT").await;
+            peer.write("221 bye\r\n").await;
+        }
+    })
+    .await;
+    let connection = connect(&settings(port, Encryption::StartTlsOpportunistic)).await;
+    assert!(
+        matches!(connection.tls(), TlsState::PlainAfterTlsFailure(_)),
+        "{:?}",
+        connection.tls()
+    );
+    connection.quit().await;
+}
+
+#[tokio::test]
 async fn refusals_stand_when_the_server_closes_after_them() {
     // Many gateways close after refusing: the RSET that follows fails.
     let port = greeted("250 PIPELINING\r\n", |mut peer| async move {
@@ -920,7 +965,10 @@ async fn odd_final_replies_are_read_not_refused() {
             "250-2.0.0 queued\r\n550 5.7.1 rejected after all\r\n".to_string(),
             550,
         ),
-        ("250 2.0.0 ok\x1b[2J\0\rFAKE\r\n".to_string(), 250),
+        (
+            "250 2.0.0 ok\x1b[2J\0\rFAKE \u{202e}gnp.exe\u{202c}\r\n".to_string(),
+            250,
+        ),
     ] {
         let reply_text = final_reply.clone();
         let port = scripted::serve(1, move |_, mut peer| {
@@ -958,7 +1006,10 @@ async fn odd_final_replies_are_read_not_refused() {
         assert_eq!(reply.code, expected, "{final_reply:?}");
         assert!(reply.text.len() <= 2000, "{}", reply.text.len());
         assert!(
-            !reply.text.chars().any(|c| c.is_control()),
+            !reply
+                .text
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}')),
             "{:?}",
             reply.text
         );

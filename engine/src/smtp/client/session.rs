@@ -35,8 +35,11 @@ impl Connection {
                 establish(settings, plan).await
             }
             Encryption::StartTlsOpportunistic => {
+                // A failed handshake, or an answer to STARTTLS that is
+                // neither 220 nor a refusal (a 250: the session's state is
+                // unknown), gets a fresh plain connection.
                 match establish(settings, StartTlsPlan::Opportunistic).await {
-                    Err(error) if error.phase() == Phase::Tls => {
+                    Err(error) if matches!(error.phase(), Phase::Tls | Phase::StartTls) => {
                         let mut connection = establish(settings, StartTlsPlan::Never).await?;
                         connection.tls = TlsState::PlainAfterTlsFailure(error.to_string());
                         Ok(connection)

@@ -26,6 +26,9 @@ const MAX_PIPELINE_GROUP: usize = 100;
 /// transaction; the rest go in the next one.
 const TOO_MANY_RECIPIENTS: u16 = 452;
 
+/// The reply of a server that takes mail only after AUTH (RFC 4954).
+const AUTHENTICATION_REQUIRED: u16 = 530;
+
 /// Transactions one `send` may run for a server that takes few recipients
 /// at a time, before the rest are left to a later retry.
 const MAX_TRANSACTIONS_PER_SEND: usize = 100;
@@ -368,6 +371,16 @@ impl Connection {
         let Some(mail) = mail else {
             return Err(unexpected_state("no reply to MAIL"));
         };
+        // 530: the server wants authentication this session does not have
+        // (RFC 4954). That is the relay's or our configuration, not the
+        // recipients: a session failure (deferred, the group's next server
+        // tried), never a bounce of everything queued.
+        if mail.code == AUTHENTICATION_REQUIRED {
+            return Err(SessionError::Rejected {
+                phase: Phase::Mail,
+                reply: mail,
+            });
+        }
         if !mail.is_positive() || accepted.is_empty() {
             if data_started {
                 self.end_empty_data().await?;

@@ -247,12 +247,17 @@ impl Transport {
     }
 }
 
-/// A reply line as text with its control characters (but tab) shown as
-/// `?`: it goes into events, the queue's last replies and terminals.
+/// A reply line as text with its control characters (but tab) and its
+/// bidirectional overrides shown as `?`: it goes into events, the queue's
+/// last replies and terminals, where either can forge what is shown.
 fn printable(line: &[u8]) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    };
     String::from_utf8_lossy(line)
         .chars()
-        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .map(|c| if hidden(c) { '?' } else { c })
         .collect()
 }
 
