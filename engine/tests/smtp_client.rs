@@ -917,42 +917,34 @@ async fn an_odd_answer_to_opportunistic_starttls_falls_back_to_plain() {
 #[tokio::test]
 async fn refusals_stand_when_the_server_closes_after_them() {
     // Many gateways close after refusing: the RSET that follows fails.
-    let port = greeted("250 PIPELINING\r\n", |mut peer| async move {
-        peer.expect("MAIL").await;
-        peer.expect("RCPT").await;
-        peer.expect("DATA").await;
-        peer.write("250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n")
-            .await;
-    })
-    .await;
-    let mut connection = connect(&settings(port, Encryption::None)).await;
-    let replies = send(
-        &mut connection,
-        "s@example.com",
-        &["a@example.net"],
-        b"x\r\n",
-    )
-    .await;
-    assert_eq!(replies[0].to_string(), "550 5.1.1 no such user");
-    assert!(connection.closed_by_server(), "the connection is dropped");
-
-    let port = greeted("250 PIPELINING\r\n", |mut peer| async move {
-        peer.expect("MAIL").await;
-        peer.expect("RCPT").await;
-        peer.expect("DATA").await;
-        peer.write("250 ok\r\n250 ok\r\n554 5.7.1 not from you\r\n")
-            .await;
-    })
-    .await;
-    let mut connection = connect(&settings(port, Encryption::None)).await;
-    let replies = send(
-        &mut connection,
-        "s@example.com",
-        &["a@example.net"],
-        b"x\r\n",
-    )
-    .await;
-    assert_eq!(replies[0].to_string(), "554 5.7.1 not from you");
+    for (envelope_replies, decided) in [
+        (
+            "250 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n",
+            "550 5.1.1 no such user",
+        ),
+        (
+            "250 ok\r\n250 ok\r\n554 5.7.1 not from you\r\n",
+            "554 5.7.1 not from you",
+        ),
+    ] {
+        let port = greeted("250 PIPELINING\r\n", move |mut peer| async move {
+            peer.expect("MAIL").await;
+            peer.expect("RCPT").await;
+            peer.expect("DATA").await;
+            peer.write(envelope_replies).await;
+        })
+        .await;
+        let mut connection = connect(&settings(port, Encryption::None)).await;
+        let replies = send(
+            &mut connection,
+            "s@example.com",
+            &["a@example.net"],
+            b"x\r\n",
+        )
+        .await;
+        assert_eq!(replies[0].to_string(), decided);
+        assert!(connection.closed_by_server(), "the connection is dropped");
+    }
 }
 
 #[tokio::test]
