@@ -86,28 +86,12 @@ impl Intake {
             return Ok((records, None));
         }
         let known = self.delivered(target)?;
-        let ours = known
-            .as_ref()
-            .map(|d| d.recipient.clone())
-            .unwrap_or_default();
-        let is_ours = |r: &Record| {
-            !ours.is_empty()
-                && r.recipient
-                    .as_deref()
-                    .is_some_and(|a| a.eq_ignore_ascii_case(&ours))
+        let ours = known.as_ref().map_or("", |d| d.recipient.as_str());
+        let (own, others) = if ours.is_empty() {
+            (Vec::new(), records)
+        } else {
+            blocks_about(ours, records)
         };
-        let (mut own, mut others): (Vec<Record>, Vec<Record>) =
-            records.into_iter().partition(is_ours);
-        if own.is_empty() && !ours.is_empty() {
-            let (forwarded, rest): (Vec<Record>, Vec<Record>) =
-                others.into_iter().partition(|r| r.names(&ours));
-            others = rest;
-            if distinct_recipients(&forwarded) <= 1 {
-                own = forwarded;
-            } else {
-                others.extend(forwarded);
-            }
-        }
         for _ in others.iter().filter(|r| acts(r)) {
             count("other-recipient");
         }
@@ -128,6 +112,27 @@ impl Intake {
         let named = own.and_then(|o| targets.iter().find(|t| t.tagged() == o));
         Some(named.unwrap_or(first).clone())
     }
+}
+
+/// Of records naming several addresses, those about `ours` (and the
+/// rest): the blocks whose recipient it is; without one, the blocks
+/// forwarded from it, if they name one address.
+fn blocks_about(ours: &str, records: Vec<Record>) -> (Vec<Record>, Vec<Record>) {
+    let (direct, rest): (Vec<Record>, Vec<Record>) = records.into_iter().partition(|r| {
+        r.recipient
+            .as_deref()
+            .is_some_and(|a| a.eq_ignore_ascii_case(ours))
+    });
+    if !direct.is_empty() {
+        return (direct, rest);
+    }
+    let (forwarded, mut rest): (Vec<Record>, Vec<Record>) =
+        rest.into_iter().partition(|r| r.names(ours));
+    if distinct_recipients(&forwarded) <= 1 {
+        return (forwarded, rest);
+    }
+    rest.extend(forwarded);
+    (Vec::new(), rest)
 }
 
 /// Keeps one report per (recipient of ours, kind): the hard one if any,

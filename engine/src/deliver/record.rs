@@ -37,6 +37,12 @@ impl RetryPolicy {
         let i = (attempts.max(1) - 1) as usize;
         self.schedule[i.min(self.schedule.len() - 1)]
     }
+
+    /// When a message received at `received_at_ms` is too old for another
+    /// try.
+    pub fn expires_at(&self, received_at_ms: u64) -> u64 {
+        received_at_ms + self.max_age.as_millis() as u64
+    }
 }
 
 /// The retry policy in force, shared by every route's recorder; SIGHUP
@@ -121,7 +127,7 @@ impl Recorder {
         let now = now_ms();
         let msg = &job.message;
         let retry = self.retry.get();
-        let expires_at = msg.meta.received_at_ms + retry.max_age.as_millis() as u64;
+        let expires_at = retry.expires_at(msg.meta.received_at_ms);
         let mut outcomes = Vec::with_capacity(verdicts.len());
         let mut events = Vec::with_capacity(verdicts.len());
         let mut suppressions = Vec::new();
@@ -177,8 +183,7 @@ impl Recorder {
     /// attempt counted, so a short outage does not push untried mail down
     /// the retry schedule. Past `max_age` it expires as a try would.
     pub fn postpone(&self, job: Job, until_ms: u64, error: &SessionError, at: &AttemptContext<'_>) {
-        let expires_at =
-            job.message.meta.received_at_ms + self.retry.get().max_age.as_millis() as u64;
+        let expires_at = self.retry.get().expires_at(job.message.meta.received_at_ms);
         if now_ms() >= expires_at {
             return self.session_failed(&job, error, at);
         }
